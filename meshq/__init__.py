@@ -1,0 +1,37 @@
+"""meshq: a brokerless messaging mesh on ZeroMQ, found by mDNS.
+
+import meshq
+with meshq.Node("sensor", interfaces=["127.0.0.1"]) as node:
+    node.publish("sensors/temp", {"celsius": 21.5})
+"""
+
+from __future__ import annotations
+
+from .aio import AsyncNode, AsyncSubscription
+from .config import MeshConfig
+from .errors import Closed, MeshqError, ProtocolError, Timeout
+from .message import Message
+from .node import Node
+from .peers import EventKind, Peer, PeerEvent, PeerState
+from .subscription import Subscription
+from .wire import PROTOCOL_VERSION
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AsyncNode",
+    "AsyncSubscription",
+    "Closed",
+    "EventKind",
+    "MeshConfig",
+    "MeshqError",
+    "Message",
+    "Node",
+    "Peer",
+    "PeerEvent",
+    "PeerState",
+    "ProtocolError",
+    "Subscription",
+    "Timeout",
+]
+
+__version__ = "0.1.0"

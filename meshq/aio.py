@@ -1,0 +1,224 @@
+"""asyncio front-end: the same surface as :class:`meshq.Node`, awaitable.
+
+The control plane is shared with the sync node (its own thread); only the
+data path differs: subscriptions own a ``zmq.asyncio`` socket in the
+caller's event loop, and the control thread wakes them with
+``loop.call_soon_threadsafe``, so received messages never cross a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+import zmq
+import zmq.asyncio
+
+from .config import MeshConfig
+from .errors import Closed, ProtocolError, Timeout
+from .message import Message
+from .node import Node, PeerCallback
+from .peers import Peer, PeerEvent
+from .ratelimit import RateLimitedLog
+from .sockets import SocketFactory
+from .subscription import PublisherDirectory, PublisherLinks, decode_message
+from .wire import Limits
+
+__all__ = ["AsyncNode", "AsyncSubscription"]
+
+log = logging.getLogger("meshq.aio")
+_bad_input_log = RateLimitedLog(log, interval=5.0)
+
+
+class AsyncSubscription:
+    """An asyncio subscription; create through :meth:`AsyncNode.subscribe`.
+
+    Use from the event loop that created it. ``async for msg in sub`` yields
+    messages until the subscription or node closes.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        context: zmq.asyncio.Context,
+        factory: SocketFactory,
+        directory: PublisherDirectory,
+        limits: Limits,
+    ) -> None:
+        self.prefix = prefix
+        #: Malformed messages received and dropped.
+        self.dropped = 0
+        self._limits = limits
+        self._directory = directory
+        self._loop = asyncio.get_running_loop()
+        self._sock = factory.make(context, zmq.SUB)
+        self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        self._links = PublisherLinks(self._sock, directory)
+        self._closed = False
+        directory.watch(self._wake)
+        self._links.sync()
+
+    def _wake(self) -> None:
+        # Called on the node's control thread: hop to our loop, touch nothing.
+        try:
+            self._loop.call_soon_threadsafe(self._apply_changes)
+        except RuntimeError:
+            pass  # the loop is closed; nothing left to wake
+
+    def _apply_changes(self) -> None:
+        if self._closed:
+            return
+        if self._directory.closed:
+            self.close()
+        elif self._links.version != self._directory.version:
+            self._links.sync()
+
+    async def recv(self, timeout: float | None = None) -> Message:
+        """The next message; wait at most ``timeout`` seconds (None: forever).
+
+        Raises meshq.Timeout, or meshq.Closed once the subscription or node closed.
+        """
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            if self._closed:
+                raise Closed("subscription is closed")
+            try:
+                if deadline is None:
+                    frame = await self._sock.recv()
+                else:
+                    remaining = deadline - self._loop.time()
+                    if remaining <= 0:
+                        raise Timeout(f"no message on {self.prefix!r} within the timeout")
+                    frame = await asyncio.wait_for(self._sock.recv(), remaining)
+            except asyncio.TimeoutError:
+                raise Timeout(f"no message on {self.prefix!r} within the timeout") from None
+            except (zmq.ZMQError, asyncio.CancelledError):
+                if self._closed:
+                    raise Closed("subscription is closed") from None
+                raise
+            try:
+                return decode_message(frame, self._limits)
+            except ProtocolError as exc:
+                self.dropped += 1
+                _bad_input_log.warning("dropped malformed message: %s", exc.reason)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self.recv()
+            except Closed:
+                return
+
+    def close(self) -> None:
+        """Stop receiving and release the socket. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._directory.unwatch(self._wake)
+        self._sock.close(linger=0)
+
+
+class AsyncNode:
+    """A :class:`meshq.Node` for asyncio: ``async with AsyncNode(...) as node``.
+
+    Takes the same arguments as Node. Blocking calls become coroutines with
+    the same ``timeout`` rules; ``publish`` never blocks and stays a plain call.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        mesh: str = "default",
+        interfaces: Sequence[str] | None = None,
+        seeds: Sequence[str] = (),
+        config: MeshConfig | None = None,
+        headers: Mapping[str, str] | None = None,
+        discovery: bool = True,
+    ) -> None:
+        self._node = Node(
+            name,
+            mesh=mesh,
+            interfaces=interfaces,
+            seeds=seeds,
+            config=config,
+            headers=headers,
+            discovery=discovery,
+        )
+        self._context = zmq.asyncio.Context.shadow(self._node._context)
+        self._subscriptions: list[AsyncSubscription] = []
+
+    @property
+    def id(self) -> str:
+        return self._node.id
+
+    @property
+    def name(self) -> str:
+        return self._node.name
+
+    @property
+    def node(self) -> Node:
+        """The underlying sync node (for its stats and endpoints)."""
+        return self._node
+
+    def publish(self, topic: str, data: object) -> None:
+        """See :meth:`Node.publish`."""
+        self._node.publish(topic, data)
+
+    def subscribe(self, prefix: str) -> AsyncSubscription:
+        """See :meth:`Node.subscribe`; call from the loop that will receive."""
+        self._node._check_open()
+        subscription = AsyncSubscription(
+            prefix,
+            context=self._context,
+            factory=self._node._sockets,
+            directory=self._node._directory,
+            limits=self._node._limits,
+        )
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def peers(self) -> list[Peer]:
+        return self._node.peers()
+
+    async def wait_for_peers(self, n: int, timeout: float | None = None) -> list[Peer]:
+        """See :meth:`Node.wait_for_peers`."""
+        return await asyncio.to_thread(self._node.wait_for_peers, n, timeout)
+
+    def on_peer_joined(self, callback: PeerCallback) -> PeerCallback:
+        return self._node.on_peer_joined(callback)
+
+    def on_peer_left(self, callback: PeerCallback) -> PeerCallback:
+        return self._node.on_peer_left(callback)
+
+    async def events(self, timeout: float | None = None) -> AsyncIterator[PeerEvent]:
+        """See :meth:`Node.events`."""
+        iterator = self._node.events(timeout)
+        done = object()
+        while True:
+            event = await asyncio.to_thread(next, iterator, done)
+            if event is done:
+                return
+            assert isinstance(event, PeerEvent)
+            yield event
+
+    def stats(self) -> dict[str, int]:
+        return self._node.stats()
+
+    async def close(self) -> None:
+        """Close this loop's subscriptions, then the node (BYE, mDNS goodbye)."""
+        for subscription in self._subscriptions:
+            subscription.close()
+        self._subscriptions.clear()
+        await asyncio.to_thread(self._node.close)
+
+    async def __aenter__(self) -> AsyncNode:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

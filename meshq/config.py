@@ -1,0 +1,78 @@
+"""Every tunable of a node, in one frozen dataclass.
+
+All durations are seconds as floats; all sizes are bytes unless a name says
+otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MeshConfig"]
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Tunables of a :class:`meshq.Node`. Defaults suit a LAN.
+
+    Raises ``ValueError`` at construction if the timings are inconsistent.
+    """
+
+    #: Seconds between heartbeats sent to each peer.
+    heartbeat_interval: float = 0.5
+    #: A peer silent for this long (seconds) is reported suspect.
+    suspect_after: float = 1.5
+    #: A peer silent for this long (seconds) is reported gone and dropped.
+    gone_after: float = 3.0
+    #: Seconds between HELLOs to a discovered endpoint that has not answered.
+    hello_interval: float = 0.5
+    #: Control port to bind; 0 picks a free port. Seeds need a fixed one.
+    control_port: int = 0
+    #: Publish socket port to bind; 0 picks a free port.
+    publish_port: int = 0
+    #: Messages queued per subscriber connection before new ones are dropped
+    #: (ZeroMQ SNDHWM on the publish socket, RCVHWM on subscriptions).
+    publish_hwm: int = 100_000
+    subscribe_hwm: int = 100_000
+    #: Largest message (bytes) any socket accepts; larger ones drop the
+    #: connection at the ZeroMQ level (ZMQ_MAXMSGSIZE).
+    max_message_bytes: int = 64 * 1024 * 1024
+    #: Largest control message body (bytes), such as a HELLO.
+    max_control_bytes: int = 64 * 1024
+    #: Longest topic, in UTF-8 bytes.
+    max_topic_bytes: int = 1024
+    #: Most peers a node keeps; further HELLOs are counted and dropped.
+    max_peers: int = 1024
+    #: Most user headers one HELLO may carry.
+    max_headers: int = 64
+    #: Peer events kept for ``Node.events()`` before the oldest are dropped.
+    event_queue_size: int = 10_000
+    #: Seconds ``close()`` waits for queued goodbyes to leave.
+    linger: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be > 0 seconds")
+        if not self.heartbeat_interval < self.suspect_after < self.gone_after:
+            raise ValueError(
+                "need heartbeat_interval < suspect_after < gone_after (seconds), got "
+                f"{self.heartbeat_interval}, {self.suspect_after}, {self.gone_after}"
+            )
+        if self.hello_interval <= 0:
+            raise ValueError("hello_interval must be > 0 seconds")
+        for name in ("control_port", "publish_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be 0..65535, got {port}")
+        for name in (
+            "publish_hwm",
+            "subscribe_hwm",
+            "max_message_bytes",
+            "max_control_bytes",
+            "max_topic_bytes",
+            "max_peers",
+            "max_headers",
+            "event_queue_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")

@@ -1,0 +1,184 @@
+"""Discovery: finds candidate peers and hands their control endpoints to the node.
+
+Backends share one small interface (:class:`Discovery`): mDNS/DNS-SD through
+python-zeroconf, and a static list of seed endpoints. Discovery never decides
+liveness; the heartbeat does. A withdrawn mDNS record only stops the node
+from dialling that endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+
+from .interfaces import choose_endpoint, local_networks
+from .wire import NODE_ID_BYTES, PROTOCOL_VERSION, parse_endpoint
+
+__all__ = ["SERVICE_TYPE", "Candidate", "Discovery", "MdnsDiscovery", "SeedDiscovery"]
+
+log = logging.getLogger("meshq.discovery")
+
+SERVICE_TYPE = "_meshq._tcp.local."
+_RESOLVE_TIMEOUT_MS = 3000
+_REGISTER_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A control endpoint that may lead to a peer; ``node_id`` if the source knew it."""
+
+    endpoint: str
+    node_id: bytes | None
+    source: str  # "mdns" or "seed"
+
+
+Found = Callable[[Candidate], None]
+
+
+class Discovery(Protocol):
+    """A source of candidate peers. Callbacks may run on any thread."""
+
+    def start(self, on_found: Found, on_lost: Found) -> None:
+        """Begin reporting candidates."""
+
+    def close(self) -> None:
+        """Stop, withdrawing this node's own advertisement if any."""
+
+
+class SeedDiscovery:
+    """A fixed list of control endpoints, such as ``tcp://198.18.0.5:7600``."""
+
+    def __init__(self, seeds: Sequence[str]) -> None:
+        for seed in seeds:
+            parse_endpoint(seed)  # raises ValueError with the bad seed named
+        self._seeds = tuple(seeds)
+
+    def start(self, on_found: Found, on_lost: Found) -> None:
+        for seed in self._seeds:
+            on_found(Candidate(seed, None, "seed"))
+
+    def close(self) -> None:
+        pass
+
+
+class MdnsDiscovery:
+    """Advertise this node and browse for others as ``_meshq._tcp.local.``.
+
+    The TXT record carries only what is needed to connect: ``v`` (protocol
+    version), ``id`` (node id, hex) and ``mesh``. Records of another mesh,
+    another version, or this node itself are ignored.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: bytes,
+        name: str,
+        mesh: str,
+        interfaces: Sequence[str],
+        control_port: int,
+    ) -> None:
+        self._node_id = node_id
+        self._mesh = mesh
+        self._networks = local_networks(interfaces)
+        self._interfaces = list(interfaces)
+        label = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+        self._info = ServiceInfo(
+            SERVICE_TYPE,
+            f"{label}-{node_id.hex()[:12]}.{SERVICE_TYPE}",
+            addresses=[socket.inet_aton(ip) for ip in interfaces],
+            port=control_port,
+            properties={"v": str(PROTOCOL_VERSION), "id": node_id.hex(), "mesh": mesh},
+            server=f"meshq-{node_id.hex()[:16]}.local.",
+        )
+        self._zeroconf: Zeroconf | None = None
+        self._browser: ServiceBrowser | None = None
+        self._endpoints: dict[str, Candidate] = {}  # service name -> what we reported
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self, on_found: Found, on_lost: Found) -> None:
+        zc = Zeroconf(interfaces=self._interfaces, ip_version=IPVersion.V4Only)
+        self._zeroconf = zc
+        # The instance name embeds our random id, so it cannot conflict:
+        # cooperating_responders skips the ~1.5 s probe and announces at once.
+        # Waiting for registration but not for the three announcements keeps
+        # Node() fast.
+        assert zc.loop is not None
+        future = asyncio.run_coroutine_threadsafe(
+            zc.async_register_service(self._info, cooperating_responders=True), zc.loop
+        )
+        future.result(_REGISTER_TIMEOUT)
+
+        def handler(
+            zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+        ) -> None:
+            # Runs on the browser's own thread, where a blocking resolve is fine.
+            try:
+                self._on_change(zeroconf, name, state_change, on_found, on_lost)
+            except Exception:  # a bad record must never kill the browser thread
+                log.exception("mDNS record %s could not be handled", name)
+
+        self._browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[handler])
+
+    def _on_change(
+        self,
+        zeroconf: Zeroconf,
+        name: str,
+        state_change: ServiceStateChange,
+        on_found: Found,
+        on_lost: Found,
+    ) -> None:
+        if state_change is ServiceStateChange.Removed:
+            with self._lock:
+                lost = self._endpoints.pop(name, None)
+            if lost is not None:
+                on_lost(lost)
+            return
+        info = ServiceInfo(SERVICE_TYPE, name)
+        if not info.load_from_cache(zeroconf) and not info.request(zeroconf, _RESOLVE_TIMEOUT_MS):
+            log.debug("mDNS record %s did not resolve", name)
+            return
+        candidate = self._candidate(info)
+        if candidate is None:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            previous = self._endpoints.get(name)
+            self._endpoints[name] = candidate
+        if previous is not None and previous != candidate:
+            on_lost(previous)
+        on_found(candidate)
+
+    def _candidate(self, info: ServiceInfo) -> Candidate | None:
+        txt = info.decoded_properties
+        if txt.get("v") != str(PROTOCOL_VERSION) or txt.get("mesh") != self._mesh:
+            return None
+        try:
+            node_id = bytes.fromhex(txt.get("id") or "")
+        except ValueError:
+            return None
+        if len(node_id) != NODE_ID_BYTES or node_id == self._node_id or not info.port:
+            return None
+        addresses = info.parsed_addresses(IPVersion.V4Only)
+        if not addresses:
+            return None
+        endpoints = [f"tcp://{address}:{info.port}" for address in addresses]
+        return Candidate(choose_endpoint(endpoints, self._networks), node_id, "mdns")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        if self._browser is not None:
+            self._browser.cancel()
+        if self._zeroconf is not None:
+            # Sends mDNS goodbyes so browsers drop us before the TTL runs out.
+            self._zeroconf.close()

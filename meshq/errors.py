@@ -1,0 +1,34 @@
+"""The exceptions meshq raises: one root, one class per condition.
+
+Errors caused by a remote peer (``ProtocolError``) are counted and logged by
+the node and never reach the application; they are raised only by the
+sans-I/O codec, so that its callers can count them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Closed", "MeshqError", "ProtocolError", "Timeout"]
+
+
+class MeshqError(Exception):
+    """Root of every error meshq raises."""
+
+
+class Timeout(MeshqError, TimeoutError):
+    """A blocking call did not finish within its ``timeout`` (seconds)."""
+
+
+class Closed(MeshqError):
+    """The node or subscription was used after ``close()``."""
+
+
+class ProtocolError(MeshqError):
+    """Bytes from a remote peer that do not follow docs/PROTOCOL.md.
+
+    The remote peer is at fault, never the local caller. ``reason`` is a short
+    machine-friendly description such as ``"truncated header"``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

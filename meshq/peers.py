@@ -1,0 +1,231 @@
+"""Peer liveness and dialling as pure state machines fed with an injected clock.
+
+The rule, in one place: a peer *joins* when its HELLO arrives. Any message
+from it afterwards refreshes ``last_seen``. Silent for ``suspect_after``
+seconds it becomes *suspect* (and *recovers* on the next message); silent for
+``gone_after`` seconds, or after a BYE, it *leaves* and is forgotten. A new
+HELLO that claims a control endpoint held by another peer id means that peer
+restarted: the old id leaves at once. Discovery never decides liveness.
+
+:class:`Dialer` tracks control endpoints we were told about (mDNS, seeds,
+gossip) and says when to (re)send a HELLO to each one that has no live peer
+behind it.
+
+Nothing here touches a socket or reads a clock; the node feeds events in and
+performs the returned actions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from .config import MeshConfig
+from .wire import Hello
+
+__all__ = ["Dialer", "EventKind", "Peer", "PeerEvent", "PeerState", "PeerTable"]
+
+
+class PeerState(enum.Enum):
+    """Liveness of a peer as seen from this node."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    GONE = "gone"
+
+
+class EventKind(enum.Enum):
+    """What happened to a peer."""
+
+    JOINED = "joined"
+    SUSPECT = "suspect"
+    RECOVERED = "recovered"
+    LEFT = "left"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A snapshot of a peer. ``last_seen`` is in the node's monotonic clock (seconds)."""
+
+    id: str
+    name: str
+    endpoint: str
+    state: PeerState
+    last_seen: float
+    headers: Mapping[str, str] = field(default_factory=dict)
+    control: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerEvent:
+    """A change in a peer's state. ``reason`` explains LEFT: bye, timeout, restarted."""
+
+    kind: EventKind
+    peer: Peer
+    reason: str = ""
+
+
+class PeerTable:
+    """Peers by raw id, with the liveness rule stated in the module docstring.
+
+    ``choose_endpoint`` picks which of a peer's control endpoints to talk to.
+    """
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        choose_endpoint: Callable[[tuple[str, ...]], str],
+    ) -> None:
+        self._config = config
+        self._choose_endpoint = choose_endpoint
+        self._peers: dict[bytes, Peer] = {}
+        #: HELLOs dropped because the table held ``max_peers`` already.
+        self.rejected = 0
+
+    def __contains__(self, peer_id: bytes) -> bool:
+        return peer_id in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def get(self, peer_id: bytes) -> Peer | None:
+        """The peer with this raw id, or None."""
+        return self._peers.get(peer_id)
+
+    def snapshot(self) -> list[Peer]:
+        """All current peers."""
+        return list(self._peers.values())
+
+    def items(self) -> list[tuple[bytes, Peer]]:
+        """(raw id, peer) pairs."""
+        return list(self._peers.items())
+
+    def hello(self, message: Hello, now: float) -> list[PeerEvent]:
+        """A HELLO arrived: the sender joins, or refreshes what we know of it."""
+        events: list[PeerEvent] = []
+        claimed = set(message.control)
+        for old_id, old in list(self._peers.items()):
+            if old_id != message.sender and claimed.intersection(old.control):
+                del self._peers[old_id]
+                gone = replace(old, state=PeerState.GONE)
+                events.append(PeerEvent(EventKind.LEFT, gone, "restarted"))
+        known = self._peers.get(message.sender)
+        if known is None and len(self._peers) >= self._config.max_peers:
+            self.rejected += 1
+            return events
+        peer = Peer(
+            id=message.sender.hex(),
+            name=message.name,
+            endpoint=self._choose_endpoint(message.control),
+            state=PeerState.ALIVE,
+            last_seen=now,
+            headers=dict(message.headers),
+            control=message.control,
+            publish=message.publish,
+        )
+        self._peers[message.sender] = peer
+        if known is None:
+            events.append(PeerEvent(EventKind.JOINED, peer))
+        elif known.state is PeerState.SUSPECT:
+            events.append(PeerEvent(EventKind.RECOVERED, peer))
+        return events
+
+    def heard(self, peer_id: bytes, now: float) -> list[PeerEvent]:
+        """Any message from a peer: it is alive. Unknown ids are ignored."""
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return []
+        was_suspect = peer.state is PeerState.SUSPECT
+        peer = replace(peer, state=PeerState.ALIVE, last_seen=now)
+        self._peers[peer_id] = peer
+        return [PeerEvent(EventKind.RECOVERED, peer)] if was_suspect else []
+
+    def bye(self, peer_id: bytes) -> list[PeerEvent]:
+        """The peer said goodbye: it leaves now."""
+        peer = self._peers.pop(peer_id, None)
+        if peer is None:
+            return []
+        return [PeerEvent(EventKind.LEFT, replace(peer, state=PeerState.GONE), "bye")]
+
+    def tick(self, now: float) -> list[PeerEvent]:
+        """Advance the clock: silent peers become suspect, then leave."""
+        events: list[PeerEvent] = []
+        for peer_id, peer in list(self._peers.items()):
+            silence = now - peer.last_seen
+            if silence >= self._config.gone_after:
+                del self._peers[peer_id]
+                gone = replace(peer, state=PeerState.GONE)
+                events.append(PeerEvent(EventKind.LEFT, gone, "timeout"))
+            elif silence >= self._config.suspect_after and peer.state is PeerState.ALIVE:
+                peer = replace(peer, state=PeerState.SUSPECT)
+                self._peers[peer_id] = peer
+                events.append(PeerEvent(EventKind.SUSPECT, peer))
+        return events
+
+
+@dataclass
+class _Target:
+    peer_id: bytes | None
+    expires: float | None  # None: keep until discovery withdraws it
+    next_hello: float
+
+
+class Dialer:
+    """Control endpoints worth a HELLO, and when the next one is due.
+
+    Sources: mDNS and seeds keep an endpoint until they withdraw it; gossip
+    and incoming HELLOs keep it for ``gone_after`` seconds unless a peer
+    answers. An endpoint whose peer is connected needs no HELLO.
+    """
+
+    def __init__(self, config: MeshConfig) -> None:
+        self._config = config
+        self._targets: dict[str, _Target] = {}
+
+    def __contains__(self, endpoint: str) -> bool:
+        return endpoint in self._targets
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def add(self, endpoint: str, peer_id: bytes | None, now: float, *, lasting: bool) -> None:
+        """Remember an endpoint; ``lasting`` for mDNS and seeds, else it expires."""
+        expires = None if lasting else now + self._config.gone_after
+        known = self._targets.get(endpoint)
+        if known is None:
+            self._targets[endpoint] = _Target(peer_id, expires, now)
+            return
+        if peer_id is not None:
+            known.peer_id = peer_id
+        if known.expires is not None:
+            known.expires = expires
+
+    def remove(self, endpoint: str) -> None:
+        """Forget an endpoint (discovery withdrew it)."""
+        self._targets.pop(endpoint, None)
+
+    def forget_peer(self, peer_id: bytes) -> None:
+        """Forget every endpoint of a peer that said goodbye."""
+        for endpoint, target in list(self._targets.items()):
+            if target.peer_id == peer_id:
+                del self._targets[endpoint]
+
+    def due(self, now: float, connected: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Return (endpoints to HELLO now, endpoints that expired and were dropped)."""
+        connected_set = set(connected)
+        hello: list[str] = []
+        expired: list[str] = []
+        for endpoint, target in list(self._targets.items()):
+            if endpoint in connected_set:
+                if target.expires is not None:
+                    target.expires = now + self._config.gone_after
+                continue
+            if target.expires is not None and now >= target.expires:
+                del self._targets[endpoint]
+                expired.append(endpoint)
+            elif now >= target.next_hello:
+                target.next_hello = now + self._config.hello_interval
+                hello.append(endpoint)
+        return hello, expired

@@ -1,0 +1,230 @@
+"""Subscriptions: the receiving half of publish/subscribe.
+
+A subscription owns one SUB socket, used only by the thread that created it.
+The node's control thread never touches that socket: it updates the
+:class:`PublisherDirectory` and wakes the subscription, which connects to new
+publishers and disconnects from gone ones on its next call. The data path
+never crosses a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+
+import zmq
+
+from .errors import Closed, ProtocolError, Timeout
+from .message import Message
+from .ratelimit import RateLimitedLog
+from .sockets import SocketFactory
+from .wire import Limits, decode_data, decode_payload
+
+__all__ = ["PublisherDirectory", "Subscription", "decode_message"]
+
+log = logging.getLogger("meshq.subscription")
+_bad_input_log = RateLimitedLog(log, interval=5.0)
+
+
+class PublisherDirectory:
+    """Where each known publisher listens: node id (hex) -> PUB endpoint.
+
+    Written by the node's control thread, read by subscriptions on any
+    thread. Each change bumps ``version`` and calls every watcher, which must
+    be quick and thread-safe (a wake-up, not work).
+    """
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.closed = False
+        self._endpoints: Mapping[str, str] = MappingProxyType({})
+        self._watchers: set[Callable[[], None]] = set()
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> tuple[int, Mapping[str, str]]:
+        """(version, endpoints by node id) as of now."""
+        with self._lock:
+            return self.version, self._endpoints
+
+    def update(self, endpoints: Mapping[str, str]) -> None:
+        """Replace the map; wake watchers if anything changed."""
+        with self._lock:
+            if dict(endpoints) == dict(self._endpoints):
+                return
+            self._endpoints = MappingProxyType(dict(endpoints))
+            self.version += 1
+            watchers = list(self._watchers)
+        for wake in watchers:
+            wake()
+
+    def close(self) -> None:
+        """The node is closing: wake every subscription so it notices."""
+        with self._lock:
+            self.closed = True
+            self.version += 1
+            watchers = list(self._watchers)
+        for wake in watchers:
+            wake()
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._watchers.add(wake)
+
+    def unwatch(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._watchers.discard(wake)
+
+
+class PublisherLinks:
+    """Keeps one SUB socket connected to exactly the publishers in a directory."""
+
+    def __init__(self, sock: zmq.Socket, directory: PublisherDirectory) -> None:  # type: ignore[type-arg]
+        self._sock = sock
+        self._directory = directory
+        self._connected: dict[str, str] = {}
+        self.version = -1
+
+    def sync(self) -> None:
+        """Apply pending connects and disconnects. Call from the socket's owner."""
+        version, wanted = self._directory.snapshot()
+        for node_id, endpoint in list(self._connected.items()):
+            if wanted.get(node_id) != endpoint:
+                del self._connected[node_id]
+                try:
+                    self._sock.disconnect(endpoint)
+                except zmq.ZMQError:
+                    pass  # already gone: nothing to undo
+        for node_id, endpoint in wanted.items():
+            if node_id not in self._connected:
+                self._sock.connect(endpoint)
+                self._connected[node_id] = endpoint
+        self.version = version
+
+
+def decode_message(frame: bytes, limits: Limits) -> Message:
+    """Turn a received data frame into a Message. Raises ProtocolError."""
+    topic_end, sender, flags, seq, time_ns, start = decode_data(frame, limits)
+    data = decode_payload(flags, frame[start:], limits) if flags else frame[start:]
+    return Message(frame, topic_end, sender, seq, time_ns, data)
+
+
+class Subscription:
+    """Messages whose topic starts with ``prefix``, from every current and future peer.
+
+    Create through :meth:`meshq.Node.subscribe`. Use from one thread only.
+    Iterating yields messages until the subscription or node is closed.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        context: zmq.Context,  # type: ignore[type-arg]
+        factory: SocketFactory,
+        directory: PublisherDirectory,
+        limits: Limits,
+    ) -> None:
+        self.prefix = prefix
+        #: Malformed messages received and dropped.
+        self.dropped = 0
+        self._limits = limits
+        self._directory = directory
+        self._sock = factory.make(context, zmq.SUB)
+        self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        self._links = PublisherLinks(self._sock, directory)
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._wake_read, zmq.POLLIN)
+        self._closed = False
+        directory.watch(self._wake)
+        self._links.sync()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"w")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is pending already) or closed
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """The next message; wait at most ``timeout`` seconds (None: forever).
+
+        Raises meshq.Timeout when the time passes, meshq.Closed after close().
+        Malformed messages from peers are counted in ``dropped``, not raised.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sock = self._sock
+        while True:
+            if self._links.version != self._directory.version:
+                self._check_open()
+                self._links.sync()
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                self._wait(deadline)
+                continue
+            except zmq.ZMQError as exc:
+                self._check_open()
+                raise Closed(f"subscription socket failed: {exc}") from exc
+            try:
+                return decode_message(frame, self._limits)
+            except ProtocolError as exc:
+                self.dropped += 1
+                _bad_input_log.warning("dropped malformed message: %s", exc.reason)
+
+    def _wait(self, deadline: float | None) -> None:
+        if deadline is None:
+            wait_ms = -1
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"no message on {self.prefix!r} within the timeout")
+            wait_ms = max(1, int(remaining * 1000))
+        self._check_open()
+        ready = dict(self._poller.poll(wait_ms))
+        if self._wake_read in ready:
+            try:
+                os.read(self._wake_read, 4096)
+            except BlockingIOError:
+                pass
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed("subscription is closed")
+        if self._directory.closed:
+            self.close()
+            raise Closed("node is closed")
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until closed (meshq.Closed ends the iteration)."""
+        while True:
+            try:
+                yield self.recv()
+            except Closed:
+                return
+
+    def close(self) -> None:
+        """Stop receiving and release the socket. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._directory.unwatch(self._wake)
+        self._sock.close(linger=0)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

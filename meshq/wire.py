@@ -1,0 +1,339 @@
+"""The wire codec: bytes in, typed messages out, and back. No sockets, no clock.
+
+docs/PROTOCOL.md is the specification; this module is its reference
+implementation. Every limit a remote peer could abuse is checked here, and
+every malformed input raises :class:`~meshq.errors.ProtocolError` and nothing
+else, so callers count and drop with a single ``except``.
+
+Two families of messages exist:
+
+* Control messages travel DEALER -> ROUTER as one frame:
+  ``"MQ" | version u8 | kind u8 | body``. The sender's node id is the ZeroMQ
+  routing identity the ROUTER prepends.
+* Data messages travel PUB -> SUB as one frame that starts with the topic, so
+  ZeroMQ's prefix filter does the topic matching:
+  ``topic | 0x00 | version u8 | sender 16 | flags u8 | seq u64 | time u64 | payload``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+
+from .errors import ProtocolError
+
+__all__ = [
+    "CONTROL_SIGNATURE",
+    "DATA_HEADER_BYTES",
+    "FLAG_MSGPACK",
+    "NODE_ID_BYTES",
+    "PROTOCOL_VERSION",
+    "Bye",
+    "ControlMessage",
+    "Hello",
+    "Limits",
+    "Ping",
+    "decode_control",
+    "decode_data",
+    "encode_control",
+    "encode_data",
+    "encode_payload",
+    "decode_payload",
+    "parse_endpoint",
+    "topic_prefix",
+]
+
+PROTOCOL_VERSION: Final = 1
+CONTROL_SIGNATURE: Final = b"MQ"
+NODE_ID_BYTES: Final = 16
+
+KIND_HELLO: Final = 1
+KIND_PING: Final = 2
+KIND_BYE: Final = 3
+
+#: Payload flag: the payload is a msgpack document, not raw bytes.
+FLAG_MSGPACK: Final = 0x01
+_KNOWN_FLAGS: Final = FLAG_MSGPACK
+
+_CONTROL_HEAD = struct.Struct(">2sBB")
+# After the topic's NUL: version, sender id, flags, sequence, time in ns.
+_DATA_HEAD = struct.Struct(">B16sBQQ")
+#: Bytes between a data message's topic terminator and its payload.
+DATA_HEADER_BYTES: Final = _DATA_HEAD.size
+_DATA_TAIL = struct.Struct(">BQQ")  # the per-message part of the header
+
+_MAX_ENDPOINTS = 16
+_MAX_ENDPOINT_CHARS = 64
+_MAX_NAME_BYTES = 255
+_MAX_HEADER_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds the decoder enforces on what a remote peer sends."""
+
+    max_control_bytes: int = 64 * 1024
+    max_topic_bytes: int = 1024
+    max_peers: int = 1024
+    max_headers: int = 64
+    max_payload_bytes: int = 64 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------
+# Control messages
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Introduces a node: who it is and where its sockets listen.
+
+    ``peers`` gossips the nodes the sender knows (id, control endpoints), so a
+    node reached through one seed finds the whole mesh. ``reply`` asks the
+    receiver to answer with a HELLO of its own.
+    """
+
+    sender: bytes
+    name: str
+    mesh: str
+    control: tuple[str, ...]
+    publish: tuple[str, ...]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    peers: tuple[tuple[bytes, tuple[str, ...]], ...] = ()
+    reply: bool = False
+
+
+@dataclass(frozen=True)
+class Ping:
+    """A heartbeat: the sender is alive. Any other message counts as well."""
+
+    sender: bytes
+
+
+@dataclass(frozen=True)
+class Bye:
+    """The sender is closing; forget it now rather than after a timeout."""
+
+    sender: bytes
+
+
+ControlMessage = Hello | Ping | Bye
+
+
+def encode_control(message: ControlMessage) -> bytes:
+    """Encode a control message body (the sender travels as the identity)."""
+    if isinstance(message, Hello):
+        body: bytes = msgpack.packb(
+            {
+                "name": message.name,
+                "mesh": message.mesh,
+                "control": list(message.control),
+                "publish": list(message.publish),
+                "headers": dict(message.headers),
+                "peers": [[pid, list(eps)] for pid, eps in message.peers],
+                "reply": message.reply,
+            },
+            use_bin_type=True,
+        )
+        return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_HELLO) + body
+    kind = KIND_PING if isinstance(message, Ping) else KIND_BYE
+    return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, kind)
+
+
+def decode_control(sender: bytes, frame: bytes, limits: Limits) -> ControlMessage:
+    """Decode one control frame received from routing identity ``sender``.
+
+    Raises ProtocolError for anything that is not a valid control message.
+    """
+    _check_node_id(sender, "sender id")
+    if len(frame) > _CONTROL_HEAD.size + limits.max_control_bytes:
+        raise ProtocolError("control message too large")
+    if len(frame) < _CONTROL_HEAD.size:
+        raise ProtocolError("truncated control header")
+    signature, version, kind = _CONTROL_HEAD.unpack_from(frame)
+    if signature != CONTROL_SIGNATURE:
+        raise ProtocolError("bad signature")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    body = frame[_CONTROL_HEAD.size :]
+    if kind in (KIND_PING, KIND_BYE):
+        if body:
+            raise ProtocolError("unexpected body")
+        return Ping(sender) if kind == KIND_PING else Bye(sender)
+    if kind != KIND_HELLO:
+        raise ProtocolError(f"unknown control kind {kind}")
+    return _decode_hello(sender, body, limits)
+
+
+def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
+    fields = _unpack(body, limits)
+    if not isinstance(fields, dict):
+        raise ProtocolError("HELLO body is not a map")
+    headers = fields.get("headers", {})
+    if not isinstance(headers, dict) or len(headers) > limits.max_headers:
+        raise ProtocolError("bad headers")
+    for key, value in headers.items():
+        if not (_is_text(key, _MAX_HEADER_CHARS) and _is_text(value, _MAX_HEADER_CHARS)):
+            raise ProtocolError("bad header entry")
+    peers = fields.get("peers", [])
+    if not isinstance(peers, list) or len(peers) > limits.max_peers:
+        raise ProtocolError("bad peer list")
+    gossip = []
+    for entry in peers:
+        if not (isinstance(entry, list) and len(entry) == 2):
+            raise ProtocolError("bad peer entry")
+        _check_node_id(entry[0], "peer id")
+        gossip.append((bytes(entry[0]), _endpoints(entry[1], "peer endpoints")))
+    reply = fields.get("reply", False)
+    if not isinstance(reply, bool):
+        raise ProtocolError("bad reply flag")
+    return Hello(
+        sender=sender,
+        name=_text(fields.get("name"), "name"),
+        mesh=_text(fields.get("mesh"), "mesh"),
+        control=_endpoints(fields.get("control"), "control endpoints"),
+        publish=_endpoints(fields.get("publish"), "publish endpoints"),
+        headers=headers,
+        peers=tuple(gossip),
+        reply=reply,
+    )
+
+
+def _unpack(body: bytes, limits: Limits) -> Any:
+    try:
+        return msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limits.max_control_bytes,
+            max_bin_len=limits.max_control_bytes,
+            max_array_len=max(limits.max_peers, _MAX_ENDPOINTS),
+            max_map_len=max(limits.max_headers, 16),
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types; all mean "bad body"
+        raise ProtocolError(f"bad msgpack body: {type(exc).__name__}") from None
+
+
+def _is_text(value: object, max_chars: int) -> bool:
+    return isinstance(value, str) and len(value) <= max_chars
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value.encode()) > _MAX_NAME_BYTES:
+        raise ProtocolError(f"bad {what}")
+    return value
+
+
+def _check_node_id(value: object, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != NODE_ID_BYTES:
+        raise ProtocolError(f"bad {what}")
+
+
+def _endpoints(value: object, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > _MAX_ENDPOINTS:
+        raise ProtocolError(f"bad {what}")
+    for endpoint in value:
+        if not isinstance(endpoint, str) or len(endpoint) > _MAX_ENDPOINT_CHARS:
+            raise ProtocolError(f"bad {what}")
+        try:
+            parse_endpoint(endpoint)
+        except ValueError:
+            raise ProtocolError(f"bad {what}") from None
+    return tuple(value)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """Split ``"tcp://198.18.0.5:7600"`` into host and port.
+
+    Raises ValueError unless it is a TCP endpoint with an IPv4 address and a
+    port in 1..65535.
+    """
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"not a tcp:// endpoint: {endpoint!r}")
+    host, sep, port_text = endpoint[6:].rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"endpoint has no port: {endpoint!r}")
+    ipaddress.IPv4Address(host)  # raises ValueError (AddressValueError)
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {endpoint!r}")
+    return host, port
+
+
+# --------------------------------------------------------------------------
+# Data messages
+
+
+def topic_prefix(topic: str, sender: bytes, limits: Limits) -> bytes:
+    """The constant start of every data frame a sender publishes on ``topic``.
+
+    Built once per topic so the per-message work is one pack and one join.
+    Raises ValueError for an empty, oversized or NUL-containing topic.
+    """
+    encoded = topic.encode()
+    if not encoded or len(encoded) > limits.max_topic_bytes or b"\0" in encoded:
+        raise ValueError(
+            f"topic must be 1..{limits.max_topic_bytes} UTF-8 bytes without NUL: {topic!r}"
+        )
+    return encoded + b"\0" + bytes((PROTOCOL_VERSION,)) + sender
+
+
+def encode_payload(data: object) -> tuple[int, bytes]:
+    """Return (flags, payload bytes): bytes travel as they are, the rest as msgpack.
+
+    Raises TypeError if ``data`` is not msgpack-serialisable.
+    """
+    if type(data) is bytes:
+        return 0, data
+    if isinstance(data, (bytearray, memoryview)):
+        return 0, bytes(data)
+    return FLAG_MSGPACK, msgpack.packb(data, use_bin_type=True)
+
+
+def encode_data(prefix: bytes, flags: int, seq: int, time_ns: int, payload: bytes) -> bytes:
+    """Join one data frame from its constant prefix and per-message fields."""
+    return prefix + _DATA_TAIL.pack(flags, seq, time_ns) + payload
+
+
+def decode_data(frame: bytes, limits: Limits) -> tuple[int, bytes, int, int, int, int]:
+    """Parse and check a data frame's header. Raises ProtocolError.
+
+    Returns (topic_end, sender, flags, seq, time_ns, payload_start): a plain
+    tuple, because this runs once per received message.
+    """
+    topic_end = frame.find(b"\0", 0, limits.max_topic_bytes + 1)
+    if topic_end <= 0:
+        raise ProtocolError("no topic terminator")
+    start = topic_end + 1
+    if len(frame) < start + _DATA_HEAD.size:
+        raise ProtocolError("truncated data header")
+    version, sender, flags, seq, time_ns = _DATA_HEAD.unpack_from(frame, start)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    if flags & ~_KNOWN_FLAGS:
+        raise ProtocolError("unknown flags")
+    payload_start = start + _DATA_HEAD.size
+    if len(frame) - payload_start > limits.max_payload_bytes:
+        raise ProtocolError("payload too large")
+    return topic_end, sender, flags, seq, time_ns, payload_start
+
+
+def decode_payload(flags: int, payload: bytes, limits: Limits) -> object:
+    """Turn a payload back into what was published. Raises ProtocolError."""
+    if not flags & FLAG_MSGPACK:
+        return payload
+    try:
+        return msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=False,
+            max_str_len=limits.max_payload_bytes,
+            max_bin_len=limits.max_payload_bytes,
+        )
+    except Exception as exc:  # every msgpack failure is the sender's fault
+        raise ProtocolError(f"bad msgpack payload: {type(exc).__name__}") from None

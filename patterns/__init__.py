@@ -1,0 +1,10 @@
+"""Reusable patterns built on the public :class:`meshq.Node` API only.
+
+Shipped as ``meshq.patterns``.
+"""
+
+from __future__ import annotations
+
+from .publisher import Publisher
+
+__all__ = ["Publisher"]
