@@ -105,7 +105,7 @@ class MdnsDiscovery:
         self._closed = False
 
     def start(self, on_found: Found, on_lost: Found) -> None:
-        zc = Zeroconf(interfaces=self._interfaces, ip_version=IPVersion.V4Only)
+        zc = self._start_zeroconf()
         self._zeroconf = zc
         # The instance name embeds our random id, so it cannot conflict:
         # cooperating_responders skips the ~1.5 s probe and announces at once.
@@ -127,6 +127,26 @@ class MdnsDiscovery:
                 log.exception("mDNS record %s could not be handled", name)
 
         self._browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[handler])
+
+    def _start_zeroconf(self) -> Zeroconf:
+        # Zeroconf adopts the caller's running event loop if there is one; we
+        # block on it below, so it must get a loop thread of its own. Creating
+        # it on a helper thread (which has no loop) guarantees that.
+        made: list[Zeroconf] = []
+        failed: list[BaseException] = []
+
+        def create() -> None:
+            try:
+                made.append(Zeroconf(interfaces=self._interfaces, ip_version=IPVersion.V4Only))
+            except BaseException as exc:
+                failed.append(exc)
+
+        creator = threading.Thread(target=create, name="meshq-zeroconf-start")
+        creator.start()
+        creator.join()
+        if failed:
+            raise failed[0]
+        return made[0]
 
     def _on_change(
         self,

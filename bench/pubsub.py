@@ -1,0 +1,598 @@
+"""Publish/subscribe throughput: meshq against raw pyzmq, in the same run.
+
+What it measures
+----------------
+For each payload size (100 B, 1 KiB, 64 KiB by default) and each system, one
+publisher process sends a burst of ``count`` messages to one subscriber
+process over loopback TCP (127.0.0.1); both processes are started fresh for
+every run with the multiprocessing "spawn" start method.
+
+* raw: a pyzmq PUB socket sends one frame per message, ``b"bench/t\\0" +
+  payload`` (built once), and a SUB socket subscribed to ``b"bench/"``
+  receives it with ``recv()`` (RCVTIMEO bounds each wait).
+* meshq: ``node.publish("bench/t", payload)`` with the same bytes object, and
+  ``node.subscribe("bench/").recv(timeout=...)`` on the other node. The two
+  nodes find each other through a seed (``discovery=False``, no multicast):
+  the publisher's node binds an ephemeral control port on 127.0.0.1 and hands
+  its control endpoint to the subscriber over a pipe, which passes it as
+  ``seeds=[...]``.
+
+Both sides use the same high-water marks (SNDHWM on the PUB socket, RCVHWM
+on the SUB socket, equal to ``MeshConfig.publish_hwm`` / ``subscribe_hwm``),
+the same payload bytes, the same message count and the same loop shapes.
+
+The slow-joiner problem is handled without sleeps: before the burst the
+publisher sends small warm-up messages on ``bench/w`` until the subscriber
+says (through a multiprocessing Event) that it received one. The subscriber
+tells warm-up and timed messages apart by their length. It times from its
+first timed message to its last one; it stops when it has all ``count``
+messages or after ``QUIET`` seconds without one (then the end time is taken
+as the start of that last, empty wait). ``lost = sent - received``: messages
+dropped at a high-water mark (PUB/SUB never blocks the sender).
+
+Every loop is bounded: the publisher's warm-up in count and time, the burst
+in count, the subscriber's loops by what the publisher sent and by the quiet
+timeout, and the orchestrator kills a run's processes after ``RUN_TIMEOUT``.
+
+Reading the numbers
+-------------------
+``msg/s`` and ``MB/s`` are measured on the subscriber (MB = 10**6 bytes of
+payload, meshq's header not counted). ``pub msg/s`` is the publisher's own
+send rate (burst size over the time its send loop took); when it is far above
+the subscriber's rate, the receiving side is the bottleneck, and vice versa.
+Each (system, size) pair runs ``--repeat`` times, raw and meshq alternating
+which goes first, and the table shows medians. ``ratio`` is meshq msg/s
+divided by raw msg/s: 1.0 means meshq adds nothing over a hand-written pyzmq
+program, 0.5 means it moves half as many messages. The machines are shared
+and noisy; compare ratios from the same run, not absolute numbers across runs.
+
+Usage::
+
+    python bench/pubsub.py [--sizes 100,1024,65536] [--repeat N] [--quick]
+                           [--count-scale X] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import queue
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Literal, TypedDict
+
+import msgpack
+import zmq
+
+import meshq
+
+System = Literal["raw", "meshq"]
+SYSTEMS: tuple[System, ...] = ("raw", "meshq")
+
+TOPIC = "bench/t"
+WARM_TOPIC = "bench/w"
+PREFIX = "bench/"
+RAW_TOPIC = TOPIC.encode() + b"\0"
+RAW_WARM_TOPIC = WARM_TOPIC.encode() + b"\0"
+WARM_PAYLOAD = b"w"  # one byte: timed payloads are at least two, so length tells them apart
+LOOPBACK = "127.0.0.1"
+
+HWM = 100_000  # SNDHWM/RCVHWM for raw, publish_hwm/subscribe_hwm for meshq
+QUIET = 1.0  # seconds without a timed message after which the subscriber stops
+SETUP_TIMEOUT = 15.0  # seconds to connect and see the first warm-up message
+WARMUP_PACE = 0.002  # seconds between warm-up messages (waiting on the Event)
+MAX_WARMUPS = int(SETUP_TIMEOUT / WARMUP_PACE)
+RUN_TIMEOUT = 60.0  # seconds before the orchestrator kills a run's processes
+
+DEFAULT_SIZES = (100, 1024, 65536)
+DEFAULT_COUNTS = {100: 200_000, 1024: 100_000, 65536: 10_000}
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "pubsub.json"
+MB = 1_000_000
+
+
+class PubReport(TypedDict):
+    role: Literal["pub"]
+    sent: int
+    send_s: float
+    warmups: int
+    error: str
+
+
+class SubReport(TypedDict):
+    role: Literal["sub"]
+    received: int
+    elapsed: float
+    quiet_stop: bool
+    error: str
+
+
+Report = PubReport | SubReport
+
+
+class RunResult(TypedDict):
+    system: System
+    size: int
+    sent: int
+    received: int
+    lost: int
+    elapsed_s: float
+    msg_s: float
+    mb_s: float
+    pub_msg_s: float
+    quiet_stop: bool
+    error: str
+
+
+class Summary(TypedDict):
+    msg_s: float
+    mb_s: float
+    pub_msg_s: float
+    sent: int
+    received: int
+    lost: int
+    runs: list[RunResult]
+
+
+def default_count(size: int) -> int:
+    """Messages per run: the table for the standard sizes, else about 650 MB of payload."""
+    if size in DEFAULT_COUNTS:
+        return DEFAULT_COUNTS[size]
+    return max(1_000, min(200_000, 655_360_000 // size))
+
+
+def make_payload(size: int) -> bytes:
+    """The same deterministic payload in every process and for both systems."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+def mesh_config() -> meshq.MeshConfig:
+    return meshq.MeshConfig(publish_hwm=HWM, subscribe_hwm=HWM)
+
+
+# --------------------------------------------------------------------------
+# Publisher process
+
+
+def warm_up(send_one: Callable[[], None], ready: Event) -> int:
+    """Send warm-up messages until the subscriber has seen one; return how many."""
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    sent = 0
+    while not ready.is_set():
+        if sent >= MAX_WARMUPS or time.monotonic() > deadline:
+            raise TimeoutError(f"subscriber saw no warm-up message after {sent} sends")
+        send_one()
+        sent += 1
+        ready.wait(WARMUP_PACE)
+    return sent
+
+
+def publish_raw(size: int, count: int, link: Connection, ready: Event, done: Event) -> PubReport:
+    payload = make_payload(size)
+    frame = RAW_TOPIC + payload
+    warm = RAW_WARM_TOPIC + WARM_PAYLOAD
+    context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+    sock = context.socket(zmq.PUB)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        port = sock.bind_to_random_port(f"tcp://{LOOPBACK}")
+        link.send(f"tcp://{LOOPBACK}:{port}")
+        send = sock.send
+        warmups = warm_up(lambda: send(warm), ready)
+        start = time.perf_counter()
+        for _ in range(count):
+            send(frame)
+        send_s = time.perf_counter() - start
+        # Closing now would discard what is still queued (linger 0).
+        done.wait(RUN_TIMEOUT)
+        return PubReport(role="pub", sent=count, send_s=send_s, warmups=warmups, error="")
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def publish_meshq(size: int, count: int, link: Connection, ready: Event, done: Event) -> PubReport:
+    payload = make_payload(size)
+    with meshq.Node(
+        "bench-pub", interfaces=[LOOPBACK], discovery=False, config=mesh_config()
+    ) as node:
+        link.send(node.control_endpoints[0])
+        node.wait_for_peers(1, timeout=SETUP_TIMEOUT)
+        publish = node.publish
+        warmups = warm_up(lambda: publish(WARM_TOPIC, WARM_PAYLOAD), ready)
+        start = time.perf_counter()
+        for _ in range(count):
+            publish(TOPIC, payload)
+        send_s = time.perf_counter() - start
+        done.wait(RUN_TIMEOUT)
+        return PubReport(role="pub", sent=count, send_s=send_s, warmups=warmups, error="")
+
+
+def publisher_main(
+    system: System,
+    size: int,
+    count: int,
+    link: Connection,
+    ready: Event,
+    done: Event,
+    reports: Queue[Report],
+) -> None:
+    try:
+        run = publish_raw if system == "raw" else publish_meshq
+        reports.put(run(size, count, link, ready, done))
+    except BaseException as exc:
+        reports.put(
+            PubReport(
+                role="pub", sent=0, send_s=0.0, warmups=0, error=f"{type(exc).__name__}: {exc}"
+            )
+        )
+
+
+# --------------------------------------------------------------------------
+# Subscriber process
+
+
+def receive_endpoint(link: Connection) -> str:
+    if not link.poll(SETUP_TIMEOUT):
+        raise TimeoutError("publisher sent no endpoint")
+    endpoint = link.recv()
+    if not isinstance(endpoint, str):
+        raise TypeError(f"bad endpoint {endpoint!r}")
+    return endpoint
+
+
+def subscribe_raw(size: int, count: int, link: Connection, ready: Event) -> SubReport:
+    expected = len(RAW_TOPIC) + size
+    context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+    sock = context.socket(zmq.SUB)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.SUBSCRIBE, PREFIX.encode())
+        sock.connect(receive_endpoint(link))
+        recv = sock.recv
+        # Warm-up: the first message of any kind proves the subscription is in place.
+        sock.setsockopt(zmq.RCVTIMEO, int(SETUP_TIMEOUT * 1000))
+        recv()
+        ready.set()
+        sock.setsockopt(zmq.RCVTIMEO, int(QUIET * 1000))
+        received = 0
+        quiet_stop = False
+        start = end = 0.0
+        try:
+            while len(recv()) != expected:  # late warm-up messages
+                pass
+            start = time.perf_counter()
+            received = 1
+            while received < count:
+                if len(recv()) == expected:
+                    received += 1
+            end = time.perf_counter()
+        except zmq.Again:
+            quiet_stop = True
+            end = time.perf_counter() - QUIET
+        return SubReport(
+            role="sub",
+            received=received,
+            elapsed=max(0.0, end - start),
+            quiet_stop=quiet_stop,
+            error="",
+        )
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def subscribe_meshq(size: int, count: int, link: Connection, ready: Event) -> SubReport:
+    endpoint = receive_endpoint(link)
+    with meshq.Node(
+        "bench-sub",
+        interfaces=[LOOPBACK],
+        seeds=[endpoint],
+        discovery=False,
+        config=mesh_config(),
+    ) as node:
+        node.wait_for_peers(1, timeout=SETUP_TIMEOUT)
+        with node.subscribe(PREFIX) as sub:
+            recv = sub.recv
+            recv(SETUP_TIMEOUT)
+            ready.set()
+            received = 0
+            quiet_stop = False
+            start = end = 0.0
+            try:
+                data: bytes = recv(QUIET).data  # type: ignore[assignment]
+                while len(data) != size:  # late warm-up messages
+                    data = recv(QUIET).data  # type: ignore[assignment]
+                start = time.perf_counter()
+                received = 1
+                while received < count:
+                    data = recv(QUIET).data  # type: ignore[assignment]
+                    if len(data) == size:
+                        received += 1
+                end = time.perf_counter()
+            except meshq.Timeout:
+                quiet_stop = True
+                end = time.perf_counter() - QUIET
+            return SubReport(
+                role="sub",
+                received=received,
+                elapsed=max(0.0, end - start),
+                quiet_stop=quiet_stop,
+                error="",
+            )
+
+
+def subscriber_main(
+    system: System,
+    size: int,
+    count: int,
+    link: Connection,
+    ready: Event,
+    done: Event,
+    reports: Queue[Report],
+) -> None:
+    try:
+        run = subscribe_raw if system == "raw" else subscribe_meshq
+        reports.put(run(size, count, link, ready))
+    except BaseException as exc:
+        reports.put(
+            SubReport(
+                role="sub",
+                received=0,
+                elapsed=0.0,
+                quiet_stop=False,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        )
+    finally:
+        done.set()
+
+
+# --------------------------------------------------------------------------
+# Orchestration
+
+
+def run_once(system: System, size: int, count: int) -> RunResult:
+    """One burst of ``count`` messages between two fresh processes."""
+    ctx = multiprocessing.get_context("spawn")
+    pub_link, sub_link = ctx.Pipe()
+    ready = ctx.Event()
+    done = ctx.Event()
+    reports: Queue[Report] = ctx.Queue()
+    processes = [
+        ctx.Process(
+            target=target,
+            args=(system, size, count, link, ready, done, reports),
+            name=f"bench-{role}-{system}-{size}",
+            daemon=True,
+        )
+        for target, link, role in (
+            (subscriber_main, sub_link, "sub"),
+            (publisher_main, pub_link, "pub"),
+        )
+    ]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    pub: PubReport | None = None
+    sub: SubReport | None = None
+    errors: list[str] = []
+    while pub is None or sub is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            errors.append(f"run exceeded {RUN_TIMEOUT} s")
+            break
+        try:
+            report = reports.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if report["role"] == "pub":
+            pub = report
+        else:
+            sub = report
+    for process in processes:
+        process.join(max(0.1, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+            errors.append(f"{process.name} killed")
+    reports.close()
+    pub_link.close()
+    sub_link.close()
+
+    sent = pub["sent"] if pub else 0
+    send_s = pub["send_s"] if pub else 0.0
+    received = sub["received"] if sub else 0
+    elapsed = sub["elapsed"] if sub else 0.0
+    errors += [r["error"] for r in (pub, sub) if r is not None and r["error"]]
+    msg_s = (received - 1) / elapsed if received > 1 and elapsed > 0 else 0.0
+    return RunResult(
+        system=system,
+        size=size,
+        sent=sent,
+        received=received,
+        lost=sent - received,
+        elapsed_s=elapsed,
+        msg_s=msg_s,
+        mb_s=msg_s * size / MB,
+        pub_msg_s=sent / send_s if send_s > 0 else 0.0,
+        quiet_stop=bool(sub and sub["quiet_stop"]),
+        error="; ".join(errors),
+    )
+
+
+def summarise(runs: list[RunResult]) -> Summary:
+    return Summary(
+        msg_s=statistics.median(r["msg_s"] for r in runs),
+        mb_s=statistics.median(r["mb_s"] for r in runs),
+        pub_msg_s=statistics.median(r["pub_msg_s"] for r in runs),
+        sent=sum(r["sent"] for r in runs),
+        received=sum(r["received"] for r in runs),
+        lost=sum(r["lost"] for r in runs),
+        runs=runs,
+    )
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
+    if not sizes or any(size < 2 for size in sizes):
+        raise argparse.ArgumentTypeError("sizes must be integers >= 2 (bytes)")
+    return sizes
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="meshq publish/subscribe throughput against raw pyzmq PUB/SUB (loopback)."
+    )
+    parser.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=list(DEFAULT_SIZES),
+        help="payload sizes in bytes, comma-separated (default: 100,1024,65536)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="runs per (system, size); median reported (3)"
+    )
+    parser.add_argument(
+        "--count-scale",
+        type=float,
+        default=None,
+        help="multiply the per-size message counts (200k/100k/10k) by this (1.0)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: --count-scale 0.1 --repeat 1 unless given"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"where to write results ({DEFAULT_JSON})"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.count_scale is None:
+        args.count_scale = 0.1 if args.quick else 1.0
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    if args.count_scale <= 0:
+        parser.error("--count-scale must be > 0")
+    return args
+
+
+def format_table(sizes: list[int], results: dict[int, dict[System, Summary]]) -> str:
+    header = (
+        f"{'size':>7} {'system':<6} {'msg/s':>10} {'MB/s':>9} {'pub msg/s':>10} "
+        f"{'sent':>9} {'received':>9} {'lost':>7} {'ratio':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for size in sizes:
+        raw = results[size]["raw"]
+        for system in SYSTEMS:
+            s = results[size][system]
+            ratio = ""
+            if system == "meshq":
+                ratio = f"{s['msg_s'] / raw['msg_s']:.2f}" if raw["msg_s"] > 0 else "n/a"
+            lines.append(
+                f"{size:>7} {system:<6} {s['msg_s']:>10,.0f} {s['mb_s']:>9,.1f} "
+                f"{s['pub_msg_s']:>10,.0f} {s['sent']:>9,} {s['received']:>9,} "
+                f"{s['lost']:>7,} {ratio:>6}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes: list[int] = args.sizes
+    repeat: int = args.repeat
+    counts = {size: max(100, int(default_count(size) * args.count_scale)) for size in sizes}
+    print(
+        "meshq pub/sub vs raw pyzmq PUB/SUB: two spawned processes per run, loopback TCP "
+        f"{LOOPBACK}; meshq joins by seed (discovery=False, no mDNS); HWM {HWM:,}; "
+        f"repeat {repeat}, medians shown",
+        flush=True,
+    )
+    began = time.monotonic()
+    runs: dict[int, dict[System, list[RunResult]]] = {s: {"raw": [], "meshq": []} for s in sizes}
+    failures: list[str] = []
+    for size in sizes:
+        for index in range(repeat):
+            order = SYSTEMS if index % 2 == 0 else SYSTEMS[::-1]
+            for system in order:
+                result = run_once(system, size, counts[size])
+                runs[size][system].append(result)
+                note = f"  ERROR {result['error']}" if result["error"] else ""
+                if result["error"]:
+                    failures.append(f"{system} {size} B run {index + 1}: {result['error']}")
+                print(
+                    f"  {size:>6} B {system:<5} run {index + 1}/{repeat}: "
+                    f"{result['msg_s']:>10,.0f} msg/s, lost {result['lost']:,}{note}",
+                    flush=True,
+                )
+    results = {
+        size: {system: summarise(runs[size][system]) for system in SYSTEMS} for size in sizes
+    }
+    print()
+    print(format_table(sizes, results))
+    wall = time.monotonic() - began
+    print(f"\n{wall:.1f} s wall; ratio = meshq msg/s / raw msg/s (subscriber side, medians)")
+
+    document = {
+        "benchmark": "pubsub",
+        "meta": {
+            "transport": f"tcp over loopback {LOOPBACK}",
+            "meshq_joining": "seed: publisher's ephemeral control endpoint, discovery=False",
+            "processes": "one publisher and one subscriber process per run, spawn start method",
+            "hwm": HWM,
+            "quiet_timeout_s": QUIET,
+            "repeat": repeat,
+            "counts": {str(size): counts[size] for size in sizes},
+            "mb": "10**6 bytes of payload (meshq header not counted)",
+            "aggregation": "msg_s, mb_s, pub_msg_s: median of runs; sent/received/lost: totals",
+            "python": platform.python_version(),
+            "pyzmq": zmq.__version__,
+            "libzmq": zmq.zmq_version(),
+            "msgpack": ".".join(str(part) for part in msgpack.version),
+            "meshq": meshq.__version__,
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wall_s": round(wall, 2),
+        },
+        "results": {
+            str(size): {
+                "raw": results[size]["raw"],
+                "meshq": results[size]["meshq"],
+                "ratio": (
+                    results[size]["meshq"]["msg_s"] / results[size]["raw"]["msg_s"]
+                    if results[size]["raw"]["msg_s"] > 0
+                    else None
+                ),
+            }
+            for size in sizes
+        },
+        "failures": failures,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    if failures:
+        print("failures:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The ``meshq`` command: what people do by hand with a mesh.
+
+meshq demo                  a live local mesh of three processes, ~10 s
+meshq peers [--watch]       who is on the mesh
+meshq pub TOPIC DATA        publish one message (or --count N)
+meshq sub PREFIX            print messages as they arrive
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from .config import MeshConfig
+from .errors import Timeout
+from .node import Node
+
+__all__ = ["main"]
+
+
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mesh", default="default", help="mesh name (default: %(default)s)")
+    parser.add_argument(
+        "--interface",
+        action="append",
+        dest="interfaces",
+        metavar="IP",
+        help="IPv4 address to listen on; repeat for more "
+        "(default: MESHQ_INTERFACES, else all non-loopback)",
+    )
+    parser.add_argument(
+        "--seed",
+        action="append",
+        dest="seeds",
+        default=[],
+        metavar="ENDPOINT",
+        help="control endpoint to join through, e.g. tcp://198.18.0.5:7600; repeatable",
+    )
+    parser.add_argument("--name", help="this node's name")
+    parser.add_argument("--port", type=int, default=0, help="control port (default: any free)")
+    parser.add_argument("--no-mdns", action="store_true", help="use seeds only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _make_node(args: argparse.Namespace, default_name: str) -> Node:
+    return Node(
+        args.name or default_name,
+        mesh=args.mesh,
+        interfaces=args.interfaces,
+        seeds=args.seeds,
+        config=MeshConfig(control_port=args.port),
+        discovery=not args.no_mdns,
+    )
+
+
+def _cmd_peers(args: argparse.Namespace) -> int:
+    with _make_node(args, "meshq-peers") as node:
+        if args.watch:
+            print(f"watching mesh {args.mesh!r} (Ctrl-C to stop)", flush=True)
+            for event in node.events(timeout=args.duration):
+                peer = event.peer
+                reason = f" ({event.reason})" if event.reason else ""
+                print(f"{event.kind.value:9} {peer.name:20} {peer.id[:8]} {peer.endpoint}{reason}")
+            return 0
+        try:
+            node.wait_for_peers(args.expect, timeout=args.wait)
+        except Timeout:
+            pass  # show whoever answered
+        peers = node.peers()
+        print(f"{len(peers)} peer(s) on mesh {args.mesh!r}")
+        for peer in sorted(peers, key=lambda p: p.name):
+            print(f"  {peer.name:20} {peer.id[:8]}  {peer.state.value:7}  {peer.endpoint}")
+        return 0
+
+
+def _cmd_pub(args: argparse.Namespace) -> int:
+    data: object = json.loads(args.data) if args.json else args.data.encode()
+    with _make_node(args, "meshq-pub") as node:
+        try:
+            node.wait_for_peers(args.peers, timeout=args.timeout)
+        except Timeout:
+            print(f"only {len(node.peers())} of {args.peers} peer(s) joined", file=sys.stderr)
+            return 1
+        # Subscribers connect to us after our HELLO reaches them; without a
+        # subscriber count on the wire yet, give those connects a moment.
+        time.sleep(args.settle)
+        for _ in range(args.count):
+            node.publish(args.topic, data)
+        print(f"published {args.count} message(s) on {args.topic!r}")
+    return 0
+
+
+def _cmd_sub(args: argparse.Namespace) -> int:
+    received = 0
+    with _make_node(args, "meshq-sub") as node, node.subscribe(args.prefix) as sub:
+        print(f"subscribed to {args.prefix!r} on mesh {args.mesh!r}", flush=True)
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        while args.count is None or received < args.count:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                message = sub.recv(timeout=remaining)
+            except Timeout:
+                break
+            received += 1
+            print(f"{message.topic} [{message.sender[:8]} #{message.seq}] {message.data!r}")
+            sys.stdout.flush()
+    return 0 if args.count is None or received >= args.count else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshq", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run a live local mesh of several processes")
+    demo.add_argument("--nodes", type=int, default=3, help="processes (default: %(default)s)")
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds (default: 10)")
+    demo.add_argument("--rate", type=int, default=20_000, help="msg/s per node cap")
+    demo.add_argument("--mesh", default=None, help="mesh name (default: a fresh one)")
+    demo.add_argument(
+        "--interface", default="127.0.0.1", help="IPv4 address (default: %(default)s)"
+    )
+
+    peers = commands.add_parser("peers", help="list (or --watch) the peers on a mesh")
+    _node_options(peers)
+    peers.add_argument("--watch", action="store_true", help="print peer events as they happen")
+    peers.add_argument("--wait", type=float, default=2.0, help="seconds to listen (default: 2)")
+    peers.add_argument("--expect", type=int, default=1_000_000, help="stop once N peers seen")
+    peers.add_argument("--duration", type=float, default=None, help="--watch for N seconds")
+
+    pub = commands.add_parser("pub", help="publish a message")
+    _node_options(pub)
+    pub.add_argument("topic")
+    pub.add_argument("data", help="sent as UTF-8 bytes, or as msgpack with --json")
+    pub.add_argument("--json", action="store_true", help="parse DATA as JSON")
+    pub.add_argument("--count", type=int, default=1, help="how many times (default: 1)")
+    pub.add_argument("--peers", type=int, default=1, help="wait for N peers (default: 1)")
+    pub.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for peers")
+    pub.add_argument("--settle", type=float, default=0.3, help="seconds for subscribers to connect")
+
+    sub = commands.add_parser("sub", help="print messages whose topic starts with PREFIX")
+    _node_options(sub)
+    sub.add_argument("prefix")
+    sub.add_argument("--count", type=int, default=None, help="exit after N messages")
+    sub.add_argument("--timeout", type=float, default=None, help="exit after N seconds")
+
+    node = commands.add_parser("demo-node", help=argparse.SUPPRESS)
+    node.add_argument("name")
+    node.add_argument("--mesh", required=True)
+    node.add_argument("--interface", required=True)
+    node.add_argument("--nodes", type=int, required=True)
+    node.add_argument("--duration", type=float, required=True)
+    node.add_argument("--rate", type=int, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``meshq`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args.nodes, args.duration, args.rate, args.mesh, args.interface)
+        if args.command == "demo-node":
+            from .demo import run_demo_node
+
+            return run_demo_node(
+                args.name, args.mesh, args.interface, args.nodes, args.duration, args.rate
+            )
+        handlers = {"peers": _cmd_peers, "pub": _cmd_pub, "sub": _cmd_sub}
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, OSError) as exc:
+        print(f"meshq: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""A node in its own process, driven by JSON lines, for multi-process tests.
+
+Prints one JSON object per line on stdout (``ready``, ``joined``, ``left``,
+``suspect``, ``message``, ``published``, ``closed``) and reads commands as
+JSON lines on stdin: ``{"cmd": "subscribe", "prefix": "t/"}``,
+``{"cmd": "publish", "topic": "t/x", "data": "hi", "count": 10}``,
+``{"cmd": "close"}``. Exits when stdin closes or after ``close``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from typing import Any
+
+import meshq
+
+_print_lock = threading.Lock()
+
+
+def emit(event: str, **fields: Any) -> None:
+    with _print_lock:
+        sys.stdout.write(json.dumps({"ev": event, **fields}) + "\n")
+        sys.stdout.flush()
+
+
+def receive(node: meshq.Node, prefix: str, stop: threading.Event) -> None:
+    with node.subscribe(prefix) as sub:
+        emit("subscribed", prefix=prefix)
+        while not stop.is_set():
+            try:
+                message = sub.recv(timeout=0.2)
+            except meshq.Timeout:
+                continue
+            except meshq.Closed:
+                return
+            data = message.data
+            if isinstance(data, bytes):
+                data = data.decode(errors="replace")
+            emit("message", topic=message.topic, data=data, sender=message.sender, seq=message.seq)
+
+
+def report_events(node: meshq.Node) -> None:
+    for event in node.events():
+        emit(event.kind.value, name=event.peer.name, id=event.peer.id, reason=event.reason)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--mesh", required=True)
+    parser.add_argument("--interface", required=True)
+    parser.add_argument("--seed", action="append", default=[])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--no-mdns", action="store_true")
+    args = parser.parse_args()
+    config = meshq.MeshConfig(control_port=args.port)
+    node = meshq.Node(
+        args.name,
+        mesh=args.mesh,
+        interfaces=[args.interface],
+        seeds=args.seed,
+        config=config,
+        discovery=not args.no_mdns,
+    )
+    events = threading.Thread(target=report_events, args=(node,), daemon=True)
+    events.start()
+    emit("ready", id=node.id, control=list(node.control_endpoints))
+    stop = threading.Event()
+    receivers = []
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "subscribe":
+            thread = threading.Thread(target=receive, args=(node, command["prefix"], stop))
+            thread.start()
+            receivers.append(thread)
+        elif command["cmd"] == "publish":
+            for _ in range(command.get("count", 1)):
+                node.publish(command["topic"], command["data"])
+            emit("published", topic=command["topic"], count=command.get("count", 1))
+        elif command["cmd"] == "close":
+            break
+    stop.set()
+    for thread in receivers:
+        thread.join()
+    node.close()
+    emit("closed")
+
+
+if __name__ == "__main__":
+    main()

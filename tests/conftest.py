@@ -1,0 +1,54 @@
+"""Shared fixtures: unique mesh names, a thread-leak check, network namespaces."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import Agent, Lan, can_make_namespaces
+
+
+@pytest.fixture
+def mesh() -> str:
+    """A mesh name of this test's own, so concurrent meshes on loopback never mix."""
+    return f"test-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves meshq or zeroconf threads running after it ends."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = [
+            t
+            for t in threading.enumerate()
+            if t not in before and t.is_alive() and not t.name.startswith("asyncio_")
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+@pytest.fixture
+def lan3() -> Iterator[Lan]:
+    """Three hosts on a bridge, each in its own network namespace."""
+    if not can_make_namespaces():
+        pytest.skip("network namespaces need root and iproute2")
+    with Lan(3) as lan:
+        yield lan
+
+
+@pytest.fixture
+def agents() -> Iterator[list[Agent]]:
+    """Agent processes started by a test; each is stopped (or killed by PID) afterwards."""
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        agent.stop()

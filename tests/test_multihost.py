@@ -1,0 +1,98 @@
+"""Three hosts on a bridge, each in its own network namespace (needs root).
+
+What only a real network shows: mDNS across hosts, a SIGKILLed node, a host
+whose link goes down and comes back, a clean goodbye, and a seed on another
+host as the only way in. Addresses are in 198.18.0.0/15; the namespaces and
+links are removed by the ``lan3`` fixture even when a test fails.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from meshq import MeshConfig
+from tests.harness import Agent, Lan, agent_argv, joined, left
+from tests.test_multiprocess import publish_until_received
+
+NAMES = ("h1", "h2", "h3")
+GONE_AFTER = MeshConfig().gone_after
+
+
+def start(lan: Lan, agents: list[Agent], host: int, mesh: str, *extra: str) -> Agent:
+    argv = agent_argv(NAMES[host], mesh, lan.addresses[host], *extra)
+    agent = Agent(lan.argv(host, argv), NAMES[host])
+    agents.append(agent)
+    return agent
+
+
+def full_mesh(lan: Lan, agents: list[Agent], mesh: str) -> list[Agent]:
+    hosts = [start(lan, agents, host, mesh) for host in range(3)]
+    for agent in hosts:
+        for other in set(NAMES) - {agent.name}:
+            agent.expect(joined(other), timeout=15)
+    return hosts
+
+
+def test_hosts_find_each_other_by_mdns_and_exchange_messages(
+    lan3: Lan, agents: list[Agent], mesh: str
+) -> None:
+    h1, h2, h3 = full_mesh(lan3, agents, mesh)
+    h3.send(cmd="subscribe", prefix="lan/")
+    h3.expect(lambda e: e["ev"] == "subscribed", timeout=10)
+    message = publish_until_received(h1, "lan/hello", h3)
+    assert message["sender"] == h1.id
+
+
+def test_a_sigkilled_node_is_gone_within_the_timeout_plus_one_second(
+    lan3: Lan, agents: list[Agent], mesh: str
+) -> None:
+    h1, h2, h3 = full_mesh(lan3, agents, mesh)
+    h3.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    for survivor in (h1, h2):
+        remaining = GONE_AFTER + 1.0 - (time.monotonic() - killed)
+        event = survivor.expect(left("h3"), timeout=max(remaining, 0.01))
+        assert event["reason"] == "timeout"
+
+
+def test_a_host_whose_link_goes_down_leaves_and_rejoins(
+    lan3: Lan, agents: list[Agent], mesh: str
+) -> None:
+    h1, h2, h3 = full_mesh(lan3, agents, mesh)
+    lan3.link(1, up=False)
+    assert h1.expect(left("h2"), timeout=GONE_AFTER + 5)["reason"] == "timeout"
+    assert h2.expect(left("h1"), timeout=GONE_AFTER + 5)["reason"] == "timeout"
+    seen = len(h1.events)
+    lan3.link(1, up=True)
+    h1.expect(lambda e: e in h1.events[seen:] and joined("h2")(e), timeout=15)
+    rejoined = [e for e in h1.events[seen:] if joined("h2")(e)]
+    assert rejoined and rejoined[0]["id"] == h2.id  # the same node, back again
+    h2.send(cmd="subscribe", prefix="back/")
+    h2.expect(lambda e: e["ev"] == "subscribed", timeout=10)
+    publish_until_received(h1, "back/again", h2)
+
+
+def test_a_node_that_closes_is_reported_left_with_a_goodbye(
+    lan3: Lan, agents: list[Agent], mesh: str
+) -> None:
+    h1, h2, h3 = full_mesh(lan3, agents, mesh)
+    h3.send(cmd="close")
+    closed = time.monotonic()
+    for survivor in (h1, h2):
+        remaining = 1.0 - (time.monotonic() - closed)
+        event = survivor.expect(left("h3"), timeout=max(remaining, 0.01))
+        assert event["reason"] == "bye"
+
+
+def test_a_seed_on_another_host_is_enough_to_join_the_whole_mesh(
+    lan3: Lan, agents: list[Agent], mesh: str
+) -> None:
+    seed = start(lan3, agents, 0, mesh, "--port", "7600")
+    h2 = start(lan3, agents, 1, mesh)
+    h2.expect(joined("h1"), timeout=15)
+    h3 = start(lan3, agents, 2, mesh, "--no-mdns", "--seed", "tcp://198.18.0.1:7600")
+    h3.expect(joined("h1"), timeout=15)
+    h3.expect(joined("h2"), timeout=15)  # learned from the seed's HELLO
+    h2.expect(joined("h3"), timeout=15)
+    seed.expect(joined("h3"), timeout=15)

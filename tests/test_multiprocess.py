@@ -1,0 +1,88 @@
+"""Nodes in separate processes on 127.0.0.1, found by mDNS on the loopback interface."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from tests.harness import Agent, agent_argv, joined, left
+
+LOOPBACK = "127.0.0.1"
+
+
+def start(agents: list[Agent], name: str, mesh: str, *extra: str) -> Agent:
+    agent = Agent(agent_argv(name, mesh, LOOPBACK, *extra), name)
+    agents.append(agent)
+    return agent
+
+
+def publish_until_received(
+    publisher: Agent, topic: str, receiver: Agent, timeout: float = 10.0
+) -> dict[str, object]:
+    """Publish a message every 50 ms until ``receiver`` reports it (bounded by timeout)."""
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while time.monotonic() < deadline:
+        attempt += 1
+        payload = f"{publisher.name}-{attempt}"
+        publisher.send(cmd="publish", topic=topic, data=payload)
+        try:
+            return receiver.expect(
+                lambda e: e["ev"] == "message" and e["topic"] == topic, timeout=0.05
+            )
+        except AssertionError:
+            continue
+    raise AssertionError(f"{receiver.name} got nothing on {topic} from {publisher.name}")
+
+
+def test_three_processes_form_a_mesh_and_exchange_messages(mesh: str, agents: list[Agent]) -> None:
+    a, b, c = (start(agents, name, mesh) for name in ("a", "b", "c"))
+    for agent in (a, b, c):
+        for other in {"a", "b", "c"} - {agent.name}:
+            agent.expect(joined(other), timeout=15)
+    for agent in (b, c):
+        agent.send(cmd="subscribe", prefix="metrics/")
+        agent.expect(lambda e: e["ev"] == "subscribed", timeout=10)
+    for receiver in (b, c):
+        message = publish_until_received(a, "metrics/cpu", receiver)
+        assert message["sender"] == a.id
+    message = publish_until_received(c, "metrics/mem", b)
+    assert message["sender"] == c.id and str(message["data"]).startswith("c-")
+
+
+def test_a_subscriber_started_after_the_publisher_gets_later_messages(
+    mesh: str, agents: list[Agent]
+) -> None:
+    publisher = start(agents, "publisher", mesh)
+    publisher.send(cmd="publish", topic="news/early", data="before anyone listened")
+    late = start(agents, "late", mesh)
+    late.expect(joined("publisher"), timeout=15)
+    late.send(cmd="subscribe", prefix="news/")
+    late.expect(lambda e: e["ev"] == "subscribed", timeout=10)
+    message = publish_until_received(publisher, "news/later", late)
+    assert str(message["data"]).startswith("publisher-")
+    assert not any(e.get("topic") == "news/early" for e in late.events)
+
+
+def test_sigkill_is_noticed_and_a_restart_replaces_the_old_peer(
+    mesh: str, agents: list[Agent]
+) -> None:
+    watcher = start(agents, "watcher", mesh)
+    victim = start(agents, "victim", mesh, "--port", "0")
+    watcher.expect(joined("victim"), timeout=15)
+    old_id = victim.id
+    victim.signal(signal.SIGKILL)
+    gone = watcher.expect(left("victim"), timeout=10)
+    assert gone["reason"] == "timeout" and gone["id"] == old_id
+
+    # A restart on the same control port while the old one is still known.
+    port = victim.ready["control"][0].rpartition(":")[2]
+    first = start(agents, "phoenix", mesh, "--port", port)
+    watcher.expect(joined("phoenix"), timeout=15)
+    first.signal(signal.SIGKILL)
+    second = start(agents, "phoenix", mesh, "--port", port)
+    replaced = watcher.expect(
+        lambda e: e["ev"] == "left" and e["id"] == first.id, timeout=10
+    )
+    assert replaced["reason"] == "restarted"  # at once, not after the heartbeat timeout
+    watcher.expect(lambda e: e["ev"] == "joined" and e["id"] == second.id, timeout=15)

@@ -1,0 +1,115 @@
+"""The peer state machine and dialer, driven by a fake clock: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+from meshq.config import MeshConfig
+from meshq.peers import Dialer, EventKind, PeerState, PeerTable
+from meshq.wire import Hello
+
+CONFIG = MeshConfig()  # suspect after 1.5 s, gone after 3.0 s
+A = b"a" * 16
+B = b"b" * 16
+
+
+def hello(sender: bytes, control: str, name: str = "n") -> Hello:
+    return Hello(sender, name, "default", (control,), ("tcp://127.0.0.1:9",))
+
+
+def table() -> PeerTable:
+    return PeerTable(CONFIG, lambda endpoints: endpoints[0])
+
+
+def kinds(events: list) -> list[EventKind]:  # type: ignore[type-arg]
+    return [event.kind for event in events]
+
+
+def test_hello_joins_once_and_refreshes() -> None:
+    peers = table()
+    assert kinds(peers.hello(hello(A, "tcp://127.0.0.1:1", "alpha"), now=0.0)) == [EventKind.JOINED]
+    assert peers.hello(hello(A, "tcp://127.0.0.1:1", "alpha"), now=1.0) == []
+    (peer,) = peers.snapshot()
+    assert (peer.id, peer.name, peer.state, peer.last_seen) == (
+        A.hex(),
+        "alpha",
+        PeerState.ALIVE,
+        1.0,
+    )
+
+
+def test_silence_makes_suspect_then_gone() -> None:
+    peers = table()
+    peers.hello(hello(A, "tcp://127.0.0.1:1"), now=0.0)
+    assert peers.tick(1.4) == []
+    events = peers.tick(1.5)
+    assert kinds(events) == [EventKind.SUSPECT]
+    assert events[0].peer.state is PeerState.SUSPECT
+    assert peers.tick(2.9) == []  # suspect is reported once
+    events = peers.tick(3.0)
+    assert kinds(events) == [EventKind.LEFT] and events[0].reason == "timeout"
+    assert A not in peers
+
+
+def test_traffic_recovers_a_suspect_and_resets_the_clock() -> None:
+    peers = table()
+    peers.hello(hello(A, "tcp://127.0.0.1:1"), now=0.0)
+    peers.tick(2.0)
+    assert kinds(peers.heard(A, now=2.5)) == [EventKind.RECOVERED]
+    assert kinds(peers.tick(5.0)) == [EventKind.SUSPECT]  # 2.5 s of silence: not gone yet
+    assert kinds(peers.tick(5.5)) == [EventKind.LEFT]  # 3.0 s since the last message
+
+
+def test_bye_leaves_at_once() -> None:
+    peers = table()
+    peers.hello(hello(A, "tcp://127.0.0.1:1"), now=0.0)
+    events = peers.bye(A)
+    assert kinds(events) == [EventKind.LEFT] and events[0].reason == "bye"
+    assert peers.bye(A) == [] and peers.heard(A, 1.0) == []
+
+
+def test_restart_with_new_id_replaces_the_old_peer() -> None:
+    peers = table()
+    peers.hello(hello(A, "tcp://127.0.0.1:1"), now=0.0)
+    events = peers.hello(hello(B, "tcp://127.0.0.1:1"), now=0.5)
+    assert [(e.kind, e.peer.id, e.reason) for e in events] == [
+        (EventKind.LEFT, A.hex(), "restarted"),
+        (EventKind.JOINED, B.hex(), ""),
+    ]
+    assert [p.id for p in peers.snapshot()] == [B.hex()]
+
+
+def test_table_is_bounded() -> None:
+    peers = PeerTable(MeshConfig(max_peers=1), lambda endpoints: endpoints[0])
+    peers.hello(hello(A, "tcp://127.0.0.1:1"), now=0.0)
+    assert peers.hello(hello(B, "tcp://127.0.0.1:2"), now=0.0) == []
+    assert peers.rejected == 1 and len(peers) == 1
+
+
+def test_dialer_retries_until_connected() -> None:
+    dialer = Dialer(CONFIG)  # hello_interval 0.5 s
+    dialer.add("tcp://127.0.0.1:1", A, now=0.0, lasting=True)
+    assert dialer.due(0.0, connected=[]) == (["tcp://127.0.0.1:1"], [])
+    assert dialer.due(0.4, connected=[]) == ([], [])
+    assert dialer.due(0.5, connected=[]) == (["tcp://127.0.0.1:1"], [])
+    assert dialer.due(5.0, connected=["tcp://127.0.0.1:1"]) == ([], [])
+    assert dialer.due(100.0, connected=[]) == (["tcp://127.0.0.1:1"], [])  # lasting: never expires
+
+
+def test_dialer_gossip_expires_and_withdrawal_forgets() -> None:
+    dialer = Dialer(CONFIG)
+    dialer.add("tcp://127.0.0.1:1", A, now=0.0, lasting=False)
+    dialer.add("tcp://127.0.0.1:2", B, now=0.0, lasting=True)
+    assert dialer.due(3.0, connected=[]) == (["tcp://127.0.0.1:2"], ["tcp://127.0.0.1:1"])
+    dialer.remove("tcp://127.0.0.1:2")
+    assert len(dialer) == 0
+    dialer.add("tcp://127.0.0.1:3", A, now=0.0, lasting=True)
+    dialer.forget_peer(A)
+    assert "tcp://127.0.0.1:3" not in dialer
+
+
+def test_config_rejects_inconsistent_timings() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        MeshConfig(suspect_after=4.0, gone_after=3.0)
+    with pytest.raises(ValueError):
+        MeshConfig(heartbeat_interval=0)

@@ -1,0 +1,199 @@
+"""The codec on its own: round trips, and every malformed input as ProtocolError."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshq.errors import ProtocolError
+from meshq.wire import (
+    PROTOCOL_VERSION,
+    Bye,
+    Hello,
+    Limits,
+    Ping,
+    decode_control,
+    decode_data,
+    decode_payload,
+    encode_control,
+    encode_data,
+    encode_payload,
+    parse_endpoint,
+    topic_prefix,
+)
+
+LIMITS = Limits()
+SENDER = bytes(range(16))
+OTHER = bytes(range(16, 32))
+
+
+def hello(**changes: object) -> Hello:
+    fields: dict[str, object] = {
+        "sender": SENDER,
+        "name": "alpha",
+        "mesh": "default",
+        "control": ("tcp://127.0.0.1:7600",),
+        "publish": ("tcp://127.0.0.1:7601",),
+        "headers": {"role": "sensor"},
+        "peers": ((OTHER, ("tcp://198.18.0.2:7600",)),),
+        "reply": True,
+    }
+    fields.update(changes)
+    return Hello(**fields)  # type: ignore[arg-type]
+
+
+def raw_control(kind: int, body: object, version: int = PROTOCOL_VERSION) -> bytes:
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return b"MQ" + bytes((version, kind)) + packed
+
+
+def test_control_messages_round_trip() -> None:
+    for message in (hello(), hello(reply=False, peers=(), headers={}), Ping(SENDER), Bye(SENDER)):
+        assert decode_control(SENDER, encode_control(message), LIMITS) == message
+
+
+def test_data_frame_round_trip_and_prefix_matching() -> None:
+    prefix = topic_prefix("sensors/temp", SENDER, LIMITS)
+    flags, payload = encode_payload({"celsius": 21.5})
+    frame = encode_data(prefix, flags, 7, 1_700_000_000_123_456_789, payload)
+    assert frame.startswith(b"sensors/")  # what ZeroMQ's SUB filter matches on
+    topic_end, sender, got_flags, seq, time_ns, start = decode_data(frame, LIMITS)
+    assert frame[:topic_end] == b"sensors/temp"
+    assert (sender, seq, time_ns) == (SENDER, 7, 1_700_000_000_123_456_789)
+    assert decode_payload(got_flags, frame[start:], LIMITS) == {"celsius": 21.5}
+
+
+def test_bytes_travel_unchanged() -> None:
+    flags, payload = encode_payload(b"\x00\xff raw")
+    assert (flags, payload) == (0, b"\x00\xff raw")
+    frame = encode_data(topic_prefix("t", SENDER, LIMITS), flags, 1, 0, payload)
+    *_, got_flags, _, _, start = decode_data(frame, LIMITS)
+    assert decode_payload(got_flags, frame[start:], LIMITS) == b"\x00\xff raw"
+
+
+@pytest.mark.parametrize("topic", ["", "a\0b", "x" * 1025])
+def test_bad_topics_are_refused_locally(topic: str) -> None:
+    with pytest.raises(ValueError):
+        topic_prefix(topic, SENDER, LIMITS)
+
+
+def test_unencodable_data_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        encode_payload(object())
+
+
+@pytest.mark.parametrize(
+    ("sender", "frame", "reason"),
+    [
+        (SENDER, b"MQ", "truncated"),
+        (SENDER, b"XX\x01\x02", "signature"),
+        (SENDER, b"MQ\x02\x02", "version"),
+        (SENDER, b"MQ\x01\x09", "kind"),
+        (SENDER, b"MQ\x01\x02junk", "body"),
+        (b"\x00short", b"MQ\x01\x02", "sender"),
+        (SENDER, b"MQ\x01\x01" + b"\xc1", "msgpack"),
+        (SENDER, raw_control(1, [1, 2]), "map"),
+        (SENDER, raw_control(1, {"name": "a", "mesh": "m", "control": ["udp://x"]}), "control"),
+        (SENDER, raw_control(1, {"name": 5, "mesh": "m", "control": [], "publish": []}), "name"),
+        (SENDER, b"MQ\x01\x01" + b"\x00" * (64 * 1024 + 1), "too large"),
+    ],
+)
+def test_malformed_control_is_one_typed_error(sender: bytes, frame: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_control(sender, frame, LIMITS)
+    assert reason in caught.value.reason
+
+
+def test_hello_limits_are_enforced() -> None:
+    base = {"name": "a", "mesh": "m", "control": [], "publish": []}
+    too_many_headers = {**base, "headers": {f"k{i}": "v" for i in range(65)}}
+    too_many_endpoints = {**base, "control": ["tcp://127.0.0.1:1"] * 17}
+    bad_peer = {**base, "peers": [[b"short", []]]}
+    long_name = {**base, "name": "n" * 256}
+    for body in (too_many_headers, too_many_endpoints, bad_peer, long_name):
+        with pytest.raises(ProtocolError):
+            decode_control(SENDER, raw_control(1, body), LIMITS)
+
+
+def test_unknown_hello_keys_are_ignored() -> None:
+    body = {"name": "a", "mesh": "m", "control": [], "publish": [], "future": 1}
+    decoded = decode_control(SENDER, raw_control(1, body), LIMITS)
+    assert isinstance(decoded, Hello) and decoded.name == "a"
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"no terminator", "terminator"),
+        (b"\0" + bytes(34), "terminator"),  # empty topic
+        (b"t\0\x01" + bytes(10), "truncated"),
+        (b"t\0\x09" + bytes(33), "version"),
+        (b"t\0\x01" + bytes(16) + b"\x80" + bytes(16), "flags"),
+    ],
+)
+def test_malformed_data_is_one_typed_error(frame: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_data(frame, LIMITS)
+    assert reason in caught.value.reason
+
+
+def test_oversized_payload_and_topic_are_refused() -> None:
+    small = Limits(max_payload_bytes=10, max_topic_bytes=4)
+    header = struct.pack(">B16sBQQ", PROTOCOL_VERSION, SENDER, 0, 1, 0)
+    with pytest.raises(ProtocolError):
+        decode_data(b"t\0" + header + bytes(11), small)
+    with pytest.raises(ProtocolError):
+        decode_data(b"toolong\0" + header, small)
+    with pytest.raises(ProtocolError):
+        decode_payload(1, b"\xc1", LIMITS)
+
+
+def test_parse_endpoint() -> None:
+    assert parse_endpoint("tcp://198.18.0.5:7600") == ("198.18.0.5", 7600)
+    for bad in ("tcp://host:1", "udp://1.2.3.4:5", "tcp://1.2.3.4", "tcp://1.2.3.4:0"):
+        with pytest.raises(ValueError):
+            parse_endpoint(bad)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300), st.binary(min_size=16, max_size=16))
+def test_any_control_bytes_decode_or_raise_protocol_error(frame: bytes, sender: bytes) -> None:
+    try:
+        decode_control(sender, b"MQ\x01" + frame, LIMITS)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_data_bytes_decode_or_raise_protocol_error(frame: bytes) -> None:
+    try:
+        *_, flags, _, _, start = decode_data(frame, LIMITS)
+        decode_payload(flags, frame[start:], LIMITS)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(min_size=1, max_size=40).filter(lambda t: "\0" not in t),
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=10,
+    ),
+    st.integers(0, 2**64 - 1),
+)
+def test_any_published_value_round_trips(topic: str, data: object, seq: int) -> None:
+    flags, payload = encode_payload(data)
+    frame = encode_data(topic_prefix(topic, SENDER, LIMITS), flags, seq, 0, payload)
+    topic_end, _, got_flags, got_seq, _, start = decode_data(frame, LIMITS)
+    assert frame[:topic_end].decode() == topic
+    assert got_seq == seq
+    decoded = decode_payload(got_flags, frame[start:], LIMITS)
+    # msgpack turns tuples into lists; nothing else changes.
+    assert decoded == data
