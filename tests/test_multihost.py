@@ -37,7 +37,7 @@ def full_mesh(lan: Lan, agents: list[Agent], mesh: str) -> list[Agent]:
 def test_hosts_find_each_other_by_mdns_and_exchange_messages(
     lan3: Lan, agents: list[Agent], mesh: str
 ) -> None:
-    h1, h2, h3 = full_mesh(lan3, agents, mesh)
+    h1, _, h3 = full_mesh(lan3, agents, mesh)
     h3.send(cmd="subscribe", prefix="lan/")
     h3.expect(lambda e: e["ev"] == "subscribed", timeout=10)
     message = publish_until_received(h1, "lan/hello", h3)
@@ -59,7 +59,7 @@ def test_a_sigkilled_node_is_gone_within_the_timeout_plus_one_second(
 def test_a_host_whose_link_goes_down_leaves_and_rejoins(
     lan3: Lan, agents: list[Agent], mesh: str
 ) -> None:
-    h1, h2, h3 = full_mesh(lan3, agents, mesh)
+    h1, h2, _ = full_mesh(lan3, agents, mesh)
     lan3.link(1, up=False)
     assert h1.expect(left("h2"), timeout=GONE_AFTER + 5)["reason"] == "timeout"
     assert h2.expect(left("h1"), timeout=GONE_AFTER + 5)["reason"] == "timeout"
@@ -88,7 +88,7 @@ def test_a_node_that_closes_is_reported_left_with_a_goodbye(
 def test_a_seed_on_another_host_is_enough_to_join_the_whole_mesh(
     lan3: Lan, agents: list[Agent], mesh: str
 ) -> None:
-    seed = start(lan3, agents, 0, mesh, "--port", "7600")
+    seed = start(lan3, agents, 0, mesh, "--port", "7600")  # a fixed port, as seeds need
     h2 = start(lan3, agents, 1, mesh)
     h2.expect(joined("h1"), timeout=15)
     h3 = start(lan3, agents, 2, mesh, "--no-mdns", "--seed", "tcp://198.18.0.1:7600")

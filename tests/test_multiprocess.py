@@ -81,8 +81,6 @@ def test_sigkill_is_noticed_and_a_restart_replaces_the_old_peer(
     watcher.expect(joined("phoenix"), timeout=15)
     first.signal(signal.SIGKILL)
     second = start(agents, "phoenix", mesh, "--port", port)
-    replaced = watcher.expect(
-        lambda e: e["ev"] == "left" and e["id"] == first.id, timeout=10
-    )
+    replaced = watcher.expect(lambda e: e["ev"] == "left" and e["id"] == first.id, timeout=10)
     assert replaced["reason"] == "restarted"  # at once, not after the heartbeat timeout
     watcher.expect(lambda e: e["ev"] == "joined" and e["id"] == second.id, timeout=15)

@@ -1,0 +1,102 @@
+"""The command line and the examples, run as a user would run them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import meshq
+from meshq.patterns import Publisher
+
+ROOT = Path(__file__).resolve().parent.parent
+MESHQ = [sys.executable, "-m", "meshq.cli"]
+
+
+def test_demo_runs_a_mesh_that_hears_itself() -> None:
+    result = subprocess.run(
+        [*MESHQ, "demo", "--duration", "2"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all nodes heard each other" in result.stdout
+    for name in ("alpha", "bravo", "charlie"):
+        assert f"joined: {name}" in result.stdout
+
+
+def test_pub_reaches_sub_across_processes(mesh: str) -> None:
+    common = ["--mesh", mesh, "--interface", "127.0.0.1"]
+    sub = subprocess.Popen(
+        [*MESHQ, "sub", "cli/", "--count", "1", "--timeout", "30", *common],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(10):  # bounded retries: a publish may beat the subscriber's connect
+            pub = subprocess.run(
+                [*MESHQ, "pub", "cli/greeting", "hello mesh", "--count", "5", *common],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert pub.returncode == 0, pub.stderr
+            try:
+                sub.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        out, err = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    assert sub.returncode == 0, err
+    assert "cli/greeting" in out and "b'hello mesh'" in out
+
+
+def test_peers_lists_the_nodes_on_a_mesh(mesh: str) -> None:
+    with meshq.Node("listed", mesh=mesh, interfaces=["127.0.0.1"]):
+        result = subprocess.run(
+            [*MESHQ, "peers", "--mesh", mesh, "--interface", "127.0.0.1", "--expect", "1"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "1 peer(s)" in result.stdout and "listed" in result.stdout
+
+
+def test_cli_reports_bad_input_without_a_traceback() -> None:
+    result = subprocess.run(
+        [*MESHQ, "peers", "--interface", "not-an-ip"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "not an IPv4 interface address" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_example_pubsub_sensors_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "pubsub_sensors.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("sensors/temp") == 5
+
+
+def test_patterns_publisher_sends_on_its_topic(mesh: str) -> None:
+    with meshq.Node("p", mesh=mesh, interfaces=["127.0.0.1"]) as node, node.subscribe("t/") as sub:
+        publisher = Publisher(node, "t/fixed")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            publisher.send({"v": 1})
+            try:
+                message = sub.recv(timeout=0.02)
+                break
+            except meshq.Timeout:
+                continue
+        else:
+            raise AssertionError("nothing received")
+        assert (message.topic, message.data) == ("t/fixed", {"v": 1})
