@@ -26,6 +26,9 @@ class MeshConfig:
     gone_after: float = 3.0
     #: Seconds between HELLOs to a discovered endpoint that has not answered.
     hello_interval: float = 0.5
+    #: Seconds between HELLOs re-sent to every peer with the current peer
+    #: list, so that a mesh formed through seeds heals after a partition.
+    gossip_interval: float = 5.0
     #: Control port to bind; 0 picks a free port. Seeds need a fixed one.
     control_port: int = 0
     #: Publish socket port to bind; 0 picks a free port.
@@ -58,8 +61,8 @@ class MeshConfig:
                 "need heartbeat_interval < suspect_after < gone_after (seconds), got "
                 f"{self.heartbeat_interval}, {self.suspect_after}, {self.gone_after}"
             )
-        if self.hello_interval <= 0:
-            raise ValueError("hello_interval must be > 0 seconds")
+        if self.hello_interval <= 0 or self.gossip_interval <= 0:
+            raise ValueError("hello_interval and gossip_interval must be > 0 seconds")
         for name in ("control_port", "publish_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:

@@ -89,7 +89,10 @@ class MdnsDiscovery:
         self._mesh = mesh
         self._networks = local_networks(interfaces)
         self._interfaces = list(interfaces)
-        label = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+        # ASCII only, so 40 characters are 40 bytes: the instance label must
+        # fit DNS's 63-byte limit together with the id.
+        label = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)
+        label = label[:40]
         self._info = ServiceInfo(
             SERVICE_TYPE,
             f"{label}-{node_id.hex()[:12]}.{SERVICE_TYPE}",

@@ -33,9 +33,11 @@ from .sockets import SocketFactory
 from .subscription import PublisherDirectory, Subscription
 from .wire import (
     Bye,
+    ControlMessage,
     Hello,
     Limits,
     Ping,
+    check_identity,
     decode_control,
     encode_control,
     encode_data,
@@ -89,8 +91,8 @@ class Node:
         headers: small str -> str facts about this node, shown to peers.
         discovery: False to skip mDNS entirely (seeds only).
 
-    Raises ValueError for a bad interface or seed, zmq.ZMQError if a port
-    cannot be bound.
+    Raises ValueError for a bad interface, seed, name, mesh or headers, and
+    zmq.ZMQError if a port cannot be bound.
     """
 
     def __init__(
@@ -105,7 +107,7 @@ class Node:
         discovery: bool = True,
     ) -> None:
         self.config = config or MeshConfig()
-        self._raw_id = os.urandom(16)
+        self._raw_id = _new_node_id()
         #: This node's id: 32 hex digits, new at every start.
         self.id = self._raw_id.hex()
         self.name = name or f"node-{self.id[:8]}"
@@ -120,6 +122,7 @@ class Node:
             max_headers=self.config.max_headers,
             max_payload_bytes=self.config.max_message_bytes,
         )
+        check_identity(self.name, mesh, self.headers, self._limits)
         self._discoveries: list[Discovery] = []
         seed_discovery = SeedDiscovery(seeds)  # validates before anything starts
         self._context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
@@ -231,8 +234,9 @@ class Node:
         Raises meshq.Closed after close(), ValueError for an oversized prefix.
         """
         self._check_open()
-        if len(prefix.encode()) > self.config.max_topic_bytes:
-            raise ValueError(f"prefix longer than {self.config.max_topic_bytes} bytes")
+        encoded = prefix.encode()
+        if len(encoded) > self.config.max_topic_bytes or b"\0" in encoded:
+            raise ValueError(f"prefix must be at most {self.config.max_topic_bytes} bytes, no NUL")
         return Subscription(
             prefix,
             context=self._context,
@@ -434,6 +438,11 @@ class _ControlPlane:
         self._running = True
 
     def _choose(self, endpoints: tuple[str, ...]) -> str:
+        # Reuse a connection we already dial: two DEALERs with one identity
+        # to the same peer would make its ROUTER drop one of them.
+        for endpoint in endpoints:
+            if endpoint in self._dealers:
+                return endpoint
         return choose_endpoint(endpoints, self._node._networks)
 
     def run(self) -> None:
@@ -443,6 +452,8 @@ class _ControlPlane:
         now = time.monotonic()
         next_tick = now
         next_ping = now + self._config.heartbeat_interval
+        next_gossip = now + self._config.gossip_interval
+        ping = encode_control(Ping(self._node._raw_id))
         while self._running:
             wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
             ready = dict(poller.poll(wait_ms))
@@ -457,9 +468,16 @@ class _ControlPlane:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + _TICK
-                if now >= next_ping:
+                if now >= next_gossip:
+                    # Re-announce with fresh gossip, so two nodes that lost
+                    # each other but still see a common peer find each other
+                    # again even without mDNS. It counts as a heartbeat.
+                    next_gossip = now + self._config.gossip_interval
                     next_ping = now + self._config.heartbeat_interval
-                    self._broadcast(Ping(self._node._raw_id))
+                    self._broadcast(self._hello(reply=False))
+                elif now >= next_ping:
+                    next_ping = now + self._config.heartbeat_interval
+                    self._broadcast(ping)
                 self._tick(now)
 
     def _run_commands(self) -> None:
@@ -491,15 +509,22 @@ class _ControlPlane:
             except ProtocolError as exc:
                 self._reject(exc.reason)
                 continue
-            if isinstance(message, Hello):
-                self._on_hello(message, now)
-            elif isinstance(message, Bye):
-                self._dialer.forget_peer(message.sender)
-                self._apply(self._table.bye(message.sender))
-            elif message.sender in self._table:
-                self._apply(self._table.heard(message.sender, now))
-            else:
-                self._node._count("unknown_sender")
+            try:
+                self._handle(message, now)
+            except Exception:  # a bug must not make the node deaf to everyone else
+                self._node._count("internal_errors")
+                log.exception("control message from %s could not be handled", frames[0].hex())
+
+    def _handle(self, message: ControlMessage, now: float) -> None:
+        if isinstance(message, Hello):
+            self._on_hello(message, now)
+        elif isinstance(message, Bye):
+            self._dialer.forget_peer(message.sender)
+            self._apply(self._table.bye(message.sender))
+        elif message.sender in self._table:
+            self._apply(self._table.heard(message.sender, now))
+        else:
+            self._node._count("unknown_sender")
 
     def _reject(self, reason: str) -> None:
         self._node._count("protocol_errors")
@@ -519,27 +544,36 @@ class _ControlPlane:
         if peer is not None:
             if hello.reply:
                 self._send(peer.endpoint, self._hello(reply=False))
+            self._refresh_publishers()
             for gossip_id, endpoints in hello.peers:
                 if gossip_id != self._node._raw_id and gossip_id not in self._table and endpoints:
                     self._dialer.add(self._choose(endpoints), gossip_id, now, lasting=False)
         self._apply(events)
         self._hello_due(now)
 
-    def _hello(self, *, reply: bool) -> Hello:
-        return Hello(
-            sender=self._node._raw_id,
-            name=self._node.name,
-            mesh=self._node.mesh,
-            control=self.endpoints,
-            publish=self._node.publish_endpoints,
-            headers=self._node.headers,
-            peers=tuple(
-                (peer_id, peer.control)
-                for peer_id, peer in self._table.items()
-                if peer.state is PeerState.ALIVE
-            ),
-            reply=reply,
-        )
+    def _hello(self, *, reply: bool) -> bytes:
+        """Our HELLO, encoded; gossip is trimmed until it fits the control limit."""
+        gossip = [
+            (peer_id, peer.control)
+            for peer_id, peer in self._table.items()
+            if peer.state is PeerState.ALIVE
+        ]
+        while True:
+            frame = encode_control(
+                Hello(
+                    sender=self._node._raw_id,
+                    name=self._node.name,
+                    mesh=self._node.mesh,
+                    control=self.endpoints,
+                    publish=self._node.publish_endpoints,
+                    headers=self._node.headers,
+                    peers=tuple(gossip),
+                    reply=reply,
+                )
+            )
+            if len(frame) <= self._config.max_control_bytes or not gossip:
+                return frame
+            gossip = gossip[: len(gossip) // 2]
 
     def _hello_due(self, now: float) -> None:
         connected = [ep for peer in self._table.snapshot() for ep in peer.control]
@@ -573,10 +607,14 @@ class _ControlPlane:
         for event in events:
             node._dispatch_queue.put(event)
         self._publish_snapshot()
+        self._refresh_publishers()
+
+    def _refresh_publishers(self) -> None:
+        """Tell subscriptions where every peer publishes (a no-op if unchanged)."""
+        node = self._node
         publishers = {node.id: node._local_publish}
         for peer in self._table.snapshot():
-            if peer.publish:
-                publishers[peer.id] = choose_endpoint(peer.publish, node._networks)
+            publishers[peer.id] = choose_endpoint(peer.publish, node._networks)
         node._directory.update(publishers)
 
     def _publish_snapshot(self) -> None:
@@ -585,7 +623,7 @@ class _ControlPlane:
             node._peer_snapshot = self._table.snapshot()
             node._state.notify_all()
 
-    def _send(self, endpoint: str, message: Hello | Ping | Bye) -> None:
+    def _send(self, endpoint: str, frame: bytes) -> None:
         dealer = self._dealers.get(endpoint)
         if dealer is None:
             dealer = self._node._sockets.make(self._context, zmq.DEALER)
@@ -594,13 +632,13 @@ class _ControlPlane:
             dealer.connect(endpoint)
             self._dealers[endpoint] = dealer
         try:
-            dealer.send(encode_control(message), zmq.NOBLOCK)
+            dealer.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._node._count("control_dropped")  # unreachable peer, queue full
 
-    def _broadcast(self, message: Hello | Ping | Bye) -> None:
+    def _broadcast(self, frame: bytes) -> None:
         for peer in self._table.snapshot():
-            self._send(peer.endpoint, message)
+            self._send(peer.endpoint, frame)
 
     def _close_unused_dealers(self) -> None:
         in_use = {peer.endpoint for peer in self._table.snapshot()}
@@ -620,6 +658,14 @@ class _ControlPlane:
             dealer.close(linger=linger_ms)
         self._dealers.clear()
         self._router.close(linger=0)
+
+
+def _new_node_id() -> bytes:
+    """16 random bytes; never a leading zero byte, which ZeroMQ reserves in routing ids."""
+    while True:
+        node_id = os.urandom(16)
+        if node_id[0]:
+            return node_id
 
 
 def _bind_all(sock: zmq.Socket, interfaces: Sequence[str], port: int) -> int:  # type: ignore[type-arg]

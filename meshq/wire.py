@@ -18,6 +18,7 @@ Two families of messages exist:
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ __all__ = [
     "encode_data",
     "encode_payload",
     "decode_payload",
+    "check_identity",
+    "MAX_MESH_BYTES",
     "parse_endpoint",
     "topic_prefix",
 ]
@@ -67,9 +70,12 @@ _DATA_HEAD = struct.Struct(">B16sBQQ")
 DATA_HEADER_BYTES: Final = _DATA_HEAD.size
 _DATA_TAIL = struct.Struct(">BQQ")  # the per-message part of the header
 
+_PORT = re.compile(r"[1-9][0-9]{0,4}")
 _MAX_ENDPOINTS = 16
 _MAX_ENDPOINT_CHARS = 64
 _MAX_NAME_BYTES = 255
+#: Longest mesh name in UTF-8 bytes; it must also fit an mDNS TXT entry.
+MAX_MESH_BYTES: Final = 128
 _MAX_HEADER_CHARS = 1024
 
 
@@ -194,7 +200,7 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
     return Hello(
         sender=sender,
         name=_text(fields.get("name"), "name"),
-        mesh=_text(fields.get("mesh"), "mesh"),
+        mesh=_text(fields.get("mesh"), "mesh", MAX_MESH_BYTES),
         control=_endpoints(fields.get("control"), "control endpoints"),
         publish=_endpoints(fields.get("publish"), "publish endpoints"),
         headers=headers,
@@ -223,10 +229,27 @@ def _is_text(value: object, max_chars: int) -> bool:
     return isinstance(value, str) and len(value) <= max_chars
 
 
-def _text(value: object, what: str) -> str:
-    if not isinstance(value, str) or len(value.encode()) > _MAX_NAME_BYTES:
+def _text(value: object, what: str, max_bytes: int = _MAX_NAME_BYTES) -> str:
+    if not isinstance(value, str) or len(value.encode()) > max_bytes:
         raise ProtocolError(f"bad {what}")
     return value
+
+
+def check_identity(name: str, mesh: str, headers: Mapping[str, str], limits: Limits) -> None:
+    """Check locally what peers would refuse in our HELLO. Raises ValueError.
+
+    Without this a node with a 300-byte name would be silently ignored by
+    every peer.
+    """
+    if not 0 < len(name.encode()) <= _MAX_NAME_BYTES:
+        raise ValueError(f"node name must be 1..{_MAX_NAME_BYTES} UTF-8 bytes")
+    if not 0 < len(mesh.encode()) <= MAX_MESH_BYTES:
+        raise ValueError(f"mesh name must be 1..{MAX_MESH_BYTES} UTF-8 bytes")
+    if len(headers) > limits.max_headers:
+        raise ValueError(f"at most {limits.max_headers} headers")
+    for key, value in headers.items():
+        if not (_is_text(key, _MAX_HEADER_CHARS) and _is_text(value, _MAX_HEADER_CHARS)):
+            raise ValueError(f"headers must be str -> str, each at most {_MAX_HEADER_CHARS} chars")
 
 
 def _check_node_id(value: object, what: str) -> None:
@@ -235,7 +258,7 @@ def _check_node_id(value: object, what: str) -> None:
 
 
 def _endpoints(value: object, what: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or len(value) > _MAX_ENDPOINTS:
+    if not isinstance(value, list) or not 0 < len(value) <= _MAX_ENDPOINTS:
         raise ProtocolError(f"bad {what}")
     for endpoint in value:
         if not isinstance(endpoint, str) or len(endpoint) > _MAX_ENDPOINT_CHARS:
@@ -256,11 +279,14 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     if not endpoint.startswith("tcp://"):
         raise ValueError(f"not a tcp:// endpoint: {endpoint!r}")
     host, sep, port_text = endpoint[6:].rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"endpoint has no port: {endpoint!r}")
-    ipaddress.IPv4Address(host)  # raises ValueError (AddressValueError)
+    # ASCII digits only, no leading zero: one spelling per endpoint, so that
+    # endpoints compare equal as strings (restart detection relies on it).
+    if not sep or not _PORT.fullmatch(port_text):
+        raise ValueError(f"endpoint needs a port 1..65535: {endpoint!r}")
+    if str(ipaddress.IPv4Address(host)) != host:  # IPv4Address raises ValueError too
+        raise ValueError(f"endpoint needs a dotted-quad IPv4 address: {endpoint!r}")
     port = int(port_text)
-    if not 0 < port < 65536:
+    if port > 65535:
         raise ValueError(f"port out of range: {endpoint!r}")
     return host, port
 

@@ -169,6 +169,26 @@ def test_one_seed_is_enough_for_a_full_mesh(mesh: str) -> None:
             assert {p.name for p in b.peers()} == {"seed", "c"}
 
 
+def test_what_peers_would_refuse_is_refused_locally(mesh: str) -> None:
+    with pytest.raises(ValueError, match="node name"):
+        meshq.Node("n" * 256, mesh=mesh, interfaces=LOOPBACK)
+    with pytest.raises(ValueError, match="mesh name"):
+        meshq.Node("ok", mesh="m" * 129, interfaces=LOOPBACK)
+    with pytest.raises(ValueError, match="headers"):
+        meshq.Node("ok", mesh=mesh, interfaces=LOOPBACK, headers={"k": "v" * 1025})
+    with pytest.raises(ValueError, match="IPv4"):
+        meshq.Node("ok", mesh=mesh, interfaces=["eth0"])
+    with pytest.raises(ValueError, match="port"):
+        meshq.Node("ok", mesh=mesh, interfaces=LOOPBACK, seeds=["tcp://127.0.0.1"])
+    with meshq.Node("é" * 100, mesh=mesh, interfaces=LOOPBACK) as node:  # non-ASCII name
+        with pytest.raises(ValueError):
+            node.subscribe("a\0b")
+        with pytest.raises(ValueError):
+            node.publish("", b"x")
+        with pytest.raises(TypeError):
+            node.publish("t", object())
+
+
 def test_wait_for_peers_times_out_with_a_typed_error(mesh: str) -> None:
     with meshq.Node("alone", mesh=mesh, interfaces=LOOPBACK) as node:
         with pytest.raises(meshq.Timeout) as caught:

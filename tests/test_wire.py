@@ -120,7 +120,8 @@ def test_hello_limits_are_enforced() -> None:
 
 
 def test_unknown_hello_keys_are_ignored() -> None:
-    body = {"name": "a", "mesh": "m", "control": [], "publish": [], "future": 1}
+    endpoints = ["tcp://127.0.0.1:1"]
+    body = {"name": "a", "mesh": "m", "control": endpoints, "publish": endpoints, "future": 1}
     decoded = decode_control(SENDER, raw_control(1, body), LIMITS)
     assert isinstance(decoded, Hello) and decoded.name == "a"
 
@@ -152,9 +153,28 @@ def test_oversized_payload_and_topic_are_refused() -> None:
         decode_payload(1, b"\xc1", LIMITS)
 
 
+def test_hello_without_endpoints_is_refused() -> None:
+    # A peer we cannot answer is no peer; an empty list once crashed the node.
+    for key in ("control", "publish"):
+        body = {"name": "a", "mesh": "m", "control": ["tcp://127.0.0.1:1"]}
+        body["publish"] = ["tcp://127.0.0.1:2"]
+        body[key] = []
+        with pytest.raises(ProtocolError):
+            decode_control(SENDER, raw_control(1, body), LIMITS)
+
+
 def test_parse_endpoint() -> None:
     assert parse_endpoint("tcp://198.18.0.5:7600") == ("198.18.0.5", 7600)
-    for bad in ("tcp://host:1", "udp://1.2.3.4:5", "tcp://1.2.3.4", "tcp://1.2.3.4:0"):
+    bad_endpoints = (
+        "tcp://host:1",
+        "udp://1.2.3.4:5",
+        "tcp://1.2.3.4",
+        "tcp://1.2.3.4:0",
+        "tcp://1.2.3.4:65536",
+        "tcp://1.2.3.4:07600",  # one spelling per endpoint
+        "tcp://1.2.3.4:\u0667\u0666\u0660\u0660",  # non-ASCII digits
+    )
+    for bad in bad_endpoints:
         with pytest.raises(ValueError):
             parse_endpoint(bad)
 
