@@ -172,7 +172,7 @@ class AsyncNode:
 
     def subscribe(self, prefix: str) -> AsyncSubscription:
         """See :meth:`Node.subscribe`; call from the loop that will receive."""
-        self._node._check_open()
+        self._node._check_prefix(prefix)
         subscription = AsyncSubscription(
             prefix,
             context=self._context,

@@ -42,6 +42,7 @@ from .wire import (
     encode_control,
     encode_data,
     encode_payload,
+    routing_id,
     topic_prefix,
 )
 
@@ -122,7 +123,7 @@ class Node:
             max_headers=self.config.max_headers,
             max_payload_bytes=self.config.max_message_bytes,
         )
-        check_identity(self.name, mesh, self.headers, self._limits)
+        check_identity(self.name, mesh, self.headers, len(self.interfaces), self._limits)
         self._discoveries: list[Discovery] = []
         seed_discovery = SeedDiscovery(seeds)  # validates before anything starts
         self._context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
@@ -233,10 +234,7 @@ class Node:
         before it connected to a publisher are not received (as in ZeroMQ).
         Raises meshq.Closed after close(), ValueError for an oversized prefix.
         """
-        self._check_open()
-        encoded = prefix.encode()
-        if len(encoded) > self.config.max_topic_bytes or b"\0" in encoded:
-            raise ValueError(f"prefix must be at most {self.config.max_topic_bytes} bytes, no NUL")
+        self._check_prefix(prefix)
         return Subscription(
             prefix,
             context=self._context,
@@ -370,6 +368,12 @@ class Node:
         if self._closed:
             raise Closed("node is closed")
 
+    def _check_prefix(self, prefix: str) -> None:
+        self._check_open()
+        encoded = prefix.encode()
+        if len(encoded) > self.config.max_topic_bytes or b"\0" in encoded:
+            raise ValueError(f"prefix must be at most {self.config.max_topic_bytes} bytes, no NUL")
+
     def _send_command(self, command: _Command) -> None:
         self._commands.append(command)
         try:
@@ -432,9 +436,11 @@ class _ControlPlane:
         port = _bind_all(self._router, node.interfaces, self._config.control_port)
         self.endpoints = tuple(f"tcp://{ip}:{port}" for ip in node.interfaces)
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]
+        self._links = 0  # DEALERs made so far; numbers their routing ids
         self._table = PeerTable(self._config, self._choose)
         self._dialer = Dialer(self._config)
         self._bad_input_log = RateLimitedLog(log, interval=5.0)
+        self._internal_log = RateLimitedLog(log, interval=5.0)
         self._running = True
 
     def _choose(self, endpoints: tuple[str, ...]) -> str:
@@ -462,11 +468,13 @@ class _ControlPlane:
                     os.read(self._node._wake_read, 4096)
                 except BlockingIOError:
                     pass
-            self._run_commands()
-            if self._router in ready:
-                self._receive()
-            now = time.monotonic()
-            if now >= next_tick:
+            try:
+                self._run_commands()
+                if self._router in ready:
+                    self._receive()
+                now = time.monotonic()
+                if now < next_tick:
+                    continue
                 next_tick = now + _TICK
                 if now >= next_gossip:
                     # Re-announce with fresh gossip, so two nodes that lost
@@ -479,6 +487,9 @@ class _ControlPlane:
                     next_ping = now + self._config.heartbeat_interval
                     self._broadcast(ping)
                 self._tick(now)
+            except Exception:  # a bug must not leave the node deaf and mute
+                self._node._count("internal_errors")
+                self._internal_log.warning("control loop error", exc_info=True)
 
     def _run_commands(self) -> None:
         commands = self._node._commands
@@ -513,7 +524,11 @@ class _ControlPlane:
                 self._handle(message, now)
             except Exception:  # a bug must not make the node deaf to everyone else
                 self._node._count("internal_errors")
-                log.exception("control message from %s could not be handled", frames[0].hex())
+                self._internal_log.warning(
+                    "control message from %s could not be handled",
+                    frames[0][:16].hex(),
+                    exc_info=True,
+                )
 
     def _handle(self, message: ControlMessage, now: float) -> None:
         if isinstance(message, Hello):
@@ -550,6 +565,7 @@ class _ControlPlane:
                     self._dialer.add(self._choose(endpoints), gossip_id, now, lasting=False)
         self._apply(events)
         self._hello_due(now)
+        self._close_unused_dealers()
 
     def _hello(self, *, reply: bool) -> bytes:
         """Our HELLO, encoded; gossip is trimmed until it fits the control limit."""
@@ -627,7 +643,8 @@ class _ControlPlane:
         dealer = self._dealers.get(endpoint)
         if dealer is None:
             dealer = self._node._sockets.make(self._context, zmq.DEALER)
-            dealer.setsockopt(zmq.IDENTITY, self._node._raw_id)
+            self._links += 1
+            dealer.setsockopt(zmq.IDENTITY, routing_id(self._node._raw_id, self._links))
             dealer.setsockopt(zmq.SNDHWM, _DEALER_HWM)
             dealer.connect(endpoint)
             self._dealers[endpoint] = dealer
@@ -641,9 +658,19 @@ class _ControlPlane:
             self._send(peer.endpoint, frame)
 
     def _close_unused_dealers(self) -> None:
-        in_use = {peer.endpoint for peer in self._table.snapshot()}
+        """Keep one DEALER per peer, plus those still dialling unknown endpoints.
+
+        A second DEALER to a peer already connected (two addresses of one
+        multi-homed node were dialled at once) is closed: the peer's ROUTER
+        would drop traffic on one of two connections with the same identity.
+        """
+        peers = self._table.snapshot()
+        in_use = {peer.endpoint for peer in peers}
+        answered = {endpoint for peer in peers for endpoint in peer.control}
         for endpoint in list(self._dealers):
-            if endpoint not in in_use and endpoint not in self._dialer:
+            if endpoint in in_use:
+                continue
+            if endpoint in answered or endpoint not in self._dialer:
                 self._dealers.pop(endpoint).close(linger=0)
 
     def close(self) -> None:

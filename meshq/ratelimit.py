@@ -19,7 +19,7 @@ class RateLimitedLog:
         self._suppressed = 0
         self._lock = threading.Lock()
 
-    def warning(self, text: str, *args: object) -> None:
+    def warning(self, text: str, *args: object, exc_info: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
             if now < self._next:
@@ -29,4 +29,4 @@ class RateLimitedLog:
             self._next = now + self._interval
         if suppressed:
             text += f" ({suppressed} similar suppressed)"
-        self._logger.warning(text, *args)
+        self._logger.warning(text, *args, exc_info=exc_info)

@@ -33,6 +33,8 @@ __all__ = [
     "DATA_HEADER_BYTES",
     "FLAG_MSGPACK",
     "NODE_ID_BYTES",
+    "ROUTING_ID_BYTES",
+    "routing_id",
     "PROTOCOL_VERSION",
     "Bye",
     "ControlMessage",
@@ -54,6 +56,9 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 CONTROL_SIGNATURE: Final = b"MQ"
 NODE_ID_BYTES: Final = 16
+_LINK = struct.Struct(">I")
+#: A DEALER's routing id: the node id, then a 4-byte link number.
+ROUTING_ID_BYTES: Final = NODE_ID_BYTES + _LINK.size
 
 KIND_HELLO: Final = 1
 KIND_PING: Final = 2
@@ -150,12 +155,25 @@ def encode_control(message: ControlMessage) -> bytes:
     return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, kind)
 
 
-def decode_control(sender: bytes, frame: bytes, limits: Limits) -> ControlMessage:
-    """Decode one control frame received from routing identity ``sender``.
+def routing_id(node_id: bytes, link: int) -> bytes:
+    """The ZeroMQ routing id of a node's ``link``-th DEALER: node id + u32 link number.
+
+    Each DEALER gets its own routing id, so two connections from one node to
+    one peer (two addresses of a multi-homed host dialled at once) never
+    collide in the peer's ROUTER; the receiver reads the node id from the
+    first 16 bytes.
+    """
+    return node_id + _LINK.pack(link & 0xFFFFFFFF)
+
+
+def decode_control(routing: bytes, frame: bytes, limits: Limits) -> ControlMessage:
+    """Decode one control frame received from ZeroMQ routing id ``routing``.
 
     Raises ProtocolError for anything that is not a valid control message.
     """
-    _check_node_id(sender, "sender id")
+    if len(routing) != ROUTING_ID_BYTES:
+        raise ProtocolError("bad routing id")
+    sender = routing[:NODE_ID_BYTES]
     if len(frame) > _CONTROL_HEAD.size + limits.max_control_bytes:
         raise ProtocolError("control message too large")
     if len(frame) < _CONTROL_HEAD.size:
@@ -235,11 +253,13 @@ def _text(value: object, what: str, max_bytes: int = _MAX_NAME_BYTES) -> str:
     return value
 
 
-def check_identity(name: str, mesh: str, headers: Mapping[str, str], limits: Limits) -> None:
+def check_identity(
+    name: str, mesh: str, headers: Mapping[str, str], interfaces: int, limits: Limits
+) -> None:
     """Check locally what peers would refuse in our HELLO. Raises ValueError.
 
-    Without this a node with a 300-byte name would be silently ignored by
-    every peer.
+    Without this a node with a 300-byte name, or headers too big for one
+    HELLO, would start fine and be silently ignored by every peer.
     """
     if not 0 < len(name.encode()) <= _MAX_NAME_BYTES:
         raise ValueError(f"node name must be 1..{_MAX_NAME_BYTES} UTF-8 bytes")
@@ -250,6 +270,16 @@ def check_identity(name: str, mesh: str, headers: Mapping[str, str], limits: Lim
     for key, value in headers.items():
         if not (_is_text(key, _MAX_HEADER_CHARS) and _is_text(value, _MAX_HEADER_CHARS)):
             raise ValueError(f"headers must be str -> str, each at most {_MAX_HEADER_CHARS} chars")
+    widest = ("tcp://255.255.255.255:65535",) * interfaces
+    try:
+        frame = encode_control(Hello(bytes(NODE_ID_BYTES), name, mesh, widest, widest, headers))
+    except (ValueError, TypeError) as exc:  # e.g. a lone surrogate in a header
+        raise ValueError(f"name, mesh or headers cannot be encoded: {exc}") from None
+    if len(frame) - _CONTROL_HEAD.size > limits.max_control_bytes:
+        raise ValueError(
+            f"name, mesh and headers need {len(frame)} bytes, over the "
+            f"{limits.max_control_bytes}-byte HELLO limit"
+        )
 
 
 def _check_node_id(value: object, what: str) -> None:

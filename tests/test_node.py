@@ -14,7 +14,7 @@ from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange,
 
 import meshq
 from meshq.discovery import SERVICE_TYPE
-from meshq.wire import Hello, Limits, encode_control, encode_data, topic_prefix
+from meshq.wire import Hello, Limits, encode_control, encode_data, routing_id, topic_prefix
 
 LOOPBACK = ["127.0.0.1"]
 
@@ -176,6 +176,11 @@ def test_what_peers_would_refuse_is_refused_locally(mesh: str) -> None:
         meshq.Node("ok", mesh="m" * 129, interfaces=LOOPBACK)
     with pytest.raises(ValueError, match="headers"):
         meshq.Node("ok", mesh=mesh, interfaces=LOOPBACK, headers={"k": "v" * 1025})
+    with pytest.raises(ValueError, match="encoded"):
+        meshq.Node("ok", mesh=mesh, interfaces=LOOPBACK, headers={"k": "\udc80"})
+    too_big = {f"k{i}": "v" * 1024 for i in range(64)}  # each fine, together over 64 KiB
+    with pytest.raises(ValueError, match="HELLO limit"):
+        meshq.Node("ok", mesh=mesh, interfaces=LOOPBACK, headers=too_big)
     with pytest.raises(ValueError, match="IPv4"):
         meshq.Node("ok", mesh=mesh, interfaces=["eth0"])
     with pytest.raises(ValueError, match="port"):
@@ -246,7 +251,7 @@ def test_bad_input_is_counted_and_the_node_keeps_working(trio: list[meshq.Node])
     ]
     with context.socket(zmq.DEALER) as rogue:
         rogue.setsockopt(zmq.LINGER, 0)
-        rogue.setsockopt(zmq.IDENTITY, b"r" * 16)
+        rogue.setsockopt(zmq.IDENTITY, routing_id(b"r" * 16, 1))
         rogue.connect(alpha.control_endpoints[0])
         for frames in garbage:
             rogue.send_multipart(frames)
@@ -279,7 +284,7 @@ def test_malformed_data_from_a_peer_is_dropped_and_counted(mesh: str) -> None:
         pub.setsockopt(zmq.LINGER, 0)
         control.setsockopt(zmq.LINGER, 0)
         port = pub.bind_to_random_port("tcp://127.0.0.1")
-        control.setsockopt(zmq.IDENTITY, rogue_id)
+        control.setsockopt(zmq.IDENTITY, routing_id(rogue_id, 1))
         control.connect(victim.control_endpoints[0])
         control.send(
             encode_control(
@@ -363,3 +368,25 @@ def test_standard_mdns_browser_sees_the_node(mesh: str) -> None:
         assert info.parsed_addresses() == ["127.0.0.1"]
         assert f"tcp://127.0.0.1:{info.port}" in node.control_endpoints
         assert info.decoded_properties == {"v": "1", "id": node.id, "mesh": mesh}
+
+
+def test_a_multi_homed_peer_dialled_twice_stays_connected(mesh: str) -> None:
+    """Two seeds naming two addresses of one node must not make two connections fight."""
+    interfaces = ["127.0.0.1", "127.0.0.2"]
+    config = meshq.MeshConfig()
+    with meshq.Node("homed", mesh=mesh, interfaces=interfaces, discovery=False) as homed:
+        seeds = list(homed.control_endpoints)
+        assert len(seeds) == 2
+        with meshq.Node(
+            "dialer", mesh=mesh, interfaces=LOOPBACK, seeds=seeds, discovery=False
+        ) as dialer:
+            dialer.wait_for_peers(1, timeout=10)
+            homed.wait_for_peers(1, timeout=10)
+            # Longer than gone_after: a dropped connection would show as a LEFT.
+            trouble = [
+                event
+                for event in homed.events(timeout=config.gone_after + 1.5)
+                if event.kind in (meshq.EventKind.LEFT, meshq.EventKind.SUSPECT)
+            ]
+            assert trouble == []
+            assert [p.name for p in homed.peers()] == ["dialer"]

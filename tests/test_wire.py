@@ -23,11 +23,13 @@ from meshq.wire import (
     encode_data,
     encode_payload,
     parse_endpoint,
+    routing_id,
     topic_prefix,
 )
 
 LIMITS = Limits()
 SENDER = bytes(range(16))
+ROUTING = routing_id(SENDER, 1)
 OTHER = bytes(range(16, 32))
 
 
@@ -53,7 +55,7 @@ def raw_control(kind: int, body: object, version: int = PROTOCOL_VERSION) -> byt
 
 def test_control_messages_round_trip() -> None:
     for message in (hello(), hello(reply=False, peers=(), headers={}), Ping(SENDER), Bye(SENDER)):
-        assert decode_control(SENDER, encode_control(message), LIMITS) == message
+        assert decode_control(ROUTING, encode_control(message), LIMITS) == message
 
 
 def test_data_frame_round_trip_and_prefix_matching() -> None:
@@ -89,17 +91,18 @@ def test_unencodable_data_is_a_type_error() -> None:
 @pytest.mark.parametrize(
     ("sender", "frame", "reason"),
     [
-        (SENDER, b"MQ", "truncated"),
-        (SENDER, b"XX\x01\x02", "signature"),
-        (SENDER, b"MQ\x02\x02", "version"),
-        (SENDER, b"MQ\x01\x09", "kind"),
-        (SENDER, b"MQ\x01\x02junk", "body"),
-        (b"\x00short", b"MQ\x01\x02", "sender"),
-        (SENDER, b"MQ\x01\x01" + b"\xc1", "msgpack"),
-        (SENDER, raw_control(1, [1, 2]), "map"),
-        (SENDER, raw_control(1, {"name": "a", "mesh": "m", "control": ["udp://x"]}), "control"),
-        (SENDER, raw_control(1, {"name": 5, "mesh": "m", "control": [], "publish": []}), "name"),
-        (SENDER, b"MQ\x01\x01" + b"\x00" * (64 * 1024 + 1), "too large"),
+        (ROUTING, b"MQ", "truncated"),
+        (ROUTING, b"XX\x01\x02", "signature"),
+        (ROUTING, b"MQ\x02\x02", "version"),
+        (ROUTING, b"MQ\x01\x09", "kind"),
+        (ROUTING, b"MQ\x01\x02junk", "body"),
+        (b"\x00short", b"MQ\x01\x02", "routing id"),
+        (SENDER, b"MQ\x01\x02", "routing id"),  # a bare node id is not a routing id
+        (ROUTING, b"MQ\x01\x01" + b"\xc1", "msgpack"),
+        (ROUTING, raw_control(1, [1, 2]), "map"),
+        (ROUTING, raw_control(1, {"name": "a", "mesh": "m", "control": ["udp://x"]}), "control"),
+        (ROUTING, raw_control(1, {"name": 5, "mesh": "m", "control": [], "publish": []}), "name"),
+        (ROUTING, b"MQ\x01\x01" + b"\x00" * (64 * 1024 + 1), "too large"),
     ],
 )
 def test_malformed_control_is_one_typed_error(sender: bytes, frame: bytes, reason: str) -> None:
@@ -116,13 +119,13 @@ def test_hello_limits_are_enforced() -> None:
     long_name = {**base, "name": "n" * 256}
     for body in (too_many_headers, too_many_endpoints, bad_peer, long_name):
         with pytest.raises(ProtocolError):
-            decode_control(SENDER, raw_control(1, body), LIMITS)
+            decode_control(ROUTING, raw_control(1, body), LIMITS)
 
 
 def test_unknown_hello_keys_are_ignored() -> None:
     endpoints = ["tcp://127.0.0.1:1"]
     body = {"name": "a", "mesh": "m", "control": endpoints, "publish": endpoints, "future": 1}
-    decoded = decode_control(SENDER, raw_control(1, body), LIMITS)
+    decoded = decode_control(ROUTING, raw_control(1, body), LIMITS)
     assert isinstance(decoded, Hello) and decoded.name == "a"
 
 
@@ -160,7 +163,7 @@ def test_hello_without_endpoints_is_refused() -> None:
         body["publish"] = ["tcp://127.0.0.1:2"]
         body[key] = []
         with pytest.raises(ProtocolError):
-            decode_control(SENDER, raw_control(1, body), LIMITS)
+            decode_control(ROUTING, raw_control(1, body), LIMITS)
 
 
 def test_parse_endpoint() -> None:
@@ -180,10 +183,11 @@ def test_parse_endpoint() -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.binary(max_size=300), st.binary(min_size=16, max_size=16))
-def test_any_control_bytes_decode_or_raise_protocol_error(frame: bytes, sender: bytes) -> None:
+@given(st.binary(max_size=300), st.binary(min_size=20, max_size=20))
+def test_any_control_bytes_decode_or_raise_protocol_error(frame: bytes, routing: bytes) -> None:
+    # The property: a message or ProtocolError; any other exception fails the test.
     try:
-        decode_control(sender, b"MQ\x01" + frame, LIMITS)
+        decode_control(routing, b"MQ\x01" + frame, LIMITS)
     except ProtocolError:
         pass
 
@@ -191,6 +195,7 @@ def test_any_control_bytes_decode_or_raise_protocol_error(frame: bytes, sender: 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_any_data_bytes_decode_or_raise_protocol_error(frame: bytes) -> None:
+    # The property: a message or ProtocolError; any other exception fails the test.
     try:
         *_, flags, _, _, start = decode_data(frame, LIMITS)
         decode_payload(flags, frame[start:], LIMITS)
