@@ -10,6 +10,11 @@ every run with the multiprocessing "spawn" start method.
 * raw: a pyzmq PUB socket sends one frame per message, ``b"bench/t\\0" +
   payload`` (built once), and a SUB socket subscribed to ``b"bench/"``
   receives it with ``recv()`` (RCVTIMEO bounds each wait).
+* batched: the same as meshq, but the publisher calls
+  ``node.publish_many("bench/t", chunk)`` with chunks of ``BATCH`` messages
+  (one frame per chunk); the subscriber still receives them one by one with
+  ``recv()``. Raw pyzmq could batch too with framing of its own; the row
+  shows what meshq's batching buys over the per-message raw baseline.
 * meshq: ``node.publish("bench/t", payload)`` with the same bytes object, and
   ``node.subscribe("bench/").recv(timeout=...)`` on the other node. The two
   nodes find each other through a seed (``discovery=False``, no multicast):
@@ -40,7 +45,7 @@ Reading the numbers
 payload, meshq's header not counted). ``pub msg/s`` is the publisher's own
 send rate (burst size over the time its send loop took); when it is far above
 the subscriber's rate, the receiving side is the bottleneck, and vice versa.
-Each (system, size) pair runs ``--repeat`` times, raw and meshq alternating
+Each (system, size) pair runs ``--repeat`` times, the systems rotating
 which goes first, and the table shows medians. ``ratio`` is meshq msg/s
 divided by raw msg/s: 1.0 means meshq adds nothing over a hand-written pyzmq
 program, 0.5 means it moves half as many messages. The machines are shared
@@ -75,8 +80,10 @@ import zmq
 
 import meshq
 
-System = Literal["raw", "meshq"]
-SYSTEMS: tuple[System, ...] = ("raw", "meshq")
+System = Literal["raw", "meshq", "batched"]
+SYSTEMS: tuple[System, ...] = ("raw", "meshq", "batched")
+#: Messages per ``publish_many`` call in the "batched" system.
+BATCH = 256
 
 TOPIC = "bench/t"
 WARM_TOPIC = "bench/w"
@@ -200,7 +207,9 @@ def publish_raw(size: int, count: int, link: Connection, ready: Event, done: Eve
         context.term()
 
 
-def publish_meshq(size: int, count: int, link: Connection, ready: Event, done: Event) -> PubReport:
+def publish_meshq(
+    size: int, count: int, link: Connection, ready: Event, done: Event, batched: bool = False
+) -> PubReport:
     payload = make_payload(size)
     with meshq.Node(
         "bench-pub", interfaces=[LOOPBACK], discovery=False, config=mesh_config()
@@ -210,11 +219,24 @@ def publish_meshq(size: int, count: int, link: Connection, ready: Event, done: E
         publish = node.publish
         warmups = warm_up(lambda: publish(WARM_TOPIC, WARM_PAYLOAD), ready)
         start = time.perf_counter()
-        for _ in range(count):
-            publish(TOPIC, payload)
+        if batched:
+            chunk = [payload] * BATCH
+            full, rest = divmod(count, BATCH)
+            for _ in range(full):
+                node.publish_many(TOPIC, chunk)
+            node.publish_many(TOPIC, chunk[:rest])
+        else:
+            for _ in range(count):
+                publish(TOPIC, payload)
         send_s = time.perf_counter() - start
         done.wait(RUN_TIMEOUT)
         return PubReport(role="pub", sent=count, send_s=send_s, warmups=warmups, error="")
+
+
+def publish_batched(
+    size: int, count: int, link: Connection, ready: Event, done: Event
+) -> PubReport:
+    return publish_meshq(size, count, link, ready, done, batched=True)
 
 
 def publisher_main(
@@ -227,7 +249,7 @@ def publisher_main(
     reports: Queue[Report],
 ) -> None:
     try:
-        run = publish_raw if system == "raw" else publish_meshq
+        run = {"raw": publish_raw, "meshq": publish_meshq, "batched": publish_batched}[system]
         reports.put(run(size, count, link, ready, done))
     except BaseException as exc:
         reports.put(
@@ -342,7 +364,7 @@ def subscriber_main(
     reports: Queue[Report],
 ) -> None:
     try:
-        run = subscribe_raw if system == "raw" else subscribe_meshq
+        run = subscribe_raw if system == "raw" else subscribe_meshq  # batched: same receiver
         reports.put(run(size, count, link, ready))
     except BaseException as exc:
         reports.put(
@@ -494,7 +516,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def format_table(sizes: list[int], results: dict[int, dict[System, Summary]]) -> str:
     header = (
-        f"{'size':>7} {'system':<6} {'msg/s':>10} {'MB/s':>9} {'pub msg/s':>10} "
+        f"{'size':>7} {'system':<7} {'msg/s':>10} {'MB/s':>9} {'pub msg/s':>10} "
         f"{'sent':>9} {'received':>9} {'lost':>7} {'ratio':>6}"
     )
     lines = [header, "-" * len(header)]
@@ -503,10 +525,10 @@ def format_table(sizes: list[int], results: dict[int, dict[System, Summary]]) ->
         for system in SYSTEMS:
             s = results[size][system]
             ratio = ""
-            if system == "meshq":
+            if system != "raw":
                 ratio = f"{s['msg_s'] / raw['msg_s']:.2f}" if raw["msg_s"] > 0 else "n/a"
             lines.append(
-                f"{size:>7} {system:<6} {s['msg_s']:>10,.0f} {s['mb_s']:>9,.1f} "
+                f"{size:>7} {system:<7} {s['msg_s']:>10,.0f} {s['mb_s']:>9,.1f} "
                 f"{s['pub_msg_s']:>10,.0f} {s['sent']:>9,} {s['received']:>9,} "
                 f"{s['lost']:>7,} {ratio:>6}"
             )
@@ -525,11 +547,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     began = time.monotonic()
-    runs: dict[int, dict[System, list[RunResult]]] = {s: {"raw": [], "meshq": []} for s in sizes}
+    runs: dict[int, dict[System, list[RunResult]]] = {
+        s: {system: [] for system in SYSTEMS} for s in sizes
+    }
     failures: list[str] = []
     for size in sizes:
         for index in range(repeat):
-            order = SYSTEMS if index % 2 == 0 else SYSTEMS[::-1]
+            order = SYSTEMS[index % 3 :] + SYSTEMS[: index % 3]  # rotate who goes first
             for system in order:
                 result = run_once(system, size, counts[size])
                 runs[size][system].append(result)
@@ -547,7 +571,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(sizes, results))
     wall = time.monotonic() - began
-    print(f"\n{wall:.1f} s wall; ratio = meshq msg/s / raw msg/s (subscriber side, medians)")
+    print(
+        f"\n{wall:.1f} s wall; ratio = system msg/s / raw msg/s (subscriber side, medians); "
+        f"batched = node.publish_many() in chunks of {BATCH}, received one by one"
+    )
 
     document = {
         "benchmark": "pubsub",
@@ -575,8 +602,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(size): {
                 "raw": results[size]["raw"],
                 "meshq": results[size]["meshq"],
+                "batched": results[size]["batched"],
                 "ratio": (
                     results[size]["meshq"]["msg_s"] / results[size]["raw"]["msg_s"]
+                    if results[size]["raw"]["msg_s"] > 0
+                    else None
+                ),
+                "ratio_batched": (
+                    results[size]["batched"]["msg_s"] / results[size]["raw"]["msg_s"]
                     if results[size]["raw"]["msg_s"] > 0
                     else None
                 ),

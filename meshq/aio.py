@@ -9,6 +9,7 @@ caller's event loop, and the control thread wakes them with
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 
@@ -22,8 +23,8 @@ from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent
 from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
-from .subscription import PublisherDirectory, PublisherLinks, decode_message
-from .wire import Limits
+from .subscription import PublisherDirectory, PublisherLinks
+from .wire import Limits, decode_data
 
 __all__ = ["AsyncNode", "AsyncSubscription"]
 
@@ -57,6 +58,7 @@ class AsyncSubscription:
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         self._links = PublisherLinks(self._sock, directory)
         self._closed = False
+        self._pending: collections.deque[Message] = collections.deque()  # rest of a batch
         directory.watch(self._wake)
         self._links.sync()
 
@@ -80,6 +82,8 @@ class AsyncSubscription:
 
         Raises meshq.Timeout, or meshq.Closed once the subscription or node closed.
         """
+        if self._pending:
+            return self._pending.popleft()
         deadline = None if timeout is None else self._loop.time() + timeout
         while True:
             if self._closed:
@@ -99,10 +103,15 @@ class AsyncSubscription:
                     raise Closed("subscription is closed") from None
                 raise
             try:
-                return decode_message(frame, self._limits)
+                decoded = decode_data(frame, self._limits)
             except ProtocolError as exc:
                 self.dropped += 1
                 _bad_input_log.warning("dropped malformed message: %s", exc.reason)
+                continue
+            if isinstance(decoded, Message):
+                return decoded
+            self._pending.extend(decoded)
+            return self._pending.popleft()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._messages()

@@ -6,8 +6,8 @@ thread only. Other threads talk to it through typed commands on a queue plus
 a wake-up pipe. Peer events reach the application on a separate dispatcher
 thread, so a slow callback never stalls heartbeats.
 
-The publish socket belongs to the application side: ``publish`` sends
-straight into it under a lock, with no thread hop.
+The publish socket (meshq/publishing.py) belongs to the application side:
+``publish`` sends straight into it under a lock, with no thread hop.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import zmq
@@ -28,6 +28,7 @@ from .discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
 from .errors import Closed, ProtocolError, Timeout
 from .interfaces import choose_endpoint, local_networks, resolve_interfaces
 from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
+from .publishing import PublishSocket, bind_all
 from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
 from .subscription import PublisherDirectory, Subscription
@@ -40,10 +41,7 @@ from .wire import (
     check_identity,
     decode_control,
     encode_control,
-    encode_data,
-    encode_payload,
     routing_id,
-    topic_prefix,
 )
 
 __all__ = ["Node"]
@@ -131,14 +129,17 @@ class Node:
         self._closed = False
         self._close_lock = threading.Lock()
 
-        # Application side: the publish socket and per-topic state.
-        self._publish_lock = threading.Lock()
-        self._topics: dict[str, list] = {}  # type: ignore[type-arg]  # topic -> [prefix, seq]
-        self._pub = self._sockets.make(self._context, zmq.PUB)
-        publish_port = _bind_all(self._pub, self.interfaces, self.config.publish_port)
-        self._local_publish = f"inproc://meshq-pub-{self.id}"
-        self._pub.bind(self._local_publish)
-        self.publish_endpoints = tuple(f"tcp://{ip}:{publish_port}" for ip in self.interfaces)
+        # Application side: publishing goes straight into this socket.
+        self._publisher = PublishSocket(
+            self._context,
+            self._sockets,
+            node_id=self._raw_id,
+            interfaces=self.interfaces,
+            port=self.config.publish_port,
+            limits=self._limits,
+        )
+        self.publish_endpoints = self._publisher.endpoints
+        self._local_publish = self._publisher.local_endpoint
         self._directory = PublisherDirectory()
         self._directory.update({self.id: self._local_publish})
 
@@ -168,7 +169,7 @@ class Node:
         self._control_thread.start()
         started.wait()
         if startup_error:
-            self._pub.close(linger=0)
+            self._publisher.close()
             self._context.term()
             raise startup_error[0]
         self._dispatcher = threading.Thread(
@@ -203,29 +204,24 @@ class Node:
         """Send ``data`` (bytes, or anything msgpack can encode) to subscribers of ``topic``.
 
         Never blocks: a subscriber whose queue is full (``publish_hwm``)
-        misses the message, and sees the gap in sequence numbers. Raises
-        ValueError for a bad topic, TypeError for data msgpack cannot encode,
-        meshq.Closed after close().
+        misses the message, and sees the gap in sequence numbers. Safe from
+        any thread. Raises ValueError for a bad topic, TypeError for data
+        msgpack cannot encode, meshq.Closed after close().
         """
-        if type(data) is bytes:
-            flags, payload = 0, data
-        else:
-            flags, payload = encode_payload(data)
-        with self._publish_lock:
-            entry = self._topics.get(topic)
-            if entry is None:
-                if self._closed:
-                    raise Closed("node is closed")
-                entry = self._topics[topic] = [topic_prefix(topic, self._raw_id, self._limits), 0]
-            entry[1] += 1
-            try:
-                self._pub.send(encode_data(entry[0], flags, entry[1], time.time_ns(), payload))
-            except zmq.ZMQError as exc:
-                raise Closed("node is closed") from exc
+        self._publisher.publish(topic, data)
+
+    def publish_many(self, topic: str, items: Iterable[object]) -> int:
+        """Publish many messages on one topic at once; return how many.
+
+        Same delivery as calling :meth:`publish` for each item, but up to
+        1024 messages travel in one frame, which is several times faster for
+        small messages. Subscribers still receive them one by one.
+        """
+        return self._publisher.publish_many(topic, items)
 
     def check_topic(self, topic: str) -> None:
         """Raise ValueError unless ``topic`` can be published (1..max_topic_bytes, no NUL)."""
-        topic_prefix(topic, self._raw_id, self._limits)
+        self._publisher.check_topic(topic)
 
     def subscribe(self, prefix: str) -> Subscription:
         """Receive every message whose topic starts with ``prefix``, from all peers.
@@ -337,8 +333,7 @@ class Node:
             except Exception:
                 log.exception("discovery backend failed to close")
         self._directory.close()
-        with self._publish_lock:
-            self._pub.close(linger=0)
+        self._publisher.close()
         self._dispatch_queue.put(None)
         if threading.current_thread() is not self._dispatcher:
             self._dispatcher.join()
@@ -433,7 +428,7 @@ class _ControlPlane:
         self._config = node.config
         self._context = node._context
         self._router = node._sockets.make(node._context, zmq.ROUTER)
-        port = _bind_all(self._router, node.interfaces, self._config.control_port)
+        port = bind_all(self._router, node.interfaces, self._config.control_port)
         self.endpoints = tuple(f"tcp://{ip}:{port}" for ip in node.interfaces)
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]
         self._links = 0  # DEALERs made so far; numbers their routing ids
@@ -693,20 +688,3 @@ def _new_node_id() -> bytes:
         node_id = os.urandom(16)
         if node_id[0]:
             return node_id
-
-
-def _bind_all(sock: zmq.Socket, interfaces: Sequence[str], port: int) -> int:  # type: ignore[type-arg]
-    """Bind ``sock`` on every interface at one port (0: pick a free one); return it.
-
-    Raises zmq.ZMQError naming the address that failed.
-    """
-    for ip in interfaces:
-        address = f"tcp://{ip}:{port}" if port else f"tcp://{ip}:*"
-        try:
-            sock.bind(address)
-        except zmq.ZMQError as exc:
-            raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
-        if not port:
-            endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            port = int(endpoint.rpartition(":")[2])
-    return port

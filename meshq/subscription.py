@@ -9,7 +9,9 @@ never crosses a thread.
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -22,9 +24,9 @@ from .errors import Closed, ProtocolError, Timeout
 from .message import Message
 from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
-from .wire import Limits, decode_data, decode_payload
+from .wire import Limits, decode_data
 
-__all__ = ["PublisherDirectory", "Subscription", "decode_message"]
+__all__ = ["PublisherDirectory", "PublisherLinks", "Subscription"]
 
 log = logging.getLogger("meshq.subscription")
 _bad_input_log = RateLimitedLog(log, interval=5.0)
@@ -105,13 +107,6 @@ class PublisherLinks:
         self.version = version
 
 
-def decode_message(frame: bytes, limits: Limits) -> Message:
-    """Turn a received data frame into a Message. Raises ProtocolError."""
-    topic_end, sender, flags, seq, time_ns, start = decode_data(frame, limits)
-    data = decode_payload(flags, frame[start:], limits) if flags else frame[start:]
-    return Message(frame, topic_end, sender, seq, time_ns, data)
-
-
 class Subscription:
     """Messages whose topic starts with ``prefix``, from every current and future peer.
 
@@ -143,6 +138,7 @@ class Subscription:
         self._poller.register(self._sock, zmq.POLLIN)
         self._poller.register(self._wake_read, zmq.POLLIN)
         self._closed = False
+        self._pending: collections.deque[Message] = collections.deque()  # rest of a batch
         directory.watch(self._wake)
         self._links.sync()
 
@@ -158,7 +154,9 @@ class Subscription:
         Raises meshq.Timeout when the time passes, meshq.Closed after close().
         Malformed messages from peers are counted in ``dropped``, not raised.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._pending:
+            return self._pending.popleft()
+        deadline = -1.0  # computed only if we have to wait
         sock = self._sock
         while True:
             if self._links.version != self._directory.version:
@@ -167,19 +165,26 @@ class Subscription:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
+                if deadline == -1.0:
+                    deadline = math.inf if timeout is None else time.monotonic() + timeout
                 self._wait(deadline)
                 continue
             except zmq.ZMQError as exc:
                 self._check_open()
                 raise Closed(f"subscription socket failed: {exc}") from exc
             try:
-                return decode_message(frame, self._limits)
+                decoded = decode_data(frame, self._limits)
             except ProtocolError as exc:
                 self.dropped += 1
                 _bad_input_log.warning("dropped malformed message: %s", exc.reason)
+                continue
+            if isinstance(decoded, Message):
+                return decoded
+            self._pending.extend(decoded)
+            return self._pending.popleft()
 
-    def _wait(self, deadline: float | None) -> None:
-        if deadline is None:
+    def _wait(self, deadline: float) -> None:
+        if deadline == math.inf:
             wait_ms = -1
         else:
             remaining = deadline - time.monotonic()

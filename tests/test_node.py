@@ -390,3 +390,20 @@ def test_a_multi_homed_peer_dialled_twice_stays_connected(mesh: str) -> None:
             ]
             assert trouble == []
             assert [p.name for p in homed.peers()] == ["dialer"]
+
+
+def test_publish_many_arrives_one_by_one_in_order(mesh: str) -> None:
+    with (
+        meshq.Node("batcher", mesh=mesh, interfaces=LOOPBACK) as node,
+        node.subscribe("batch/") as sub,
+    ):
+        receive_while_publishing(node, "batch/warmup", b"w", sub)
+        items: list[object] = [{"n": i} for i in range(1500)] + [b"raw bytes too"]
+        assert node.publish_many("batch/x", items) == len(items)  # two frames: 1024 + 477
+        node.publish("batch/x", b"single")
+        received = [sub.recv(timeout=5) for _ in range(len(items) + 1)]
+        while received[0].topic == "batch/warmup":  # warm-up leftovers
+            received = [*received[1:], sub.recv(timeout=5)]
+        assert [m.data for m in received] == [*items, b"single"]
+        assert [m.seq for m in received] == list(range(1, len(items) + 2))
+        assert node.publish_many("batch/empty", []) == 0

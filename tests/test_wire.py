@@ -10,17 +10,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshq.errors import ProtocolError
+from meshq.message import Message
 from meshq.wire import (
+    FLAG_BATCH,
+    FLAG_MSGPACK,
     PROTOCOL_VERSION,
     Bye,
     Hello,
     Limits,
     Ping,
+    data_header_packer,
     decode_control,
     decode_data,
     decode_payload,
+    encode_batch,
     encode_control,
     encode_data,
+    encode_msgpack,
     encode_payload,
     parse_endpoint,
     routing_id,
@@ -63,18 +69,54 @@ def test_data_frame_round_trip_and_prefix_matching() -> None:
     flags, payload = encode_payload({"celsius": 21.5})
     frame = encode_data(prefix, flags, 7, 1_700_000_000_123_456_789, payload)
     assert frame.startswith(b"sensors/")  # what ZeroMQ's SUB filter matches on
-    topic_end, sender, got_flags, seq, time_ns, start = decode_data(frame, LIMITS)
-    assert frame[:topic_end] == b"sensors/temp"
-    assert (sender, seq, time_ns) == (SENDER, 7, 1_700_000_000_123_456_789)
-    assert decode_payload(got_flags, frame[start:], LIMITS) == {"celsius": 21.5}
+    message = decode_data(frame, LIMITS)
+    assert isinstance(message, Message)
+    assert (message.topic, message.sender, message.seq) == ("sensors/temp", SENDER.hex(), 7)
+    assert message.timestamp == 1_700_000_000.123456789
+    assert message.data == {"celsius": 21.5}
 
 
 def test_bytes_travel_unchanged() -> None:
     flags, payload = encode_payload(b"\x00\xff raw")
     assert (flags, payload) == (0, b"\x00\xff raw")
     frame = encode_data(topic_prefix("t", SENDER, LIMITS), flags, 1, 0, payload)
-    *_, got_flags, _, _, start = decode_data(frame, LIMITS)
-    assert decode_payload(got_flags, frame[start:], LIMITS) == b"\x00\xff raw"
+    message = decode_data(frame, LIMITS)
+    assert isinstance(message, Message) and message.data == b"\x00\xff raw"
+
+
+def test_header_packer_matches_the_reference_encoder() -> None:
+    prefix = topic_prefix("t/x", SENDER, LIMITS)
+    pack = data_header_packer(prefix)
+    assert pack(prefix, 1, 2, 3) + b"p" == encode_data(prefix, 1, 2, 3, b"p")
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_batch_frames_become_consecutive_messages(encoded: bool) -> None:
+    items: list[object] = [b"a", b"", b"ccc"] if not encoded else [{"n": 1}, b"raw", [2]]
+    payloads = [encode_msgpack(item) if encoded else item for item in items]
+    flags = FLAG_BATCH | (FLAG_MSGPACK if encoded else 0)
+    prefix = topic_prefix("b/", SENDER, LIMITS)
+    frame = encode_data(prefix, flags, 10, 5, encode_batch(payloads))  # type: ignore[arg-type]
+    messages = decode_data(frame, LIMITS)
+    assert isinstance(messages, list)
+    assert [(m.seq, m.data, m.topic) for m in messages] == [
+        (10 + i, item, "b/") for i, item in enumerate(items)
+    ]
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        b"",  # no entries
+        b"\x00\x00\x00",  # truncated length
+        b"\x00\x00\x00\x05abc",  # length beyond the frame
+        b"\x00\x00\x00\x00" * 1025,  # too many entries
+    ],
+)
+def test_malformed_batches_are_refused_whole(batch: bytes) -> None:
+    frame = encode_data(topic_prefix("b/", SENDER, LIMITS), FLAG_BATCH, 1, 0, batch)
+    with pytest.raises(ProtocolError):
+        decode_data(frame, LIMITS)
 
 
 @pytest.mark.parametrize("topic", ["", "a\0b", "x" * 1025])
@@ -154,6 +196,10 @@ def test_oversized_payload_and_topic_are_refused() -> None:
         decode_data(b"toolong\0" + header, small)
     with pytest.raises(ProtocolError):
         decode_payload(1, b"\xc1", LIMITS)
+    with pytest.raises(ProtocolError):  # a msgpack flag on a payload that is not msgpack
+        decode_data(
+            b"t\0" + struct.pack(">B16sBQQ", PROTOCOL_VERSION, SENDER, 1, 1, 0) + b"\xc1", LIMITS
+        )
 
 
 def test_hello_without_endpoints_is_refused() -> None:
@@ -197,8 +243,7 @@ def test_any_control_bytes_decode_or_raise_protocol_error(frame: bytes, routing:
 def test_any_data_bytes_decode_or_raise_protocol_error(frame: bytes) -> None:
     # The property: a message or ProtocolError; any other exception fails the test.
     try:
-        *_, flags, _, _, start = decode_data(frame, LIMITS)
-        decode_payload(flags, frame[start:], LIMITS)
+        decode_data(frame, LIMITS)
     except ProtocolError:
         pass
 
@@ -216,9 +261,6 @@ def test_any_data_bytes_decode_or_raise_protocol_error(frame: bytes) -> None:
 def test_any_published_value_round_trips(topic: str, data: object, seq: int) -> None:
     flags, payload = encode_payload(data)
     frame = encode_data(topic_prefix(topic, SENDER, LIMITS), flags, seq, 0, payload)
-    topic_end, _, got_flags, got_seq, _, start = decode_data(frame, LIMITS)
-    assert frame[:topic_end].decode() == topic
-    assert got_seq == seq
-    decoded = decode_payload(got_flags, frame[start:], LIMITS)
-    # msgpack turns tuples into lists; nothing else changes.
-    assert decoded == data
+    message = decode_data(frame, LIMITS)
+    assert isinstance(message, Message)
+    assert (message.topic, message.seq, message.data) == (topic, seq, data)
