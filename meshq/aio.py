@@ -9,30 +9,25 @@ caller's event loop, and the control thread wakes them with
 from __future__ import annotations
 
 import asyncio
-import collections
-import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 import zmq
 import zmq.asyncio
 
 from .config import MeshConfig
-from .errors import Closed, ProtocolError, Timeout
+from .errors import Closed, Timeout
 from .message import Message
 from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent
-from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
-from .subscription import PublisherDirectory, PublisherLinks
-from .wire import Limits, decode_data
+from .subscription import Inbox, PublisherDirectory, PublisherLinks
+from .wire import Limits
 
 __all__ = ["AsyncNode", "AsyncSubscription"]
 
-log = logging.getLogger("meshq.aio")
-_bad_input_log = RateLimitedLog(log, interval=5.0)
 
-
-class AsyncSubscription:
+class AsyncSubscription(Inbox):
     """An asyncio subscription; create through :meth:`AsyncNode.subscribe`.
 
     Use from the event loop that created it. ``async for msg in sub`` yields
@@ -48,21 +43,17 @@ class AsyncSubscription:
         directory: PublisherDirectory,
         limits: Limits,
     ) -> None:
-        self.prefix = prefix
-        #: Malformed messages received and dropped.
-        self.dropped = 0
-        self._limits = limits
-        self._directory = directory
+        super().__init__(prefix, directory, limits)
         self._loop = asyncio.get_running_loop()
         self._sock = factory.make(context, zmq.SUB)
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         self._links = PublisherLinks(self._sock, directory)
         self._closed = False
-        self._pending: collections.deque[Message] = collections.deque()  # rest of a batch
-        directory.watch(self._wake)
+        self.owner = threading.get_ident()
+        directory.watch(self)
         self._links.sync()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         # Called on the node's control thread: hop to our loop, touch nothing.
         try:
             self._loop.call_soon_threadsafe(self._apply_changes)
@@ -102,16 +93,9 @@ class AsyncSubscription:
                 if self._closed:
                     raise Closed("subscription is closed") from None
                 raise
-            try:
-                decoded = decode_data(frame, self._limits)
-            except ProtocolError as exc:
-                self.dropped += 1
-                _bad_input_log.warning("dropped malformed message: %s", exc.reason)
-                continue
-            if isinstance(decoded, Message):
-                return decoded
-            self._pending.extend(decoded)
-            return self._pending.popleft()
+            message = self._take(frame)
+            if message is not None:
+                return message
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._messages()
@@ -128,7 +112,8 @@ class AsyncSubscription:
         if self._closed:
             return
         self._closed = True
-        self._directory.unwatch(self._wake)
+        self._pending.clear()
+        self._directory.unwatch(self)
         self._sock.close(linger=0)
 
 
@@ -178,6 +163,10 @@ class AsyncNode:
     def publish(self, topic: str, data: object) -> None:
         """See :meth:`Node.publish`."""
         self._node.publish(topic, data)
+
+    def publish_many(self, topic: str, items: Iterable[object]) -> int:
+        """See :meth:`Node.publish_many`."""
+        return self._node.publish_many(topic, items)
 
     def subscribe(self, prefix: str) -> AsyncSubscription:
         """See :meth:`Node.subscribe`; call from the loop that will receive."""

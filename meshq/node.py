@@ -325,6 +325,7 @@ class Node:
             if self._closed:
                 return
             self._closed = True
+        self._directory.close()  # subscriptions learn first, before the slow goodbyes
         self._send_command(_Stop())
         self._control_thread.join()
         for source in self._discoveries:
@@ -332,7 +333,6 @@ class Node:
                 source.close()
             except Exception:
                 log.exception("discovery backend failed to close")
-        self._directory.close()
         self._publisher.close()
         self._dispatch_queue.put(None)
         if threading.current_thread() is not self._dispatcher:
@@ -439,8 +439,8 @@ class _ControlPlane:
         self._running = True
 
     def _choose(self, endpoints: tuple[str, ...]) -> str:
-        # Reuse a connection we already dial: two DEALERs with one identity
-        # to the same peer would make its ROUTER drop one of them.
+        # Reuse a link we already dial rather than open a second one to the
+        # same peer (a multi-homed peer reached by two seeds, say).
         for endpoint in endpoints:
             if endpoint in self._dealers:
                 return endpoint
@@ -657,7 +657,7 @@ class _ControlPlane:
 
         A second DEALER to a peer already connected (two addresses of one
         multi-homed node were dialled at once) is closed: the peer's ROUTER
-        would drop traffic on one of two connections with the same identity.
+        sees one node and needs one link; the spare would only add traffic.
         """
         peers = self._table.snapshot()
         in_use = {peer.endpoint for peer in peers}

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import zmq
 
 from .errors import Closed
 from .sockets import SocketFactory
 from .wire import (
+    ENTRY_HEADER_BYTES,
     FLAG_BATCH,
     FLAG_MSGPACK,
     MAX_BATCH,
@@ -36,12 +37,14 @@ _raw_send: Callable[..., object] = getattr(zmq.backend, "Socket", zmq.Socket).se
 
 
 class _Topic:
-    __slots__ = ("pack", "prefix", "seq")
+    __slots__ = ("budget", "pack", "prefix", "seq")
 
-    def __init__(self, prefix: bytes) -> None:
+    def __init__(self, prefix: bytes, max_frame_bytes: int) -> None:
         self.prefix = prefix
         self.pack = data_header_packer(prefix)
         self.seq = 0
+        #: Largest payload whose frame a subscriber's socket still accepts.
+        self.budget = max_frame_bytes - len(self.pack(prefix, 0, 0, 0))
 
 
 class PublishSocket:
@@ -87,6 +90,8 @@ class PublishSocket:
             entry = self._topics.get(topic)
             if entry is None:
                 entry = self._open_topic(topic)
+            if len(data) > entry.budget:
+                raise ValueError(f"payload of {len(data)} bytes exceeds {entry.budget}")
             entry.seq += 1
             try:
                 _raw_send(
@@ -99,7 +104,9 @@ class PublishSocket:
         """Send many messages on one topic in as few frames as possible; return the count.
 
         Subscribers receive them one by one, with consecutive sequence
-        numbers; each batch frame carries up to MAX_BATCH messages.
+        numbers; each batch frame carries up to MAX_BATCH messages and stays
+        within ``max_message_bytes``. Raises ValueError, before sending
+        anything, if one item alone is too large.
         """
         batch: list[bytes] = []
         encoding = 0
@@ -115,9 +122,12 @@ class PublishSocket:
             entry = self._topics.get(topic)
             if entry is None:
                 entry = self._open_topic(topic)
+            limit = entry.budget - ENTRY_HEADER_BYTES
+            largest = max(map(len, batch), default=0)
+            if largest > limit:
+                raise ValueError(f"an item of {largest} bytes exceeds {limit}")
             now = time.time_ns()
-            for start in range(0, len(batch), MAX_BATCH):
-                chunk = batch[start : start + MAX_BATCH]
+            for chunk in _chunks(batch, entry.budget):
                 header = entry.pack(entry.prefix, encoding | FLAG_BATCH, entry.seq + 1, now)
                 entry.seq += len(chunk)
                 try:
@@ -129,13 +139,29 @@ class PublishSocket:
     def _open_topic(self, topic: str) -> _Topic:
         if self._closed:
             raise Closed("node is closed")
-        entry = self._topics[topic] = _Topic(topic_prefix(topic, self._node_id, self._limits))
+        prefix = topic_prefix(topic, self._node_id, self._limits)
+        entry = self._topics[topic] = _Topic(prefix, self._limits.max_payload_bytes)
         return entry
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._sock.close(linger=0)
+
+
+def _chunks(payloads: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
+    """Consecutive runs of at most MAX_BATCH payloads, each encoding to <= max_bytes."""
+    chunk: list[bytes] = []
+    size = 0
+    for payload in payloads:
+        cost = ENTRY_HEADER_BYTES + len(payload)
+        if chunk and (len(chunk) == MAX_BATCH or size + cost > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(payload)
+        size += cost
+    if chunk:
+        yield chunk
 
 
 def bind_all(sock: zmq.Socket, interfaces: Sequence[str], port: int) -> int:  # type: ignore[type-arg]

@@ -15,8 +15,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
+from typing import Protocol
 
 import zmq
 
@@ -26,25 +28,39 @@ from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
 from .wire import Limits, decode_data
 
-__all__ = ["PublisherDirectory", "PublisherLinks", "Subscription"]
+__all__ = ["Inbox", "PublisherDirectory", "PublisherLinks", "Subscription", "Watcher"]
 
 log = logging.getLogger("meshq.subscription")
 _bad_input_log = RateLimitedLog(log, interval=5.0)
+
+
+class Watcher(Protocol):
+    """A subscription as the directory sees it."""
+
+    #: ``threading.get_ident()`` of the thread that owns the socket.
+    owner: int
+
+    def wake(self) -> None:
+        """Note that the directory changed; called from any thread, must not block."""
+
+    def close(self) -> None:
+        """Release the socket; only ever called from the owner thread."""
 
 
 class PublisherDirectory:
     """Where each known publisher listens: node id (hex) -> PUB endpoint.
 
     Written by the node's control thread, read by subscriptions on any
-    thread. Each change bumps ``version`` and calls every watcher, which must
-    be quick and thread-safe (a wake-up, not work).
+    thread. Each change bumps ``version`` and wakes every watcher. Watchers
+    are held weakly: a subscription dropped without ``close()`` is still
+    garbage-collected.
     """
 
     def __init__(self) -> None:
         self.version = 0
         self.closed = False
         self._endpoints: Mapping[str, str] = MappingProxyType({})
-        self._watchers: set[Callable[[], None]] = set()
+        self._watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def snapshot(self) -> tuple[int, Mapping[str, str]]:
@@ -60,25 +76,33 @@ class PublisherDirectory:
             self._endpoints = MappingProxyType(dict(endpoints))
             self.version += 1
             watchers = list(self._watchers)
-        for wake in watchers:
-            wake()
+        for watcher in watchers:
+            watcher.wake()
 
     def close(self) -> None:
-        """The node is closing: wake every subscription so it notices."""
+        """The node is closing: close the caller's own subscriptions, wake the rest.
+
+        Subscriptions owned by other threads close themselves on their next
+        call (their sockets may only be touched by their owners).
+        """
         with self._lock:
             self.closed = True
             self.version += 1
             watchers = list(self._watchers)
-        for wake in watchers:
-            wake()
+        me = threading.get_ident()
+        for watcher in watchers:
+            if watcher.owner == me:
+                watcher.close()
+            else:
+                watcher.wake()
 
-    def watch(self, wake: Callable[[], None]) -> None:
+    def watch(self, watcher: Watcher) -> None:
         with self._lock:
-            self._watchers.add(wake)
+            self._watchers.add(watcher)
 
-    def unwatch(self, wake: Callable[[], None]) -> None:
+    def unwatch(self, watcher: Watcher) -> None:
         with self._lock:
-            self._watchers.discard(wake)
+            self._watchers.discard(watcher)
 
 
 class PublisherLinks:
@@ -107,7 +131,32 @@ class PublisherLinks:
         self.version = version
 
 
-class Subscription:
+class Inbox:
+    """What sync and async subscriptions share: decoding, counting drops, batch leftovers."""
+
+    def __init__(self, prefix: str, directory: PublisherDirectory, limits: Limits) -> None:
+        self.prefix = prefix
+        #: Malformed frames received and dropped (a bad batch counts once).
+        self.dropped = 0
+        self._limits = limits
+        self._directory = directory
+        self._pending: collections.deque[Message] = collections.deque()  # rest of a batch
+
+    def _take(self, frame: bytes) -> Message | None:
+        """The first message of ``frame`` (keeping the rest of a batch), or None if malformed."""
+        try:
+            decoded = decode_data(frame, self._limits)
+        except ProtocolError as exc:
+            self.dropped += 1
+            _bad_input_log.warning("dropped malformed message: %s", exc.reason)
+            return None
+        if isinstance(decoded, Message):
+            return decoded
+        self._pending.extend(decoded)
+        return self._pending.popleft()
+
+
+class Subscription(Inbox):
     """Messages whose topic starts with ``prefix``, from every current and future peer.
 
     Create through :meth:`meshq.Node.subscribe`. Use from one thread only.
@@ -123,26 +172,27 @@ class Subscription:
         directory: PublisherDirectory,
         limits: Limits,
     ) -> None:
-        self.prefix = prefix
-        #: Malformed messages received and dropped.
-        self.dropped = 0
-        self._limits = limits
-        self._directory = directory
+        super().__init__(prefix, directory, limits)
         self._sock = factory.make(context, zmq.SUB)
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         self._links = PublisherLinks(self._sock, directory)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
+        # A subscription dropped without close() must not leak its socket or
+        # pipe (nobody else can reach them by then, so any thread may close).
+        self._release = weakref.finalize(
+            self, _release, self._sock, self._wake_read, self._wake_write
+        )
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
         self._poller.register(self._wake_read, zmq.POLLIN)
         self._closed = False
-        self._pending: collections.deque[Message] = collections.deque()  # rest of a batch
-        directory.watch(self._wake)
+        self.owner = threading.get_ident()
+        directory.watch(self)
         self._links.sync()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         try:
             os.write(self._wake_write, b"w")
         except (BlockingIOError, OSError):
@@ -172,16 +222,9 @@ class Subscription:
             except zmq.ZMQError as exc:
                 self._check_open()
                 raise Closed(f"subscription socket failed: {exc}") from exc
-            try:
-                decoded = decode_data(frame, self._limits)
-            except ProtocolError as exc:
-                self.dropped += 1
-                _bad_input_log.warning("dropped malformed message: %s", exc.reason)
-                continue
-            if isinstance(decoded, Message):
-                return decoded
-            self._pending.extend(decoded)
-            return self._pending.popleft()
+            message = self._take(frame)
+            if message is not None:
+                return message
 
     def _wait(self, deadline: float) -> None:
         if deadline == math.inf:
@@ -219,10 +262,9 @@ class Subscription:
         if self._closed:
             return
         self._closed = True
-        self._directory.unwatch(self._wake)
-        self._sock.close(linger=0)
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        self._directory.unwatch(self)
+        self._pending.clear()
+        self._release()
 
     @property
     def closed(self) -> bool:
@@ -233,3 +275,9 @@ class Subscription:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _release(sock: zmq.Socket, *fds: int) -> None:  # type: ignore[type-arg]
+    sock.close(linger=0)
+    for fd in fds:
+        os.close(fd)

@@ -9,7 +9,8 @@ Two families of messages exist:
 
 * Control messages travel DEALER -> ROUTER as one frame:
   ``"MQ" | version u8 | kind u8 | body``. The sender's node id is the ZeroMQ
-  routing identity the ROUTER prepends.
+  first 16 bytes of the 20-byte routing id the ROUTER prepends (node id,
+  then the number of the sender's link, so links never share an id).
 * Data messages travel PUB -> SUB as one frame that starts with the topic, so
   ZeroMQ's prefix filter does the topic matching:
   ``topic | 0x00 | version u8 | sender 16 | flags u8 | seq u64 | time u64 | payload``.
@@ -32,6 +33,7 @@ from .message import Message
 __all__ = [
     "CONTROL_SIGNATURE",
     "DATA_HEADER_BYTES",
+    "ENTRY_HEADER_BYTES",
     "FLAG_BATCH",
     "FLAG_MSGPACK",
     "MAX_BATCH",
@@ -79,6 +81,8 @@ _KNOWN_FLAGS: Final = FLAG_MSGPACK | FLAG_BATCH
 #: Most messages one batch frame carries.
 MAX_BATCH: Final = 1024
 _ENTRY_LENGTH = struct.Struct(">I")
+#: Bytes each batch entry adds before its payload.
+ENTRY_HEADER_BYTES: Final = _ENTRY_LENGTH.size
 
 _CONTROL_HEAD = struct.Struct(">2sBB")
 # After the topic's NUL: version, sender id, flags, sequence, time in ns.
@@ -148,7 +152,7 @@ ControlMessage = Hello | Ping | Bye
 
 
 def encode_control(message: ControlMessage) -> bytes:
-    """Encode a control message body (the sender travels as the identity)."""
+    """Encode a control frame; the sender travels in the DEALER's routing id."""
     if isinstance(message, Hello):
         body: bytes = msgpack.packb(
             {

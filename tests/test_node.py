@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 import msgpack
@@ -204,8 +206,14 @@ def test_wait_for_peers_times_out_with_a_typed_error(mesh: str) -> None:
 
 def test_use_after_close_raises_closed(mesh: str) -> None:
     node = meshq.Node("short-lived", mesh=mesh, interfaces=LOOPBACK)
+    dropped = node.subscribe("y/")
+    collected = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert collected() is None  # a subscription nobody holds is not kept alive
     sub = node.subscribe("x/")
     node.close()
+    assert sub.closed  # this thread's subscriptions close with the node
     node.close()  # twice is fine
     with pytest.raises(meshq.Closed):
         node.publish("x/y", b"late")
@@ -407,3 +415,25 @@ def test_publish_many_arrives_one_by_one_in_order(mesh: str) -> None:
         assert [m.data for m in received] == [*items, b"single"]
         assert [m.seq for m in received] == list(range(1, len(items) + 2))
         assert node.publish_many("batch/empty", []) == 0
+
+
+def test_oversized_messages_are_refused_before_sending(mesh: str) -> None:
+    config = meshq.MeshConfig(max_message_bytes=10_000)
+    with (
+        meshq.Node("small", mesh=mesh, interfaces=LOOPBACK, config=config) as node,
+        node.subscribe("big/") as sub,
+    ):
+        receive_while_publishing(node, "big/warmup", b"w", sub)
+        with pytest.raises(ValueError):
+            node.publish("big/x", bytes(10_000))
+        with pytest.raises(ValueError):
+            node.publish_many("big/x", [b"ok", bytes(10_000)])
+        # Many items that are small alone travel in frames within the limit.
+        items = [bytes([i % 256]) * 200 for i in range(600)]
+        node.publish_many("big/x", items)
+        received: list[object] = []
+        while len(received) < len(items):
+            message = sub.recv(timeout=5)
+            if message.topic == "big/x":
+                received.append(message.data)
+        assert received == items and sub.dropped == 0
