@@ -155,7 +155,10 @@ class Node:
             maxlen=self.config.event_queue_size
         )
         self._callbacks: dict[EventKind, list[PeerCallback]] = collections.defaultdict(list)
-        self._dispatch_queue: queue.SimpleQueue[PeerEvent | None] = queue.SimpleQueue()
+        # (callbacks registered when the event happened, event); None stops.
+        self._dispatch_queue: queue.SimpleQueue[tuple[list[PeerCallback], PeerEvent] | None] = (
+            queue.SimpleQueue()
+        )
 
         self._control_endpoints: tuple[str, ...] = ()
         started = threading.Event()
@@ -263,22 +266,29 @@ class Node:
                 self._state.wait(remaining)
 
     def on_peer_joined(self, callback: PeerCallback) -> PeerCallback:
-        """Call ``callback(peer)`` when a peer joins. Usable as a decorator.
+        """Call ``callback(peer)`` for every peer that is or becomes alive. A decorator too.
 
+        Peers that joined before the callback was registered are reported to
+        it as well, once each, so registering after ``Node()`` misses nobody.
         Callbacks run on the node's event thread, never on the I/O thread;
-        an exception in one is logged and counted.
+        an exception in one is logged and counted as ``callback_errors``.
         """
-        self._callbacks[EventKind.JOINED].append(callback)
+        with self._state:
+            self._callbacks[EventKind.JOINED].append(callback)
+            for peer in self._peer_snapshot:
+                self._dispatch_queue.put(([callback], PeerEvent(EventKind.JOINED, peer)))
         return callback
 
     def on_peer_left(self, callback: PeerCallback) -> PeerCallback:
         """Call ``callback(peer)`` when a peer leaves (goodbye or timeout)."""
-        self._callbacks[EventKind.LEFT].append(callback)
+        with self._state:
+            self._callbacks[EventKind.LEFT].append(callback)
         return callback
 
     def on_peer_suspect(self, callback: PeerCallback) -> PeerCallback:
         """Call ``callback(peer)`` when a peer falls silent past ``suspect_after``."""
-        self._callbacks[EventKind.SUSPECT].append(callback)
+        with self._state:
+            self._callbacks[EventKind.SUSPECT].append(callback)
         return callback
 
     def events(self, timeout: float | None = None) -> Iterator[PeerEvent]:
@@ -386,10 +396,11 @@ class Node:
 
     def _dispatch_main(self) -> None:
         while True:
-            event = self._dispatch_queue.get()
-            if event is None:
+            item = self._dispatch_queue.get()
+            if item is None:
                 return
-            for callback in list(self._callbacks.get(event.kind, ())):
+            callbacks, event = item
+            for callback in callbacks:
                 try:
                     callback(event.peer)
                 except Exception:
@@ -611,13 +622,18 @@ class _ControlPlane:
             elif event.kind is EventKind.JOINED:
                 log.info("peer %s (%s) joined from %s", peer.name, peer.id[:8], peer.endpoint)
         with node._state:
+            # One lock for the snapshot and the callbacks, so that a callback
+            # registered meanwhile gets each peer exactly once (see
+            # Node.on_peer_joined).
+            node._peer_snapshot = self._table.snapshot()
+            node._state.notify_all()
             for event in events:
                 if len(node._event_queue) == node._event_queue.maxlen:
                     node._stats["events_dropped"] += 1
                 node._event_queue.append(event)
-        for event in events:
-            node._dispatch_queue.put(event)
-        self._publish_snapshot()
+                callbacks = node._callbacks.get(event.kind)
+                if callbacks:
+                    node._dispatch_queue.put((list(callbacks), event))
         self._refresh_publishers()
 
     def _refresh_publishers(self) -> None:

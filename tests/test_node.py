@@ -437,3 +437,18 @@ def test_oversized_messages_are_refused_before_sending(mesh: str) -> None:
             if message.topic == "big/x":
                 received.append(message.data)
         assert received == items and sub.dropped == 0
+
+
+def test_a_late_joined_callback_still_hears_of_every_peer_once(trio: list[meshq.Node]) -> None:
+    alpha = trio[0]
+    names: list[str] = []
+    both = threading.Event()
+
+    @alpha.on_peer_joined
+    def record(peer: meshq.Peer) -> None:
+        names.append(peer.name)
+        if len(names) >= 2:
+            both.set()
+
+    assert both.wait(10)
+    assert sorted(names) == ["bravo", "charlie"]
