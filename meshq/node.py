@@ -19,29 +19,21 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import zmq
 
 from .config import MeshConfig
+from .control import Command, ControlPlane, Found, Lost, Stop
 from .discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
-from .errors import Closed, ProtocolError, Timeout
-from .interfaces import choose_endpoint, local_networks, resolve_interfaces
-from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
-from .publishing import PublishSocket, bind_all
-from .ratelimit import RateLimitedLog
+from .errors import Closed, Timeout
+from .interfaces import local_networks, resolve_interfaces
+from .peers import EventKind, Peer, PeerEvent, PeerState
+from .publishing import PublishSocket
 from .sockets import SocketFactory
 from .subscription import PublisherDirectory, Subscription
 from .wire import (
-    Bye,
-    ControlMessage,
-    Hello,
     Limits,
-    Ping,
     check_identity,
-    decode_control,
-    encode_control,
-    routing_id,
 )
 
 __all__ = ["Node"]
@@ -49,30 +41,6 @@ __all__ = ["Node"]
 log = logging.getLogger("meshq.node")
 
 PeerCallback = Callable[[Peer], None]
-
-# How often the control thread re-evaluates liveness; detection lands within
-# this much of the configured timeouts.
-_TICK = 0.05
-_DEALER_HWM = 8  # control messages queued per peer while it is unreachable
-_MAX_BATCH = 256  # control messages handled before looking at the clock again
-
-
-@dataclass(frozen=True)
-class _Found:
-    candidate: Candidate
-
-
-@dataclass(frozen=True)
-class _Lost:
-    candidate: Candidate
-
-
-@dataclass(frozen=True)
-class _Stop:
-    pass
-
-
-_Command = _Found | _Lost | _Stop
 
 
 class Node:
@@ -144,7 +112,7 @@ class Node:
         self._directory.update({self.id: self._local_publish})
 
         # Shared with the control thread.
-        self._commands: collections.deque[_Command] = collections.deque()
+        self._commands: collections.deque[Command] = collections.deque()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -336,7 +304,7 @@ class Node:
                 return
             self._closed = True
         self._directory.close()  # subscriptions learn first, before the slow goodbyes
-        self._send_command(_Stop())
+        self._send_command(Stop())
         self._control_thread.join()
         for source in self._discoveries:
             try:
@@ -379,7 +347,7 @@ class Node:
         if len(encoded) > self.config.max_topic_bytes or b"\0" in encoded:
             raise ValueError(f"prefix must be at most {self.config.max_topic_bytes} bytes, no NUL")
 
-    def _send_command(self, command: _Command) -> None:
+    def _send_command(self, command: Command) -> None:
         self._commands.append(command)
         try:
             os.write(self._wake_write, b"w")
@@ -388,11 +356,11 @@ class Node:
 
     def _on_found(self, candidate: Candidate) -> None:
         if not self._closed:
-            self._send_command(_Found(candidate))
+            self._send_command(Found(candidate))
 
     def _on_lost(self, candidate: Candidate) -> None:
         if not self._closed:
-            self._send_command(_Lost(candidate))
+            self._send_command(Lost(candidate))
 
     def _dispatch_main(self) -> None:
         while True:
@@ -416,7 +384,7 @@ class Node:
 
     def _control_main(self, started: threading.Event, error: list[BaseException]) -> None:
         try:
-            control = _ControlPlane(self)
+            control = ControlPlane(self)
         except BaseException as exc:
             error.append(exc)
             started.set()
@@ -429,273 +397,6 @@ class Node:
             log.exception("control thread crashed; node %s is deaf now", self.name)
         finally:
             control.close()
-
-
-class _ControlPlane:
-    """State and sockets of the control thread; lives and dies on that thread."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self._config = node.config
-        self._context = node._context
-        self._router = node._sockets.make(node._context, zmq.ROUTER)
-        port = bind_all(self._router, node.interfaces, self._config.control_port)
-        self.endpoints = tuple(f"tcp://{ip}:{port}" for ip in node.interfaces)
-        self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]
-        self._links = 0  # DEALERs made so far; numbers their routing ids
-        self._table = PeerTable(self._config, self._choose)
-        self._dialer = Dialer(self._config)
-        self._bad_input_log = RateLimitedLog(log, interval=5.0)
-        self._internal_log = RateLimitedLog(log, interval=5.0)
-        self._running = True
-
-    def _choose(self, endpoints: tuple[str, ...]) -> str:
-        # Reuse a link we already dial rather than open a second one to the
-        # same peer (a multi-homed peer reached by two seeds, say).
-        for endpoint in endpoints:
-            if endpoint in self._dealers:
-                return endpoint
-        return choose_endpoint(endpoints, self._node._networks)
-
-    def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(self._node._wake_read, zmq.POLLIN)
-        now = time.monotonic()
-        next_tick = now
-        next_ping = now + self._config.heartbeat_interval
-        next_gossip = now + self._config.gossip_interval
-        ping = encode_control(Ping(self._node._raw_id))
-        while self._running:
-            wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-            ready = dict(poller.poll(wait_ms))
-            if self._node._wake_read in ready:
-                try:
-                    os.read(self._node._wake_read, 4096)
-                except BlockingIOError:
-                    pass
-            try:
-                self._run_commands()
-                if self._router in ready:
-                    self._receive()
-                now = time.monotonic()
-                if now < next_tick:
-                    continue
-                next_tick = now + _TICK
-                if now >= next_gossip:
-                    # Re-announce with fresh gossip, so two nodes that lost
-                    # each other but still see a common peer find each other
-                    # again even without mDNS. It counts as a heartbeat.
-                    next_gossip = now + self._config.gossip_interval
-                    next_ping = now + self._config.heartbeat_interval
-                    self._broadcast(self._hello(reply=False))
-                elif now >= next_ping:
-                    next_ping = now + self._config.heartbeat_interval
-                    self._broadcast(ping)
-                self._tick(now)
-            except Exception:  # a bug must not leave the node deaf and mute
-                self._node._count("internal_errors")
-                self._internal_log.warning("control loop error", exc_info=True)
-
-    def _run_commands(self) -> None:
-        commands = self._node._commands
-        while commands:
-            command = commands.popleft()
-            now = time.monotonic()
-            if isinstance(command, _Stop):
-                self._running = False
-            elif isinstance(command, _Found):
-                candidate = command.candidate
-                self._dialer.add(candidate.endpoint, candidate.node_id, now, lasting=True)
-                self._hello_due(now)
-            elif isinstance(command, _Lost):
-                self._dialer.remove(command.candidate.endpoint)
-
-    def _receive(self) -> None:
-        for _ in range(_MAX_BATCH):
-            try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            now = time.monotonic()
-            if len(frames) != 2:
-                self._reject(f"{len(frames)} frames in a control message")
-                continue
-            try:
-                message = decode_control(frames[0], frames[1], self._node._limits)
-            except ProtocolError as exc:
-                self._reject(exc.reason)
-                continue
-            try:
-                self._handle(message, now)
-            except Exception:  # a bug must not make the node deaf to everyone else
-                self._node._count("internal_errors")
-                self._internal_log.warning(
-                    "control message from %s could not be handled",
-                    frames[0][:16].hex(),
-                    exc_info=True,
-                )
-
-    def _handle(self, message: ControlMessage, now: float) -> None:
-        if isinstance(message, Hello):
-            self._on_hello(message, now)
-        elif isinstance(message, Bye):
-            self._dialer.forget_peer(message.sender)
-            self._apply(self._table.bye(message.sender))
-        elif message.sender in self._table:
-            self._apply(self._table.heard(message.sender, now))
-        else:
-            self._node._count("unknown_sender")
-
-    def _reject(self, reason: str) -> None:
-        self._node._count("protocol_errors")
-        self._bad_input_log.warning("dropped malformed control message: %s", reason)
-
-    def _on_hello(self, hello: Hello, now: float) -> None:
-        if hello.mesh != self._node.mesh:
-            self._node._count("other_mesh")
-            return
-        if hello.sender == self._node._raw_id:
-            return  # our own HELLO, through a seed that is ourselves
-        rejected_before = self._table.rejected
-        events = self._table.hello(hello, now)
-        if self._table.rejected != rejected_before:
-            self._node._count("hello_rejected")
-        peer = self._table.get(hello.sender)
-        if peer is not None:
-            if hello.reply:
-                self._send(peer.endpoint, self._hello(reply=False))
-            self._refresh_publishers()
-            for gossip_id, endpoints in hello.peers:
-                if gossip_id != self._node._raw_id and gossip_id not in self._table and endpoints:
-                    self._dialer.add(self._choose(endpoints), gossip_id, now, lasting=False)
-        self._apply(events)
-        self._hello_due(now)
-        self._close_unused_dealers()
-
-    def _hello(self, *, reply: bool) -> bytes:
-        """Our HELLO, encoded; gossip is trimmed until it fits the control limit."""
-        gossip = [
-            (peer_id, peer.control)
-            for peer_id, peer in self._table.items()
-            if peer.state is PeerState.ALIVE
-        ]
-        while True:
-            frame = encode_control(
-                Hello(
-                    sender=self._node._raw_id,
-                    name=self._node.name,
-                    mesh=self._node.mesh,
-                    control=self.endpoints,
-                    publish=self._node.publish_endpoints,
-                    headers=self._node.headers,
-                    peers=tuple(gossip),
-                    reply=reply,
-                )
-            )
-            if len(frame) <= self._config.max_control_bytes or not gossip:
-                return frame
-            gossip = gossip[: len(gossip) // 2]
-
-    def _hello_due(self, now: float) -> None:
-        connected = [ep for peer in self._table.snapshot() for ep in peer.control]
-        due, _expired = self._dialer.due(now, connected)
-        if due:
-            hello = self._hello(reply=True)
-            for endpoint in due:
-                self._send(endpoint, hello)
-
-    def _tick(self, now: float) -> None:
-        self._apply(self._table.tick(now))
-        self._hello_due(now)
-        self._close_unused_dealers()
-        self._publish_snapshot()
-
-    def _apply(self, events: list[PeerEvent]) -> None:
-        if not events:
-            return
-        node = self._node
-        for event in events:
-            peer = event.peer
-            if event.kind is EventKind.LEFT:
-                log.info("peer %s (%s) left: %s", peer.name, peer.id[:8], event.reason)
-            elif event.kind is EventKind.JOINED:
-                log.info("peer %s (%s) joined from %s", peer.name, peer.id[:8], peer.endpoint)
-        with node._state:
-            # One lock for the snapshot and the callbacks, so that a callback
-            # registered meanwhile gets each peer exactly once (see
-            # Node.on_peer_joined).
-            node._peer_snapshot = self._table.snapshot()
-            node._state.notify_all()
-            for event in events:
-                if len(node._event_queue) == node._event_queue.maxlen:
-                    node._stats["events_dropped"] += 1
-                node._event_queue.append(event)
-                callbacks = node._callbacks.get(event.kind)
-                if callbacks:
-                    node._dispatch_queue.put((list(callbacks), event))
-        self._refresh_publishers()
-
-    def _refresh_publishers(self) -> None:
-        """Tell subscriptions where every peer publishes (a no-op if unchanged)."""
-        node = self._node
-        publishers = {node.id: node._local_publish}
-        for peer in self._table.snapshot():
-            publishers[peer.id] = choose_endpoint(peer.publish, node._networks)
-        node._directory.update(publishers)
-
-    def _publish_snapshot(self) -> None:
-        node = self._node
-        with node._state:
-            node._peer_snapshot = self._table.snapshot()
-            node._state.notify_all()
-
-    def _send(self, endpoint: str, frame: bytes) -> None:
-        dealer = self._dealers.get(endpoint)
-        if dealer is None:
-            dealer = self._node._sockets.make(self._context, zmq.DEALER)
-            self._links += 1
-            dealer.setsockopt(zmq.IDENTITY, routing_id(self._node._raw_id, self._links))
-            dealer.setsockopt(zmq.SNDHWM, _DEALER_HWM)
-            dealer.connect(endpoint)
-            self._dealers[endpoint] = dealer
-        try:
-            dealer.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            self._node._count("control_dropped")  # unreachable peer, queue full
-
-    def _broadcast(self, frame: bytes) -> None:
-        for peer in self._table.snapshot():
-            self._send(peer.endpoint, frame)
-
-    def _close_unused_dealers(self) -> None:
-        """Keep one DEALER per peer, plus those still dialling unknown endpoints.
-
-        A second DEALER to a peer already connected (two addresses of one
-        multi-homed node were dialled at once) is closed: the peer's ROUTER
-        sees one node and needs one link; the spare would only add traffic.
-        """
-        peers = self._table.snapshot()
-        in_use = {peer.endpoint for peer in peers}
-        answered = {endpoint for peer in peers for endpoint in peer.control}
-        for endpoint in list(self._dealers):
-            if endpoint in in_use:
-                continue
-            if endpoint in answered or endpoint not in self._dialer:
-                self._dealers.pop(endpoint).close(linger=0)
-
-    def close(self) -> None:
-        """Say goodbye to every peer, then close every control socket."""
-        bye = encode_control(Bye(self._node._raw_id))
-        linger_ms = int(self._config.linger * 1000)
-        for dealer in self._dealers.values():
-            try:
-                dealer.send(bye, zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # unreachable peer: it will time us out instead
-            dealer.close(linger=linger_ms)
-        self._dealers.clear()
-        self._router.close(linger=0)
 
 
 def _new_node_id() -> bytes:
