@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .aio import AsyncNode, AsyncSubscription
 from .config import MeshConfig
-from .errors import Closed, MeshqError, ProtocolError, Timeout
+from .errors import BindError, Closed, MeshqError, ProtocolError, Timeout
 from .message import Message
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerState
@@ -20,6 +20,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AsyncNode",
     "AsyncSubscription",
+    "BindError",
     "Closed",
     "EventKind",
     "MeshConfig",

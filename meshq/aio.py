@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 import zmq
@@ -19,7 +20,7 @@ from .config import MeshConfig
 from .errors import Closed, Timeout
 from .message import Message
 from .node import Node, PeerCallback
-from .peers import Peer, PeerEvent
+from .peers import Peer, PeerEvent, PeerState
 from .sockets import SocketFactory
 from .subscription import Inbox, PublisherDirectory, PublisherLinks
 from .wire import Limits
@@ -116,12 +117,30 @@ class AsyncSubscription(Inbox):
         self._directory.unwatch(self)
         self._sock.close(linger=0)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> AsyncSubscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AsyncSubscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class AsyncNode:
     """A :class:`meshq.Node` for asyncio: ``async with AsyncNode(...) as node``.
 
-    Takes the same arguments as Node. Blocking calls become coroutines with
-    the same ``timeout`` rules; ``publish`` never blocks and stays a plain call.
+    Takes the same arguments as Node; create it inside a running event loop.
+    Waiting calls are coroutines with the same ``timeout`` rules and occupy
+    no thread: the node's control thread wakes this loop when peers change.
+    ``publish`` never blocks and stays a plain call.
     """
 
     def __init__(
@@ -135,6 +154,7 @@ class AsyncNode:
         headers: Mapping[str, str] | None = None,
         discovery: bool = True,
     ) -> None:
+        self._loop = asyncio.get_running_loop()  # RuntimeError outside a loop
         self._node = Node(
             name,
             mesh=mesh,
@@ -145,7 +165,35 @@ class AsyncNode:
             discovery=discovery,
         )
         self._context = zmq.asyncio.Context.shadow(self._node._context)
-        self._subscriptions: list[AsyncSubscription] = []
+        self._subscriptions: weakref.WeakSet[AsyncSubscription] = weakref.WeakSet()
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._node._event_listeners.append(self._on_control_thread)
+
+    def _on_control_thread(self, events: list[PeerEvent]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._wake_waiters)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+    def _wake_waiters(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def _next_change(self, timeout: float | None) -> None:
+        """Wait until peers change (or the node closes); meshq.Timeout after ``timeout`` s."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            raise Timeout("no peer change within the timeout") from None
+        finally:
+            self._waiters.discard(waiter)
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        return None if deadline is None else deadline - self._loop.time()
 
     @property
     def id(self) -> str:
@@ -156,8 +204,20 @@ class AsyncNode:
         return self._node.name
 
     @property
+    def mesh(self) -> str:
+        return self._node.mesh
+
+    @property
+    def control_endpoints(self) -> tuple[str, ...]:
+        return self._node.control_endpoints
+
+    @property
+    def closed(self) -> bool:
+        return self._node.closed
+
+    @property
     def node(self) -> Node:
-        """The underlying sync node (for its stats and endpoints)."""
+        """The underlying sync node."""
         return self._node
 
     def publish(self, topic: str, data: object) -> None:
@@ -167,6 +227,10 @@ class AsyncNode:
     def publish_many(self, topic: str, items: Iterable[object]) -> int:
         """See :meth:`Node.publish_many`."""
         return self._node.publish_many(topic, items)
+
+    def check_topic(self, topic: str) -> None:
+        """See :meth:`Node.check_topic`."""
+        self._node.check_topic(topic)
 
     def subscribe(self, prefix: str) -> AsyncSubscription:
         """See :meth:`Node.subscribe`; call from the loop that will receive."""
@@ -178,7 +242,7 @@ class AsyncNode:
             directory=self._node._directory,
             limits=self._node._limits,
         )
-        self._subscriptions.append(subscription)
+        self._subscriptions.add(subscription)
         return subscription
 
     def peers(self) -> list[Peer]:
@@ -186,37 +250,80 @@ class AsyncNode:
 
     async def wait_for_peers(self, n: int, timeout: float | None = None) -> list[Peer]:
         """See :meth:`Node.wait_for_peers`."""
-        return await asyncio.to_thread(self._node.wait_for_peers, n, timeout)
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            alive = [peer for peer in self._node.peers() if peer.state is PeerState.ALIVE]
+            if len(alive) >= n:
+                return alive
+            self._node._check_open()
+            remaining = self._remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"{len(alive)} of {n} peers after {timeout} s")
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                continue  # the loop above says how many peers there were
 
     def on_peer_joined(self, callback: PeerCallback) -> PeerCallback:
+        """See :meth:`Node.on_peer_joined`; the callback runs on the node's event thread."""
         return self._node.on_peer_joined(callback)
 
     def on_peer_left(self, callback: PeerCallback) -> PeerCallback:
+        """See :meth:`Node.on_peer_left`."""
         return self._node.on_peer_left(callback)
 
+    def on_peer_suspect(self, callback: PeerCallback) -> PeerCallback:
+        """See :meth:`Node.on_peer_suspect`."""
+        return self._node.on_peer_suspect(callback)
+
     async def events(self, timeout: float | None = None) -> AsyncIterator[PeerEvent]:
-        """See :meth:`Node.events`."""
-        iterator = self._node.events(timeout)
-        done = object()
+        """See :meth:`Node.events`: the same queue, awaited instead of blocked on."""
+        deadline = None if timeout is None else self._loop.time() + timeout
         while True:
-            event = await asyncio.to_thread(next, iterator, done)
-            if event is done:
+            event = self._node._next_event_nowait()
+            if event is not None:
+                yield event
+                continue
+            if self._node.closed:
                 return
-            assert isinstance(event, PeerEvent)
-            yield event
+            remaining = self._remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                return
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                return
 
     def stats(self) -> dict[str, int]:
         return self._node.stats()
 
     async def close(self) -> None:
-        """Close this loop's subscriptions, then the node (BYE, mDNS goodbye)."""
-        for subscription in self._subscriptions:
+        """Close this loop's subscriptions, then the node (BYE, mDNS goodbye).
+
+        The node's goodbyes take a moment; they run on a thread of their own
+        so the loop keeps going meanwhile.
+        """
+        for subscription in list(self._subscriptions):
             subscription.close()
-        self._subscriptions.clear()
-        await asyncio.to_thread(self._node.close)
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def close_node() -> None:
+            try:
+                self._node.close()
+            finally:
+                self._loop.call_soon_threadsafe(_resolve, done)
+
+        threading.Thread(target=close_node, name="meshq-aclose", daemon=True).start()
+        await asyncio.shield(done)
+        self._wake_waiters()
 
     async def __aenter__(self) -> AsyncNode:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from .config import MeshConfig
-from .errors import Timeout
+from .errors import MeshqError, Timeout
 from .node import Node
 
 __all__ = ["main"]
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, MeshqError) as exc:
         print(f"meshq: {exc}", file=sys.stderr)
         return 2
 

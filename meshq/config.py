@@ -44,10 +44,18 @@ class MeshConfig:
     max_control_bytes: int = 64 * 1024
     #: Longest topic, in UTF-8 bytes.
     max_topic_bytes: int = 1024
-    #: Most peers a node keeps; further HELLOs are counted and dropped.
-    max_peers: int = 1024
+    #: Most peers a node keeps; further HELLOs are counted and dropped. Each
+    #: peer costs a socket plus a TCP connection per subscription: mind the
+    #: process's file descriptor limit (often 1024) when raising this.
+    max_peers: int = 256
+    #: Most endpoints remembered for dialling (from mDNS, seeds and gossip)
+    #: that have not answered yet; more are counted and ignored.
+    max_dialing: int = 64
     #: Most user headers one HELLO may carry.
     max_headers: int = 64
+    #: Topics a node keeps publishing state (prefix, sequence) for; beyond
+    #: this the oldest is forgotten and its sequence restarts at 1.
+    max_topics: int = 10_000
     #: Peer events kept for ``Node.events()`` before the oldest are dropped.
     event_queue_size: int = 10_000
     #: Seconds ``close()`` waits for queued goodbyes to leave.
@@ -74,6 +82,8 @@ class MeshConfig:
             "max_control_bytes",
             "max_topic_bytes",
             "max_peers",
+            "max_dialing",
+            "max_topics",
             "max_headers",
             "event_queue_size",
         ):

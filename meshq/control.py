@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import zmq
@@ -20,7 +20,7 @@ import zmq
 from .discovery import Candidate
 from .errors import ProtocolError
 from .interfaces import choose_endpoint
-from .peers import Dialer, EventKind, PeerEvent, PeerState, PeerTable
+from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
 from .publishing import bind_all
 from .ratelimit import RateLimitedLog
 from .wire import (
@@ -73,7 +73,11 @@ class ControlPlane:
         self._config = node.config
         self._context = node._context
         self._router = node._sockets.make(node._context, zmq.ROUTER)
-        port = bind_all(self._router, node.interfaces, self._config.control_port)
+        try:
+            port = bind_all(self._router, node.interfaces, self._config.control_port)
+        except BaseException:
+            self._router.close(linger=0)  # or the node's context.term() waits forever
+            raise
         self.endpoints = tuple(f"tcp://{ip}:{port}" for ip in node.interfaces)
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]
         self._links = 0  # DEALERs made so far; numbers their routing ids
@@ -140,7 +144,8 @@ class ControlPlane:
                 self._running = False
             elif isinstance(command, Found):
                 candidate = command.candidate
-                self._dialer.add(candidate.endpoint, candidate.node_id, now, lasting=True)
+                if not self._dialer.add(candidate.endpoint, candidate.node_id, now, lasting=True):
+                    self._node._count("dial_refused")
                 self._hello_due(now)
             elif isinstance(command, Lost):
                 self._dialer.remove(command.candidate.endpoint)
@@ -202,7 +207,9 @@ class ControlPlane:
             self._refresh_publishers()
             for gossip_id, endpoints in hello.peers:
                 if gossip_id != self._node._raw_id and gossip_id not in self._table and endpoints:
-                    self._dialer.add(self._choose(endpoints), gossip_id, now, lasting=False)
+                    endpoint = self._choose(endpoints)
+                    if not self._dialer.add(endpoint, gossip_id, now, lasting=False):
+                        self._node._count("dial_refused")
         self._apply(events)
         self._hello_due(now)
         self._close_unused_dealers()
@@ -240,6 +247,7 @@ class ControlPlane:
                 self._send(endpoint, hello)
 
     def _tick(self, now: float) -> None:
+        self._node._publisher.process_commands()
         self._apply(self._table.tick(now))
         self._hello_due(now)
         self._close_unused_dealers()
@@ -255,19 +263,28 @@ class ControlPlane:
                 log.info("peer %s (%s) left: %s", peer.name, peer.id[:8], event.reason)
             elif event.kind is EventKind.JOINED:
                 log.info("peer %s (%s) joined from %s", peer.name, peer.id[:8], peer.endpoint)
+        to_wall = time.time() - time.monotonic()
+        events = [replace(e, peer=_wall_clock(e.peer, to_wall)) for e in events]
         with node._state:
             # One lock for the snapshot and the callbacks, so that a callback
             # registered meanwhile gets each peer exactly once (see
-            # Node.on_peer_joined).
-            node._peer_snapshot = self._table.snapshot()
+            # Node.on_peer_joined), and peers() never lags behind an event.
+            node._peer_snapshot = [_wall_clock(p, to_wall) for p in self._table.snapshot()]
             node._state.notify_all()
             for event in events:
                 if len(node._event_queue) == node._event_queue.maxlen:
                     node._stats["events_dropped"] += 1
                 node._event_queue.append(event)
                 callbacks = node._callbacks.get(event.kind)
-                if callbacks:
+                if not callbacks:
+                    continue
+                if node._dispatch_queue.qsize() >= self._config.event_queue_size:
+                    node._stats["callback_events_dropped"] += 1  # a callback is stuck
+                else:
                     node._dispatch_queue.put((list(callbacks), event))
+            listeners = list(node._event_listeners)
+        for listener in listeners:
+            listener(events)
         self._refresh_publishers()
 
     def _refresh_publishers(self) -> None:
@@ -280,9 +297,10 @@ class ControlPlane:
 
     def _publish_snapshot(self) -> None:
         node = self._node
+        to_wall = time.time() - time.monotonic()
+        snapshot = [_wall_clock(peer, to_wall) for peer in self._table.snapshot()]
         with node._state:
-            node._peer_snapshot = self._table.snapshot()
-            node._state.notify_all()
+            node._peer_snapshot = snapshot
 
     def _send(self, endpoint: str, frame: bytes) -> None:
         dealer = self._dealers.get(endpoint)
@@ -330,3 +348,8 @@ class ControlPlane:
             dealer.close(linger=linger_ms)
         self._dealers.clear()
         self._router.close(linger=0)
+
+
+def _wall_clock(peer: Peer, to_wall: float) -> Peer:
+    """The peer as users see it: ``last_seen`` in seconds since the epoch."""
+    return replace(peer, last_seen=peer.last_seen + to_wall)

@@ -9,6 +9,7 @@ from dialling that endpoint.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import socket
 import threading
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
+from .errors import Timeout
 from .interfaces import choose_endpoint, local_networks
 from .wire import NODE_ID_BYTES, PROTOCOL_VERSION, parse_endpoint
 
@@ -118,7 +120,11 @@ class MdnsDiscovery:
         future = asyncio.run_coroutine_threadsafe(
             zc.async_register_service(self._info, cooperating_responders=True), zc.loop
         )
-        future.result(_REGISTER_TIMEOUT)
+        try:
+            future.result(_REGISTER_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            zc.close()
+            raise Timeout(f"mDNS registration took over {_REGISTER_TIMEOUT} s") from None
 
         def handler(
             zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange

@@ -7,7 +7,7 @@ sans-I/O codec, so that its callers can count them.
 
 from __future__ import annotations
 
-__all__ = ["Closed", "MeshqError", "ProtocolError", "Timeout"]
+__all__ = ["BindError", "Closed", "MeshqError", "ProtocolError", "Timeout"]
 
 
 class MeshqError(Exception):
@@ -20,6 +20,15 @@ class Timeout(MeshqError, TimeoutError):
 
 class Closed(MeshqError):
     """The node or subscription was used after ``close()``."""
+
+
+class BindError(MeshqError):
+    """A socket could not listen on ``address`` (port in use, address not local, ...)."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address}: {reason}")
+        self.address = address
+        self.reason = reason
 
 
 class ProtocolError(MeshqError):

@@ -58,8 +58,8 @@ class Node:
         headers: small str -> str facts about this node, shown to peers.
         discovery: False to skip mDNS entirely (seeds only).
 
-    Raises ValueError for a bad interface, seed, name, mesh or headers, and
-    zmq.ZMQError if a port cannot be bound.
+    Raises ValueError for a bad interface, seed, name, mesh or headers,
+    meshq.BindError if a port cannot be bound.
     """
 
     def __init__(
@@ -98,14 +98,19 @@ class Node:
         self._close_lock = threading.Lock()
 
         # Application side: publishing goes straight into this socket.
-        self._publisher = PublishSocket(
-            self._context,
-            self._sockets,
-            node_id=self._raw_id,
-            interfaces=self.interfaces,
-            port=self.config.publish_port,
-            limits=self._limits,
-        )
+        try:
+            self._publisher = PublishSocket(
+                self._context,
+                self._sockets,
+                node_id=self._raw_id,
+                interfaces=self.interfaces,
+                port=self.config.publish_port,
+                limits=self._limits,
+                max_topics=self.config.max_topics,
+            )
+        except BaseException:
+            self._context.term()
+            raise
         self.publish_endpoints = self._publisher.endpoints
         self._local_publish = self._publisher.local_endpoint
         self._directory = PublisherDirectory()
@@ -123,6 +128,9 @@ class Node:
             maxlen=self.config.event_queue_size
         )
         self._callbacks: dict[EventKind, list[PeerCallback]] = collections.defaultdict(list)
+        # Called on the control thread with each batch of events; must not
+        # block (AsyncNode hops to its event loop from here).
+        self._event_listeners: list[Callable[[list[PeerEvent]], None]] = []
         # (callbacks registered when the event happened, event); None stops.
         self._dispatch_queue: queue.SimpleQueue[tuple[list[PeerCallback], PeerEvent] | None] = (
             queue.SimpleQueue()
@@ -141,6 +149,8 @@ class Node:
         started.wait()
         if startup_error:
             self._publisher.close()
+            os.close(self._wake_read)
+            os.close(self._wake_write)
             self._context.term()
             raise startup_error[0]
         self._dispatcher = threading.Thread(
@@ -279,6 +289,10 @@ class Node:
                 event = self._event_queue.popleft()
             yield event
 
+    def _next_event_nowait(self) -> PeerEvent | None:
+        with self._state:
+            return self._event_queue.popleft() if self._event_queue else None
+
     def stats(self) -> dict[str, int]:
         """Counters: protocol_errors, unknown_sender, other_mesh, hello_rejected, ..."""
         with self._state:
@@ -317,6 +331,9 @@ class Node:
             self._dispatcher.join()
         with self._state:
             self._state.notify_all()
+            listeners = list(self._event_listeners)
+        for listener in listeners:
+            listener([])  # so asyncio waiters notice the close
         os.close(self._wake_read)
         os.close(self._wake_write)
         # term() waits for sockets still open in other threads (subscriptions

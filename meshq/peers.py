@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from .config import MeshConfig
 from .wire import Hello
@@ -46,7 +47,11 @@ class EventKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Peer:
-    """A snapshot of a peer. ``last_seen`` is in the node's monotonic clock (seconds)."""
+    """A snapshot of a peer; ``headers`` is read-only.
+
+    ``last_seen`` is when the peer was last heard from: seconds since the
+    epoch in what a Node hands out (the pure PeerTable uses its own clock).
+    """
 
     id: str
     name: str
@@ -121,7 +126,7 @@ class PeerTable:
             endpoint=self._choose_endpoint(message.control),
             state=PeerState.ALIVE,
             last_seen=now,
-            headers=dict(message.headers),
+            headers=MappingProxyType(dict(message.headers)),
             control=message.control,
             publish=message.publish,
         )
@@ -190,17 +195,25 @@ class Dialer:
     def __len__(self) -> int:
         return len(self._targets)
 
-    def add(self, endpoint: str, peer_id: bytes | None, now: float, *, lasting: bool) -> None:
-        """Remember an endpoint; ``lasting`` for mDNS and seeds, else it expires."""
+    def add(self, endpoint: str, peer_id: bytes | None, now: float, *, lasting: bool) -> bool:
+        """Remember an endpoint; ``lasting`` for mDNS and seeds, else it expires.
+
+        Returns False if the endpoint was refused because ``max_dialing``
+        endpoints are remembered already (a flood of gossip or mDNS records
+        must not turn into a flood of sockets).
+        """
         expires = None if lasting else now + self._config.gone_after
         known = self._targets.get(endpoint)
         if known is None:
+            if len(self._targets) >= self._config.max_dialing:
+                return False
             self._targets[endpoint] = _Target(peer_id, expires, now)
-            return
+            return True
         if peer_id is not None:
             known.peer_id = peer_id
         if known.expires is not None:
             known.expires = expires
+        return True
 
     def remove(self, endpoint: str) -> None:
         """Forget an endpoint (discovery withdrew it)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import zmq
 
-from .errors import Closed
+from .errors import BindError, Closed
 from .sockets import SocketFactory
 from .wire import (
     ENTRY_HEADER_BYTES,
@@ -52,7 +52,7 @@ class PublishSocket:
 
     ``endpoints`` are where peers connect (one per interface);
     ``local_endpoint`` is an inproc address for the node's own subscriptions.
-    Raises zmq.ZMQError if the port cannot be bound.
+    Raises meshq.BindError if the port cannot be bound.
     """
 
     def __init__(
@@ -64,14 +64,20 @@ class PublishSocket:
         interfaces: Sequence[str],
         port: int,
         limits: Limits,
+        max_topics: int,
     ) -> None:
         self._node_id = node_id
+        self._max_topics = max_topics
         self._limits = limits
         self._lock = threading.Lock()
         self._topics: dict[str, _Topic] = {}
         self._closed = False
         self._sock = factory.make(context, zmq.PUB)
-        bound_port = bind_all(self._sock, interfaces, port)
+        try:
+            bound_port = bind_all(self._sock, interfaces, port)
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
         self.endpoints = tuple(f"tcp://{ip}:{bound_port}" for ip in interfaces)
         self.local_endpoint = f"inproc://meshq-pub-{node_id.hex()}"
         self._sock.bind(self.local_endpoint)
@@ -136,10 +142,26 @@ class PublishSocket:
                     raise Closed("node is closed") from exc
         return len(batch)
 
+    def process_commands(self) -> None:
+        """Let ZeroMQ finish pending work on the socket, such as detaching closed subscribers.
+
+        libzmq handles a socket's internal commands only when the socket is
+        used; a node that never publishes would otherwise keep every closed
+        local subscription half-open (and its file descriptors) forever. The
+        control thread calls this on each tick.
+        """
+        with self._lock:
+            if not self._closed:
+                self._sock.getsockopt(zmq.EVENTS)
+
     def _open_topic(self, topic: str) -> _Topic:
         if self._closed:
             raise Closed("node is closed")
         prefix = topic_prefix(topic, self._node_id, self._limits)
+        if len(self._topics) >= self._max_topics:
+            # Forget the oldest topic; if it is used again its sequence
+            # restarts at 1, which subscribers see as a new stream.
+            del self._topics[next(iter(self._topics))]
         entry = self._topics[topic] = _Topic(prefix, self._limits.max_payload_bytes)
         return entry
 
@@ -167,14 +189,14 @@ def _chunks(payloads: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
 def bind_all(sock: zmq.Socket, interfaces: Sequence[str], port: int) -> int:  # type: ignore[type-arg]
     """Bind ``sock`` on every interface at one port (0: pick a free one); return it.
 
-    Raises zmq.ZMQError naming the address that failed.
+    Raises meshq.BindError naming the address that failed.
     """
     for ip in interfaces:
         address = f"tcp://{ip}:{port}" if port else f"tcp://{ip}:*"
         try:
             sock.bind(address)
         except zmq.ZMQError as exc:
-            raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
+            raise BindError(address, exc.strerror) from exc
         if not port:
             endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             port = int(endpoint.rpartition(":")[2])

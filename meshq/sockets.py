@@ -12,6 +12,7 @@ from typing import TypeVar
 import zmq
 
 from .config import MeshConfig
+from .errors import MeshqError
 
 __all__ = ["SocketFactory"]
 
@@ -29,8 +30,14 @@ class SocketFactory:
         self._config = config
 
     def make(self, context: zmq.Context[S], socket_type: int) -> S:
-        """A new socket of ``socket_type`` with the common options set."""
-        sock = context.socket(socket_type)
+        """A new socket of ``socket_type`` with the common options set.
+
+        Raises meshq.MeshqError if the process cannot open another socket.
+        """
+        try:
+            sock = context.socket(socket_type)
+        except zmq.ZMQError as exc:  # e.g. too many open files
+            raise MeshqError(f"cannot open a ZeroMQ socket: {exc.strerror}") from exc
         config = self._config
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
@@ -48,6 +55,9 @@ class SocketFactory:
         elif socket_type == zmq.SUB:
             sock.setsockopt(zmq.RCVHWM, config.subscribe_hwm)
         elif socket_type == zmq.ROUTER:
+            # Only control messages arrive here: let ZeroMQ drop a peer that
+            # sends more than the largest valid one, before we buffer it.
+            sock.setsockopt(zmq.MAXMSGSIZE, config.max_control_bytes + 64)
             # A peer that reconnects with the same id (new TCP connection after
             # a link flap) takes over its old, half-dead pipe.
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)

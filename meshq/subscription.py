@@ -188,15 +188,22 @@ class Subscription(Inbox):
         self._poller.register(self._sock, zmq.POLLIN)
         self._poller.register(self._wake_read, zmq.POLLIN)
         self._closed = False
+        self._pipe_lock = threading.Lock()
         self.owner = threading.get_ident()
         directory.watch(self)
         self._links.sync()
 
     def wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"w")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake-up is pending already) or closed
+        # Under the lock close() takes, so a wake-up in flight can never
+        # write into a descriptor number the OS has already handed to
+        # someone else.
+        with self._pipe_lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._wake_write, b"w")
+            except BlockingIOError:
+                pass  # the pipe is full: a wake-up is pending already
 
     def recv(self, timeout: float | None = None) -> Message:
         """The next message; wait at most ``timeout`` seconds (None: forever).
@@ -259,9 +266,10 @@ class Subscription(Inbox):
 
     def close(self) -> None:
         """Stop receiving and release the socket. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._pipe_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._directory.unwatch(self)
         self._pending.clear()
         self._release()

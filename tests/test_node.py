@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import socket
 import threading
 import time
 import weakref
@@ -452,3 +454,96 @@ def test_a_late_joined_callback_still_hears_of_every_peer_once(trio: list[meshq.
 
     assert both.wait(10)
     assert sorted(names) == ["bravo", "charlie"]
+
+
+@pytest.mark.parametrize("which", ["control_port", "publish_port"])
+def test_a_port_in_use_is_a_typed_error_not_a_hang(mesh: str, which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = meshq.MeshConfig(**{which: port})
+        with pytest.raises(meshq.BindError) as caught:
+            meshq.Node("clash", mesh=mesh, interfaces=LOOPBACK, config=config)
+        assert caught.value.address == f"tcp://127.0.0.1:{port}"
+        assert isinstance(caught.value, meshq.MeshqError)
+    # Nothing is left behind: the next node on that port starts normally.
+    with meshq.Node("after", mesh=mesh, interfaces=LOOPBACK, config=config) as node:
+        assert node.control_endpoints
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_subscription_churn_releases_its_resources(mesh: str) -> None:
+    """A node that never publishes must still let closed subscriptions go."""
+    with meshq.Node("churn", mesh=mesh, interfaces=LOOPBACK) as node:
+        baseline = open_fds()
+        for _ in range(1200):  # more than a default limit of 1024 descriptors
+            node.subscribe("churn/").close()
+        deadline = time.monotonic() + 10
+        while open_fds() > baseline + 20:
+            assert time.monotonic() < deadline, (baseline, open_fds())
+            time.sleep(0.05)
+
+
+def test_a_gossip_flood_does_not_become_a_socket_flood(mesh: str) -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    rogue_id = b"G" * 16
+    fake_peers = tuple(
+        (bytes([1, i >> 8, i & 255]) + bytes(13), (f"tcp://127.0.0.1:{20000 + i}",))
+        for i in range(250)  # within max_peers, so the HELLO itself is valid
+    )
+    with (
+        meshq.Node("target", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node,
+        context.socket(zmq.DEALER) as rogue,
+    ):
+        baseline = open_fds()
+        rogue.setsockopt(zmq.LINGER, 0)
+        rogue.setsockopt(zmq.IDENTITY, routing_id(rogue_id, 1))
+        rogue.connect(node.control_endpoints[0])
+        hello = Hello(
+            rogue_id,
+            "rogue",
+            mesh,
+            ("tcp://127.0.0.1:1",),
+            ("tcp://127.0.0.1:2",),
+            peers=fake_peers,
+        )
+        rogue.send(encode_control(hello))
+        deadline = time.monotonic() + 10
+        while node.stats().get("dial_refused", 0) < len(fake_peers) - node.config.max_dialing:
+            assert time.monotonic() < deadline, node.stats()
+            time.sleep(0.02)
+        assert open_fds() < baseline + 3 * node.config.max_dialing
+        with node.subscribe("still/") as sub:  # and it still has sockets to give
+            assert receive_while_publishing(node, "still/ok", b"yes", sub).data == b"yes"
+
+
+def test_async_waits_hold_no_threads_and_cancel_cleanly(mesh: str) -> None:
+    async def scenario() -> list[str]:
+        async with meshq.AsyncNode("a", mesh=mesh, interfaces=LOOPBACK) as a:
+            # Many waiters at once: none of them may occupy a thread.
+            waiters = [asyncio.create_task(a.wait_for_peers(1, timeout=30)) for _ in range(20)]
+
+            # A cancelled events() iteration must not swallow a later event.
+            async def first_event() -> meshq.PeerEvent:
+                return await anext(a.events(timeout=30))
+
+            early = asyncio.create_task(first_event())
+            await asyncio.sleep(0)
+            early.cancel()
+            async with meshq.AsyncNode("b", mesh=mesh, interfaces=LOOPBACK):
+                peers = await asyncio.gather(*waiters)
+                assert all(p[0].name == "b" for p in peers)
+                seen = [event.peer.name async for event in a.events(timeout=0.5)]
+            sub = a.subscribe("x/")
+            pending = asyncio.create_task(sub.recv())
+            await asyncio.sleep(0)
+        with pytest.raises(meshq.Closed):  # closing the node ends a waiting recv
+            await pending
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] == "b"  # JOINED reached the second iteration

@@ -113,3 +113,12 @@ def test_config_rejects_inconsistent_timings() -> None:
         MeshConfig(suspect_after=4.0, gone_after=3.0)
     with pytest.raises(ValueError):
         MeshConfig(heartbeat_interval=0)
+
+
+def test_dialer_is_bounded() -> None:
+    dialer = Dialer(MeshConfig(max_dialing=2))
+    assert dialer.add("tcp://127.0.0.1:1", A, now=0.0, lasting=True)
+    assert dialer.add("tcp://127.0.0.1:2", B, now=0.0, lasting=False)
+    assert not dialer.add("tcp://127.0.0.1:3", None, now=0.0, lasting=True)
+    assert dialer.add("tcp://127.0.0.1:1", A, now=1.0, lasting=True)  # known: refreshed
+    assert len(dialer) == 2
