@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import meshq
 from meshq.patterns import Publisher
 
@@ -100,3 +102,46 @@ def test_patterns_publisher_sends_on_its_topic(mesh: str) -> None:
         else:
             raise AssertionError("nothing received")
         assert (message.topic, message.data) == ("t/fixed", {"v": 1})
+
+
+def test_peers_watch_prints_joins_as_they_happen(mesh: str) -> None:
+    watch = subprocess.Popen(
+        [
+            *MESHQ,
+            "peers",
+            "--watch",
+            "--duration",
+            "20",
+            "--mesh",
+            mesh,
+            "--interface",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        assert "watching mesh" in watch.stdout.readline()
+        with meshq.Node("visitor", mesh=mesh, interfaces=["127.0.0.1"]):
+            line = watch.stdout.readline()  # blocks until the join is printed (or the run ends)
+        assert line.startswith("joined") and "visitor" in line
+    finally:
+        watch.kill()
+        watch.wait()
+        for stream in (watch.stdout, watch.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_interfaces_come_from_the_environment_when_not_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from meshq.interfaces import resolve_interfaces
+
+    monkeypatch.setenv("MESHQ_INTERFACES", "127.0.0.1, 127.0.0.1")
+    assert resolve_interfaces(None) == ("127.0.0.1",)
+    assert resolve_interfaces(["127.0.0.2"]) == ("127.0.0.2",)  # explicit wins
+    monkeypatch.setenv("MESHQ_INTERFACES", "")
+    assert "127.0.0.1" not in resolve_interfaces(None)  # default: non-loopback only
