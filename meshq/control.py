@@ -185,6 +185,8 @@ class ControlPlane:
             self._apply(self._table.heard(message.sender, now))
         else:
             self._node._count("unknown_sender")
+            if self._dialer.hurry(message.sender, now):
+                self._hello_due(now)
 
     def _reject(self, reason: str) -> None:
         self._node._count("protocol_errors")

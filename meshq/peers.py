@@ -219,6 +219,19 @@ class Dialer:
         """Forget an endpoint (discovery withdrew it)."""
         self._targets.pop(endpoint, None)
 
+    def hurry(self, peer_id: bytes, now: float) -> bool:
+        """Make a HELLO to this peer's endpoints due now; True if it has any.
+
+        For a peer that still talks to us although we dropped it: one
+        HELLO exchange brings it back without waiting for the next retry.
+        """
+        found = False
+        for target in self._targets.values():
+            if target.peer_id == peer_id:
+                target.next_hello = now
+                found = True
+        return found
+
     def forget_peer(self, peer_id: bytes) -> None:
         """Forget every endpoint of a peer that said goodbye."""
         for endpoint, target in list(self._targets.items()):

@@ -122,3 +122,11 @@ def test_dialer_is_bounded() -> None:
     assert not dialer.add("tcp://127.0.0.1:3", None, now=0.0, lasting=True)
     assert dialer.add("tcp://127.0.0.1:1", A, now=1.0, lasting=True)  # known: refreshed
     assert len(dialer) == 2
+
+
+def test_dialer_can_be_hurried_for_a_known_peer() -> None:
+    dialer = Dialer(CONFIG)
+    dialer.add("tcp://127.0.0.1:1", A, now=0.0, lasting=True)
+    assert dialer.due(0.0, connected=[]) == (["tcp://127.0.0.1:1"], [])
+    assert dialer.hurry(A, now=0.1) and not dialer.hurry(B, now=0.1)
+    assert dialer.due(0.1, connected=[]) == (["tcp://127.0.0.1:1"], [])  # not 0.5
