@@ -48,8 +48,9 @@ class MeshConfig:
     #: peer costs a socket plus a TCP connection per subscription: mind the
     #: process's file descriptor limit (often 1024) when raising this.
     max_peers: int = 256
-    #: Most endpoints remembered for dialling (from mDNS, seeds and gossip)
-    #: that have not answered yet; more are counted and ignored.
+    #: Most endpoints learnt from gossip remembered for dialling; beyond it,
+    #: and beyond max_peers + max_dialing endpoints from all sources, more
+    #: are counted (``dial_refused``) and ignored.
     max_dialing: int = 64
     #: Most user headers one HELLO may carry.
     max_headers: int = 64

@@ -144,7 +144,11 @@ class ControlPlane:
                 self._running = False
             elif isinstance(command, Found):
                 candidate = command.candidate
-                if not self._dialer.add(candidate.endpoint, candidate.node_id, now, lasting=True):
+                seed = candidate.source == "seed"
+                added = self._dialer.add(
+                    candidate.endpoint, candidate.node_id, now, lasting=True, pinned=seed
+                )
+                if not added:
                     self._node._count("dial_refused")
                 self._hello_due(now)
             elif isinstance(command, Lost):

@@ -7,7 +7,15 @@ sans-I/O codec, so that its callers can count them.
 
 from __future__ import annotations
 
-__all__ = ["BindError", "Closed", "MeshqError", "ProtocolError", "Timeout"]
+__all__ = [
+    "BindError",
+    "Closed",
+    "MeshqError",
+    "NoProviders",
+    "ProtocolError",
+    "RemoteError",
+    "Timeout",
+]
 
 
 class MeshqError(Exception):
@@ -20,6 +28,28 @@ class Timeout(MeshqError, TimeoutError):
 
 class Closed(MeshqError):
     """The node or subscription was used after ``close()``."""
+
+
+class NoProviders(MeshqError):
+    """No peer offers ``service`` right now; raised at once, not after a timeout."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"no provider of service {service!r}")
+        self.service = service
+
+
+class RemoteError(MeshqError):
+    """A service handler raised: ``remote_type`` and ``remote_message`` say what.
+
+    ``provider`` is the id of the node whose handler failed.
+    """
+
+    def __init__(self, service: str, provider: str, remote_type: str, remote_message: str) -> None:
+        super().__init__(f"{service}: {remote_type}: {remote_message}")
+        self.service = service
+        self.provider = provider
+        self.remote_type = remote_type
+        self.remote_message = remote_message
 
 
 class BindError(MeshqError):

@@ -61,6 +61,9 @@ class Peer:
     headers: Mapping[str, str] = field(default_factory=dict)
     control: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
+    #: Request/reply services the peer offers, and its service endpoints.
+    services: tuple[str, ...] = ()
+    service: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class PeerTable:
             headers=MappingProxyType(dict(message.headers)),
             control=message.control,
             publish=message.publish,
+            services=message.services,
+            service=message.service,
         )
         self._peers[message.sender] = peer
         if known is None:
@@ -175,6 +180,7 @@ class _Target:
     peer_id: bytes | None
     expires: float | None  # None: keep until discovery withdraws it
     next_hello: float
+    pinned: bool = False  # a seed: kept for the node's whole life
 
 
 class Dialer:
@@ -195,29 +201,44 @@ class Dialer:
     def __len__(self) -> int:
         return len(self._targets)
 
-    def add(self, endpoint: str, peer_id: bytes | None, now: float, *, lasting: bool) -> bool:
-        """Remember an endpoint; ``lasting`` for mDNS and seeds, else it expires.
+    def add(
+        self,
+        endpoint: str,
+        peer_id: bytes | None,
+        now: float,
+        *,
+        lasting: bool,
+        pinned: bool = False,
+    ) -> bool:
+        """Remember an endpoint: ``lasting`` (mDNS) until withdrawn, ``pinned``
+        (seeds) for good, otherwise (gossip) for ``gone_after`` seconds.
 
-        Returns False if the endpoint was refused because ``max_dialing``
-        endpoints are remembered already (a flood of gossip or mDNS records
-        must not turn into a flood of sockets).
+        Returns False if refused: at most ``max_dialing`` gossiped endpoints,
+        and ``max_peers + max_dialing`` in all, so that a flood of gossip or
+        mDNS records never becomes a flood of sockets.
         """
-        expires = None if lasting else now + self._config.gone_after
+        expires = None if lasting or pinned else now + self._config.gone_after
         known = self._targets.get(endpoint)
         if known is None:
-            if len(self._targets) >= self._config.max_dialing:
+            gossiped = sum(1 for target in self._targets.values() if target.expires is not None)
+            if expires is not None and gossiped >= self._config.max_dialing:
                 return False
-            self._targets[endpoint] = _Target(peer_id, expires, now)
+            if len(self._targets) >= self._config.max_peers + self._config.max_dialing:
+                return False
+            self._targets[endpoint] = _Target(peer_id, expires, now, pinned)
             return True
         if peer_id is not None:
             known.peer_id = peer_id
         if known.expires is not None:
             known.expires = expires
+        known.pinned = known.pinned or pinned
         return True
 
     def remove(self, endpoint: str) -> None:
-        """Forget an endpoint (discovery withdrew it)."""
-        self._targets.pop(endpoint, None)
+        """Forget an endpoint (discovery withdrew it); seeds stay."""
+        target = self._targets.get(endpoint)
+        if target is not None and not target.pinned:
+            del self._targets[endpoint]
 
     def hurry(self, peer_id: bytes, now: float) -> bool:
         """Make a HELLO to this peer's endpoints due now; True if it has any.
@@ -233,9 +254,9 @@ class Dialer:
         return found
 
     def forget_peer(self, peer_id: bytes) -> None:
-        """Forget every endpoint of a peer that said goodbye."""
+        """Forget every endpoint of a peer that said goodbye (seeds stay)."""
         for endpoint, target in list(self._targets.items()):
-            if target.peer_id == peer_id:
+            if target.peer_id == peer_id and not target.pinned:
                 del self._targets[endpoint]
 
     def due(self, now: float, connected: Iterable[str]) -> tuple[list[str], list[str]]:

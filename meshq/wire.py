@@ -58,6 +58,7 @@ __all__ = [
     "decode_payload",
     "check_identity",
     "MAX_MESH_BYTES",
+    "MAX_SERVICES",
     "parse_endpoint",
     "topic_prefix",
 ]
@@ -93,6 +94,8 @@ _DATA_TAIL = struct.Struct(">BQQ")  # the per-message part of the header
 
 _PORT = re.compile(r"[1-9][0-9]{0,4}")
 _MAX_ENDPOINTS = 16
+#: Most service names one node offers.
+MAX_SERVICES: Final = 64
 _MAX_ENDPOINT_CHARS = 64
 _MAX_NAME_BYTES = 255
 #: Longest mesh name in UTF-8 bytes; it must also fit an mDNS TXT entry.
@@ -106,7 +109,7 @@ class Limits:
 
     max_control_bytes: int = 64 * 1024
     max_topic_bytes: int = 1024
-    max_peers: int = 1024
+    max_peers: int = 256
     max_headers: int = 64
     max_payload_bytes: int = 64 * 1024 * 1024
 
@@ -132,6 +135,10 @@ class Hello:
     headers: Mapping[str, str] = field(default_factory=dict)
     peers: tuple[tuple[bytes, tuple[str, ...]], ...] = ()
     reply: bool = False
+    #: Names of the request/reply services the sender offers, and where its
+    #: service socket listens (empty when it offers none).
+    services: tuple[str, ...] = ()
+    service: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,8 @@ def encode_control(message: ControlMessage) -> bytes:
                 "headers": dict(message.headers),
                 "peers": [[pid, list(eps)] for pid, eps in message.peers],
                 "reply": message.reply,
+                "services": list(message.services),
+                "service": list(message.service),
             },
             use_bin_type=True,
         )
@@ -231,6 +240,15 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
     reply = fields.get("reply", False)
     if not isinstance(reply, bool):
         raise ProtocolError("bad reply flag")
+    services = fields.get("services", [])
+    if not isinstance(services, list) or len(services) > MAX_SERVICES:
+        raise ProtocolError("bad service list")
+    for service_name in services:
+        if not isinstance(service_name, str) or not 0 < len(service_name.encode()) <= 255:
+            raise ProtocolError("bad service name")
+    service_endpoints = fields.get("service", [])
+    if service_endpoints or services:
+        service_endpoints = _endpoints(service_endpoints, "service endpoints")
     return Hello(
         sender=sender,
         name=_text(fields.get("name"), "name"),
@@ -240,6 +258,8 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
         headers=headers,
         peers=tuple(gossip),
         reply=reply,
+        services=tuple(services),
+        service=tuple(service_endpoints),
     )
 
 

@@ -116,12 +116,24 @@ def test_config_rejects_inconsistent_timings() -> None:
 
 
 def test_dialer_is_bounded() -> None:
-    dialer = Dialer(MeshConfig(max_dialing=2))
-    assert dialer.add("tcp://127.0.0.1:1", A, now=0.0, lasting=True)
+    dialer = Dialer(MeshConfig(max_dialing=2, max_peers=2))
+    assert dialer.add("tcp://127.0.0.1:1", A, now=0.0, lasting=False)
     assert dialer.add("tcp://127.0.0.1:2", B, now=0.0, lasting=False)
-    assert not dialer.add("tcp://127.0.0.1:3", None, now=0.0, lasting=True)
-    assert dialer.add("tcp://127.0.0.1:1", A, now=1.0, lasting=True)  # known: refreshed
-    assert len(dialer) == 2
+    assert not dialer.add("tcp://127.0.0.1:3", None, now=0.0, lasting=False)  # gossip full
+    assert dialer.add("tcp://127.0.0.1:4", None, now=0.0, lasting=True)  # mDNS still fits
+    assert dialer.add("tcp://127.0.0.1:5", None, now=0.0, lasting=True)
+    assert not dialer.add("tcp://127.0.0.1:6", None, now=0.0, lasting=True)  # 4 in all
+    assert dialer.add("tcp://127.0.0.1:1", A, now=1.0, lasting=False)  # known: refreshed
+    assert len(dialer) == 4
+
+
+def test_seeds_are_never_forgotten() -> None:
+    dialer = Dialer(CONFIG)
+    dialer.add("tcp://127.0.0.1:1", None, now=0.0, lasting=True, pinned=True)
+    dialer.add("tcp://127.0.0.1:1", A, now=0.0, lasting=True)  # mDNS names the same node
+    dialer.forget_peer(A)  # its BYE
+    dialer.remove("tcp://127.0.0.1:1")  # its mDNS goodbye
+    assert "tcp://127.0.0.1:1" in dialer
 
 
 def test_dialer_can_be_hurried_for_a_known_peer() -> None:

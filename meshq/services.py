@@ -1,0 +1,477 @@
+"""Request/reply services: providers answer on a ROUTER; callers balance and retry.
+
+A provider (:class:`ServiceRunner`) owns one ROUTER and one thread that reads
+requests and calls the handlers, one at a time, answering each request with
+a reply that also says how many requests it still holds (its load).
+
+A caller (:class:`Requester`, one per calling thread) owns one DEALER per
+provider. It sends each attempt with a fresh request id to the provider with
+the fewest requests outstanding plus reported load, and on an attempt's
+timeout tries another provider. A reply whose attempt has timed out is
+dropped and counted, so it can never reach the wrong caller. Replies are
+read by whoever waits on a result, on the caller's own thread: the data path
+never crosses a thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import zmq
+
+from .errors import Closed, NoProviders, ProtocolError, RemoteError, Timeout
+from .publishing import bind_all
+from .ratelimit import RateLimitedLog
+from .servicewire import (
+    Reply,
+    check_service_name,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+)
+from .sockets import SocketFactory
+from .wire import Limits, encode_payload
+
+__all__ = [
+    "GatherResult",
+    "Handler",
+    "RequestFuture",
+    "Requester",
+    "ServiceDirectory",
+    "ServiceRunner",
+]
+
+log = logging.getLogger("meshq.services")
+_bad_input_log = RateLimitedLog(log, interval=5.0)
+
+Handler = Callable[[object], object]
+_READ_AHEAD = 256  # requests a provider takes off its socket before answering
+
+
+class ServiceDirectory:
+    """Who offers what: service name -> {provider node id (hex): service endpoint}.
+
+    Written by the control thread, read by callers on any thread.
+    """
+
+    def __init__(self) -> None:
+        self._providers: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+        self._lock = threading.Lock()
+
+    def update(self, providers: Mapping[str, Mapping[str, str]]) -> None:
+        frozen = MappingProxyType(
+            {name: MappingProxyType(dict(by_id)) for name, by_id in providers.items()}
+        )
+        with self._lock:
+            self._providers = frozen
+
+    def providers(self, service: str) -> Mapping[str, str]:
+        """The providers of ``service`` right now (possibly empty)."""
+        with self._lock:
+            return self._providers.get(service, MappingProxyType({}))
+
+    def all(self) -> Mapping[str, Mapping[str, str]]:
+        with self._lock:
+            return self._providers
+
+
+# --------------------------------------------------------------------------
+# Provider side
+
+
+class ServiceRunner:
+    """Answers requests for this node's services on a thread of its own.
+
+    Handlers run one at a time on that thread (never on the node's control
+    thread); a handler that raises is answered with its type and message and
+    counted, and the service keeps serving. Raises meshq.BindError if the
+    port cannot be bound.
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context,  # type: ignore[type-arg]
+        factory: SocketFactory,
+        *,
+        node_id: str,
+        interfaces: Sequence[str],
+        port: int,
+        limits: Limits,
+        count: Callable[[str], None],
+    ) -> None:
+        self._context = context
+        self._factory = factory
+        self._limits = limits
+        self._count = count
+        self._handlers: dict[str, Handler] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake_read, self._wake_write = os.pipe()
+        self.local_endpoint = f"inproc://meshq-svc-{node_id}"
+        self.endpoints: tuple[str, ...] = ()
+        ready = threading.Event()
+        failed: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._main,
+            args=(interfaces, port, ready, failed),
+            name=f"meshq-serve-{node_id[:8]}",
+            daemon=True,
+        )
+        self._thread.start()
+        ready.wait()
+        if failed:
+            self._close_pipe()
+            raise failed[0]
+
+    def add(self, name: str, handler: Handler) -> None:
+        with self._lock:
+            self._handlers[name] = handler
+
+    def names(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._handlers)
+
+    def _main(
+        self,
+        interfaces: Sequence[str],
+        port: int,
+        ready: threading.Event,
+        failed: list[BaseException],
+    ) -> None:
+        try:
+            sock = self._factory.make(self._context, zmq.ROUTER)
+            try:
+                bound = bind_all(sock, interfaces, port)
+                sock.bind(self.local_endpoint)
+            except BaseException:
+                sock.close(linger=0)
+                raise
+        except BaseException as exc:
+            failed.append(exc)
+            ready.set()
+            return
+        self.endpoints = tuple(f"tcp://{ip}:{bound}" for ip in interfaces)
+        ready.set()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
+        backlog: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        try:
+            while not self._stop.is_set():
+                if not backlog:
+                    poller.poll()
+                while len(backlog) < _READ_AHEAD:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if len(frames) == 2:
+                        backlog.append((frames[0], frames[1]))
+                    else:
+                        self._count("service_protocol_errors")
+                if backlog:
+                    identity, frame = backlog.popleft()
+                    reply = self._answer(frame, load=len(backlog))
+                    if reply is not None:
+                        try:
+                            sock.send_multipart([identity, reply], zmq.NOBLOCK)
+                        except zmq.Again:
+                            self._count("service_replies_dropped")  # caller not reading
+        finally:
+            sock.close(linger=0)
+
+    def _answer(self, frame: bytes, load: int) -> bytes | None:
+        try:
+            request = decode_request(frame, self._limits)
+        except ProtocolError as exc:
+            self._count("service_protocol_errors")
+            _bad_input_log.warning("dropped malformed request: %s", exc.reason)
+            return None
+        with self._lock:
+            handler = self._handlers.get(request.service)
+        if handler is None:
+            return encode_reply(request.request_id, load, not_served=True)
+        try:
+            result = handler(request.data)
+            flags, payload = encode_payload(result)
+        except Exception as exc:  # the caller gets it as RemoteError; we keep serving
+            self._count("handler_errors")
+            log.debug("handler of %r raised", request.service, exc_info=True)
+            return encode_reply(request.request_id, load, error=exc)
+        self._count("requests_served")
+        return encode_reply(request.request_id, load, flags=flags, payload=payload)
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            os.write(self._wake_write, b"w")
+        except OSError:
+            pass
+        self._thread.join()
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+
+# --------------------------------------------------------------------------
+# Caller side
+
+
+@dataclass
+class _Call:
+    service: str
+    name: bytes
+    flags: int
+    payload: bytes
+    timeout: float
+    retries: int
+    only: str | None = None  # gather: this provider and no other
+    tried: set[str] = field(default_factory=set)
+    provider: str = ""
+    attempt_id: int = 0
+    deadline: float = 0.0
+    done: bool = False
+    result: object = None
+    error: BaseException | None = None
+
+
+class RequestFuture:
+    """A request in flight. ``result()`` waits for it on the caller's thread."""
+
+    def __init__(self, requester: Requester, call: _Call) -> None:
+        self._requester = requester
+        self._call = call
+
+    def done(self) -> bool:
+        """True once a reply or a final error is in (reads pending replies first)."""
+        if not self._call.done:
+            self._requester.pump(0.0)
+        return self._call.done
+
+    def result(self, timeout: float | None = None) -> object:
+        """The reply's data. Waits at most ``timeout`` s (None: until the request ends).
+
+        Raises meshq.RemoteError, meshq.Timeout (attempts exhausted, or this
+        wait's ``timeout``), meshq.NoProviders, meshq.Closed.
+        """
+        self._requester.wait([self._call], timeout)
+        if not self._call.done:
+            raise Timeout(f"request to {self._call.service!r} still in flight")
+        if self._call.error is not None:
+            raise self._call.error
+        return self._call.result
+
+
+@dataclass(frozen=True)
+class GatherResult:
+    """What ``Node.gather`` collected: replies and errors by provider id, and who stayed silent."""
+
+    replies: Mapping[str, object]
+    errors: Mapping[str, RemoteError]
+    missing: tuple[str, ...]
+
+
+class Requester:
+    """The caller side for one thread: DEALERs to providers and the calls in flight."""
+
+    def __init__(
+        self,
+        context: zmq.Context,  # type: ignore[type-arg]
+        factory: SocketFactory,
+        directory: ServiceDirectory,
+        limits: Limits,
+        count: Callable[[str], None],
+    ) -> None:
+        self.owner = threading.get_ident()
+        self._context = context
+        self._factory = factory
+        self._directory = directory
+        self._limits = limits
+        self._count = count
+        self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]  # by endpoint
+        self._socket_endpoint: dict[zmq.Socket, str] = {}  # type: ignore[type-arg]
+        self._poller = zmq.Poller()
+        self._calls: dict[int, _Call] = {}  # by attempt id
+        self._outstanding: collections.Counter[str] = collections.Counter()
+        self._load: dict[str, int] = {}
+        self._ids = itertools.count(random.getrandbits(48))
+        self._closed = False
+
+    def wake(self) -> None:
+        """Directory changes need no wake-up: each call looks again."""
+
+    def start(
+        self, service: str, data: object, timeout: float, retries: int, only: str | None = None
+    ) -> RequestFuture:
+        """Send the first attempt of a request; raises NoProviders at once if nobody offers it."""
+        if self._closed:
+            raise Closed("node is closed")
+        if timeout <= 0 or retries < 0:
+            raise ValueError("need timeout > 0 seconds and retries >= 0")
+        name = check_service_name(service)
+        flags, payload = encode_payload(data)
+        call = _Call(service, name, flags, payload, timeout, retries, only)
+        if not self._send(call):
+            raise NoProviders(service)
+        return RequestFuture(self, call)
+
+    def _send(self, call: _Call) -> bool:
+        """Send the next attempt of ``call``; False if no provider is left to try."""
+        providers = self._directory.providers(call.service)
+        if call.only is not None:
+            candidates = [call.only] if call.only in providers and not call.tried else []
+        else:
+            candidates = [p for p in providers if p not in call.tried] or list(providers)
+        if not candidates:
+            return False
+        outstanding, load = self._outstanding, self._load
+        provider = min(candidates, key=lambda p: (outstanding[p] + load.get(p, 0), random.random()))
+        dealer = self._dealer(providers[provider])
+        call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
+        call.provider = provider
+        call.tried.add(provider)
+        call.deadline = time.monotonic() + call.timeout
+        try:
+            dealer.send(encode_request(call.attempt_id, call.name, call.flags, call.payload))
+        except zmq.ZMQError as exc:
+            raise Closed(f"request socket failed: {exc}") from exc
+        self._calls[call.attempt_id] = call
+        self._outstanding[provider] += 1
+        return True
+
+    def _dealer(self, endpoint: str) -> zmq.Socket:  # type: ignore[type-arg]
+        dealer = self._dealers.get(endpoint)
+        if dealer is None:
+            dealer = self._factory.make(self._context, zmq.DEALER)
+            dealer.connect(endpoint)
+            self._dealers[endpoint] = dealer
+            self._socket_endpoint[dealer] = endpoint
+            self._poller.register(dealer, zmq.POLLIN)
+        return dealer
+
+    def wait(self, calls: Sequence[_Call], timeout: float | None) -> None:
+        """Read replies until every call in ``calls`` is done or ``timeout`` s pass."""
+        until = None if timeout is None else time.monotonic() + timeout
+        while not all(call.done for call in calls):
+            if until is not None and time.monotonic() >= until:
+                return
+            self.pump(None if until is None else until - time.monotonic())
+
+    def pump(self, wait: float | None) -> None:
+        """Handle replies and expired attempts, waiting at most ``wait`` s for a reply."""
+        if self._closed:
+            for call in list(self._calls.values()):
+                self._finish(call, error=Closed("node is closed"))
+            return
+        now = time.monotonic()
+        next_deadline = min((c.deadline for c in self._calls.values()), default=None)
+        limit = wait if wait is not None else None
+        if next_deadline is not None:
+            until_deadline = max(0.0, next_deadline - now)
+            limit = until_deadline if limit is None else min(limit, until_deadline)
+        if limit is None:
+            return  # nothing in flight and no wait asked for
+        ready = dict(self._poller.poll(max(0, int(limit * 1000)) if limit > 0 else 0))
+        for sock in ready:
+            self._read(sock)
+        self._expire(time.monotonic())
+
+    def _read(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = decode_reply(frame, self._limits)
+            except ProtocolError as exc:
+                self._count("reply_protocol_errors")
+                _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
+                continue
+            call = self._calls.pop(reply.request_id, None)
+            if call is None:
+                self._count("late_replies")  # its attempt timed out: drop it
+                continue
+            self._outstanding[call.provider] -= 1
+            self._load[call.provider] = reply.load
+            self._settle(call, reply)
+
+    def _settle(self, call: _Call, reply: Reply) -> None:
+        if reply.not_served:
+            if not self._send(call):
+                self._finish(call, error=NoProviders(call.service))
+        elif reply.error is not None:
+            remote_type, message = reply.error
+            self._finish(call, error=RemoteError(call.service, call.provider, *reply.error))
+            del remote_type, message
+        else:
+            self._finish(call, result=reply.data)
+
+    def _expire(self, now: float) -> None:
+        for attempt_id, call in list(self._calls.items()):
+            provider_left = call.provider not in self._directory.providers(call.service)
+            if now < call.deadline and not provider_left:
+                continue
+            del self._calls[attempt_id]
+            self._outstanding[call.provider] -= 1
+            self._count("request_timeouts")
+            if len(call.tried) <= call.retries and self._send(call):
+                self._count("request_retries")
+                continue
+            self._finish(
+                call, error=Timeout(f"no reply from {call.service!r} after {len(call.tried)} tries")
+            )
+
+    def _finish(
+        self, call: _Call, *, result: object = None, error: BaseException | None = None
+    ) -> None:
+        call.done = True
+        call.result = result
+        call.error = error
+        self._calls.pop(call.attempt_id, None)
+
+    def gather(self, service: str, data: object, timeout: float) -> GatherResult:
+        """Ask every provider of ``service`` once; collect what arrives within ``timeout`` s."""
+        providers = list(self._directory.providers(service))
+        if not providers:
+            raise NoProviders(service)
+        futures = {p: self.start(service, data, timeout, 0, only=p) for p in providers}
+        self.wait([f._call for f in futures.values()], timeout)
+        replies: dict[str, object] = {}
+        errors: dict[str, RemoteError] = {}
+        missing: list[str] = []
+        for provider, future in futures.items():
+            call = future._call
+            if not call.done:
+                self._calls.pop(call.attempt_id, None)
+                self._outstanding[call.provider] -= 1
+                missing.append(provider)
+            elif isinstance(call.error, RemoteError):
+                errors[provider] = call.error
+            elif call.error is not None:
+                missing.append(provider)
+            else:
+                replies[provider] = call.result
+        return GatherResult(replies, errors, tuple(missing))
+
+    def close(self) -> None:
+        """Close every DEALER; calls in flight end with meshq.Closed on their next wait."""
+        if self._closed:
+            return
+        self._closed = True
+        for dealer in self._dealers.values():
+            dealer.close(linger=0)
+        self._dealers.clear()
+        self._socket_endpoint.clear()

@@ -1,0 +1,148 @@
+"""The request/reply codec: service requests and replies as single frames.
+
+Pure functions like meshq/wire.py (whose data-message codec this mirrors);
+docs/PROTOCOL.md specifies the bytes. A caller's DEALER sends a REQUEST to a
+provider's service ROUTER; the provider answers on the same connection:
+
+    request: "Q" | version u8 | flags u8 | request id u64 | name length u8 | name | payload
+    reply:   "A" | version u8 | flags u8 | request id u64 | load u32 | payload
+
+Request flags: bit 0 payload is msgpack (else raw bytes). Reply flags: bit 0
+as for requests; bit 1 the handler raised, and the payload is msgpack
+``[type name, message]``; bit 2 the provider does not serve that name (any
+more), and the payload is empty. ``load`` is how many requests the provider
+holds, this one excluded, when it answered: callers balance on it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from .errors import ProtocolError
+from .wire import FLAG_MSGPACK, PROTOCOL_VERSION, Limits, decode_payload, encode_msgpack
+
+__all__ = [
+    "REPLY_ERROR",
+    "REPLY_NOT_SERVED",
+    "Reply",
+    "Request",
+    "check_service_name",
+    "decode_reply",
+    "decode_request",
+    "encode_reply",
+    "encode_request",
+]
+
+REPLY_ERROR: Final = 0x02
+REPLY_NOT_SERVED: Final = 0x04
+_REQUEST_FLAGS: Final = FLAG_MSGPACK
+_REPLY_FLAGS: Final = FLAG_MSGPACK | REPLY_ERROR | REPLY_NOT_SERVED
+MAX_SERVICE_NAME_BYTES: Final = 255
+
+_REQUEST_HEAD = struct.Struct(">cBBQB")
+_REPLY_HEAD = struct.Struct(">cBBQI")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded request; ``data`` is bytes or the decoded msgpack object."""
+
+    request_id: int
+    service: str
+    data: object
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded reply. ``error`` is (type name, message) when the handler raised."""
+
+    request_id: int
+    load: int
+    data: object = None
+    error: tuple[str, str] | None = None
+    not_served: bool = False
+
+
+def check_service_name(name: str) -> bytes:
+    """The name's UTF-8 bytes; ValueError unless it is 1..255 bytes."""
+    encoded = name.encode()
+    if not 0 < len(encoded) <= MAX_SERVICE_NAME_BYTES:
+        raise ValueError(f"service name must be 1..{MAX_SERVICE_NAME_BYTES} UTF-8 bytes")
+    return encoded
+
+
+def encode_request(request_id: int, service: bytes, flags: int, payload: bytes) -> bytes:
+    """One request frame; ``service`` from check_service_name, ``flags`` from encode_payload."""
+    return (
+        _REQUEST_HEAD.pack(b"Q", PROTOCOL_VERSION, flags, request_id, len(service))
+        + service
+        + payload
+    )
+
+
+def decode_request(frame: bytes, limits: Limits) -> Request:
+    """Parse a request frame. Raises ProtocolError."""
+    if len(frame) < _REQUEST_HEAD.size:
+        raise ProtocolError("truncated request")
+    kind, version, flags, request_id, name_length = _REQUEST_HEAD.unpack_from(frame)
+    if kind != b"Q":
+        raise ProtocolError("not a request")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    if flags & ~_REQUEST_FLAGS:
+        raise ProtocolError("unknown request flags")
+    start = _REQUEST_HEAD.size + name_length
+    if name_length == 0 or len(frame) < start:
+        raise ProtocolError("bad service name")
+    try:
+        service = frame[_REQUEST_HEAD.size : start].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("bad service name") from None
+    return Request(request_id, service, decode_payload(flags, frame[start:], limits))
+
+
+def encode_reply(
+    request_id: int,
+    load: int,
+    *,
+    flags: int = 0,
+    payload: bytes = b"",
+    error: BaseException | None = None,
+    not_served: bool = False,
+) -> bytes:
+    """One reply frame: a result (``flags``/``payload``), an error, or "not served"."""
+    if not_served:
+        flags, payload = REPLY_NOT_SERVED, b""
+    elif error is not None:
+        flags = REPLY_ERROR | FLAG_MSGPACK
+        payload = encode_msgpack([type(error).__name__, str(error)[:4096]])
+    load = min(max(load, 0), 0xFFFFFFFF)
+    return _REPLY_HEAD.pack(b"A", PROTOCOL_VERSION, flags, request_id, load) + payload
+
+
+def decode_reply(frame: bytes, limits: Limits) -> Reply:
+    """Parse a reply frame. Raises ProtocolError."""
+    if len(frame) < _REPLY_HEAD.size:
+        raise ProtocolError("truncated reply")
+    kind, version, flags, request_id, load = _REPLY_HEAD.unpack_from(frame)
+    if kind != b"A":
+        raise ProtocolError("not a reply")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    if flags & ~_REPLY_FLAGS:
+        raise ProtocolError("unknown reply flags")
+    payload = frame[_REPLY_HEAD.size :]
+    if flags & REPLY_NOT_SERVED:
+        return Reply(request_id, load, not_served=True)
+    if flags & REPLY_ERROR:
+        error = decode_payload(FLAG_MSGPACK, payload, limits)
+        if not (
+            isinstance(error, list)
+            and len(error) == 2
+            and all(isinstance(part, str) for part in error)
+        ):
+            raise ProtocolError("bad error reply")
+        return Reply(request_id, load, error=(error[0], error[1]))
+    return Reply(request_id, load, data=decode_payload(flags, payload, limits))
