@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from .aio import AsyncNode, AsyncSubscription
 from .config import MeshConfig
-from .errors import BindError, Closed, MeshqError, ProtocolError, Timeout
+from .errors import (
+    BindError,
+    Closed,
+    MeshqError,
+    NoProviders,
+    ProtocolError,
+    RemoteError,
+    Timeout,
+)
 from .message import Message
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerState
+from .services import GatherResult, RequestFuture
 from .subscription import Subscription
 from .wire import PROTOCOL_VERSION
 
@@ -25,6 +34,10 @@ __all__ = [
     "EventKind",
     "MeshConfig",
     "MeshqError",
+    "NoProviders",
+    "RemoteError",
+    "GatherResult",
+    "RequestFuture",
     "Message",
     "Node",
     "Peer",

@@ -33,6 +33,8 @@ class MeshConfig:
     control_port: int = 0
     #: Publish socket port to bind; 0 picks a free port.
     publish_port: int = 0
+    #: Service (request/reply) socket port, bound on the first serve(); 0: free.
+    service_port: int = 0
     #: Messages queued per subscriber connection before new ones are dropped
     #: (ZeroMQ SNDHWM on the publish socket, RCVHWM on subscriptions).
     publish_hwm: int = 100_000
@@ -72,7 +74,7 @@ class MeshConfig:
             )
         if self.hello_interval <= 0 or self.gossip_interval <= 0:
             raise ValueError("hello_interval and gossip_interval must be > 0 seconds")
-        for name in ("control_port", "publish_port"):
+        for name in ("control_port", "publish_port", "service_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be 0..65535, got {port}")

@@ -36,7 +36,7 @@ from .wire import (
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Command", "ControlPlane", "Found", "Lost", "Stop"]
+__all__ = ["Announce", "Command", "ControlPlane", "Found", "Lost", "Stop"]
 
 log = logging.getLogger("meshq.control")
 
@@ -62,7 +62,12 @@ class Stop:
     pass
 
 
-Command = Found | Lost | Stop
+@dataclass(frozen=True)
+class Announce:
+    """The node's own services changed."""
+
+
+Command = Found | Lost | Stop | Announce
 
 
 class ControlPlane:
@@ -153,6 +158,10 @@ class ControlPlane:
                 self._hello_due(now)
             elif isinstance(command, Lost):
                 self._dialer.remove(command.candidate.endpoint)
+            elif isinstance(command, Announce):
+                # Our services changed: tell everyone now, not at the next gossip.
+                self._broadcast(self._hello(reply=False))
+                self._refresh_publishers()
 
     def _receive(self) -> None:
         for _ in range(_MAX_BATCH):
@@ -208,7 +217,10 @@ class ControlPlane:
             self._node._count("hello_rejected")
         peer = self._table.get(hello.sender)
         if peer is not None:
-            if hello.reply:
+            joined = any(event.kind is EventKind.JOINED for event in events)
+            # A newcomer always gets our current HELLO: one we sent before it
+            # joined may predate a change (say, a service added meanwhile).
+            if hello.reply or joined:
                 self._send(peer.endpoint, self._hello(reply=False))
             self._refresh_publishers()
             for gossip_id, endpoints in hello.peers:
@@ -222,6 +234,7 @@ class ControlPlane:
 
     def _hello(self, *, reply: bool) -> bytes:
         """Our HELLO, encoded; gossip is trimmed until it fits the control limit."""
+        services, service_endpoints = self._node._offered_services()
         gossip = [
             (peer_id, peer.control)
             for peer_id, peer in self._table.items()
@@ -238,6 +251,8 @@ class ControlPlane:
                     headers=self._node.headers,
                     peers=tuple(gossip),
                     reply=reply,
+                    services=services,
+                    service=service_endpoints if services else (),
                 )
             )
             if len(frame) <= self._config.max_control_bytes or not gossip:
@@ -294,12 +309,21 @@ class ControlPlane:
         self._refresh_publishers()
 
     def _refresh_publishers(self) -> None:
-        """Tell subscriptions where every peer publishes (a no-op if unchanged)."""
+        """Tell subscriptions and callers where every peer publishes and serves."""
         node = self._node
         publishers = {node.id: node._local_publish}
+        providers: dict[str, dict[str, str]] = {}
+        own_services, _ = node._offered_services()
+        for name in own_services:
+            providers.setdefault(name, {})[node.id] = node._local_service_endpoint()
         for peer in self._table.snapshot():
             publishers[peer.id] = choose_endpoint(peer.publish, node._networks)
+            if peer.services and peer.service:
+                endpoint = choose_endpoint(peer.service, node._networks)
+                for name in peer.services:
+                    providers.setdefault(name, {})[peer.id] = endpoint
         node._directory.update(publishers)
+        node._service_directory.update(providers)
 
     def _publish_snapshot(self) -> None:
         node = self._node

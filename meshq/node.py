@@ -19,19 +19,30 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import zmq
 
 from .config import MeshConfig
-from .control import Command, ControlPlane, Found, Lost, Stop
+from .control import Announce, Command, ControlPlane, Found, Lost, Stop
 from .discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
 from .errors import Closed, Timeout
 from .interfaces import local_networks, resolve_interfaces
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .publishing import PublishSocket
+from .services import (
+    GatherResult,
+    Handler,
+    Requester,
+    RequestFuture,
+    ServiceDirectory,
+    ServiceRunner,
+)
+from .servicewire import check_service_name
 from .sockets import SocketFactory
 from .subscription import PublisherDirectory, Subscription
 from .wire import (
+    MAX_SERVICES,
     Limits,
     check_identity,
 )
@@ -114,6 +125,12 @@ class Node:
         self.publish_endpoints = self._publisher.endpoints
         self._local_publish = self._publisher.local_endpoint
         self._directory = PublisherDirectory()
+        # Request/reply: who offers what, our provider side (started by the
+        # first serve()), and one caller side per calling thread.
+        self._service_directory = ServiceDirectory()
+        self._service_runner: ServiceRunner | None = None
+        self._service_lock = threading.Lock()
+        self._requesters = threading.local()
         self._directory.update({self.id: self._local_publish})
 
         # Shared with the control thread.
@@ -219,6 +236,105 @@ class Node:
             directory=self._directory,
             limits=self._limits,
         )
+
+    # ------------------------------------------------------------------
+    # Request/reply
+
+    def serve(self, name: str, handler: Handler | None = None) -> Any:
+        """Offer service ``name``: ``handler(data)`` answers each request.
+
+        Usable as ``node.serve("calc", fn)`` or as a decorator
+        ``@node.serve("calc")``. Many nodes may offer one name; callers spread
+        their requests over all of them. Handlers run one at a time on the
+        node's service thread; what a handler raises reaches the caller as
+        meshq.RemoteError and the service keeps serving. Returns the handler.
+        Raises ValueError for a bad name or more than 64 services,
+        meshq.BindError if ``service_port`` is taken.
+        """
+        if handler is None:
+            return lambda function: self.serve(name, function)
+        check_service_name(name)
+        self._check_open()
+        with self._service_lock:
+            if self._service_runner is None:
+                self._service_runner = ServiceRunner(
+                    self._context,
+                    self._sockets,
+                    node_id=self.id,
+                    interfaces=self.interfaces,
+                    port=self.config.service_port,
+                    limits=self._limits,
+                    count=self._count,
+                )
+            names = self._service_runner.names()
+            if name not in names and len(names) >= MAX_SERVICES:
+                raise ValueError(f"a node offers at most {MAX_SERVICES} services")
+            self._service_runner.add(name, handler)
+        self._send_command(Announce())
+        return handler
+
+    def service(self, name: str) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`serve`: ``@node.service("calc")``."""
+        return lambda handler: self.serve(name, handler)  # type: ignore[no-any-return]
+
+    def request(
+        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+    ) -> object:
+        """Ask one provider of ``service`` and return its reply's data.
+
+        Each attempt waits ``timeout`` seconds; a silent provider is replaced
+        by another for up to ``retries`` more attempts, so the call returns
+        within about ``(retries + 1) * timeout`` seconds. Raises
+        meshq.NoProviders at once if nobody offers the service,
+        meshq.RemoteError if the handler raised, meshq.Timeout when every
+        attempt went unanswered.
+        """
+        return self.request_async(service, data, timeout=timeout, retries=retries).result()
+
+    def request_async(
+        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+    ) -> RequestFuture:
+        """Send a request and return at once; ``future.result()`` waits for the reply.
+
+        Many may be in flight together. The future belongs to the calling
+        thread: wait on it there. Raises meshq.NoProviders at once.
+        """
+        return self._requester().start(service, data, timeout, retries)
+
+    def gather(self, service: str, data: object, *, timeout: float = 0.5) -> GatherResult:
+        """Ask every provider of ``service`` at once; return what came back within ``timeout`` s.
+
+        The result holds the replies and errors by provider id and the ids
+        of the providers that did not answer. Raises meshq.NoProviders.
+        """
+        return self._requester().gather(service, data, timeout)
+
+    def services(self) -> dict[str, list[str]]:
+        """Every service on the mesh (this node's included) and the ids of its providers."""
+        return {name: sorted(by_id) for name, by_id in self._service_directory.all().items()}
+
+    def _requester(self) -> Requester:
+        requester: Requester | None = getattr(self._requesters, "requester", None)
+        if requester is None:
+            self._check_open()
+            requester = Requester(
+                self._context, self._sockets, self._service_directory, self._limits, self._count
+            )
+            self._directory.watch(requester)  # so it closes with the node
+            self._requesters.requester = requester
+        return requester
+
+    def _offered_services(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        runner = self._service_runner
+        return (runner.names(), runner.endpoints) if runner is not None else ((), ())
+
+    def _local_service_endpoint(self) -> str:
+        runner = self._service_runner
+        assert runner is not None, "only called while this node serves"
+        return runner.local_endpoint
+
+    # ------------------------------------------------------------------
+    # Peers
 
     def peers(self) -> list[Peer]:
         """Every peer this node knows, with its state."""
@@ -326,6 +442,9 @@ class Node:
             except Exception:
                 log.exception("discovery backend failed to close")
         self._publisher.close()
+        with self._service_lock:
+            if self._service_runner is not None:
+                self._service_runner.close()
         self._dispatch_queue.put(None)
         if threading.current_thread() is not self._dispatcher:
             self._dispatcher.join()

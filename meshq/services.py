@@ -239,6 +239,7 @@ class _Call:
     retries: int
     only: str | None = None  # gather: this provider and no other
     tried: set[str] = field(default_factory=set)
+    attempts: int = 0
     provider: str = ""
     attempt_id: int = 0
     deadline: float = 0.0
@@ -342,6 +343,7 @@ class Requester:
         call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
         call.provider = provider
         call.tried.add(provider)
+        call.attempts += 1
         call.deadline = time.monotonic() + call.timeout
         try:
             dealer.send(encode_request(call.attempt_id, call.name, call.flags, call.payload))
@@ -413,9 +415,7 @@ class Requester:
             if not self._send(call):
                 self._finish(call, error=NoProviders(call.service))
         elif reply.error is not None:
-            remote_type, message = reply.error
             self._finish(call, error=RemoteError(call.service, call.provider, *reply.error))
-            del remote_type, message
         else:
             self._finish(call, result=reply.data)
 
@@ -427,11 +427,11 @@ class Requester:
             del self._calls[attempt_id]
             self._outstanding[call.provider] -= 1
             self._count("request_timeouts")
-            if len(call.tried) <= call.retries and self._send(call):
+            if call.attempts <= call.retries and self._send(call):
                 self._count("request_retries")
                 continue
             self._finish(
-                call, error=Timeout(f"no reply from {call.service!r} after {len(call.tried)} tries")
+                call, error=Timeout(f"no reply from {call.service!r} after {call.attempts} tries")
             )
 
     def _finish(

@@ -4,7 +4,10 @@ Prints one JSON object per line on stdout (``ready``, ``joined``, ``left``,
 ``suspect``, ``message``, ``published``, ``closed``) and reads commands as
 JSON lines on stdin: ``{"cmd": "subscribe", "prefix": "t/"}``,
 ``{"cmd": "publish", "topic": "t/x", "data": "hi", "count": 10}``,
-``{"cmd": "close"}``. Exits when stdin closes or after ``close``.
+``{"cmd": "serve", "name": "calc", "delay": 0.5}`` (answers ``{"by": name}``
+after ``delay`` seconds, saying ``handling`` first), ``{"cmd": "request",
+"name": "calc", "data": 1, "timeout": 1.0, "retries": 2}`` (says ``reply`` or
+``error``), ``{"cmd": "close"}``. Exits when stdin closes or after ``close``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from typing import Any
 
 import meshq
@@ -40,6 +44,15 @@ def receive(node: meshq.Node, prefix: str, stop: threading.Event) -> None:
             if isinstance(data, bytes):
                 data = data.decode(errors="replace")
             emit("message", topic=message.topic, data=data, sender=message.sender, seq=message.seq)
+
+
+def make_handler(name: str, delay: float) -> meshq.services.Handler:
+    def handle(data: object) -> object:
+        emit("handling", data=data if isinstance(data, (int, str)) else None)
+        time.sleep(delay)  # a slow service, so a test can kill it mid-request
+        return {"by": name, "data": data}
+
+    return handle
 
 
 def report_events(node: meshq.Node) -> None:
@@ -80,6 +93,20 @@ def main() -> None:
             for _ in range(command.get("count", 1)):
                 node.publish(command["topic"], command["data"])
             emit("published", topic=command["topic"], count=command.get("count", 1))
+        elif command["cmd"] == "serve":
+            node.serve(command["name"], make_handler(args.name, command.get("delay", 0.0)))
+            emit("serving", name=command["name"])
+        elif command["cmd"] == "request":
+            try:
+                result = node.request(
+                    command["name"],
+                    command.get("data"),
+                    timeout=command.get("timeout", 1.0),
+                    retries=command.get("retries", 2),
+                )
+                emit("reply", data=result)
+            except meshq.MeshqError as exc:
+                emit("error", type=type(exc).__name__, message=str(exc))
         elif command["cmd"] == "close":
             break
     stop.set()

@@ -1,0 +1,200 @@
+"""Request/reply services in one process on 127.0.0.1, and the service codec."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import meshq
+from meshq.errors import ProtocolError
+from meshq.servicewire import (
+    check_service_name,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+)
+from meshq.wire import FLAG_MSGPACK, Limits, encode_msgpack
+
+LOOPBACK = ["127.0.0.1"]
+LIMITS = Limits()
+
+
+def test_request_and_reply_frames_round_trip() -> None:
+    frame = encode_request(7, check_service_name("calc"), FLAG_MSGPACK, encode_msgpack([1, 2]))
+    request = decode_request(frame, LIMITS)
+    assert (request.request_id, request.service, request.data) == (7, "calc", [1, 2])
+    reply = decode_reply(encode_reply(7, 3, flags=0, payload=b"ok"), LIMITS)
+    assert (reply.request_id, reply.load, reply.data, reply.error) == (7, 3, b"ok", None)
+    failed = decode_reply(encode_reply(8, 0, error=KeyError("k")), LIMITS)
+    assert failed.error == ("KeyError", "'k'")
+    assert decode_reply(encode_reply(9, 0, not_served=True), LIMITS).not_served
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"Q\x01\x00" + bytes(8),  # truncated
+        b"X\x01\x00" + bytes(8) + b"\x01c",  # not a request
+        b"Q\x09\x00" + bytes(8) + b"\x01c",  # version
+        b"Q\x01\x80" + bytes(8) + b"\x01c",  # flags
+        b"Q\x01\x00" + bytes(8) + b"\x05c",  # name longer than the frame
+        b"Q\x01\x00" + bytes(8) + b"\x00",  # empty name
+        b"Q\x01\x00" + bytes(8) + b"\x01\xff",  # not UTF-8
+        b"Q\x01\x01" + bytes(8) + b"\x01c\xc1",  # bad msgpack
+    ],
+)
+def test_malformed_requests_are_one_typed_error(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_request(frame, LIMITS)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"A\x01\x00" + bytes(8),  # truncated
+        b"A\x01\x40" + bytes(12),  # flags
+        b"A\x01\x03" + bytes(12) + encode_msgpack("not a pair"),  # bad error payload
+    ],
+)
+def test_malformed_replies_are_one_typed_error(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_reply(frame, LIMITS)
+
+
+@pytest.fixture
+def cluster(mesh: str) -> Iterator[list[meshq.Node]]:
+    """A caller and three providers of "calc", each answering with its own name."""
+    nodes = [meshq.Node(n, mesh=mesh, interfaces=LOOPBACK) for n in ("caller", "p1", "p2", "p3")]
+    try:
+        for provider in nodes[1:]:
+            provider.serve("calc", echo_from(provider.name))
+        deadline = time.monotonic() + 10
+        while len(nodes[0].services().get("calc", [])) < 3:
+            assert time.monotonic() < deadline, nodes[0].services()
+            time.sleep(0.01)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def test_requests_spread_over_every_provider(cluster: list[meshq.Node]) -> None:
+    caller = cluster[0]
+    answered = collections.Counter(
+        caller.request("calc", i)["by"]  # type: ignore[index]
+        for i in range(150)
+    )
+    assert set(answered) == {"p1", "p2", "p3"}
+    assert min(answered.values()) >= 10  # nobody starves
+
+
+def test_many_requests_in_flight_from_one_caller(cluster: list[meshq.Node]) -> None:
+    caller = cluster[0]
+    futures = [caller.request_async("calc", i) for i in range(300)]
+    assert [f.result(timeout=30)["echo"] for f in futures] == list(range(300))  # type: ignore[index]
+
+
+def test_no_providers_is_raised_at_once(cluster: list[meshq.Node]) -> None:
+    with pytest.raises(meshq.NoProviders) as caught:
+        cluster[0].request("nobody-offers-this", 1, timeout=30)
+    assert caught.value.service == "nobody-offers-this"
+
+
+def test_a_handler_error_reaches_the_caller_and_serving_goes_on(mesh: str) -> None:
+    with (
+        meshq.Node("provider", mesh=mesh, interfaces=LOOPBACK) as provider,
+        meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+    ):
+
+        @provider.service("div")
+        def divide(data: object) -> object:
+            assert isinstance(data, list)
+            return data[0] / data[1]
+
+        wait_for_service(caller, "div", 1)
+        with pytest.raises(meshq.RemoteError) as caught:
+            caller.request("div", [1, 0])
+        assert caught.value.remote_type == "ZeroDivisionError"
+        assert "division by zero" in caught.value.remote_message
+        assert caught.value.provider == provider.id
+        assert caller.request("div", [6, 3]) == 2.0
+        assert provider.stats()["handler_errors"] == 1
+
+
+def test_a_silent_provider_is_retried_elsewhere_and_its_late_reply_dropped(mesh: str) -> None:
+    release = threading.Event()
+    with (
+        meshq.Node("stuck", mesh=mesh, interfaces=LOOPBACK) as stuck,
+        meshq.Node("quick", mesh=mesh, interfaces=LOOPBACK) as quick,
+        meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+    ):
+        stuck.serve("work", lambda data: release.wait(10) and "late")
+        quick.serve("work", lambda data: "quick")
+        wait_for_service(caller, "work", 2)
+        answers = [caller.request("work", i, timeout=0.3, retries=1) for i in range(6)]
+        assert answers == ["quick"] * 6  # whoever went to "stuck" was retried
+        assert caller.stats()["request_retries"] >= 1
+        release.set()
+        deadline = time.monotonic() + 10
+        while caller.stats().get("late_replies", 0) < 1:
+            caller.request("work", "pump", timeout=0.3, retries=1)  # reads the late reply
+            assert time.monotonic() < deadline, caller.stats()
+
+
+def test_every_attempt_unanswered_is_a_timeout(mesh: str) -> None:
+    release = threading.Event()
+    with (
+        meshq.Node("stuck", mesh=mesh, interfaces=LOOPBACK) as stuck,
+        meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+    ):
+        stuck.serve("work", lambda data: release.wait(10))
+        wait_for_service(caller, "work", 1)
+        with pytest.raises(meshq.Timeout):
+            caller.request("work", 1, timeout=0.2, retries=1)
+        release.set()
+
+
+def test_gather_collects_every_provider_and_names_the_silent(mesh: str) -> None:
+    release = threading.Event()
+    with (
+        meshq.Node("a", mesh=mesh, interfaces=LOOPBACK) as a,
+        meshq.Node("b", mesh=mesh, interfaces=LOOPBACK) as b,
+        meshq.Node("silent", mesh=mesh, interfaces=LOOPBACK) as silent,
+        meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+    ):
+        a.serve("stats", lambda data: {"node": "a"})
+        b.serve("stats", lambda data: 1 / 0)
+        silent.serve("stats", lambda data: release.wait(10))
+        wait_for_service(caller, "stats", 3)
+        result = caller.gather("stats", None, timeout=0.5)
+        release.set()
+        assert result.replies == {a.id: {"node": "a"}}
+        assert list(result.errors) == [b.id]
+        assert result.errors[b.id].remote_type == "ZeroDivisionError"
+        assert result.missing == (silent.id,)
+
+
+def test_a_node_can_call_its_own_service(mesh: str) -> None:
+    with meshq.Node("self", mesh=mesh, interfaces=LOOPBACK) as node:
+        node.serve("echo", lambda data: data)
+        wait_for_service(node, "echo", 1)
+        assert node.request("echo", b"\x00bytes") == b"\x00bytes"
+        with pytest.raises(ValueError):
+            node.serve("", lambda data: data)
+
+
+def echo_from(name: str) -> meshq.services.Handler:
+    return lambda data: {"by": name, "echo": data}
+
+
+def wait_for_service(node: meshq.Node, name: str, providers: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(node.services().get(name, [])) < providers:
+        assert time.monotonic() < deadline, node.services()
+        time.sleep(0.01)
