@@ -7,7 +7,8 @@ JSON lines on stdin: ``{"cmd": "subscribe", "prefix": "t/"}``,
 ``{"cmd": "serve", "name": "calc", "delay": 0.5}`` (answers ``{"by": name}``
 after ``delay`` seconds, saying ``handling`` first), ``{"cmd": "request",
 "name": "calc", "data": 1, "timeout": 1.0, "retries": 2}`` (says ``reply`` or
-``error``), ``{"cmd": "close"}``. Exits when stdin closes or after ``close``.
+``error``), ``{"cmd": "tally", "name": "calc", "count": 60}`` (says who
+answered how often), ``{"cmd": "close"}``. Exits when stdin closes or after ``close``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,13 @@ def main() -> None:
         elif command["cmd"] == "serve":
             node.serve(command["name"], make_handler(args.name, command.get("delay", 0.0)))
             emit("serving", name=command["name"])
+        elif command["cmd"] == "tally":  # many requests; say who answered how often
+            tally: dict[str, int] = {}
+            for index in range(command["count"]):
+                answer = node.request(command["name"], index)
+                assert isinstance(answer, dict)
+                tally[answer["by"]] = tally.get(answer["by"], 0) + 1
+            emit("tally", by=tally)
         elif command["cmd"] == "request":
             try:
                 result = node.request(

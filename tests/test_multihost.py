@@ -13,7 +13,7 @@ import time
 
 from meshq import MeshConfig
 from tests.harness import Agent, Lan, agent_argv, joined, left
-from tests.test_multiprocess import publish_until_received
+from tests.test_multiprocess import publish_until_received, wait_for_first_handling
 
 NAMES = ("h1", "h2", "h3")
 GONE_AFTER = MeshConfig().gone_after
@@ -96,3 +96,20 @@ def test_a_seed_on_another_host_is_enough_to_join_the_whole_mesh(
     h3.expect(joined("h2"), timeout=15)  # learned from the seed's HELLO
     h2.expect(joined("h3"), timeout=15)
     seed.expect(joined("h3"), timeout=15)
+
+
+def test_requests_cross_hosts_and_survive_a_provider_killed_mid_request(
+    lan3: Lan, agents: list[Agent], mesh: str
+) -> None:
+    h1, h2, h3 = full_mesh(lan3, agents, mesh)
+    for provider in (h1, h2):
+        provider.send(cmd="serve", name="calc", delay=0.3)
+        provider.expect(lambda e: e["ev"] == "serving", timeout=10)
+    h3.send(cmd="tally", name="calc", count=20)
+    tally = h3.expect(lambda e: e["ev"] == "tally", timeout=60)["by"]
+    assert set(tally) == {"h1", "h2"}
+    h3.send(cmd="request", name="calc", data=4242, timeout=1.5, retries=2)
+    busy = wait_for_first_handling([h1, h2], data=4242, timeout=20)
+    busy.signal(signal.SIGKILL)
+    reply = h3.expect(lambda e: e["ev"] in ("reply", "error"), timeout=20)
+    assert reply["ev"] == "reply" and reply["data"]["by"] != busy.name, reply

@@ -84,3 +84,53 @@ def test_sigkill_is_noticed_and_a_restart_replaces_the_old_peer(
     replaced = watcher.expect(lambda e: e["ev"] == "left" and e["id"] == first.id, timeout=10)
     assert replaced["reason"] == "restarted"  # at once, not after the heartbeat timeout
     watcher.expect(lambda e: e["ev"] == "joined" and e["id"] == second.id, timeout=15)
+
+
+def start_providers(agents: list[Agent], mesh: str, delay: float) -> list[Agent]:
+    providers = [start(agents, f"p{i}", mesh) for i in (1, 2, 3)]
+    for provider in providers:
+        provider.send(cmd="serve", name="calc", delay=delay)
+        provider.expect(lambda e: e["ev"] == "serving", timeout=10)
+    return providers
+
+
+def wait_for_providers(caller: Agent, providers: list[Agent]) -> None:
+    for provider in providers:
+        caller.expect(joined(provider.name), timeout=15)
+
+
+def test_requests_spread_across_provider_processes(mesh: str, agents: list[Agent]) -> None:
+    providers = start_providers(agents, mesh, delay=0.0)
+    caller = start(agents, "caller", mesh)
+    wait_for_providers(caller, providers)
+    caller.send(cmd="tally", name="calc", count=90)
+    tally = caller.expect(lambda e: e["ev"] == "tally", timeout=60)["by"]
+    assert set(tally) == {"p1", "p2", "p3"}
+    assert min(tally.values()) >= 5  # each gets a share; nobody starves
+
+
+def test_a_provider_killed_mid_request_is_retried_on_another(
+    mesh: str, agents: list[Agent]
+) -> None:
+    providers = start_providers(agents, mesh, delay=0.5)
+    caller = start(agents, "caller", mesh)
+    wait_for_providers(caller, providers)
+    caller.send(cmd="request", name="calc", data=42, timeout=1.5, retries=2)
+    busy = wait_for_first_handling(providers, data=42, timeout=20)
+    busy.signal(signal.SIGKILL)
+    reply = caller.expect(lambda e: e["ev"] in ("reply", "error"), timeout=20)
+    assert reply["ev"] == "reply", reply
+    assert reply["data"]["by"] != busy.name and reply["data"]["data"] == 42
+
+
+def wait_for_first_handling(providers: list[Agent], data: int, timeout: float) -> Agent:
+    """The provider that starts handling the request carrying ``data``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for provider in providers:
+            try:
+                provider.expect(lambda e: e["ev"] == "handling" and e["data"] == data, 0.02)
+                return provider
+            except AssertionError:
+                continue
+    raise AssertionError("no provider started handling the request")
