@@ -4,6 +4,8 @@ meshq demo                  a live local mesh of three processes, ~10 s
 meshq peers [--watch]       who is on the mesh
 meshq pub TOPIC DATA        publish one message (or --count N)
 meshq sub PREFIX            print messages as they arrive
+meshq call SERVICE DATA     ask a service and print the reply
+meshq services              who offers which service
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from .config import MeshConfig
-from .errors import MeshqError, Timeout
+from .errors import MeshqError, NoProviders, RemoteError, Timeout
 from .node import Node
 
 __all__ = ["main"]
@@ -113,6 +115,47 @@ def _cmd_sub(args: argparse.Namespace) -> int:
     return 0 if args.count is None or received >= args.count else 1
 
 
+def _wait_for_service(node: Node, service: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while service not in node.services():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    data: object = json.loads(args.data) if args.json else args.data.encode()
+    with _make_node(args, "meshq-call") as node:
+        # Discovery takes a moment: wait for a provider before calling.
+        _wait_for_service(node, args.service, args.wait)
+        try:
+            reply = node.request(args.service, data, timeout=args.timeout, retries=args.retries)
+        except NoProviders:
+            print(f"no provider of {args.service!r} on mesh {args.mesh!r}", file=sys.stderr)
+            return 1
+        except (RemoteError, Timeout) as exc:
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(reply) if not isinstance(reply, bytes) else repr(reply))
+    return 0
+
+
+def _cmd_services(args: argparse.Namespace) -> int:
+    with _make_node(args, "meshq-services") as node:
+        try:
+            node.wait_for_peers(args.expect, timeout=args.wait)
+        except Timeout:
+            pass  # show whoever answered
+        names = {peer.id: peer.name for peer in node.peers()}
+        offered = node.services()
+        print(f"{len(offered)} service(s) on mesh {args.mesh!r}")
+        for service in sorted(offered):
+            providers = ", ".join(sorted(names.get(p, p[:8]) for p in offered[service]))
+            print(f"  {service:20} {providers}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshq", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--count", type=int, default=None, help="exit after N messages")
     sub.add_argument("--timeout", type=float, default=None, help="exit after N seconds")
 
+    call = commands.add_parser("call", help="ask a service and print its reply")
+    _node_options(call)
+    call.add_argument("service")
+    call.add_argument("data", help="sent as UTF-8 bytes, or as msgpack with --json")
+    call.add_argument("--json", action="store_true", help="parse DATA as JSON")
+    call.add_argument("--timeout", type=float, default=1.0, help="seconds per attempt")
+    call.add_argument("--retries", type=int, default=2, help="attempts after the first")
+    call.add_argument("--wait", type=float, default=3.0, help="seconds to find a provider")
+
+    services = commands.add_parser("services", help="list who offers which service")
+    _node_options(services)
+    services.add_argument("--wait", type=float, default=2.0, help="seconds to listen")
+    services.add_argument("--expect", type=int, default=1_000_000, help="stop once N peers seen")
+
     node = commands.add_parser("demo-node", help=argparse.SUPPRESS)
     node.add_argument("name")
     node.add_argument("--mesh", required=True)
@@ -178,7 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo_node(
                 args.name, args.mesh, args.interface, args.nodes, args.duration, args.rate
             )
-        handlers = {"peers": _cmd_peers, "pub": _cmd_pub, "sub": _cmd_sub}
+        handlers = {
+            "peers": _cmd_peers,
+            "pub": _cmd_pub,
+            "sub": _cmd_sub,
+            "call": _cmd_call,
+            "services": _cmd_services,
+        }
         return handlers[args.command](args)
     except KeyboardInterrupt:
         return 130

@@ -145,3 +145,43 @@ def test_interfaces_come_from_the_environment_when_not_given(
     assert resolve_interfaces(["127.0.0.2"]) == ("127.0.0.2",)  # explicit wins
     monkeypatch.setenv("MESHQ_INTERFACES", "")
     assert "127.0.0.1" not in resolve_interfaces(None)  # default: non-loopback only
+
+
+def test_call_and_services_reach_a_provider(mesh: str) -> None:
+    common = ["--mesh", mesh, "--interface", "127.0.0.1"]
+    with meshq.Node("adder", mesh=mesh, interfaces=["127.0.0.1"]) as node:
+        node.serve("add", lambda data: sum(data))  # type: ignore[call-overload]
+        call = subprocess.run(
+            [*MESHQ, "call", "add", "[1, 2, 3]", "--json", *common],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert call.returncode == 0, call.stderr
+        assert call.stdout.strip() == "6"
+        listing = subprocess.run(
+            [*MESHQ, "services", "--expect", "1", *common],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert listing.returncode == 0, listing.stderr
+        assert "add" in listing.stdout and "adder" in listing.stdout
+    missing = subprocess.run(
+        [*MESHQ, "call", "add", "x", "--wait", "0.2", *common],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert missing.returncode == 1 and "no provider" in missing.stderr
+
+
+def test_example_calculator_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "calculator.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RemoteError ZeroDivisionError" in result.stdout
