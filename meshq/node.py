@@ -313,6 +313,24 @@ class Node:
         """Every service on the mesh (this node's included) and the ids of its providers."""
         return {name: sorted(by_id) for name, by_id in self._service_directory.all().items()}
 
+    def run(self, timeout: float | None = None) -> None:
+        """Block while the node serves: until it is closed, Ctrl-C, or ``timeout`` s.
+
+        For a process whose only job is to offer services or callbacks.
+        Ctrl-C returns normally (the ``with`` block then says goodbye).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with self._state:
+                while not self._closed:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return
+                    # Short waits keep Ctrl-C responsive in the main thread.
+                    self._state.wait(0.2 if remaining is None else min(remaining, 0.2))
+        except KeyboardInterrupt:
+            return
+
     def _requester(self) -> Requester:
         requester: Requester | None = getattr(self._requesters, "requester", None)
         if requester is None:

@@ -198,3 +198,13 @@ def wait_for_service(node: meshq.Node, name: str, providers: int) -> None:
     while len(node.services().get(name, [])) < providers:
         assert time.monotonic() < deadline, node.services()
         time.sleep(0.01)
+
+
+def test_run_returns_when_the_node_closes_or_time_is_up(mesh: str) -> None:
+    with meshq.Node("runner", mesh=mesh, interfaces=LOOPBACK) as node:
+        node.run(timeout=0.1)  # time is up
+        closer = threading.Timer(0.1, node.close)
+        closer.start()
+        node.run()  # returns once another thread closed the node
+        closer.join()
+        assert node.closed
