@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
@@ -28,7 +29,7 @@ from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
 from .wire import Limits, decode_data
 
-__all__ = ["Inbox", "PublisherDirectory", "PublisherLinks", "Subscription", "Watcher"]
+__all__ = ["Gap", "Inbox", "PublisherDirectory", "PublisherLinks", "Subscription", "Watcher"]
 
 log = logging.getLogger("meshq.subscription")
 _bad_input_log = RateLimitedLog(log, interval=5.0)
@@ -131,16 +132,41 @@ class PublisherLinks:
         self.version = version
 
 
+@dataclass(frozen=True)
+class Gap:
+    """``missed`` messages from publisher ``sender`` (node id) on ``topic`` never arrived."""
+
+    sender: str
+    topic: str
+    missed: int
+
+
+_MAX_STREAMS = 100_000  # (publisher, topic) pairs tracked for gaps before starting over
+_GAP_LOG = 100
+
+
 class Inbox:
-    """What sync and async subscriptions share: decoding, counting drops, batch leftovers."""
+    """What sync and async subscriptions share: decoding, counting drops and gaps.
+
+    Every publisher numbers its messages per topic; a jump in that number
+    means messages were lost on the way (a full queue, a reconnect), and is
+    reported in ``gaps`` and ``gap_log``, never silently.
+    """
 
     def __init__(self, prefix: str, directory: PublisherDirectory, limits: Limits) -> None:
         self.prefix = prefix
         #: Malformed frames received and dropped (a bad batch counts once).
         self.dropped = 0
+        #: Messages known to be missed: the sum of every gap's ``missed``.
+        self.gaps = 0
+        #: The latest gaps, newest last (at most 100 kept).
+        self.gap_log: collections.deque[Gap] = collections.deque(maxlen=_GAP_LOG)
         self._limits = limits
         self._directory = directory
         self._pending: collections.deque[Message] = collections.deque()  # rest of a batch
+        # Last sequence number per stream; the key is the frame's start up to
+        # and including the sender id: topic, NUL, version, sender.
+        self._last_seq: dict[bytes, int] = {}
 
     def _take(self, frame: bytes) -> Message | None:
         """The first message of ``frame`` (keeping the rest of a batch), or None if malformed."""
@@ -151,9 +177,23 @@ class Inbox:
             _bad_input_log.warning("dropped malformed message: %s", exc.reason)
             return None
         if isinstance(decoded, Message):
-            return decoded
-        self._pending.extend(decoded)
-        return self._pending.popleft()
+            first = last = decoded
+        else:
+            first, last = decoded[0], decoded[-1]
+            self._pending.extend(decoded)
+            self._pending.popleft()
+        stream = frame[: first._topic_end + 18]
+        previous = self._last_seq.get(stream)
+        if previous is not None and first.seq > previous + 1:
+            self._record_gap(first, first.seq - previous - 1)
+        elif previous is None and len(self._last_seq) >= _MAX_STREAMS:
+            self._last_seq.clear()
+        self._last_seq[stream] = last.seq
+        return first
+
+    def _record_gap(self, message: Message, missed: int) -> None:
+        self.gaps += missed
+        self.gap_log.append(Gap(message.sender, message.topic, missed))
 
 
 class Subscription(Inbox):

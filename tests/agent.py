@@ -8,7 +8,9 @@ JSON lines on stdin: ``{"cmd": "subscribe", "prefix": "t/"}``,
 after ``delay`` seconds, saying ``handling`` first), ``{"cmd": "request",
 "name": "calc", "data": 1, "timeout": 1.0, "retries": 2}`` (says ``reply`` or
 ``error``), ``{"cmd": "tally", "name": "calc", "count": 60}`` (says who
-answered how often), ``{"cmd": "close"}``. Exits when stdin closes or after ``close``.
+answered how often), ``{"cmd": "subscribe", "prefix": "t/", "quiet": true}``
+with ``{"cmd": "report"}`` (counts and gaps instead of a line per message),
+``{"cmd": "close"}``. Exits when stdin closes or after ``close``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ def emit(event: str, **fields: Any) -> None:
         sys.stdout.flush()
 
 
-def receive(node: meshq.Node, prefix: str, stop: threading.Event) -> None:
+def receive(
+    node: meshq.Node, prefix: str, stop: threading.Event, quiet: bool, tally: dict[str, Any]
+) -> None:
+    """Receive on ``prefix``; report each message, or (quiet) only count them in ``tally``."""
     with node.subscribe(prefix) as sub:
         emit("subscribed", prefix=prefix)
         while not stop.is_set():
@@ -41,6 +46,11 @@ def receive(node: meshq.Node, prefix: str, stop: threading.Event) -> None:
                 continue
             except meshq.Closed:
                 return
+            tally["received"] = tally.get("received", 0) + 1
+            tally["gaps"] = sub.gaps
+            tally["gap_log"] = [gap.__dict__ for gap in sub.gap_log]
+            if quiet:
+                continue
             data = message.data
             if isinstance(data, bytes):
                 data = data.decode(errors="replace")
@@ -69,8 +79,9 @@ def main() -> None:
     parser.add_argument("--seed", action="append", default=[])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-mdns", action="store_true")
+    parser.add_argument("--hwm", type=int, default=meshq.MeshConfig().publish_hwm)
     args = parser.parse_args()
-    config = meshq.MeshConfig(control_port=args.port)
+    config = meshq.MeshConfig(control_port=args.port, publish_hwm=args.hwm, subscribe_hwm=args.hwm)
     node = meshq.Node(
         args.name,
         mesh=args.mesh,
@@ -83,11 +94,15 @@ def main() -> None:
     events.start()
     emit("ready", id=node.id, control=list(node.control_endpoints))
     stop = threading.Event()
+    tally: dict[str, Any] = {}
     receivers = []
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "subscribe":
-            thread = threading.Thread(target=receive, args=(node, command["prefix"], stop))
+            quiet = command.get("quiet", False)
+            thread = threading.Thread(
+                target=receive, args=(node, command["prefix"], stop, quiet, tally)
+            )
             thread.start()
             receivers.append(thread)
         elif command["cmd"] == "publish":
@@ -98,12 +113,12 @@ def main() -> None:
             node.serve(command["name"], make_handler(args.name, command.get("delay", 0.0)))
             emit("serving", name=command["name"])
         elif command["cmd"] == "tally":  # many requests; say who answered how often
-            tally: dict[str, int] = {}
+            answered: dict[str, int] = {}
             for index in range(command["count"]):
                 answer = node.request(command["name"], index)
                 assert isinstance(answer, dict)
-                tally[answer["by"]] = tally.get(answer["by"], 0) + 1
-            emit("tally", by=tally)
+                answered[answer["by"]] = answered.get(answer["by"], 0) + 1
+            emit("tally", by=answered)
         elif command["cmd"] == "request":
             try:
                 result = node.request(
@@ -115,6 +130,8 @@ def main() -> None:
                 emit("reply", data=result)
             except meshq.MeshqError as exc:
                 emit("error", type=type(exc).__name__, message=str(exc))
+        elif command["cmd"] == "report":  # what the quiet subscriptions counted
+            emit("report", **dict(tally))
         elif command["cmd"] == "close":
             break
     stop.set()

@@ -134,3 +134,40 @@ def wait_for_first_handling(providers: list[Agent], data: int, timeout: float) -
             except AssertionError:
                 continue
     raise AssertionError("no provider started handling the request")
+
+
+def test_a_paused_subscriber_reports_the_gap_it_fell_into(mesh: str, agents: list[Agent]) -> None:
+    """SIGSTOP a subscriber past its high-water mark; after SIGCONT it reports the loss."""
+    publisher = start(agents, "publisher", mesh, "--hwm", "50")
+    subscriber = start(agents, "subscriber", mesh, "--hwm", "50")
+    subscriber.expect(joined("publisher"), timeout=15)
+    subscriber.send(cmd="subscribe", prefix="flood/", quiet=True)
+    subscriber.expect(lambda e: e["ev"] == "subscribed", timeout=10)
+    deadline = time.monotonic() + 15
+    while True:  # until the subscriber hears the publisher at all (slow joiner)
+        publisher.send(cmd="publish", topic="flood/x", data="warm-up")
+        subscriber.send(cmd="report")
+        report = subscriber.expect(lambda e: e["ev"] == "report", timeout=5)
+        subscriber.events.remove(report)
+        if report.get("received"):
+            break
+        assert time.monotonic() < deadline, "the subscriber never heard the publisher"
+    subscriber.signal(signal.SIGSTOP)
+    try:
+        publisher.send(cmd="publish", topic="flood/x", data="x" * 1000, count=20_000)
+        publisher.expect(lambda e: e["ev"] == "published" and e["count"] == 20_000, timeout=60)
+    finally:
+        subscriber.signal(signal.SIGCONT)
+    publisher.send(cmd="publish", topic="flood/x", data="after", count=10)
+    deadline = time.monotonic() + 20
+    while True:
+        subscriber.send(cmd="report")
+        report = subscriber.expect(lambda e: e["ev"] == "report", timeout=5)
+        subscriber.events.remove(report)
+        if report.get("gaps"):
+            break
+        assert time.monotonic() < deadline, report
+        time.sleep(0.1)
+    assert report["gaps"] > 0
+    gap = report["gap_log"][0]
+    assert gap["sender"] == publisher.id and gap["topic"] == "flood/x" and gap["missed"] > 0

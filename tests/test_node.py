@@ -416,6 +416,7 @@ def test_publish_many_arrives_one_by_one_in_order(mesh: str) -> None:
             received = [*received[1:], sub.recv(timeout=5)]
         assert [m.data for m in received] == [*items, b"single"]
         assert [m.seq for m in received] == list(range(1, len(items) + 2))
+        assert sub.gaps == 0 and not sub.gap_log  # consecutive: nothing reported missing
         assert node.publish_many("batch/empty", []) == 0
 
 
