@@ -22,7 +22,7 @@ from .message import Message
 from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent, PeerState
 from .sockets import SocketFactory
-from .subscription import Inbox, PublisherDirectory, PublisherLinks
+from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits
 
 __all__ = ["AsyncNode", "AsyncSubscription"]
@@ -52,6 +52,7 @@ class AsyncSubscription(Inbox):
         self._closed = False
         self.owner = threading.get_ident()
         directory.watch(self)
+        own(self)
         self._links.sync()
 
     def wake(self) -> None:
@@ -60,6 +61,10 @@ class AsyncSubscription(Inbox):
             self._loop.call_soon_threadsafe(self._apply_changes)
         except RuntimeError:
             pass  # the loop is closed; nothing left to wake
+
+    def refresh(self) -> None:
+        if not self._closed and self._links.version != self._directory.version:
+            self._links.sync()
 
     def _apply_changes(self) -> None:
         if self._closed:
@@ -227,6 +232,18 @@ class AsyncNode:
     def publish_many(self, topic: str, items: Iterable[object]) -> int:
         """See :meth:`Node.publish_many`."""
         return self._node.publish_many(topic, items)
+
+    async def wait_for_subscribers(self, topic: str, n: int, timeout: float | None = None) -> int:
+        """See :meth:`Node.wait_for_subscribers`."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            count = self._node._publisher.subscribers(topic)
+            if count >= n:
+                return count
+            remaining = self._remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"{count} of {n} subscribers of {topic!r} after {timeout} s")
+            await asyncio.sleep(0.005)
 
     def check_topic(self, topic: str) -> None:
         """See :meth:`Node.check_topic`."""

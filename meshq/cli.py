@@ -83,13 +83,10 @@ def _cmd_pub(args: argparse.Namespace) -> int:
     data: object = json.loads(args.data) if args.json else args.data.encode()
     with _make_node(args, "meshq-pub") as node:
         try:
-            node.wait_for_peers(args.peers, timeout=args.timeout)
+            node.wait_for_subscribers(args.topic, args.subscribers, timeout=args.timeout)
         except Timeout:
-            print(f"only {len(node.peers())} of {args.peers} peer(s) joined", file=sys.stderr)
+            print(f"fewer than {args.subscribers} subscriber(s) of {args.topic!r}", file=sys.stderr)
             return 1
-        # Subscribers connect to us after our HELLO reaches them; without a
-        # subscriber count on the wire yet, give those connects a moment.
-        time.sleep(args.settle)
         for _ in range(args.count):
             node.publish(args.topic, data)
         print(f"published {args.count} message(s) on {args.topic!r}")
@@ -182,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("data", help="sent as UTF-8 bytes, or as msgpack with --json")
     pub.add_argument("--json", action="store_true", help="parse DATA as JSON")
     pub.add_argument("--count", type=int, default=1, help="how many times (default: 1)")
-    pub.add_argument("--peers", type=int, default=1, help="wait for N peers (default: 1)")
-    pub.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for peers")
-    pub.add_argument("--settle", type=float, default=0.3, help="seconds for subscribers to connect")
+    pub.add_argument(
+        "--subscribers", type=int, default=1, help="first wait for N subscribers (default: 1)"
+    )
+    pub.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for them")
 
     sub = commands.add_parser("sub", help="print messages whose topic starts with PREFIX")
     _node_options(sub)

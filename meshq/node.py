@@ -40,7 +40,7 @@ from .services import (
 )
 from .servicewire import check_service_name
 from .sockets import SocketFactory
-from .subscription import PublisherDirectory, Subscription
+from .subscription import PublisherDirectory, Subscription, refresh_this_thread
 from .wire import (
     MAX_SERVICES,
     Limits,
@@ -217,6 +217,23 @@ class Node:
         """
         return self._publisher.publish_many(topic, items)
 
+    def wait_for_subscribers(self, topic: str, n: int, timeout: float | None = None) -> int:
+        """Block until at least ``n`` connected subscriptions match ``topic``; return the count.
+
+        The answer to ZeroMQ's "slow joiner": once this returns, a message
+        published on ``topic`` reaches those subscribers (their own node's
+        subscriptions count too). Raises meshq.Timeout after ``timeout`` s.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            refresh_this_thread()  # this thread's own subscriptions count too
+            count = self._publisher.subscribers(topic)
+            if count >= n:
+                return count
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"{count} of {n} subscribers of {topic!r} after {timeout} s")
+            time.sleep(0.005)  # subscriptions arrive on the socket; nothing to block on
+
     def check_topic(self, topic: str) -> None:
         """Raise ValueError unless ``topic`` can be published (1..max_topic_bytes, no NUL)."""
         self._publisher.check_topic(topic)
@@ -370,12 +387,16 @@ class Node:
             while True:
                 alive = [p for p in self._peer_snapshot if p.state is PeerState.ALIVE]
                 if len(alive) >= n:
-                    return alive
+                    break
                 self._check_open()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"{len(alive)} of {n} peers after {timeout} s")
                 self._state.wait(remaining)
+        # Peers that just joined are publishers this thread's subscriptions
+        # should hear: connect them now rather than at the next recv().
+        refresh_this_thread()
+        return alive
 
     def on_peer_joined(self, callback: PeerCallback) -> PeerCallback:
         """Call ``callback(peer)`` for every peer that is or becomes alive. A decorator too.

@@ -9,6 +9,7 @@ pyzmq's compiled ``send``, skipping the Python wrapper. A lock makes
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -72,7 +73,13 @@ class PublishSocket:
         self._lock = threading.Lock()
         self._topics: dict[str, _Topic] = {}
         self._closed = False
-        self._sock = factory.make(context, zmq.PUB)
+        # XPUB rather than PUB: it tells us which prefixes connected
+        # subscribers want, which answers the "slow joiner" without sleeps
+        # (wait_for_subscribers). Verbose in both directions, so every
+        # subscription and every departure is counted, not just the first.
+        self._sock = factory.make(context, zmq.XPUB)
+        self._sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+        self._subscribers: collections.Counter[bytes] = collections.Counter()
         try:
             bound_port = bind_all(self._sock, interfaces, port)
         except BaseException:
@@ -143,7 +150,7 @@ class PublishSocket:
         return len(batch)
 
     def process_commands(self) -> None:
-        """Let ZeroMQ finish pending work on the socket, such as detaching closed subscribers.
+        """Read subscription changes, and let ZeroMQ finish pending socket work.
 
         libzmq handles a socket's internal commands only when the socket is
         used; a node that never publishes would otherwise keep every closed
@@ -152,7 +159,34 @@ class PublishSocket:
         """
         with self._lock:
             if not self._closed:
-                self._sock.getsockopt(zmq.EVENTS)
+                self._read_subscriptions()
+
+    def _read_subscriptions(self) -> None:
+        # Called with the lock held. Reading also runs the socket's pending
+        # internal commands, such as detaching closed subscribers.
+        while True:
+            try:
+                message = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not message:
+                continue
+            prefix = message[1:]
+            if message[0] == 1:
+                self._subscribers[prefix] += 1
+            elif self._subscribers[prefix] > 0:
+                self._subscribers[prefix] -= 1
+                if not self._subscribers[prefix]:
+                    del self._subscribers[prefix]
+
+    def subscribers(self, topic: str) -> int:
+        """How many subscriptions now connected would receive a message on ``topic``."""
+        encoded = topic.encode()
+        with self._lock:
+            if self._closed:
+                raise Closed("node is closed")
+            self._read_subscriptions()
+            return sum(n for prefix, n in self._subscribers.items() if encoded.startswith(prefix))
 
     def _open_topic(self, topic: str) -> _Topic:
         if self._closed:

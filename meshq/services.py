@@ -313,6 +313,9 @@ class Requester:
     def wake(self) -> None:
         """Directory changes need no wake-up: each call looks again."""
 
+    def refresh(self) -> None:
+        """Nothing to connect ahead of time: DEALERs are made per request."""
+
     def start(
         self, service: str, data: object, timeout: float, retries: int, only: str | None = None
     ) -> RequestFuture:

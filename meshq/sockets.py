@@ -50,7 +50,7 @@ class SocketFactory:
         sock.setsockopt(zmq.HEARTBEAT_TTL, int(config.gone_after * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, heartbeat_ms)
-        if socket_type == zmq.PUB:
+        if socket_type in (zmq.PUB, zmq.XPUB):
             sock.setsockopt(zmq.SNDHWM, config.publish_hwm)
         elif socket_type == zmq.SUB:
             sock.setsockopt(zmq.RCVHWM, config.subscribe_hwm)

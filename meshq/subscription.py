@@ -29,7 +29,16 @@ from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
 from .wire import Limits, decode_data
 
-__all__ = ["Gap", "Inbox", "PublisherDirectory", "PublisherLinks", "Subscription", "Watcher"]
+__all__ = [
+    "Gap",
+    "Inbox",
+    "own",
+    "refresh_this_thread",
+    "PublisherDirectory",
+    "PublisherLinks",
+    "Subscription",
+    "Watcher",
+]
 
 log = logging.getLogger("meshq.subscription")
 _bad_input_log = RateLimitedLog(log, interval=5.0)
@@ -46,6 +55,9 @@ class Watcher(Protocol):
 
     def close(self) -> None:
         """Release the socket; only ever called from the owner thread."""
+
+    def refresh(self) -> None:
+        """Apply pending connects now; only ever called from the owner thread."""
 
 
 class PublisherDirectory:
@@ -104,6 +116,29 @@ class PublisherDirectory:
     def unwatch(self, watcher: Watcher) -> None:
         with self._lock:
             self._watchers.discard(watcher)
+
+
+_this_thread = threading.local()  # .watchers: the calling thread's subscriptions
+
+
+def own(watcher: Watcher) -> None:
+    """Record ``watcher`` as belonging to the calling thread (held weakly)."""
+    watchers = getattr(_this_thread, "watchers", None)
+    if watchers is None:
+        watchers = _this_thread.watchers = weakref.WeakSet()
+    watchers.add(watcher)
+
+
+def refresh_this_thread() -> None:
+    """Let the calling thread's subscriptions, of any node, connect to publishers now.
+
+    A subscription's socket may only be touched by its thread, so it
+    connects to a new publisher when that thread next calls recv(); the
+    nodes' waiting calls run this too, so that a single-threaded program
+    which subscribes and then waits is connected meanwhile.
+    """
+    for watcher in list(getattr(_this_thread, "watchers", ())):
+        watcher.refresh()
 
 
 class PublisherLinks:
@@ -231,6 +266,7 @@ class Subscription(Inbox):
         self._pipe_lock = threading.Lock()
         self.owner = threading.get_ident()
         directory.watch(self)
+        own(self)
         self._links.sync()
 
     def wake(self) -> None:
@@ -244,6 +280,10 @@ class Subscription(Inbox):
                 os.write(self._wake_write, b"w")
             except BlockingIOError:
                 pass  # the pipe is full: a wake-up is pending already
+
+    def refresh(self) -> None:
+        if not self._closed and self._links.version != self._directory.version:
+            self._links.sync()
 
     def recv(self, timeout: float | None = None) -> Message:
         """The next message; wait at most ``timeout`` seconds (None: forever).

@@ -548,3 +548,18 @@ def test_async_waits_hold_no_threads_and_cancel_cleanly(mesh: str) -> None:
 
     seen = asyncio.run(scenario())
     assert seen[0] == "b"  # JOINED reached the second iteration
+
+
+def test_wait_for_subscribers_then_one_publish_reaches_them_all(trio: list[meshq.Node]) -> None:
+    alpha, bravo, charlie = trio
+    with bravo.subscribe("news/") as first, charlie.subscribe("news/sport") as second:
+        assert alpha.wait_for_subscribers("news/sport/today", 2, timeout=10) >= 2
+        alpha.publish("news/sport/today", b"once")  # no retries: nobody may miss it
+        assert first.recv(timeout=5).data == b"once"
+        assert second.recv(timeout=5).data == b"once"
+        with pytest.raises(meshq.Timeout):
+            alpha.wait_for_subscribers("weather/", 1, timeout=0.2)
+    deadline = time.monotonic() + 10  # closed subscriptions stop counting
+    while alpha.wait_for_subscribers("news/sport/today", 0) > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
