@@ -77,7 +77,11 @@ class ControlPlane:
         self._node = node
         self._config = node.config
         self._context = node._context
-        self._router = node._sockets.make(node._context, zmq.ROUTER)
+        # Only control messages arrive here: ZeroMQ drops a peer that sends
+        # more than the largest valid one, before we buffer it.
+        self._router = node._sockets.make(
+            node._context, zmq.ROUTER, max_message_bytes=self._config.max_control_bytes + 64
+        )
         try:
             port = bind_all(self._router, node.interfaces, self._config.control_port)
         except BaseException:

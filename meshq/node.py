@@ -284,8 +284,18 @@ class Node:
                     count=self._count,
                 )
             names = self._service_runner.names()
-            if name not in names and len(names) >= MAX_SERVICES:
-                raise ValueError(f"a node offers at most {MAX_SERVICES} services")
+            if name not in names:
+                if len(names) >= MAX_SERVICES:
+                    raise ValueError(f"a node offers at most {MAX_SERVICES} services")
+                # Peers would refuse a HELLO that no longer fits: say so here.
+                check_identity(
+                    self.name,
+                    self.mesh,
+                    self.headers,
+                    len(self.interfaces),
+                    self._limits,
+                    services=(*names, name),
+                )
             self._service_runner.add(name, handler)
         self._send_command(Announce())
         return handler

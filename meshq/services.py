@@ -150,6 +150,9 @@ class ServiceRunner:
     ) -> None:
         try:
             sock = self._factory.make(self._context, zmq.ROUTER)
+            # Fail a reply loudly (EAGAIN, EHOSTUNREACH) instead of ZeroMQ's
+            # silent drop, so that what we could not deliver is counted.
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             try:
                 bound = bind_all(sock, interfaces, port)
                 sock.bind(self.local_endpoint)
@@ -181,12 +184,17 @@ class ServiceRunner:
                         self._count("service_protocol_errors")
                 if backlog:
                     identity, frame = backlog.popleft()
-                    reply = self._answer(frame, load=len(backlog))
+                    try:
+                        reply = self._answer(frame, load=len(backlog))
+                    except Exception:  # a bug must not silence every service of the node
+                        self._count("internal_errors")
+                        log.exception("request could not be answered")
+                        continue
                     if reply is not None:
                         try:
                             sock.send_multipart([identity, reply], zmq.NOBLOCK)
-                        except zmq.Again:
-                            self._count("service_replies_dropped")  # caller not reading
+                        except zmq.ZMQError:  # caller gone, or not reading its replies
+                            self._count("service_replies_dropped")
         finally:
             sock.close(linger=0)
 
@@ -204,7 +212,7 @@ class ServiceRunner:
         try:
             result = handler(request.data)
             flags, payload = encode_payload(result)
-        except Exception as exc:  # the caller gets it as RemoteError; we keep serving
+        except BaseException as exc:  # the caller gets it as RemoteError; we keep serving
             self._count("handler_errors")
             log.debug("handler of %r raised", request.service, exc_info=True)
             return encode_reply(request.request_id, load, error=exc)
@@ -349,7 +357,13 @@ class Requester:
         call.attempts += 1
         call.deadline = time.monotonic() + call.timeout
         try:
-            dealer.send(encode_request(call.attempt_id, call.name, call.flags, call.payload))
+            # Never block: a provider that stopped reading fills its queue,
+            # and the attempt then simply goes unanswered (and times out).
+            dealer.send(
+                encode_request(call.attempt_id, call.name, call.flags, call.payload), zmq.NOBLOCK
+            )
+        except zmq.Again:
+            self._count("requests_not_sent")
         except zmq.ZMQError as exc:
             raise Closed(f"request socket failed: {exc}") from exc
         self._calls[call.attempt_id] = call
@@ -360,6 +374,7 @@ class Requester:
         dealer = self._dealers.get(endpoint)
         if dealer is None:
             dealer = self._factory.make(self._context, zmq.DEALER)
+            dealer.setsockopt(zmq.SNDHWM, 10_000)
             dealer.connect(endpoint)
             self._dealers[endpoint] = dealer
             self._socket_endpoint[dealer] = endpoint
@@ -388,6 +403,8 @@ class Requester:
             limit = until_deadline if limit is None else min(limit, until_deadline)
         if limit is None:
             return  # nothing in flight and no wait asked for
+        # Wake at least every 0.1 s to notice a provider that left the mesh.
+        limit = min(limit, 0.1) if self._calls else limit
         ready = dict(self._poller.poll(max(0, int(limit * 1000)) if limit > 0 else 0))
         for sock in ready:
             self._read(sock)
@@ -414,8 +431,8 @@ class Requester:
             self._settle(call, reply)
 
     def _settle(self, call: _Call, reply: Reply) -> None:
-        if reply.not_served:
-            if not self._send(call):
+        if reply.not_served:  # counts as an attempt: retries bound it
+            if call.attempts > call.retries or not self._send(call):
                 self._finish(call, error=NoProviders(call.service))
         elif reply.error is not None:
             self._finish(call, error=RemoteError(call.service, call.provider, *reply.error))
@@ -450,11 +467,16 @@ class Requester:
         providers = list(self._directory.providers(service))
         if not providers:
             raise NoProviders(service)
-        futures = {p: self.start(service, data, timeout, 0, only=p) for p in providers}
+        futures: dict[str, RequestFuture] = {}
+        missing: list[str] = []
+        for provider in providers:
+            try:
+                futures[provider] = self.start(service, data, timeout, 0, only=provider)
+            except NoProviders:  # it left between the lookup and now
+                missing.append(provider)
         self.wait([f._call for f in futures.values()], timeout)
         replies: dict[str, object] = {}
         errors: dict[str, RemoteError] = {}
-        missing: list[str] = []
         for provider, future in futures.items():
             call = future._call
             if not call.done:

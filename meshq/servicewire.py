@@ -117,7 +117,9 @@ def encode_reply(
         flags, payload = REPLY_NOT_SERVED, b""
     elif error is not None:
         flags = REPLY_ERROR | FLAG_MSGPACK
-        payload = encode_msgpack([type(error).__name__, str(error)[:4096]])
+        # "replace": a message that is not valid UTF-8 must not stop the reply.
+        message = str(error)[:4096].encode("utf-8", "replace").decode()
+        payload = encode_msgpack([type(error).__name__, message])
     load = min(max(load, 0), 0xFFFFFFFF)
     return _REPLY_HEAD.pack(b"A", PROTOCOL_VERSION, flags, request_id, load) + payload
 

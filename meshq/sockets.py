@@ -29,7 +29,9 @@ class SocketFactory:
     def __init__(self, config: MeshConfig) -> None:
         self._config = config
 
-    def make(self, context: zmq.Context[S], socket_type: int) -> S:
+    def make(
+        self, context: zmq.Context[S], socket_type: int, *, max_message_bytes: int | None = None
+    ) -> S:
         """A new socket of ``socket_type`` with the common options set.
 
         Raises meshq.MeshqError if the process cannot open another socket.
@@ -40,7 +42,9 @@ class SocketFactory:
             raise MeshqError(f"cannot open a ZeroMQ socket: {exc.strerror}") from exc
         config = self._config
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
+        # The largest message a peer may send us; bigger ones make ZeroMQ drop
+        # the connection before we buffer them.
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes or config.max_message_bytes)
         # ZMTP heartbeats drop a TCP connection whose peer vanished (a cable
         # pulled, a host frozen) so ZeroMQ reconnects instead of waiting on
         # TCP retransmission timeouts that last minutes.
@@ -55,9 +59,6 @@ class SocketFactory:
         elif socket_type == zmq.SUB:
             sock.setsockopt(zmq.RCVHWM, config.subscribe_hwm)
         elif socket_type == zmq.ROUTER:
-            # Only control messages arrive here: let ZeroMQ drop a peer that
-            # sends more than the largest valid one, before we buffer it.
-            sock.setsockopt(zmq.MAXMSGSIZE, config.max_control_bytes + 64)
             # A peer that reconnects with the same id (new TCP connection after
             # a link flap) takes over its old, half-dead pipe.
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)

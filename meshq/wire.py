@@ -247,6 +247,8 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
         if not isinstance(service_name, str) or not 0 < len(service_name.encode()) <= 255:
             raise ProtocolError("bad service name")
     service_endpoints = fields.get("service", [])
+    if not isinstance(service_endpoints, list):
+        raise ProtocolError("bad service endpoints")
     if service_endpoints or services:
         service_endpoints = _endpoints(service_endpoints, "service endpoints")
     return Hello(
@@ -290,7 +292,12 @@ def _text(value: object, what: str, max_bytes: int = _MAX_NAME_BYTES) -> str:
 
 
 def check_identity(
-    name: str, mesh: str, headers: Mapping[str, str], interfaces: int, limits: Limits
+    name: str,
+    mesh: str,
+    headers: Mapping[str, str],
+    interfaces: int,
+    limits: Limits,
+    services: Sequence[str] = (),
 ) -> None:
     """Check locally what peers would refuse in our HELLO. Raises ValueError.
 
@@ -308,12 +315,22 @@ def check_identity(
             raise ValueError(f"headers must be str -> str, each at most {_MAX_HEADER_CHARS} chars")
     widest = ("tcp://255.255.255.255:65535",) * interfaces
     try:
-        frame = encode_control(Hello(bytes(NODE_ID_BYTES), name, mesh, widest, widest, headers))
+        hello = Hello(
+            bytes(NODE_ID_BYTES),
+            name,
+            mesh,
+            widest,
+            widest,
+            headers,
+            services=tuple(services),
+            service=widest if services else (),
+        )
+        frame = encode_control(hello)
     except (ValueError, TypeError) as exc:  # e.g. a lone surrogate in a header
         raise ValueError(f"name, mesh or headers cannot be encoded: {exc}") from None
     if len(frame) - _CONTROL_HEAD.size > limits.max_control_bytes:
         raise ValueError(
-            f"name, mesh and headers need {len(frame)} bytes, over the "
+            f"name, mesh, headers and services need {len(frame)} bytes, over the "
             f"{limits.max_control_bytes}-byte HELLO limit"
         )
 

@@ -208,3 +208,76 @@ def test_run_returns_when_the_node_closes_or_time_is_up(mesh: str) -> None:
         node.run()  # returns once another thread closed the node
         closer.join()
         assert node.closed
+
+
+def test_large_requests_and_replies_cross_the_network(mesh: str) -> None:
+    with (
+        meshq.Node("big", mesh=mesh, interfaces=LOOPBACK) as provider,
+        meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+    ):
+        provider.serve("echo", lambda data: data)
+        wait_for_service(caller, "echo", 1)
+        payload = bytes(range(256)) * 4096  # 1 MiB, far above the control limit
+        assert caller.request("echo", payload, timeout=5) == payload
+
+
+def test_a_not_served_reply_is_bounded_by_retries(mesh: str) -> None:
+    with meshq.Node("fickle", mesh=mesh, interfaces=LOOPBACK) as node:
+        node.serve("gone-soon", lambda data: data)
+        wait_for_service(node, "gone-soon", 1)
+        with node._service_lock:  # the handler disappears, the advert lingers a moment
+            assert node._service_runner is not None
+            node._service_runner._handlers.clear()
+        with pytest.raises(meshq.NoProviders):
+            node.request("gone-soon", 1, timeout=1.0, retries=2)
+
+
+def test_handlers_that_raise_anything_do_not_stop_the_service(mesh: str) -> None:
+    def nasty(data: object) -> object:
+        if data == "exit":
+            raise SystemExit(3)
+        if data == "surrogate":
+            raise ValueError("\udc80 cannot be UTF-8")
+        return "fine"
+
+    with meshq.Node("sturdy", mesh=mesh, interfaces=LOOPBACK) as node:
+        node.serve("nasty", nasty)
+        wait_for_service(node, "nasty", 1)
+        for data, remote_type in (("exit", "SystemExit"), ("surrogate", "ValueError")):
+            with pytest.raises(meshq.RemoteError) as caught:
+                node.request("nasty", data)
+            assert caught.value.remote_type == remote_type
+        assert node.request("nasty", "ok") == "fine"
+
+
+def test_services_that_would_overflow_the_hello_are_refused(mesh: str) -> None:
+    headers = {f"k{i}": "v" * 900 for i in range(60)}  # fits, but only just
+    with (
+        meshq.Node("full", mesh=mesh, interfaces=LOOPBACK, headers=headers) as node,
+        pytest.raises(ValueError, match="HELLO limit"),
+    ):
+        for i in range(64):
+            node.serve(f"service-with-a-rather-long-name-number-{i:03d}-" + "x" * 180, str)
+
+
+def test_a_provider_that_leaves_is_given_up_on_at_once(mesh: str) -> None:
+    release = threading.Event()
+    with (
+        meshq.Node("quick", mesh=mesh, interfaces=LOOPBACK) as quick,
+        meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+    ):
+        leaving = meshq.Node("leaving", mesh=mesh, interfaces=LOOPBACK)
+        try:
+            leaving.serve("work", lambda data: release.wait(30) and "late")
+            wait_for_service(caller, "work", 1)
+            future = caller.request_async("work", 1, timeout=30, retries=1)
+            quick.serve("work", lambda data: "quick")
+            wait_for_service(caller, "work", 2)
+            closer = threading.Thread(target=leaving.close)  # its BYE, mid-request
+            closer.start()
+            # Well before the 30 s attempt timeout, the request moves to "quick".
+            assert future.result(timeout=10) == "quick"
+        finally:
+            release.set()
+            closer.join()
+            leaving.close()

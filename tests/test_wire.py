@@ -264,3 +264,12 @@ def test_any_published_value_round_trips(topic: str, data: object, seq: int) -> 
     message = decode_data(frame, LIMITS)
     assert isinstance(message, Message)
     assert (message.topic, message.seq, message.data) == (topic, seq, data)
+
+
+@pytest.mark.parametrize("service", [None, False, 0, "tcp://127.0.0.1:1"])
+def test_a_malformed_service_endpoint_list_is_a_protocol_error(service: object) -> None:
+    endpoints = ["tcp://127.0.0.1:1"]
+    body: dict[str, object] = {"name": "a", "mesh": "m", "control": endpoints}
+    body.update(publish=endpoints, services=[], service=service)
+    with pytest.raises(ProtocolError):
+        decode_control(ROUTING, raw_control(1, body), LIMITS)
