@@ -28,6 +28,7 @@ from .control import Announce, Command, ControlPlane, Found, Lost, Stop
 from .discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
 from .errors import Closed, Timeout
 from .interfaces import local_networks, resolve_interfaces
+from .message import Message
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .publishing import PublishSocket
 from .services import (
@@ -52,6 +53,11 @@ __all__ = ["Node"]
 log = logging.getLogger("meshq.node")
 
 PeerCallback = Callable[[Peer], None]
+MessageHandler = Callable[[Message], object]
+DirectHandler = Callable[[str, object], object]
+#: The service through which send_to() reaches a peer's on_direct handler.
+DIRECT_SERVICE = "meshq/direct"
+_HANDLER_JOIN = 5.0  # seconds close() waits for a busy on_message handler
 
 
 class Node:
@@ -131,6 +137,7 @@ class Node:
         self._service_runner: ServiceRunner | None = None
         self._service_lock = threading.Lock()
         self._requesters = threading.local()
+        self._handler_threads: list[threading.Thread] = []  # on_message handlers
         self._directory.update({self.id: self._local_publish})
 
         # Shared with the control thread.
@@ -336,6 +343,32 @@ class Node:
         """
         return self._requester().gather(service, data, timeout)
 
+    def send_to(self, peer_id: str, data: object, *, timeout: float = 1.0) -> object:
+        """Send ``data`` to one peer's :meth:`on_direct` handler; return what it returned.
+
+        Delivered at most once, acknowledged by the reply. Raises
+        meshq.NoProviders at once if that peer takes no direct messages (or
+        is unknown), meshq.RemoteError if its handler raised, meshq.Timeout.
+        """
+        future = self._requester().start(
+            DIRECT_SERVICE, {"from": self.id, "data": data}, timeout, 0, only=peer_id
+        )
+        return future.result()
+
+    def on_direct(self, handler: DirectHandler) -> DirectHandler:
+        """Take direct messages (:meth:`send_to`): ``handler(sender_id, data)``, a decorator too.
+
+        Runs on the node's service thread; its return value is the reply.
+        """
+
+        def unwrap(envelope: object) -> object:
+            if not (isinstance(envelope, dict) and isinstance(envelope.get("from"), str)):
+                raise ValueError("not a direct message")
+            return handler(envelope["from"], envelope.get("data"))
+
+        self.serve(DIRECT_SERVICE, unwrap)
+        return handler
+
     def services(self) -> dict[str, list[str]]:
         """Every service on the mesh (this node's included) and the ids of its providers."""
         return {name: sorted(by_id) for name, by_id in self._service_directory.all().items()}
@@ -407,6 +440,49 @@ class Node:
         # should hear: connect them now rather than at the next recv().
         refresh_this_thread()
         return alive
+
+    def on_message(self, prefix: str) -> Callable[[MessageHandler], MessageHandler]:
+        """Decorator: call ``handler(message)`` for every message under ``prefix``.
+
+        Each handler gets a thread of its own that owns its subscription, so
+        a slow handler delays only itself; its backlog is bounded by
+        ``subscribe_hwm`` (beyond it messages are dropped and show up as
+        gaps). A handler that raises is logged and counted
+        (``handler_errors``) and keeps receiving. Runs until the node closes.
+        """
+        self._check_prefix(prefix)
+
+        def register(handler: MessageHandler) -> MessageHandler:
+            ready = threading.Event()
+            thread = threading.Thread(
+                target=self._handle_messages,
+                args=(prefix, handler, ready),
+                name=f"meshq-on-message-{self.id[:8]}",
+                daemon=True,
+            )
+            thread.start()
+            ready.wait()  # subscribed: what is published from now on reaches it
+            self._handler_threads.append(thread)
+            return handler
+
+        return register
+
+    def _handle_messages(
+        self, prefix: str, handler: MessageHandler, ready: threading.Event
+    ) -> None:
+        try:
+            subscription = self.subscribe(prefix)
+        except Closed:
+            return
+        finally:
+            ready.set()
+        with subscription:
+            for message in subscription:
+                try:
+                    handler(message)
+                except Exception:
+                    self._count("handler_errors")
+                    log.exception("on_message handler %r failed", handler)
 
     def on_peer_joined(self, callback: PeerCallback) -> PeerCallback:
         """Call ``callback(peer)`` for every peer that is or becomes alive. A decorator too.
@@ -494,6 +570,9 @@ class Node:
         with self._service_lock:
             if self._service_runner is not None:
                 self._service_runner.close()
+        for thread in self._handler_threads:
+            if thread is not threading.current_thread():
+                thread.join(_HANDLER_JOIN)  # a handler still running may hold it up
         self._dispatch_queue.put(None)
         if threading.current_thread() is not self._dispatcher:
             self._dispatcher.join()

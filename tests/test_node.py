@@ -563,3 +563,27 @@ def test_wait_for_subscribers_then_one_publish_reaches_them_all(trio: list[meshq
     while alpha.wait_for_subscribers("news/sport/today", 0) > 0:
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_on_message_handlers_run_on_their_own_thread_and_survive_errors(
+    trio: list[meshq.Node],
+) -> None:
+    alpha, bravo, _ = trio
+    seen: list[tuple[object, str]] = []
+    done = threading.Event()
+
+    @bravo.on_message("jobs/")
+    def handle(message: meshq.Message) -> None:
+        if message.data == "bad":
+            raise ValueError("a buggy handler")
+        seen.append((message.data, threading.current_thread().name))
+        if message.data == "last":
+            done.set()
+
+    alpha.wait_for_subscribers("jobs/x", 1, timeout=10)
+    for data in ("first", "bad", "last"):
+        alpha.publish("jobs/x", data)
+    assert done.wait(10)
+    assert [data for data, _ in seen] == ["first", "last"]
+    assert seen[0][1].startswith("meshq-on-message")
+    assert bravo.stats()["handler_errors"] == 1

@@ -281,3 +281,24 @@ def test_a_provider_that_leaves_is_given_up_on_at_once(mesh: str) -> None:
             release.set()
             closer.join()
             leaving.close()
+
+
+def test_direct_messages_reach_one_peer_and_are_acknowledged(mesh: str) -> None:
+    with (
+        meshq.Node("inbox", mesh=mesh, interfaces=LOOPBACK) as inbox,
+        meshq.Node("other", mesh=mesh, interfaces=LOOPBACK) as other,
+        meshq.Node("sender", mesh=mesh, interfaces=LOOPBACK) as sender,
+    ):
+        received: list[tuple[str, object]] = []
+
+        @inbox.on_direct
+        def take(sender_id: str, data: object) -> object:
+            received.append((sender_id, data))
+            return "thanks"
+
+        other.on_direct(lambda sender_id, data: "wrong peer")
+        wait_for_service(sender, "meshq/direct", 2)
+        assert sender.send_to(inbox.id, {"hello": 1}) == "thanks"
+        assert received == [(sender.id, {"hello": 1})]
+        with pytest.raises(meshq.NoProviders):
+            sender.send_to("0" * 32, b"nobody")
