@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from .config import MeshConfig
-from .errors import Closed, Timeout
+from .errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
 from .message import Message
 from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent, PeerState
+from .services import GatherResult, Handler, Requester
 from .sockets import SocketFactory
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits
@@ -245,6 +247,55 @@ class AsyncNode:
                 raise Timeout(f"{count} of {n} subscribers of {topic!r} after {timeout} s")
             await asyncio.sleep(0.005)
 
+    def serve(self, name: str, handler: Handler | None = None) -> Any:
+        """See :meth:`Node.serve`: handlers run on the node's service thread."""
+        return self._node.serve(name, handler)
+
+    def service(self, name: str) -> Callable[[Handler], Handler]:
+        """See :meth:`Node.service`."""
+        return self._node.service(name)
+
+    async def request(
+        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+    ) -> object:
+        """See :meth:`Node.request`; the wait is awaited and holds no thread.
+
+        Many may be in flight at once (``asyncio.gather`` them).
+        """
+        requester = self._loop_requester()
+        future = requester.start(service, data, timeout, retries)
+        await requester.wait_async([future._call])
+        return future.result(timeout=0)
+
+    async def gather(self, service: str, data: object, *, timeout: float = 0.5) -> GatherResult:
+        """See :meth:`Node.gather`."""
+        requester = self._loop_requester()
+        providers = list(self._node._service_directory.providers(service))
+        if not providers:
+            raise NoProviders(service)
+
+        async def ask(provider: str) -> tuple[str, object, BaseException | None]:
+            try:
+                future = requester.start(service, data, timeout, 0, only=provider)
+                await requester.wait_async([future._call])
+                return provider, future.result(timeout=0), None
+            except MeshqError as exc:
+                return provider, None, exc
+
+        outcomes = await asyncio.gather(*(ask(provider) for provider in providers))
+        replies = {p: value for p, value, error in outcomes if error is None}
+        errors = {p: e for p, _, e in outcomes if isinstance(e, RemoteError)}
+        missing = tuple(p for p, _, e in outcomes if e is not None and p not in errors)
+        return GatherResult(replies, errors, missing)
+
+    def services(self) -> dict[str, list[str]]:
+        """See :meth:`Node.services`."""
+        return self._node.services()
+
+    def _loop_requester(self) -> Requester:
+        # The loop's thread owns it; Node keeps one per thread, so this is it.
+        return self._node._requester()
+
     def check_topic(self, topic: str) -> None:
         """See :meth:`Node.check_topic`."""
         self._node.check_topic(topic)
@@ -322,6 +373,9 @@ class AsyncNode:
         """
         for subscription in list(self._subscriptions):
             subscription.close()
+        requester: Requester | None = getattr(self._node._requesters, "requester", None)
+        if requester is not None:  # this loop's thread owns its sockets: close them here
+            requester.close()
         done: asyncio.Future[None] = self._loop.create_future()
 
         def close_node() -> None:

@@ -25,8 +25,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import zmq
+import zmq.asyncio
 
 from .errors import Closed, NoProviders, ProtocolError, RemoteError, Timeout
 from .publishing import bind_all
@@ -391,21 +393,44 @@ class Requester:
 
     def pump(self, wait: float | None) -> None:
         """Handle replies and expired attempts, waiting at most ``wait`` s for a reply."""
+        limit_ms = self._poll_limit(wait)
+        if limit_ms is None:
+            return
+        self._handle(dict(self._poller.poll(limit_ms)))
+
+    async def pump_async(self, wait: float | None) -> None:
+        """:meth:`pump` for an event loop: the wait is awaited, not blocked on."""
+        limit_ms = self._poll_limit(wait)
+        if limit_ms is None:
+            return
+        poller = zmq.asyncio.Poller()
+        for sock in self._dealers.values():
+            poller.register(sock, zmq.POLLIN)
+        self._handle(dict(await poller.poll(limit_ms)))
+
+    async def wait_async(self, calls: Sequence[_Call]) -> None:
+        """:meth:`wait` for an event loop, until every call in ``calls`` is done."""
+        while not all(call.done for call in calls):
+            await self.pump_async(None)
+
+    def _poll_limit(self, wait: float | None) -> int | None:
+        """Milliseconds to poll for replies, or None when there is nothing to do."""
         if self._closed:
             for call in list(self._calls.values()):
                 self._finish(call, error=Closed("node is closed"))
-            return
-        now = time.monotonic()
+            return None
         next_deadline = min((c.deadline for c in self._calls.values()), default=None)
-        limit = wait if wait is not None else None
+        limit = wait
         if next_deadline is not None:
-            until_deadline = max(0.0, next_deadline - now)
+            until_deadline = max(0.0, next_deadline - time.monotonic())
             limit = until_deadline if limit is None else min(limit, until_deadline)
         if limit is None:
-            return  # nothing in flight and no wait asked for
+            return None  # nothing in flight and no wait asked for
         # Wake at least every 0.1 s to notice a provider that left the mesh.
         limit = min(limit, 0.1) if self._calls else limit
-        ready = dict(self._poller.poll(max(0, int(limit * 1000)) if limit > 0 else 0))
+        return max(0, int(limit * 1000))
+
+    def _handle(self, ready: Mapping[Any, int]) -> None:
         for sock in ready:
             self._read(sock)
         self._expire(time.monotonic())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import time
@@ -302,3 +303,24 @@ def test_direct_messages_reach_one_peer_and_are_acknowledged(mesh: str) -> None:
         assert received == [(sender.id, {"hello": 1})]
         with pytest.raises(meshq.NoProviders):
             sender.send_to("0" * 32, b"nobody")
+
+
+def test_async_requests_and_gather(mesh: str) -> None:
+    async def scenario() -> tuple[list[object], meshq.GatherResult]:
+        async with (
+            meshq.AsyncNode("provider", mesh=mesh, interfaces=LOOPBACK) as provider,
+            meshq.AsyncNode("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+        ):
+            provider.serve("double", lambda data: data * 2)  # type: ignore[operator]
+            deadline = time.monotonic() + 10
+            while "double" not in caller.services():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            answers = await asyncio.gather(*(caller.request("double", i) for i in range(50)))
+            with pytest.raises(meshq.NoProviders):
+                await caller.request("nobody", 1)
+            return list(answers), await caller.gather("double", 21)
+
+    answers, gathered = asyncio.run(scenario())
+    assert answers == [i * 2 for i in range(50)]
+    assert list(gathered.replies.values()) == [42] and gathered.missing == ()
