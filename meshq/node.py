@@ -448,7 +448,7 @@ class Node:
         a slow handler delays only itself; its backlog is bounded by
         ``subscribe_hwm`` (beyond it messages are dropped and show up as
         gaps). A handler that raises is logged and counted
-        (``handler_errors``) and keeps receiving. Runs until the node closes.
+        (``message_handler_errors``) and keeps receiving. Runs until the node closes.
         """
         self._check_prefix(prefix)
 
@@ -481,7 +481,7 @@ class Node:
                 try:
                     handler(message)
                 except Exception:
-                    self._count("handler_errors")
+                    self._count("message_handler_errors")
                     log.exception("on_message handler %r failed", handler)
 
     def on_peer_joined(self, callback: PeerCallback) -> PeerCallback:

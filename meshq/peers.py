@@ -267,7 +267,9 @@ class Dialer:
         for endpoint, target in list(self._targets.items()):
             if endpoint in connected_set:
                 if target.expires is not None:
-                    target.expires = now + self._config.gone_after
+                    # Gossip brought us here and the peer answered: it needs
+                    # no dialling now (and must not use up max_dialing).
+                    del self._targets[endpoint]
                 continue
             if target.expires is not None and now >= target.expires:
                 del self._targets[endpoint]

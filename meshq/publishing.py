@@ -174,7 +174,7 @@ class PublishSocket:
             prefix = message[1:]
             if message[0] == 1:
                 self._subscribers[prefix] += 1
-            elif self._subscribers[prefix] > 0:
+            elif message[0] == 0 and self._subscribers[prefix] > 0:
                 self._subscribers[prefix] -= 1
                 if not self._subscribers[prefix]:
                     del self._subscribers[prefix]

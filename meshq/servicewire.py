@@ -117,8 +117,12 @@ def encode_reply(
         flags, payload = REPLY_NOT_SERVED, b""
     elif error is not None:
         flags = REPLY_ERROR | FLAG_MSGPACK
+        try:
+            text = str(error)
+        except BaseException:  # an exception whose __str__ fails still gets an answer
+            text = "<unprintable>"
         # "replace": a message that is not valid UTF-8 must not stop the reply.
-        message = str(error)[:4096].encode("utf-8", "replace").decode()
+        message = text[:4096].encode("utf-8", "replace").decode()
         payload = encode_msgpack([type(error).__name__, message])
     load = min(max(load, 0), 0xFFFFFFFF)
     return _REPLY_HEAD.pack(b"A", PROTOCOL_VERSION, flags, request_id, load) + payload

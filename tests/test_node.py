@@ -586,4 +586,4 @@ def test_on_message_handlers_run_on_their_own_thread_and_survive_errors(
     assert done.wait(10)
     assert [data for data, _ in seen] == ["first", "last"]
     assert seen[0][1].startswith("meshq-on-message")
-    assert bravo.stats()["handler_errors"] == 1
+    assert bravo.stats()["message_handler_errors"] == 1

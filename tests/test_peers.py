@@ -94,6 +94,15 @@ def test_dialer_retries_until_connected() -> None:
     assert dialer.due(100.0, connected=[]) == (["tcp://127.0.0.1:1"], [])  # lasting: never expires
 
 
+def test_dialer_drops_gossip_once_answered() -> None:
+    dialer = Dialer(CONFIG)
+    dialer.add("tcp://127.0.0.1:1", A, now=0.0, lasting=False)
+    dialer.add("tcp://127.0.0.1:2", B, now=0.0, lasting=True)
+    dialer.due(1.0, connected=["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"])
+    assert "tcp://127.0.0.1:1" not in dialer  # gossip: done with it
+    assert "tcp://127.0.0.1:2" in dialer  # mDNS: kept until withdrawn
+
+
 def test_dialer_gossip_expires_and_withdrawal_forgets() -> None:
     dialer = Dialer(CONFIG)
     dialer.add("tcp://127.0.0.1:1", A, now=0.0, lasting=False)
