@@ -9,6 +9,7 @@ caller's event loop, and the control thread wakes them with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -141,6 +142,71 @@ class AsyncSubscription(Inbox):
         self.close()
 
 
+class _LoopReplies:
+    """Requests in flight from one event loop, and the one task that reads their replies.
+
+    One reader polls every DEALER of the loop's requester and settles the
+    calls; each waiting coroutine awaits its own future. (A poll per waiter
+    would fight over the same sockets and scan every call each time.)
+    """
+
+    def __init__(self, requester: Requester, loop: asyncio.AbstractEventLoop) -> None:
+        self._requester = requester
+        self._loop = loop
+        self._reader: asyncio.Task[None] | None = None
+        self._new_socket = asyncio.Event()
+
+    async def request(
+        self, service: str, data: object, timeout: float, retries: int, only: str | None = None
+    ) -> object:
+        sockets_before = len(self._requester.sockets())
+        future = self._requester.start(service, data, timeout, retries, only=only)
+        call = future._call
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def settled(_: object) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        call.on_done = settled
+        if len(self._requester.sockets()) != sockets_before:
+            self._new_socket.set()  # the reader must watch the new DEALER too
+        if self._reader is None or self._reader.done():
+            self._reader = self._loop.create_task(self._read())
+        try:
+            await done
+        except asyncio.CancelledError:
+            self._requester.cancel(call)  # no retries for nobody; a late reply is dropped
+            raise
+        return future.result(timeout=0)
+
+    async def _read(self) -> None:
+        while True:
+            limit = self._requester.poll_limit()
+            if limit is None:
+                return  # nothing in flight
+            poller = zmq.asyncio.Poller()
+            for sock in self._requester.sockets():
+                poller.register(sock, zmq.POLLIN)
+            self._new_socket.clear()
+            polled = asyncio.ensure_future(poller.poll(limit))
+            changed = asyncio.ensure_future(self._new_socket.wait())
+            await asyncio.wait({polled, changed}, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            if polled.done():
+                self._requester.handle(dict(polled.result()))
+            else:
+                polled.cancel()
+                self._requester.handle({})
+
+    async def close(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._requester.close()
+
+
 class AsyncNode:
     """A :class:`meshq.Node` for asyncio: ``async with AsyncNode(...) as node``.
 
@@ -175,6 +241,8 @@ class AsyncNode:
         self._subscriptions: weakref.WeakSet[AsyncSubscription] = weakref.WeakSet()
         self._waiters: set[asyncio.Future[None]] = set()
         self._node._event_listeners.append(self._on_control_thread)
+        # The loop's thread owns the caller side; Node keeps one per thread.
+        self._replies = _LoopReplies(self._node._requester(), self._loop)
 
     def _on_control_thread(self, events: list[PeerEvent]) -> None:
         try:
@@ -262,23 +330,18 @@ class AsyncNode:
 
         Many may be in flight at once (``asyncio.gather`` them).
         """
-        requester = self._loop_requester()
-        future = requester.start(service, data, timeout, retries)
-        await requester.wait_async([future._call])
-        return future.result(timeout=0)
+        return await self._replies.request(service, data, timeout, retries)
 
     async def gather(self, service: str, data: object, *, timeout: float = 0.5) -> GatherResult:
         """See :meth:`Node.gather`."""
-        requester = self._loop_requester()
         providers = list(self._node._service_directory.providers(service))
         if not providers:
             raise NoProviders(service)
 
         async def ask(provider: str) -> tuple[str, object, BaseException | None]:
             try:
-                future = requester.start(service, data, timeout, 0, only=provider)
-                await requester.wait_async([future._call])
-                return provider, future.result(timeout=0), None
+                value = await self._replies.request(service, data, timeout, 0, only=provider)
+                return provider, value, None
             except MeshqError as exc:
                 return provider, None, exc
 
@@ -291,10 +354,6 @@ class AsyncNode:
     def services(self) -> dict[str, list[str]]:
         """See :meth:`Node.services`."""
         return self._node.services()
-
-    def _loop_requester(self) -> Requester:
-        # The loop's thread owns it; Node keeps one per thread, so this is it.
-        return self._node._requester()
 
     def check_topic(self, topic: str) -> None:
         """See :meth:`Node.check_topic`."""
@@ -373,9 +432,7 @@ class AsyncNode:
         """
         for subscription in list(self._subscriptions):
             subscription.close()
-        requester: Requester | None = getattr(self._node._requesters, "requester", None)
-        if requester is not None:  # this loop's thread owns its sockets: close them here
-            requester.close()
+        await self._replies.close()  # this loop's thread owns those sockets
         done: asyncio.Future[None] = self._loop.create_future()
 
         def close_node() -> None:

@@ -28,7 +28,6 @@ from types import MappingProxyType
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from .errors import Closed, NoProviders, ProtocolError, RemoteError, Timeout
 from .publishing import bind_all
@@ -58,6 +57,8 @@ _bad_input_log = RateLimitedLog(log, interval=5.0)
 
 Handler = Callable[[object], object]
 _READ_AHEAD = 256  # requests a provider takes off its socket before answering
+_LOAD_FRESH = 1.0  # seconds a provider's reported load counts for balancing
+_CONNECT_WAIT = 0.05  # seconds a request may wait for its link to a provider
 
 
 class ServiceDirectory:
@@ -118,6 +119,7 @@ class ServiceRunner:
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._release_on_exit = False  # close() could not wait for the thread
         self._wake_read, self._wake_write = os.pipe()
         self.local_endpoint = f"inproc://meshq-svc-{node_id}"
         self.endpoints: tuple[str, ...] = ()
@@ -199,6 +201,8 @@ class ServiceRunner:
                             self._count("service_replies_dropped")
         finally:
             sock.close(linger=0)
+            if self._release_on_exit:
+                self._close_pipe()
 
     def _answer(self, frame: bytes, load: int) -> bytes | None:
         try:
@@ -221,14 +225,25 @@ class ServiceRunner:
         self._count("requests_served")
         return encode_reply(request.request_id, load, flags=flags, payload=payload)
 
-    def close(self) -> None:
+    def close(self, wait: float = 5.0) -> None:
+        """Stop serving; wait at most ``wait`` s for a handler still running.
+
+        Safe to call from a handler itself (then nothing is waited for).
+        """
         self._stop.set()
         try:
             os.write(self._wake_write, b"w")
         except OSError:
             pass
-        self._thread.join()
-        self._close_pipe()
+        if threading.current_thread() is self._thread:
+            # The loop ends when this handler returns, and releases all.
+            self._release_on_exit = True
+            return
+        self._thread.join(wait)
+        if self._thread.is_alive():
+            self._release_on_exit = True  # a handler is stuck: the loop cleans up
+        else:
+            self._close_pipe()
 
     def _close_pipe(self) -> None:
         os.close(self._wake_read)
@@ -251,6 +266,8 @@ class _Call:
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     provider: str = ""
+    endpoint: str = ""
+    on_done: Callable[[_Call], None] | None = None  # an event loop's wake-up
     attempt_id: int = 0
     deadline: float = 0.0
     done: bool = False
@@ -312,11 +329,10 @@ class Requester:
         self._limits = limits
         self._count = count
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]  # by endpoint
-        self._socket_endpoint: dict[zmq.Socket, str] = {}  # type: ignore[type-arg]
         self._poller = zmq.Poller()
         self._calls: dict[int, _Call] = {}  # by attempt id
         self._outstanding: collections.Counter[str] = collections.Counter()
-        self._load: dict[str, int] = {}
+        self._load: dict[str, tuple[int, float]] = {}  # provider -> (load, when reported)
         self._ids = itertools.count(random.getrandbits(48))
         self._closed = False
 
@@ -341,6 +357,14 @@ class Requester:
             raise NoProviders(service)
         return RequestFuture(self, call)
 
+    def cancel(self, call: _Call) -> None:
+        """Stop waiting for ``call``: no retry, and a late reply is dropped."""
+        if call.done:
+            return
+        if self._calls.pop(call.attempt_id, None) is not None:
+            self._outstanding[call.provider] -= 1
+        self._finish(call, error=Timeout(f"request to {call.service!r} cancelled"))
+
     def _send(self, call: _Call) -> bool:
         """Send the next attempt of ``call``; False if no provider is left to try."""
         providers = self._directory.providers(call.service)
@@ -350,20 +374,18 @@ class Requester:
             candidates = [p for p in providers if p not in call.tried] or list(providers)
         if not candidates:
             return False
-        outstanding, load = self._outstanding, self._load
-        provider = min(candidates, key=lambda p: (outstanding[p] + load.get(p, 0), random.random()))
-        dealer = self._dealer(providers[provider])
+        provider = min(candidates, key=self._busyness)
+        call.endpoint = providers[provider]
+        dealer = self._dealer(call.endpoint)
         call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
         call.provider = provider
         call.tried.add(provider)
         call.attempts += 1
         call.deadline = time.monotonic() + call.timeout
         try:
-            # Never block: a provider that stopped reading fills its queue,
-            # and the attempt then simply goes unanswered (and times out).
-            dealer.send(
-                encode_request(call.attempt_id, call.name, call.flags, call.payload), zmq.NOBLOCK
-            )
+            # Blocks at most _CONNECT_WAIT (see _dealer); an unreachable or
+            # full provider leaves the attempt unanswered, and it times out.
+            dealer.send(encode_request(call.attempt_id, call.name, call.flags, call.payload))
         except zmq.Again:
             self._count("requests_not_sent")
         except zmq.ZMQError as exc:
@@ -372,16 +394,55 @@ class Requester:
         self._outstanding[provider] += 1
         return True
 
+    def _busyness(self, provider: str) -> tuple[int, float]:
+        """Sort key: our requests outstanding there plus its fresh reported load, then chance.
+
+        A load report older than _LOAD_FRESH seconds is ignored: otherwise a
+        provider that was once busy would never be asked again, and so never
+        report that it is idle now.
+        """
+        load, reported = self._load.get(provider, (0, 0.0))
+        if time.monotonic() - reported > _LOAD_FRESH:
+            load = 0
+        return self._outstanding[provider] + load, random.random()
+
     def _dealer(self, endpoint: str) -> zmq.Socket:  # type: ignore[type-arg]
         dealer = self._dealers.get(endpoint)
         if dealer is None:
+            self._prune()
             dealer = self._factory.make(self._context, zmq.DEALER)
             dealer.setsockopt(zmq.SNDHWM, 10_000)
+            # Replies never outnumber our own requests, so never drop one:
+            # a dropped reply would turn a served request into a timeout.
+            dealer.setsockopt(zmq.RCVHWM, 0)
+            # Queue requests only on a live connection: when a provider dies,
+            # what it had not read is dropped with the link, rather than run
+            # by whatever process binds its address next. A send waits up to
+            # _CONNECT_WAIT for the first connection.
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.SNDTIMEO, int(_CONNECT_WAIT * 1000))
             dealer.connect(endpoint)
             self._dealers[endpoint] = dealer
-            self._socket_endpoint[dealer] = endpoint
             self._poller.register(dealer, zmq.POLLIN)
         return dealer
+
+    def _close_dealer(self, endpoint: str) -> None:
+        dealer = self._dealers.pop(endpoint, None)
+        if dealer is not None:
+            self._poller.unregister(dealer)
+            dealer.close(linger=0)
+
+    def _prune(self) -> None:
+        """Close DEALERs to endpoints no provider has any more, with nothing in flight."""
+        live = {endpoint for by_id in self._directory.all().values() for endpoint in by_id.values()}
+        busy = {call.endpoint for call in self._calls.values()}
+        for endpoint in list(self._dealers):
+            if endpoint not in live and endpoint not in busy:
+                self._close_dealer(endpoint)
+        for provider in list(self._load):
+            if not self._outstanding[provider]:
+                self._load.pop(provider, None)
+                self._outstanding.pop(provider, None)
 
     def wait(self, calls: Sequence[_Call], timeout: float | None) -> None:
         """Read replies until every call in ``calls`` is done or ``timeout`` s pass."""
@@ -398,20 +459,9 @@ class Requester:
             return
         self._handle(dict(self._poller.poll(limit_ms)))
 
-    async def pump_async(self, wait: float | None) -> None:
-        """:meth:`pump` for an event loop: the wait is awaited, not blocked on."""
-        limit_ms = self._poll_limit(wait)
-        if limit_ms is None:
-            return
-        poller = zmq.asyncio.Poller()
-        for sock in self._dealers.values():
-            poller.register(sock, zmq.POLLIN)
-        self._handle(dict(await poller.poll(limit_ms)))
-
-    async def wait_async(self, calls: Sequence[_Call]) -> None:
-        """:meth:`wait` for an event loop, until every call in ``calls`` is done."""
-        while not all(call.done for call in calls):
-            await self.pump_async(None)
+    def sockets(self) -> list[zmq.Socket]:  # type: ignore[type-arg]
+        """The DEALERs replies arrive on (for an event loop's reader to poll)."""
+        return list(self._dealers.values())
 
     def _poll_limit(self, wait: float | None) -> int | None:
         """Milliseconds to poll for replies, or None when there is nothing to do."""
@@ -429,6 +479,14 @@ class Requester:
         # Wake at least every 0.1 s to notice a provider that left the mesh.
         limit = min(limit, 0.1) if self._calls else limit
         return max(0, int(limit * 1000))
+
+    def handle(self, ready: Mapping[Any, int]) -> None:
+        """Read replies from the ``ready`` sockets, then retry or fail expired attempts."""
+        self._handle(ready)
+
+    def poll_limit(self) -> int | None:
+        """Milliseconds until the next attempt expires (at most 100), None if idle."""
+        return self._poll_limit(None)
 
     def _handle(self, ready: Mapping[Any, int]) -> None:
         for sock in ready:
@@ -452,7 +510,7 @@ class Requester:
                 self._count("late_replies")  # its attempt timed out: drop it
                 continue
             self._outstanding[call.provider] -= 1
-            self._load[call.provider] = reply.load
+            self._load[call.provider] = (reply.load, time.monotonic())
             self._settle(call, reply)
 
     def _settle(self, call: _Call, reply: Reply) -> None:
@@ -486,6 +544,8 @@ class Requester:
         call.result = result
         call.error = error
         self._calls.pop(call.attempt_id, None)
+        if call.on_done is not None:
+            call.on_done(call)
 
     def gather(self, service: str, data: object, timeout: float) -> GatherResult:
         """Ask every provider of ``service`` once; collect what arrives within ``timeout`` s."""
@@ -521,7 +581,5 @@ class Requester:
         if self._closed:
             return
         self._closed = True
-        for dealer in self._dealers.values():
-            dealer.close(linger=0)
-        self._dealers.clear()
-        self._socket_endpoint.clear()
+        for endpoint in list(self._dealers):
+            self._close_dealer(endpoint)

@@ -324,3 +324,103 @@ def test_async_requests_and_gather(mesh: str) -> None:
     answers, gathered = asyncio.run(scenario())
     assert answers == [i * 2 for i in range(50)]
     assert list(gathered.replies.values()) == [42] and gathered.missing == ()
+
+
+def test_thousands_of_async_requests_at_once_each_run_once(mesh: str) -> None:
+    served = collections.Counter[object]()
+
+    def count(data: object) -> object:
+        served[data] += 1
+        return data
+
+    async def scenario() -> list[object]:
+        async with (
+            meshq.AsyncNode("provider", mesh=mesh, interfaces=LOOPBACK) as provider,
+            meshq.AsyncNode("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+        ):
+            provider.serve("count", count)
+            deadline = time.monotonic() + 10
+            while "count" not in caller.services():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            return list(
+                await asyncio.gather(
+                    *(caller.request("count", i, timeout=20, retries=0) for i in range(3000))
+                )
+            )
+
+    assert asyncio.run(scenario()) == list(range(3000))
+    assert set(served.values()) == {1}  # nothing ran twice
+
+
+def test_a_cancelled_async_request_is_not_retried(mesh: str) -> None:
+    runs = collections.Counter[str]()
+    release = threading.Event()
+
+    def slow(data: object) -> object:
+        runs["slow"] += 1
+        release.wait(5)
+        return data
+
+    async def scenario() -> None:
+        async with (
+            meshq.AsyncNode("a", mesh=mesh, interfaces=LOOPBACK) as a,
+            meshq.AsyncNode("b", mesh=mesh, interfaces=LOOPBACK) as b,
+            meshq.AsyncNode("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+        ):
+            a.serve("slow", slow)
+            b.serve("slow", slow)
+            deadline = time.monotonic() + 10
+            while len(caller.services().get("slow", [])) < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(caller.request("slow", 1, timeout=0.2, retries=2), 0.05)
+            await asyncio.sleep(0.6)  # past two attempt timeouts: a retry would show
+            release.set()
+
+    asyncio.run(scenario())
+    assert runs["slow"] == 1
+
+
+def test_a_once_busy_provider_is_asked_again(mesh: str) -> None:
+    release = threading.Event()
+    with (
+        meshq.Node("a", mesh=mesh, interfaces=LOOPBACK) as a,
+        meshq.Node("b", mesh=mesh, interfaces=LOOPBACK) as b,
+        meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+    ):
+        a.serve("work", lambda data: "a")
+        b.serve("work", lambda data: release.wait(5) and "b")
+        wait_for_service(caller, "work", 2)
+        # A burst piles requests onto b, which then reports a high load.
+        burst = [caller.request_async("work", i, timeout=10, retries=0) for i in range(200)]
+        release.set()
+        for future in burst:
+            future.result()
+        time.sleep(1.1)  # the load report goes stale (after 1 s)
+        answered = collections.Counter(caller.request("work", i) for i in range(100))
+        assert answered["b"] > 0, answered  # b is not starved for good
+
+
+def test_a_handler_may_close_its_own_node(mesh: str) -> None:
+    with (
+        meshq.Node("target", mesh=mesh, interfaces=LOOPBACK) as target,
+        meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+    ):
+
+        @target.service("shutdown")
+        def shutdown(data: object) -> object:
+            threading.Thread(target=target.close).start()  # as a user would
+            target.close()  # and directly, from the service thread
+            return "bye"
+
+        wait_for_service(caller, "shutdown", 1)
+        try:
+            caller.request("shutdown", None, timeout=2, retries=0)
+        except meshq.Timeout:
+            pass  # the node may close before its reply leaves
+        deadline = time.monotonic() + 10
+        while not target.closed:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
