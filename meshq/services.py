@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from .errors import Closed, NoProviders, ProtocolError, RemoteError, Timeout
-from .publishing import bind_all
+from .publishing import bind_all, raw_send
 from .ratelimit import RateLimitedLog
 from .servicewire import (
     Reply,
@@ -177,7 +177,8 @@ class ServiceRunner:
             while not self._stop.is_set():
                 if not backlog:
                     poller.poll()
-                while len(backlog) < _READ_AHEAD:
+                # Ask before reading: a zmq.Again costs more than the question.
+                while len(backlog) < _READ_AHEAD and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
@@ -382,10 +383,15 @@ class Requester:
         call.tried.add(provider)
         call.attempts += 1
         call.deadline = time.monotonic() + call.timeout
+        frame = encode_request(call.attempt_id, call.name, call.flags, call.payload)
         try:
-            # Blocks at most _CONNECT_WAIT (see _dealer); an unreachable or
-            # full provider leaves the attempt unanswered, and it times out.
-            dealer.send(encode_request(call.attempt_id, call.name, call.flags, call.payload))
+            try:
+                raw_send(dealer, frame, zmq.NOBLOCK)
+            except zmq.Again:
+                # Not connected yet (a new link): wait up to _CONNECT_WAIT for
+                # it. An unreachable or full provider leaves the attempt
+                # unanswered, and it times out.
+                dealer.send(frame)
         except zmq.Again:
             self._count("requests_not_sent")
         except zmq.ZMQError as exc:
@@ -494,7 +500,8 @@ class Requester:
         self._expire(time.monotonic())
 
     def _read(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
-        while True:
+        # Ask before reading: a zmq.Again costs more than the question.
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
