@@ -59,6 +59,7 @@ Handler = Callable[[object], object]
 _READ_AHEAD = 256  # requests a provider takes off its socket before answering
 _LOAD_FRESH = 1.0  # seconds a provider's reported load counts for balancing
 _CONNECT_WAIT = 0.05  # seconds a request may wait for its link to a provider
+_SCAN_EVERY = 0.1  # seconds between checks for attempts whose provider left
 
 
 class ServiceDirectory:
@@ -335,6 +336,7 @@ class Requester:
         self._outstanding: collections.Counter[str] = collections.Counter()
         self._load: dict[str, tuple[int, float]] = {}  # provider -> (load, when reported)
         self._ids = itertools.count(random.getrandbits(48))
+        self._next_scan = 0.0  # when _expire next looks at every call (monotonic)
         self._closed = False
 
     def wake(self) -> None:
@@ -398,6 +400,7 @@ class Requester:
             raise Closed(f"request socket failed: {exc}") from exc
         self._calls[call.attempt_id] = call
         self._outstanding[provider] += 1
+        self._next_scan = min(self._next_scan, call.deadline)
         return True
 
     def _busyness(self, provider: str) -> tuple[int, float]:
@@ -475,16 +478,14 @@ class Requester:
             for call in list(self._calls.values()):
                 self._finish(call, error=Closed("node is closed"))
             return None
-        next_deadline = min((c.deadline for c in self._calls.values()), default=None)
-        limit = wait
-        if next_deadline is not None:
-            until_deadline = max(0.0, next_deadline - time.monotonic())
-            limit = until_deadline if limit is None else min(limit, until_deadline)
-        if limit is None:
-            return None  # nothing in flight and no wait asked for
-        # Wake at least every 0.1 s to notice a provider that left the mesh.
-        limit = min(limit, 0.1) if self._calls else limit
-        return max(0, int(limit * 1000))
+        if not self._calls:
+            return None if wait is None else max(0, int(wait * 1000))
+        # Wake for the next expiry scan (at most _SCAN_EVERY away, so that a
+        # provider that left the mesh is noticed) or the caller's limit.
+        limit = max(0.0, self._next_scan - time.monotonic())
+        if wait is not None:
+            limit = min(limit, wait)
+        return int(limit * 1000)
 
     def handle(self, ready: Mapping[Any, int]) -> None:
         """Read replies from the ``ready`` sockets, then retry or fail expired attempts."""
@@ -500,12 +501,15 @@ class Requester:
         self._expire(time.monotonic())
 
     def _read(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
-        # Ask before reading: a zmq.Again costs more than the question.
-        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        # The poll said "readable": read once, then ask before each further
+        # read (a zmq.Again costs more than the question).
+        readable = True
+        while readable:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            readable = bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
             try:
                 reply = decode_reply(frame, self._limits)
             except ProtocolError as exc:
@@ -530,9 +534,15 @@ class Requester:
             self._finish(call, result=reply.data)
 
     def _expire(self, now: float) -> None:
+        """Retry or fail expired attempts; a scan of every call, so not on every reply."""
+        if now < self._next_scan:
+            return
+        next_scan = now + _SCAN_EVERY
+        providers = self._directory.all()
         for attempt_id, call in list(self._calls.items()):
-            provider_left = call.provider not in self._directory.providers(call.service)
+            provider_left = call.provider not in providers.get(call.service, ())
             if now < call.deadline and not provider_left:
+                next_scan = min(next_scan, call.deadline)
                 continue
             del self._calls[attempt_id]
             self._outstanding[call.provider] -= 1
@@ -543,6 +553,8 @@ class Requester:
             self._finish(
                 call, error=Timeout(f"no reply from {call.service!r} after {call.attempts} tries")
             )
+        # Retried calls have new deadlines; the next scan is due at the earliest.
+        self._next_scan = min([next_scan, *(call.deadline for call in self._calls.values())])
 
     def _finish(
         self, call: _Call, *, result: object = None, error: BaseException | None = None

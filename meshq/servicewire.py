@@ -17,8 +17,7 @@ holds, this one excluded, when it answered: callers balance on it.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from .errors import ProtocolError
 from .wire import FLAG_MSGPACK, PROTOCOL_VERSION, Limits, decode_payload, encode_msgpack
@@ -45,17 +44,18 @@ _REQUEST_HEAD = struct.Struct(">cBBQB")
 _REPLY_HEAD = struct.Struct(">cBBQI")
 
 
-@dataclass(frozen=True)
-class Request:
-    """A decoded request; ``data`` is bytes or the decoded msgpack object."""
+class Request(NamedTuple):
+    """A decoded request; ``data`` is bytes or the decoded msgpack object.
+
+    (Named tuples rather than dataclasses: one is built per message.)
+    """
 
     request_id: int
     service: str
     data: object
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """A decoded reply. ``error`` is (type name, message) when the handler raised."""
 
     request_id: int
