@@ -22,7 +22,7 @@ from .message import Message
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .services import GatherResult, RequestFuture
-from .subscription import Subscription
+from .subscription import Gap, Subscription
 from .wire import PROTOCOL_VERSION
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "BindError",
     "Closed",
     "EventKind",
+    "Gap",
     "MeshConfig",
     "MeshqError",
     "NoProviders",
