@@ -21,7 +21,7 @@ from .errors import (
 from .message import Message
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerState
-from .services import GatherResult, RequestFuture
+from .requester import GatherResult, RequestFuture
 from .subscription import Gap, Subscription
 from .wire import PROTOCOL_VERSION
 

@@ -23,7 +23,8 @@ from .errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
 from .message import Message
 from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent, PeerState
-from .services import GatherResult, Handler, Requester
+from .requester import GatherResult, Requester
+from .services import Handler
 from .sockets import SocketFactory
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits

@@ -31,14 +31,8 @@ from .interfaces import local_networks, resolve_interfaces
 from .message import Message
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .publishing import PublishSocket
-from .services import (
-    GatherResult,
-    Handler,
-    Requester,
-    RequestFuture,
-    ServiceDirectory,
-    ServiceRunner,
-)
+from .requester import GatherResult, Requester, RequestFuture
+from .services import Handler, ServiceDirectory, ServiceRunner
 from .servicewire import check_service_name
 from .sockets import SocketFactory
 from .subscription import PublisherDirectory, Subscription, refresh_this_thread

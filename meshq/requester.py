@@ -1,0 +1,390 @@
+"""Request/reply, the caller side: balancing, retries, and replies read on the caller's thread.
+
+A caller (:class:`Requester`, one per calling thread) owns one DEALER per
+provider. It sends each attempt with a fresh request id to the provider with
+the fewest requests outstanding plus fresh reported load, and on an
+attempt's timeout tries another provider. A reply whose attempt has timed
+out is dropped and counted, so it can never reach the wrong caller. Replies
+are read by whoever waits on a result, on the caller's own thread (or one
+reader per event loop, see meshq/aio.py): the data path never crosses a
+thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from .errors import Closed, NoProviders, ProtocolError, RemoteError, Timeout
+from .publishing import raw_send
+from .ratelimit import RateLimitedLog
+from .services import ServiceDirectory
+from .servicewire import Reply, check_service_name, decode_reply, encode_request
+from .sockets import SocketFactory
+from .wire import Limits, encode_payload
+
+__all__ = ["GatherResult", "RequestFuture", "Requester"]
+
+log = logging.getLogger("meshq.requester")
+_bad_input_log = RateLimitedLog(log, interval=5.0)
+
+_LOAD_FRESH = 1.0  # seconds a provider's reported load counts for balancing
+_CONNECT_WAIT = 0.05  # seconds a request may wait for its link to a provider
+_SCAN_EVERY = 0.1  # seconds between checks for attempts whose provider left
+
+
+@dataclass
+class _Call:
+    service: str
+    name: bytes
+    flags: int
+    payload: bytes
+    timeout: float
+    retries: int
+    only: str | None = None  # gather: this provider and no other
+    tried: set[str] = field(default_factory=set)
+    attempts: int = 0
+    provider: str = ""
+    endpoint: str = ""
+    on_done: Callable[[_Call], None] | None = None  # an event loop's wake-up
+    attempt_id: int = 0
+    deadline: float = 0.0
+    done: bool = False
+    result: object = None
+    error: BaseException | None = None
+
+
+class RequestFuture:
+    """A request in flight. ``result()`` waits for it on the caller's thread."""
+
+    def __init__(self, requester: Requester, call: _Call) -> None:
+        self._requester = requester
+        self._call = call
+
+    def done(self) -> bool:
+        """True once a reply or a final error is in (reads pending replies first)."""
+        if not self._call.done:
+            self._requester.pump(0.0)
+        return self._call.done
+
+    def result(self, timeout: float | None = None) -> object:
+        """The reply's data. Waits at most ``timeout`` s (None: until the request ends).
+
+        Raises meshq.RemoteError, meshq.Timeout (attempts exhausted, or this
+        wait's ``timeout``), meshq.NoProviders, meshq.Closed.
+        """
+        self._requester.wait([self._call], timeout)
+        if not self._call.done:
+            raise Timeout(f"request to {self._call.service!r} still in flight")
+        if self._call.error is not None:
+            raise self._call.error
+        return self._call.result
+
+
+@dataclass(frozen=True)
+class GatherResult:
+    """What ``Node.gather`` collected: replies and errors by provider id, and who stayed silent."""
+
+    replies: Mapping[str, object]
+    errors: Mapping[str, RemoteError]
+    missing: tuple[str, ...]
+
+
+class Requester:
+    """The caller side for one thread: DEALERs to providers and the calls in flight."""
+
+    def __init__(
+        self,
+        context: zmq.Context,  # type: ignore[type-arg]
+        factory: SocketFactory,
+        directory: ServiceDirectory,
+        limits: Limits,
+        count: Callable[[str], None],
+    ) -> None:
+        self.owner = threading.get_ident()
+        self._context = context
+        self._factory = factory
+        self._directory = directory
+        self._limits = limits
+        self._count = count
+        self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]  # by endpoint
+        self._poller = zmq.Poller()
+        self._calls: dict[int, _Call] = {}  # by attempt id
+        self._outstanding: collections.Counter[str] = collections.Counter()
+        self._load: dict[str, tuple[int, float]] = {}  # provider -> (load, when reported)
+        self._ids = itertools.count(random.getrandbits(48))
+        self._next_scan = 0.0  # when _expire next looks at every call (monotonic)
+        self._closed = False
+
+    def wake(self) -> None:
+        """Directory changes need no wake-up: each call looks again."""
+
+    def refresh(self) -> None:
+        """Nothing to connect ahead of time: DEALERs are made per request."""
+
+    def start(
+        self, service: str, data: object, timeout: float, retries: int, only: str | None = None
+    ) -> RequestFuture:
+        """Send the first attempt of a request; raises NoProviders at once if nobody offers it."""
+        if self._closed:
+            raise Closed("node is closed")
+        if timeout <= 0 or retries < 0:
+            raise ValueError("need timeout > 0 seconds and retries >= 0")
+        name = check_service_name(service)
+        flags, payload = encode_payload(data)
+        call = _Call(service, name, flags, payload, timeout, retries, only)
+        if not self._send(call):
+            raise NoProviders(service)
+        return RequestFuture(self, call)
+
+    def cancel(self, call: _Call) -> None:
+        """Stop waiting for ``call``: no retry, and a late reply is dropped."""
+        if call.done:
+            return
+        if self._calls.pop(call.attempt_id, None) is not None:
+            self._outstanding[call.provider] -= 1
+        self._finish(call, error=Timeout(f"request to {call.service!r} cancelled"))
+
+    def _send(self, call: _Call) -> bool:
+        """Send the next attempt of ``call``; False if no provider is left to try."""
+        providers = self._directory.providers(call.service)
+        if call.only is not None:
+            candidates = [call.only] if call.only in providers and not call.tried else []
+        else:
+            candidates = [p for p in providers if p not in call.tried] or list(providers)
+        if not candidates:
+            return False
+        provider = min(candidates, key=self._busyness)
+        call.endpoint = providers[provider]
+        dealer = self._dealer(call.endpoint)
+        call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
+        call.provider = provider
+        call.tried.add(provider)
+        call.attempts += 1
+        call.deadline = time.monotonic() + call.timeout
+        frame = encode_request(call.attempt_id, call.name, call.flags, call.payload)
+        try:
+            try:
+                raw_send(dealer, frame, zmq.NOBLOCK)
+            except zmq.Again:
+                # Not connected yet (a new link): wait up to _CONNECT_WAIT for
+                # it. An unreachable or full provider leaves the attempt
+                # unanswered, and it times out.
+                dealer.send(frame)
+        except zmq.Again:
+            self._count("requests_not_sent")
+        except zmq.ZMQError as exc:
+            raise Closed(f"request socket failed: {exc}") from exc
+        self._calls[call.attempt_id] = call
+        self._outstanding[provider] += 1
+        self._next_scan = min(self._next_scan, call.deadline)
+        return True
+
+    def _busyness(self, provider: str) -> tuple[int, float]:
+        """Sort key: our requests outstanding there plus its fresh reported load, then chance.
+
+        A load report older than _LOAD_FRESH seconds is ignored: otherwise a
+        provider that was once busy would never be asked again, and so never
+        report that it is idle now.
+        """
+        load, reported = self._load.get(provider, (0, 0.0))
+        if time.monotonic() - reported > _LOAD_FRESH:
+            load = 0
+        return self._outstanding[provider] + load, random.random()
+
+    def _dealer(self, endpoint: str) -> zmq.Socket:  # type: ignore[type-arg]
+        dealer = self._dealers.get(endpoint)
+        if dealer is None:
+            self._prune()
+            dealer = self._factory.make(self._context, zmq.DEALER)
+            dealer.setsockopt(zmq.SNDHWM, 10_000)
+            # Replies never outnumber our own requests, so never drop one:
+            # a dropped reply would turn a served request into a timeout.
+            dealer.setsockopt(zmq.RCVHWM, 0)
+            # Queue requests only on a live connection: when a provider dies,
+            # what it had not read is dropped with the link, rather than run
+            # by whatever process binds its address next. A send waits up to
+            # _CONNECT_WAIT for the first connection.
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.SNDTIMEO, int(_CONNECT_WAIT * 1000))
+            dealer.connect(endpoint)
+            self._dealers[endpoint] = dealer
+            self._poller.register(dealer, zmq.POLLIN)
+        return dealer
+
+    def _close_dealer(self, endpoint: str) -> None:
+        dealer = self._dealers.pop(endpoint, None)
+        if dealer is not None:
+            self._poller.unregister(dealer)
+            dealer.close(linger=0)
+
+    def _prune(self) -> None:
+        """Close DEALERs to endpoints no provider has any more, with nothing in flight."""
+        live = {endpoint for by_id in self._directory.all().values() for endpoint in by_id.values()}
+        busy = {call.endpoint for call in self._calls.values()}
+        for endpoint in list(self._dealers):
+            if endpoint not in live and endpoint not in busy:
+                self._close_dealer(endpoint)
+        for provider in list(self._load):
+            if not self._outstanding[provider]:
+                self._load.pop(provider, None)
+                self._outstanding.pop(provider, None)
+
+    def wait(self, calls: Sequence[_Call], timeout: float | None) -> None:
+        """Read replies until every call in ``calls`` is done or ``timeout`` s pass."""
+        until = None if timeout is None else time.monotonic() + timeout
+        while not all(call.done for call in calls):
+            if until is not None and time.monotonic() >= until:
+                return
+            self.pump(None if until is None else until - time.monotonic())
+
+    def pump(self, wait: float | None) -> None:
+        """Handle replies and expired attempts, waiting at most ``wait`` s for a reply."""
+        limit_ms = self._poll_limit(wait)
+        if limit_ms is None:
+            return
+        self._handle(dict(self._poller.poll(limit_ms)))
+
+    def sockets(self) -> list[zmq.Socket]:  # type: ignore[type-arg]
+        """The DEALERs replies arrive on (for an event loop's reader to poll)."""
+        return list(self._dealers.values())
+
+    def _poll_limit(self, wait: float | None) -> int | None:
+        """Milliseconds to poll for replies, or None when there is nothing to do."""
+        if self._closed:
+            for call in list(self._calls.values()):
+                self._finish(call, error=Closed("node is closed"))
+            return None
+        if not self._calls:
+            return None if wait is None else max(0, int(wait * 1000))
+        # Wake for the next expiry scan (at most _SCAN_EVERY away, so that a
+        # provider that left the mesh is noticed) or the caller's limit.
+        limit = max(0.0, self._next_scan - time.monotonic())
+        if wait is not None:
+            limit = min(limit, wait)
+        return int(limit * 1000)
+
+    def handle(self, ready: Mapping[Any, int]) -> None:
+        """Read replies from the ``ready`` sockets, then retry or fail expired attempts."""
+        self._handle(ready)
+
+    def poll_limit(self) -> int | None:
+        """Milliseconds until the next attempt expires (at most 100), None if idle."""
+        return self._poll_limit(None)
+
+    def _handle(self, ready: Mapping[Any, int]) -> None:
+        for sock in ready:
+            self._read(sock)
+        self._expire(time.monotonic())
+
+    def _read(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
+        # The poll said "readable": read once, then ask before each further
+        # read (a zmq.Again costs more than the question).
+        readable = True
+        while readable:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            readable = bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+            try:
+                reply = decode_reply(frame, self._limits)
+            except ProtocolError as exc:
+                self._count("reply_protocol_errors")
+                _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
+                continue
+            call = self._calls.pop(reply.request_id, None)
+            if call is None:
+                self._count("late_replies")  # its attempt timed out: drop it
+                continue
+            self._outstanding[call.provider] -= 1
+            self._load[call.provider] = (reply.load, time.monotonic())
+            self._settle(call, reply)
+
+    def _settle(self, call: _Call, reply: Reply) -> None:
+        if reply.not_served:  # counts as an attempt: retries bound it
+            if call.attempts > call.retries or not self._send(call):
+                self._finish(call, error=NoProviders(call.service))
+        elif reply.error is not None:
+            self._finish(call, error=RemoteError(call.service, call.provider, *reply.error))
+        else:
+            self._finish(call, result=reply.data)
+
+    def _expire(self, now: float) -> None:
+        """Retry or fail expired attempts; a scan of every call, so not on every reply."""
+        if now < self._next_scan:
+            return
+        next_scan = now + _SCAN_EVERY
+        providers = self._directory.all()
+        for attempt_id, call in list(self._calls.items()):
+            provider_left = call.provider not in providers.get(call.service, ())
+            if now < call.deadline and not provider_left:
+                next_scan = min(next_scan, call.deadline)
+                continue
+            del self._calls[attempt_id]
+            self._outstanding[call.provider] -= 1
+            self._count("request_timeouts")
+            if call.attempts <= call.retries and self._send(call):
+                self._count("request_retries")
+                continue
+            self._finish(
+                call, error=Timeout(f"no reply from {call.service!r} after {call.attempts} tries")
+            )
+        # Retried calls have new deadlines; the next scan is due at the earliest.
+        self._next_scan = min([next_scan, *(call.deadline for call in self._calls.values())])
+
+    def _finish(
+        self, call: _Call, *, result: object = None, error: BaseException | None = None
+    ) -> None:
+        call.done = True
+        call.result = result
+        call.error = error
+        self._calls.pop(call.attempt_id, None)
+        if call.on_done is not None:
+            call.on_done(call)
+
+    def gather(self, service: str, data: object, timeout: float) -> GatherResult:
+        """Ask every provider of ``service`` once; collect what arrives within ``timeout`` s."""
+        providers = list(self._directory.providers(service))
+        if not providers:
+            raise NoProviders(service)
+        futures: dict[str, RequestFuture] = {}
+        missing: list[str] = []
+        for provider in providers:
+            try:
+                futures[provider] = self.start(service, data, timeout, 0, only=provider)
+            except NoProviders:  # it left between the lookup and now
+                missing.append(provider)
+        self.wait([f._call for f in futures.values()], timeout)
+        replies: dict[str, object] = {}
+        errors: dict[str, RemoteError] = {}
+        for provider, future in futures.items():
+            call = future._call
+            if not call.done:
+                self._calls.pop(call.attempt_id, None)
+                self._outstanding[call.provider] -= 1
+                missing.append(provider)
+            elif isinstance(call.error, RemoteError):
+                errors[provider] = call.error
+            elif call.error is not None:
+                missing.append(provider)
+            else:
+                replies[provider] = call.result
+        return GatherResult(replies, errors, tuple(missing))
+
+    def close(self) -> None:
+        """Close every DEALER; calls in flight end with meshq.Closed on their next wait."""
+        if self._closed:
+            return
+        self._closed = True
+        for endpoint in list(self._dealers):
+            self._close_dealer(endpoint)
