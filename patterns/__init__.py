@@ -5,6 +5,7 @@ Shipped as ``meshq.patterns``.
 
 from __future__ import annotations
 
+from .pipeline import Pipeline, Result, Worker
 from .publisher import Publisher
 
-__all__ = ["Publisher"]
+__all__ = ["Pipeline", "Publisher", "Result", "Worker"]

@@ -20,9 +20,11 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import meshq
+from meshq.patterns import Worker
 
 _print_lock = threading.Lock()
 
@@ -66,6 +68,14 @@ def make_handler(name: str, delay: float) -> meshq.services.Handler:
     return handle
 
 
+def slow_echo(delay: float) -> Callable[[object], object]:
+    def handle(task: object) -> object:
+        time.sleep(delay)
+        return task
+
+    return handle
+
+
 def report_events(node: meshq.Node) -> None:
     for event in node.events():
         emit(event.kind.value, name=event.peer.name, id=event.peer.id, reason=event.reason)
@@ -95,6 +105,7 @@ def main() -> None:
     emit("ready", id=node.id, control=list(node.control_endpoints))
     stop = threading.Event()
     tally: dict[str, Any] = {}
+    workers: list[Worker] = []
     receivers = []
     for line in sys.stdin:
         command = json.loads(line)
@@ -109,6 +120,9 @@ def main() -> None:
             for _ in range(command.get("count", 1)):
                 node.publish(command["topic"], command["data"])
             emit("published", topic=command["topic"], count=command.get("count", 1))
+        elif command["cmd"] == "worker":  # a pipeline stage, each task taking ``delay`` s
+            workers.append(Worker(node, command["stage"], slow_echo(command.get("delay", 0.0))))
+            emit("working", stage=command["stage"])
         elif command["cmd"] == "serve":
             node.serve(command["name"], make_handler(args.name, command.get("delay", 0.0)))
             emit("serving", name=command["name"])
