@@ -180,3 +180,14 @@ def test_example_calculator_runs() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "RemoteError ZeroDivisionError" in result.stdout
+
+
+def test_example_pipeline_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "pipeline.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "completed 100, failed 0, lost 0" in result.stdout
