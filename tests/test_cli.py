@@ -191,3 +191,14 @@ def test_example_pipeline_runs() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "completed 100, failed 0, lost 0" in result.stdout
+
+
+def test_example_scatter_gather_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "scatter_gather.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no answer from: slow" in result.stdout
