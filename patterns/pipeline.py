@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import msgpack
+
 import meshq
 
 __all__ = ["Pipeline", "Result", "Worker"]
@@ -61,12 +63,23 @@ class Worker:
         outcomes: list[list[object]] = []
         for task in batch:
             try:
-                outcomes.append([True, self._handler(task)])
-            except Exception as exc:  # one bad task must not sink the batch
+                value = self._handler(task)
+                msgpack.packb(value, use_bin_type=True)  # fails here, not for the batch
+                outcomes.append([True, value])
+            except BaseException as exc:  # one bad task must not sink the batch
                 self.errors += 1
-                outcomes.append([False, f"{type(exc).__name__}: {exc}"])
+                outcomes.append([False, _describe(exc)])
             self.done += 1
         return outcomes
+
+
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"``, whatever the exception's ``str()`` does."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<unprintable>"
+    return f"{type(exc).__name__}: {text}"[:4096].encode("utf-8", "replace").decode()
 
 
 @dataclass(frozen=True)
@@ -179,7 +192,14 @@ class Pipeline:
             self.failed += len(chunk)
             self._results.extend(Result(task, False, error=str(exc)) for task in chunk)
             return
-        assert isinstance(outcomes, list) and len(outcomes) == len(chunk)
+        if not (
+            isinstance(outcomes, list)
+            and len(outcomes) == len(chunk)
+            and all(isinstance(o, list) and len(o) == 2 for o in outcomes)
+        ):
+            self.failed += len(chunk)  # a worker that does not speak the format
+            self._results.extend(Result(task, False, error="malformed reply") for task in chunk)
+            return
         for task, (ok, value) in zip(chunk, outcomes, strict=True):
             if ok:
                 self.completed += 1

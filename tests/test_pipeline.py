@@ -68,6 +68,37 @@ def test_a_failing_task_fails_alone(mesh: str) -> None:
         assert (pipeline.completed, pipeline.failed, worker.errors) == (3, 1, 1)
 
 
+def test_odd_task_failures_stay_with_their_task(mesh: str) -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    def odd(task: object) -> object:
+        if task == "object":
+            return object()  # msgpack cannot send it
+        if task == "unprintable":
+            raise Unprintable()
+        if task == "interrupt":
+            raise KeyboardInterrupt
+        return task
+
+    with (
+        meshq.Node("worker", mesh=mesh, interfaces=LOOPBACK) as worker_node,
+        meshq.Node("producer", mesh=mesh, interfaces=LOOPBACK) as producer,
+    ):
+        Worker(worker_node, "odd", odd)
+        wait_for_workers(producer, "odd", 1)
+        pipeline = Pipeline(producer, "odd", batch=4)
+        pipeline.push_many(["ok", "object", "unprintable", "interrupt"])
+        pipeline.drain(timeout=10)
+        results = {r.task: r for r in pipeline.results()}
+        assert results["ok"].ok and results["ok"].value == "ok"
+        assert not results["object"].ok and "TypeError" in results["object"].error
+        assert results["unprintable"].error == "Unprintable: <unprintable>"
+        assert results["interrupt"].error.startswith("KeyboardInterrupt")
+        assert (pipeline.completed, pipeline.failed) == (1, 3)
+
+
 def test_push_blocks_when_every_worker_is_full_then_times_out(mesh: str) -> None:
     release = threading.Event()
     with (
