@@ -76,6 +76,11 @@ class RequestFuture:
             self._requester.pump(0.0)
         return self._call.done
 
+    @property
+    def ready(self) -> bool:
+        """True once a reply or a final error is in, as of the last read (no I/O)."""
+        return self._call.done
+
     def result(self, timeout: float | None = None) -> object:
         """The reply's data. Waits at most ``timeout`` s (None: until the request ends).
 
