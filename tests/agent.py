@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import meshq
-from meshq.patterns import Worker
+from meshq.patterns import Pipeline, Worker
 
 _print_lock = threading.Lock()
 
@@ -70,6 +70,7 @@ def make_handler(name: str, delay: float) -> meshq.services.Handler:
 
 def slow_echo(delay: float) -> Callable[[object], object]:
     def handle(task: object) -> object:
+        emit("task", task=task if isinstance(task, int) else None)
         time.sleep(delay)
         return task
 
@@ -123,6 +124,22 @@ def main() -> None:
         elif command["cmd"] == "worker":  # a pipeline stage, each task taking ``delay`` s
             workers.append(Worker(node, command["stage"], slow_echo(command.get("delay", 0.0))))
             emit("working", stage=command["stage"])
+        elif command["cmd"] == "produce":  # push tasks through a pipeline, report the counts
+            pipeline = Pipeline(
+                node, command["stage"], batch=command["batch"], credit=2, timeout=2.0
+            )
+            first = command.get("first", 0)
+            pipeline.push_many(range(first, first + command["count"]), timeout=30)
+            if command.get("drain", True):
+                pipeline.drain(timeout=30)
+            done = [result.task for result in pipeline.results() if result.ok]
+            emit(
+                "produced",
+                completed=pipeline.completed,
+                failed=pipeline.failed,
+                lost=pipeline.lost,
+                tasks=sorted([*done, *pipeline.lost_tasks]),  # type: ignore[type-var]
+            )
         elif command["cmd"] == "serve":
             node.serve(command["name"], make_handler(args.name, command.get("delay", 0.0)))
             emit("serving", name=command["name"])
