@@ -13,7 +13,11 @@ import time
 
 from meshq import MeshConfig
 from tests.harness import Agent, Lan, agent_argv, joined, left
-from tests.test_multiprocess import publish_until_received, wait_for_first_handling
+from tests.test_multiprocess import (
+    check_paused_subscriber_reports_a_gap,
+    publish_until_received,
+    wait_for_first_handling,
+)
 
 NAMES = ("h1", "h2", "h3")
 GONE_AFTER = MeshConfig().gone_after
@@ -129,3 +133,11 @@ def test_a_pipeline_across_hosts_accounts_for_a_worker_killed_midway(
     assert report["completed"] + report["failed"] + report["lost"] == 200
     assert report["tasks"] == list(range(200))  # each task done or counted lost, once
     assert report["lost"] >= 1 and report["failed"] == 0
+
+
+def test_a_subscriber_paused_past_its_hwm_on_another_host_reports_the_gap(
+    lan3: Lan, agents: list[Agent], mesh: str
+) -> None:
+    publisher = start(lan3, agents, 0, mesh, "--hwm", "50")
+    subscriber = start(lan3, agents, 1, mesh, "--hwm", "50")
+    check_paused_subscriber_reports_a_gap(publisher, subscriber)

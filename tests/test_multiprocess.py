@@ -140,7 +140,12 @@ def test_a_paused_subscriber_reports_the_gap_it_fell_into(mesh: str, agents: lis
     """SIGSTOP a subscriber past its high-water mark; after SIGCONT it reports the loss."""
     publisher = start(agents, "publisher", mesh, "--hwm", "50")
     subscriber = start(agents, "subscriber", mesh, "--hwm", "50")
-    subscriber.expect(joined("publisher"), timeout=15)
+    check_paused_subscriber_reports_a_gap(publisher, subscriber)
+
+
+def check_paused_subscriber_reports_a_gap(publisher: Agent, subscriber: Agent) -> None:
+    """Both agents started with a small --hwm; the subscriber is paused mid-flood."""
+    subscriber.expect(joined(publisher.name), timeout=15)
     subscriber.send(cmd="subscribe", prefix="flood/", quiet=True)
     subscriber.expect(lambda e: e["ev"] == "subscribed", timeout=10)
     deadline = time.monotonic() + 15
