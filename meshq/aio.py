@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -30,6 +31,8 @@ from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits
 
 __all__ = ["AsyncNode", "AsyncSubscription"]
+
+log = logging.getLogger("meshq.aio")
 
 
 class AsyncSubscription(Inbox):
@@ -155,12 +158,13 @@ class _LoopReplies:
         self._requester = requester
         self._loop = loop
         self._reader: asyncio.Task[None] | None = None
-        self._new_socket = asyncio.Event()
+        # Set when the reader must look again: a new DEALER to watch, or a
+        # new call whose deadline may come before the reader's current wait.
+        self._changed = asyncio.Event()
 
     async def request(
         self, service: str, data: object, timeout: float, retries: int, only: str | None = None
     ) -> object:
-        sockets_before = len(self._requester.sockets())
         future = self._requester.start(service, data, timeout, retries, only=only)
         call = future._call
         done: asyncio.Future[None] = self._loop.create_future()
@@ -170,8 +174,7 @@ class _LoopReplies:
                 done.set_result(None)
 
         call.on_done = settled
-        if len(self._requester.sockets()) != sockets_before:
-            self._new_socket.set()  # the reader must watch the new DEALER too
+        self._changed.set()
         if self._reader is None or self._reader.done():
             self._reader = self._loop.create_task(self._read())
         try:
@@ -189,16 +192,20 @@ class _LoopReplies:
             poller = zmq.asyncio.Poller()
             for sock in self._requester.sockets():
                 poller.register(sock, zmq.POLLIN)
-            self._new_socket.clear()
+            self._changed.clear()
             polled = asyncio.ensure_future(poller.poll(limit))
-            changed = asyncio.ensure_future(self._new_socket.wait())
+            changed = asyncio.ensure_future(self._changed.wait())
             await asyncio.wait({polled, changed}, return_when=asyncio.FIRST_COMPLETED)
             changed.cancel()
-            if polled.done():
-                self._requester.handle(dict(polled.result()))
-            else:
-                polled.cancel()
-                self._requester.handle({})
+            try:
+                if polled.done():
+                    self._requester.handle(dict(polled.result()))
+                else:
+                    polled.cancel()
+                    self._requester.handle({})
+            except Exception:  # the reader must outlive a bad batch: calls wait on it
+                log.exception("reading replies failed")
+                await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         if self._reader is not None and not self._reader.done():

@@ -288,7 +288,9 @@ class Requester:
 
     def _handle(self, ready: Mapping[Any, int]) -> None:
         for sock in ready:
-            self._read(sock)
+            # A retry sent while reading may have pruned a link of this batch.
+            if not sock.closed:
+                self._read(sock)
         self._expire(time.monotonic())
 
     def _read(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
