@@ -74,11 +74,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
-import os
-import platform
-import queue
 import statistics
 import subprocess
 import sys
@@ -91,10 +87,13 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Literal, TypedDict
 
-import msgpack
 import zmq
 
 import meshq
+
+if __package__ in (None, ""):  # run as a script (python bench/x.py): make "bench" importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import collect_reports, environment, ratio, write_results
 from meshq.patterns import Pipeline, Worker
 
 System = Literal["raw", "meshq-64", "meshq-256"]
@@ -125,7 +124,6 @@ MAX_WARMUPS = int(SETUP_TIMEOUT / WARMUP_PACE)
 TASK_TIMEOUT = 5.0  # seconds one send, or one batch's answer, may take
 PUSH_TIMEOUT = 30.0  # seconds push_many, drain, or the raw workers' count may take
 RUN_TIMEOUT = 60.0  # seconds before the orchestrator kills a run's processes
-REPORT_POLL = 0.25  # seconds between the orchestrator's looks at its processes
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "pipeline.json"
 US = 1e6  # microseconds per second
 
@@ -543,46 +541,19 @@ def run_once(system: System, count: int, workers: int, position: int) -> RunResu
         daemon=True,
     )
     producer_process.start()
-    processes = [producer_process, *worker_processes]
-
-    deadline = time.monotonic() + RUN_TIMEOUT
-    producer: ProducerReport | None = None
-    worker_reports: dict[int, WorkerReport] = {}
-    errors: list[str] = []
-    exited_silently: set[str] = set()
-    while producer is None or len(worker_reports) < workers:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            errors.append(f"run exceeded {RUN_TIMEOUT} s")
-            break
-        try:
-            report = reports.get(timeout=min(remaining, REPORT_POLL))
-        except queue.Empty:
-            # A process that died before reporting ends the run now (after one
-            # more look: one that reported has flushed its report before exiting).
-            reported = [producer is not None] + [i in worker_reports for i in range(workers)]
-            missing = [
-                process
-                for process, done in zip(processes, reported, strict=True)
-                if not done and process.exitcode is not None
-            ]
-            if missing and all(process.name in exited_silently for process in missing):
-                errors += [f"{p.name} exited with code {p.exitcode}, no report" for p in missing]
-                break
-            exited_silently.update(process.name for process in missing)
-            continue
-        if report["role"] == "producer":
-            producer = report
-        else:
-            worker_reports[report["index"]] = report
-    shared.stop.set()
-    for process in processes:
-        process.join(max(0.1, deadline - time.monotonic()) if not errors else 0.1)
-        if process.is_alive():
-            process.kill()
-            process.join()
-            errors.append(f"{process.name} killed")
-    reports.close()
+    processes = {"producer": producer_process}
+    processes.update({f"worker{i}": process for i, process in enumerate(worker_processes)})
+    found, errors = collect_reports(
+        processes,
+        reports,
+        lambda report: "producer" if report["role"] == "producer" else f"worker{report['index']}",
+        RUN_TIMEOUT,
+        before_join=shared.stop.set,
+    )
+    producer: ProducerReport | None = found.get("producer")
+    worker_reports: dict[int, WorkerReport] = {
+        i: found[f"worker{i}"] for i in range(workers) if f"worker{i}" in found
+    }
     for left, right in pipes:
         left.close()
         right.close()
@@ -636,10 +607,6 @@ def summarise(runs: list[RunResult]) -> Summary:
         mismatches=sum(r["mismatches"] for r in runs),
         runs=runs,
     )
-
-
-def ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator > 0 else None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -780,16 +747,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeat": repeat,
             "aggregation": "per-run figures: median of runs; counts: totals",
             "cpu": "timed window; producer: process_time; workers: /proc/<pid>/task/*/schedstat",
-            "python": platform.python_version(),
-            "pyzmq": zmq.__version__,
-            "libzmq": zmq.zmq_version(),
-            "msgpack": ".".join(str(part) for part in msgpack.version),
-            "meshq": meshq.__version__,
+            **environment(),
             "revision": revision,
             "revision_end": revision_end,
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_s": round(wall, 2),
         },
         "results": {
@@ -803,13 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "failures": failures,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    if failures:
-        print("failures:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+    return write_results(args.json, document, failures)
 
 
 if __name__ == "__main__":

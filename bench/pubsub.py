@@ -60,11 +60,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
-import os
-import platform
-import queue
 import statistics
 import sys
 import time
@@ -75,10 +71,13 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Literal, TypedDict
 
-import msgpack
 import zmq
 
 import meshq
+
+if __package__ in (None, ""):  # run as a script (python bench/x.py): make "bench" importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import collect_reports, environment, ratio, write_results
 
 System = Literal["raw", "meshq", "batched"]
 SYSTEMS: tuple[System, ...] = ("raw", "meshq", "batched")
@@ -405,30 +404,11 @@ def run_once(system: System, size: int, count: int) -> RunResult:
     ]
     for process in processes:
         process.start()
-    deadline = time.monotonic() + RUN_TIMEOUT
-    pub: PubReport | None = None
-    sub: SubReport | None = None
-    errors: list[str] = []
-    while pub is None or sub is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            errors.append(f"run exceeded {RUN_TIMEOUT} s")
-            break
-        try:
-            report = reports.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        if report["role"] == "pub":
-            pub = report
-        else:
-            sub = report
-    for process in processes:
-        process.join(max(0.1, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join()
-            errors.append(f"{process.name} killed")
-    reports.close()
+    found, errors = collect_reports(
+        {"sub": processes[0], "pub": processes[1]}, reports, lambda r: r["role"], RUN_TIMEOUT
+    )
+    pub: PubReport | None = found.get("pub")
+    sub: SubReport | None = found.get("sub")
     pub_link.close()
     sub_link.close()
 
@@ -588,14 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "counts": {str(size): counts[size] for size in sizes},
             "mb": "10**6 bytes of payload (meshq header not counted)",
             "aggregation": "msg_s, mb_s, pub_msg_s: median of runs; sent/received/lost: totals",
-            "python": platform.python_version(),
-            "pyzmq": zmq.__version__,
-            "libzmq": zmq.zmq_version(),
-            "msgpack": ".".join(str(part) for part in msgpack.version),
-            "meshq": meshq.__version__,
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **environment(),
             "wall_s": round(wall, 2),
         },
         "results": {
@@ -603,28 +576,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "raw": results[size]["raw"],
                 "meshq": results[size]["meshq"],
                 "batched": results[size]["batched"],
-                "ratio": (
-                    results[size]["meshq"]["msg_s"] / results[size]["raw"]["msg_s"]
-                    if results[size]["raw"]["msg_s"] > 0
-                    else None
-                ),
-                "ratio_batched": (
-                    results[size]["batched"]["msg_s"] / results[size]["raw"]["msg_s"]
-                    if results[size]["raw"]["msg_s"] > 0
-                    else None
+                "ratio": ratio(results[size]["meshq"]["msg_s"], results[size]["raw"]["msg_s"]),
+                "ratio_batched": ratio(
+                    results[size]["batched"]["msg_s"], results[size]["raw"]["msg_s"]
                 ),
             }
             for size in sizes
         },
         "failures": failures,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    if failures:
-        print("failures:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+    return write_results(args.json, document, failures)
 
 
 if __name__ == "__main__":

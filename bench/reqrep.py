@@ -67,12 +67,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import multiprocessing
-import os
-import platform
-import queue
 import statistics
 import sys
 import time
@@ -83,10 +79,13 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Literal, TypedDict
 
-import msgpack
 import zmq
 
 import meshq
+
+if __package__ in (None, ""):  # run as a script (python bench/x.py): make "bench" importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import collect_reports, environment, ratio, write_results
 
 System = Literal["raw", "meshq"]
 SYSTEMS: tuple[System, ...] = ("raw", "meshq")
@@ -107,7 +106,6 @@ SERVICE_POLL = 0.01  # seconds between looks at node.services() while waiting
 REPLY_TIMEOUT = 2.0  # seconds any one reply may take before the run fails
 IDLE_SLICE = 0.1  # seconds the raw provider waits on recv before it looks at `done`
 RUN_TIMEOUT = 60.0  # seconds before the orchestrator kills a run's processes
-REPORT_POLL = 0.25  # seconds between the orchestrator's looks at its processes
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "reqrep.json"
 US = 1_000  # nanoseconds per microsecond
 
@@ -440,42 +438,14 @@ def run_once(system: System, count: int, position: int) -> RunResult:
     ]
     for process in processes:
         process.start()
-    deadline = time.monotonic() + RUN_TIMEOUT
-    provider: ProviderReport | None = None
-    caller: CallerReport | None = None
-    errors: list[str] = []
-    exited_silently: set[str] = set()
-    while provider is None or caller is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            errors.append(f"run exceeded {RUN_TIMEOUT} s")
-            break
-        try:
-            report = reports.get(timeout=min(remaining, REPORT_POLL))
-        except queue.Empty:
-            # A process that died before reporting (say, an import error) ends
-            # the run now; one that reported has flushed its report before exiting.
-            missing = [
-                process
-                for process, report_in in zip(processes, (provider, caller), strict=True)
-                if report_in is None and process.exitcode is not None
-            ]
-            if missing and all(process.name in exited_silently for process in missing):
-                errors += [f"{p.name} exited with code {p.exitcode}, no report" for p in missing]
-                break
-            exited_silently.update(process.name for process in missing)  # one more look
-            continue
-        if report["role"] == "provider":
-            provider = report
-        else:
-            caller = report
-    for process in processes:
-        process.join(max(0.1, deadline - time.monotonic()) if not errors else 0.1)
-        if process.is_alive():
-            process.kill()
-            process.join()
-            errors.append(f"{process.name} killed")
-    reports.close()
+    found, errors = collect_reports(
+        {"provider": processes[0], "caller": processes[1]},
+        reports,
+        lambda report: report["role"],
+        RUN_TIMEOUT,
+    )
+    provider: ProviderReport | None = found.get("provider")
+    caller: CallerReport | None = found.get("caller")
     provider_link.close()
     caller_link.close()
 
@@ -538,10 +508,6 @@ def summarise(runs: list[RunResult]) -> Summary:
         mismatches=sum(r["mismatches"] for r in runs),
         runs=runs,
     )
-
-
-def ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator > 0 else None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -671,14 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "percentiles": "nearest rank over one run's round trips, microseconds",
             "aggregation": "per-run figures: median of runs; counts: totals",
             "cpu": "process_time (all threads) per request; provider over the whole run",
-            "python": platform.python_version(),
-            "pyzmq": zmq.__version__,
-            "libzmq": zmq.zmq_version(),
-            "msgpack": ".".join(str(part) for part in msgpack.version),
-            "meshq": meshq.__version__,
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **environment(),
             "wall_s": round(wall, 2),
         },
         "results": {
@@ -699,13 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "failures": failures,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    if failures:
-        print("failures:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+    return write_results(args.json, document, failures)
 
 
 if __name__ == "__main__":
