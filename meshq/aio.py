@@ -315,7 +315,7 @@ class AsyncNode:
         """See :meth:`Node.wait_for_subscribers`."""
         deadline = None if timeout is None else self._loop.time() + timeout
         while True:
-            count = self._node._publisher.subscribers(topic)
+            count = self._node.subscribers(topic)
             if count >= n:
                 return count
             remaining = self._remaining(deadline)

@@ -165,7 +165,7 @@ class ControlPlane:
             elif isinstance(command, Announce):
                 # Our services changed: tell everyone now, not at the next gossip.
                 self._broadcast(self._hello(reply=False))
-                self._refresh_publishers()
+                self._refresh_directories()
 
     def _receive(self) -> None:
         for _ in range(_MAX_BATCH):
@@ -226,13 +226,14 @@ class ControlPlane:
             # joined may predate a change (say, a service added meanwhile).
             if hello.reply or joined:
                 self._send(peer.endpoint, self._hello(reply=False))
-            self._refresh_publishers()
             for gossip_id, endpoints in hello.peers:
                 if gossip_id != self._node._raw_id and gossip_id not in self._table and endpoints:
                     endpoint = self._choose(endpoints)
                     if not self._dialer.add(endpoint, gossip_id, now, lasting=False):
                         self._node._count("dial_refused")
-        self._apply(events)
+        # A known peer's HELLO may change its endpoints or services: always
+        # refresh the directories, even without events.
+        self._apply(events, directories_changed=peer is not None)
         self._hello_due(now)
         self._close_unused_dealers()
 
@@ -278,7 +279,12 @@ class ControlPlane:
         self._close_unused_dealers()
         self._publish_snapshot()
 
-    def _apply(self, events: list[PeerEvent]) -> None:
+    def _apply(self, events: list[PeerEvent], *, directories_changed: bool = False) -> None:
+        """Publish peer events: directories first, then peers(), waiters and callbacks."""
+        if events or directories_changed:
+            # Before anyone is woken: whoever wait_for_peers() released may
+            # subscribe or request at once, and must find the peer there.
+            self._refresh_directories()
         if not events:
             return
         node = self._node
@@ -290,11 +296,12 @@ class ControlPlane:
                 log.info("peer %s (%s) joined from %s", peer.name, peer.id[:8], peer.endpoint)
         to_wall = time.time() - time.monotonic()
         events = [replace(e, peer=_wall_clock(e.peer, to_wall)) for e in events]
+        snapshot = self._user_peers(to_wall)
         with node._state:
             # One lock for the snapshot and the callbacks, so that a callback
             # registered meanwhile gets each peer exactly once (see
             # Node.on_peer_joined), and peers() never lags behind an event.
-            node._peer_snapshot = [_wall_clock(p, to_wall) for p in self._table.snapshot()]
+            node._peer_snapshot = snapshot
             node._state.notify_all()
             for event in events:
                 if len(node._event_queue) == node._event_queue.maxlen:
@@ -310,9 +317,8 @@ class ControlPlane:
             listeners = list(node._event_listeners)
         for listener in listeners:
             listener(events)
-        self._refresh_publishers()
 
-    def _refresh_publishers(self) -> None:
+    def _refresh_directories(self) -> None:
         """Tell subscriptions and callers where every peer publishes and serves."""
         node = self._node
         publishers = {node.id: node._local_publish}
@@ -330,11 +336,14 @@ class ControlPlane:
         node._service_directory.update(providers)
 
     def _publish_snapshot(self) -> None:
-        node = self._node
-        to_wall = time.time() - time.monotonic()
-        snapshot = [_wall_clock(peer, to_wall) for peer in self._table.snapshot()]
-        with node._state:
-            node._peer_snapshot = snapshot
+        """Refresh what peers() returns (its ``last_seen`` moves on every tick)."""
+        snapshot = self._user_peers(time.time() - time.monotonic())
+        with self._node._state:
+            self._node._peer_snapshot = snapshot
+
+    def _user_peers(self, to_wall: float) -> list[Peer]:
+        """The table as users see it: ``last_seen`` in seconds since the epoch."""
+        return [_wall_clock(peer, to_wall) for peer in self._table.snapshot()]
 
     def _send(self, endpoint: str, frame: bytes) -> None:
         dealer = self._dealers.get(endpoint)

@@ -227,13 +227,20 @@ class Node:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            refresh_this_thread()  # this thread's own subscriptions count too
-            count = self._publisher.subscribers(topic)
+            count = self.subscribers(topic)
             if count >= n:
                 return count
             if deadline is not None and time.monotonic() >= deadline:
                 raise Timeout(f"{count} of {n} subscribers of {topic!r} after {timeout} s")
             time.sleep(0.005)  # subscriptions arrive on the socket; nothing to block on
+
+    def subscribers(self, topic: str) -> int:
+        """How many connected subscriptions would receive a message on ``topic`` now.
+
+        This thread's own idle subscriptions are connected first, so they count.
+        """
+        refresh_this_thread()
+        return self._publisher.subscribers(topic)
 
     def check_topic(self, topic: str) -> None:
         """Raise ValueError unless ``topic`` can be published (1..max_topic_bytes, no NUL)."""

@@ -254,17 +254,20 @@ class Requester:
 
     def pump(self, wait: float | None) -> None:
         """Handle replies and expired attempts, waiting at most ``wait`` s for a reply."""
-        limit_ms = self._poll_limit(wait)
+        limit_ms = self.poll_limit(wait)
         if limit_ms is None:
             return
-        self._handle(dict(self._poller.poll(limit_ms)))
+        self.handle(dict(self._poller.poll(limit_ms)))
 
     def sockets(self) -> list[zmq.Socket]:  # type: ignore[type-arg]
         """The DEALERs replies arrive on (for an event loop's reader to poll)."""
         return list(self._dealers.values())
 
-    def _poll_limit(self, wait: float | None) -> int | None:
-        """Milliseconds to poll for replies, or None when there is nothing to do."""
+    def poll_limit(self, wait: float | None = None) -> int | None:
+        """Milliseconds to poll for replies (until the next expiry scan, or ``wait``).
+
+        None when nothing is in flight and no ``wait`` was asked for.
+        """
         if self._closed:
             for call in list(self._calls.values()):
                 self._finish(call, error=Closed("node is closed"))
@@ -280,13 +283,6 @@ class Requester:
 
     def handle(self, ready: Mapping[Any, int]) -> None:
         """Read replies from the ``ready`` sockets, then retry or fail expired attempts."""
-        self._handle(ready)
-
-    def poll_limit(self) -> int | None:
-        """Milliseconds until the next attempt expires (at most 100), None if idle."""
-        return self._poll_limit(None)
-
-    def _handle(self, ready: Mapping[Any, int]) -> None:
         for sock in ready:
             # A retry sent while reading may have pruned a link of this batch.
             if not sock.closed:

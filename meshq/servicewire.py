@@ -65,6 +65,27 @@ class Reply(NamedTuple):
     not_served: bool = False
 
 
+def _unpack_head(
+    frame: bytes, head: struct.Struct, kind: bytes, known_flags: int
+) -> tuple[int, int, int]:
+    """Check the common start of a request ("Q") or reply ("A"); return its last three fields.
+
+    Raises ProtocolError for a short frame, another kind, another version or
+    unknown flags.
+    """
+    what = "request" if kind == b"Q" else "reply"
+    if len(frame) < head.size:
+        raise ProtocolError(f"truncated {what}")
+    got_kind, version, flags, request_id, last = head.unpack_from(frame)
+    if got_kind != kind:
+        raise ProtocolError(f"not a {what}")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    if flags & ~known_flags:
+        raise ProtocolError(f"unknown {what} flags")
+    return flags, request_id, last
+
+
 def check_service_name(name: str) -> bytes:
     """The name's UTF-8 bytes; ValueError unless it is 1..255 bytes."""
     encoded = name.encode()
@@ -84,15 +105,7 @@ def encode_request(request_id: int, service: bytes, flags: int, payload: bytes) 
 
 def decode_request(frame: bytes, limits: Limits) -> Request:
     """Parse a request frame. Raises ProtocolError."""
-    if len(frame) < _REQUEST_HEAD.size:
-        raise ProtocolError("truncated request")
-    kind, version, flags, request_id, name_length = _REQUEST_HEAD.unpack_from(frame)
-    if kind != b"Q":
-        raise ProtocolError("not a request")
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version}")
-    if flags & ~_REQUEST_FLAGS:
-        raise ProtocolError("unknown request flags")
+    flags, request_id, name_length = _unpack_head(frame, _REQUEST_HEAD, b"Q", _REQUEST_FLAGS)
     start = _REQUEST_HEAD.size + name_length
     if name_length == 0 or len(frame) < start:
         raise ProtocolError("bad service name")
@@ -130,15 +143,7 @@ def encode_reply(
 
 def decode_reply(frame: bytes, limits: Limits) -> Reply:
     """Parse a reply frame. Raises ProtocolError."""
-    if len(frame) < _REPLY_HEAD.size:
-        raise ProtocolError("truncated reply")
-    kind, version, flags, request_id, load = _REPLY_HEAD.unpack_from(frame)
-    if kind != b"A":
-        raise ProtocolError("not a reply")
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version}")
-    if flags & ~_REPLY_FLAGS:
-        raise ProtocolError("unknown reply flags")
+    flags, request_id, load = _unpack_head(frame, _REPLY_HEAD, b"A", _REPLY_FLAGS)
     payload = frame[_REPLY_HEAD.size :]
     if flags & REPLY_NOT_SERVED:
         return Reply(request_id, load, not_served=True)
