@@ -5,22 +5,19 @@ from __future__ import annotations
 import collections
 import signal
 import threading
-import time
 
 import pytest
 
 import meshq
 from meshq.patterns import Pipeline, Worker
 from tests.harness import Agent, agent_argv
+from tests.test_services import wait_for_service
 
 LOOPBACK = ["127.0.0.1"]
 
 
 def wait_for_workers(node: meshq.Node, stage: str, n: int) -> None:
-    deadline = time.monotonic() + 15
-    while len(node.services().get(f"pipeline/{stage}", [])) < n:
-        assert time.monotonic() < deadline, node.services()
-        time.sleep(0.01)
+    wait_for_service(node, f"pipeline/{stage}", n)
 
 
 def square_counted_by(name: str, handled: collections.Counter[str]) -> meshq.services.Handler:

@@ -75,10 +75,7 @@ def cluster(mesh: str) -> Iterator[list[meshq.Node]]:
     try:
         for provider in nodes[1:]:
             provider.serve("calc", echo_from(provider.name))
-        deadline = time.monotonic() + 10
-        while len(nodes[0].services().get("calc", [])) < 3:
-            assert time.monotonic() < deadline, nodes[0].services()
-            time.sleep(0.01)
+        wait_for_service(nodes[0], "calc", 3)
         yield nodes
     finally:
         for node in nodes:
@@ -201,6 +198,13 @@ def wait_for_service(node: meshq.Node, name: str, providers: int) -> None:
         time.sleep(0.01)
 
 
+async def wait_for_service_async(node: meshq.AsyncNode, name: str, providers: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(node.services().get(name, [])) < providers:
+        assert time.monotonic() < deadline, node.services()
+        await asyncio.sleep(0.01)
+
+
 def test_run_returns_when_the_node_closes_or_time_is_up(mesh: str) -> None:
     with meshq.Node("runner", mesh=mesh, interfaces=LOOPBACK) as node:
         node.run(timeout=0.1)  # time is up
@@ -312,10 +316,7 @@ def test_async_requests_and_gather(mesh: str) -> None:
             meshq.AsyncNode("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
         ):
             provider.serve("double", lambda data: data * 2)  # type: ignore[operator]
-            deadline = time.monotonic() + 10
-            while "double" not in caller.services():
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+            await wait_for_service_async(caller, "double", 1)
             answers = await asyncio.gather(*(caller.request("double", i) for i in range(50)))
             with pytest.raises(meshq.NoProviders):
                 await caller.request("nobody", 1)
@@ -339,10 +340,7 @@ def test_thousands_of_async_requests_at_once_each_run_once(mesh: str) -> None:
             meshq.AsyncNode("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
         ):
             provider.serve("count", count)
-            deadline = time.monotonic() + 10
-            while "count" not in caller.services():
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+            await wait_for_service_async(caller, "count", 1)
             return list(
                 await asyncio.gather(
                     *(caller.request("count", i, timeout=20, retries=0) for i in range(3000))
@@ -370,10 +368,7 @@ def test_a_cancelled_async_request_is_not_retried(mesh: str) -> None:
         ):
             a.serve("slow", slow)
             b.serve("slow", slow)
-            deadline = time.monotonic() + 10
-            while len(caller.services().get("slow", [])) < 2:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+            await wait_for_service_async(caller, "slow", 2)
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(caller.request("slow", 1, timeout=0.2, retries=2), 0.05)
             await asyncio.sleep(0.6)  # past two attempt timeouts: a retry would show
