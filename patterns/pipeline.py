@@ -179,18 +179,21 @@ class Pipeline:
     def _wait_for_room(self, deadline: float | None, workers: int) -> None:
         self._reap()
         while len(self._in_flight) >= self._credit * max(1, workers):
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise meshq.Timeout(f"every worker of {self.stage!r} is full")
-            future = self._in_flight[0][1]
-            try:
-                future.result(timeout=remaining)
-            except meshq.Timeout:
-                if not future.done():
-                    continue  # our own wait ran out; the loop above says so
-            except meshq.MeshqError:
-                pass  # settled below
-            self._reap()
+            self._settle_oldest(deadline, f"every worker of {self.stage!r} is full")
+
+    def _settle_oldest(self, deadline: float | None, when_late: str) -> None:
+        """Wait for the oldest batch in flight (until ``deadline``), then reap.
+
+        Raises meshq.Timeout(``when_late``) once the deadline has passed.
+        """
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise meshq.Timeout(when_late)
+        try:
+            self._in_flight[0][1].result(timeout=remaining)
+        except meshq.MeshqError:
+            pass  # an outcome (settled by _reap), or our wait ran out (the next call raises)
+        self._reap()
 
     def _reap(self) -> None:
         """Take every finished batch, oldest first, into results and counters."""
@@ -237,15 +240,7 @@ class Pipeline:
         """Wait until every pushed batch is answered or lost; meshq.Timeout after ``timeout`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._in_flight:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise meshq.Timeout(f"{len(self._in_flight)} batch(es) still in flight")
-            future = self._in_flight[0][1]
-            try:
-                future.result(timeout=remaining)
-            except meshq.MeshqError:
-                pass  # settled by _reap
-            self._reap()
+            self._settle_oldest(deadline, f"{len(self._in_flight)} batch(es) still in flight")
 
     def results(self) -> Iterator[Result]:
         """Results collected so far, oldest first (each is handed out once)."""
