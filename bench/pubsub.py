@@ -168,7 +168,7 @@ def mesh_config() -> meshq.MeshConfig:
 # Publisher process
 
 
-def warm_up(send_one: Callable[[], None], ready: Event) -> int:
+def warm_up(send_one: Callable[[], object], ready: Event) -> int:
     """Send warm-up messages until the subscriber has seen one; return how many."""
     deadline = time.monotonic() + SETUP_TIMEOUT
     sent = 0

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from .aio import AsyncNode, AsyncSubscription
 from .config import MeshConfig
+from .durable import (
+    Confirm,
+    DurableMessage,
+    DurablePublisher,
+    DurableSubscription,
+    RelayConflict,
+    Start,
+)
 from .errors import (
     BindError,
     Closed,
@@ -21,6 +29,7 @@ from .errors import (
 from .message import Message
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerState
+from .relay import Relay, StreamConfig
 from .requester import GatherResult, RequestFuture
 from .subscription import Gap, Subscription
 from .wire import PROTOCOL_VERSION
@@ -31,12 +40,20 @@ __all__ = [
     "AsyncSubscription",
     "BindError",
     "Closed",
+    "Confirm",
+    "DurableMessage",
+    "DurablePublisher",
+    "DurableSubscription",
     "EventKind",
     "Gap",
     "MeshConfig",
     "MeshqError",
     "NoProviders",
+    "Relay",
+    "RelayConflict",
     "RemoteError",
+    "Start",
+    "StreamConfig",
     "GatherResult",
     "RequestFuture",
     "Message",

@@ -19,20 +19,21 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import zmq
 
 from .config import MeshConfig
 from .control import Announce, Command, ControlPlane, Found, Lost, Stop
 from .discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
+from .durable import DurablePublisher, DurableSubscription, Start
 from .errors import Closed, Timeout
 from .interfaces import local_networks, resolve_interfaces
 from .message import Message
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .publishing import PublishSocket
 from .requester import GatherResult, Requester, RequestFuture
-from .services import Handler, ServiceDirectory, ServiceRunner
+from .services import DeferredHandler, Handler, ServiceDirectory, ServiceRunner, Ticker
 from .servicewire import check_service_name
 from .sockets import SocketFactory
 from .subscription import PublisherDirectory, Subscription, refresh_this_thread
@@ -199,15 +200,33 @@ class Node:
     # ------------------------------------------------------------------
     # Public API
 
-    def publish(self, topic: str, data: object) -> None:
+    def publish(
+        self, topic: str, data: object, *, durable: bool = False, timeout: float = 5.0
+    ) -> int | None:
         """Send ``data`` (bytes, or anything msgpack can encode) to subscribers of ``topic``.
 
         Never blocks: a subscriber whose queue is full (``publish_hwm``)
         misses the message, and sees the gap in sequence numbers. Safe from
         any thread. Raises ValueError for a bad topic, TypeError for data
         msgpack cannot encode, meshq.Closed after close().
+
+        With ``durable=True`` the message goes to the relay holding the
+        topic's stream, and this returns its stream sequence number once the
+        relay has it on disk (see meshq.DurablePublisher to pipeline many).
+        Raises meshq.NoProviders at once if no relay holds the stream,
+        meshq.RelayConflict if two do, meshq.Timeout after ``timeout`` s.
         """
+        if durable:
+            return self._durable_publisher(timeout).publish(topic, data)
         self._publisher.publish(topic, data)
+        return None
+
+    def _durable_publisher(self, timeout: float) -> DurablePublisher:
+        publisher: DurablePublisher | None = getattr(self._requesters, "durable", None)
+        if publisher is None or publisher.timeout != timeout:
+            publisher = DurablePublisher(self, timeout=timeout)
+            self._requesters.durable = publisher
+        return publisher
 
     def publish_many(self, topic: str, items: Iterable[object]) -> int:
         """Publish many messages on one topic at once; return how many.
@@ -246,14 +265,58 @@ class Node:
         """Raise ValueError unless ``topic`` can be published (1..max_topic_bytes, no NUL)."""
         self._publisher.check_topic(topic)
 
-    def subscribe(self, prefix: str) -> Subscription:
+    @overload
+    def subscribe(self, prefix: str) -> Subscription: ...
+
+    @overload
+    def subscribe(
+        self,
+        prefix: str,
+        *,
+        durable: str,
+        start: Start = ...,
+        ack: Literal["auto", "explicit"] = ...,
+        ack_wait: float = ...,
+        max_deliver: int = ...,
+    ) -> DurableSubscription: ...
+
+    def subscribe(
+        self,
+        prefix: str,
+        *,
+        durable: str | None = None,
+        start: Start = Start.FIRST,
+        ack: Literal["auto", "explicit"] = "auto",
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+    ) -> Subscription | DurableSubscription:
         """Receive every message whose topic starts with ``prefix``, from all peers.
 
         The subscription belongs to the calling thread. Messages published
         before it connected to a publisher are not received (as in ZeroMQ).
         Raises meshq.Closed after close(), ValueError for an oversized prefix.
+
+        With ``durable="billing"`` it is instead the named durable consumer
+        ``billing`` of the relay stream holding ``prefix``: it gets what was
+        stored after its last acknowledged message, then live ones, in stream
+        order. A new consumer begins at ``start``. Acknowledgement is
+        automatic when the next message is received (``ack="auto"``) or by
+        ``msg.ack()``; what is not acknowledged within ``ack_wait`` seconds is
+        delivered again, up to ``max_deliver`` times, then dead-lettered.
+        Processes sharing one name share the messages between them.
         """
         self._check_prefix(prefix)
+        if durable is not None:
+            self._check_open()
+            return DurableSubscription(
+                self,
+                prefix,
+                durable,
+                start=start,
+                ack=ack,
+                ack_wait=ack_wait,
+                max_deliver=max_deliver,
+            )
         return Subscription(
             prefix,
             context=self._context,
@@ -278,6 +341,21 @@ class Node:
         """
         if handler is None:
             return lambda function: self.serve(name, function)
+        self._offer(name, handler)
+        return handler
+
+    def _serve_deferred(self, name: str, handler: DeferredHandler) -> None:
+        """Offer ``name`` with a handler that may answer later (see services.ReplyTo)."""
+        self._offer(name, handler, deferred=True)
+
+    def _add_service_ticker(self, ticker: Ticker) -> None:
+        """Run ``ticker`` on the service thread between requests (see services.Ticker)."""
+        runner = self._service_runner
+        assert runner is not None, "serve something first"
+        runner.add_ticker(ticker)
+
+    def _offer(self, name: str, handler: Any, deferred: bool = False) -> None:
+        """Add a service to the runner (started on first use), and announce it."""
         check_service_name(name)
         self._check_open()
         with self._service_lock:
@@ -304,9 +382,11 @@ class Node:
                     self._limits,
                     services=(*names, name),
                 )
-            self._service_runner.add(name, handler)
+            if deferred:
+                self._service_runner.add_deferred(name, handler)
+            else:
+                self._service_runner.add(name, handler)
         self._send_command(Announce())
-        return handler
 
     def service(self, name: str) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`serve`: ``@node.service("calc")``."""

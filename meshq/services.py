@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
@@ -24,12 +25,17 @@ from .servicewire import decode_request, encode_reply
 from .sockets import SocketFactory
 from .wire import Limits, encode_payload
 
-__all__ = ["Handler", "ServiceDirectory", "ServiceRunner"]
+__all__ = ["DeferredHandler", "Handler", "ReplyTo", "ServiceDirectory", "ServiceRunner", "Ticker"]
 
 log = logging.getLogger("meshq.services")
 _bad_input_log = RateLimitedLog(log, interval=5.0)
 
 Handler = Callable[[object], object]
+#: A handler that answers later: ``handler(data, reply_to)``; see :class:`ReplyTo`.
+DeferredHandler = Callable[[object, "ReplyTo"], None]
+#: Called by the service thread between requests with the monotonic time;
+#: returns the seconds until it wants to be called again (None: no wish).
+Ticker = Callable[[float], "float | None"]
 _READ_AHEAD = 256  # requests a provider takes off its socket before answering
 
 
@@ -64,6 +70,37 @@ class ServiceDirectory:
 # Provider side
 
 
+class ReplyTo:
+    """The return address of a request a deferred handler answers later.
+
+    Use it on the service thread only (from the handler or a ticker), and
+    answer each request at most once; answers after the first are ignored.
+    """
+
+    __slots__ = ("_answered", "_identity", "_request_id", "_runner")
+
+    def __init__(self, runner: ServiceRunner, identity: bytes, request_id: int) -> None:
+        self._runner = runner
+        self._identity = identity
+        self._request_id = request_id
+        self._answered = False
+
+    def send(self, result: object) -> None:
+        """Answer with ``result`` (bytes, or anything msgpack encodes)."""
+        if not self._answered:
+            self._answered = True
+            flags, payload = encode_payload(result)
+            self._runner.send_reply(
+                self._identity, encode_reply(self._request_id, 0, flags=flags, payload=payload)
+            )
+
+    def fail(self, error: BaseException) -> None:
+        """Answer with an error; the caller raises it as meshq.RemoteError."""
+        if not self._answered:
+            self._answered = True
+            self._runner.send_reply(self._identity, encode_reply(self._request_id, 0, error=error))
+
+
 class ServiceRunner:
     """Answers requests for this node's services on a thread of its own.
 
@@ -89,6 +126,9 @@ class ServiceRunner:
         self._limits = limits
         self._count = count
         self._handlers: dict[str, Handler] = {}
+        self._deferred: dict[str, DeferredHandler] = {}
+        self._tickers: list[Ticker] = []
+        self._sock: zmq.Socket | None = None  # type: ignore[type-arg]  # the service thread's
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._release_on_exit = False  # close() could not wait for the thread
@@ -113,9 +153,46 @@ class ServiceRunner:
         with self._lock:
             self._handlers[name] = handler
 
+    def add_deferred(self, name: str, handler: DeferredHandler) -> None:
+        """Serve ``name`` with a handler that answers through a :class:`ReplyTo`, maybe later."""
+        with self._lock:
+            self._deferred[name] = handler
+            self._handlers[name] = _never_called
+
+    def add_ticker(self, ticker: Ticker) -> None:
+        """Call ``ticker(now)`` whenever no request is waiting, and when it asked to be."""
+        with self._lock:
+            self._tickers.append(ticker)
+        self._wake()
+
     def names(self) -> tuple[str, ...]:
         with self._lock:
             return tuple(self._handlers)
+
+    def send_reply(self, identity: bytes, reply: bytes) -> None:
+        """Send an encoded reply (service thread only); a reply that cannot go is counted."""
+        assert self._sock is not None, "replies are sent from the service thread"
+        try:
+            self._sock.send_multipart([identity, reply], zmq.NOBLOCK)
+        except zmq.ZMQError:  # caller gone, or not reading its replies
+            self._count("service_replies_dropped")
+
+    def _tick(self) -> int | None:
+        """Run the tickers; the poll timeout (ms) until the soonest asks again."""
+        with self._lock:
+            tickers = list(self._tickers)
+        now = time.monotonic()
+        soonest: float | None = None
+        for ticker in tickers:
+            try:
+                wait = ticker(now)
+            except Exception:  # a bug in one must not stop every service
+                self._count("internal_errors")
+                log.exception("service ticker failed")
+                wait = 1.0
+            if wait is not None and (soonest is None or wait < soonest):
+                soonest = wait
+        return None if soonest is None else max(0, int(soonest * 1000 + 0.999))
 
     def _main(
         self,
@@ -140,15 +217,23 @@ class ServiceRunner:
             ready.set()
             return
         self.endpoints = tuple(f"tcp://{ip}:{bound}" for ip in interfaces)
+        self._sock = sock
         ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
         backlog: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        tick_due = 0.0  # monotonic time a ticker wants its next call, even under load
         try:
             while not self._stop.is_set():
                 if not backlog:
-                    poller.poll()
+                    wait = self._tick()
+                    for fd, _ in poller.poll(wait):
+                        if fd == self._wake_read:
+                            os.read(self._wake_read, 4096)  # a ticker was added: tick again
+                elif self._tickers and time.monotonic() >= tick_due:
+                    wait = self._tick()
+                    tick_due = time.monotonic() + (0.05 if wait is None else wait / 1000)
                 # Ask before reading: a zmq.Again costs more than the question.
                 while len(backlog) < _READ_AHEAD and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     try:
@@ -162,22 +247,19 @@ class ServiceRunner:
                 if backlog:
                     identity, frame = backlog.popleft()
                     try:
-                        reply = self._answer(frame, load=len(backlog))
+                        reply = self._answer(identity, frame, load=len(backlog))
                     except Exception:  # a bug must not silence every service of the node
                         self._count("internal_errors")
                         log.exception("request could not be answered")
                         continue
                     if reply is not None:
-                        try:
-                            sock.send_multipart([identity, reply], zmq.NOBLOCK)
-                        except zmq.ZMQError:  # caller gone, or not reading its replies
-                            self._count("service_replies_dropped")
+                        self.send_reply(identity, reply)
         finally:
             sock.close(linger=0)
             if self._release_on_exit:
                 self._close_pipe()
 
-    def _answer(self, frame: bytes, load: int) -> bytes | None:
+    def _answer(self, identity: bytes, frame: bytes, load: int) -> bytes | None:
         try:
             request = decode_request(frame, self._limits)
         except ProtocolError as exc:
@@ -186,8 +268,18 @@ class ServiceRunner:
             return None
         with self._lock:
             handler = self._handlers.get(request.service)
+            deferred = self._deferred.get(request.service)
         if handler is None:
             return encode_reply(request.request_id, load, not_served=True)
+        if deferred is not None:
+            reply_to = ReplyTo(self, identity, request.request_id)
+            try:
+                deferred(request.data, reply_to)
+            except BaseException as exc:
+                self._count("handler_errors")
+                log.debug("handler of %r raised", request.service, exc_info=True)
+                reply_to.fail(exc)
+            return None
         try:
             result = handler(request.data)
             flags, payload = encode_payload(result)
@@ -198,16 +290,19 @@ class ServiceRunner:
         self._count("requests_served")
         return encode_reply(request.request_id, load, flags=flags, payload=payload)
 
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"w")
+        except OSError:
+            pass
+
     def close(self, wait: float = 5.0) -> None:
         """Stop serving; wait at most ``wait`` s for a handler still running.
 
         Safe to call from a handler itself (then nothing is waited for).
         """
         self._stop.set()
-        try:
-            os.write(self._wake_write, b"w")
-        except OSError:
-            pass
+        self._wake()
         if threading.current_thread() is self._thread:
             # The loop ends when this handler returns, and releases all.
             self._release_on_exit = True
@@ -221,3 +316,7 @@ class ServiceRunner:
     def _close_pipe(self) -> None:
         os.close(self._wake_read)
         os.close(self._wake_write)
+
+
+def _never_called(data: object) -> object:
+    raise AssertionError("deferred services are answered by their deferred handler")

@@ -1,0 +1,12 @@
+"""The optional persistence relay: durable streams on SQLite, served to the mesh.
+
+``Relay(node, "data/", ["orders/"])`` makes ``node`` store every message
+published durably on a topic under ``orders/`` and serve it to durable
+consumers. See meshq/relay/server.py for the behaviour and guarantees.
+"""
+
+from __future__ import annotations
+
+from .server import Relay, StreamConfig
+
+__all__ = ["Relay", "StreamConfig"]

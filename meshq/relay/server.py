@@ -1,0 +1,408 @@
+"""The relay: a node's service that stores chosen streams and serves them back.
+
+Everything runs on the node's service thread (meshq/services.py): requests
+come in through deferred handlers, and a ticker commits batches, answers
+long-polling fetches whose wait is over, applies retention and watches for
+a second relay claiming one of our streams. No lock is needed and the
+SQLite file has a single user.
+
+A confirm (the reply to a ``pub``) is sent only after the transaction that
+stored the message has committed with ``synchronous=FULL``. Fetches read
+only committed messages, so a consumer never sees a message that a crash
+could take back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from ..errors import MeshqError, ProtocolError
+from ..relaywire import (
+    RELAY_SERVICE_PREFIX,
+    START_KINDS,
+    Record,
+    parse_fetch,
+    parse_publish,
+)
+from ..services import DeferredHandler, ReplyTo
+from ..wire import decode_payload
+from .consumers import Consumer
+from .store import Store, StoredMessage
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+__all__ = ["Relay", "StreamConfig"]
+
+log = logging.getLogger("meshq.relay")
+
+_HOUSEKEEPING = 1.0  # seconds between retention runs and conflict checks
+_FETCH_BYTES = 4 * 1024 * 1024  # payload bytes per fetch reply (at least one message)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One stream a relay stores: every topic starting with ``name``.
+
+    Args:
+        name: the topic prefix, such as ``"orders/"``.
+        durability: ``"fsync"`` commits (and fsyncs) each message before
+            confirming it; ``"batched"`` commits every ``batch_interval``
+            seconds and confirms after the batch is on disk.
+        max_age: seconds a message is kept (None: no limit).
+        max_messages, max_bytes: most messages / payload bytes kept; the
+            oldest go first.
+        live: also publish each stored message to plain subscribers.
+
+    Raises ValueError for an empty name or unknown durability.
+    """
+
+    name: str
+    durability: Literal["fsync", "batched"] = "fsync"
+    max_age: float | None = None
+    max_messages: int | None = None
+    max_bytes: int | None = None
+    live: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.name or "\0" in self.name:
+            raise ValueError("a stream name is a non-empty topic prefix")
+        if self.durability not in ("fsync", "batched"):
+            raise ValueError(f"durability is 'fsync' or 'batched', not {self.durability!r}")
+
+
+@dataclass
+class _Parked:
+    """A fetch with nothing to deliver, waiting for news until ``deadline``."""
+
+    consumer: Consumer
+    limit: int
+    deadline: float
+    reply: ReplyTo
+
+
+class Relay:
+    """Stores ``streams`` of ``node``'s mesh in ``data_dir/relay.sqlite`` and serves them.
+
+    Args:
+        node: the node to serve on (a relay is a peer like any other).
+        data_dir: directory for the SQLite file (created if missing).
+        streams: stream names (topic prefixes) or :class:`StreamConfig`.
+        batch_interval: seconds a batched stream's writes wait to be committed together.
+        dedup_window: seconds a message id is remembered to drop a producer's retry.
+
+    Raises ValueError for no streams or duplicate names, sqlite3.Error if the
+    file cannot be opened, meshq.BindError if the service port is taken.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        data_dir: str | Path,
+        streams: Sequence[str | StreamConfig],
+        *,
+        batch_interval: float = 0.002,
+        dedup_window: float = 120.0,
+    ) -> None:
+        configs = [s if isinstance(s, StreamConfig) else StreamConfig(s) for s in streams]
+        names = [c.name for c in configs]
+        if not configs or len(set(names)) != len(names):
+            raise ValueError("a relay needs at least one stream, each named once")
+        self.node = node
+        self.streams = {c.name: c for c in configs}
+        self.batch_interval = batch_interval
+        self.dedup_window = dedup_window
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        self._store = Store(Path(data_dir) / "relay.sqlite")
+        #: The highest sequence per stream that is committed (safe to serve).
+        self._committed = {name: self._store.last_seq(name) for name in names}
+        self._last = dict(self._committed)  # the highest assigned, committed or not
+        self._confirms: list[tuple[ReplyTo, int]] = []  # waiting for the commit
+        self._fresh: list[tuple[str, Record]] = []  # stored since the last commit, for live
+        self._dirty_since: float | None = None
+        self._consumers: dict[tuple[str, str], Consumer] = {}
+        self._parked: list[_Parked] = []
+        self._next_housekeeping = 0.0
+        self._conflicts: set[str] = set()
+        #: Counters: stored, duplicates, confirmed, delivered, corrupt ...
+        self.counts: dict[str, int] = {}
+        for name in names:
+            node._serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
+        node._add_service_ticker(self._tick)
+        log.info("relay on %s storing %s in %s", node.name, names, self._store.path)
+
+    # ------------------------------------------------------------------
+    # Requests (service thread)
+
+    def _handler(self, stream: str) -> DeferredHandler:
+        return lambda data, reply: self._handle(stream, data, reply)
+
+    def _handle(self, stream: str, data: object, reply: ReplyTo) -> None:
+        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+            raise ProtocolError("a relay request is a list starting with its operation")
+        op = data[0]
+        if op == "pub":
+            self._publish(stream, data, reply)
+        elif op == "fetch":
+            self._fetch(stream, data, reply)
+        elif op == "ack":
+            if not (
+                len(data) == 4
+                and isinstance(data[1], str)
+                and isinstance(data[2], list)
+                and isinstance(data[3], list)
+            ):
+                raise ProtocolError("ack takes a consumer name, acked and released sequences")
+            consumer = self._consumers.get((stream, data[1]))
+            if consumer is None:
+                reply.send(0)
+                return
+            consumer.release([s for s in data[3] if type(s) is int])
+            reply.send(self._ack(consumer, data[2]))
+        elif op == "open":
+            if not (len(data) == 5 and all(isinstance(v, str) for v in data[1:4])):
+                raise ProtocolError("open takes a consumer name, prefix, start and its argument")
+            if type(data[4]) is not int or data[4] < 0:
+                raise ProtocolError("open start argument must be an unsigned integer")
+            consumer = self._consumer(stream, data[1], data[2], data[3], data[4])
+            reply.send(consumer.ack_floor)
+        elif op == "read":
+            if len(data) != 3 or not all(type(v) is int and v >= 0 for v in data[1:]):
+                raise ProtocolError("read takes a sequence number and a limit")
+            found = self._store.read(stream, data[1], min(data[2], 4096), max_bytes=_FETCH_BYTES)
+            reply.send([_record(m, 0) for m in found if m.seq <= self._committed[stream]])
+        elif op == "info":
+            reply.send(self.info(stream))
+        else:
+            raise ProtocolError(f"unknown relay operation {op!r}")
+
+    def _publish(self, stream: str, data: list[object], reply: ReplyTo) -> None:
+        pub = parse_publish(data)
+        if not pub.topic.startswith(stream):
+            raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
+        store = self._store
+        seq = store.seq_of(stream, pub.msg_id)
+        if seq is not None:
+            self._count("duplicates")
+        else:
+            seq = self._last[stream] + 1
+            time_ns = time.time_ns()
+            store.append(stream, seq, pub.topic, pub.msg_id, pub.flags, pub.payload, time_ns)
+            self._last[stream] = seq
+            self._fresh.append(
+                (stream, Record(seq, pub.topic, pub.msg_id, pub.flags, pub.payload, time_ns, 0))
+            )
+            self._count("stored")
+        if not store.dirty:  # a duplicate of a committed message: confirm again at once
+            reply.send(seq)
+            return
+        self._confirms.append((reply, seq))
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+        if self.streams[stream].durability == "fsync":
+            self._commit()
+
+    def _fetch(self, stream: str, data: list[object], reply: ReplyTo) -> None:
+        fetch = parse_fetch(data)
+        consumer = self._consumer(
+            stream, fetch.consumer, fetch.prefix, fetch.start, fetch.start_arg
+        )
+        consumer.ack_wait = fetch.ack_wait
+        consumer.max_deliver = fetch.max_deliver
+        if fetch.acks:
+            self._ack(consumer, fetch.acks)
+        now = time.monotonic()
+        found = self._deliver(consumer, now, fetch.limit)
+        if found or fetch.wait <= 0:
+            reply.send(found)
+        else:
+            self._parked.append(_Parked(consumer, fetch.limit, now + fetch.wait, reply))
+
+    def _deliver(self, consumer: Consumer, now: float, limit: int) -> list[list[object]]:
+        found = consumer.fetch(
+            self._store, now, limit, _FETCH_BYTES, upto=self._committed[consumer.stream]
+        )
+        self._count("delivered", len(found))
+        self._count("redelivered", sum(1 for d in found if d.deliveries > 1))
+        return [_record(d.message, d.deliveries) for d in found]
+
+    def _ack(self, consumer: Consumer, seqs: Sequence[object]) -> int:
+        valid = [s for s in seqs if type(s) is int]
+        added = consumer.ack(valid, upto=self._committed[consumer.stream])
+        if added:
+            self._store.save_acks(consumer.stream, consumer.name, consumer.ack_floor, added)
+            self._mark_dirty()
+            self._count("acked", len(added))
+        return len(added)
+
+    def _consumer(
+        self, stream: str, name: str, prefix: str, start: str, start_arg: int
+    ) -> Consumer:
+        consumer = self._consumers.get((stream, name))
+        if consumer is None:
+            row = self._store.consumer(stream, name)
+            if row is None:
+                if not prefix.startswith(stream):
+                    raise ValueError(f"prefix {prefix!r} is not in stream {stream!r}")
+                floor = self._start_floor(stream, start, start_arg)
+                self._store.create_consumer(stream, name, prefix, floor)
+                self._mark_dirty()
+                consumer = Consumer(stream, name, prefix, floor)
+                log.info("new consumer %r of %r from seq %d", name, stream, floor + 1)
+            else:
+                consumer = Consumer(stream, name, row.prefix, row.ack_floor, set(row.acked))
+            self._consumers[(stream, name)] = consumer
+        if consumer.prefix != prefix:
+            raise ValueError(
+                f"consumer {name!r} reads {consumer.prefix!r}, not {prefix!r}: use another name"
+            )
+        return consumer
+
+    def _start_floor(self, stream: str, start: str, start_arg: int) -> int:
+        if start not in START_KINDS:
+            raise ProtocolError(f"unknown start position {start!r}")
+        if start == "new":
+            return self._committed[stream]
+        if start == "seq":
+            return max(0, start_arg - 1)
+        if start == "time":
+            return self._store.first_seq_at(stream, start_arg) - 1
+        return 0
+
+    # ------------------------------------------------------------------
+    # Commits and the ticker (service thread)
+
+    def _mark_dirty(self) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+
+    def _commit(self) -> None:
+        """Commit, then confirm, then serve the new messages (live and parked fetches)."""
+        self._store.commit()
+        self._dirty_since = None
+        for stream, seq in self._last.items():
+            self._committed[stream] = seq
+        confirms, self._confirms = self._confirms, []
+        for reply, seq in confirms:
+            reply.send(seq)
+        self._count("confirmed", len(confirms))
+        fresh, self._fresh = self._fresh, []
+        if not fresh:
+            return
+        for stream, record in fresh:
+            if self.streams[stream].live:
+                self._publish_live(record)
+        streams = {stream for stream, _ in fresh}
+        self._serve_parked(time.monotonic(), streams)
+
+    def _publish_live(self, record: Record) -> None:
+        try:
+            data = decode_payload(record.flags, record.payload, self.node._limits)
+            self.node.publish(record.topic, data)
+        except (MeshqError, ValueError, TypeError) as exc:
+            self._count("live_failed")
+            log.debug("live copy of %s seq %d not sent: %s", record.topic, record.seq, exc)
+
+    def _serve_parked(self, now: float, streams: set[str] | None) -> None:
+        still: list[_Parked] = []
+        for parked in self._parked:
+            if streams is None or parked.consumer.stream in streams:
+                found = self._deliver(parked.consumer, now, parked.limit)
+                if found or now >= parked.deadline:
+                    parked.reply.send(found)
+                    continue
+            elif now >= parked.deadline:
+                parked.reply.send([])
+                continue
+            still.append(parked)
+        self._parked = still
+
+    def _tick(self, now: float) -> float | None:
+        wait = _HOUSEKEEPING
+        if self._dirty_since is not None:
+            due = self._dirty_since + self.batch_interval
+            if now >= due:
+                self._commit()
+            else:
+                wait = due - now
+        if self._parked:
+            # Redeliveries come due and waits end: look again at every parked fetch.
+            self._serve_parked(now, None)
+            soonest = min(p.deadline for p in self._parked) if self._parked else now + wait
+            wait = min(wait, max(0.0, soonest - now), 0.1)
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + _HOUSEKEEPING
+            self._housekeeping()
+        return wait
+
+    def _housekeeping(self) -> None:
+        for config in self.streams.values():
+            deleted = self._store.trim(
+                config.name,
+                max_age=config.max_age,
+                max_messages=config.max_messages,
+                max_bytes=config.max_bytes,
+                dedup_window=self.dedup_window,
+            )
+            self._count("trimmed", deleted)
+        self._mark_dirty()
+        services = self.node.services()
+        for name in self.streams:
+            providers = services.get(RELAY_SERVICE_PREFIX + name, [])
+            if len(providers) > 1 and name not in self._conflicts:
+                self._conflicts.add(name)
+                log.error(
+                    "CONFIGURATION ERROR: stream %r is claimed by %d relays (%s); "
+                    "durable publishes to it fail until only one remains",
+                    name,
+                    len(providers),
+                    ", ".join(p[:8] for p in providers),
+                )
+            elif len(providers) <= 1:
+                self._conflicts.discard(name)
+
+    # ------------------------------------------------------------------
+    # Observability
+
+    def info(self, stream: str) -> dict[str, object]:
+        """Per-stream facts: messages, bytes, first and last seq, consumers and their lag."""
+        stats = self._store.stats(stream)
+        consumers: dict[str, object] = {}
+        for name, floor in self._store.consumers(stream):
+            live = self._consumers.get((stream, name))
+            acked = len(live.acked) if live else 0
+            floor = live.ack_floor if live else floor
+            consumers[name] = {
+                "ack_floor": floor,
+                "lag": max(0, stats.last_seq - floor - acked),
+                "out": len(live.pending) if live else 0,
+            }
+        return {
+            "stream": stream,
+            "messages": stats.messages,
+            "bytes": stats.bytes,
+            "first_seq": stats.first_seq,
+            "last_seq": stats.last_seq,
+            "consumers": consumers,
+            "dead_letters": len(self._store.dead_letters(stream)),
+            "corrupt": self._store.corrupt,
+            "durability": self.streams[stream].durability,
+        }
+
+    def _count(self, what: str, n: int = 1) -> None:
+        if n:
+            self.counts[what] = self.counts.get(what, 0) + n
+
+    def close(self) -> None:
+        """Stop serving (closes the node's services) and close the file."""
+        self.node.close()
+        self._store.close()
+
+
+def _record(m: StoredMessage, deliveries: int) -> list[object]:
+    return [m.seq, m.topic, m.msg_id, m.flags, m.payload, m.time_ns, deliveries]

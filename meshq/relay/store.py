@@ -1,0 +1,375 @@
+"""The relay's storage: streams of messages and durable consumers in one SQLite file.
+
+No sockets and no threads: :class:`Store` is used by one thread (the relay's
+service thread), and every method is plain SQL. The file is in WAL mode with
+``synchronous=FULL``, so a transaction is on disk when :meth:`Store.commit`
+returns; the relay confirms nothing before that.
+
+Every stored message carries a CRC-32 over its fields. A record that fails
+it is never served: it is counted, logged loudly, and skipped.
+
+Rules this module keeps:
+
+- Sequence numbers are per stream, from 1, and never reused, also after
+  retention deleted every message (``streams.last_seq`` remembers).
+- A producer's message id is stored once per stream within the dedup window
+  (seconds): a retry of a message whose confirm was lost gets the first
+  copy's sequence number back.
+- A consumer's position is its ack floor (every sequence at or below it is
+  done) plus the acknowledged sequences above it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = ["ConsumerRow", "Store", "StoredMessage", "StreamStats"]
+
+log = logging.getLogger("meshq.relay")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    stream TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    msg_id BLOB NOT NULL,
+    flags INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    time_ns INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ids (
+    stream TEXT NOT NULL,
+    msg_id BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    PRIMARY KEY (stream, msg_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ids_by_time ON ids (time_ns);
+CREATE TABLE IF NOT EXISTS consumers (
+    stream TEXT NOT NULL,
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    ack_floor INTEGER NOT NULL,
+    PRIMARY KEY (stream, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acks (
+    stream TEXT NOT NULL,
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (stream, name, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    stream TEXT NOT NULL,
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    deliveries INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    PRIMARY KEY (stream, name, seq)
+) WITHOUT ROWID;
+"""
+
+_CRC_HEAD = struct.Struct(">QQB")  # seq, time_ns, flags
+
+
+def checksum(seq: int, time_ns: int, flags: int, topic: str, msg_id: bytes, payload: bytes) -> int:
+    """CRC-32 of a message's stored fields; the stream name is the row's key."""
+    crc = zlib.crc32(_CRC_HEAD.pack(seq, time_ns, flags))
+    crc = zlib.crc32(topic.encode("utf-8"), crc)
+    crc = zlib.crc32(msg_id, crc)
+    return zlib.crc32(payload, crc)
+
+
+class StoredMessage(NamedTuple):
+    """One message of a stream, as stored."""
+
+    seq: int
+    topic: str
+    msg_id: bytes
+    flags: int
+    payload: bytes
+    time_ns: int
+
+
+class ConsumerRow(NamedTuple):
+    """A durable consumer's persistent state."""
+
+    prefix: str
+    ack_floor: int
+    acked: frozenset[int]
+
+
+@dataclass
+class StreamStats:
+    """What a stream holds now. Sizes are payload bytes."""
+
+    messages: int = 0
+    bytes: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+
+
+class Store:
+    """One relay's SQLite file. Not thread-safe: one thread uses it.
+
+    Raises sqlite3.Error if the file cannot be opened as a database.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit returns only once the WAL is fsynced; a confirm may
+        # then be sent.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._in_transaction = False
+        #: Records refused because they failed their checksum, since open.
+        self.corrupt = 0
+        self._corrupt_seen: set[tuple[str, int]] = set()
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            log.error("relay store %s fails its integrity check: %s", self.path, problems[:5])
+
+    # ------------------------------------------------------------------
+    # Transactions
+
+    def _begin(self) -> None:
+        if not self._in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_transaction = True
+
+    def commit(self) -> None:
+        """Make everything written since the last commit durable (fsync)."""
+        if self._in_transaction:
+            self._db.execute("COMMIT")
+            self._in_transaction = False
+
+    @property
+    def dirty(self) -> bool:
+        """True while writes wait for :meth:`commit`."""
+        return self._in_transaction
+
+    # ------------------------------------------------------------------
+    # Streams
+
+    def last_seq(self, stream: str) -> int:
+        row = self._db.execute(
+            "SELECT last_seq FROM streams WHERE stream = ?", (stream,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def append(
+        self,
+        stream: str,
+        seq: int,
+        topic: str,
+        msg_id: bytes,
+        flags: int,
+        payload: bytes,
+        time_ns: int,
+    ) -> None:
+        """Store one message as ``seq`` (the caller assigns it: last_seq + 1)."""
+        self._begin()
+        crc = checksum(seq, time_ns, flags, topic, msg_id, payload)
+        self._db.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (stream, seq, topic, msg_id, flags, payload, time_ns, crc),
+        )
+        self._db.execute("INSERT INTO ids VALUES (?, ?, ?, ?)", (stream, msg_id, seq, time_ns))
+        self._db.execute(
+            "INSERT INTO streams VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET last_seq = ?",
+            (stream, seq, seq),
+        )
+
+    def seq_of(self, stream: str, msg_id: bytes) -> int | None:
+        """The sequence number a message id was stored under, within the dedup window."""
+        row = self._db.execute(
+            "SELECT seq FROM ids WHERE stream = ? AND msg_id = ?", (stream, msg_id)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def read(
+        self, stream: str, after: int, limit: int, prefix: str = "", max_bytes: int = 1 << 62
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` intact messages with seq > ``after`` whose topic starts with ``prefix``.
+
+        Stops early once ``max_bytes`` of payload are collected (at least one
+        message is returned). Records failing their checksum are skipped.
+        """
+        rows = self._db.execute(
+            "SELECT seq, topic, msg_id, flags, payload, time_ns, crc FROM messages"
+            " WHERE stream = ? AND seq > ? AND substr(topic, 1, ?) = ? ORDER BY seq LIMIT ?",
+            (stream, after, len(prefix), prefix, limit),
+        )
+        found: list[StoredMessage] = []
+        size = 0
+        for seq, topic, msg_id, flags, payload, time_ns, crc in rows:
+            if checksum(seq, time_ns, flags, topic, msg_id, payload) != crc:
+                self._refuse(stream, seq)
+                continue
+            found.append(StoredMessage(seq, topic, msg_id, flags, payload, time_ns))
+            size += len(payload)
+            if size >= max_bytes:
+                break
+        return found
+
+    def get(self, stream: str, seq: int) -> StoredMessage | None:
+        """One intact message, or None if it is gone (retention) or corrupt."""
+        found = self.read(stream, seq - 1, 1)
+        return found[0] if found and found[0].seq == seq else None
+
+    def _refuse(self, stream: str, seq: int) -> None:
+        if (stream, seq) not in self._corrupt_seen:
+            self._corrupt_seen.add((stream, seq))
+            self.corrupt += 1
+            log.error(
+                "CORRUPT RECORD in %s: stream %r seq %d fails its checksum; it is not served",
+                self.path,
+                stream,
+                seq,
+            )
+
+    def first_seq_at(self, stream: str, time_ns: int) -> int:
+        """The first sequence stored at or after ``time_ns``, or last_seq + 1."""
+        row = self._db.execute(
+            "SELECT min(seq) FROM messages WHERE stream = ? AND time_ns >= ?", (stream, time_ns)
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else self.last_seq(stream) + 1
+
+    def stats(self, stream: str) -> StreamStats:
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(min(seq), 0)"
+            " FROM messages WHERE stream = ?",
+            (stream,),
+        ).fetchone()
+        return StreamStats(int(row[0]), int(row[1]), int(row[2]), self.last_seq(stream))
+
+    def trim(
+        self,
+        stream: str,
+        *,
+        max_age: float | None,
+        max_messages: int | None,
+        max_bytes: int | None,
+        dedup_window: float,
+    ) -> int:
+        """Apply retention (age in seconds, count, payload bytes); return messages deleted.
+
+        Also forgets message ids older than ``dedup_window`` seconds.
+        """
+        self._begin()
+        now = time.time_ns()
+        deleted = 0
+        if max_age is not None:
+            cursor = self._db.execute(
+                "DELETE FROM messages WHERE stream = ? AND time_ns < ?",
+                (stream, now - int(max_age * 1e9)),
+            )
+            deleted += cursor.rowcount
+        if max_messages is not None:
+            cursor = self._db.execute(
+                "DELETE FROM messages WHERE stream = ? AND seq <= ("
+                " SELECT seq FROM messages WHERE stream = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (stream, stream, max_messages),
+            )
+            deleted += cursor.rowcount
+        if max_bytes is not None:
+            # The newest messages whose running total fits stay.
+            cursor = self._db.execute(
+                "DELETE FROM messages WHERE stream = ? AND seq <= (SELECT max(seq) FROM ("
+                "  SELECT seq, sum(length(payload)) OVER (ORDER BY seq DESC) AS total"
+                "  FROM messages WHERE stream = ?) WHERE total > ?)",
+                (stream, stream, max_bytes),
+            )
+            deleted += cursor.rowcount
+        self._db.execute(
+            "DELETE FROM ids WHERE stream = ? AND time_ns < ?",
+            (stream, now - int(dedup_window * 1e9)),
+        )
+        return deleted
+
+    # ------------------------------------------------------------------
+    # Consumers
+
+    def consumer(self, stream: str, name: str) -> ConsumerRow | None:
+        row = self._db.execute(
+            "SELECT prefix, ack_floor FROM consumers WHERE stream = ? AND name = ?",
+            (stream, name),
+        ).fetchone()
+        if row is None:
+            return None
+        acked = frozenset(
+            int(seq)
+            for (seq,) in self._db.execute(
+                "SELECT seq FROM acks WHERE stream = ? AND name = ?", (stream, name)
+            )
+        )
+        return ConsumerRow(str(row[0]), int(row[1]), acked)
+
+    def consumers(self, stream: str) -> Iterator[tuple[str, int]]:
+        """(name, ack floor) of every consumer of ``stream``."""
+        rows = self._db.execute(
+            "SELECT name, ack_floor FROM consumers WHERE stream = ? ORDER BY name", (stream,)
+        )
+        for name, floor in rows.fetchall():
+            yield str(name), int(floor)
+
+    def create_consumer(self, stream: str, name: str, prefix: str, ack_floor: int) -> None:
+        self._begin()
+        self._db.execute(
+            "INSERT INTO consumers VALUES (?, ?, ?, ?)", (stream, name, prefix, ack_floor)
+        )
+
+    def save_acks(self, stream: str, name: str, ack_floor: int, added: list[int]) -> None:
+        """Record acknowledgements: the new floor, and acked sequences above it."""
+        self._begin()
+        self._db.execute(
+            "UPDATE consumers SET ack_floor = ? WHERE stream = ? AND name = ?",
+            (ack_floor, stream, name),
+        )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO acks VALUES (?, ?, ?)",
+            [(stream, name, seq) for seq in added if seq > ack_floor],
+        )
+        self._db.execute(
+            "DELETE FROM acks WHERE stream = ? AND name = ? AND seq <= ?", (stream, name, ack_floor)
+        )
+
+    def dead_letter(self, stream: str, name: str, seq: int, deliveries: int) -> None:
+        self._begin()
+        self._db.execute(
+            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
+            (stream, name, seq, deliveries, time.time_ns()),
+        )
+
+    def dead_letters(self, stream: str, name: str | None = None) -> list[tuple[str, int, int]]:
+        """(consumer, seq, deliveries) of messages given up on, oldest first."""
+        query = "SELECT name, seq, deliveries FROM dead_letters WHERE stream = ?"
+        args: tuple[str, ...] = (stream,)
+        if name is not None:
+            query += " AND name = ?"
+            args = (stream, name)
+        return [
+            (str(n), int(s), int(d)) for n, s, d in self._db.execute(query + " ORDER BY seq", args)
+        ]
+
+    def close(self) -> None:
+        """Commit what is pending and close the file."""
+        try:
+            self.commit()
+        finally:
+            self._db.close()

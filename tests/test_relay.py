@@ -1,0 +1,245 @@
+"""The persistence relay in one process: confirms, replay, acks, redelivery, dedup, retention.
+
+Real nodes on loopback, a real SQLite file in tmp_path. Failures with real
+processes and signals are in tests/test_relay_failures.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import meshq
+from meshq.relay.store import Store
+
+LOOPBACK = ["127.0.0.1"]
+
+
+def wait_for_relay(node: meshq.Node, stream: str, relays: int = 1) -> None:
+    deadline = time.monotonic() + 10
+    while len(node.services().get(f"meshq/relay/{stream}", [])) < relays:
+        assert time.monotonic() < deadline, node.services()
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def relay_node(mesh: str, tmp_path: Path) -> Iterator[meshq.Relay]:
+    node = meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK)
+    relay = meshq.Relay(
+        node,
+        tmp_path / "relay",
+        ["orders/", meshq.StreamConfig("audit/", durability="batched")],
+    )
+    yield relay
+    relay.close()
+
+
+@pytest.fixture
+def client(mesh: str, relay_node: meshq.Relay) -> Iterator[meshq.Node]:
+    with meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as node:
+        wait_for_relay(node, "orders/")
+        wait_for_relay(node, "audit/")
+        yield node
+
+
+def test_durable_publish_is_confirmed_with_its_stream_sequence(client: meshq.Node) -> None:
+    assert client.publish("orders/1", {"qty": 1}, durable=True) == 1
+    assert client.publish("orders/2", b"raw", durable=True) == 2
+    assert client.publish("audit/x", "batched", durable=True) == 1  # its own stream
+
+
+def test_no_relay_for_the_topic_raises_no_providers_at_once(client: meshq.Node) -> None:
+    started = time.monotonic()
+    with pytest.raises(meshq.NoProviders):
+        client.publish("elsewhere/1", 1, durable=True, timeout=30)
+    assert time.monotonic() - started < 30  # not after the timeout
+
+
+def test_a_consumer_gets_stored_then_live_messages_in_order(client: meshq.Node) -> None:
+    for i in range(5):
+        client.publish("orders/a", i, durable=True)
+    with client.subscribe("orders/", durable="billing") as sub:
+        got = [sub.recv(timeout=5).data for _ in range(5)]
+        assert got == [0, 1, 2, 3, 4]
+        for i in range(5, 8):
+            client.publish("orders/a", i, durable=True)
+        live = [sub.recv(timeout=5) for _ in range(3)]
+        assert [m.data for m in live] == [5, 6, 7]
+        assert [m.seq for m in live] == [6, 7, 8]
+        assert all(m.deliveries == 1 for m in live)
+        with pytest.raises(meshq.Timeout):
+            sub.recv(timeout=0.2)  # no duplicate at the switch-over
+
+
+def test_a_consumer_resumes_after_its_last_acknowledged_message(client: meshq.Node) -> None:
+    for i in range(6):
+        client.publish("orders/a", i, durable=True)
+    with client.subscribe("orders/", durable="resume") as sub:
+        assert [sub.recv(timeout=5).data for _ in range(3)] == [0, 1, 2]
+    # Auto-ack: 0 and 1 were acknowledged by receiving the next; 2 by close().
+    with client.subscribe("orders/", durable="resume", ack_wait=0.3) as sub:
+        assert [sub.recv(timeout=5).data for _ in range(3)] == [3, 4, 5]
+
+
+def test_start_positions_of_a_new_consumer(client: meshq.Node) -> None:
+    for i in range(4):
+        client.publish("orders/a", i, durable=True)
+    with client.subscribe("orders/", durable="new", start=meshq.Start.NEW) as sub:
+        client.publish("orders/a", 4, durable=True)
+        assert sub.recv(timeout=5).data == 4
+    with client.subscribe("orders/", durable="from3", start=meshq.Start.at_seq(3)) as sub:
+        assert sub.recv(timeout=5).seq == 3
+    with client.subscribe("orders/", durable="t", start=meshq.Start.at_time(time.time())) as sub:
+        client.publish("orders/a", 5, durable=True)
+        assert sub.recv(timeout=5).data == 5
+
+
+def test_unacknowledged_messages_are_redelivered_then_dead_lettered(
+    client: meshq.Node, relay_node: meshq.Relay
+) -> None:
+    client.publish("orders/a", "poison", durable=True)
+    with client.subscribe(
+        "orders/", durable="slow", ack="explicit", ack_wait=0.2, max_deliver=2
+    ) as sub:
+        sub._dedup_ids = 0  # see every redelivery, to count them
+        first = sub.recv(timeout=5)
+        again = sub.recv(timeout=5)
+        assert (first.seq, first.deliveries) == (1, 1)
+        assert (again.seq, again.deliveries) == (1, 2)
+        with pytest.raises(meshq.Timeout):
+            sub.recv(timeout=1.0)  # given up on after max_deliver
+    info = client.request("meshq/relay/orders/", ["info"])
+    assert isinstance(info, dict)
+    assert info["dead_letters"] == 1
+
+
+def test_explicit_ack_and_redelivery_skipped_by_dedup(client: meshq.Node) -> None:
+    client.publish("orders/a", "x", durable=True)
+    with client.subscribe("orders/", durable="dedup", ack="explicit", ack_wait=0.2) as sub:
+        message = sub.recv(timeout=5)
+        # Not acknowledged: the relay delivers it again, and the consumer,
+        # having processed that id, skips it (and acknowledges it).
+        deadline = time.monotonic() + 5
+        while sub.duplicates == 0 and time.monotonic() < deadline:
+            with pytest.raises(meshq.Timeout):
+                sub.recv(timeout=0.3)
+        assert sub.duplicates == 1
+        assert message.data == "x"
+
+
+def test_a_retry_with_the_same_id_is_stored_once(client: meshq.Node) -> None:
+    publisher = meshq.DurablePublisher(client)
+    first = publisher.publish("orders/a", "once", msg_id=b"order-17")
+    again = publisher.publish("orders/a", "once", msg_id=b"order-17")
+    assert first == again
+    info = client.request("meshq/relay/orders/", ["info"])
+    assert isinstance(info, dict) and info["messages"] == 1
+
+
+def test_pipelined_publishes_are_all_confirmed_in_order(client: meshq.Node) -> None:
+    publisher = meshq.DurablePublisher(client, max_in_flight=64)
+    confirms = [publisher.send("audit/x", i) for i in range(500)]
+    publisher.flush(timeout=30)
+    assert [c.result() for c in confirms] == list(range(1, 501))
+    assert publisher.confirmed == 500 and publisher.failed == 0
+
+
+def test_consumers_sharing_a_name_split_the_messages(client: meshq.Node) -> None:
+    for i in range(20):
+        client.publish("orders/a", i, durable=True)
+    one = client.subscribe("orders/", durable="group")
+    two = client.subscribe("orders/", durable="group")
+    one.batch = two.batch = 5
+    got: list[int] = []
+    got += [one.recv(timeout=5).data for _ in range(5)]  # type: ignore[misc]
+    got += [two.recv(timeout=5).data for _ in range(5)]  # type: ignore[misc]
+    got += [one.recv(timeout=5).data for _ in range(5)]  # type: ignore[misc]
+    got += [two.recv(timeout=5).data for _ in range(5)]  # type: ignore[misc]
+    one.close()
+    two.close()
+    assert sorted(got) == list(range(20))  # each once, none to both
+
+
+def test_plain_subscribers_also_get_durable_messages(mesh: str, client: meshq.Node) -> None:
+    sub = client.subscribe("orders/")
+    relay_id = next(iter(client.services()["meshq/relay/orders/"]))
+    deadline = time.monotonic() + 10
+    while not any(p.id == relay_id for p in client.peers()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    received = None
+    for i in range(50):  # until the subscription is connected to the relay
+        client.publish("orders/live", i, durable=True)
+        try:
+            received = sub.recv(timeout=0.2)
+            break
+        except meshq.Timeout:
+            continue
+    sub.close()
+    assert received is not None and received.sender == relay_id
+
+
+def test_a_consumer_name_reused_with_another_prefix_is_refused(client: meshq.Node) -> None:
+    client.publish("orders/a", 1, durable=True)
+    with client.subscribe("orders/a", durable="picky") as sub:
+        sub.recv(timeout=5)
+    with pytest.raises(meshq.RemoteError, match="use another name"):
+        client.subscribe("orders/", durable="picky")
+
+
+def test_two_relays_claiming_a_stream_is_a_configuration_error(
+    mesh: str, tmp_path: Path, client: meshq.Node
+) -> None:
+    with meshq.Node("relay2", mesh=mesh, interfaces=LOOPBACK) as node2:
+        meshq.Relay(node2, tmp_path / "relay2", ["orders/"])
+        wait_for_relay(client, "orders/", relays=2)
+        with pytest.raises(meshq.RelayConflict):
+            client.publish("orders/a", 1, durable=True)
+
+
+def test_retention_by_count_keeps_the_newest(mesh: str, tmp_path: Path) -> None:
+    with (
+        meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK) as node,
+        meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client,
+    ):
+        relay = meshq.Relay(node, tmp_path, [meshq.StreamConfig("m/", max_messages=3)])
+        wait_for_relay(client, "m/")
+        for i in range(10):
+            client.publish("m/x", i, durable=True)
+        deadline = time.monotonic() + 10
+        while relay.counts.get("trimmed", 0) < 7:
+            assert time.monotonic() < deadline, relay.counts
+            time.sleep(0.05)
+        with client.subscribe("m/", durable="late") as sub:
+            assert [sub.recv(timeout=5).data for _ in range(3)] == [7, 8, 9]
+
+
+def test_a_flipped_byte_is_refused_loudly_and_never_served(
+    mesh: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "relay.sqlite"
+    store = Store(path)
+    for seq in (1, 2, 3):
+        store.append("s/", seq, "s/x", b"id%d" % seq, 0, b"payload-%d" % seq, time.time_ns())
+    store.close()
+    # Flip one byte of the second record's payload inside the file itself.
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"payload-2")
+    raw[at] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with (
+        meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK) as node,
+        meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client,
+    ):
+        meshq.Relay(node, tmp_path, ["s/"])
+        wait_for_relay(client, "s/")
+        with client.subscribe("s/", durable="reader") as sub:
+            got = [sub.recv(timeout=5).data for _ in range(2)]
+        assert got == [b"payload-1", b"payload-3"]
+    assert any("CORRUPT RECORD" in r.getMessage() for r in caplog.records)
