@@ -6,6 +6,9 @@ meshq pub TOPIC DATA        publish one message (or --count N)
 meshq sub PREFIX            print messages as they arrive
 meshq call SERVICE DATA     ask a service and print the reply
 meshq services              who offers which service
+meshq relay --data DIR --streams "orders/"   store durable streams
+meshq streams               durable streams, their consumers and lag
+meshq replay STREAM         print a stream's stored messages
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .config import MeshConfig
 from .errors import MeshqError, NoProviders, RemoteError, Timeout
 from .node import Node
+from .relay.commands import add_commands
 
 __all__ = ["main"]
 
@@ -82,6 +86,8 @@ def _cmd_peers(args: argparse.Namespace) -> int:
 def _cmd_pub(args: argparse.Namespace) -> int:
     data: object = json.loads(args.data) if args.json else args.data.encode()
     with _make_node(args, "meshq-pub") as node:
+        if args.durable:
+            return _publish_durably(node, args, data)
         try:
             node.wait_for_subscribers(args.topic, args.subscribers, timeout=args.timeout)
         except Timeout:
@@ -90,6 +96,21 @@ def _cmd_pub(args: argparse.Namespace) -> int:
         for _ in range(args.count):
             node.publish(args.topic, data)
         print(f"published {args.count} message(s) on {args.topic!r}")
+    return 0
+
+
+def _publish_durably(node: Node, args: argparse.Namespace, data: object) -> int:
+    deadline = time.monotonic() + args.timeout
+    while True:  # discovery takes a moment: wait for the relay
+        try:
+            seqs = [node.publish(args.topic, data, durable=True) for _ in range(args.count)]
+            break
+        except NoProviders:
+            if time.monotonic() >= deadline:
+                print(f"no relay stores {args.topic!r}", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+    print(f"stored {args.count} message(s) on {args.topic!r}, last seq {seqs[-1]}")
     return 0
 
 
@@ -153,6 +174,10 @@ def _cmd_services(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Subcommands defined next to what they run (meshq/relay/commands.py).
+relay_commands: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshq", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--subscribers", type=int, default=1, help="first wait for N subscribers (default: 1)"
     )
     pub.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for them")
+    pub.add_argument(
+        "--durable", action="store_true", help="store it on the stream's relay; wait for confirms"
+    )
 
     sub = commands.add_parser("sub", help="print messages whose topic starts with PREFIX")
     _node_options(sub)
@@ -203,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     _node_options(services)
     services.add_argument("--wait", type=float, default=2.0, help="seconds to listen")
     services.add_argument("--expect", type=int, default=1_000_000, help="stop once N peers seen")
+
+    relay_commands.update(add_commands(commands, _node_options, _make_node))
 
     node = commands.add_parser("demo-node", help=argparse.SUPPRESS)
     node.add_argument("name")
@@ -239,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sub": _cmd_sub,
             "call": _cmd_call,
             "services": _cmd_services,
+            **relay_commands,
         }
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -281,12 +281,16 @@ class ControlPlane:
 
     def _apply(self, events: list[PeerEvent], *, directories_changed: bool = False) -> None:
         """Publish peer events: directories first, then peers(), waiters and callbacks."""
-        if events or directories_changed:
-            # Before anyone is woken: whoever wait_for_peers() released may
-            # subscribe or request at once, and must find the peer there.
-            self._refresh_directories()
         if not events:
+            if directories_changed:
+                # A known peer's HELLO: peers() first, so whoever finds a new
+                # service there also finds the provider's current headers.
+                self._publish_snapshot()
+                self._refresh_directories()
             return
+        # Before anyone is woken: whoever wait_for_peers() released may
+        # subscribe or request at once, and must find the peer there.
+        self._refresh_directories()
         node = self._node
         for event in events:
             peer = event.peer

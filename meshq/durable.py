@@ -23,7 +23,7 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -41,6 +41,7 @@ __all__ = [
     "DurableSubscription",
     "RelayConflict",
     "Start",
+    "relay_stores",
     "relay_stream",
 ]
 
@@ -61,12 +62,19 @@ class RelayConflict(MeshqError):
         self.relays = relays
 
 
-def relay_stream(services: Mapping[str, list[str]], topic: str) -> str:
+#: The peer header naming the relay store a node serves: one store may
+#: briefly have two providers, a restarted relay and its dead predecessor.
+STORE_HEADER = "meshq.relay-store"
+
+
+def relay_stream(node: Node, topic: str) -> str:
     """The stream holding ``topic``: the longest relay stream name that prefixes it.
 
-    ``services`` is :meth:`Node.services`. Raises NoProviders if no relay
-    stores the topic, RelayConflict if two relays claim its stream.
+    Raises NoProviders if no relay stores the topic, RelayConflict if two
+    relays with different stores claim its stream (one relay restarting is
+    not a conflict: its predecessor's entry goes when its heartbeats stop).
     """
+    services = node.services()
     best = ""
     for service in services:
         if service.startswith(RELAY_SERVICE_PREFIX):
@@ -76,9 +84,16 @@ def relay_stream(services: Mapping[str, list[str]], topic: str) -> str:
     if not best:
         raise NoProviders(f"{RELAY_SERVICE_PREFIX}? (no relay stores {topic!r})")
     relays = services[RELAY_SERVICE_PREFIX + best]
-    if len(relays) > 1:
+    if len(relays) > 1 and len(relay_stores(node, relays)) > 1:
         raise RelayConflict(best, [r[:8] for r in relays])
     return best
+
+
+def relay_stores(node: Node, relays: list[str]) -> set[str]:
+    """The distinct stores behind ``relays`` (node ids); an unknown one counts as its own."""
+    headers = {peer.id: peer.headers for peer in node.peers()}
+    headers[node.id] = node.headers
+    return {headers.get(r, {}).get(STORE_HEADER) or f"?{r}" for r in relays}
 
 
 # --------------------------------------------------------------------------
@@ -162,7 +177,7 @@ class DurablePublisher:
         bad topic or id, TypeError if msgpack cannot encode ``data``.
         """
         self.node.check_topic(topic)
-        stream = relay_stream(self.node.services(), topic)
+        stream = relay_stream(self.node, topic)
         if msg_id is None:
             msg_id = self._id_prefix + next(self._ids).to_bytes(8, "big")
         elif not 0 < len(msg_id) <= MAX_MSG_ID_BYTES:
@@ -399,7 +414,7 @@ class DurableSubscription:
         if the name exists with another prefix, RelayConflict.
         """
         try:
-            self._stream = relay_stream(self.node.services(), self.prefix)
+            self._stream = relay_stream(self.node, self.prefix)
             self.node.request(
                 RELAY_SERVICE_PREFIX + self._stream,
                 ["open", self.name, self.prefix, self.start.kind, self.start.arg],
@@ -458,7 +473,7 @@ class DurableSubscription:
         """One long poll: send the pending acks, take a batch (maybe empty)."""
         try:
             if self._stream is None:
-                self._stream = relay_stream(self.node.services(), self.prefix)
+                self._stream = relay_stream(self.node, self.prefix)
             future = self.node.request_async(
                 RELAY_SERVICE_PREFIX + self._stream,
                 [

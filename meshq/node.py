@@ -348,6 +348,13 @@ class Node:
         """Offer ``name`` with a handler that may answer later (see services.ReplyTo)."""
         self._offer(name, handler, deferred=True)
 
+    def _set_header(self, key: str, value: str) -> None:
+        """Add a header after start (peers see it with the next HELLO, sent now)."""
+        headers = {**self.headers, key: value}
+        check_identity(self.name, self.mesh, headers, len(self.interfaces), self._limits)
+        self.headers = headers
+        self._send_command(Announce())
+
     def _add_service_ticker(self, ticker: Ticker) -> None:
         """Run ``ticker`` on the service thread between requests (see services.Ticker)."""
         runner = self._service_runner

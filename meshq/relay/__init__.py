@@ -7,6 +7,6 @@ consumers. See meshq/relay/server.py for the behaviour and guarantees.
 
 from __future__ import annotations
 
-from .server import Relay, StreamConfig
+from .server import Relay, StoreInUse, StreamConfig
 
-__all__ = ["Relay", "StreamConfig"]
+__all__ = ["Relay", "StoreInUse", "StreamConfig"]

@@ -14,13 +14,15 @@ could take back.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
+from ..durable import STORE_HEADER, relay_stores
 from ..errors import MeshqError, ProtocolError
 from ..relaywire import (
     RELAY_SERVICE_PREFIX,
@@ -37,7 +39,7 @@ from .store import Store, StoredMessage
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["Relay", "StreamConfig"]
+__all__ = ["Relay", "StoreInUse", "StreamConfig"]
 
 log = logging.getLogger("meshq.relay")
 
@@ -118,7 +120,12 @@ class Relay:
         self.batch_interval = batch_interval
         self.dedup_window = dedup_window
         Path(data_dir).mkdir(parents=True, exist_ok=True)
-        self._store = Store(Path(data_dir) / "relay.sqlite")
+        self._lock = _lock_directory(Path(data_dir))
+        try:
+            self._store = Store(Path(data_dir) / "relay.sqlite")
+        except BaseException:
+            self._lock.close()
+            raise
         #: The highest sequence per stream that is committed (safe to serve).
         self._committed = {name: self._store.last_seq(name) for name in names}
         self._last = dict(self._committed)  # the highest assigned, committed or not
@@ -131,6 +138,7 @@ class Relay:
         self._conflicts: set[str] = set()
         #: Counters: stored, duplicates, confirmed, delivered, corrupt ...
         self.counts: dict[str, int] = {}
+        node._set_header(STORE_HEADER, self._store.store_id)
         for name in names:
             node._serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
         node._add_service_ticker(self._tick)
@@ -354,7 +362,8 @@ class Relay:
         services = self.node.services()
         for name in self.streams:
             providers = services.get(RELAY_SERVICE_PREFIX + name, [])
-            if len(providers) > 1 and name not in self._conflicts:
+            conflict = len(providers) > 1 and len(relay_stores(self.node, providers)) > 1
+            if conflict and name not in self._conflicts:
                 self._conflicts.add(name)
                 log.error(
                     "CONFIGURATION ERROR: stream %r is claimed by %d relays (%s); "
@@ -363,7 +372,7 @@ class Relay:
                     len(providers),
                     ", ".join(p[:8] for p in providers),
                 )
-            elif len(providers) <= 1:
+            elif not conflict:
                 self._conflicts.discard(name)
 
     # ------------------------------------------------------------------
@@ -399,9 +408,29 @@ class Relay:
             self.counts[what] = self.counts.get(what, 0) + n
 
     def close(self) -> None:
-        """Stop serving (closes the node's services) and close the file."""
+        """Close the node (a relay's node stops with it), then the file."""
         self.node.close()
         self._store.close()
+        self._lock.close()
+
+
+class StoreInUse(MeshqError):
+    """Another relay (process) already serves the store in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(f"{directory} is in use by another relay")
+        self.directory = directory
+
+
+def _lock_directory(directory: Path) -> IO[bytes]:
+    """Hold an exclusive lock on ``directory`` while this relay runs; raises StoreInUse."""
+    handle = open(directory / "relay.lock", "ab")  # noqa: SIM115  # held until close()
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreInUse(directory) from None
+    return handle
 
 
 def _record(m: StoredMessage, deliveries: int) -> list[object]:

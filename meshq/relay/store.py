@@ -22,6 +22,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import logging
+import secrets
 import sqlite3
 import struct
 import time
@@ -36,6 +37,10 @@ __all__ = ["ConsumerRow", "Store", "StoredMessage", "StreamStats"]
 log = logging.getLogger("meshq.relay")
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS streams (
     stream TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
@@ -130,6 +135,7 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        _report_torn_wal(self.path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit returns only once the WAL is fsynced; a confirm may
@@ -140,6 +146,13 @@ class Store:
         #: Records refused because they failed their checksum, since open.
         self.corrupt = 0
         self._corrupt_seen: set[tuple[str, int]] = set()
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (secrets.token_hex(16),)
+        )
+        #: This file's identity, kept across restarts (relays announce it).
+        self.store_id = str(
+            self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+        )
         problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
             log.error("relay store %s fails its integrity check: %s", self.path, problems[:5])
@@ -373,3 +386,36 @@ class Store:
             self.commit()
         finally:
             self._db.close()
+
+
+_WAL_HEADER = 32
+_WAL_FRAME_HEADER = 24
+
+
+def _report_torn_wal(path: Path) -> None:
+    """Say loudly if the write-ahead log ends inside a frame (a write cut short).
+
+    SQLite itself then drops the unfinished transaction, and every earlier
+    one is intact (each WAL frame is checksummed): nothing to repair, but
+    the operator should know that the disk lost the tail of a write.
+    """
+    wal = path.with_name(path.name + "-wal")
+    try:
+        with open(wal, "rb") as handle:
+            header = handle.read(_WAL_HEADER)
+            size = wal.stat().st_size
+    except FileNotFoundError:
+        return
+    if len(header) < _WAL_HEADER:
+        if size:
+            log.error("TORN WAL: %s has a %d-byte header; it is ignored", wal, size)
+        return
+    page_size = int.from_bytes(header[8:12], "big")
+    torn = (size - _WAL_HEADER) % (_WAL_FRAME_HEADER + page_size) if page_size else 0
+    if torn:
+        log.error(
+            "TORN WAL: %s ends %d bytes into a frame; the unfinished transaction is dropped, "
+            "everything committed before it is recovered",
+            wal,
+            torn,
+        )

@@ -1,0 +1,135 @@
+"""The relay's CLI subcommands: ``meshq relay``, ``meshq streams``, ``meshq replay``.
+
+meshq relay --data DIR --streams "orders/,audit/"   store those streams, until Ctrl-C
+meshq streams                                        per stream: messages, bytes, seqs, consumers
+meshq replay STREAM --from SEQ                       print stored messages
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+from collections.abc import Callable
+
+from ..errors import MeshqError, Timeout
+from ..node import Node
+from ..relaywire import RELAY_SERVICE_PREFIX, decode_records, stream_of_service
+from ..wire import decode_payload
+from .server import Relay, StreamConfig
+
+__all__ = ["add_commands"]
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    node_options: Callable[[argparse.ArgumentParser], None],
+    make_node: Callable[[argparse.Namespace, str], Node],
+) -> dict[str, Command]:
+    """Add the relay subcommands to ``commands``; return their handlers by name."""
+    relay = commands.add_parser("relay", help="store durable streams and serve them")
+    node_options(relay)
+    relay.add_argument("--data", required=True, help="directory for the SQLite file")
+    relay.add_argument(
+        "--streams", required=True, help="comma-separated topic prefixes, e.g. 'orders/,audit/'"
+    )
+    relay.add_argument(
+        "--durability",
+        choices=("fsync", "batched"),
+        default="fsync",
+        help="fsync each message before confirming (default), or group commits",
+    )
+    relay.add_argument("--max-age", type=float, default=None, help="seconds kept")
+    relay.add_argument("--max-messages", type=int, default=None, help="messages kept per stream")
+    relay.add_argument("--max-bytes", type=int, default=None, help="payload bytes per stream")
+    relay.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+
+    streams = commands.add_parser("streams", help="list durable streams and their consumers")
+    node_options(streams)
+    streams.add_argument("--wait", type=float, default=2.0, help="seconds to find relays")
+
+    replay = commands.add_parser("replay", help="print the stored messages of a stream")
+    node_options(replay)
+    replay.add_argument("stream")
+    replay.add_argument("--from", dest="start", type=int, default=1, help="first seq (default 1)")
+    replay.add_argument("--count", type=int, default=100, help="at most N (default 100)")
+    replay.add_argument("--wait", type=float, default=3.0, help="seconds to find the relay")
+
+    def run_relay(args: argparse.Namespace) -> int:
+        configs = [
+            StreamConfig(
+                name.strip(),
+                durability=args.durability,
+                max_age=args.max_age,
+                max_messages=args.max_messages,
+                max_bytes=args.max_bytes,
+            )
+            for name in args.streams.split(",")
+            if name.strip()
+        ]
+        node = make_node(args, "meshq-relay")
+        relay = Relay(node, args.data, configs)
+        print(f"relay {node.id[:8]} storing {[c.name for c in configs]} in {args.data}", flush=True)
+        try:
+            node.run(timeout=args.duration)
+        finally:
+            relay.close()
+        return 0
+
+    def list_streams(args: argparse.Namespace) -> int:
+        with make_node(args, "meshq-streams") as node:
+            deadline = time.monotonic() + args.wait
+            while not _relay_streams(node) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            names = _relay_streams(node)
+            print(f"{len(names)} stream(s) on mesh {args.mesh!r}")
+            for name in names:
+                try:
+                    info = node.request(RELAY_SERVICE_PREFIX + name, ["info"], timeout=2.0)
+                except MeshqError as exc:
+                    print(f"  {name:20} ({type(exc).__name__}: {exc})")
+                    continue
+                if not isinstance(info, dict):
+                    continue
+                print(
+                    f"  {name:20} {info['messages']} msgs  {info['bytes']} B  "
+                    f"seq {info['first_seq']}..{info['last_seq']}  {info['durability']}  "
+                    f"dead letters {info['dead_letters']}"
+                )
+                for consumer, state in sorted(info["consumers"].items()):
+                    print(f"    consumer {consumer:16} lag {state['lag']}  out {state['out']}")
+        return 0
+
+    def replay_stream(args: argparse.Namespace) -> int:
+        with make_node(args, "meshq-replay") as node:
+            deadline = time.monotonic() + args.wait
+            while args.stream not in _relay_streams(node):
+                if time.monotonic() >= deadline:
+                    raise Timeout(f"no relay holds stream {args.stream!r}")
+                time.sleep(0.05)
+            after, shown = args.start - 1, 0
+            while shown < args.count:
+                reply = node.request(
+                    RELAY_SERVICE_PREFIX + args.stream,
+                    ["read", after, min(args.count - shown, 1000)],
+                    timeout=5.0,
+                )
+                records = decode_records(reply)
+                if not records:
+                    break
+                for record in records:
+                    when = datetime.datetime.fromtimestamp(record.time_ns / 1e9).isoformat()
+                    data = decode_payload(record.flags, record.payload, node._limits)
+                    print(f"#{record.seq} {when} {record.topic} {data!r}")
+                    after = record.seq
+                shown += len(records)
+        return 0
+
+    return {"relay": run_relay, "streams": list_streams, "replay": replay_stream}
+
+
+def _relay_streams(node: Node) -> list[str]:
+    found = (stream_of_service(service) for service in node.services())
+    return sorted(stream for stream in found if stream is not None)
