@@ -360,6 +360,14 @@ class DurableMessage:
         """Mark it processed; it will not be delivered to this consumer name again."""
         self._sub._ack(self)
 
+    def nak(self) -> None:
+        """Processing failed: have it delivered again now (this delivery counts).
+
+        After ``max_deliver`` deliveries it becomes a dead letter. Raises
+        nothing: if the relay cannot be told, it redelivers after ``ack_wait``.
+        """
+        self._sub._nak(self)
+
     def __repr__(self) -> str:
         return f"DurableMessage(topic={self.topic!r}, seq={self.seq}, deliveries={self.deliveries})"
 
@@ -468,6 +476,22 @@ class DurableSubscription:
         if message is self._unacked:
             self._unacked = None
         self._acks.append(message.seq)
+
+    def _nak(self, message: DurableMessage) -> None:
+        if message is self._unacked:
+            self._unacked = None
+        self._seen.pop(message.msg_id, None)  # its redelivery is not a duplicate
+        if self._stream is None:
+            return
+        try:
+            self.node.request(
+                RELAY_SERVICE_PREFIX + self._stream,
+                ["nak", self.name, [message.seq]],
+                timeout=_ATTEMPT,
+                retries=0,
+            )
+        except MeshqError as exc:
+            log.info("nak of %s seq %d not sent (%s)", message.stream, message.seq, exc)
 
     def _fetch(self, wait: float) -> None:
         """One long poll: send the pending acks, take a batch (maybe empty)."""

@@ -26,8 +26,8 @@ import zmq
 from .config import MeshConfig
 from .control import Announce, Command, ControlPlane, Found, Lost, Stop
 from .discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
-from .durable import DurablePublisher, DurableSubscription, Start
-from .errors import Closed, Timeout
+from .durable import DurableMessage, DurablePublisher, DurableSubscription, Start
+from .errors import Closed, MeshqError, Timeout
 from .interfaces import local_networks, resolve_interfaces
 from .message import Message
 from .peers import EventKind, Peer, PeerEvent, PeerState
@@ -49,6 +49,7 @@ log = logging.getLogger("meshq.node")
 
 PeerCallback = Callable[[Peer], None]
 MessageHandler = Callable[[Message], object]
+DurableMessageHandler = Callable[[DurableMessage], object]
 DirectHandler = Callable[[str, object], object]
 #: The service through which send_to() reaches a peer's on_direct handler.
 DIRECT_SERVICE = "meshq/direct"
@@ -529,7 +530,15 @@ class Node:
         refresh_this_thread()
         return alive
 
-    def on_message(self, prefix: str) -> Callable[[MessageHandler], MessageHandler]:
+    @overload
+    def on_message(self, prefix: str) -> Callable[[MessageHandler], MessageHandler]: ...
+
+    @overload
+    def on_message(
+        self, prefix: str, *, durable: str
+    ) -> Callable[[DurableMessageHandler], DurableMessageHandler]: ...
+
+    def on_message(self, prefix: str, *, durable: str | None = None) -> Callable[[Any], Any]:
         """Decorator: call ``handler(message)`` for every message under ``prefix``.
 
         Each handler gets a thread of its own that owns its subscription, so
@@ -537,14 +546,18 @@ class Node:
         ``subscribe_hwm`` (beyond it messages are dropped and show up as
         gaps). A handler that raises is logged and counted
         (``message_handler_errors``) and keeps receiving. Runs until the node closes.
+
+        With ``durable="name"`` the handler is that durable consumer (see
+        :meth:`subscribe`): a message is acknowledged once the handler
+        returns, and one whose handler raised is delivered again (``nak``).
         """
         self._check_prefix(prefix)
 
-        def register(handler: MessageHandler) -> MessageHandler:
+        def register(handler: Any) -> Any:
             ready = threading.Event()
             thread = threading.Thread(
                 target=self._handle_messages,
-                args=(prefix, handler, ready),
+                args=(prefix, durable, handler, ready),
                 name=f"meshq-on-message-{self.id[:8]}",
                 daemon=True,
             )
@@ -556,21 +569,32 @@ class Node:
         return register
 
     def _handle_messages(
-        self, prefix: str, handler: MessageHandler, ready: threading.Event
+        self, prefix: str, durable: str | None, handler: Any, ready: threading.Event
     ) -> None:
+        subscription: Subscription | DurableSubscription
         try:
-            subscription = self.subscribe(prefix)
-        except Closed:
+            if durable is None:
+                subscription = self.subscribe(prefix)
+            else:
+                subscription = self.subscribe(prefix, durable=durable)
+        except MeshqError as exc:
+            if not isinstance(exc, Closed):
+                log.error("on_message(%r, durable=%r) not started: %s", prefix, durable, exc)
             return
         finally:
             ready.set()
         with subscription:
-            for message in subscription:
-                try:
-                    handler(message)
-                except Exception:
-                    self._count("message_handler_errors")
-                    log.exception("on_message handler %r failed", handler)
+            try:
+                for message in subscription:
+                    try:
+                        handler(message)
+                    except Exception:
+                        self._count("message_handler_errors")
+                        log.exception("on_message handler %r failed", handler)
+                        if isinstance(message, DurableMessage):
+                            message.nak()
+            except Closed:
+                return
 
     def on_peer_joined(self, callback: PeerCallback) -> PeerCallback:
         """Call ``callback(peer)`` for every peer that is or becomes alive. A decorator too.

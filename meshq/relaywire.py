@@ -10,6 +10,7 @@ details:
                                                    -> [record, ...]
     ["open", consumer, prefix, start, start_arg]  -> ack floor (creates the consumer)
     ["ack", consumer, [seq, ...], [released seq, ...]] -> count newly acknowledged
+    ["nak", consumer, [seq, ...]]                  -> nil (due again now, delivery counted)
     ["read", after_seq, limit]                     -> [record, ...] (no consumer)
     ["info"]                                       -> {stream statistics}
 

@@ -257,7 +257,12 @@ class Requester:
         limit_ms = self.poll_limit(wait)
         if limit_ms is None:
             return
-        self.handle(dict(self._poller.poll(limit_ms)))
+        try:
+            ready = dict(self._poller.poll(limit_ms))
+        except zmq.ZMQError as exc:  # the node closed its context meanwhile
+            self.close()  # from this, the owner thread, so the context can end
+            raise Closed("node is closed") from exc
+        self.handle(ready)
 
     def sockets(self) -> list[zmq.Socket]:  # type: ignore[type-arg]
         """The DEALERs replies arrive on (for an event loop's reader to poll)."""

@@ -7,6 +7,7 @@ processes and signals are in tests/test_relay_failures.py.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,3 +244,60 @@ def test_a_flipped_byte_is_refused_loudly_and_never_served(
             got = [sub.recv(timeout=5).data for _ in range(2)]
         assert got == [b"payload-1", b"payload-3"]
     assert any("CORRUPT RECORD" in r.getMessage() for r in caplog.records)
+
+
+def test_a_durable_handler_acks_on_return_and_a_failure_is_redelivered(
+    mesh: str, client: meshq.Node
+) -> None:
+    client.publish("orders/a", "fine", durable=True)
+    client.publish("orders/a", "flaky", durable=True)
+    calls: list[tuple[object, int]] = []
+    done = threading.Event()
+    with meshq.Node("handler", mesh=mesh, interfaces=LOOPBACK) as node:
+        wait_for_relay(node, "orders/")
+
+        @node.on_message("orders/", durable="handled")
+        def handle(message: meshq.DurableMessage) -> None:
+            calls.append((message.data, message.deliveries))
+            if message.data == "flaky" and message.deliveries == 1:
+                raise RuntimeError("first try fails")
+            if message.data == "flaky":
+                done.set()
+
+        assert done.wait(10)
+        assert node.stats()["message_handler_errors"] == 1
+    # The node closed with the handler idle; its acknowledgements reached the relay.
+    assert calls == [("fine", 1), ("flaky", 1), ("flaky", 2)]
+    info = client.request("meshq/relay/orders/", ["info"])
+    assert isinstance(info, dict)
+    assert info["consumers"]["handled"]["lag"] == 0
+
+
+def test_a_second_relay_on_the_same_directory_is_refused(mesh: str, tmp_path: Path) -> None:
+    with meshq.Node("one", mesh=mesh, interfaces=LOOPBACK) as one:
+        meshq.Relay(one, tmp_path, ["s/"])
+        with (
+            meshq.Node("two", mesh=mesh, interfaces=LOOPBACK) as two,
+            pytest.raises(meshq.relay.StoreInUse),
+        ):
+            meshq.Relay(two, tmp_path, ["s/"])
+
+
+def test_retention_by_age_count_and_bytes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.sqlite")
+    old = time.time_ns() - 3600 * 10**9
+    for seq in range(1, 11):
+        when = old if seq <= 4 else time.time_ns()
+        store.append("s/", seq, "s/x", b"id%d" % seq, 0, b"x" * 100, when)
+    store.commit()
+    trim = {"max_age": None, "max_messages": None, "max_bytes": None, "dedup_window": 1e9}
+    assert store.trim("s/", **{**trim, "max_age": 60.0}) == 4  # type: ignore[arg-type]
+    assert store.trim("s/", **{**trim, "max_messages": 5}) == 1  # type: ignore[arg-type]
+    assert store.trim("s/", **{**trim, "max_bytes": 350}) == 2  # type: ignore[arg-type]
+    store.commit()
+    stats = store.stats("s/")
+    assert (stats.messages, stats.first_seq, stats.last_seq, stats.bytes) == (3, 8, 10, 300)
+    assert store.seq_of("s/", b"id1") == 1  # ids stay for the dedup window
+    store.trim("s/", **{**trim, "dedup_window": 1.0})  # type: ignore[arg-type]
+    assert store.seq_of("s/", b"id1") is None
+    store.close()

@@ -119,12 +119,18 @@ class Consumer:
         self._advance_floor()
         return added
 
-    def release(self, seqs: list[int]) -> None:
-        """Make ``seqs`` due again at once: fetched by a consumer that never handed them out."""
+    def release(self, seqs: list[int], *, delivered: bool) -> None:
+        """Make ``seqs`` due again at once.
+
+        ``delivered``: the application had them and failed (a nak), so the
+        delivery counts towards max_deliver; else they were fetched but
+        never handed out, and it does not.
+        """
         for seq in seqs:
             out = self.pending.get(seq)
             if out is not None:
-                out.deliveries -= 1  # it never reached the application
+                if not delivered:
+                    out.deliveries -= 1
                 out.deadline = 0.0
 
     def _advance_floor(self) -> None:

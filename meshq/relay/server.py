@@ -170,8 +170,16 @@ class Relay:
             if consumer is None:
                 reply.send(0)
                 return
-            consumer.release([s for s in data[3] if type(s) is int])
+            consumer.release([s for s in data[3] if type(s) is int], delivered=False)
             reply.send(self._ack(consumer, data[2]))
+        elif op == "nak":
+            if not (len(data) == 3 and isinstance(data[1], str) and isinstance(data[2], list)):
+                raise ProtocolError("nak takes a consumer name and a list of sequences")
+            consumer = self._consumers.get((stream, data[1]))
+            if consumer is not None:
+                consumer.release([s for s in data[2] if type(s) is int], delivered=True)
+                self._serve_parked(time.monotonic(), {stream})
+            reply.send(None)
         elif op == "open":
             if not (len(data) == 5 and all(isinstance(v, str) for v in data[1:4])):
                 raise ProtocolError("open takes a consumer name, prefix, start and its argument")
