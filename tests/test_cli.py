@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -186,3 +187,45 @@ def test_example_pubsub_sensors_runs() -> None:
 )
 def test_example_runs(name: str, expected: str) -> None:
     assert expected in run_example(name)
+
+
+def test_relay_streams_and_replay_commands(mesh: str, tmp_path: Path) -> None:
+    common = ["--mesh", mesh, "--interface", "127.0.0.1"]
+    relay = subprocess.Popen(
+        [
+            *MESHQ,
+            "relay",
+            "--data",
+            str(tmp_path),
+            "--streams",
+            "cli/",
+            "--duration",
+            "60",
+            *common,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.stdout is not None
+        assert "storing ['cli/']" in relay.stdout.readline()
+
+        def run(*argv: str) -> str:
+            result = subprocess.run(
+                [*MESHQ, *argv, *common], capture_output=True, text=True, timeout=30
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            return result.stdout
+
+        assert "last seq 3" in run("pub", "cli/x", "stored", "--durable", "--count", "3")
+        assert "cli/" in run("streams") and "seq 1..3" in run("streams")
+        replayed = run("replay", "cli/", "--from", "2")
+        assert "#2 " in replayed and "#3 " in replayed and "#1 " not in replayed
+        assert "b'stored'" in replayed
+    finally:
+        relay.send_signal(signal.SIGINT)  # Ctrl-C: the relay closes cleanly
+        assert relay.wait(timeout=10) == 0
+        for stream in (relay.stdout, relay.stderr):
+            if stream is not None:
+                stream.close()
