@@ -12,6 +12,7 @@ details:
     ["ack", consumer, [seq, ...], [released seq, ...]] -> count newly acknowledged
     ["nak", consumer, [seq, ...]]                  -> nil (due again now, delivery counted)
     ["read", after_seq, limit]                     -> [record, ...] (no consumer)
+    ["dead", consumer, after_seq, limit]           -> [record, ...] (its dead letters)
     ["info"]                                       -> {stream statistics}
 
     record = [seq, topic, msg_id, flags, payload, time_ns, deliveries]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 
 import meshq
@@ -116,6 +117,11 @@ def test_unacknowledged_messages_are_redelivered_then_dead_lettered(
     info = client.request("meshq/relay/orders/", ["info"])
     assert isinstance(info, dict)
     assert info["dead_letters"] == 1
+    dead = client.request("meshq/relay/orders/", ["dead", "slow", 0, 10])
+    assert isinstance(dead, list) and len(dead) == 1
+    seq, topic, _id, _flags, payload, _time, deliveries = dead[0]
+    assert (seq, topic, deliveries) == (1, "orders/a", 2)
+    assert msgpack.unpackb(payload) == "poison"  # kept whole, with its payload
 
 
 def test_explicit_ack_and_redelivery_skipped_by_dedup(client: meshq.Node) -> None:

@@ -2,7 +2,7 @@
 
 meshq relay --data DIR --streams "orders/,audit/"   store those streams, until Ctrl-C
 meshq streams                                        per stream: messages, bytes, seqs, consumers
-meshq replay STREAM --from SEQ                       print stored messages
+meshq replay STREAM --from SEQ [--dead CONSUMER]     print stored messages (or dead letters)
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def add_commands(
     replay.add_argument("--from", dest="start", type=int, default=1, help="first seq (default 1)")
     replay.add_argument("--count", type=int, default=100, help="at most N (default 100)")
     replay.add_argument("--wait", type=float, default=3.0, help="seconds to find the relay")
+    replay.add_argument("--dead", metavar="CONSUMER", help="print CONSUMER's dead letters instead")
 
     def run_relay(args: argparse.Namespace) -> int:
         configs = [
@@ -111,18 +112,21 @@ def add_commands(
                 time.sleep(0.05)
             after, shown = args.start - 1, 0
             while shown < args.count:
-                reply = node.request(
-                    RELAY_SERVICE_PREFIX + args.stream,
-                    ["read", after, min(args.count - shown, 1000)],
-                    timeout=5.0,
+                limit = min(args.count - shown, 1000)
+                request: list[object] = (
+                    ["read", after, limit]
+                    if args.dead is None
+                    else ["dead", args.dead, after, limit]
                 )
+                reply = node.request(RELAY_SERVICE_PREFIX + args.stream, request, timeout=5.0)
                 records = decode_records(reply)
                 if not records:
                     break
                 for record in records:
                     when = datetime.datetime.fromtimestamp(record.time_ns / 1e9).isoformat()
                     data = decode_payload(record.flags, record.payload, node._limits)
-                    print(f"#{record.seq} {when} {record.topic} {data!r}")
+                    tries = f" (dead after {record.deliveries} deliveries)" if args.dead else ""
+                    print(f"#{record.seq} {when} {record.topic} {data!r}{tries}")
                     after = record.seq
                 shown += len(records)
         return 0

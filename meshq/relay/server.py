@@ -192,6 +192,15 @@ class Relay:
                 raise ProtocolError("read takes a sequence number and a limit")
             found = self._store.read(stream, data[1], min(data[2], 4096), max_bytes=_FETCH_BYTES)
             reply.send([_record(m, 0) for m in found if m.seq <= self._committed[stream]])
+        elif op == "dead":
+            if not (
+                len(data) == 4
+                and isinstance(data[1], str)
+                and all(type(v) is int and v >= 0 for v in data[2:])
+            ):
+                raise ProtocolError("dead takes a consumer name, a sequence number and a limit")
+            letters = self._store.dead_letters(stream, data[1], data[2], min(data[3], 4096))
+            reply.send([_record(message, deliveries) for message, deliveries in letters])
         elif op == "info":
             reply.send(self.info(stream))
         else:
@@ -406,7 +415,7 @@ class Relay:
             "first_seq": stats.first_seq,
             "last_seq": stats.last_seq,
             "consumers": consumers,
-            "dead_letters": len(self._store.dead_letters(stream)),
+            "dead_letters": self._store.dead_letter_count(stream),
             "corrupt": self._store.corrupt,
             "durability": self.streams[stream].durability,
         }

@@ -82,7 +82,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     name TEXT NOT NULL,
     seq INTEGER NOT NULL,
     deliveries INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    msg_id BLOB NOT NULL,
+    flags INTEGER NOT NULL,
+    payload BLOB NOT NULL,
     time_ns INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
     PRIMARY KEY (stream, name, seq)
 ) WITHOUT ROWID;
 """
@@ -363,22 +368,42 @@ class Store:
         )
 
     def dead_letter(self, stream: str, name: str, seq: int, deliveries: int) -> None:
+        """Keep a copy of message ``seq`` as a dead letter of consumer ``name``.
+
+        A copy, so that retention of the stream does not take it away.
+        """
         self._begin()
         self._db.execute(
-            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
-            (stream, name, seq, deliveries, time.time_ns()),
+            "INSERT OR REPLACE INTO dead_letters SELECT stream, ?, seq, ?, topic, msg_id, flags,"
+            " payload, time_ns, crc FROM messages WHERE stream = ? AND seq = ?",
+            (name, deliveries, stream, seq),
         )
 
-    def dead_letters(self, stream: str, name: str | None = None) -> list[tuple[str, int, int]]:
-        """(consumer, seq, deliveries) of messages given up on, oldest first."""
-        query = "SELECT name, seq, deliveries FROM dead_letters WHERE stream = ?"
-        args: tuple[str, ...] = (stream,)
-        if name is not None:
-            query += " AND name = ?"
-            args = (stream, name)
-        return [
-            (str(n), int(s), int(d)) for n, s, d in self._db.execute(query + " ORDER BY seq", args)
-        ]
+    def dead_letters(
+        self, stream: str, name: str, after: int = 0, limit: int = 1 << 30
+    ) -> list[tuple[StoredMessage, int]]:
+        """Consumer ``name``'s dead letters after seq ``after``: (message, deliveries) by seq.
+
+        Copies failing their checksum are refused, as in :meth:`read`.
+        """
+        rows = self._db.execute(
+            "SELECT seq, topic, msg_id, flags, payload, time_ns, crc, deliveries"
+            " FROM dead_letters WHERE stream = ? AND name = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (stream, name, after, limit),
+        )
+        found = []
+        for seq, topic, msg_id, flags, payload, time_ns, crc, deliveries in rows:
+            if checksum(seq, time_ns, flags, topic, msg_id, payload) != crc:
+                self._refuse(stream, seq)
+                continue
+            found.append((StoredMessage(seq, topic, msg_id, flags, payload, time_ns), deliveries))
+        return found
+
+    def dead_letter_count(self, stream: str) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM dead_letters WHERE stream = ?", (stream,)
+        ).fetchone()
+        return int(row[0])
 
     def close(self) -> None:
         """Commit what is pending and close the file."""
