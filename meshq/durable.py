@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from .errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
-from .relaywire import MAX_MSG_ID_BYTES, RELAY_SERVICE_PREFIX, START_KINDS, decode_records
+from .relaywire import (
+    MAX_MSG_ID_BYTES,
+    MAX_PUBS,
+    RELAY_SERVICE_PREFIX,
+    START_KINDS,
+    decode_records,
+)
 from .requester import RequestFuture
 from .wire import decode_payload, encode_payload
 
@@ -108,9 +114,20 @@ class _Unconfirmed:
     flags: int
     payload: bytes
     deadline: float  # monotonic
-    attempt: RequestFuture | None = None
     seq: int = 0
     error: BaseException | None = None
+
+    @property
+    def settled(self) -> bool:
+        return bool(self.seq) or self.error is not None
+
+
+@dataclass
+class _Batch:
+    """One "pubs" request in flight and the messages it carries, in order."""
+
+    entries: list[_Unconfirmed]
+    future: RequestFuture
 
 
 class Confirm:
@@ -125,8 +142,10 @@ class Confirm:
         return self._entry.msg_id
 
     def done(self) -> bool:
-        self._publisher.poll()
-        return self._entry.seq > 0 or self._entry.error is not None
+        """True once confirmed or failed (reads the replies that are in first)."""
+        if not self._entry.settled:
+            self._publisher.poll()
+        return self._entry.settled
 
     def result(self, timeout: float | None = None) -> int:
         """The stream sequence number the relay stored it under.
@@ -146,33 +165,55 @@ class DurablePublisher:
     """Publishes to relays with confirms; many publishes may be in flight.
 
     ``send`` returns a :class:`Confirm` at once; ``publish`` waits for it.
-    A message that is not confirmed within ``timeout`` seconds is resent
-    (same id) every second until then, also across a relay restart.
+    Messages sent while earlier requests are unanswered travel together in
+    the next request (up to ``max_batch``), so a relay commits and confirms
+    them as a group; one at a time, each is its own request. A message not
+    confirmed within ``timeout`` seconds fails; until then it is resent
+    (same id) after every attempt that went unanswered, also across a relay
+    restart.
 
     Args:
         node: the node to publish through.
-        timeout: seconds a publish may take, retries included.
+        timeout: seconds a publish may take, resends included.
         max_in_flight: unconfirmed messages allowed before ``send`` waits.
+        max_requests: requests in flight to the relays at once.
+        max_batch: most messages per request (at most 1024).
     """
 
-    def __init__(self, node: Node, *, timeout: float = 5.0, max_in_flight: int = 1024) -> None:
-        if timeout <= 0 or max_in_flight < 1:
-            raise ValueError("need timeout > 0 seconds and max_in_flight >= 1")
+    def __init__(
+        self,
+        node: Node,
+        *,
+        timeout: float = 5.0,
+        max_in_flight: int = 1024,
+        max_requests: int = 4,
+        max_batch: int = 256,
+    ) -> None:
+        if timeout <= 0 or max_in_flight < 1 or max_requests < 1 or not 0 < max_batch <= MAX_PUBS:
+            raise ValueError(
+                f"need timeout > 0 s, max_in_flight and max_requests >= 1, max_batch 1..{MAX_PUBS}"
+            )
         self.node = node
         self.timeout = timeout
         self.max_in_flight = max_in_flight
+        self.max_requests = max_requests
+        self.max_batch = max_batch
         self._ids = itertools.count(1)
         self._id_prefix = bytes.fromhex(node.id)
-        self._in_flight: collections.deque[_Unconfirmed] = collections.deque()
-        #: Messages confirmed, and given up on (timed out or refused).
+        self._unsent: collections.deque[_Unconfirmed] = collections.deque()
+        self._batches: collections.deque[_Batch] = collections.deque()
+        self._unconfirmed = 0
+        #: Messages confirmed, given up on (timed out or refused), and resent.
         self.confirmed = 0
         self.failed = 0
+        self.resent = 0
 
     def send(self, topic: str, data: object, *, msg_id: bytes | None = None) -> Confirm:
         """Send ``data`` to the relay holding ``topic``'s stream; return its pending confirm.
 
         ``msg_id`` (1..64 bytes) makes a publish idempotent across producer
-        restarts; by default each call gets a new one. Raises NoProviders at
+        restarts; by default each call gets a new one. Waits while
+        ``max_in_flight`` messages are unconfirmed. Raises NoProviders at
         once if no relay holds the stream, RelayConflict, ValueError for a
         bad topic or id, TypeError if msgpack cannot encode ``data``.
         """
@@ -183,11 +224,12 @@ class DurablePublisher:
         elif not 0 < len(msg_id) <= MAX_MSG_ID_BYTES:
             raise ValueError(f"msg_id must be 1..{MAX_MSG_ID_BYTES} bytes")
         flags, payload = encode_payload(data)
-        while len(self._in_flight) >= self.max_in_flight:
-            self.wait(self._in_flight[0], None)
+        while self._unconfirmed >= self.max_in_flight:
+            self._wait_once(None)
         entry = _Unconfirmed(topic, stream, msg_id, flags, payload, time.monotonic() + self.timeout)
-        self._attempt(entry)
-        self._in_flight.append(entry)
+        self._unsent.append(entry)
+        self._unconfirmed += 1
+        self._dispatch()
         return Confirm(self, entry)
 
     def publish(self, topic: str, data: object, *, msg_id: bytes | None = None) -> int:
@@ -200,95 +242,120 @@ class DurablePublisher:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent is confirmed or has failed.
 
-        Raises meshq.Timeout if some are still in flight after ``timeout`` s.
+        Raises meshq.Timeout if some are still unconfirmed after ``timeout`` s.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._in_flight:
+        while self._unconfirmed:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise Timeout(f"{len(self._in_flight)} durable publishes unconfirmed")
-            self.wait(self._in_flight[0], remaining)
+                raise Timeout(f"{self._unconfirmed} durable publishes unconfirmed")
+            self._wait_once(remaining)
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        """Messages sent and not yet confirmed or failed."""
+        return self._unconfirmed
 
-    def _attempt(self, entry: _Unconfirmed) -> None:
-        """Send (or resend) ``entry``; with no relay right now, leave it for the next poll."""
-        try:
-            entry.attempt = self.node.request_async(
-                RELAY_SERVICE_PREFIX + entry.stream,
-                ["pub", entry.topic, entry.msg_id, entry.flags, entry.payload],
-                timeout=min(_ATTEMPT, max(0.001, entry.deadline - time.monotonic())),
-                retries=0,
-            )
-        except NoProviders:
-            entry.attempt = None
+    def _dispatch(self) -> None:
+        """Send what is unsent, as requests of up to max_batch messages of one stream."""
+        now = time.monotonic()
+        while self._unsent and len(self._batches) < self.max_requests:
+            first = self._unsent[0]
+            if now >= first.deadline:
+                self._unsent.popleft()
+                self._fail(first, Timeout(f"durable publish to {first.topic!r} not confirmed"))
+                continue
+            entries: list[_Unconfirmed] = []
+            while (
+                self._unsent
+                and len(entries) < self.max_batch
+                and self._unsent[0].stream == first.stream
+            ):
+                entries.append(self._unsent.popleft())
+            attempt = min(_ATTEMPT, max(0.001, min(e.deadline for e in entries) - now))
+            try:
+                future = self.node.request_async(
+                    RELAY_SERVICE_PREFIX + first.stream,
+                    ["pubs", [[e.topic, e.msg_id, e.flags, e.payload] for e in entries]],
+                    timeout=attempt,
+                    retries=0,
+                )
+            except NoProviders:  # the relay is restarting: try again on the next poll
+                self._unsent.extendleft(reversed(entries))
+                return
+            self._batches.append(_Batch(entries, future))
 
     def poll(self) -> None:
         """Take in the confirms that arrived; resend what went unanswered."""
-        for entry in self._in_flight:
-            if entry.attempt is not None and not entry.attempt.ready:
-                entry.attempt.done()  # reads every reply that is in, for all of them
-                break
-        now = time.monotonic()
-        for entry in list(self._in_flight):
-            self._settle(entry, now)
-        while self._in_flight and (self._in_flight[0].seq or self._in_flight[0].error):
-            self._in_flight.popleft()
-
-    def _settle(self, entry: _Unconfirmed, now: float) -> None:
-        if entry.seq or entry.error:
-            return
-        attempt = entry.attempt
-        if attempt is not None and not attempt.ready:
-            return  # its timeout ends no later than the publish's deadline
-        if attempt is not None:
-            try:
-                seq = attempt.result(0)
-            except RemoteError as exc:
-                self._fail(entry, exc)
-                return
-            except (Timeout, NoProviders):
-                pass  # the relay is slow, stopped or restarting: resend below
+        if self._batches and not self._batches[0].future.ready:
+            self._batches[0].future.done()  # reads every reply that is in
+        still: collections.deque[_Batch] = collections.deque()
+        for batch in self._batches:
+            if batch.future.ready:
+                self._settle(batch)
             else:
-                if type(seq) is not int or seq <= 0:
-                    self._fail(entry, ProtocolError(f"relay confirmed with {seq!r}"))
-                    return
-                entry.seq = seq
-                self.confirmed += 1
-                return
-        if now >= entry.deadline:
-            self._fail(entry, Timeout(f"durable publish to {entry.topic!r} not confirmed"))
-        elif attempt is not None or not self.node.closed:
-            self._attempt(entry)
+                still.append(batch)
+        self._batches = still
+        self._dispatch()
+
+    def _settle(self, batch: _Batch) -> None:
+        try:
+            seqs = batch.future.result(0)
+        except RemoteError as exc:
+            for entry in batch.entries:
+                self._fail(entry, exc)
+            return
+        except (Timeout, NoProviders):
+            # The relay is slow, stopped or restarting: resend, same ids.
+            self.resent += len(batch.entries)
+            self._unsent.extendleft(reversed(batch.entries))
+            return
+        if not (
+            isinstance(seqs, list)
+            and len(seqs) == len(batch.entries)
+            and all(type(seq) is int and seq > 0 for seq in seqs)
+        ):
+            error = ProtocolError(f"relay confirmed {len(batch.entries)} messages with {seqs!r}")
+            for entry in batch.entries:
+                self._fail(entry, error)
+            return
+        for entry, seq in zip(batch.entries, seqs, strict=True):
+            entry.seq = seq
+        self.confirmed += len(seqs)
+        self._unconfirmed -= len(seqs)
 
     def _fail(self, entry: _Unconfirmed, error: BaseException) -> None:
         entry.error = error
         self.failed += 1
+        self._unconfirmed -= 1
 
     def wait(self, entry: _Unconfirmed, timeout: float | None) -> None:
         """Drive every publish in flight until ``entry`` is settled or ``timeout`` s pass."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not (entry.seq or entry.error):
-            if self.node.closed:
-                entry.error = Closed("node is closed")
+        while not entry.settled:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 return
-            self.poll()
-            if entry.seq or entry.error:
-                return
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return
-            attempt = entry.attempt
-            pause = _NO_RELAY_PAUSE if deadline is None else min(_NO_RELAY_PAUSE, deadline - now)
-            if attempt is None:
-                time.sleep(max(0.0, pause))  # no relay known yet: look again soon
-            else:
-                try:
-                    attempt.result(max(0.0, min(entry.deadline - now, _ATTEMPT)))
-                except MeshqError:
-                    pass  # settled by the next poll
+            self._wait_once(remaining)
+
+    def _wait_once(self, timeout: float | None) -> None:
+        """Wait (at most ``timeout`` s) for the oldest request, then poll."""
+        if self.node.closed:
+            for entry in [*self._unsent, *(e for b in self._batches for e in b.entries)]:
+                self._fail(entry, Closed("node is closed"))
+            self._unsent.clear()
+            self._batches.clear()
+            return
+        self.poll()
+        pause = _NO_RELAY_PAUSE if timeout is None else max(0.0, min(_NO_RELAY_PAUSE, timeout))
+        if self._batches:
+            try:
+                self._batches[0].future.result(pause if timeout is not None else _ATTEMPT)
+            except MeshqError:
+                pass  # settled by the poll below
+        elif self._unsent:
+            time.sleep(pause)  # no relay right now: look again soon
+        self.poll()
 
 
 # --------------------------------------------------------------------------

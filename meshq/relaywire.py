@@ -6,6 +6,7 @@ request's payload is one of these lists, and docs/PROTOCOL.md gives the
 details:
 
     ["pub", topic, msg_id, flags, payload]         -> seq (stored and on disk)
+    ["pubs", [[topic, msg_id, flags, payload], ...]] -> [seq, ...] (all on disk)
     ["fetch", consumer, prefix, start, start_arg, limit, wait, acks, ack_wait, max_deliver]
                                                    -> [record, ...]
     ["open", consumer, prefix, start, start_arg]  -> ack floor (creates the consumer)
@@ -36,6 +37,7 @@ __all__ = [
     "decode_records",
     "parse_fetch",
     "parse_publish",
+    "parse_publishes",
     "stream_of_service",
 ]
 
@@ -45,6 +47,8 @@ MAX_MSG_ID_BYTES: Final = 64
 #: sequence number, at a given time (ns since the epoch), or new messages only.
 START_KINDS: Final = ("first", "seq", "time", "new")
 MAX_FETCH: Final = 4096
+#: Most messages in one "pubs" request.
+MAX_PUBS: Final = 1024
 MAX_ACKS: Final = 65536
 
 
@@ -90,10 +94,20 @@ def _is_int(value: object) -> TypeGuard[int]:
     return type(value) is int and value >= 0
 
 
-def parse_publish(request: list[object]) -> Publish:
-    if len(request) != 5:
-        raise ProtocolError("pub takes topic, id, flags, payload")
-    _, topic, msg_id, flags, payload = request
+def parse_publishes(request: list[object]) -> list[Publish]:
+    """The messages of a "pub" or "pubs" request. Raises ProtocolError."""
+    if request[0] == "pub":
+        return [parse_publish(request[1:])]
+    if not (len(request) == 2 and isinstance(request[1], list) and 0 < len(request[1]) <= MAX_PUBS):
+        raise ProtocolError(f"pubs takes a list of 1..{MAX_PUBS} messages")
+    return [parse_publish(item if isinstance(item, list) else []) for item in request[1]]
+
+
+def parse_publish(fields: list[object]) -> Publish:
+    """One message: [topic, msg_id, flags, payload]. Raises ProtocolError."""
+    if len(fields) != 4:
+        raise ProtocolError("a published message is topic, id, flags, payload")
+    topic, msg_id, flags, payload = fields
     if not (isinstance(topic, str) and topic):
         raise ProtocolError("pub topic must be a non-empty string")
     if not (isinstance(msg_id, bytes) and 0 < len(msg_id) <= MAX_MSG_ID_BYTES):

@@ -33,9 +33,10 @@ _bad_input_log = RateLimitedLog(log, interval=5.0)
 Handler = Callable[[object], object]
 #: A handler that answers later: ``handler(data, reply_to)``; see :class:`ReplyTo`.
 DeferredHandler = Callable[[object, "ReplyTo"], None]
-#: Called by the service thread between requests with the monotonic time;
-#: returns the seconds until it wants to be called again (None: no wish).
-Ticker = Callable[[float], "float | None"]
+#: Called by the service thread with the monotonic time and whether no
+#: request is waiting (idle); returns the seconds until it wants to be
+#: called again (None: no wish).
+Ticker = Callable[[float, bool], "float | None"]
 _READ_AHEAD = 256  # requests a provider takes off its socket before answering
 
 
@@ -160,7 +161,7 @@ class ServiceRunner:
             self._handlers[name] = _never_called
 
     def add_ticker(self, ticker: Ticker) -> None:
-        """Call ``ticker(now)`` whenever no request is waiting, and when it asked to be."""
+        """Call ``ticker(now, idle)`` whenever no request is waiting, and when it asked to be."""
         with self._lock:
             self._tickers.append(ticker)
         self._wake()
@@ -177,7 +178,7 @@ class ServiceRunner:
         except zmq.ZMQError:  # caller gone, or not reading its replies
             self._count("service_replies_dropped")
 
-    def _tick(self) -> int | None:
+    def _tick(self, idle: bool) -> int | None:
         """Run the tickers; the poll timeout (ms) until the soonest asks again."""
         with self._lock:
             tickers = list(self._tickers)
@@ -185,7 +186,7 @@ class ServiceRunner:
         soonest: float | None = None
         for ticker in tickers:
             try:
-                wait = ticker(now)
+                wait = ticker(now, idle)
             except Exception:  # a bug in one must not stop every service
                 self._count("internal_errors")
                 log.exception("service ticker failed")
@@ -227,12 +228,12 @@ class ServiceRunner:
         try:
             while not self._stop.is_set():
                 if not backlog:
-                    wait = self._tick()
+                    wait = self._tick(idle=True)
                     for fd, _ in poller.poll(wait):
                         if fd == self._wake_read:
                             os.read(self._wake_read, 4096)  # a ticker was added: tick again
                 elif self._tickers and time.monotonic() >= tick_due:
-                    wait = self._tick()
+                    wait = self._tick(idle=False)
                     tick_due = time.monotonic() + (0.05 if wait is None else wait / 1000)
                 # Ask before reading: a zmq.Again costs more than the question.
                 while len(backlog) < _READ_AHEAD and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:

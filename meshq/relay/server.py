@@ -29,7 +29,7 @@ from ..relaywire import (
     START_KINDS,
     Record,
     parse_fetch,
-    parse_publish,
+    parse_publishes,
 )
 from ..services import DeferredHandler, ReplyTo
 from ..wire import decode_payload
@@ -53,9 +53,10 @@ class StreamConfig:
 
     Args:
         name: the topic prefix, such as ``"orders/"``.
-        durability: ``"fsync"`` commits (and fsyncs) each message before
-            confirming it; ``"batched"`` commits every ``batch_interval``
-            seconds and confirms after the batch is on disk.
+        durability: ``"fsync"`` commits (and fsyncs) each request's messages
+            before confirming them; ``"batched"`` commits the requests that
+            arrived together as one group (at least every ``batch_interval``
+            seconds) and confirms them after the group is on disk.
         max_age: seconds a message is kept (None: no limit).
         max_messages, max_bytes: most messages / payload bytes kept; the
             oldest go first.
@@ -95,7 +96,8 @@ class Relay:
         node: the node to serve on (a relay is a peer like any other).
         data_dir: directory for the SQLite file (created if missing).
         streams: stream names (topic prefixes) or :class:`StreamConfig`.
-        batch_interval: seconds a batched stream's writes wait to be committed together.
+        batch_interval: longest time (s) a batched stream's writes wait for a
+            group commit while requests keep arriving.
         dedup_window: seconds a message id is remembered to drop a producer's retry.
 
     Raises ValueError for no streams or duplicate names, sqlite3.Error if the
@@ -129,7 +131,7 @@ class Relay:
         #: The highest sequence per stream that is committed (safe to serve).
         self._committed = {name: self._store.last_seq(name) for name in names}
         self._last = dict(self._committed)  # the highest assigned, committed or not
-        self._confirms: list[tuple[ReplyTo, int]] = []  # waiting for the commit
+        self._confirms: list[tuple[ReplyTo, object]] = []  # waiting for the commit
         self._fresh: list[tuple[str, Record]] = []  # stored since the last commit, for live
         self._dirty_since: float | None = None
         self._consumers: dict[tuple[str, str], Consumer] = {}
@@ -154,8 +156,8 @@ class Relay:
         if not (isinstance(data, list) and data and isinstance(data[0], str)):
             raise ProtocolError("a relay request is a list starting with its operation")
         op = data[0]
-        if op == "pub":
-            self._publish(stream, data, reply)
+        if op in ("pub", "pubs"):
+            self._publish(stream, op, data, reply)
         elif op == "fetch":
             self._fetch(stream, data, reply)
         elif op == "ack":
@@ -206,29 +208,34 @@ class Relay:
         else:
             raise ProtocolError(f"unknown relay operation {op!r}")
 
-    def _publish(self, stream: str, data: list[object], reply: ReplyTo) -> None:
-        pub = parse_publish(data)
-        if not pub.topic.startswith(stream):
-            raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
+    def _publish(self, stream: str, op: str, data: list[object], reply: ReplyTo) -> None:
+        """Store the messages of a pub(s) request; confirm once they are committed."""
+        publishes = parse_publishes(data)
+        for pub in publishes:
+            if not pub.topic.startswith(stream):
+                raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
         store = self._store
-        seq = store.seq_of(stream, pub.msg_id)
-        if seq is not None:
-            self._count("duplicates")
-        else:
-            seq = self._last[stream] + 1
-            time_ns = time.time_ns()
-            store.append(stream, seq, pub.topic, pub.msg_id, pub.flags, pub.payload, time_ns)
-            self._last[stream] = seq
-            self._fresh.append(
-                (stream, Record(seq, pub.topic, pub.msg_id, pub.flags, pub.payload, time_ns, 0))
-            )
-            self._count("stored")
-        if not store.dirty:  # a duplicate of a committed message: confirm again at once
-            reply.send(seq)
+        seqs = []
+        for pub in publishes:
+            seq = store.seq_of(stream, pub.msg_id)
+            if seq is not None:
+                self._count("duplicates")
+            else:
+                seq = self._last[stream] + 1
+                time_ns = time.time_ns()
+                store.append(stream, seq, pub.topic, pub.msg_id, pub.flags, pub.payload, time_ns)
+                self._last[stream] = seq
+                self._fresh.append(
+                    (stream, Record(seq, pub.topic, pub.msg_id, pub.flags, pub.payload, time_ns, 0))
+                )
+                self._count("stored")
+            seqs.append(seq)
+        answer: object = seqs[0] if op == "pub" else seqs
+        if not store.dirty:  # duplicates of committed messages: confirm again at once
+            reply.send(answer)
             return
-        self._confirms.append((reply, seq))
-        if self._dirty_since is None:
-            self._dirty_since = time.monotonic()
+        self._confirms.append((reply, answer))
+        self._mark_dirty()
         if self.streams[stream].durability == "fsync":
             self._commit()
 
@@ -313,9 +320,9 @@ class Relay:
         for stream, seq in self._last.items():
             self._committed[stream] = seq
         confirms, self._confirms = self._confirms, []
-        for reply, seq in confirms:
-            reply.send(seq)
-        self._count("confirmed", len(confirms))
+        for reply, answer in confirms:
+            reply.send(answer)
+        self._count("confirmed", sum(len(a) if isinstance(a, list) else 1 for _, a in confirms))
         fresh, self._fresh = self._fresh, []
         if not fresh:
             return
@@ -347,11 +354,14 @@ class Relay:
             still.append(parked)
         self._parked = still
 
-    def _tick(self, now: float) -> float | None:
+    def _tick(self, now: float, idle: bool) -> float | None:
         wait = _HOUSEKEEPING
         if self._dirty_since is not None:
+            # Group commit: everything that arrived together is committed
+            # together as soon as no request is waiting, and at least every
+            # batch_interval under a steady stream of requests.
             due = self._dirty_since + self.batch_interval
-            if now >= due:
+            if idle or now >= due:
                 self._commit()
             else:
                 wait = due - now

@@ -148,6 +148,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._in_transaction = False
+        self._last_seqs: dict[str, int] = {}  # appended since the last commit
         #: Records refused because they failed their checksum, since open.
         self.corrupt = 0
         self._corrupt_seen: set[tuple[str, int]] = set()
@@ -173,6 +174,11 @@ class Store:
     def commit(self) -> None:
         """Make everything written since the last commit durable (fsync)."""
         if self._in_transaction:
+            self._db.executemany(
+                "INSERT INTO streams VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET last_seq = ?",
+                [(stream, seq, seq) for stream, seq in self._last_seqs.items()],
+            )
+            self._last_seqs.clear()
             self._db.execute("COMMIT")
             self._in_transaction = False
 
@@ -185,6 +191,8 @@ class Store:
     # Streams
 
     def last_seq(self, stream: str) -> int:
+        if stream in self._last_seqs:
+            return self._last_seqs[stream]
         row = self._db.execute(
             "SELECT last_seq FROM streams WHERE stream = ?", (stream,)
         ).fetchone()
@@ -208,10 +216,7 @@ class Store:
             (stream, seq, topic, msg_id, flags, payload, time_ns, crc),
         )
         self._db.execute("INSERT INTO ids VALUES (?, ?, ?, ?)", (stream, msg_id, seq, time_ns))
-        self._db.execute(
-            "INSERT INTO streams VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET last_seq = ?",
-            (stream, seq, seq),
-        )
+        self._last_seqs[stream] = seq  # written once, at commit
 
     def seq_of(self, stream: str, msg_id: bytes) -> int | None:
         """The sequence number a message id was stored under, within the dedup window."""
