@@ -24,6 +24,7 @@ from .errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
 from .message import Message
 from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent, PeerState
+from .publishing import BlockingWait, encode_blocking
 from .requester import GatherResult, Requester
 from .services import Handler
 from .sockets import SocketFactory
@@ -310,6 +311,22 @@ class AsyncNode:
     def publish_many(self, topic: str, items: Iterable[object]) -> int:
         """See :meth:`Node.publish_many`."""
         return self._node.publish_many(topic, items)
+
+    async def publish_blocking(
+        self, topic: str, data: object, *, timeout: float | None = 1.0
+    ) -> None:
+        """See :meth:`Node.publish_blocking`; the wait for room is awaited, not slept."""
+        node = self._node
+        if topic not in node._blocking_topics:
+            node.declare_blocking(topic)
+        flags, payload = encode_blocking(data)
+        wait = BlockingWait(topic, timeout)
+        while not node._publisher.try_publish_blocking(topic, flags, payload):
+            await asyncio.sleep(wait.pause())
+
+    def declare_blocking(self, topic: str) -> None:
+        """See :meth:`Node.declare_blocking`."""
+        self._node.declare_blocking(topic)
 
     async def wait_for_subscribers(self, topic: str, n: int, timeout: float | None = None) -> int:
         """See :meth:`Node.wait_for_subscribers`."""

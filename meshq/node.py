@@ -124,6 +124,7 @@ class Node:
             raise
         self.publish_endpoints = self._publisher.endpoints
         self._local_publish = self._publisher.local_endpoint
+        self._blocking_topics: set[str] = set()  # declared; saves a lock per publish
         self._directory = PublisherDirectory()
         # Request/reply: who offers what, our provider side (started by the
         # first serve()), and one caller side per calling thread.
@@ -217,6 +218,37 @@ class Node:
         small messages. Subscribers still receive them one by one.
         """
         return self._publisher.publish_many(topic, items)
+
+    def publish_blocking(self, topic: str, data: object, *, timeout: float | None = 1.0) -> None:
+        """Publish ``data`` on ``topic``, waiting while a subscriber's queue is full.
+
+        Where :meth:`publish` drops for a full subscriber, this waits until
+        every subscriber of ``topic`` has room, up to ``timeout`` seconds
+        (None: no limit), then raises meshq.Timeout; the message then went
+        to nobody and left no gap. One slow subscriber holds the topic
+        back for all. A topic is published one way or the other (see
+        :meth:`declare_blocking`, done here on first use). Safe from any
+        thread. Raises ValueError for a topic published with
+        :meth:`publish`, meshq.Closed after close().
+        """
+        if topic not in self._blocking_topics:
+            self.declare_blocking(topic)
+        self._publisher.publish_blocking(topic, data, timeout)
+
+    def declare_blocking(self, topic: str) -> None:
+        """Publish ``topic`` blocking from now on (:meth:`publish_blocking`), not dropping.
+
+        The first call binds a second, never-dropping publish socket
+        (``ZMQ_XPUB_NODROP``) and announces it, so subscribers connect to it
+        as well; call this before :meth:`wait_for_subscribers` so that they
+        are connected before the first message. Raises ValueError if
+        ``topic`` was already published with :meth:`publish`,
+        meshq.BindError, meshq.Closed.
+        """
+        self._check_open()
+        if self._publisher.declare_blocking(topic):
+            self._send_command(Announce())
+        self._blocking_topics.add(topic)
 
     def wait_for_subscribers(self, topic: str, n: int, timeout: float | None = None) -> int:
         """Block until at least ``n`` connected subscriptions match ``topic``; return the count.

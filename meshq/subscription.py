@@ -30,6 +30,7 @@ from .sockets import SocketFactory
 from .wire import Limits, decode_data
 
 __all__ = [
+    "BLOCKING_SUFFIX",
     "Gap",
     "Inbox",
     "own",
@@ -42,6 +43,10 @@ __all__ = [
 
 log = logging.getLogger("meshq.subscription")
 _bad_input_log = RateLimitedLog(log, interval=5.0)
+
+
+#: Directory key of a node's never-dropping publish socket: its id plus this.
+BLOCKING_SUFFIX = "/block"
 
 
 class Watcher(Protocol):
@@ -62,6 +67,9 @@ class Watcher(Protocol):
 
 class PublisherDirectory:
     """Where each known publisher listens: node id (hex) -> PUB endpoint.
+
+    A node that publishes blocking topics has a second entry, its id plus
+    ``BLOCKING_SUFFIX``; subscriptions connect to every entry alike.
 
     Written by the node's control thread, read by subscriptions on any
     thread. Each change bumps ``version`` and wakes every watcher. Watchers

@@ -6,6 +6,6 @@ Shipped as ``meshq.patterns``.
 from __future__ import annotations
 
 from .pipeline import Pipeline, Result, Worker
-from .publisher import Publisher
+from .publisher import AsyncPublisher, Publisher
 
-__all__ = ["Pipeline", "Publisher", "Result", "Worker"]
+__all__ = ["AsyncPublisher", "Pipeline", "Publisher", "Result", "Worker"]
