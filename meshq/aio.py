@@ -30,6 +30,7 @@ from .services import Handler
 from .sockets import SocketFactory
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits
+from .workers import TaskHandler
 
 __all__ = ["AsyncNode", "AsyncSubscription"]
 
@@ -347,6 +348,10 @@ class AsyncNode:
     def service(self, name: str) -> Callable[[Handler], Handler]:
         """See :meth:`Node.service`."""
         return self._node.service(name)
+
+    def worker(self, stage: str) -> Callable[[TaskHandler], TaskHandler]:
+        """See :meth:`Node.worker`: handlers run on the node's service thread."""
+        return self._node.worker(stage)
 
     async def request(
         self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2

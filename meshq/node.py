@@ -41,6 +41,7 @@ from .wire import (
     Limits,
     check_identity,
 )
+from .workers import TaskHandler, serve_worker
 
 __all__ = ["Node"]
 
@@ -322,6 +323,7 @@ class Node:
                     port=self.config.service_port,
                     limits=self._limits,
                     count=self._count,
+                    on_exit=self._close_thread_requester,
                 )
             names = self._service_runner.names()
             if name not in names:
@@ -343,6 +345,21 @@ class Node:
     def service(self, name: str) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`serve`: ``@node.service("calc")``."""
         return lambda handler: self.serve(name, handler)  # type: ignore[no-any-return]
+
+    def worker(self, stage: str) -> Callable[[TaskHandler], TaskHandler]:
+        """Decorator: offer pipeline stage ``stage``; ``handler(task)`` returns the task's result.
+
+        ``@node.worker("resize")`` is ``meshq.patterns.Worker(node, "resize",
+        handler)``: producers (``meshq.patterns.Pipeline``) spread their tasks
+        over every worker of the stage. A task whose handler raises fails
+        alone. Raises ValueError for a bad stage name.
+        """
+
+        def register(handler: TaskHandler) -> TaskHandler:
+            serve_worker(self, stage, handler)
+            return handler
+
+        return register
 
     def request(
         self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
@@ -434,6 +451,12 @@ class Node:
             self._directory.watch(requester)  # so it closes with the node
             self._requesters.requester = requester
         return requester
+
+    def _close_thread_requester(self) -> None:
+        """Close the calling thread's caller side, if it has one (a thread that ends)."""
+        requester: Requester | None = getattr(self._requesters, "requester", None)
+        if requester is not None:
+            requester.close()
 
     def _offered_services(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         runner = self._service_runner

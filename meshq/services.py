@@ -83,11 +83,15 @@ class ServiceRunner:
         port: int,
         limits: Limits,
         count: Callable[[str], None],
+        on_exit: Callable[[], None] = lambda: None,
     ) -> None:
         self._context = context
         self._factory = factory
         self._limits = limits
         self._count = count
+        # Run on the service thread as it ends: releases what handlers made
+        # there (a handler that calls services owns that thread's DEALERs).
+        self._on_exit = on_exit
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -174,6 +178,10 @@ class ServiceRunner:
                             self._count("service_replies_dropped")
         finally:
             sock.close(linger=0)
+            try:
+                self._on_exit()
+            except Exception:
+                log.exception("service thread cleanup failed")
             if self._release_on_exit:
                 self._close_pipe()
 

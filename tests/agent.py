@@ -10,6 +10,8 @@ after ``delay`` seconds, saying ``handling`` first), ``{"cmd": "request",
 ``error``), ``{"cmd": "tally", "name": "calc", "count": 60}`` (says who
 answered how often), ``{"cmd": "subscribe", "prefix": "t/", "quiet": true}``
 with ``{"cmd": "report"}`` (counts and gaps instead of a line per message),
+``{"cmd": "sink", "name": "done"}`` (collects pipeline results) with
+``{"cmd": "sink_report"}`` (says ``sunk``: the tasks received, sorted),
 ``{"cmd": "close"}``. Exits when stdin closes or after ``close``.
 """
 
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import meshq
-from meshq.patterns import Pipeline, Worker
+from meshq.patterns import Pipeline, Sink, Worker
 
 _print_lock = threading.Lock()
 
@@ -107,6 +109,7 @@ def main() -> None:
     stop = threading.Event()
     tally: dict[str, Any] = {}
     workers: list[Worker] = []
+    sinks: list[Sink] = []
     receivers = []
     for line in sys.stdin:
         command = json.loads(line)
@@ -140,6 +143,12 @@ def main() -> None:
                 lost=pipeline.lost,
                 tasks=sorted([*done, *pipeline.lost_tasks]),  # type: ignore[type-var]
             )
+        elif command["cmd"] == "sink":
+            sinks.append(Sink(node, command["name"]))
+            emit("sinking", name=command["name"])
+        elif command["cmd"] == "sink_report":
+            tasks = [result.task for sink in sinks for result in sink.results()]
+            emit("sunk", tasks=sorted(tasks))  # type: ignore[type-var]
         elif command["cmd"] == "serve":
             node.serve(command["name"], make_handler(args.name, command.get("delay", 0.0)))
             emit("serving", name=command["name"])
