@@ -186,16 +186,17 @@ class PublishSocket:
         it). Raises ValueError if ``topic`` is already published with
         ``publish``, meshq.BindError if no port can be bound, meshq.Closed.
         """
+        topic_prefix(topic, self._node_id, self._limits)  # ValueError before binding
         with self._lock:
+            entry = self._topics.get(topic)
+            if entry is not None and not entry.blocking:  # before binding: nothing to undo
+                raise ValueError(f"topic {topic!r} is published dropping: use publish")
             opened = False
             if self._block_sock is None:
                 self._block_sock = self._open_block_socket()
                 opened = True
-            entry = self._topics.get(topic)
             if entry is None:
                 self._open_topic(topic, blocking=True)
-            elif not entry.blocking:
-                raise ValueError(f"topic {topic!r} is published dropping: use publish")
             return opened
 
     def _open_block_socket(self) -> zmq.Socket:  # type: ignore[type-arg]

@@ -107,6 +107,10 @@ def test_blocking_topics_reach_local_and_late_subscribers(mesh: str) -> None:
         meshq.Node("pub", mesh=mesh, interfaces=LOOPBACK) as pub_node,
         pub_node.subscribe("t") as local,
     ):
+        pub_node.publish("taken", 1)
+        for refused in ("taken", ""):  # refused before the socket opens: it is announced later
+            with pytest.raises(ValueError):
+                pub_node.declare_blocking(refused)
         publisher = Publisher(pub_node, "t", when_full="block")
         with meshq.Node("sub", mesh=mesh, interfaces=LOOPBACK) as sub_node:
             remote = sub_node.subscribe("t")
