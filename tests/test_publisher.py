@@ -102,24 +102,27 @@ def test_a_node_publishes_a_topic_one_way_only(mesh: str) -> None:
             Publisher(node, "x", when_full="sometimes")  # type: ignore[arg-type]
 
 
-def test_blocking_topics_reach_local_and_late_subscribers(mesh: str) -> None:
+def test_blocking_topics_reach_local_and_remote_subscribers(mesh: str) -> None:
+    # No periodic HELLO within the test: the blocking socket must be announced at once.
+    rare_gossip = meshq.MeshConfig(gossip_interval=60.0)
     with (
-        meshq.Node("pub", mesh=mesh, interfaces=LOOPBACK) as pub_node,
+        meshq.Node("pub", mesh=mesh, interfaces=LOOPBACK, config=rare_gossip) as pub_node,
+        meshq.Node("sub", mesh=mesh, interfaces=LOOPBACK) as sub_node,
         pub_node.subscribe("t") as local,
+        sub_node.subscribe("t") as remote,
     ):
-        pub_node.publish("taken", 1)
-        for refused in ("taken", ""):  # refused before the socket opens: it is announced later
+        pub_node.wait_for_peers(1, timeout=10)
+        sub_node.wait_for_peers(1, timeout=10)
+        pub_node.publish("other", 1)  # not under "t"
+        for refused in ("other", ""):  # refused before the socket opens, so it is announced later
             with pytest.raises(ValueError):
                 pub_node.declare_blocking(refused)
-        publisher = Publisher(pub_node, "t", when_full="block")
-        with meshq.Node("sub", mesh=mesh, interfaces=LOOPBACK) as sub_node:
-            remote = sub_node.subscribe("t")
-            publisher.wait_for_subscribers(2, timeout=10)
-            for i in range(5):
-                publisher.send(i)
-            assert [local.recv(timeout=10).data for _ in range(5)] == list(range(5))
-            assert [remote.recv(timeout=10).data for _ in range(5)] == list(range(5))
-            remote.close()
+        publisher = Publisher(pub_node, "t", when_full="block")  # announced to a known peer
+        publisher.wait_for_subscribers(2, timeout=10)
+        for i in range(5):
+            publisher.send(i)
+        assert [local.recv(timeout=10).data for _ in range(5)] == list(range(5))
+        assert [remote.recv(timeout=10).data for _ in range(5)] == list(range(5))
 
 
 def test_async_block_times_out_without_stalling_the_loop(mesh: str) -> None:
