@@ -125,14 +125,16 @@ class BatchRunner:
 
     def _run(self, tasks: list[object]) -> list[list[object]]:
         outcomes: list[list[object]] = []
-        handler = self.handler
+        append, handler = outcomes.append, self.handler  # locals: this loop runs per task
+        errors = 0
         for task in tasks:
             try:
-                outcomes.append([True, handler(task)])
+                append([True, handler(task)])
             except BaseException as exc:  # one bad task must not sink the batch
-                self.errors += 1
-                outcomes.append([False, describe(exc)])
-            self.done += 1
+                errors += 1
+                append([False, describe(exc)])
+        self.done += len(tasks)
+        self.errors += errors
         try:
             msgpack.packb(outcomes, use_bin_type=True)
         except Exception:  # some result cannot travel: find it, fail that task alone

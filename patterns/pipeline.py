@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, NamedTuple, TypeVar
@@ -87,6 +89,9 @@ class Result(NamedTuple):
     value: object = None
     error: str = ""
 
+
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 H = TypeVar("H")  # how a shell waits on one batch: a RequestFuture, an asyncio.Task
 
@@ -162,10 +167,12 @@ class _Ledger(Generic[H]):
                 self._fail_all(chunk, "malformed reply")  # a worker that does not speak it
                 return
             outcomes, undelivered = reply.get("outcomes"), reply["undelivered"]
+        # The shape checks run in C (map over the outcomes), not per task in Python.
         if not (
-            isinstance(outcomes, list)
+            type(outcomes) is list
             and len(outcomes) == len(chunk)
-            and all(isinstance(o, list) and len(o) == 2 for o in outcomes)
+            and set(map(type, outcomes)) == {list}
+            and set(map(len, outcomes)) == {2}
         ):
             self._fail_all(chunk, "malformed reply")
             return
@@ -173,17 +180,25 @@ class _Ledger(Generic[H]):
             self.undelivered += len(chunk)
             self._fail_all(chunk, f"results not delivered to sink {self.sink!r}: {undelivered}")
             return
-        keep = self.keep_results
+        oks = list(map(bool, map(_first, outcomes)))
+        ok_count = oks.count(True)
+        self.completed += ok_count
+        self.failed += len(chunk) - ok_count
+        if not self.keep_results:
+            return
+        if ok_count == len(chunk):  # the common case: every task ok
+            values = map(_second, outcomes) if self.sink is None else itertools.repeat(None)
+            # Result(task, True, value) for each task, made in C: what
+            # Result._make does, without a Python call per task (0.4 us each).
+            fields = zip(chunk, oks, values, itertools.repeat(""))
+            self.results.extend(map(tuple.__new__, itertools.repeat(Result), fields))
+            return
         with_values = self.sink is None
-        for task, (ok, value) in zip(chunk, outcomes, strict=True):
+        for task, ok, (_, value) in zip(chunk, oks, outcomes, strict=True):
             if ok:
-                self.completed += 1
-                if keep:
-                    self.results.append(Result(task, True, value if with_values else None))
+                self.results.append(Result(task, True, value if with_values else None))
             else:
-                self.failed += 1
-                if keep:
-                    self.results.append(Result(task, False, error=str(value)))
+                self.results.append(Result(task, False, error=str(value)))
 
     def _fail_all(self, chunk: list[object], error: str) -> None:
         self.failed += len(chunk)
@@ -287,9 +302,10 @@ class Pipeline(_Counters):
         deadline = None if timeout is None else time.monotonic() + timeout
         workers = self._workers()  # once per call: the directory is rebuilt per look
         for chunk in ledger.chunks(tasks):
-            self._reap()
-            while ledger.full(workers):
-                self._settle_oldest(deadline, f"every worker of {self.stage!r} is full")
+            if ledger.full(workers):  # replies are read when room is needed, not per batch
+                self._reap()
+                while ledger.full(workers):
+                    self._settle_oldest(deadline, f"every worker of {self.stage!r} is full")
             payload = ledger.request(chunk)
             future = self.node.request_async(
                 ledger.service, payload, timeout=ledger.timeout, retries=ledger.retries
@@ -385,9 +401,10 @@ class AsyncPipeline(_Counters):
         if not workers:
             raise meshq.NoProviders(ledger.service)
         for chunk in ledger.chunks(tasks):
-            self._reap()
-            while ledger.full(workers):
-                await self._settle_oldest(deadline, f"every worker of {self.stage!r} is full")
+            if ledger.full(workers):
+                self._reap()
+                while ledger.full(workers):
+                    await self._settle_oldest(deadline, f"every worker of {self.stage!r} is full")
             payload = ledger.request(chunk)
             request = self.node.request(
                 ledger.service, payload, timeout=ledger.timeout, retries=ledger.retries

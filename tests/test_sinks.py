@@ -167,3 +167,45 @@ def test_pipeline_with_sinks_across_processes(mesh: str, agents: list[Agent]) ->
     # 20 deliveries, each to the less busy sink, ties at random: both get some
     # (all to one would take 20 coin flips alike: about 2 in a million).
     assert sunk[0] and sunk[1]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "nope",
+        [[True, 1]],  # one outcome for two tasks
+        [[True, 1], "x"],
+        [[True, 1], [True, 2, 3]],
+        {"outcomes": [[True, 1], [True, 2]], "undelivered": ""},  # a sink reply, unasked
+    ],
+)
+def test_a_malformed_worker_reply_fails_its_batch_and_nothing_else(
+    mesh: str, reply: object
+) -> None:
+    with (
+        meshq.Node("liar", mesh=mesh, interfaces=LOOPBACK) as liar,
+        meshq.Node("producer", mesh=mesh, interfaces=LOOPBACK) as producer,
+    ):
+        liar.serve("pipeline/odd", lambda batch: reply)  # not a real worker
+        wait_for_workers(producer, "odd", 1)
+        pipeline = Pipeline(producer, "odd", batch=2)
+        pipeline.push_many(["a", "b", "c", "d"])
+        pipeline.drain(timeout=30)
+        results = list(pipeline.results())
+    assert (pipeline.completed, pipeline.failed, pipeline.lost) == (0, 4, 0)
+    assert {r.error for r in results} == {"malformed reply"}
+
+
+def test_outcomes_count_as_the_results_say(mesh: str) -> None:
+    with (
+        meshq.Node("odd", mesh=mesh, interfaces=LOOPBACK) as odd,
+        meshq.Node("producer", mesh=mesh, interfaces=LOOPBACK) as producer,
+    ):
+        odd.serve("pipeline/odd", lambda batch: [[1, "yes"], [0, "no"]])  # truthy, not bool
+        wait_for_workers(producer, "odd", 1)
+        pipeline = Pipeline(producer, "odd", batch=2)
+        pipeline.push_many(["a", "b"])
+        pipeline.drain(timeout=30)
+        results = list(pipeline.results())
+    assert (pipeline.completed, pipeline.failed) == (1, 1)
+    assert results == [("a", True, "yes", ""), ("b", False, None, "no")]
