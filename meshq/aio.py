@@ -399,6 +399,7 @@ class AsyncNode:
             directory=self._node._directory,
             limits=self._node._limits,
         )
+        subscription.on_gap = self._node._count_missed
         self._subscriptions.add(subscription)
         return subscription
 

@@ -287,13 +287,19 @@ class Node:
         Raises meshq.Closed after close(), ValueError for an oversized prefix.
         """
         self._check_prefix(prefix)
-        return Subscription(
+        subscription = Subscription(
             prefix,
             context=self._context,
             factory=self._sockets,
             directory=self._directory,
             limits=self._limits,
         )
+        subscription.on_gap = self._count_missed
+        return subscription
+
+    def _count_missed(self, missed: int) -> None:
+        """A subscription saw a gap: ``messages_missed`` in stats() sums them all."""
+        self._count("messages_missed", missed)
 
     # ------------------------------------------------------------------
     # Request/reply

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
@@ -206,6 +206,8 @@ class Inbox:
         self.gap_log: collections.deque[Gap] = collections.deque(maxlen=_GAP_LOG)
         self._limits = limits
         self._directory = directory
+        #: Called with each gap's ``missed`` (the node counts them in its stats).
+        self.on_gap: Callable[[int], None] | None = None
         self._pending: collections.deque[Message] = collections.deque()  # rest of a batch
         # Last sequence number per stream; the key is the frame's start up to
         # and including the sender id: topic, NUL, version, sender.
@@ -237,6 +239,8 @@ class Inbox:
     def _record_gap(self, message: Message, missed: int) -> None:
         self.gaps += missed
         self.gap_log.append(Gap(message.sender, message.topic, missed))
+        if self.on_gap is not None:
+            self.on_gap(missed)
 
 
 class Subscription(Inbox):

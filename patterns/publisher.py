@@ -6,8 +6,9 @@ Each publisher chooses what happens when a subscriber's queue is full
 * ``when_full="drop"`` (the default, as ZeroMQ PUB and ``Node.publish``):
   ``send`` never waits; the full subscriber misses the message and the
   others still get it. Nothing is lost silently: each message is numbered,
-  so the subscriber that missed it counts it in ``Subscription.gaps`` and
-  names this publisher and topic in ``gap_log``. The publisher itself cannot
+  so the subscriber that missed it counts it in ``Subscription.gaps`` (and
+  its node in ``stats()["messages_missed"]``) and names this publisher and
+  topic in ``gap_log``. The publisher itself cannot
   count these (ZeroMQ does not report which subscriber dropped what).
 * ``when_full="block"``: ``send`` waits until every subscriber of the topic
   has room, then sends; after ``timeout`` seconds it raises meshq.Timeout,

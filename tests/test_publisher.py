@@ -85,6 +85,7 @@ def test_drop_never_waits_and_every_loss_shows_as_a_gap(
     assert publisher.sent == MAX_SENDS + markers
     assert subscription.gaps > 0
     assert received + 1 + subscription.gaps == MAX_SENDS + markers
+    assert sub_node.stats()["messages_missed"] == subscription.gaps  # the node counts them too
     assert {(g.sender, g.topic) for g in subscription.gap_log} == {(pub_node.id, "slow/t")}
 
 
