@@ -8,12 +8,16 @@ socket buffers fill after a bounded number of large messages.
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import Iterator
 
 import pytest
 
 import meshq
 from meshq.patterns import AsyncPublisher, Publisher
+from tests.harness import Agent
+from tests.test_multiprocess import start
 
 LOOPBACK = ["127.0.0.1"]
 TINY = meshq.MeshConfig(publish_hwm=2, subscribe_hwm=2)
@@ -156,3 +160,39 @@ def test_async_block_times_out_without_stalling_the_loop(mesh: str) -> None:
                 return sent
 
         assert asyncio.run(main()) > 0
+
+
+def test_a_paused_subscriber_holds_a_blocking_publisher_back_and_misses_nothing(
+    mesh: str, agents: list[Agent]
+) -> None:
+    """SIGSTOP a subscriber process: sends block, then time out; after SIGCONT it has all."""
+    subscriber = start(agents, "subscriber", mesh, "--hwm", "2")
+    # The paused subscriber's connection must outlive the test's pause: ZeroMQ's
+    # heartbeat would otherwise drop it after gone_after (and the blocked
+    # publisher would then go on without it).
+    patient = meshq.MeshConfig(publish_hwm=2, subscribe_hwm=2, suspect_after=20, gone_after=60)
+    with meshq.Node("publisher", mesh=mesh, interfaces=LOOPBACK, config=patient) as node:
+        publisher = Publisher(node, "flood/x", when_full="block", timeout=0.3)
+        subscriber.send(cmd="subscribe", prefix="flood/", quiet=True)
+        subscriber.expect(lambda e: e["ev"] == "subscribed", timeout=10)
+        publisher.wait_for_subscribers(1, timeout=15)
+        subscriber.signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(meshq.Timeout):
+                for _ in range(MAX_SENDS):
+                    publisher.send(PAYLOAD)
+        finally:
+            subscriber.signal(signal.SIGCONT)
+        publisher.send(b"after", timeout=30)
+        expected = publisher.sent
+        deadline = time.monotonic() + 30
+        while True:
+            subscriber.send(cmd="report")
+            report = subscriber.expect(lambda e: e["ev"] == "report", timeout=10)
+            subscriber.events.remove(report)
+            if report.get("received", 0) >= expected:
+                break
+            assert time.monotonic() < deadline, (report, expected)
+            time.sleep(0.05)
+    assert report["received"] == expected
+    assert report.get("gaps", 0) == 0
