@@ -249,6 +249,8 @@ class Node:
         self._check_open()
         if self._publisher.declare_blocking(topic):
             self._send_command(Announce())
+        if len(self._blocking_topics) >= self.config.max_topics:
+            self._blocking_topics.clear()  # only a shortcut: declaring again is harmless
         self._blocking_topics.add(topic)
 
     def wait_for_subscribers(self, topic: str, n: int, timeout: float | None = None) -> int:
