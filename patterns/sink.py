@@ -9,8 +9,10 @@ the producer's counters stay true (a batch no sink took counts as
 ``failed`` and ``undelivered`` there).
 
 What a sink does not give: results already taken by a sink whose node then
-dies are gone with it (the producer counted them completed); order across
-batches and workers is not kept.
+dies are gone with it (the producer counted them completed); a worker that
+dies after its sink took a batch but before answering leaves the batch
+counted ``lost`` though the sink has it (with ``redeliver=True`` it may then
+reach a sink twice); order across batches and workers is not kept.
 """
 
 from __future__ import annotations
