@@ -24,11 +24,13 @@ from .errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
 from .message import Message
 from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent, PeerState
+from .publishing import BlockingWait, encode_blocking
 from .requester import GatherResult, Requester
 from .services import Handler
 from .sockets import SocketFactory
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits
+from .workers import TaskHandler
 
 __all__ = ["AsyncNode", "AsyncSubscription"]
 
@@ -311,6 +313,22 @@ class AsyncNode:
         """See :meth:`Node.publish_many`."""
         return self._node.publish_many(topic, items)
 
+    async def publish_blocking(
+        self, topic: str, data: object, *, timeout: float | None = 1.0
+    ) -> None:
+        """See :meth:`Node.publish_blocking`; the wait for room is awaited, not slept."""
+        node = self._node
+        if topic not in node._blocking_topics:
+            node.declare_blocking(topic)
+        flags, payload = encode_blocking(data)
+        wait = BlockingWait(topic, timeout)
+        while not node._publisher.try_publish_blocking(topic, flags, payload):
+            await asyncio.sleep(wait.pause())
+
+    def declare_blocking(self, topic: str) -> None:
+        """See :meth:`Node.declare_blocking`."""
+        self._node.declare_blocking(topic)
+
     async def wait_for_subscribers(self, topic: str, n: int, timeout: float | None = None) -> int:
         """See :meth:`Node.wait_for_subscribers`."""
         deadline = None if timeout is None else self._loop.time() + timeout
@@ -330,6 +348,10 @@ class AsyncNode:
     def service(self, name: str) -> Callable[[Handler], Handler]:
         """See :meth:`Node.service`."""
         return self._node.service(name)
+
+    def worker(self, stage: str) -> Callable[[TaskHandler], TaskHandler]:
+        """See :meth:`Node.worker`: handlers run on the node's service thread."""
+        return self._node.worker(stage)
 
     async def request(
         self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
@@ -377,6 +399,7 @@ class AsyncNode:
             directory=self._node._directory,
             limits=self._node._limits,
         )
+        subscription.on_gap = self._node._count_missed
         self._subscriptions.add(subscription)
         return subscription
 

@@ -23,6 +23,7 @@ from .interfaces import choose_endpoint
 from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
 from .publishing import bind_all
 from .ratelimit import RateLimitedLog
+from .subscription import BLOCKING_SUFFIX
 from .wire import (
     Bye,
     ControlMessage,
@@ -64,7 +65,7 @@ class Stop:
 
 @dataclass(frozen=True)
 class Announce:
-    """The node's own services changed."""
+    """The node's own services (or publish sockets) changed."""
 
 
 Command = Found | Lost | Stop | Announce
@@ -258,6 +259,7 @@ class ControlPlane:
                     reply=reply,
                     services=services,
                     service=service_endpoints if services else (),
+                    publish_block=self._node._publisher.block_endpoints,
                 )
             )
             if len(frame) <= self._config.max_control_bytes or not gossip:
@@ -326,12 +328,18 @@ class ControlPlane:
         """Tell subscriptions and callers where every peer publishes and serves."""
         node = self._node
         publishers = {node.id: node._local_publish}
+        if node._publisher.block_endpoints:
+            publishers[node.id + BLOCKING_SUFFIX] = node._publisher.block_local_endpoint
         providers: dict[str, dict[str, str]] = {}
         own_services, _ = node._offered_services()
         for name in own_services:
             providers.setdefault(name, {})[node.id] = node._local_service_endpoint()
         for peer in self._table.snapshot():
             publishers[peer.id] = choose_endpoint(peer.publish, node._networks)
+            if peer.publish_block:
+                publishers[peer.id + BLOCKING_SUFFIX] = choose_endpoint(
+                    peer.publish_block, node._networks
+                )
             if peer.services and peer.service:
                 endpoint = choose_endpoint(peer.service, node._networks)
                 for name in peer.services:

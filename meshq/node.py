@@ -42,6 +42,7 @@ from .wire import (
     Limits,
     check_identity,
 )
+from .workers import TaskHandler, serve_worker
 
 __all__ = ["Node"]
 
@@ -126,6 +127,7 @@ class Node:
             raise
         self.publish_endpoints = self._publisher.endpoints
         self._local_publish = self._publisher.local_endpoint
+        self._blocking_topics: set[str] = set()  # declared; saves a lock per publish
         self._directory = PublisherDirectory()
         # Request/reply: who offers what, our provider side (started by the
         # first serve()), and one caller side per calling thread.
@@ -238,6 +240,39 @@ class Node:
         """
         return self._publisher.publish_many(topic, items)
 
+    def publish_blocking(self, topic: str, data: object, *, timeout: float | None = 1.0) -> None:
+        """Publish ``data`` on ``topic``, waiting while a subscriber's queue is full.
+
+        Where :meth:`publish` drops for a full subscriber, this waits until
+        every subscriber of ``topic`` has room, up to ``timeout`` seconds
+        (None: no limit), then raises meshq.Timeout; the message then went
+        to nobody and left no gap. One slow subscriber holds the topic
+        back for all. A topic is published one way or the other (see
+        :meth:`declare_blocking`, done here on first use). Safe from any
+        thread. Raises ValueError for a topic published with
+        :meth:`publish`, meshq.Closed after close().
+        """
+        if topic not in self._blocking_topics:
+            self.declare_blocking(topic)
+        self._publisher.publish_blocking(topic, data, timeout)
+
+    def declare_blocking(self, topic: str) -> None:
+        """Publish ``topic`` blocking from now on (:meth:`publish_blocking`), not dropping.
+
+        The first call binds a second, never-dropping publish socket
+        (``ZMQ_XPUB_NODROP``) and announces it, so subscribers connect to it
+        as well; call this before :meth:`wait_for_subscribers` so that they
+        are connected before the first message. Raises ValueError if
+        ``topic`` was already published with :meth:`publish`,
+        meshq.BindError, meshq.Closed.
+        """
+        self._check_open()
+        if self._publisher.declare_blocking(topic):
+            self._send_command(Announce())
+        if len(self._blocking_topics) >= self.config.max_topics:
+            self._blocking_topics.clear()  # only a shortcut: declaring again is harmless
+        self._blocking_topics.add(topic)
+
     def wait_for_subscribers(self, topic: str, n: int, timeout: float | None = None) -> int:
         """Block until at least ``n`` connected subscriptions match ``topic``; return the count.
 
@@ -318,13 +353,19 @@ class Node:
                 ack_wait=ack_wait,
                 max_deliver=max_deliver,
             )
-        return Subscription(
+        subscription = Subscription(
             prefix,
             context=self._context,
             factory=self._sockets,
             directory=self._directory,
             limits=self._limits,
         )
+        subscription.on_gap = self._count_missed
+        return subscription
+
+    def _count_missed(self, missed: int) -> None:
+        """A subscription saw a gap: ``messages_missed`` in stats() sums them all."""
+        self._count("messages_missed", missed)
 
     # ------------------------------------------------------------------
     # Request/reply
@@ -376,6 +417,7 @@ class Node:
                     port=self.config.service_port,
                     limits=self._limits,
                     count=self._count,
+                    on_exit=self._close_thread_requester,
                 )
             names = self._service_runner.names()
             if name not in names:
@@ -399,6 +441,21 @@ class Node:
     def service(self, name: str) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`serve`: ``@node.service("calc")``."""
         return lambda handler: self.serve(name, handler)  # type: ignore[no-any-return]
+
+    def worker(self, stage: str) -> Callable[[TaskHandler], TaskHandler]:
+        """Decorator: offer pipeline stage ``stage``; ``handler(task)`` returns the task's result.
+
+        ``@node.worker("resize")`` is ``meshq.patterns.Worker(node, "resize",
+        handler)``: producers (``meshq.patterns.Pipeline``) spread their tasks
+        over every worker of the stage. A task whose handler raises fails
+        alone. Raises ValueError for a bad stage name.
+        """
+
+        def register(handler: TaskHandler) -> TaskHandler:
+            serve_worker(self, stage, handler)
+            return handler
+
+        return register
 
     def request(
         self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
@@ -490,6 +547,12 @@ class Node:
             self._directory.watch(requester)  # so it closes with the node
             self._requesters.requester = requester
         return requester
+
+    def _close_thread_requester(self) -> None:
+        """Close the calling thread's caller side, if it has one (a thread that ends)."""
+        requester: Requester | None = getattr(self._requesters, "requester", None)
+        if requester is not None:
+            requester.close()
 
     def _offered_services(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         runner = self._service_runner

@@ -64,6 +64,8 @@ class Peer:
     #: Request/reply services the peer offers, and its service endpoints.
     services: tuple[str, ...] = ()
     service: tuple[str, ...] = ()
+    #: Endpoints of the peer's never-dropping publish socket, if it opened one.
+    publish_block: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class PeerTable:
             publish=message.publish,
             services=message.services,
             service=message.service,
+            publish_block=message.publish_block,
         )
         self._peers[message.sender] = peer
         if known is None:

@@ -5,6 +5,16 @@ speed where it was measured to matter (bench/pubsub.py): the per-topic frame
 header is one ``struct`` call on a prebuilt prefix, and sends go straight to
 pyzmq's compiled ``send``, skipping the Python wrapper. A lock makes
 ``publish`` safe from any thread; ZeroMQ sockets themselves are not.
+
+What happens at a subscriber's high-water mark is chosen per topic. By
+default (``publish``) the full subscriber misses the message, as with a
+ZeroMQ PUB, and sees the gap in sequence numbers. ``publish_blocking`` waits
+for room instead. ``ZMQ_XPUB_NODROP`` is a socket-wide option, and a pipe
+that a lossy send found full stops being checked until it drains, so the
+two behaviours cannot share one socket: blocking topics go through a second
+XPUB with NODROP set, bound on first use and announced in HELLO
+(``publish_block``). A topic is published by one of the two sockets only,
+so its sequence numbers stay one ordered stream and gap detection holds.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import zmq
 
-from .errors import BindError, Closed
+from .errors import BindError, Closed, Timeout
 from .sockets import SocketFactory
 from .wire import (
     ENTRY_HEADER_BYTES,
@@ -31,19 +41,26 @@ from .wire import (
     topic_prefix,
 )
 
-__all__ = ["PublishSocket", "bind_all", "raw_send"]
+__all__ = ["BlockingWait", "PublishSocket", "bind_all", "encode_blocking", "raw_send"]
 
 # pyzmq's compiled send; the sugar method in front of it adds ~0.2 us per call.
 raw_send: Callable[..., object] = getattr(zmq.backend, "Socket", zmq.Socket).send
 
 
-class _Topic:
-    __slots__ = ("budget", "pack", "prefix", "seq")
+#: Seconds between tries while a blocking publish waits for a full subscriber.
+_BLOCK_POLL_FIRST = 0.0005
+_BLOCK_POLL_MAX = 0.01
 
-    def __init__(self, prefix: bytes, max_frame_bytes: int) -> None:
+
+class _Topic:
+    __slots__ = ("blocking", "budget", "pack", "prefix", "seq")
+
+    def __init__(self, prefix: bytes, max_frame_bytes: int, blocking: bool = False) -> None:
         self.prefix = prefix
         self.pack = data_header_packer(prefix)
         self.seq = 0
+        #: Published through the NODROP socket (publish_blocking) only.
+        self.blocking = blocking
         #: Largest payload whose frame a subscriber's socket still accepts.
         self.budget = max_frame_bytes - len(self.pack(prefix, 0, 0, 0))
 
@@ -88,6 +105,15 @@ class PublishSocket:
         self.endpoints = tuple(f"tcp://{ip}:{bound_port}" for ip in interfaces)
         self.local_endpoint = f"inproc://meshq-pub-{node_id.hex()}"
         self._sock.bind(self.local_endpoint)
+        self._context = context
+        self._factory = factory
+        self._interfaces = tuple(interfaces)
+        # The NODROP socket for blocking topics, bound on first use.
+        self._block_sock: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._block_subscribers: collections.Counter[bytes] = collections.Counter()
+        #: Where the NODROP socket listens (empty until opened), and its inproc twin.
+        self.block_endpoints: tuple[str, ...] = ()
+        self.block_local_endpoint = f"inproc://meshq-pub-block-{node_id.hex()}"
 
     def check_topic(self, topic: str) -> None:
         """Raise ValueError unless ``topic`` can be published."""
@@ -103,6 +129,8 @@ class PublishSocket:
             entry = self._topics.get(topic)
             if entry is None:
                 entry = self._open_topic(topic)
+            if entry.blocking:
+                raise ValueError(f"topic {topic!r} is published blocking: use publish_blocking")
             if len(data) > entry.budget:
                 raise ValueError(f"payload of {len(data)} bytes exceeds {entry.budget}")
             entry.seq += 1
@@ -135,6 +163,8 @@ class PublishSocket:
             entry = self._topics.get(topic)
             if entry is None:
                 entry = self._open_topic(topic)
+            if entry.blocking:
+                raise ValueError(f"topic {topic!r} is published blocking: use publish_blocking")
             limit = entry.budget - ENTRY_HEADER_BYTES
             largest = max(map(len, batch), default=0)
             if largest > limit:
@@ -148,6 +178,84 @@ class PublishSocket:
                 except zmq.ZMQError as exc:
                     raise Closed("node is closed") from exc
         return len(batch)
+
+    def declare_blocking(self, topic: str) -> bool:
+        """Make ``topic`` a blocking topic, binding the NODROP socket if needed.
+
+        Returns True if the socket was just bound (the node must announce
+        it). Raises ValueError if ``topic`` is already published with
+        ``publish``, meshq.BindError if no port can be bound, meshq.Closed.
+        """
+        topic_prefix(topic, self._node_id, self._limits)  # ValueError before binding
+        with self._lock:
+            entry = self._topics.get(topic)
+            if entry is not None and not entry.blocking:  # before binding: nothing to undo
+                raise ValueError(f"topic {topic!r} is published dropping: use publish")
+            opened = False
+            if self._block_sock is None:
+                self._block_sock = self._open_block_socket()
+                opened = True
+            if entry is None:
+                self._open_topic(topic, blocking=True)
+            return opened
+
+    def _open_block_socket(self) -> zmq.Socket:  # type: ignore[type-arg]
+        if self._closed:
+            raise Closed("node is closed")
+        sock: zmq.Socket = self._factory.make(self._context, zmq.XPUB)  # type: ignore[type-arg]
+        sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+        # A full subscriber makes a send fail with EAGAIN (nothing is sent
+        # to anyone) instead of being skipped.
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
+        try:
+            port = bind_all(sock, self._interfaces, 0)
+            sock.bind(self.block_local_endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        self.block_endpoints = tuple(f"tcp://{ip}:{port}" for ip in self._interfaces)
+        return sock
+
+    def publish_blocking(self, topic: str, data: object, timeout: float | None) -> None:
+        """Send one message, waiting while a subscriber of ``topic`` is full.
+
+        The message goes to every subscriber or to none: after ``timeout``
+        seconds (None: no limit) without room it is not sent, consumes no
+        sequence number, and meshq.Timeout is raised. The lock is released
+        between tries, so other topics keep flowing meanwhile. Call
+        :meth:`declare_blocking` first. Raises ValueError for a topic
+        published with ``publish``.
+        """
+        flags, payload = encode_blocking(data)
+        wait = BlockingWait(topic, timeout)
+        while not self.try_publish_blocking(topic, flags, payload):
+            time.sleep(wait.pause())
+
+    def try_publish_blocking(self, topic: str, flags: int, payload: bytes) -> bool:
+        """One try of :meth:`publish_blocking`: False if a subscriber is full (nothing sent).
+
+        The sync and asyncio shells loop on this, pausing per BlockingWait.
+        """
+        with self._lock:
+            sock = self._block_sock
+            if self._closed or sock is None:
+                raise Closed("node is closed")
+            entry = self._topics.get(topic)
+            if entry is None:  # forgotten past max_topics: it was declared before
+                entry = self._open_topic(topic, blocking=True)
+            if not entry.blocking:
+                raise ValueError(f"topic {topic!r} is published dropping: use publish")
+            if len(payload) > entry.budget:
+                raise ValueError(f"payload of {len(payload)} bytes exceeds {entry.budget}")
+            frame = entry.pack(entry.prefix, flags, entry.seq + 1, time.time_ns()) + payload
+            try:
+                raw_send(sock, frame, zmq.NOBLOCK)
+            except zmq.Again:
+                return False  # the sequence number stays unused: no gap
+            except zmq.ZMQError as exc:
+                raise Closed("node is closed") from exc
+            entry.seq += 1
+            return True
 
     def process_commands(self) -> None:
         """Read subscription changes, and let ZeroMQ finish pending socket work.
@@ -164,31 +272,28 @@ class PublishSocket:
     def _read_subscriptions(self) -> None:
         # Called with the lock held. Reading also runs the socket's pending
         # internal commands, such as detaching closed subscribers.
-        while True:
-            try:
-                message = self._sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if not message:
-                continue
-            prefix = message[1:]
-            if message[0] == 1:
-                self._subscribers[prefix] += 1
-            elif message[0] == 0 and self._subscribers[prefix] > 0:
-                self._subscribers[prefix] -= 1
-                if not self._subscribers[prefix]:
-                    del self._subscribers[prefix]
+        _read_subscriptions(self._sock, self._subscribers)
+        if self._block_sock is not None:
+            _read_subscriptions(self._block_sock, self._block_subscribers)
 
     def subscribers(self, topic: str) -> int:
-        """How many subscriptions now connected would receive a message on ``topic``."""
+        """How many subscriptions now connected would receive a message on ``topic``.
+
+        Once the blocking socket exists, a subscription counts only when it
+        is connected to both sockets, so the answer holds for either kind
+        of topic.
+        """
         encoded = topic.encode()
         with self._lock:
             if self._closed:
                 raise Closed("node is closed")
             self._read_subscriptions()
-            return sum(n for prefix, n in self._subscribers.items() if encoded.startswith(prefix))
+            count = _matching(self._subscribers, encoded)
+            if self._block_sock is not None:
+                count = min(count, _matching(self._block_subscribers, encoded))
+            return count
 
-    def _open_topic(self, topic: str) -> _Topic:
+    def _open_topic(self, topic: str, blocking: bool = False) -> _Topic:
         if self._closed:
             raise Closed("node is closed")
         prefix = topic_prefix(topic, self._node_id, self._limits)
@@ -196,13 +301,69 @@ class PublishSocket:
             # Forget the oldest topic; if it is used again its sequence
             # restarts at 1, which subscribers see as a new stream.
             del self._topics[next(iter(self._topics))]
-        entry = self._topics[topic] = _Topic(prefix, self._limits.max_payload_bytes)
+        entry = self._topics[topic] = _Topic(prefix, self._limits.max_payload_bytes, blocking)
         return entry
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._sock.close(linger=0)
+            if self._block_sock is not None:
+                self._block_sock.close(linger=0)
+
+
+def encode_blocking(data: object) -> tuple[int, bytes]:
+    """(flags, payload) for :meth:`PublishSocket.try_publish_blocking`; TypeError if unencodable."""
+    if type(data) is bytes:
+        return 0, data
+    return encode_payload(data)
+
+
+class BlockingWait:
+    """The pauses of a blocking publish between tries, and its deadline.
+
+    XPUB never reports room per subscriber (its POLLOUT is always set), so
+    the publisher retries with a growing pause: 0.5 ms doubling to 10 ms.
+    """
+
+    def __init__(self, topic: str, timeout: float | None) -> None:
+        self._topic = topic
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._pause = _BLOCK_POLL_FIRST
+
+    def pause(self) -> float:
+        """Seconds to wait before the next try. Raises meshq.Timeout past the deadline."""
+        pause = self._pause
+        self._pause = min(pause * 2, _BLOCK_POLL_MAX)
+        if self._deadline is None:
+            return pause
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout(f"a subscriber of {self._topic!r} stayed full for {self._timeout} s")
+        return min(pause, remaining)
+
+
+def _read_subscriptions(sock: zmq.Socket, counts: collections.Counter[bytes]) -> None:  # type: ignore[type-arg]
+    """Apply the (un)subscriptions waiting on an XPUB to ``counts``."""
+    while True:
+        try:
+            message = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if not message:
+            continue
+        prefix = message[1:]
+        if message[0] == 1:
+            counts[prefix] += 1
+        elif message[0] == 0 and counts[prefix] > 0:
+            counts[prefix] -= 1
+            if not counts[prefix]:
+                del counts[prefix]
+
+
+def _matching(counts: collections.Counter[bytes], topic: bytes) -> int:
+    return sum(n for prefix, n in counts.items() if topic.startswith(prefix))
 
 
 def _chunks(payloads: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:

@@ -121,11 +121,15 @@ class ServiceRunner:
         port: int,
         limits: Limits,
         count: Callable[[str], None],
+        on_exit: Callable[[], None] = lambda: None,
     ) -> None:
         self._context = context
         self._factory = factory
         self._limits = limits
         self._count = count
+        # Run on the service thread as it ends: releases what handlers made
+        # there (a handler that calls services owns that thread's DEALERs).
+        self._on_exit = on_exit
         self._handlers: dict[str, Handler] = {}
         self._deferred: dict[str, DeferredHandler] = {}
         self._tickers: list[Ticker] = []
@@ -257,6 +261,10 @@ class ServiceRunner:
                         self.send_reply(identity, reply)
         finally:
             sock.close(linger=0)
+            try:
+                self._on_exit()
+            except Exception:
+                log.exception("service thread cleanup failed")
             if self._release_on_exit:
                 self._close_pipe()
 

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
@@ -30,6 +30,7 @@ from .sockets import SocketFactory
 from .wire import Limits, decode_data
 
 __all__ = [
+    "BLOCKING_SUFFIX",
     "Gap",
     "Inbox",
     "own",
@@ -42,6 +43,10 @@ __all__ = [
 
 log = logging.getLogger("meshq.subscription")
 _bad_input_log = RateLimitedLog(log, interval=5.0)
+
+
+#: Directory key of a node's never-dropping publish socket: its id plus this.
+BLOCKING_SUFFIX = "/block"
 
 
 class Watcher(Protocol):
@@ -62,6 +67,9 @@ class Watcher(Protocol):
 
 class PublisherDirectory:
     """Where each known publisher listens: node id (hex) -> PUB endpoint.
+
+    A node that publishes blocking topics has a second entry, its id plus
+    ``BLOCKING_SUFFIX``; subscriptions connect to every entry alike.
 
     Written by the node's control thread, read by subscriptions on any
     thread. Each change bumps ``version`` and wakes every watcher. Watchers
@@ -198,6 +206,8 @@ class Inbox:
         self.gap_log: collections.deque[Gap] = collections.deque(maxlen=_GAP_LOG)
         self._limits = limits
         self._directory = directory
+        #: Called with each gap's ``missed`` (the node counts them in its stats).
+        self.on_gap: Callable[[int], None] | None = None
         self._pending: collections.deque[Message] = collections.deque()  # rest of a batch
         # Last sequence number per stream; the key is the frame's start up to
         # and including the sender id: topic, NUL, version, sender.
@@ -229,6 +239,8 @@ class Inbox:
     def _record_gap(self, message: Message, missed: int) -> None:
         self.gaps += missed
         self.gap_log.append(Gap(message.sender, message.topic, missed))
+        if self.on_gap is not None:
+            self.on_gap(missed)
 
 
 class Subscription(Inbox):

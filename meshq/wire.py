@@ -139,6 +139,9 @@ class Hello:
     #: service socket listens (empty when it offers none).
     services: tuple[str, ...] = ()
     service: tuple[str, ...] = ()
+    #: Where the sender's second, never-dropping publish socket listens
+    #: (topics published with ``publish_blocking``); empty if it has none.
+    publish_block: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,20 +164,20 @@ ControlMessage = Hello | Ping | Bye
 def encode_control(message: ControlMessage) -> bytes:
     """Encode a control frame; the sender travels in the DEALER's routing id."""
     if isinstance(message, Hello):
-        body: bytes = msgpack.packb(
-            {
-                "name": message.name,
-                "mesh": message.mesh,
-                "control": list(message.control),
-                "publish": list(message.publish),
-                "headers": dict(message.headers),
-                "peers": [[pid, list(eps)] for pid, eps in message.peers],
-                "reply": message.reply,
-                "services": list(message.services),
-                "service": list(message.service),
-            },
-            use_bin_type=True,
-        )
+        fields = {
+            "name": message.name,
+            "mesh": message.mesh,
+            "control": list(message.control),
+            "publish": list(message.publish),
+            "headers": dict(message.headers),
+            "peers": [[pid, list(eps)] for pid, eps in message.peers],
+            "reply": message.reply,
+            "services": list(message.services),
+            "service": list(message.service),
+        }
+        if message.publish_block:  # optional: absent for most nodes
+            fields["publish_block"] = list(message.publish_block)
+        body: bytes = msgpack.packb(fields, use_bin_type=True)
         return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_HELLO) + body
     kind = KIND_PING if isinstance(message, Ping) else KIND_BYE
     return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, kind)
@@ -251,6 +254,9 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
         raise ProtocolError("bad service endpoints")
     if service_endpoints or services:
         service_endpoints = _endpoints(service_endpoints, "service endpoints")
+    publish_block = fields.get("publish_block", [])
+    if publish_block != []:
+        publish_block = _endpoints(publish_block, "publish_block endpoints")
     return Hello(
         sender=sender,
         name=_text(fields.get("name"), "name"),
@@ -262,6 +268,7 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
         reply=reply,
         services=tuple(services),
         service=tuple(service_endpoints),
+        publish_block=tuple(publish_block),
     )
 
 
@@ -324,6 +331,7 @@ def check_identity(
             headers,
             services=tuple(services),
             service=widest if services else (),
+            publish_block=widest,  # the node may open its blocking socket later
         )
         frame = encode_control(hello)
     except (ValueError, TypeError) as exc:  # e.g. a lone surrogate in a header

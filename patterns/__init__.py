@@ -5,7 +5,17 @@ Shipped as ``meshq.patterns``.
 
 from __future__ import annotations
 
-from .pipeline import Pipeline, Result, Worker
-from .publisher import Publisher
+from .pipeline import AsyncPipeline, Pipeline, Result, Worker
+from .publisher import AsyncPublisher, Publisher
+from .sink import AsyncSink, Sink
 
-__all__ = ["Pipeline", "Publisher", "Result", "Worker"]
+__all__ = [
+    "AsyncPipeline",
+    "AsyncPublisher",
+    "AsyncSink",
+    "Pipeline",
+    "Publisher",
+    "Result",
+    "Sink",
+    "Worker",
+]

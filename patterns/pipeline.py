@@ -1,44 +1,51 @@
 """Named pipelines of workers, on the public request/reply API (``meshq.patterns.pipeline``).
 
-``Worker(node, "resize", handler)`` offers a stage on any node;
-``Pipeline(node, "resize")`` pushes tasks to every worker of that name the
-mesh knows, as workers come and go. Tasks travel in batches (one request
-per batch, answered with one result per task), so the per-task cost is far
-below one request each.
+``Worker(node, "resize", handler)`` (or ``@node.worker("resize")``) offers a
+stage on any node; ``Pipeline(node, "resize")`` pushes tasks to every worker
+of that name the mesh knows, as workers come and go. Tasks travel in
+batches (one request per batch, answered with one outcome per task), so the
+per-task cost is far below one request each. The batch format and the
+worker's half live in the core (meshq/workers.py) so that the core's
+``@node.worker`` decorator needs nothing from here.
 
 Flow control is by credit: at most ``credit`` batches are in flight per
 worker; when every worker is full, ``push`` waits for room up to its
 ``timeout``, then raises ``meshq.Timeout``.
+
+Results come back to the producer, or with ``sink="name"`` go to a
+:class:`~meshq.patterns.Sink` of that name on any node (spread over the sinks
+of that name; a worker prefers one on its own node). The producer still
+learns every task's fate, as the worker answers after the sink took them.
 
 What a worker held when it died is not done. Unlike plain ZeroMQ
 PUSH/PULL, where such tasks vanish without a trace, each unanswered batch is
 counted in ``lost`` (or, with ``redeliver=True``, sent to another worker:
 then a task may run twice). ``completed + failed + lost`` always accounts
 for every pushed task once the pipeline is drained.
+
+:class:`Pipeline` and :class:`AsyncPipeline` share their bookkeeping
+(:class:`_Ledger`, no I/O); only the waiting differs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import itertools
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
-
-import msgpack
+from typing import Generic, NamedTuple, TypeVar
 
 import meshq
+from meshq.workers import serve_worker, stage_service
 
-__all__ = ["Pipeline", "Result", "Worker"]
+__all__ = ["AsyncPipeline", "Pipeline", "Result", "Worker"]
 
 log = logging.getLogger("meshq.patterns.pipeline")
 
 TaskHandler = Callable[[object], object]
-
-
-def stage_service(stage: str) -> str:
-    """The service name a stage's workers offer."""
-    return f"pipeline/{stage}"
 
 
 class Worker:
@@ -46,53 +53,35 @@ class Worker:
 
     A handler that raises fails that task only (the producer sees it in
     ``failed`` and in the result); the worker goes on with the next one.
+    The same as ``@node.worker(stage)``, with counters.
     """
 
     def __init__(self, node: meshq.Node, stage: str, handler: TaskHandler) -> None:
         self.node = node
         self.stage = stage
-        self._handler = handler
-        #: Tasks handled, and those whose handler raised.
-        self.done = 0
-        self.errors = 0
-        node.serve(stage_service(stage), self._run_batch)
+        self._runner = serve_worker(node, stage, handler)
 
-    def _run_batch(self, batch: object) -> object:
-        if not isinstance(batch, list):
-            raise TypeError("a pipeline batch is a list of tasks")
-        outcomes: list[list[object]] = []
-        for task in batch:
-            try:
-                outcomes.append([True, self._handler(task)])
-            except BaseException as exc:  # one bad task must not sink the batch
-                self.errors += 1
-                outcomes.append([False, _describe(exc)])
-            self.done += 1
-        try:
-            msgpack.packb(outcomes, use_bin_type=True)
-        except Exception:  # some result cannot travel: find it, fail that task alone
-            for outcome in outcomes:
-                try:
-                    msgpack.packb(outcome[1], use_bin_type=True)
-                except Exception as exc:
-                    self.errors += 1
-                    outcome[:] = [False, _describe(exc)]
-        return outcomes
+    @property
+    def done(self) -> int:
+        """Tasks handled."""
+        return self._runner.done
 
+    @property
+    def errors(self) -> int:
+        """Tasks whose handler raised (or whose result could not be sent)."""
+        return self._runner.errors
 
-def _describe(exc: BaseException) -> str:
-    """``"Type: message"``, whatever the exception's ``str()`` does."""
-    try:
-        text = str(exc)
-    except BaseException:
-        text = "<unprintable>"
-    return f"{type(exc).__name__}: {text}"[:4096].encode("utf-8", "replace").decode()
+    @property
+    def undelivered(self) -> int:
+        """Tasks whose results no sink took."""
+        return self._runner.undelivered
 
 
 class Result(NamedTuple):
     """The outcome of one task: ``value`` if ``ok``, else ``error`` says what the handler raised.
 
-    (A named tuple: one is made per task.)
+    (A named tuple: one is made per task.) With a sink, the producer's
+    results carry no ``value``: it went to the sink.
     """
 
     task: object
@@ -101,7 +90,164 @@ class Result(NamedTuple):
     error: str = ""
 
 
-class Pipeline:
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+
+H = TypeVar("H")  # how a shell waits on one batch: a RequestFuture, an asyncio.Task
+
+
+class _Ledger(Generic[H]):
+    """A producer's bookkeeping, without I/O: batches in flight, counters, results."""
+
+    def __init__(
+        self,
+        stage: str,
+        *,
+        batch: int,
+        credit: int,
+        timeout: float,
+        redeliver: bool,
+        keep_results: bool,
+        sink: str | None,
+    ) -> None:
+        if batch < 1 or credit < 1 or timeout <= 0:
+            raise ValueError("need batch >= 1, credit >= 1 and timeout > 0 seconds")
+        if sink is not None and not sink:
+            raise ValueError("a sink name is not empty")
+        self.stage = stage
+        self.service = stage_service(stage)
+        self.batch = batch
+        self.credit = credit
+        self.timeout = timeout
+        self.retries = 1 if redeliver else 0
+        self.keep_results = keep_results
+        self.sink = sink
+        self.in_flight: collections.deque[tuple[list[object], H]] = collections.deque()
+        self.results: collections.deque[Result] = collections.deque()
+        self.pushed = 0
+        self.completed = 0
+        self.failed = 0
+        self.lost = 0
+        self.undelivered = 0
+        self.lost_tasks: collections.deque[object] = collections.deque(maxlen=10_000)
+
+    def chunks(self, tasks: Iterable[object]) -> Iterator[list[object]]:
+        pending = list(tasks)
+        for start in range(0, len(pending), self.batch):
+            yield pending[start : start + self.batch]
+
+    def request(self, chunk: list[object]) -> object:
+        """What one batch's request carries."""
+        if self.sink is None:
+            return chunk
+        # The worker's wait for the sink (two tries) stays within our timeout.
+        return {"tasks": chunk, "sink": self.sink, "timeout": self.timeout / 3}
+
+    def full(self, workers: int) -> bool:
+        return len(self.in_flight) >= self.credit * max(1, workers)
+
+    def sent(self, chunk: list[object], handle: H) -> None:
+        self.in_flight.append((chunk, handle))
+        self.pushed += len(chunk)
+
+    def settle(self, chunk: list[object], reply: object, error: BaseException | None) -> None:
+        """Account for one answered (or failed) batch: ``reply``, or the ``error`` it raised."""
+        if isinstance(error, (meshq.Timeout, meshq.NoProviders, meshq.Closed)):
+            self.lost += len(chunk)
+            self.lost_tasks.extend(chunk)
+            log.warning("%d task(s) of %r lost with their worker", len(chunk), self.stage)
+            return
+        if error is not None:  # RemoteError: the whole batch was refused
+            self._fail_all(chunk, str(error))
+            return
+        undelivered = ""
+        outcomes = reply
+        if self.sink is not None:
+            if not isinstance(reply, dict) or not isinstance(reply.get("undelivered"), str):
+                self._fail_all(chunk, "malformed reply")  # a worker that does not speak it
+                return
+            outcomes, undelivered = reply.get("outcomes"), reply["undelivered"]
+        # The shape checks run in C (map over the outcomes), not per task in Python.
+        if not (
+            type(outcomes) is list
+            and len(outcomes) == len(chunk)
+            and set(map(type, outcomes)) == {list}
+            and set(map(len, outcomes)) == {2}
+        ):
+            self._fail_all(chunk, "malformed reply")
+            return
+        if undelivered:
+            self.undelivered += len(chunk)
+            self._fail_all(chunk, f"results not delivered to sink {self.sink!r}: {undelivered}")
+            return
+        oks = list(map(bool, map(_first, outcomes)))
+        ok_count = oks.count(True)
+        self.completed += ok_count
+        self.failed += len(chunk) - ok_count
+        if not self.keep_results:
+            return
+        if ok_count == len(chunk):  # the common case: every task ok
+            values = map(_second, outcomes) if self.sink is None else itertools.repeat(None)
+            # Result(task, True, value) for each task, made in C: what
+            # Result._make does, without a Python call per task (0.4 us each).
+            fields = zip(chunk, oks, values, itertools.repeat(""))
+            self.results.extend(map(tuple.__new__, itertools.repeat(Result), fields))
+            return
+        with_values = self.sink is None
+        for task, ok, (_, value) in zip(chunk, oks, outcomes, strict=True):
+            if ok:
+                self.results.append(Result(task, True, value if with_values else None))
+            else:
+                self.results.append(Result(task, False, error=str(value)))
+
+    def _fail_all(self, chunk: list[object], error: str) -> None:
+        self.failed += len(chunk)
+        if self.keep_results:
+            self.results.extend(Result(task, False, error=error) for task in chunk)
+
+
+class _Counters:
+    """The producer's counters, read from its ledger (shared by both shells)."""
+
+    _ledger: _Ledger[object]
+
+    @property
+    def pushed(self) -> int:
+        """Tasks pushed."""
+        return self._ledger.pushed
+
+    @property
+    def completed(self) -> int:
+        """Tasks answered ok."""
+        return self._ledger.completed
+
+    @property
+    def failed(self) -> int:
+        """Tasks answered with the handler's error, refused, or undelivered to the sink."""
+        return self._ledger.failed
+
+    @property
+    def lost(self) -> int:
+        """Tasks lost with a worker that died or never answered."""
+        return self._ledger.lost
+
+    @property
+    def undelivered(self) -> int:
+        """Tasks (also counted in ``failed``) whose results no sink took."""
+        return self._ledger.undelivered
+
+    @property
+    def lost_tasks(self) -> collections.deque[object]:
+        """The lost tasks themselves (the latest 10,000), for a retry of your own."""
+        return self._ledger.lost_tasks
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks sent and not yet answered or lost."""
+        return sum(len(chunk) for chunk, _ in self._ledger.in_flight)
+
+
+class Pipeline(_Counters):
     """The producer side of stage ``stage``: push tasks, collect results.
 
     Use from one thread. ``batch`` tasks at most travel in one request;
@@ -113,7 +259,8 @@ class Pipeline:
     tasks (bench/pipeline.py: 256 reaches 0.87 of raw PUSH/PULL, 64 about
     0.55) but lose more at once when a worker dies. With ``keep_results=False`` only the
     counters are kept (fire and forget, as with PUSH/PULL, but counted);
-    otherwise results wait in memory until :meth:`results` takes them.
+    otherwise results wait in memory until :meth:`results` takes them. With
+    ``sink``, results go to the sinks of that name instead (see the module).
     """
 
     def __init__(
@@ -126,29 +273,19 @@ class Pipeline:
         timeout: float = 30.0,
         redeliver: bool = False,
         keep_results: bool = True,
+        sink: str | None = None,
     ) -> None:
-        if batch < 1 or credit < 1 or timeout <= 0:
-            raise ValueError("need batch >= 1, credit >= 1 and timeout > 0 seconds")
         self.node = node
         self.stage = stage
-        self._service = stage_service(stage)
-        self._batch = batch
-        self._credit = credit
-        self._timeout = timeout
-        self._retries = 1 if redeliver else 0
-        self._keep_results = keep_results
-        self._in_flight: collections.deque[tuple[list[object], meshq.RequestFuture]] = (
-            collections.deque()
+        self._ledger: _Ledger[meshq.RequestFuture] = _Ledger(  # type: ignore[assignment]
+            stage,
+            batch=batch,
+            credit=credit,
+            timeout=timeout,
+            redeliver=redeliver,
+            keep_results=keep_results,
+            sink=sink,
         )
-        self._results: collections.deque[Result] = collections.deque()
-        #: Tasks pushed; answered ok; answered with the handler's error; lost
-        #: with a worker that died or never answered.
-        self.pushed = 0
-        self.completed = 0
-        self.failed = 0
-        self.lost = 0
-        #: The lost tasks themselves (the latest 10,000), for a retry of your own.
-        self.lost_tasks: collections.deque[object] = collections.deque(maxlen=10_000)
 
     def push(self, task: object, timeout: float | None = None) -> None:
         """Send one task (a batch of one). See :meth:`push_many`."""
@@ -161,25 +298,22 @@ class Pipeline:
         (None: wait as long as it takes), meshq.NoProviders if no worker of
         the stage is on the mesh.
         """
+        ledger = self._ledger
         deadline = None if timeout is None else time.monotonic() + timeout
-        pending = list(tasks)
         workers = self._workers()  # once per call: the directory is rebuilt per look
-        for start in range(0, len(pending), self._batch):
-            chunk = pending[start : start + self._batch]
-            self._wait_for_room(deadline, workers)
+        for chunk in ledger.chunks(tasks):
+            if ledger.full(workers):  # replies are read when room is needed, not per batch
+                self._reap()
+                while ledger.full(workers):
+                    self._settle_oldest(deadline, f"every worker of {self.stage!r} is full")
+            payload = ledger.request(chunk)
             future = self.node.request_async(
-                self._service, chunk, timeout=self._timeout, retries=self._retries
+                ledger.service, payload, timeout=ledger.timeout, retries=ledger.retries
             )
-            self._in_flight.append((chunk, future))
-            self.pushed += len(chunk)
+            ledger.sent(chunk, future)
 
     def _workers(self) -> int:
-        return len(self.node.services().get(self._service, []))
-
-    def _wait_for_room(self, deadline: float | None, workers: int) -> None:
-        self._reap()
-        while len(self._in_flight) >= self._credit * max(1, workers):
-            self._settle_oldest(deadline, f"every worker of {self.stage!r} is full")
+        return len(self.node.services().get(self._ledger.service, []))
 
     def _settle_oldest(self, deadline: float | None, when_late: str) -> None:
         """Wait for the oldest batch in flight (until ``deadline``), then reap.
@@ -190,65 +324,121 @@ class Pipeline:
         if remaining is not None and remaining <= 0:
             raise meshq.Timeout(when_late)
         try:
-            self._in_flight[0][1].result(timeout=remaining)
+            self._ledger.in_flight[0][1].result(timeout=remaining)
         except meshq.MeshqError:
             pass  # an outcome (settled by _reap), or our wait ran out (the next call raises)
         self._reap()
 
     def _reap(self) -> None:
         """Take every finished batch, oldest first, into results and counters."""
-        if self._in_flight:
-            self._in_flight[0][1].done()  # reads the replies that have arrived, once
-        while self._in_flight and self._in_flight[0][1].ready:
-            chunk, future = self._in_flight.popleft()
-            self._settle(chunk, future)
-
-    def _settle(self, chunk: list[object], future: meshq.RequestFuture) -> None:
-        try:
-            outcomes = future.result(timeout=0)
-        except (meshq.Timeout, meshq.NoProviders, meshq.Closed):
-            self.lost += len(chunk)
-            self.lost_tasks.extend(chunk)
-            log.warning("%d task(s) of %r lost with their worker", len(chunk), self.stage)
-            return
-        except meshq.RemoteError as exc:  # the whole batch was refused
-            self.failed += len(chunk)
-            if self._keep_results:
-                self._results.extend(Result(task, False, error=str(exc)) for task in chunk)
-            return
-        if not (
-            isinstance(outcomes, list)
-            and len(outcomes) == len(chunk)
-            and all(isinstance(o, list) and len(o) == 2 for o in outcomes)
-        ):
-            self.failed += len(chunk)  # a worker that does not speak the format
-            if self._keep_results:
-                self._results.extend(Result(task, False, error="malformed reply") for task in chunk)
-            return
-        keep = self._keep_results
-        for task, (ok, value) in zip(chunk, outcomes, strict=True):
-            if ok:
-                self.completed += 1
-                if keep:
-                    self._results.append(Result(task, True, value))
-            else:
-                self.failed += 1
-                if keep:
-                    self._results.append(Result(task, False, error=str(value)))
+        in_flight = self._ledger.in_flight
+        if in_flight:
+            in_flight[0][1].done()  # reads the replies that have arrived, once
+        while in_flight and in_flight[0][1].ready:
+            chunk, future = in_flight.popleft()
+            try:
+                reply, error = future.result(timeout=0), None
+            except meshq.MeshqError as exc:
+                reply, error = None, exc
+            self._ledger.settle(chunk, reply, error)
 
     def drain(self, timeout: float | None = None) -> None:
         """Wait until every pushed batch is answered or lost; meshq.Timeout after ``timeout`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._in_flight:
-            self._settle_oldest(deadline, f"{len(self._in_flight)} batch(es) still in flight")
+        in_flight = self._ledger.in_flight
+        while in_flight:
+            self._settle_oldest(deadline, f"{len(in_flight)} batch(es) still in flight")
 
     def results(self) -> Iterator[Result]:
         """Results collected so far, oldest first (each is handed out once)."""
         self._reap()
-        while self._results:
-            yield self._results.popleft()
+        results = self._ledger.results
+        while results:
+            yield results.popleft()
 
-    @property
-    def in_flight(self) -> int:
-        """Tasks sent and not yet answered or lost."""
-        return sum(len(chunk) for chunk, _ in self._in_flight)
+
+class AsyncPipeline(_Counters):
+    """The asyncio form of :class:`Pipeline`, on a :class:`meshq.AsyncNode`; same arguments.
+
+    ``await push_many(...)``, ``await drain()``; :meth:`results` is a plain
+    iterator over what has been collected. Use from one event loop.
+    """
+
+    def __init__(
+        self,
+        node: meshq.AsyncNode,
+        stage: str,
+        *,
+        batch: int = 32,
+        credit: int = 2,
+        timeout: float = 30.0,
+        redeliver: bool = False,
+        keep_results: bool = True,
+        sink: str | None = None,
+    ) -> None:
+        self.node = node
+        self.stage = stage
+        self._ledger: _Ledger[asyncio.Task[object]] = _Ledger(  # type: ignore[assignment]
+            stage,
+            batch=batch,
+            credit=credit,
+            timeout=timeout,
+            redeliver=redeliver,
+            keep_results=keep_results,
+            sink=sink,
+        )
+
+    async def push(self, task: object, timeout: float | None = None) -> None:
+        """Send one task (a batch of one). See :meth:`push_many`."""
+        await self.push_many([task], timeout=timeout)
+
+    async def push_many(self, tasks: Iterable[object], timeout: float | None = None) -> None:
+        """See :meth:`Pipeline.push_many`."""
+        ledger = self._ledger
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        workers = len(self.node.services().get(ledger.service, []))
+        if not workers:
+            raise meshq.NoProviders(ledger.service)
+        for chunk in ledger.chunks(tasks):
+            if ledger.full(workers):
+                self._reap()
+                while ledger.full(workers):
+                    await self._settle_oldest(deadline, f"every worker of {self.stage!r} is full")
+            payload = ledger.request(chunk)
+            request = self.node.request(
+                ledger.service, payload, timeout=ledger.timeout, retries=ledger.retries
+            )
+            ledger.sent(chunk, loop.create_task(request))
+
+    async def _settle_oldest(self, deadline: float | None, when_late: str) -> None:
+        remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+        if remaining is not None and remaining <= 0:
+            raise meshq.Timeout(when_late)
+        await asyncio.wait([self._ledger.in_flight[0][1]], timeout=remaining)
+        self._reap()
+
+    def _reap(self) -> None:
+        in_flight = self._ledger.in_flight
+        while in_flight and in_flight[0][1].done():
+            chunk, task = in_flight.popleft()
+            try:
+                reply, error = task.result(), None
+            except meshq.MeshqError as exc:
+                reply, error = None, exc
+            self._ledger.settle(chunk, reply, error)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """See :meth:`Pipeline.drain`."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        in_flight = self._ledger.in_flight
+        while in_flight:
+            await self._settle_oldest(deadline, f"{len(in_flight)} batch(es) still in flight")
+
+    def results(self) -> Iterator[Result]:
+        """See :meth:`Pipeline.results`."""
+        self._reap()
+        results = self._ledger.results
+        while results:
+            yield results.popleft()

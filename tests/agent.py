@@ -10,7 +10,14 @@ after ``delay`` seconds, saying ``handling`` first), ``{"cmd": "request",
 ``error``), ``{"cmd": "tally", "name": "calc", "count": 60}`` (says who
 answered how often), ``{"cmd": "subscribe", "prefix": "t/", "quiet": true}``
 with ``{"cmd": "report"}`` (counts and gaps instead of a line per message),
-``{"cmd": "close"}``. Exits when stdin closes or after ``close``.
+``{"cmd": "sink", "name": "done"}`` (collects pipeline results) with
+``{"cmd": "sink_report"}`` (says ``sunk``: the tasks received, sorted),
+``{"cmd": "block_publisher", "topic": "t/x", "timeout": 0.3, "subscribers": 1}``
+(a ``when_full="block"`` publisher, said ``block_ready`` once that many
+subscribers are connected) with ``{"cmd": "publish_block", "topic": "t/x",
+"size": 1000, "count": 10}`` (says ``published``, or ``blocked`` with the
+count sent before a send timed out), ``{"cmd": "close"}``. Exits when stdin
+closes or after ``close``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import meshq
-from meshq.patterns import Pipeline, Worker
+from meshq.patterns import Pipeline, Publisher, Sink, Worker
 
 _print_lock = threading.Lock()
 
@@ -91,8 +98,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-mdns", action="store_true")
     parser.add_argument("--hwm", type=int, default=meshq.MeshConfig().publish_hwm)
+    parser.add_argument("--gone-after", type=float, default=meshq.MeshConfig().gone_after)
     args = parser.parse_args()
-    config = meshq.MeshConfig(control_port=args.port, publish_hwm=args.hwm, subscribe_hwm=args.hwm)
+    config = meshq.MeshConfig(
+        control_port=args.port,
+        publish_hwm=args.hwm,
+        subscribe_hwm=args.hwm,
+        suspect_after=args.gone_after / 2,
+        gone_after=args.gone_after,
+    )
     node = meshq.Node(
         args.name,
         mesh=args.mesh,
@@ -107,6 +121,8 @@ def main() -> None:
     stop = threading.Event()
     tally: dict[str, Any] = {}
     workers: list[Worker] = []
+    sinks: list[Sink] = []
+    blocking: dict[str, Publisher] = {}
     receivers = []
     for line in sys.stdin:
         command = json.loads(line)
@@ -140,6 +156,29 @@ def main() -> None:
                 lost=pipeline.lost,
                 tasks=sorted([*done, *pipeline.lost_tasks]),  # type: ignore[type-var]
             )
+        elif command["cmd"] == "block_publisher":
+            publisher = Publisher(
+                node, command["topic"], when_full="block", timeout=command["timeout"]
+            )
+            blocking[command["topic"]] = publisher
+            publisher.wait_for_subscribers(command["subscribers"], timeout=15)
+            emit("block_ready", topic=command["topic"])
+        elif command["cmd"] == "publish_block":
+            publisher = blocking[command["topic"]]
+            sent = 0
+            try:
+                for _ in range(command["count"]):
+                    publisher.send(bytes(command["size"]))
+                    sent += 1
+                emit("published", topic=command["topic"], count=sent)
+            except meshq.Timeout:
+                emit("blocked", topic=command["topic"], sent=sent)
+        elif command["cmd"] == "sink":
+            sinks.append(Sink(node, command["name"]))
+            emit("sinking", name=command["name"])
+        elif command["cmd"] == "sink_report":
+            tasks = [result.task for sink in sinks for result in sink.results()]
+            emit("sunk", tasks=sorted(tasks))  # type: ignore[type-var]
         elif command["cmd"] == "serve":
             node.serve(command["name"], make_handler(args.name, command.get("delay", 0.0)))
             emit("serving", name=command["name"])

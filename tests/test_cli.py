@@ -182,6 +182,7 @@ def test_example_pubsub_sensors_runs() -> None:
     [
         ("calculator", "RemoteError ZeroDivisionError"),
         ("pipeline", "completed 100, failed 0, lost 0"),
+        ("pipeline_sink", "sink received 100 results, sum of squares 328350"),
         ("scatter_gather", "no answer from: slow"),
     ],
 )

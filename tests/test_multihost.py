@@ -141,3 +141,35 @@ def test_a_subscriber_paused_past_its_hwm_on_another_host_reports_the_gap(
     publisher = start(lan3, agents, 0, mesh, "--hwm", "50")
     subscriber = start(lan3, agents, 1, mesh, "--hwm", "50")
     check_paused_subscriber_reports_a_gap(publisher, subscriber)
+
+
+def test_a_blocking_publisher_waits_for_a_paused_subscriber_on_another_host(
+    lan3: Lan, agents: list[Agent], mesh: str
+) -> None:
+    """Its second (NODROP) socket is announced across hosts; nothing is missed."""
+    patient = ("--hwm", "2", "--gone-after", "60")  # the pause must not drop the link
+    publisher = start(lan3, agents, 0, mesh, *patient)
+    subscriber = start(lan3, agents, 1, mesh, *patient)
+    subscriber.expect(joined(publisher.name), timeout=15)
+    subscriber.send(cmd="subscribe", prefix="flood/", quiet=True)
+    subscriber.expect(lambda e: e["ev"] == "subscribed", timeout=10)
+    publisher.send(cmd="block_publisher", topic="flood/x", timeout=0.3, subscribers=1)
+    publisher.expect(lambda e: e["ev"] == "block_ready", timeout=20)
+    subscriber.signal(signal.SIGSTOP)
+    try:  # 600 x 256 KiB is far more than the queues and socket buffers hold
+        publisher.send(cmd="publish_block", topic="flood/x", size=256 * 1024, count=600)
+        blocked = publisher.expect(lambda e: e["ev"] in ("blocked", "published"), timeout=60)
+    finally:
+        subscriber.signal(signal.SIGCONT)
+    assert blocked["ev"] == "blocked", blocked
+    expected = blocked["sent"]
+    deadline = time.monotonic() + 30
+    while True:
+        subscriber.send(cmd="report")
+        report = subscriber.expect(lambda e: e["ev"] == "report", timeout=10)
+        subscriber.events.remove(report)
+        if report.get("received", 0) >= expected:
+            break
+        assert time.monotonic() < deadline, (report, expected)
+        time.sleep(0.05)
+    assert report["received"] == expected and report.get("gaps", 0) == 0

@@ -273,3 +273,18 @@ def test_a_malformed_service_endpoint_list_is_a_protocol_error(service: object) 
     body.update(publish=endpoints, services=[], service=service)
     with pytest.raises(ProtocolError):
         decode_control(ROUTING, raw_control(1, body), LIMITS)
+
+
+def test_blocking_publish_endpoints_travel_only_when_present() -> None:
+    with_block = hello(publish_block=("tcp://127.0.0.1:7602",))
+    assert decode_control(ROUTING, encode_control(with_block), LIMITS) == with_block
+    assert b"publish_block" not in encode_control(hello())
+
+
+@pytest.mark.parametrize("block", [None, False, "tcp://127.0.0.1:1", ["nope"]])
+def test_a_malformed_blocking_endpoint_list_is_a_protocol_error(block: object) -> None:
+    endpoints = ["tcp://127.0.0.1:1"]
+    body: dict[str, object] = {"name": "a", "mesh": "m", "control": endpoints}
+    body.update(publish=endpoints, publish_block=block)
+    with pytest.raises(ProtocolError):
+        decode_control(ROUTING, raw_control(1, body), LIMITS)

@@ -1,0 +1,202 @@
+"""Pipeline workers (``@node.worker``), result sinks, and the batch format they share.
+
+Why this is in the core: ``@node.worker("resize")`` is a Node method, and
+nothing in meshq/ may import patterns/. So the worker's half of a pipeline
+(running a batch and answering it in the agreed format, forwarding results
+to a sink) lives here, on request/reply services; ``meshq.patterns.Worker``
+is a thin class over :func:`serve_worker`, and the producer side
+(``meshq.patterns.Pipeline``) and ``meshq.patterns.Sink`` build on the
+same names and formats. docs/PROTOCOL.md (9.8) specifies them:
+
+* A worker of stage ``S`` serves ``pipeline/S``. A request is a batch:
+  either a list of tasks (results go back to the producer: the reply is a
+  list of ``[ok, value_or_error]``, one per task) or a map
+  ``{"tasks": [...], "sink": name, "timeout": seconds}``, whose results go
+  to a sink (the reply then carries only ``[ok, error_or_nil]`` per task,
+  plus ``undelivered``: "" or why the sink did not take them).
+* A sink named ``N`` serves ``pipeline-sink/N``. A delivery is
+  ``{"stage": S, "results": [[task, ok, value_or_error], ...]}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgpack
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = [
+    "BatchRunner",
+    "SinkAccept",
+    "TaskHandler",
+    "describe",
+    "serve_sink",
+    "serve_worker",
+    "sink_service",
+    "stage_service",
+]
+
+log = logging.getLogger("meshq.workers")
+
+TaskHandler = Callable[[object], object]
+#: Takes one delivery: the stage's name and ``(task, ok, value_or_error)`` per task.
+SinkAccept = Callable[[str, list[tuple[object, bool, object]]], None]
+
+_MAX_SINK_TIMEOUT = 300.0  # seconds; a producer's larger value is capped
+
+# Sinks by node, so a worker hands results to a sink on its own node
+# directly: a node's service thread runs one handler at a time, so a worker
+# handler calling its own node's sink service would wait on itself.
+_local_sinks: weakref.WeakKeyDictionary[Node, dict[str, SinkAccept]] = weakref.WeakKeyDictionary()
+_local_sinks_lock = threading.Lock()
+
+
+def stage_service(stage: str) -> str:
+    """The service name a stage's workers offer. Raises ValueError for an empty stage."""
+    if not stage:
+        raise ValueError("a pipeline stage needs a name")
+    return f"pipeline/{stage}"
+
+
+def sink_service(name: str) -> str:
+    """The service name a sink offers. Raises ValueError for an empty name."""
+    if not name:
+        raise ValueError("a sink needs a name")
+    return f"pipeline-sink/{name}"
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"``, whatever the exception's ``str()`` does (at most 4096 chars)."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<unprintable>"
+    return f"{type(exc).__name__}: {text}"[:4096].encode("utf-8", "replace").decode()
+
+
+class BatchRunner:
+    """The service handler of one worker: runs each task of a batch through ``handler``.
+
+    A task whose handler raises fails alone (its outcome carries the error);
+    so does a result msgpack cannot send. Counters: ``done`` tasks handled,
+    ``errors`` of them failed, ``undelivered`` whose results no sink took.
+    """
+
+    def __init__(self, node: Node, stage: str, handler: TaskHandler) -> None:
+        self.node = node
+        self.stage = stage
+        self.handler = handler
+        self.done = 0
+        self.errors = 0
+        self.undelivered = 0
+
+    def __call__(self, batch: object) -> object:
+        """Run one batch; raises TypeError for a batch that is not in the format."""
+        if isinstance(batch, list):
+            return self._run(batch)
+        if not isinstance(batch, dict):
+            raise TypeError("a pipeline batch is a list of tasks or a map")
+        tasks, sink, timeout = batch.get("tasks"), batch.get("sink"), batch.get("timeout")
+        if not (
+            isinstance(tasks, list)
+            and isinstance(sink, str)
+            and sink
+            and isinstance(timeout, (int, float))
+            and timeout > 0
+        ):
+            raise TypeError("a sink batch needs tasks (list), sink (str) and timeout (s > 0)")
+        outcomes = self._run(tasks)
+        results = [
+            (task, bool(ok), value) for task, (ok, value) in zip(tasks, outcomes, strict=True)
+        ]
+        undelivered = self._deliver(sink, results, min(float(timeout), _MAX_SINK_TIMEOUT))
+        if undelivered:
+            self.undelivered += len(tasks)
+        return {
+            "outcomes": [[ok, None if ok else value] for ok, value in outcomes],
+            "undelivered": undelivered,
+        }
+
+    def _run(self, tasks: list[object]) -> list[list[object]]:
+        outcomes: list[list[object]] = []
+        append, handler = outcomes.append, self.handler  # locals: this loop runs per task
+        errors = 0
+        for task in tasks:
+            try:
+                append([True, handler(task)])
+            except BaseException as exc:  # one bad task must not sink the batch
+                errors += 1
+                append([False, describe(exc)])
+        self.done += len(tasks)
+        self.errors += errors
+        try:
+            msgpack.packb(outcomes, use_bin_type=True)
+        except Exception:  # some result cannot travel: find it, fail that task alone
+            for outcome in outcomes:
+                try:
+                    msgpack.packb(outcome[1], use_bin_type=True)
+                except Exception as exc:
+                    self.errors += 1
+                    outcome[:] = [False, describe(exc)]
+        return outcomes
+
+    def _deliver(
+        self, sink: str, results: list[tuple[object, bool, object]], timeout: float
+    ) -> str:
+        """Hand ``results`` to a sink named ``sink``; return "" or why it failed."""
+        with _local_sinks_lock:
+            local = _local_sinks.get(self.node, {}).get(sink)
+        try:
+            if local is not None:
+                local(self.stage, results)
+            else:  # spread over the sinks of that name; one retry on another
+                self.node.request(
+                    sink_service(sink),
+                    {"stage": self.stage, "results": [list(r) for r in results]},
+                    timeout=timeout,
+                    retries=1,
+                )
+        except Exception as exc:
+            log.warning("%d result(s) not delivered to sink %r: %s", len(results), sink, exc)
+            return describe(exc)
+        return ""
+
+
+def serve_worker(node: Node, stage: str, handler: TaskHandler) -> BatchRunner:
+    """Offer pipeline stage ``stage`` on ``node``: ``handler(task)`` returns the task's result.
+
+    Raises ValueError for a bad stage name (see Node.serve).
+    """
+    runner = BatchRunner(node, stage, handler)
+    node.serve(stage_service(stage), runner)
+    return runner
+
+
+def serve_sink(node: Node, name: str, accept: SinkAccept) -> None:
+    """Offer a sink named ``name`` on ``node``: ``accept(stage, results)`` takes each delivery.
+
+    What ``accept`` raises refuses the delivery: the worker reports the
+    batch's results as undelivered to its producer. Workers on the same node
+    call ``accept`` directly. Raises ValueError for a bad name.
+    """
+
+    def take(delivery: object) -> object:
+        if not (isinstance(delivery, dict) and isinstance(delivery.get("stage"), str)):
+            raise TypeError("a sink delivery is a map with a stage")
+        entries = delivery.get("results")
+        if not isinstance(entries, list) or not all(
+            isinstance(e, list) and len(e) == 3 and isinstance(e[1], bool) for e in entries
+        ):
+            raise TypeError("a sink delivery's results are [task, ok, value] lists")
+        accept(delivery["stage"], [(e[0], e[1], e[2]) for e in entries])
+        return None
+
+    node.serve(sink_service(name), take)
+    with _local_sinks_lock:
+        _local_sinks.setdefault(node, {})[name] = accept
