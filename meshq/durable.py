@@ -106,6 +106,13 @@ def relay_stores(node: Node, relays: list[str]) -> set[str]:
 # Publishing
 
 
+#: Numbers for message ids, shared by every publisher of the process: an id
+#: is the node id plus one of these, so two publishers of one node (two
+#: threads, say) never give two messages the same id. (next() on a count is
+#: atomic under the GIL.)
+_message_numbers = itertools.count(1)
+
+
 @dataclass
 class _Unconfirmed:
     topic: str
@@ -198,7 +205,6 @@ class DurablePublisher:
         self.max_in_flight = max_in_flight
         self.max_requests = max_requests
         self.max_batch = max_batch
-        self._ids = itertools.count(1)
         self._id_prefix = bytes.fromhex(node.id)
         self._unsent: collections.deque[_Unconfirmed] = collections.deque()
         self._batches: collections.deque[_Batch] = collections.deque()
@@ -220,7 +226,7 @@ class DurablePublisher:
         self.node.check_topic(topic)
         stream = relay_stream(self.node, topic)
         if msg_id is None:
-            msg_id = self._id_prefix + next(self._ids).to_bytes(8, "big")
+            msg_id = self._id_prefix + next(_message_numbers).to_bytes(8, "big")
         elif not 0 < len(msg_id) <= MAX_MSG_ID_BYTES:
             raise ValueError(f"msg_id must be 1..{MAX_MSG_ID_BYTES} bytes")
         flags, payload = encode_payload(data)
@@ -257,9 +263,18 @@ class DurablePublisher:
         return self._unconfirmed
 
     def _dispatch(self) -> None:
-        """Send what is unsent, as requests of up to max_batch messages of one stream."""
+        """Send what is unsent, as requests of up to max_batch messages of one stream.
+
+        Like Nagle's algorithm: with nothing in flight a message goes at
+        once; while requests are out, messages wait for an answer (or for a
+        full batch), so that they travel and are committed together.
+        """
         now = time.monotonic()
-        while self._unsent and len(self._batches) < self.max_requests:
+        while (
+            self._unsent
+            and len(self._batches) < self.max_requests
+            and (not self._batches or len(self._unsent) >= self.max_batch)
+        ):
             first = self._unsent[0]
             if now >= first.deadline:
                 self._unsent.popleft()

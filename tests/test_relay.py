@@ -307,3 +307,21 @@ def test_retention_by_age_count_and_bytes(tmp_path: Path) -> None:
     store.trim("s/", **{**trim, "dedup_window": 1.0})  # type: ignore[arg-type]
     assert store.seq_of("s/", b"id1") is None
     store.close()
+
+
+def test_publishers_of_one_node_never_share_a_message_id(
+    client: meshq.Node, relay_node: meshq.Relay
+) -> None:
+    # Each publisher is separate (a per-thread one behind publish(), explicit
+    # ones, another thread's); ids are unique per node all the same.
+    seqs = [client.publish("orders/a", 0, durable=True)]
+    seqs.append(meshq.DurablePublisher(client).publish("orders/a", 1))
+    seqs.append(client.publish("orders/a", 2, durable=True, timeout=2.0))
+    other: list[int | None] = []
+    thread = threading.Thread(
+        target=lambda: other.append(client.publish("orders/a", 3, durable=True))
+    )
+    thread.start()
+    thread.join()
+    assert sorted([*seqs, *other]) == [1, 2, 3, 4]  # type: ignore[type-var]
+    assert relay_node.counts.get("duplicates", 0) == 0
