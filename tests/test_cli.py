@@ -181,6 +181,7 @@ def test_example_pubsub_sensors_runs() -> None:
     ("name", "expected"),
     [
         ("calculator", "RemoteError ZeroDivisionError"),
+        ("durable_orders", "every order exactly once, in order"),
         ("pipeline", "completed 100, failed 0, lost 0"),
         ("pipeline_sink", "sink received 100 results, sum of squares 328350"),
         ("scatter_gather", "no answer from: slow"),
