@@ -39,7 +39,7 @@ def add_commands(
         "--durability",
         choices=("fsync", "batched"),
         default="fsync",
-        help="fsync each message before confirming (default), or group commits",
+        help="commit each request before confirming (default), or group commits",
     )
     relay.add_argument("--max-age", type=float, default=None, help="seconds kept")
     relay.add_argument("--max-messages", type=int, default=None, help="messages kept per stream")
