@@ -12,9 +12,10 @@ Rules this module keeps:
 
 - Sequence numbers are per stream, from 1, and never reused, also after
   retention deleted every message (``streams.last_seq`` remembers).
-- A producer's message id is stored once per stream within the dedup window
-  (seconds): a retry of a message whose confirm was lost gets the first
-  copy's sequence number back.
+- A producer's message id is stored once per stream while the message is
+  kept, and for the dedup window (seconds) after retention removed it: a
+  retry of a message whose confirm was lost gets the first copy's sequence
+  number back.
 - A consumer's position is its ack floor (every sequence at or below it is
   done) plus the acknowledged sequences above it.
 """
@@ -56,6 +57,8 @@ CREATE TABLE IF NOT EXISTS messages (
     crc INTEGER NOT NULL,
     PRIMARY KEY (stream, seq)
 ) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages (stream, msg_id);
+-- Ids of messages retention removed, kept for the rest of the dedup window.
 CREATE TABLE IF NOT EXISTS ids (
     stream TEXT NOT NULL,
     msg_id BLOB NOT NULL,
@@ -64,6 +67,13 @@ CREATE TABLE IF NOT EXISTS ids (
     PRIMARY KEY (stream, msg_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ids_by_time ON ids (time_ns);
+-- Only deletions (retention) touch these two tables, so that storing a
+-- message writes two b-trees (the messages and their id index), no more.
+CREATE TRIGGER IF NOT EXISTS keep_removed AFTER DELETE ON messages BEGIN
+    INSERT OR IGNORE INTO ids VALUES (old.stream, old.msg_id, old.seq, old.time_ns);
+    INSERT INTO streams VALUES (old.stream, old.seq)
+        ON CONFLICT (stream) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq);
+END;
 CREATE TABLE IF NOT EXISTS consumers (
     stream TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -148,7 +158,6 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._in_transaction = False
-        self._last_seqs: dict[str, int] = {}  # appended since the last commit
         #: Records refused because they failed their checksum, since open.
         self.corrupt = 0
         self._corrupt_seen: set[tuple[str, int]] = set()
@@ -174,11 +183,6 @@ class Store:
     def commit(self) -> None:
         """Make everything written since the last commit durable (fsync)."""
         if self._in_transaction:
-            self._db.executemany(
-                "INSERT INTO streams VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET last_seq = ?",
-                [(stream, seq, seq) for stream, seq in self._last_seqs.items()],
-            )
-            self._last_seqs.clear()
             self._db.execute("COMMIT")
             self._in_transaction = False
 
@@ -191,12 +195,13 @@ class Store:
     # Streams
 
     def last_seq(self, stream: str) -> int:
-        if stream in self._last_seqs:
-            return self._last_seqs[stream]
+        """The highest sequence ever stored in ``stream`` (0 for none), trimmed ones included."""
         row = self._db.execute(
-            "SELECT last_seq FROM streams WHERE stream = ?", (stream,)
+            "SELECT max(coalesce((SELECT max(seq) FROM messages WHERE stream = ?), 0),"
+            " coalesce((SELECT last_seq FROM streams WHERE stream = ?), 0))",
+            (stream, stream),
         ).fetchone()
-        return int(row[0]) if row else 0
+        return int(row[0])
 
     def append(
         self,
@@ -215,14 +220,18 @@ class Store:
             "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (stream, seq, topic, msg_id, flags, payload, time_ns, crc),
         )
-        self._db.execute("INSERT INTO ids VALUES (?, ?, ?, ?)", (stream, msg_id, seq, time_ns))
-        self._last_seqs[stream] = seq  # written once, at commit
 
     def seq_of(self, stream: str, msg_id: bytes) -> int | None:
-        """The sequence number a message id was stored under, within the dedup window."""
-        row = self._db.execute(
-            "SELECT seq FROM ids WHERE stream = ? AND msg_id = ?", (stream, msg_id)
-        ).fetchone()
+        """The sequence number a message id was stored under, if it is stored or was
+        removed by retention within the dedup window."""
+        row = (
+            self._db.execute(
+                "SELECT seq FROM messages WHERE stream = ? AND msg_id = ?", (stream, msg_id)
+            ).fetchone()
+            or self._db.execute(
+                "SELECT seq FROM ids WHERE stream = ? AND msg_id = ?", (stream, msg_id)
+            ).fetchone()
+        )
         return int(row[0]) if row else None
 
     def read(
@@ -292,7 +301,8 @@ class Store:
     ) -> int:
         """Apply retention (age in seconds, count, payload bytes); return messages deleted.
 
-        Also forgets message ids older than ``dedup_window`` seconds.
+        The ids of removed messages are kept (a trigger) until they are older
+        than ``dedup_window`` seconds.
         """
         self._begin()
         now = time.time_ns()
