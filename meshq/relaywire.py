@@ -153,17 +153,22 @@ def decode_records(reply: object) -> list[Record]:
         raise ProtocolError("relay reply is not a list")
     records = []
     for item in reply:
-        if not (isinstance(item, list) and len(item) == 7):
+        if not (type(item) is list and len(item) == 7):
             raise ProtocolError("bad relay record")
         seq, topic, msg_id, flags, payload, time_ns, deliveries = item
+        # type() checks, not isinstance: msgpack gives exactly these types.
         if not (
-            _is_int(seq)
-            and isinstance(topic, str)
-            and isinstance(msg_id, bytes)
-            and _is_int(flags)
-            and isinstance(payload, bytes)
-            and _is_int(time_ns)
-            and _is_int(deliveries)
+            type(seq) is int
+            and type(topic) is str
+            and type(msg_id) is bytes
+            and type(flags) is int
+            and type(payload) is bytes
+            and type(time_ns) is int
+            and type(deliveries) is int
+            and seq > 0
+            and 0 <= flags <= 0xFF
+            and time_ns >= 0
+            and deliveries >= 0
         ):
             raise ProtocolError("bad relay record")
         records.append(Record(seq, topic, msg_id, flags, payload, time_ns, deliveries))

@@ -17,6 +17,8 @@ from .store import Store, StoredMessage
 
 __all__ = ["Consumer", "Delivery"]
 
+_NEVER = float("inf")
+
 
 @dataclass
 class _Out:
@@ -51,6 +53,8 @@ class Consumer:
     pending: dict[int, _Out] = field(default_factory=dict)
     #: Messages given up on after max_deliver deliveries, since the relay started.
     dead: int = 0
+    #: No delivery is overdue before this (monotonic s): fetches skip the scan.
+    _next_due: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cursor < 0:
@@ -66,7 +70,12 @@ class Consumer:
         """
         found: list[Delivery] = []
         size = 0
-        for seq in sorted(s for s, out in self.pending.items() if out.deadline <= now):
+        overdue = (
+            sorted(s for s, out in self.pending.items() if out.deadline <= now)
+            if now >= self._next_due
+            else []
+        )
+        for seq in overdue:
             if len(found) >= limit or size >= max_bytes:
                 return found
             out = self.pending[seq]
@@ -83,22 +92,24 @@ class Consumer:
             out.deadline = now + self.ack_wait
             found.append(Delivery(message, out.deliveries))
             size += len(message.payload)
+        deadline = now + self.ack_wait
+        pending, acked = self.pending, self.acked
         while len(found) < limit and size < max_bytes and self.cursor < upto:
             batch = store.read(
-                self.stream, self.cursor, limit - len(found), self.prefix, max_bytes - size
+                self.stream, self.cursor, limit - len(found), self.prefix, max_bytes - size, upto
             )
-            batch = [m for m in batch if m.seq <= upto]
             if not batch:
                 # Nothing more matches up to ``upto``: all of it has been seen.
                 self.cursor = upto
                 break
+            self.cursor = batch[-1].seq
             for message in batch:
-                self.cursor = message.seq
-                if message.seq in self.acked:
+                if acked and message.seq in acked:
                     continue
-                self.pending[message.seq] = _Out(1, now + self.ack_wait)
+                pending[message.seq] = _Out(1, deadline)
                 found.append(Delivery(message, 1))
                 size += len(message.payload)
+        self._next_due = min((out.deadline for out in pending.values()), default=_NEVER)
         self._advance_floor()
         return found
 
@@ -132,6 +143,7 @@ class Consumer:
                 if not delivered:
                     out.deliveries -= 1
                 out.deadline = 0.0
+                self._next_due = 0.0
 
     def _advance_floor(self) -> None:
         # Below the cursor, whatever is not out is done; so the floor is just

@@ -461,4 +461,4 @@ def _lock_directory(directory: Path) -> IO[bytes]:
 
 
 def _record(m: StoredMessage, deliveries: int) -> list[object]:
-    return [m.seq, m.topic, m.msg_id, m.flags, m.payload, m.time_ns, deliveries]
+    return [*m, deliveries]  # seq, topic, msg_id, flags, payload, time_ns, deliveries

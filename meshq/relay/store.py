@@ -235,17 +235,24 @@ class Store:
         return int(row[0]) if row else None
 
     def read(
-        self, stream: str, after: int, limit: int, prefix: str = "", max_bytes: int = 1 << 62
+        self,
+        stream: str,
+        after: int,
+        limit: int,
+        prefix: str = "",
+        max_bytes: int = 1 << 62,
+        upto: int = 1 << 62,
     ) -> list[StoredMessage]:
-        """Up to ``limit`` intact messages with seq > ``after`` whose topic starts with ``prefix``.
+        """Up to ``limit`` intact messages with ``after`` < seq <= ``upto`` under ``prefix``.
 
         Stops early once ``max_bytes`` of payload are collected (at least one
         message is returned). Records failing their checksum are skipped.
         """
         rows = self._db.execute(
             "SELECT seq, topic, msg_id, flags, payload, time_ns, crc FROM messages"
-            " WHERE stream = ? AND seq > ? AND substr(topic, 1, ?) = ? ORDER BY seq LIMIT ?",
-            (stream, after, len(prefix), prefix, limit),
+            " WHERE stream = ? AND seq > ? AND seq <= ? AND substr(topic, 1, ?) = ?"
+            " ORDER BY seq LIMIT ?",
+            (stream, after, upto, len(prefix), prefix, limit),
         )
         found: list[StoredMessage] = []
         size = 0
