@@ -44,6 +44,9 @@ def add_commands(
     relay.add_argument("--max-age", type=float, default=None, help="seconds kept")
     relay.add_argument("--max-messages", type=int, default=None, help="messages kept per stream")
     relay.add_argument("--max-bytes", type=int, default=None, help="payload bytes per stream")
+    relay.add_argument(
+        "--dedup-window", type=float, default=120.0, help="seconds ids of removed messages are kept"
+    )
     relay.add_argument("--duration", type=float, default=None, help="stop after N seconds")
 
     streams = commands.add_parser("streams", help="list durable streams and their consumers")
@@ -71,7 +74,7 @@ def add_commands(
             if name.strip()
         ]
         node = make_node(args, "meshq-relay")
-        relay = Relay(node, args.data, configs)
+        relay = Relay(node, args.data, configs, dedup_window=args.dedup_window)
         print(f"relay {node.id[:8]} storing {[c.name for c in configs]} in {args.data}", flush=True)
         try:
             node.run(timeout=args.duration)
