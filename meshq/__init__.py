@@ -12,6 +12,7 @@ from .config import MeshConfig
 from .errors import (
     BindError,
     Closed,
+    KeyFileError,
     MeshqError,
     NoProviders,
     ProtocolError,
@@ -22,6 +23,7 @@ from .message import Message
 from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .requester import GatherResult, RequestFuture
+from .security import Curve, Rejection
 from .subscription import Gap, Subscription
 from .wire import PROTOCOL_VERSION
 
@@ -31,6 +33,7 @@ __all__ = [
     "AsyncSubscription",
     "BindError",
     "Closed",
+    "Curve",
     "EventKind",
     "Gap",
     "MeshConfig",
@@ -38,6 +41,7 @@ __all__ = [
     "NoProviders",
     "RemoteError",
     "GatherResult",
+    "KeyFileError",
     "RequestFuture",
     "Message",
     "Node",
@@ -45,6 +49,7 @@ __all__ = [
     "PeerEvent",
     "PeerState",
     "ProtocolError",
+    "Rejection",
     "Subscription",
     "Timeout",
 ]

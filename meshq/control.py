@@ -154,6 +154,9 @@ class ControlPlane:
             elif isinstance(command, Found):
                 candidate = command.candidate
                 seed = candidate.source == "seed"
+                if candidate.key is not None:
+                    # A seed's key was given by the user; mDNS's is only a hint.
+                    self._node._sockets.keys.learn(candidate.endpoint, candidate.key, proven=seed)
                 added = self._dialer.add(
                     candidate.endpoint, candidate.node_id, now, lasting=True, pinned=seed
                 )
@@ -168,9 +171,21 @@ class ControlPlane:
                 self._refresh_directories()
 
     def _receive(self) -> None:
+        secure = self._node._sockets.curve is not None
         for _ in range(_MAX_BATCH):
+            proven = b""
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                if secure:
+                    parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    # The key the sender proved in its CURVE handshake, as our
+                    # ZAP handler admitted it (its User-Id).
+                    try:
+                        proven = parts[-1].get("User-Id").encode()
+                    except zmq.ZMQError:
+                        proven = b""  # no ZAP verdict on this message: a HELLO is refused
+                    frames = [part.bytes for part in parts]
+                else:
+                    frames = self._router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             now = time.monotonic()
@@ -183,7 +198,7 @@ class ControlPlane:
                 self._reject(exc.reason)
                 continue
             try:
-                self._handle(message, now)
+                self._handle(message, now, proven)
             except Exception:  # a bug must not make the node deaf to everyone else
                 self._node._count("internal_errors")
                 self._internal_log.warning(
@@ -192,9 +207,9 @@ class ControlPlane:
                     exc_info=True,
                 )
 
-    def _handle(self, message: ControlMessage, now: float) -> None:
+    def _handle(self, message: ControlMessage, now: float, proven: bytes = b"") -> None:
         if isinstance(message, Hello):
-            self._on_hello(message, now)
+            self._on_hello(message, now, proven)
         elif isinstance(message, Bye):
             self._dialer.forget_peer(message.sender)
             self._apply(self._table.bye(message.sender))
@@ -209,12 +224,14 @@ class ControlPlane:
         self._node._count("protocol_errors")
         self._bad_input_log.warning("dropped malformed control message: %s", reason)
 
-    def _on_hello(self, hello: Hello, now: float) -> None:
+    def _on_hello(self, hello: Hello, now: float, proven: bytes = b"") -> None:
         if hello.mesh != self._node.mesh:
             self._node._count("other_mesh")
             return
         if hello.sender == self._node._raw_id:
             return  # our own HELLO, through a seed that is ourselves
+        if self._node._sockets.curve is not None and not self._learn_keys(hello, proven):
+            return
         rejected_before = self._table.rejected
         events = self._table.hello(hello, now)
         if self._table.rejected != rejected_before:
@@ -237,9 +254,37 @@ class ControlPlane:
         self._hello_due(now)
         self._close_unused_dealers()
 
+    def _learn_keys(self, hello: Hello, proven: bytes) -> bool:
+        """Remember the server keys of a HELLO's endpoints; False if its key is a lie.
+
+        The sender's own key is the one it proved on this connection, so all
+        its endpoints get it as proven. Gossiped keys are hints: a wrong one
+        only makes a handshake fail.
+        """
+        if hello.key != proven:
+            self._reject("HELLO key differs from the key of its connection")
+            return False
+        keys = self._node._sockets.keys
+        for endpoint in (*hello.control, *hello.publish, *hello.service):
+            keys.learn(endpoint, proven, proven=True)
+        for peer_id, endpoints in hello.peers:
+            key = hello.peer_keys.get(peer_id)
+            if key is not None:
+                for endpoint in endpoints:
+                    keys.learn(endpoint, key)
+        return True
+
     def _hello(self, *, reply: bool) -> bytes:
         """Our HELLO, encoded; gossip is trimmed until it fits the control limit."""
         services, service_endpoints = self._node._offered_services()
+        curve = self._node._sockets.curve
+        keys = self._node._sockets.keys
+        peer_keys = {}
+        if curve is not None:
+            for peer_id, peer in self._table.items():
+                key = keys.get(peer.endpoint)
+                if key is not None:
+                    peer_keys[peer_id] = key
         gossip = [
             (peer_id, peer.control)
             for peer_id, peer in self._table.items()
@@ -258,6 +303,8 @@ class ControlPlane:
                     reply=reply,
                     services=services,
                     service=service_endpoints if services else (),
+                    key=b"" if curve is None else curve.public_key,
+                    peer_keys=peer_keys,
                 )
             )
             if len(frame) <= self._config.max_control_bytes or not gossip:
@@ -348,11 +395,15 @@ class ControlPlane:
     def _send(self, endpoint: str, frame: bytes) -> None:
         dealer = self._dealers.get(endpoint)
         if dealer is None:
-            dealer = self._node._sockets.make(self._context, zmq.DEALER)
+            sockets = self._node._sockets
+            if not sockets.admits(endpoint):
+                self._node._count("dial_refused_key")
+                return
+            dealer = sockets.make(self._context, zmq.DEALER)
             self._links += 1
             dealer.setsockopt(zmq.IDENTITY, routing_id(self._node._raw_id, self._links))
             dealer.setsockopt(zmq.SNDHWM, _DEALER_HWM)
-            dealer.connect(endpoint)
+            sockets.connect(dealer, endpoint)
             self._dealers[endpoint] = dealer
         try:
             dealer.send(frame, zmq.NOBLOCK)

@@ -27,11 +27,13 @@ from .config import MeshConfig
 from .control import Announce, Command, ControlPlane, Found, Lost, Stop
 from .discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
 from .errors import Closed, Timeout
+from .gatekeeper import Gatekeeper
 from .interfaces import local_networks, resolve_interfaces
 from .message import Message
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .publishing import PublishSocket
 from .requester import GatherResult, Requester, RequestFuture
+from .security import Curve, KeyBook, Rejection
 from .services import Handler, ServiceDirectory, ServiceRunner
 from .servicewire import check_service_name
 from .sockets import SocketFactory
@@ -52,6 +54,7 @@ DirectHandler = Callable[[str, object], object]
 #: The service through which send_to() reaches a peer's on_direct handler.
 DIRECT_SERVICE = "meshq/direct"
 _HANDLER_JOIN = 5.0  # seconds close() waits for a busy on_message handler
+_MAX_REJECTIONS = 1000  # security refusals kept for rejections()
 
 
 class Node:
@@ -68,9 +71,14 @@ class Node:
         config: tunables; see :class:`MeshConfig`.
         headers: small str -> str facts about this node, shown to peers.
         discovery: False to skip mDNS entirely (seeds only).
+        security: ``meshq.Curve(secret_key_file, allow=...)`` to encrypt and
+            authenticate every connection with CURVE; only peers whose keys
+            are in the allowlist exchange anything with this node. Seeds then
+            need their key: ``"tcp://198.18.0.5:7600#KEY"``.
 
-    Raises ValueError for a bad interface, seed, name, mesh or headers,
-    meshq.BindError if a port cannot be bound.
+    Raises ValueError for a bad interface, seed, name, mesh or headers (or a
+    seed without a key under security), meshq.BindError if a port cannot be
+    bound.
     """
 
     def __init__(
@@ -83,8 +91,11 @@ class Node:
         config: MeshConfig | None = None,
         headers: Mapping[str, str] | None = None,
         discovery: bool = True,
+        security: Curve | None = None,
     ) -> None:
         self.config = config or MeshConfig()
+        #: The CURVE policy this node enforces, or None for no security.
+        self.security = security
         self._raw_id = _new_node_id()
         #: This node's id: 32 hex digits, new at every start.
         self.id = self._raw_id.hex()
@@ -99,12 +110,28 @@ class Node:
             max_peers=self.config.max_peers,
             max_headers=self.config.max_headers,
             max_payload_bytes=self.config.max_message_bytes,
+            max_msgpack_bytes=self.config.max_msgpack_bytes,
         )
         check_identity(self.name, mesh, self.headers, len(self.interfaces), self._limits)
         self._discoveries: list[Discovery] = []
         seed_discovery = SeedDiscovery(seeds)  # validates before anything starts
+        if security is not None and seed_discovery.keyless:
+            raise ValueError(
+                f"with security a seed needs its public key, as ENDPOINT#KEY: "
+                f"{seed_discovery.keyless[0]}"
+            )
+        self._rejections: collections.deque[Rejection] = collections.deque(maxlen=_MAX_REJECTIONS)
+        self._rejected = 0
+        self._rejection_lock = threading.Lock()
         self._context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
-        self._sockets = SocketFactory(self.config)
+        keys = KeyBook()
+        self._gatekeeper: Gatekeeper | None = None
+        if security is not None:
+            self._gatekeeper = Gatekeeper(self._context, security, keys, self._on_rejected)
+            self._gatekeeper.start()
+        self._sockets = SocketFactory(
+            self.config, curve=security, keys=keys, gatekeeper=self._gatekeeper
+        )
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -120,6 +147,7 @@ class Node:
                 max_topics=self.config.max_topics,
             )
         except BaseException:
+            self._stop_gatekeeper()
             self._context.term()
             raise
         self.publish_endpoints = self._publisher.endpoints
@@ -169,6 +197,7 @@ class Node:
             self._publisher.close()
             os.close(self._wake_read)
             os.close(self._wake_write)
+            self._stop_gatekeeper()
             self._context.term()
             raise startup_error[0]
         self._dispatcher = threading.Thread(
@@ -185,6 +214,9 @@ class Node:
                     mesh=mesh,
                     interfaces=self.interfaces,
                     control_port=control_port,
+                    public_key=None if security is None else security.public_key,
+                    max_records=self.config.max_mdns_records,
+                    max_txt_bytes=self.config.max_txt_bytes,
                 )
             )
         self._discoveries.append(seed_discovery)
@@ -536,9 +568,33 @@ class Node:
             return self._event_queue.popleft() if self._event_queue else None
 
     def stats(self) -> dict[str, int]:
-        """Counters: protocol_errors, unknown_sender, other_mesh, hello_rejected, ..."""
+        """Counters: protocol_errors, unknown_sender, other_mesh, hello_rejected, rejected, ..."""
         with self._state:
-            return dict(self._stats)
+            stats = dict(self._stats)
+        with self._rejection_lock:
+            if self._rejected:
+                stats["rejected"] = self._rejected
+        return stats
+
+    def rejections(self) -> list[Rejection]:
+        """Connections refused by security, oldest first (the latest 1000).
+
+        Each names the address, the key (if any) and the reason, such as
+        ``Rejection("198.18.0.3", "<key>", "key not in allowlist", ...)``;
+        each is also logged under ``meshq.security``.
+        """
+        with self._rejection_lock:
+            return list(self._rejections)
+
+    def _on_rejected(self, rejection: Rejection) -> None:
+        # On the gatekeeper or control thread; must not block.
+        with self._rejection_lock:
+            self._rejections.append(rejection)
+            self._rejected += 1
+
+    def _stop_gatekeeper(self) -> None:
+        if self._gatekeeper is not None:
+            self._gatekeeper.stop()
 
     @property
     def control_endpoints(self) -> tuple[str, ...]:
@@ -584,6 +640,7 @@ class Node:
             listener([])  # so asyncio waiters notice the close
         os.close(self._wake_read)
         os.close(self._wake_write)
+        self._stop_gatekeeper()
         # term() waits for sockets still open in other threads (subscriptions
         # that will close on their next call); never block close() on them.
         terminator = threading.Thread(target=self._context.term, name="meshq-term", daemon=True)
