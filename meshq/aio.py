@@ -25,6 +25,7 @@ from .message import Message
 from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent, PeerState
 from .requester import GatherResult, Requester
+from .security import Curve
 from .services import Handler
 from .sockets import SocketFactory
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
@@ -234,6 +235,7 @@ class AsyncNode:
         config: MeshConfig | None = None,
         headers: Mapping[str, str] | None = None,
         discovery: bool = True,
+        security: Curve | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()  # RuntimeError outside a loop
         self._node = Node(
@@ -244,6 +246,7 @@ class AsyncNode:
             config=config,
             headers=headers,
             discovery=discovery,
+            security=security,
         )
         self._context = zmq.asyncio.Context.shadow(self._node._context)
         self._subscriptions: weakref.WeakSet[AsyncSubscription] = weakref.WeakSet()

@@ -7,6 +7,7 @@ nothing got through, so no test depends on a sleep.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import shutil
@@ -341,3 +342,28 @@ def test_allowlist_changes_take_effect_without_restart(
         assert _handshake_outcome(monitor) != zmq.EVENT_HANDSHAKE_SUCCEEDED
         sub.close()
         monitor.close()
+
+
+def test_asyncio_nodes_run_secure_too(keys: Keys, mesh: str) -> None:
+    keys.admit("a", "b")
+    keys.admit("b", "a")
+
+    async def scenario() -> tuple[object, object]:
+        async with (
+            meshq.AsyncNode("a", mesh=mesh, interfaces=LOOPBACK, security=keys.curve("a")) as a,
+            meshq.AsyncNode("b", mesh=mesh, interfaces=LOOPBACK, security=keys.curve("b")) as b,
+        ):
+            await a.wait_for_peers(1, timeout=WAIT)
+            b.serve("double", lambda data: data * 2)  # type: ignore[operator]
+            sub = a.subscribe("t/")
+            await b.wait_for_subscribers("t/", 1, timeout=WAIT)
+            b.publish("t/x", b"secret")
+            message = await asyncio.wait_for(sub.recv(), WAIT)
+            deadline = time.monotonic() + WAIT
+            while b.id not in a.services().get("double", []) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            reply = await a.request("double", 21, timeout=WAIT)
+            sub.close()
+            return message.data, reply
+
+    assert asyncio.run(scenario()) == (b"secret", 42)
