@@ -74,6 +74,13 @@ class MeshConfig:
     #: beyond it is counted and ignored. And the largest TXT record (bytes).
     max_mdns_records: int = 1024
     max_txt_bytes: int = 1024
+    #: A peer that sends ``max_offences`` malformed control messages within
+    #: ``offence_window`` seconds is cut off for ``ban_time`` seconds: it
+    #: leaves the peer table, its messages are dropped (``banned_dropped``)
+    #: and, with security, its key may not connect again meanwhile.
+    max_offences: int = 10
+    offence_window: float = 10.0
+    ban_time: float = 60.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -104,6 +111,9 @@ class MeshConfig:
             "max_msgpack_bytes",
             "max_mdns_records",
             "max_txt_bytes",
+            "max_offences",
+            "offence_window",
+            "ban_time",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

@@ -20,10 +20,12 @@ import zmq
 from .discovery import Candidate
 from .errors import ProtocolError
 from .interfaces import choose_endpoint
+from .offences import Offences
 from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
 from .publishing import bind_all
 from .ratelimit import RateLimitedLog
 from .wire import (
+    NODE_ID_BYTES,
     Bye,
     ControlMessage,
     Hello,
@@ -93,6 +95,9 @@ class ControlPlane:
         self._table = PeerTable(self._config, self._choose)
         self._dialer = Dialer(self._config)
         self._bad_input_log = RateLimitedLog(log, interval=5.0)
+        self._offences = Offences(
+            self._config.max_offences, self._config.offence_window, self._config.ban_time
+        )
         self._internal_log = RateLimitedLog(log, interval=5.0)
         self._running = True
 
@@ -189,13 +194,19 @@ class ControlPlane:
             except zmq.Again:
                 return
             now = time.monotonic()
+            # Who to blame: the key proven in the handshake if any, else the
+            # node id the sender's routing id claims.
+            offender = proven or frames[0][:NODE_ID_BYTES]
+            if self._offences.banned(offender, now):
+                self._node._count("banned_dropped")
+                continue
             if len(frames) != 2:
-                self._reject(f"{len(frames)} frames in a control message")
+                self._reject(f"{len(frames)} frames in a control message", offender, now)
                 continue
             try:
                 message = decode_control(frames[0], frames[1], self._node._limits)
             except ProtocolError as exc:
-                self._reject(exc.reason)
+                self._reject(exc.reason, offender, now)
                 continue
             try:
                 self._handle(message, now, proven)
@@ -220,9 +231,38 @@ class ControlPlane:
             if self._dialer.hurry(message.sender, now):
                 self._hello_due(now)
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, offender: bytes = b"", now: float = 0.0) -> None:
         self._node._count("protocol_errors")
         self._bad_input_log.warning("dropped malformed control message: %s", reason)
+        if offender and self._offences.offend(offender, now):
+            self._cut_off(offender)
+
+    def _cut_off(self, offender: bytes) -> None:
+        """Drop a repeat offender: out of the peer table, its messages ignored for a while."""
+        config = self._config
+        self._node._count("peers_banned")
+        secure = len(offender) != NODE_ID_BYTES  # a Z85 key, not a node id
+        log.warning(
+            "peer %s sent %d malformed control messages within %s s: cut off for %s s",
+            offender.decode() if secure else offender.hex()[:8],
+            config.max_offences,
+            config.offence_window,
+            config.ban_time,
+        )
+        gatekeeper = self._node._gatekeeper
+        if secure and gatekeeper is not None:
+            gatekeeper.ban(offender, config.ban_time)  # no new connection with that key
+            peer_ids = [
+                peer_id
+                for peer_id, peer in self._table.items()
+                if self._node._sockets.keys.get(peer.endpoint) == offender
+            ]
+        else:
+            peer_ids = [offender]
+        for peer_id in peer_ids:
+            self._dialer.forget_peer(peer_id)
+            self._apply(self._table.bye(peer_id, reason="cut off: malformed input"))
+        self._close_unused_dealers()
 
     def _on_hello(self, hello: Hello, now: float, proven: bytes = b"") -> None:
         if hello.mesh != self._node.mesh:

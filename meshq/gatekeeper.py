@@ -85,6 +85,7 @@ class Gatekeeper:
         self._zap_closing = threading.Event()
         self._zap_closed = threading.Event()
         self._logged: dict[tuple[str, str, str], float] = {}
+        self._banned: dict[bytes, float] = {}  # Z85 key -> monotonic time the ban ends
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -185,6 +186,8 @@ class Gatekeeper:
             key = z85.encode(credentials[0])
             if domain.decode(errors="replace") != ZAP_DOMAIN:
                 reason = "wrong ZAP domain"
+            elif self._banned and self._is_banned(key):
+                reason = "key banned for a while: malformed input"
             elif self._curve.allows(key):
                 zap.send_multipart([version, request_id, b"200", b"OK", key, b""])
                 return
@@ -237,6 +240,21 @@ class Gatekeeper:
         if due:
             log.warning("peer %s rejected: %s (key %s)", address, reason, key or "none")
         self._on_reject(rejection)
+
+    def ban(self, key: bytes, seconds: float) -> None:
+        """Refuse new connections with the Z85 ``key`` for ``seconds``. Thread-safe."""
+        with self._log_lock:
+            if len(self._banned) >= _MAX_LOGGED:
+                self._banned.clear()
+            self._banned[key] = time.monotonic() + seconds
+
+    def _is_banned(self, key: bytes) -> bool:
+        with self._log_lock:
+            until = self._banned.get(key)
+            if until is not None and time.monotonic() >= until:
+                del self._banned[key]
+                until = None
+        return until is not None
 
     def record(self, address: str, key: str, reason: str) -> None:
         """Record a refusal decided elsewhere (a dial to a key not in the allowlist)."""
