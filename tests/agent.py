@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-mdns", action="store_true")
     parser.add_argument("--hwm", type=int, default=meshq.MeshConfig().publish_hwm)
+    parser.add_argument("--key", help="CURVE secret key file: run with security")
+    parser.add_argument("--allow", help="with --key: directory of allowed public keys")
     args = parser.parse_args()
     config = meshq.MeshConfig(control_port=args.port, publish_hwm=args.hwm, subscribe_hwm=args.hwm)
     node = meshq.Node(
@@ -100,6 +102,7 @@ def main() -> None:
         seeds=args.seed,
         config=config,
         discovery=not args.no_mdns,
+        security=meshq.Curve(args.key, allow=args.allow) if args.key else None,
     )
     events = threading.Thread(target=report_events, args=(node,), daemon=True)
     events.start()
