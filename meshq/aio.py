@@ -25,7 +25,7 @@ from .message import Message
 from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent, PeerState
 from .requester import GatherResult, Requester
-from .security import Curve
+from .security import Curve, Rejection
 from .services import Handler
 from .sockets import SocketFactory
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
@@ -434,6 +434,10 @@ class AsyncNode:
 
     def stats(self) -> dict[str, int]:
         return self._node.stats()
+
+    def rejections(self) -> list[Rejection]:
+        """Connections refused by security; see :meth:`meshq.Node.rejections`."""
+        return self._node.rejections()
 
     async def close(self) -> None:
         """Close this loop's subscriptions, then the node (BYE, mDNS goodbye).

@@ -367,3 +367,17 @@ def test_asyncio_nodes_run_secure_too(keys: Keys, mesh: str) -> None:
             return message.data, reply
 
     assert asyncio.run(scenario()) == (b"secret", 42)
+
+
+def test_cli_commands_take_key_and_allow(keys: Keys, capsys: pytest.CaptureFixture[str]) -> None:
+    node_args = ["--interface", "127.0.0.1", "--no-mdns", "--wait", "0.1", "--expect", "1"]
+    secure = ["--key", str(keys.secret["a"]), "--allow", str(keys.allow["a"])]
+    assert cli_main(["peers", *node_args, *secure]) == 0
+    assert "0 peer(s)" in capsys.readouterr().out
+    one_key = ["--key", str(keys.secret["a"]), "--allow", keys.key("b").decode()]
+    assert cli_main(["services", *node_args, *one_key]) == 0
+    assert cli_main(["peers", *node_args, "--allow", str(keys.allow["a"])]) == 2
+    assert "--allow needs --key" in capsys.readouterr().err
+    os.chmod(keys.secret["a"], 0o640)
+    assert cli_main(["peers", *node_args, *secure]) == 2
+    assert "mode 0640" in capsys.readouterr().err
