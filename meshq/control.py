@@ -38,7 +38,7 @@ from .wire import (
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Announce", "Command", "ControlPlane", "Found", "Lost", "Stop"]
+__all__ = ["Announce", "Command", "ControlPlane", "Found", "Lost", "Redial", "Stop"]
 
 log = logging.getLogger("meshq.control")
 
@@ -69,7 +69,14 @@ class Announce:
     """The node's own services changed."""
 
 
-Command = Found | Lost | Stop | Announce
+@dataclass(frozen=True)
+class Redial:
+    """A handshake with ``endpoint`` failed: its DEALER is dead, make a new one when due."""
+
+    endpoint: str
+
+
+Command = Found | Lost | Stop | Announce | Redial
 
 
 class ControlPlane:
@@ -170,6 +177,10 @@ class ControlPlane:
                 self._hello_due(now)
             elif isinstance(command, Lost):
                 self._dialer.remove(command.candidate.endpoint)
+            elif isinstance(command, Redial):
+                dealer = self._dealers.pop(command.endpoint, None)
+                if dealer is not None:
+                    dealer.close(linger=0)
             elif isinstance(command, Announce):
                 # Our services changed: tell everyone now, not at the next gossip.
                 self._broadcast(self._hello(reply=False))

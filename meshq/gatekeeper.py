@@ -57,14 +57,15 @@ _PROTOCOL_REASONS = {
 }
 
 OnReject = Callable[[Rejection], None]
+OnFailed = Callable[[str], None]
 
 
 class Gatekeeper:
     """The ZAP handler and handshake watcher of one zmq Context; see the module docstring.
 
-    ``on_reject`` is called on the gatekeeper thread with each refusal and
-    must not block. Raises meshq's BindError-free errors only: if another
-    ZAP handler already serves the context, ``zmq.ZMQError`` from start().
+    ``on_reject`` is called on the gatekeeper thread with each refusal, and
+    ``on_client_failed`` with the endpoint of each failed outgoing
+    handshake; neither may block.
     """
 
     def __init__(
@@ -73,11 +74,13 @@ class Gatekeeper:
         curve: Curve,
         keys: KeyBook,
         on_reject: OnReject,
+        on_client_failed: OnFailed | None = None,
     ) -> None:
         self._context = context
         self._curve = curve
         self._keys = keys
         self._on_reject = on_reject
+        self._on_client_failed = on_client_failed
         self._pending: collections.deque[tuple[zmq.Socket, bool]] = collections.deque()  # type: ignore[type-arg]
         self._numbers = itertools.count(1)  # next() is atomic: watch() runs on many threads
         self._log_lock = threading.Lock()
@@ -225,6 +228,11 @@ class Gatekeeper:
         else:
             reason = f"handshake failed: {os.strerror(value) if value else 'no detail'}"
         self._reject(where, key, reason)
+        if not server and self._on_client_failed is not None:
+            # libzmq never reconnects a connection whose handshake was refused:
+            # the owner must make a new socket to try again (after an
+            # allowlist change on the other side, say).
+            self._on_client_failed(endpoint)
         return True
 
     def _reject(self, address: str, key: str, reason: str) -> None:

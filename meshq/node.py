@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from .config import MeshConfig
-from .control import Announce, Command, ControlPlane, Found, Lost, Stop
+from .control import Announce, Command, ControlPlane, Found, Lost, Redial, Stop
 from .discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
 from .errors import Closed, Timeout
 from .gatekeeper import Gatekeeper
@@ -127,7 +127,9 @@ class Node:
         keys = KeyBook()
         self._gatekeeper: Gatekeeper | None = None
         if security is not None:
-            self._gatekeeper = Gatekeeper(self._context, security, keys, self._on_rejected)
+            self._gatekeeper = Gatekeeper(
+                self._context, security, keys, self._on_rejected, self._on_handshake_failed
+            )
             self._gatekeeper.start()
         self._sockets = SocketFactory(
             self.config, curve=security, keys=keys, gatekeeper=self._gatekeeper
@@ -591,6 +593,12 @@ class Node:
         with self._rejection_lock:
             self._rejections.append(rejection)
             self._rejected += 1
+
+    def _on_handshake_failed(self, endpoint: str) -> None:
+        # On the gatekeeper thread: the control thread owns the DEALERs. The
+        # wake-up pipe exists from the control thread's start on.
+        if not self._closed and hasattr(self, "_wake_write"):
+            self._send_command(Redial(endpoint))
 
     def _stop_gatekeeper(self) -> None:
         if self._gatekeeper is not None:
