@@ -597,7 +597,7 @@ class Node:
     def _on_handshake_failed(self, endpoint: str) -> None:
         # On the gatekeeper thread: the control thread owns the DEALERs. The
         # wake-up pipe exists from the control thread's start on.
-        if not self._closed and hasattr(self, "_wake_write"):
+        if hasattr(self, "_wake_write") and not self._closed:
             self._send_command(Redial(endpoint))
 
     def _stop_gatekeeper(self) -> None:
