@@ -21,6 +21,7 @@ import zmq
 
 import meshq
 from meshq.cli import main as cli_main
+from meshq.patterns import Pipeline, Worker
 from meshq.security import Allowlist, load_public_key, split_seed, write_key_pair
 
 LOOPBACK = ["127.0.0.1"]
@@ -166,6 +167,23 @@ def test_secure_nodes_exchange_every_kind_of_traffic(keys: Keys, mesh: str) -> N
         assert a.request("echo", {"n": 1}, timeout=WAIT) == {"n": 1}
         assert a.send_to(b.id, "hi", timeout=WAIT) == [a.id, "hi"]
         assert a.rejections() == [] and b.rejections() == []
+
+
+def test_a_pipeline_runs_between_secure_nodes(keys: Keys, mesh: str) -> None:
+    keys.admit("a", "b")
+    keys.admit("b", "a")
+    with secure_node("a", mesh, keys) as a, secure_node("b", mesh, keys) as b:
+        Worker(b, "square", lambda task: task * task)  # type: ignore[operator]
+        # The stage's service name is the pattern's business: match loosely.
+        wait_until(
+            lambda: any("square" in name and b.id in ids for name, ids in a.services().items()),
+            "a sees b's worker",
+        )
+        pipeline = Pipeline(a, "square", batch=4, credit=2, timeout=WAIT)
+        pipeline.push_many(range(20), timeout=WAIT)
+        pipeline.drain(timeout=WAIT)
+        assert sorted(r.value for r in pipeline.results() if r.ok) == [n * n for n in range(20)]
+        assert (pipeline.completed, pipeline.failed, pipeline.lost) == (20, 0, 0)
 
 
 def test_nodes_join_through_a_seed_with_its_key(keys: Keys, mesh: str) -> None:
@@ -331,8 +349,7 @@ def test_allowlist_changes_take_effect_without_restart(
         # refused handshake, so this checks that b makes a new one.
         wait_until(
             lambda: any(
-                r.address == "127.0.0.1" and r.key == keys.key("b").decode()
-                for r in a.rejections()
+                r.address == "127.0.0.1" and r.key == keys.key("b").decode() for r in a.rejections()
             ),
             "a's ZAP handler refuses b at first",
         )
