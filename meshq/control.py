@@ -281,7 +281,7 @@ class ControlPlane:
             return
         if hello.sender == self._node._raw_id:
             return  # our own HELLO, through a seed that is ourselves
-        if self._node._sockets.curve is not None and not self._learn_keys(hello, proven):
+        if self._node._sockets.curve is not None and not self._learn_keys(hello, proven, now):
             return
         rejected_before = self._table.rejected
         events = self._table.hello(hello, now)
@@ -305,7 +305,7 @@ class ControlPlane:
         self._hello_due(now)
         self._close_unused_dealers()
 
-    def _learn_keys(self, hello: Hello, proven: bytes) -> bool:
+    def _learn_keys(self, hello: Hello, proven: bytes, now: float) -> bool:
         """Remember the server keys of a HELLO's endpoints; False if its key is a lie.
 
         The sender's own key is the one it proved on this connection, so all
@@ -313,7 +313,7 @@ class ControlPlane:
         only makes a handshake fail.
         """
         if hello.key != proven:
-            self._reject("HELLO key differs from the key of its connection")
+            self._reject("HELLO key differs from the key of its connection", proven, now)
             return False
         keys = self._node._sockets.keys
         for endpoint in (*hello.control, *hello.publish, *hello.service):
