@@ -49,6 +49,7 @@ __all__ = ["Node"]
 log = logging.getLogger("meshq.node")
 
 PeerCallback = Callable[[Peer], None]
+RejectionCallback = Callable[[Rejection], None]
 MessageHandler = Callable[[Message], object]
 DirectHandler = Callable[[str, object], object]
 #: The service through which send_to() reaches a peer's on_direct handler.
@@ -123,6 +124,7 @@ class Node:
         self._rejections: collections.deque[Rejection] = collections.deque(maxlen=_MAX_REJECTIONS)
         self._rejected = 0
         self._rejection_lock = threading.Lock()
+        self._rejection_callbacks: list[RejectionCallback] = []
         self._context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
         keys = KeyBook()
         self._gatekeeper: Gatekeeper | None = None
@@ -180,9 +182,9 @@ class Node:
         # block (AsyncNode hops to its event loop from here).
         self._event_listeners: list[Callable[[list[PeerEvent]], None]] = []
         # (callbacks registered when the event happened, event); None stops.
-        self._dispatch_queue: queue.SimpleQueue[tuple[list[PeerCallback], PeerEvent] | None] = (
-            queue.SimpleQueue()
-        )
+        self._dispatch_queue: queue.SimpleQueue[
+            tuple[list[PeerCallback], PeerEvent] | tuple[list[RejectionCallback], Rejection] | None
+        ] = queue.SimpleQueue()
 
         self._control_endpoints: tuple[str, ...] = ()
         started = threading.Event()
@@ -588,11 +590,27 @@ class Node:
         with self._rejection_lock:
             return list(self._rejections)
 
+    def on_rejected(self, callback: RejectionCallback) -> RejectionCallback:
+        """Call ``callback(rejection)`` for each connection security refuses. A decorator too.
+
+        Runs on the node's event thread, like the peer callbacks; see
+        :meth:`rejections` for what a rejection holds.
+        """
+        with self._rejection_lock:
+            self._rejection_callbacks.append(callback)
+        return callback
+
     def _on_rejected(self, rejection: Rejection) -> None:
         # On the gatekeeper or control thread; must not block.
         with self._rejection_lock:
             self._rejections.append(rejection)
             self._rejected += 1
+            callbacks = list(self._rejection_callbacks)
+        if callbacks and not self._closed:
+            if self._dispatch_queue.qsize() >= self.config.event_queue_size:
+                self._count("callback_events_dropped")  # a callback is stuck
+            else:
+                self._dispatch_queue.put((callbacks, rejection))
 
     def _on_handshake_failed(self, endpoint: str) -> None:
         # On the gatekeeper thread: the control thread owns the DEALERs. The
@@ -700,7 +718,10 @@ class Node:
             callbacks, event = item
             for callback in callbacks:
                 try:
-                    callback(event.peer)
+                    if isinstance(event, PeerEvent):
+                        callback(event.peer)  # type: ignore[arg-type]
+                    else:
+                        callback(event)  # type: ignore[arg-type]
                 except Exception:
                     self._count("callback_errors")
                     log.exception("peer event callback %r failed", callback)

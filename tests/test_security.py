@@ -208,6 +208,8 @@ def test_a_node_with_an_unknown_key_is_rejected(keys: Keys, mesh: str, zap: str)
         if zap == "stopped":
             assert a._gatekeeper is not None
             a._gatekeeper.close_zap()
+        told: list[meshq.Rejection] = []
+        a.on_rejected(told.append)
         with secure_node("c", mesh, keys, config=config) as c:
             # a refuses to dial c (not allowed); c dials a and is refused there.
             wait_until(lambda: rejected(a, key=keys.key("c")), "a refuses c's key")
@@ -221,6 +223,7 @@ def test_a_node_with_an_unknown_key_is_rejected(keys: Keys, mesh: str, zap: str)
                 )
             wait_until(lambda: rejected(c, key=keys.key("a")), "c sees a refuse it")
             assert a.peers() == [] and c.peers() == []
+            wait_until(lambda: any(r.key == keys.key("c").decode() for r in told), "a's callback")
 
 
 @pytest.mark.parametrize("zap", ["running", "stopped"])
