@@ -289,3 +289,27 @@ def test_write_key_pair_refuses_odd_names(tmp_path: Path) -> None:
         write_key_pair("../x", tmp_path)
     public, _secret = write_key_pair("ok", tmp_path)
     assert len(load_public_key(public)) == 40
+
+
+def test_a_hello_claiming_another_key_is_dropped(
+    keys: Keys,
+    mesh: str,
+) -> None:
+    keys.admit("a", "b", "c")
+    context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+    with secure_node("a", mesh, keys, discovery=False) as a:
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.ROUTING_ID, routing_id(os.urandom(16), 1))
+        public, secret = zmq.auth.load_certificate(keys.secret["c"])
+        dealer.curve_publickey, dealer.curve_secretkey = public, secret
+        dealer.curve_serverkey = keys.key("a")
+        dealer.connect(a.control_endpoints[0])
+        # c is allowed, but says it is b: the HELLO is dropped and counted.
+        dealer.send(_hello_frame("liar", mesh, 1, keys.key("b")))
+        wait_until(lambda: a.stats().get("protocol_errors", 0) >= 1, "a drops the HELLO")
+        dealer.send(_hello_frame("honest", mesh, 1, keys.key("c")))
+        wait_until(lambda: any(p.name == "honest" for p in a.peers()), "the honest one joins")
+        assert all(p.name != "liar" for p in a.peers())
+        dealer.close()
+    context.destroy(linger=0)

@@ -196,6 +196,27 @@ def test_nodes_join_through_a_seed_with_its_key(keys: Keys, mesh: str) -> None:
             a.wait_for_peers(1, timeout=WAIT)
 
 
+def test_a_node_reached_through_gossip_is_dialled_with_the_gossiped_key(
+    keys: Keys, mesh: str
+) -> None:
+    for name in ("a", "b", "c"):
+        keys.admit(name, *({"a", "b", "c"} - {name}))
+
+    def seed(node: meshq.Node, name: str) -> str:
+        return f"{node.control_endpoints[0]}#{keys.key(name).decode()}"
+
+    with (
+        secure_node("a", mesh, keys, discovery=False) as a,
+        secure_node("b", mesh, keys, seeds=[seed(a, "a")], discovery=False) as b,
+    ):
+        b.wait_for_peers(1, timeout=WAIT)
+        # a and c know of each other only from b's gossip: without the keys
+        # in it, neither could dial the other.
+        with secure_node("c", mesh, keys, seeds=[seed(b, "b")], discovery=False) as c:
+            c.wait_for_peers(2, timeout=WAIT)
+            a.wait_for_peers(2, timeout=WAIT)
+
+
 # --------------------------------------------------------------------------
 # Refusals, with the ZAP handler running and with it gone
 
