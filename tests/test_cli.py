@@ -182,6 +182,7 @@ def test_example_pubsub_sensors_runs() -> None:
         ("calculator", "RemoteError ZeroDivisionError"),
         ("pipeline", "completed 100, failed 0, lost 0"),
         ("scatter_gather", "no answer from: slow"),
+        ("secure_mesh", "sensor refused"),
     ],
 )
 def test_example_runs(name: str, expected: str) -> None:
