@@ -83,7 +83,7 @@ class Gatekeeper:
         self._on_client_failed = on_client_failed
         self._pending: collections.deque[tuple[zmq.Socket, bool]] = collections.deque()  # type: ignore[type-arg]
         self._numbers = itertools.count(1)  # next() is atomic: watch() runs on many threads
-        self._log_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._zap_closing = threading.Event()
         self._zap_closed = threading.Event()
@@ -139,6 +139,13 @@ class Gatekeeper:
         reader.setsockopt(zmq.LINGER, 0)
         reader.connect(address)
         self._pending.append((reader, server))
+        if self._stop.is_set() and not self.running:
+            # The thread is gone (the node is closing): nobody else closes it.
+            try:
+                self._pending.remove((reader, server))
+            except ValueError:
+                return  # the thread took it after all, and closed it on its way out
+            reader.close()
 
     def _main(self, zap: zmq.Socket) -> None:  # type: ignore[type-arg]
         poller = zmq.Poller()
@@ -239,7 +246,7 @@ class Gatekeeper:
         rejection = Rejection(address, key, reason, time.time())
         now = time.monotonic()
         seen = (address, key, reason)
-        with self._log_lock:
+        with self._lock:
             due = now >= self._logged.get(seen, 0.0)
             if due:
                 if len(self._logged) >= _MAX_LOGGED:
@@ -251,13 +258,13 @@ class Gatekeeper:
 
     def ban(self, key: bytes, seconds: float) -> None:
         """Refuse new connections with the Z85 ``key`` for ``seconds``. Thread-safe."""
-        with self._log_lock:
+        with self._lock:
             if len(self._banned) >= _MAX_LOGGED:
                 self._banned.clear()
             self._banned[key] = time.monotonic() + seconds
 
     def _is_banned(self, key: bytes) -> bool:
-        with self._log_lock:
+        with self._lock:
             until = self._banned.get(key)
             if until is not None and time.monotonic() >= until:
                 del self._banned[key]
