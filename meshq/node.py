@@ -30,6 +30,7 @@ from .errors import Closed, Timeout
 from .gatekeeper import Gatekeeper
 from .interfaces import local_networks, resolve_interfaces
 from .message import Message
+from .offences import Offences
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .publishing import PublishSocket
 from .requester import GatherResult, Requester, RequestFuture
@@ -326,6 +327,9 @@ class Node:
                     port=self.config.service_port,
                     limits=self._limits,
                     count=self._count,
+                    offences=Offences(
+                        self.config.max_offences, self.config.offence_window, self.config.ban_time
+                    ),
                 )
             names = self._service_runner.names()
             if name not in names:

@@ -46,6 +46,11 @@ class Offences:
         _trim(self._banned, self._capacity)
         return True
 
+    @property
+    def active(self) -> bool:
+        """Whether anyone is (or was, until asked again) banned: a cheap test first."""
+        return bool(self._banned)
+
     def banned(self, who: bytes, now: float) -> bool:
         """Whether ``who`` is banned at ``now``; an expired ban is forgotten."""
         until = self._banned.get(who)

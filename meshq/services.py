@@ -12,12 +12,14 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 import zmq
 
 from .errors import ProtocolError
+from .offences import Offences
 from .publishing import bind_all
 from .ratelimit import RateLimitedLog
 from .servicewire import decode_request, encode_reply
@@ -83,11 +85,14 @@ class ServiceRunner:
         port: int,
         limits: Limits,
         count: Callable[[str], None],
+        offences: Offences | None = None,
     ) -> None:
         self._context = context
         self._factory = factory
         self._limits = limits
         self._count = count
+        # Callers (by connection) that sent malformed requests; None: no bans.
+        self._offences = offences
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -155,14 +160,23 @@ class ServiceRunner:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    offences = self._offences
+                    if (
+                        offences is not None
+                        and offences.active  # no clock read while nobody is banned
+                        and offences.banned(frames[0], time.monotonic())
+                    ):
+                        self._count("service_banned_dropped")
+                        continue
                     if len(frames) == 2:
                         backlog.append((frames[0], frames[1]))
                     else:
                         self._count("service_protocol_errors")
+                        self._offend(frames[0])
                 if backlog:
                     identity, frame = backlog.popleft()
                     try:
-                        reply = self._answer(frame, load=len(backlog))
+                        reply = self._answer(frame, load=len(backlog), identity=identity)
                     except Exception:  # a bug must not silence every service of the node
                         self._count("internal_errors")
                         log.exception("request could not be answered")
@@ -177,12 +191,13 @@ class ServiceRunner:
             if self._release_on_exit:
                 self._close_pipe()
 
-    def _answer(self, frame: bytes, load: int) -> bytes | None:
+    def _answer(self, frame: bytes, load: int, identity: bytes = b"") -> bytes | None:
         try:
             request = decode_request(frame, self._limits)
         except ProtocolError as exc:
             self._count("service_protocol_errors")
             _bad_input_log.warning("dropped malformed request: %s", exc.reason)
+            self._offend(identity)
             return None
         with self._lock:
             handler = self._handlers.get(request.service)
@@ -197,6 +212,14 @@ class ServiceRunner:
             return encode_reply(request.request_id, load, error=exc)
         self._count("requests_served")
         return encode_reply(request.request_id, load, flags=flags, payload=payload)
+
+    def _offend(self, identity: bytes) -> None:
+        """Count a malformed request against its connection; ignore a repeat offender."""
+        if self._offences is not None and self._offences.offend(identity, time.monotonic()):
+            # A ROUTER cannot drop one connection: its requests are ignored
+            # instead, for the ban time (a new connection starts afresh).
+            self._count("service_callers_banned")
+            log.warning("caller %s sent repeated malformed requests: ignored", identity.hex())
 
     def close(self, wait: float = 5.0) -> None:
         """Stop serving; wait at most ``wait`` s for a handler still running.

@@ -19,6 +19,7 @@ import meshq
 from meshq.discovery import SERVICE_TYPE, MdnsDiscovery
 from meshq.offences import Offences
 from meshq.security import load_public_key, write_key_pair
+from meshq.servicewire import encode_request
 from meshq.wire import PROTOCOL_VERSION, routing_id
 from tests.test_security import LOOPBACK, WAIT, Keys, secure_node, wait_until
 
@@ -320,4 +321,32 @@ def test_a_hello_claiming_another_key_is_dropped(
         wait_until(lambda: any(p.name == "honest" for p in a.peers()), "the honest one joins")
         assert all(p.name != "liar" for p in a.peers())
         dealer.close()
+    context.destroy(linger=0)
+
+
+def test_a_caller_sending_malformed_requests_is_ignored_while_others_are_served(
+    mesh: str,
+) -> None:
+    context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+    config = meshq.MeshConfig(max_offences=3)
+    with (
+        meshq.Node("a", mesh=mesh, interfaces=LOOPBACK, config=config, discovery=False) as a,
+        meshq.Node(
+            "b", mesh=mesh, interfaces=LOOPBACK, seeds=[a.control_endpoints[0]], discovery=False
+        ) as b,
+    ):
+        a.serve("echo", lambda data: data)
+        wait_until(lambda: a.id in b.services().get("echo", []), "b sees a's service")
+        bad = context.socket(zmq.DEALER)
+        bad.setsockopt(zmq.LINGER, 0)
+        bad.connect(a._offered_services()[1][0])
+        for _ in range(3):
+            bad.send(b"Q\x01junk")
+        wait_until(lambda: a.stats().get("service_callers_banned") == 1, "a bans the caller")
+        valid = encode_request(1, b"echo", 0, b"hi")
+        bad.send(valid)
+        wait_until(lambda: a.stats().get("service_banned_dropped", 0) >= 1, "its request dropped")
+        assert not bad.poll(100)  # no reply for it
+        assert b.request("echo", b"still served", timeout=WAIT) == b"still served"
+        bad.close()
     context.destroy(linger=0)
