@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pubsub.py
 	$(BIN)/python bench/reqrep.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/security.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -20,6 +20,7 @@ from .durable import (
 from .errors import (
     BindError,
     Closed,
+    KeyFileError,
     MeshqError,
     NoProviders,
     ProtocolError,
@@ -31,6 +32,7 @@ from .node import Node
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .relay import Relay, StreamConfig
 from .requester import GatherResult, RequestFuture
+from .security import Curve, Rejection
 from .subscription import Gap, Subscription
 from .wire import PROTOCOL_VERSION
 
@@ -40,6 +42,7 @@ __all__ = [
     "AsyncSubscription",
     "BindError",
     "Closed",
+    "Curve",
     "Confirm",
     "DurableMessage",
     "DurablePublisher",
@@ -55,6 +58,7 @@ __all__ = [
     "Start",
     "StreamConfig",
     "GatherResult",
+    "KeyFileError",
     "RequestFuture",
     "Message",
     "Node",
@@ -62,6 +66,7 @@ __all__ = [
     "PeerEvent",
     "PeerState",
     "ProtocolError",
+    "Rejection",
     "Subscription",
     "Timeout",
 ]

@@ -26,6 +26,7 @@ from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent, PeerState
 from .publishing import BlockingWait, encode_blocking
 from .requester import GatherResult, Requester
+from .security import Curve, Rejection
 from .services import Handler
 from .sockets import SocketFactory
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
@@ -57,7 +58,7 @@ class AsyncSubscription(Inbox):
         self._loop = asyncio.get_running_loop()
         self._sock = factory.make(context, zmq.SUB)
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self._links = PublisherLinks(self._sock, directory)
+        self._links = PublisherLinks(self._sock, directory, factory.connect)
         self._closed = False
         self.owner = threading.get_ident()
         directory.watch(self)
@@ -236,6 +237,7 @@ class AsyncNode:
         config: MeshConfig | None = None,
         headers: Mapping[str, str] | None = None,
         discovery: bool = True,
+        security: Curve | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()  # RuntimeError outside a loop
         self._node = Node(
@@ -246,6 +248,7 @@ class AsyncNode:
             config=config,
             headers=headers,
             discovery=discovery,
+            security=security,
         )
         self._context = zmq.asyncio.Context.shadow(self._node._context)
         self._subscriptions: weakref.WeakSet[AsyncSubscription] = weakref.WeakSet()
@@ -454,6 +457,10 @@ class AsyncNode:
 
     def stats(self) -> dict[str, int]:
         return self._node.stats()
+
+    def rejections(self) -> list[Rejection]:
+        """Connections refused by security; see :meth:`meshq.Node.rejections`."""
+        return self._node.rejections()
 
     async def close(self) -> None:
         """Close this loop's subscriptions, then the node (BYE, mDNS goodbye).

@@ -9,6 +9,10 @@ meshq services              who offers which service
 meshq relay --data DIR --streams "orders/"   store durable streams
 meshq streams               durable streams, their consumers and lag
 meshq replay STREAM         print a stream's stored messages
+meshq keygen NAME           write a CURVE key pair (NAME.key, NAME.key_secret)
+
+Commands that start a node take --key SECRET_FILE --allow DIR_OR_KEY to run
+with CURVE security.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +29,7 @@ from .config import MeshConfig
 from .errors import MeshqError, NoProviders, RemoteError, Timeout
 from .node import Node
 from .relay.commands import add_commands
+from .security import Curve, write_key_pair
 
 __all__ = ["main"]
 
@@ -50,6 +56,30 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="control port (default: any free)")
     parser.add_argument("--no-mdns", action="store_true", help="use seeds only")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "--key", metavar="FILE", help="this node's CURVE secret key file: turns security on"
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="DIR_OR_KEY",
+        help="with --key: a directory of allowed public .key files, or one Z85 key (repeatable)",
+    )
+
+
+def _security(args: argparse.Namespace) -> Curve | None:
+    if args.key is None:
+        if args.allow:
+            raise ValueError("--allow needs --key")
+        return None
+    if len(args.allow) == 1 and not _is_key(args.allow[0]):
+        return Curve(args.key, allow=args.allow[0])
+    return Curve(args.key, allow=args.allow)
+
+
+def _is_key(text: str) -> bool:
+    return len(text) == 40 and not os.path.isdir(text)
 
 
 def _make_node(args: argparse.Namespace, default_name: str) -> Node:
@@ -60,7 +90,15 @@ def _make_node(args: argparse.Namespace, default_name: str) -> Node:
         seeds=args.seeds,
         config=MeshConfig(control_port=args.port),
         discovery=not args.no_mdns,
+        security=_security(args),
     )
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    public, secret = write_key_pair(args.name, args.dir)
+    key = public.read_text().split('public-key = "')[1][:40]
+    print(f"public key {key}\nwrote {public} (give it to peers) and {secret} (keep it, mode 0600)")
+    return 0
 
 
 def _cmd_peers(args: argparse.Namespace) -> int:
@@ -232,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     services.add_argument("--wait", type=float, default=2.0, help="seconds to listen")
     services.add_argument("--expect", type=int, default=1_000_000, help="stop once N peers seen")
 
+    keygen = commands.add_parser("keygen", help="write a CURVE key pair for --key/--allow")
+    keygen.add_argument("name", help="file name: NAME.key and NAME.key_secret")
+    keygen.add_argument("--dir", default=".", help="directory (default: current)")
+
     relay_commands.update(add_commands(commands, _node_options, _make_node))
 
     node = commands.add_parser("demo-node", help=argparse.SUPPRESS)
@@ -269,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sub": _cmd_sub,
             "call": _cmd_call,
             "services": _cmd_services,
+            "keygen": _cmd_keygen,
             **relay_commands,
         }
         return handlers[args.command](args)

@@ -63,6 +63,24 @@ class MeshConfig:
     event_queue_size: int = 10_000
     #: Seconds ``close()`` waits for queued goodbyes to leave.
     linger: float = 0.2
+    #: Seconds a connection may spend in its ZeroMQ/CURVE handshake before
+    #: it is dropped (ZMQ_HANDSHAKE_IVL).
+    handshake_timeout: float = 5.0
+    #: Largest msgpack payload (bytes) decoded; raw bytes payloads may go
+    #: up to max_message_bytes. msgpack can expand ~78x in memory (a
+    #: payload of nested empty arrays), so this bound is kept smaller.
+    max_msgpack_bytes: int = 4 * 1024 * 1024
+    #: Most mDNS services remembered at once; a flood of unique names
+    #: beyond it is counted and ignored. And the largest TXT record (bytes).
+    max_mdns_records: int = 1024
+    max_txt_bytes: int = 1024
+    #: A peer that sends ``max_offences`` malformed control messages within
+    #: ``offence_window`` seconds is cut off for ``ban_time`` seconds: it
+    #: leaves the peer table, its messages are dropped (``banned_dropped``)
+    #: and, with security, its key may not connect again meanwhile.
+    max_offences: int = 10
+    offence_window: float = 10.0
+    ban_time: float = 60.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -89,6 +107,13 @@ class MeshConfig:
             "max_topics",
             "max_headers",
             "event_queue_size",
+            "handshake_timeout",
+            "max_msgpack_bytes",
+            "max_mdns_records",
+            "max_txt_bytes",
+            "max_offences",
+            "offence_window",
+            "ban_time",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

@@ -20,11 +20,13 @@ import zmq
 from .discovery import Candidate
 from .errors import ProtocolError
 from .interfaces import choose_endpoint
+from .offences import Offences
 from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
 from .publishing import bind_all
 from .ratelimit import RateLimitedLog
 from .subscription import BLOCKING_SUFFIX
 from .wire import (
+    NODE_ID_BYTES,
     Bye,
     ControlMessage,
     Hello,
@@ -37,7 +39,7 @@ from .wire import (
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Announce", "Command", "ControlPlane", "Found", "Lost", "Stop"]
+__all__ = ["Announce", "Command", "ControlPlane", "Found", "Lost", "Redial", "Stop"]
 
 log = logging.getLogger("meshq.control")
 
@@ -68,7 +70,14 @@ class Announce:
     """The node's own services (or publish sockets) changed."""
 
 
-Command = Found | Lost | Stop | Announce
+@dataclass(frozen=True)
+class Redial:
+    """A handshake with ``endpoint`` failed: its DEALER is dead, make a new one when due."""
+
+    endpoint: str
+
+
+Command = Found | Lost | Stop | Announce | Redial
 
 
 class ControlPlane:
@@ -94,6 +103,9 @@ class ControlPlane:
         self._table = PeerTable(self._config, self._choose)
         self._dialer = Dialer(self._config)
         self._bad_input_log = RateLimitedLog(log, interval=5.0)
+        self._offences = Offences(
+            self._config.max_offences, self._config.offence_window, self._config.ban_time
+        )
         self._internal_log = RateLimitedLog(log, interval=5.0)
         self._running = True
 
@@ -155,6 +167,9 @@ class ControlPlane:
             elif isinstance(command, Found):
                 candidate = command.candidate
                 seed = candidate.source == "seed"
+                if candidate.key is not None:
+                    # A seed's key was given by the user; mDNS's is only a hint.
+                    self._node._sockets.keys.learn(candidate.endpoint, candidate.key, proven=seed)
                 added = self._dialer.add(
                     candidate.endpoint, candidate.node_id, now, lasting=True, pinned=seed
                 )
@@ -163,28 +178,50 @@ class ControlPlane:
                 self._hello_due(now)
             elif isinstance(command, Lost):
                 self._dialer.remove(command.candidate.endpoint)
+            elif isinstance(command, Redial):
+                dealer = self._dealers.pop(command.endpoint, None)
+                if dealer is not None:
+                    dealer.close(linger=0)
             elif isinstance(command, Announce):
                 # Our services changed: tell everyone now, not at the next gossip.
                 self._broadcast(self._hello(reply=False))
                 self._refresh_directories()
 
     def _receive(self) -> None:
+        secure = self._node._sockets.curve is not None
         for _ in range(_MAX_BATCH):
+            proven = b""
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                if secure:
+                    parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    # The key the sender proved in its CURVE handshake, as our
+                    # ZAP handler admitted it (its User-Id).
+                    try:
+                        proven = parts[-1].get("User-Id").encode()
+                    except zmq.ZMQError:
+                        proven = b""  # no ZAP verdict on this message: a HELLO is refused
+                    frames = [part.bytes for part in parts]
+                else:
+                    frames = self._router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             now = time.monotonic()
+            # Who to blame: the key proven in the handshake if any, else the
+            # node id the sender's routing id claims.
+            offender = proven or frames[0][:NODE_ID_BYTES]
+            if self._offences.banned(offender, now):
+                self._node._count("banned_dropped")
+                continue
             if len(frames) != 2:
-                self._reject(f"{len(frames)} frames in a control message")
+                self._reject(f"{len(frames)} frames in a control message", offender, now)
                 continue
             try:
                 message = decode_control(frames[0], frames[1], self._node._limits)
             except ProtocolError as exc:
-                self._reject(exc.reason)
+                self._reject(exc.reason, offender, now)
                 continue
             try:
-                self._handle(message, now)
+                self._handle(message, now, proven)
             except Exception:  # a bug must not make the node deaf to everyone else
                 self._node._count("internal_errors")
                 self._internal_log.warning(
@@ -193,9 +230,9 @@ class ControlPlane:
                     exc_info=True,
                 )
 
-    def _handle(self, message: ControlMessage, now: float) -> None:
+    def _handle(self, message: ControlMessage, now: float, proven: bytes = b"") -> None:
         if isinstance(message, Hello):
-            self._on_hello(message, now)
+            self._on_hello(message, now, proven)
         elif isinstance(message, Bye):
             self._dialer.forget_peer(message.sender)
             self._apply(self._table.bye(message.sender))
@@ -206,16 +243,47 @@ class ControlPlane:
             if self._dialer.hurry(message.sender, now):
                 self._hello_due(now)
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, offender: bytes = b"", now: float = 0.0) -> None:
         self._node._count("protocol_errors")
         self._bad_input_log.warning("dropped malformed control message: %s", reason)
+        if offender and self._offences.offend(offender, now):
+            self._cut_off(offender)
 
-    def _on_hello(self, hello: Hello, now: float) -> None:
+    def _cut_off(self, offender: bytes) -> None:
+        """Drop a repeat offender: out of the peer table, its messages ignored for a while."""
+        config = self._config
+        self._node._count("peers_banned")
+        secure = len(offender) != NODE_ID_BYTES  # a Z85 key, not a node id
+        log.warning(
+            "peer %s sent %d malformed control messages within %s s: cut off for %s s",
+            offender.decode() if secure else offender.hex()[:8],
+            config.max_offences,
+            config.offence_window,
+            config.ban_time,
+        )
+        gatekeeper = self._node._gatekeeper
+        if secure and gatekeeper is not None:
+            gatekeeper.ban(offender, config.ban_time)  # no new connection with that key
+            peer_ids = [
+                peer_id
+                for peer_id, peer in self._table.items()
+                if self._node._sockets.keys.get(peer.endpoint) == offender
+            ]
+        else:
+            peer_ids = [offender]
+        for peer_id in peer_ids:
+            self._dialer.forget_peer(peer_id)
+            self._apply(self._table.bye(peer_id, reason="cut off: malformed input"))
+        self._close_unused_dealers()
+
+    def _on_hello(self, hello: Hello, now: float, proven: bytes = b"") -> None:
         if hello.mesh != self._node.mesh:
             self._node._count("other_mesh")
             return
         if hello.sender == self._node._raw_id:
             return  # our own HELLO, through a seed that is ourselves
+        if self._node._sockets.curve is not None and not self._learn_keys(hello, proven, now):
+            return
         rejected_before = self._table.rejected
         events = self._table.hello(hello, now)
         if self._table.rejected != rejected_before:
@@ -238,9 +306,37 @@ class ControlPlane:
         self._hello_due(now)
         self._close_unused_dealers()
 
+    def _learn_keys(self, hello: Hello, proven: bytes, now: float) -> bool:
+        """Remember the server keys of a HELLO's endpoints; False if its key is a lie.
+
+        The sender's own key is the one it proved on this connection, so all
+        its endpoints get it as proven. Gossiped keys are hints: a wrong one
+        only makes a handshake fail.
+        """
+        if hello.key != proven:
+            self._reject("HELLO key differs from the key of its connection", proven, now)
+            return False
+        keys = self._node._sockets.keys
+        for endpoint in (*hello.control, *hello.publish, *hello.service):
+            keys.learn(endpoint, proven, proven=True)
+        for peer_id, endpoints in hello.peers:
+            key = hello.peer_keys.get(peer_id)
+            if key is not None:
+                for endpoint in endpoints:
+                    keys.learn(endpoint, key)
+        return True
+
     def _hello(self, *, reply: bool) -> bytes:
         """Our HELLO, encoded; gossip is trimmed until it fits the control limit."""
         services, service_endpoints = self._node._offered_services()
+        curve = self._node._sockets.curve
+        keys = self._node._sockets.keys
+        peer_keys = {}
+        if curve is not None:
+            for peer_id, peer in self._table.items():
+                key = keys.get(peer.endpoint)
+                if key is not None:
+                    peer_keys[peer_id] = key
         gossip = [
             (peer_id, peer.control)
             for peer_id, peer in self._table.items()
@@ -260,6 +356,8 @@ class ControlPlane:
                     services=services,
                     service=service_endpoints if services else (),
                     publish_block=self._node._publisher.block_endpoints,
+                    key=b"" if curve is None else curve.public_key,
+                    peer_keys=peer_keys,
                 )
             )
             if len(frame) <= self._config.max_control_bytes or not gossip:
@@ -360,11 +458,15 @@ class ControlPlane:
     def _send(self, endpoint: str, frame: bytes) -> None:
         dealer = self._dealers.get(endpoint)
         if dealer is None:
-            dealer = self._node._sockets.make(self._context, zmq.DEALER)
+            sockets = self._node._sockets
+            if not sockets.admits(endpoint):
+                self._node._count("dial_refused_key")
+                return
+            dealer = sockets.make(self._context, zmq.DEALER)
             self._links += 1
             dealer.setsockopt(zmq.IDENTITY, routing_id(self._node._raw_id, self._links))
             dealer.setsockopt(zmq.SNDHWM, _DEALER_HWM)
-            dealer.connect(endpoint)
+            sockets.connect(dealer, endpoint)
             self._dealers[endpoint] = dealer
         try:
             dealer.send(frame, zmq.NOBLOCK)

@@ -21,6 +21,7 @@ from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange,
 
 from .errors import Timeout
 from .interfaces import choose_endpoint, local_networks
+from .security import check_key, split_seed
 from .wire import NODE_ID_BYTES, PROTOCOL_VERSION, parse_endpoint
 
 __all__ = ["SERVICE_TYPE", "Candidate", "Discovery", "MdnsDiscovery", "SeedDiscovery"]
@@ -39,6 +40,8 @@ class Candidate:
     endpoint: str
     node_id: bytes | None
     source: str  # "mdns" or "seed"
+    #: The CURVE public key the TXT record claims (Z85), a hint for connecting.
+    key: bytes | None = None
 
 
 Found = Callable[[Candidate], None]
@@ -55,16 +58,27 @@ class Discovery(Protocol):
 
 
 class SeedDiscovery:
-    """A fixed list of control endpoints, such as ``tcp://198.18.0.5:7600``."""
+    """A fixed list of control endpoints, such as ``tcp://198.18.0.5:7600``.
+
+    With security a seed carries its CURVE public key after a ``#``:
+    ``tcp://198.18.0.5:7600#<40 Z85 characters>``.
+    """
 
     def __init__(self, seeds: Sequence[str]) -> None:
+        self._seeds = []
         for seed in seeds:
-            parse_endpoint(seed)  # raises ValueError with the bad seed named
-        self._seeds = tuple(seeds)
+            endpoint, key = split_seed(seed)
+            parse_endpoint(endpoint)  # raises ValueError with the bad seed named
+            self._seeds.append(Candidate(endpoint, None, "seed", key))
+
+    @property
+    def keyless(self) -> list[str]:
+        """Seeds given without a key."""
+        return [seed.endpoint for seed in self._seeds if seed.key is None]
 
     def start(self, on_found: Found, on_lost: Found) -> None:
         for seed in self._seeds:
-            on_found(Candidate(seed, None, "seed"))
+            on_found(seed)
 
     def close(self) -> None:
         pass
@@ -74,8 +88,11 @@ class MdnsDiscovery:
     """Advertise this node and browse for others as ``_meshq._tcp.local.``.
 
     The TXT record carries only what is needed to connect: ``v`` (protocol
-    version), ``id`` (node id, hex) and ``mesh``. Records of another mesh,
-    another version, or this node itself are ignored.
+    version), ``id`` (node id, hex), ``mesh``, and with security ``key`` (the
+    node's CURVE public key, Z85). Records of another mesh, another version,
+    or this node itself are ignored, as are TXT records over ``max_txt_bytes``
+    and, beyond ``max_records`` remembered services, new names (counted in
+    ``flooded``): a flood of unique names cannot grow memory without bound.
     """
 
     def __init__(
@@ -86,8 +103,15 @@ class MdnsDiscovery:
         mesh: str,
         interfaces: Sequence[str],
         control_port: int,
+        public_key: bytes | None = None,
+        max_records: int = 1024,
+        max_txt_bytes: int = 1024,
     ) -> None:
         self._node_id = node_id
+        self._max_records = max_records
+        self._max_txt_bytes = max_txt_bytes
+        #: mDNS records ignored because ``max_records`` were remembered already.
+        self.flooded = 0
         self._mesh = mesh
         self._networks = local_networks(interfaces)
         self._interfaces = list(interfaces)
@@ -100,7 +124,12 @@ class MdnsDiscovery:
             f"{label}-{node_id.hex()[:12]}.{SERVICE_TYPE}",
             addresses=[socket.inet_aton(ip) for ip in interfaces],
             port=control_port,
-            properties={"v": str(PROTOCOL_VERSION), "id": node_id.hex(), "mesh": mesh},
+            properties={
+                "v": str(PROTOCOL_VERSION),
+                "id": node_id.hex(),
+                "mesh": mesh,
+                **({"key": public_key.decode()} if public_key else {}),
+            },
             server=f"meshq-{node_id.hex()[:16]}.local.",
         )
         self._zeroconf: Zeroconf | None = None
@@ -182,12 +211,17 @@ class MdnsDiscovery:
             if self._closed:
                 return
             previous = self._endpoints.get(name)
+            if previous is None and len(self._endpoints) >= self._max_records:
+                self.flooded += 1
+                return
             self._endpoints[name] = candidate
         if previous is not None and previous != candidate:
             on_lost(previous)
         on_found(candidate)
 
     def _candidate(self, info: ServiceInfo) -> Candidate | None:
+        if info.text is not None and len(info.text) > self._max_txt_bytes:
+            return None
         txt = info.decoded_properties
         if txt.get("v") != str(PROTOCOL_VERSION) or txt.get("mesh") != self._mesh:
             return None
@@ -201,7 +235,12 @@ class MdnsDiscovery:
         if not addresses:
             return None
         endpoints = [f"tcp://{address}:{info.port}" for address in addresses]
-        return Candidate(choose_endpoint(endpoints, self._networks), node_id, "mdns")
+        try:
+            text_key = txt.get("key")
+            key = check_key(text_key) if text_key else None
+        except ValueError:
+            return None
+        return Candidate(choose_endpoint(endpoints, self._networks), node_id, "mdns", key)
 
     def close(self) -> None:
         with self._lock:

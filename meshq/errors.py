@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "BindError",
     "Closed",
+    "KeyFileError",
     "MeshqError",
     "NoProviders",
     "ProtocolError",
@@ -70,4 +71,16 @@ class ProtocolError(MeshqError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
+        self.reason = reason
+
+
+class KeyFileError(MeshqError):
+    """A CURVE key file cannot be used: missing, malformed, or readable by others.
+
+    ``path`` names the file; ``reason`` says what is wrong with it.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
         self.reason = reason

@@ -24,15 +24,18 @@ from typing import Any, Literal, overload
 import zmq
 
 from .config import MeshConfig
-from .control import Announce, Command, ControlPlane, Found, Lost, Stop
+from .control import Announce, Command, ControlPlane, Found, Lost, Redial, Stop
 from .discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
 from .durable import DurableMessage, DurablePublisher, DurableSubscription, Start
 from .errors import Closed, MeshqError, Timeout
+from .gatekeeper import Gatekeeper
 from .interfaces import local_networks, resolve_interfaces
 from .message import Message
+from .offences import Offences
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .publishing import PublishSocket
 from .requester import GatherResult, Requester, RequestFuture
+from .security import Curve, KeyBook, Rejection
 from .services import DeferredHandler, Handler, ServiceDirectory, ServiceRunner, Ticker
 from .servicewire import check_service_name
 from .sockets import SocketFactory
@@ -49,12 +52,14 @@ __all__ = ["Node"]
 log = logging.getLogger("meshq.node")
 
 PeerCallback = Callable[[Peer], None]
+RejectionCallback = Callable[[Rejection], None]
 MessageHandler = Callable[[Message], object]
 DurableMessageHandler = Callable[[DurableMessage], object]
 DirectHandler = Callable[[str, object], object]
 #: The service through which send_to() reaches a peer's on_direct handler.
 DIRECT_SERVICE = "meshq/direct"
 _HANDLER_JOIN = 5.0  # seconds close() waits for a busy on_message handler
+_MAX_REJECTIONS = 1000  # security refusals kept for rejections()
 
 
 class Node:
@@ -71,9 +76,14 @@ class Node:
         config: tunables; see :class:`MeshConfig`.
         headers: small str -> str facts about this node, shown to peers.
         discovery: False to skip mDNS entirely (seeds only).
+        security: ``meshq.Curve(secret_key_file, allow=...)`` to encrypt and
+            authenticate every connection with CURVE; only peers whose keys
+            are in the allowlist exchange anything with this node. Seeds then
+            need their key: ``"tcp://198.18.0.5:7600#KEY"``.
 
-    Raises ValueError for a bad interface, seed, name, mesh or headers,
-    meshq.BindError if a port cannot be bound.
+    Raises ValueError for a bad interface, seed, name, mesh or headers (or a
+    seed without a key under security), meshq.BindError if a port cannot be
+    bound.
     """
 
     def __init__(
@@ -86,8 +96,11 @@ class Node:
         config: MeshConfig | None = None,
         headers: Mapping[str, str] | None = None,
         discovery: bool = True,
+        security: Curve | None = None,
     ) -> None:
         self.config = config or MeshConfig()
+        #: The CURVE policy this node enforces, or None for no security.
+        self.security = security
         self._raw_id = _new_node_id()
         #: This node's id: 32 hex digits, new at every start.
         self.id = self._raw_id.hex()
@@ -102,12 +115,31 @@ class Node:
             max_peers=self.config.max_peers,
             max_headers=self.config.max_headers,
             max_payload_bytes=self.config.max_message_bytes,
+            max_msgpack_bytes=self.config.max_msgpack_bytes,
         )
         check_identity(self.name, mesh, self.headers, len(self.interfaces), self._limits)
         self._discoveries: list[Discovery] = []
         seed_discovery = SeedDiscovery(seeds)  # validates before anything starts
+        if security is not None and seed_discovery.keyless:
+            raise ValueError(
+                f"with security a seed needs its public key, as ENDPOINT#KEY: "
+                f"{seed_discovery.keyless[0]}"
+            )
+        self._rejections: collections.deque[Rejection] = collections.deque(maxlen=_MAX_REJECTIONS)
+        self._rejected = 0
+        self._rejection_lock = threading.Lock()
+        self._rejection_callbacks: list[RejectionCallback] = []
         self._context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
-        self._sockets = SocketFactory(self.config)
+        keys = KeyBook()
+        self._gatekeeper: Gatekeeper | None = None
+        if security is not None:
+            self._gatekeeper = Gatekeeper(
+                self._context, security, keys, self._on_rejected, self._on_handshake_failed
+            )
+            self._gatekeeper.start()
+        self._sockets = SocketFactory(
+            self.config, curve=security, keys=keys, gatekeeper=self._gatekeeper
+        )
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -123,6 +155,7 @@ class Node:
                 max_topics=self.config.max_topics,
             )
         except BaseException:
+            self._stop_gatekeeper()
             self._context.term()
             raise
         self.publish_endpoints = self._publisher.endpoints
@@ -154,9 +187,9 @@ class Node:
         # block (AsyncNode hops to its event loop from here).
         self._event_listeners: list[Callable[[list[PeerEvent]], None]] = []
         # (callbacks registered when the event happened, event); None stops.
-        self._dispatch_queue: queue.SimpleQueue[tuple[list[PeerCallback], PeerEvent] | None] = (
-            queue.SimpleQueue()
-        )
+        self._dispatch_queue: queue.SimpleQueue[
+            tuple[list[PeerCallback], PeerEvent] | tuple[list[RejectionCallback], Rejection] | None
+        ] = queue.SimpleQueue()
 
         self._control_endpoints: tuple[str, ...] = ()
         started = threading.Event()
@@ -173,6 +206,7 @@ class Node:
             self._publisher.close()
             os.close(self._wake_read)
             os.close(self._wake_write)
+            self._stop_gatekeeper()
             self._context.term()
             raise startup_error[0]
         self._dispatcher = threading.Thread(
@@ -189,6 +223,9 @@ class Node:
                     mesh=mesh,
                     interfaces=self.interfaces,
                     control_port=control_port,
+                    public_key=None if security is None else security.public_key,
+                    max_records=self.config.max_mdns_records,
+                    max_txt_bytes=self.config.max_txt_bytes,
                 )
             )
         self._discoveries.append(seed_discovery)
@@ -418,6 +455,9 @@ class Node:
                     limits=self._limits,
                     count=self._count,
                     on_exit=self._close_thread_requester,
+                    offences=Offences(
+                        self.config.max_offences, self.config.offence_window, self.config.ban_time
+                    ),
                 )
             names = self._service_runner.names()
             if name not in names:
@@ -710,9 +750,55 @@ class Node:
             return self._event_queue.popleft() if self._event_queue else None
 
     def stats(self) -> dict[str, int]:
-        """Counters: protocol_errors, unknown_sender, other_mesh, hello_rejected, ..."""
+        """Counters: protocol_errors, unknown_sender, other_mesh, hello_rejected, rejected, ..."""
         with self._state:
-            return dict(self._stats)
+            stats = dict(self._stats)
+        with self._rejection_lock:
+            if self._rejected:
+                stats["rejected"] = self._rejected
+        return stats
+
+    def rejections(self) -> list[Rejection]:
+        """Connections refused by security, oldest first (the latest 1000).
+
+        Each names the address, the key (if any) and the reason, such as
+        ``Rejection("198.18.0.3", "<key>", "key not in allowlist", ...)``;
+        each is also logged under ``meshq.security``.
+        """
+        with self._rejection_lock:
+            return list(self._rejections)
+
+    def on_rejected(self, callback: RejectionCallback) -> RejectionCallback:
+        """Call ``callback(rejection)`` for each connection security refuses. A decorator too.
+
+        Runs on the node's event thread, like the peer callbacks; see
+        :meth:`rejections` for what a rejection holds.
+        """
+        with self._rejection_lock:
+            self._rejection_callbacks.append(callback)
+        return callback
+
+    def _on_rejected(self, rejection: Rejection) -> None:
+        # On the gatekeeper or control thread; must not block.
+        with self._rejection_lock:
+            self._rejections.append(rejection)
+            self._rejected += 1
+            callbacks = list(self._rejection_callbacks)
+        if callbacks and not self._closed:
+            if self._dispatch_queue.qsize() >= self.config.event_queue_size:
+                self._count("callback_events_dropped")  # a callback is stuck
+            else:
+                self._dispatch_queue.put((callbacks, rejection))
+
+    def _on_handshake_failed(self, endpoint: str) -> None:
+        # On the gatekeeper thread: the control thread owns the DEALERs. The
+        # wake-up pipe exists from the control thread's start on.
+        if hasattr(self, "_wake_write") and not self._closed:
+            self._send_command(Redial(endpoint))
+
+    def _stop_gatekeeper(self) -> None:
+        if self._gatekeeper is not None:
+            self._gatekeeper.stop()
 
     @property
     def control_endpoints(self) -> tuple[str, ...]:
@@ -758,6 +844,7 @@ class Node:
             listener([])  # so asyncio waiters notice the close
         os.close(self._wake_read)
         os.close(self._wake_write)
+        self._stop_gatekeeper()
         # term() waits for sockets still open in other threads (subscriptions
         # that will close on their next call); never block close() on them.
         terminator = threading.Thread(target=self._context.term, name="meshq-term", daemon=True)
@@ -809,7 +896,10 @@ class Node:
             callbacks, event = item
             for callback in callbacks:
                 try:
-                    callback(event.peer)
+                    if isinstance(event, PeerEvent):
+                        callback(event.peer)  # type: ignore[arg-type]
+                    else:
+                        callback(event)  # type: ignore[arg-type]
                 except Exception:
                     self._count("callback_errors")
                     log.exception("peer event callback %r failed", callback)

@@ -155,12 +155,12 @@ class PeerTable:
         self._peers[peer_id] = peer
         return [PeerEvent(EventKind.RECOVERED, peer)] if was_suspect else []
 
-    def bye(self, peer_id: bytes) -> list[PeerEvent]:
-        """The peer said goodbye: it leaves now."""
+    def bye(self, peer_id: bytes, reason: str = "bye") -> list[PeerEvent]:
+        """The peer said goodbye (or was cut off, says ``reason``): it leaves now."""
         peer = self._peers.pop(peer_id, None)
         if peer is None:
             return []
-        return [PeerEvent(EventKind.LEFT, replace(peer, state=PeerState.GONE), "bye")]
+        return [PeerEvent(EventKind.LEFT, replace(peer, state=PeerState.GONE), reason)]
 
     def tick(self, now: float) -> list[PeerEvent]:
         """Advance the clock: silent peers become suspect, then leave."""

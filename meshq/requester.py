@@ -221,7 +221,7 @@ class Requester:
             # _CONNECT_WAIT for the first connection.
             dealer.setsockopt(zmq.IMMEDIATE, 1)
             dealer.setsockopt(zmq.SNDTIMEO, int(_CONNECT_WAIT * 1000))
-            dealer.connect(endpoint)
+            self._factory.connect(dealer, endpoint)  # refused: requests time out
             self._dealers[endpoint] = dealer
             self._poller.register(dealer, zmq.POLLIN)
         return dealer

@@ -19,6 +19,7 @@ from types import MappingProxyType
 import zmq
 
 from .errors import ProtocolError
+from .offences import Offences
 from .publishing import bind_all
 from .ratelimit import RateLimitedLog
 from .servicewire import decode_request, encode_reply
@@ -122,6 +123,7 @@ class ServiceRunner:
         limits: Limits,
         count: Callable[[str], None],
         on_exit: Callable[[], None] = lambda: None,
+        offences: Offences | None = None,
     ) -> None:
         self._context = context
         self._factory = factory
@@ -130,6 +132,8 @@ class ServiceRunner:
         # Run on the service thread as it ends: releases what handlers made
         # there (a handler that calls services owns that thread's DEALERs).
         self._on_exit = on_exit
+        # Callers (by connection) that sent malformed requests; None: no bans.
+        self._offences = offences
         self._handlers: dict[str, Handler] = {}
         self._deferred: dict[str, DeferredHandler] = {}
         self._tickers: list[Ticker] = []
@@ -245,10 +249,19 @@ class ServiceRunner:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    offences = self._offences
+                    if (
+                        offences is not None
+                        and offences.active  # no clock read while nobody is banned
+                        and offences.banned(frames[0], time.monotonic())
+                    ):
+                        self._count("service_banned_dropped")
+                        continue
                     if len(frames) == 2:
                         backlog.append((frames[0], frames[1]))
                     else:
                         self._count("service_protocol_errors")
+                        self._offend(frames[0])
                 if backlog:
                     identity, frame = backlog.popleft()
                     try:
@@ -274,6 +287,7 @@ class ServiceRunner:
         except ProtocolError as exc:
             self._count("service_protocol_errors")
             _bad_input_log.warning("dropped malformed request: %s", exc.reason)
+            self._offend(identity)
             return None
         with self._lock:
             handler = self._handlers.get(request.service)
@@ -304,6 +318,14 @@ class ServiceRunner:
             os.write(self._wake_write, b"w")
         except OSError:
             pass
+
+    def _offend(self, identity: bytes) -> None:
+        """Count a malformed request against its connection; ignore a repeat offender."""
+        if self._offences is not None and self._offences.offend(identity, time.monotonic()):
+            # A ROUTER cannot drop one connection: its requests are ignored
+            # instead, for the ban time (a new connection starts afresh).
+            self._count("service_callers_banned")
+            log.warning("caller %s sent repeated malformed requests: ignored", identity.hex())
 
     def close(self, wait: float = 5.0) -> None:
         """Stop serving; wait at most ``wait`` s for a handler still running.

@@ -1,8 +1,10 @@
 """The one place where meshq creates ZeroMQ sockets.
 
 Every socket a node opens comes from :class:`SocketFactory`, so options that
-must hold everywhere (size limits, linger, ZMTP heartbeats, and later CURVE
-keys) are applied once and cannot be forgotten by a new pattern.
+must hold everywhere (size limits, linger, ZMTP heartbeats, CURVE keys) are
+applied once and cannot be forgotten by a new pattern. With security on,
+every TCP connect goes through :meth:`SocketFactory.connect`, which sets the
+server key the peer must prove and refuses keys not in the allowlist.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import zmq
 
 from .config import MeshConfig
 from .errors import MeshqError
+from .gatekeeper import ZAP_DOMAIN, Gatekeeper
+from .security import Curve, KeyBook
 
 __all__ = ["SocketFactory"]
 
 S = TypeVar("S", bound=zmq.Socket)  # type: ignore[type-arg]
+#: Socket types that listen (bind) in meshq, and so act as CURVE servers.
+_SERVER_TYPES = frozenset({zmq.ROUTER, zmq.XPUB, zmq.PUB, zmq.PULL, zmq.REP})
 
 
 class SocketFactory:
@@ -26,8 +32,27 @@ class SocketFactory:
     them; pass a ``zmq.asyncio.Context`` shadow to get asyncio sockets.
     """
 
-    def __init__(self, config: MeshConfig) -> None:
+    def __init__(
+        self,
+        config: MeshConfig,
+        *,
+        curve: Curve | None = None,
+        keys: KeyBook | None = None,
+        gatekeeper: Gatekeeper | None = None,
+    ) -> None:
         self._config = config
+        self._curve = curve
+        self._keys = keys or KeyBook()
+        self._gatekeeper = gatekeeper
+
+    @property
+    def keys(self) -> KeyBook:
+        """Server keys to expect at each endpoint (hints learnt by the control plane)."""
+        return self._keys
+
+    @property
+    def curve(self) -> Curve | None:
+        return self._curve
 
     def make(
         self, context: zmq.Context[S], socket_type: int, *, max_message_bytes: int | None = None
@@ -62,4 +87,53 @@ class SocketFactory:
             # A peer that reconnects with the same id (new TCP connection after
             # a link flap) takes over its old, half-dead pipe.
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if self._curve is not None:
+            self._secure(sock, socket_type in _SERVER_TYPES)
         return sock
+
+    def _secure(self, sock: zmq.Socket, server: bool) -> None:  # type: ignore[type-arg]
+        curve = self._curve
+        assert curve is not None
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
+        # A connection stuck in its handshake (a silent or junk-sending
+        # client, or a ZAP answer that never comes) is dropped after this.
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(self._config.handshake_timeout * 1000))
+        if server:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            # Fail closed: without ZAP_ENFORCE_DOMAIN, libzmq admits every
+            # CURVE client when no ZAP handler is bound; with it, none.
+            sock.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+            sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        if self._gatekeeper is not None:
+            self._gatekeeper.watch(sock, server=server)
+
+    def connect(self, sock: zmq.Socket, endpoint: str) -> bool:  # type: ignore[type-arg]
+        """Connect ``sock`` to ``endpoint``; False (recorded as a rejection) if security forbids.
+
+        With security, a TCP endpoint needs a known server key that is in
+        the allowlist: the CURVE handshake then proves the peer holds it.
+        inproc endpoints (the node's own sockets) need no key.
+        """
+        if not self.admits(endpoint):
+            return False
+        key = self._keys.get(endpoint)
+        if self._curve is not None and key is not None and not endpoint.startswith("inproc://"):
+            # libzmq copies the options into each connection as it is made, so
+            # one socket can connect to several servers, each with its own key.
+            sock.setsockopt(zmq.CURVE_SERVERKEY, key)
+        sock.connect(endpoint)
+        return True
+
+    def admits(self, endpoint: str) -> bool:
+        """Whether security lets us connect to ``endpoint`` now; a refusal is recorded."""
+        curve = self._curve
+        if curve is None or endpoint.startswith("inproc://"):
+            return True
+        key = self._keys.get(endpoint)
+        if key is not None and curve.allows(key):
+            return True
+        if self._gatekeeper is not None:
+            reason = "no public key known" if key is None else "key not in allowlist"
+            self._gatekeeper.record(endpoint, "" if key is None else key.decode(), reason)
+        return False

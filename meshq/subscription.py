@@ -152,9 +152,16 @@ def refresh_this_thread() -> None:
 class PublisherLinks:
     """Keeps one SUB socket connected to exactly the publishers in a directory."""
 
-    def __init__(self, sock: zmq.Socket, directory: PublisherDirectory) -> None:  # type: ignore[type-arg]
+    def __init__(
+        self,
+        sock: zmq.Socket,  # type: ignore[type-arg]
+        directory: PublisherDirectory,
+        connect: Callable[[zmq.Socket, str], bool] | None = None,  # type: ignore[type-arg]
+    ) -> None:
         self._sock = sock
         self._directory = directory
+        # SocketFactory.connect: sets the publisher's CURVE key, or refuses.
+        self._connect = connect
         self._connected: dict[str, str] = {}
         self.version = -1
 
@@ -170,7 +177,10 @@ class PublisherLinks:
                     pass  # already gone: nothing to undo
         for node_id, endpoint in wanted.items():
             if node_id not in self._connected:
-                self._sock.connect(endpoint)
+                if self._connect is None:
+                    self._sock.connect(endpoint)
+                elif not self._connect(self._sock, endpoint):
+                    continue  # refused by security (recorded); tried again on the next change
                 self._connected[node_id] = endpoint
         self.version = version
 
@@ -262,7 +272,7 @@ class Subscription(Inbox):
         super().__init__(prefix, directory, limits)
         self._sock = factory.make(context, zmq.SUB)
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self._links = PublisherLinks(self._sock, directory)
+        self._links = PublisherLinks(self._sock, directory, factory.connect)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)

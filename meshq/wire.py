@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgpack
+from zmq.utils import z85
 
 from .errors import ProtocolError
 from .message import Message
@@ -93,6 +94,9 @@ DATA_HEADER_BYTES: Final = _DATA_HEAD.size
 _DATA_TAIL = struct.Struct(">BQQ")  # the per-message part of the header
 
 _PORT = re.compile(r"[1-9][0-9]{0,4}")
+#: A CURVE public key in Z85 text, as in HELLO and the mDNS TXT record.
+KEY_CHARS: Final = 40
+_Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 _MAX_ENDPOINTS = 16
 #: Most service names one node offers.
 MAX_SERVICES: Final = 64
@@ -112,6 +116,8 @@ class Limits:
     max_peers: int = 256
     max_headers: int = 64
     max_payload_bytes: int = 64 * 1024 * 1024
+    #: Largest msgpack payload decoded: msgpack may expand ~78x in memory.
+    max_msgpack_bytes: int = 4 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------
@@ -142,6 +148,11 @@ class Hello:
     #: Where the sender's second, never-dropping publish socket listens
     #: (topics published with ``publish_blocking``); empty if it has none.
     publish_block: tuple[str, ...] = ()
+    #: The sender's CURVE public key (Z85, 40 bytes) when it runs with
+    #: security, else empty; and the keys of gossiped peers, by node id.
+    #: Hints for connecting only: admission is the allowlist's decision.
+    key: bytes = b""
+    peer_keys: Mapping[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,17 +181,26 @@ def encode_control(message: ControlMessage) -> bytes:
             "control": list(message.control),
             "publish": list(message.publish),
             "headers": dict(message.headers),
-            "peers": [[pid, list(eps)] for pid, eps in message.peers],
+            "peers": [_gossip_entry(pid, eps, message.peer_keys) for pid, eps in message.peers],
             "reply": message.reply,
             "services": list(message.services),
             "service": list(message.service),
         }
         if message.publish_block:  # optional: absent for most nodes
             fields["publish_block"] = list(message.publish_block)
+        if message.key:  # optional: only nodes with security have one
+            fields["key"] = message.key.decode()
         body: bytes = msgpack.packb(fields, use_bin_type=True)
         return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_HELLO) + body
     kind = KIND_PING if isinstance(message, Ping) else KIND_BYE
     return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, kind)
+
+
+def _gossip_entry(
+    peer_id: bytes, endpoints: tuple[str, ...], keys: Mapping[bytes, bytes]
+) -> list[object]:
+    key = keys.get(peer_id)
+    return [peer_id, list(endpoints), key.decode()] if key else [peer_id, list(endpoints)]
 
 
 def routing_id(node_id: bytes, link: int) -> bytes:
@@ -235,11 +255,14 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
     if not isinstance(peers, list) or len(peers) > limits.max_peers:
         raise ProtocolError("bad peer list")
     gossip = []
+    peer_keys = {}
     for entry in peers:
-        if not (isinstance(entry, list) and len(entry) == 2):
+        if not (isinstance(entry, list) and len(entry) in (2, 3)):
             raise ProtocolError("bad peer entry")
         _check_node_id(entry[0], "peer id")
         gossip.append((bytes(entry[0]), _endpoints(entry[1], "peer endpoints")))
+        if len(entry) == 3:
+            peer_keys[bytes(entry[0])] = _key(entry[2])
     reply = fields.get("reply", False)
     if not isinstance(reply, bool):
         raise ProtocolError("bad reply flag")
@@ -269,7 +292,20 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
         services=tuple(services),
         service=tuple(service_endpoints),
         publish_block=tuple(publish_block),
+        key=_key(fields["key"]) if "key" in fields else b"",
+        peer_keys=peer_keys,
     )
+
+
+def _key(value: object) -> bytes:
+    """A Z85 CURVE public key as sent in HELLO: 40 characters of the Z85 alphabet."""
+    if not (isinstance(value, str) and len(value) == KEY_CHARS and _Z85.fullmatch(value)):
+        raise ProtocolError("bad key")
+    try:
+        z85.decode(value)  # an alphabet-only string may still overflow 32 bits
+    except Exception:
+        raise ProtocolError("bad key") from None
+    return value.encode()
 
 
 def _unpack(body: bytes, limits: Limits) -> Any:
@@ -496,13 +532,22 @@ def decode_payload(flags: int, payload: bytes, limits: Limits) -> object:
     """Turn a payload back into what was published. Raises ProtocolError."""
     if not flags & FLAG_MSGPACK:
         return payload
+    if len(payload) > limits.max_msgpack_bytes:
+        raise ProtocolError("msgpack payload too large")
+    # Every container or string needs at least one byte per element, so the
+    # payload's length bounds each count; saying so explicitly keeps it
+    # true whatever msgpack's defaults become.
+    most = len(payload)
     try:
         return msgpack.unpackb(
             payload,
             raw=False,
             strict_map_key=False,
-            max_str_len=limits.max_payload_bytes,
-            max_bin_len=limits.max_payload_bytes,
+            max_str_len=most,
+            max_bin_len=most,
+            max_array_len=most,
+            max_map_len=most,
+            max_ext_len=most,
         )
     except Exception as exc:  # every msgpack failure is the sender's fault
         raise ProtocolError(f"bad msgpack payload: {type(exc).__name__}") from None

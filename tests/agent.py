@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--no-mdns", action="store_true")
     parser.add_argument("--hwm", type=int, default=meshq.MeshConfig().publish_hwm)
     parser.add_argument("--gone-after", type=float, default=meshq.MeshConfig().gone_after)
+    parser.add_argument("--key", help="CURVE secret key file: run with security")
+    parser.add_argument("--allow", help="with --key: directory of allowed public keys")
     args = parser.parse_args()
     config = meshq.MeshConfig(
         control_port=args.port,
@@ -114,6 +116,7 @@ def main() -> None:
         seeds=args.seed,
         config=config,
         discovery=not args.no_mdns,
+        security=meshq.Curve(args.key, allow=args.allow) if args.key else None,
     )
     events = threading.Thread(target=report_events, args=(node,), daemon=True)
     events.start()

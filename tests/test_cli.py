@@ -185,6 +185,7 @@ def test_example_pubsub_sensors_runs() -> None:
         ("pipeline", "completed 100, failed 0, lost 0"),
         ("pipeline_sink", "sink received 100 results, sum of squares 328350"),
         ("scatter_gather", "no answer from: slow"),
+        ("secure_mesh", "sensor refused"),
     ],
 )
 def test_example_runs(name: str, expected: str) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from meshq.errors import ProtocolError
 from meshq.message import Message
+from meshq.servicewire import decode_reply, decode_request, encode_reply, encode_request
 from meshq.wire import (
     FLAG_BATCH,
     FLAG_MSGPACK,
@@ -288,3 +289,96 @@ def test_a_malformed_blocking_endpoint_list_is_a_protocol_error(block: object) -
     body.update(publish=endpoints, publish_block=block)
     with pytest.raises(ProtocolError):
         decode_control(ROUTING, raw_control(1, body), LIMITS)
+
+
+KEY = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+OTHER_KEY = b"Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+
+
+def test_hello_keys_round_trip_and_gossip_without_keys_still_decodes() -> None:
+    message = hello(key=KEY, peer_keys={OTHER: OTHER_KEY})
+    decoded = decode_control(ROUTING, encode_control(message), LIMITS)
+    assert isinstance(decoded, Hello)
+    assert decoded.key == KEY and dict(decoded.peer_keys) == {OTHER: OTHER_KEY}
+    plain = decode_control(ROUTING, encode_control(hello()), LIMITS)
+    assert isinstance(plain, Hello) and plain.key == b"" and not plain.peer_keys
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["short", "#" * 40, " " * 40, 12345, KEY, None],  # bytes is not str either
+)
+def test_a_malformed_hello_key_is_a_protocol_error(key: object) -> None:
+    endpoints = ["tcp://127.0.0.1:1"]
+    body = {"name": "a", "mesh": "m", "control": endpoints, "publish": endpoints, "key": key}
+    with pytest.raises(ProtocolError, match="bad key"):
+        decode_control(ROUTING, raw_control(1, body), LIMITS)
+    body = {"name": "a", "mesh": "m", "control": endpoints, "publish": endpoints}
+    body["peers"] = [[OTHER, endpoints, key]]
+    with pytest.raises(ProtocolError, match="bad key"):
+        decode_control(ROUTING, raw_control(1, body), LIMITS)
+
+
+def test_msgpack_payloads_have_their_own_smaller_bound() -> None:
+    limits = Limits(max_msgpack_bytes=1000)
+    # 2000 nested empty arrays: would become 2000 list objects, ~78x the bytes.
+    amplifier = b"\xdc\x07\xd0" + b"\x90" * 2000
+    with pytest.raises(ProtocolError, match="msgpack payload too large"):
+        decode_payload(FLAG_MSGPACK, amplifier, limits)
+    prefix = topic_prefix("t", SENDER, limits)
+    with pytest.raises(ProtocolError):
+        decode_data(encode_data(prefix, FLAG_MSGPACK, 1, 0, amplifier), limits)
+    # Raw bytes of the same size are not msgpack, and pass.
+    message = decode_data(encode_data(prefix, 0, 1, 0, amplifier), limits)
+    assert isinstance(message, Message) and message.data == amplifier
+    with pytest.raises(ProtocolError):
+        decode_request(encode_request(1, b"svc", FLAG_MSGPACK, amplifier), limits)
+    assert decode_payload(FLAG_MSGPACK, amplifier[:3] + b"\x90" * 2000, LIMITS) == [[]] * 2000
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xdd\x7f\xff\xff\xff",  # an array claiming 2**31 elements, in 5 bytes
+        b"\xdf\x7f\xff\xff\xff",  # a map claiming 2**31 entries
+        b"\xdb\x7f\xff\xff\xff",  # a str claiming 2 GiB
+        b"\xc9\x7f\xff\xff\xff\x01",  # an ext claiming 2 GiB
+    ],
+)
+def test_msgpack_lengths_are_bounded_by_the_payload(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_payload(FLAG_MSGPACK, payload, LIMITS)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_request_or_reply_bytes_decode_or_raise_protocol_error(frame: bytes) -> None:
+    # The property: a message or ProtocolError; any other exception fails the test.
+    for decoder in (decode_request, decode_reply):
+        try:
+            decoder(frame, LIMITS)
+        except ProtocolError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_after_a_valid_head_decode_or_raise_protocol_error(tail: bytes) -> None:
+    # Past the fixed heads, where the msgpack decoder gets arbitrary input.
+    heads = [
+        encode_request(1, b"svc", FLAG_MSGPACK, b""),
+        encode_reply(1, 0, flags=FLAG_MSGPACK),
+        b"t\0" + bytes((PROTOCOL_VERSION,)) + SENDER + struct.pack(">BQQ", FLAG_MSGPACK, 1, 0),
+        b"t\0" + bytes((PROTOCOL_VERSION,)) + SENDER + struct.pack(">BQQ", 3, 1, 0),
+    ]
+    for decoder, head in zip(
+        (decode_request, decode_reply, decode_data, decode_data), heads, strict=True
+    ):
+        try:
+            decoder(head + tail, LIMITS)  # type: ignore[operator]
+        except ProtocolError:
+            pass
+    try:
+        decode_control(ROUTING, b"MQ\x01\x01" + tail, LIMITS)
+    except ProtocolError:
+        pass
