@@ -6,6 +6,7 @@ processes and signals are in tests/test_relay_failures.py.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -107,8 +108,7 @@ def test_unacknowledged_messages_are_redelivered_then_dead_lettered(
     with client.subscribe(
         "orders/", durable="slow", ack="explicit", ack_wait=0.2, max_deliver=2
     ) as sub:
-        sub._dedup_ids = 0  # see every redelivery, to count them
-        first = sub.recv(timeout=5)
+        first = sub.recv(timeout=5)  # and never acknowledged
         again = sub.recv(timeout=5)
         assert (first.seq, first.deliveries) == (1, 1)
         assert (again.seq, again.deliveries) == (1, 2)
@@ -124,18 +124,49 @@ def test_unacknowledged_messages_are_redelivered_then_dead_lettered(
     assert msgpack.unpackb(payload) == "poison"  # kept whole, with its payload
 
 
-def test_explicit_ack_and_redelivery_skipped_by_dedup(client: meshq.Node) -> None:
+def test_an_acknowledged_message_delivered_again_is_skipped(client: meshq.Node) -> None:
     client.publish("orders/a", "x", durable=True)
-    with client.subscribe("orders/", durable="dedup", ack="explicit", ack_wait=0.2) as sub:
+    client.publish("orders/a", "y", durable=True)
+    with client.subscribe("orders/", durable="dedup", ack="explicit") as sub:
         message = sub.recv(timeout=5)
-        # Not acknowledged: the relay delivers it again, and the consumer,
-        # having processed that id, skips it (and acknowledges it).
-        deadline = time.monotonic() + 5
-        while sub.duplicates == 0 and time.monotonic() < deadline:
-            with pytest.raises(meshq.Timeout):
-                sub.recv(timeout=0.3)
-        assert sub.duplicates == 1
-        assert message.data == "x"
+        message.ack()
+        # What a relay that lost the acknowledgement (a crash before its
+        # commit) sends again: the same record, a second delivery.
+        sub._buffer.appendleft(
+            meshq.DurableMessage(
+                sub, "orders/", message.seq, message.topic, message.msg_id, "x", 0, 2
+            )
+        )
+        assert sub.recv(timeout=5).data == "y"  # the copy was skipped ...
+        assert sub.duplicates == 1  # ... counted, and acknowledged again
+        assert sub._acks[-1] == message.seq
+
+
+def test_an_explicit_message_never_acknowledged_comes_back(client: meshq.Node) -> None:
+    client.publish("orders/a", "x", durable=True)
+    with client.subscribe("orders/", durable="forgot", ack="explicit", ack_wait=0.2) as sub:
+        first = sub.recv(timeout=5)
+        again = sub.recv(timeout=5)  # after ack_wait, to the application again
+        assert (again.seq, again.deliveries) == (first.seq, 2)
+        again.ack()
+        with pytest.raises(meshq.Timeout):
+            sub.recv(timeout=0.6)
+        assert sub.duplicates == 0
+
+
+def test_leaving_a_with_block_by_an_exception_hands_the_message_back(
+    client: meshq.Node,
+) -> None:
+    client.publish("orders/a", "bill me", durable=True)
+    with (
+        pytest.raises(RuntimeError),
+        client.subscribe("orders/", durable="failing") as sub,
+    ):
+        assert sub.recv(timeout=5).data == "bill me"
+        raise RuntimeError("billing backend down")
+    with client.subscribe("orders/", durable="failing") as sub:
+        again = sub.recv(timeout=5)
+        assert (again.data, again.deliveries) == ("bill me", 2)
 
 
 def test_a_retry_with_the_same_id_is_stored_once(client: meshq.Node) -> None:
@@ -303,8 +334,10 @@ def test_retention_by_age_count_and_bytes(tmp_path: Path) -> None:
     store.commit()
     stats = store.stats("s/")
     assert (stats.messages, stats.first_seq, stats.last_seq, stats.bytes) == (3, 8, 10, 300)
-    assert store.seq_of("s/", b"id1") == 1  # ids stay for the dedup window
-    store.trim("s/", **{**trim, "dedup_window": 1.0})  # type: ignore[arg-type]
+    assert store.seq_of("s/", b"id1") == 1  # ids stay for the dedup window ...
+    store.trim("s/", **{**trim, "dedup_window": 60.0})  # type: ignore[arg-type]
+    assert store.seq_of("s/", b"id1") == 1  # ... counted from their removal, just now
+    store.trim("s/", **{**trim, "dedup_window": 0.0})  # type: ignore[arg-type]
     assert store.seq_of("s/", b"id1") is None
     store.close()
 
@@ -325,3 +358,147 @@ def test_publishers_of_one_node_never_share_a_message_id(
     thread.join()
     assert sorted([*seqs, *other]) == [1, 2, 3, 4]  # type: ignore[type-var]
     assert relay_node.counts.get("duplicates", 0) == 0
+
+
+def restart(relay: meshq.Relay, mesh: str, data: Path) -> meshq.Relay:
+    """Close ``relay`` and start another on the same directory (a new node, same store)."""
+    relay.close()
+    return meshq.Relay(meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK), data, ["s/"])
+
+
+def dead_letters(client: meshq.Node) -> int:
+    info = client.request("meshq/relay/s/", ["info"], timeout=5)
+    assert isinstance(info, dict)
+    return int(info["dead_letters"])
+
+
+def test_acks_and_dead_letters_survive_a_relay_restart(mesh: str, tmp_path: Path) -> None:
+    relay = meshq.Relay(meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK), tmp_path, ["s/"])
+    try:
+        with meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client:
+            wait_for_relay(client, "s/")
+            for data in ("poison", "a", "b", "c"):
+                client.publish("s/x", data, durable=True)
+            dead = client.subscribe("s/", durable="dl", ack="explicit", ack_wait=0.1, max_deliver=1)
+            handled = []
+            deadline = time.monotonic() + 10
+            while dead_letters(client) == 0:  # poison is never acknowledged: it goes dead
+                assert time.monotonic() < deadline, handled
+                with contextlib.suppress(meshq.Timeout):
+                    message = dead.recv(timeout=0.2)
+                    handled.append(message.data)
+                    if message.data != "poison":
+                        message.ack()
+            dead.close()
+            assert sorted(handled) == ["a", "b", "c", "poison"]
+            sub = client.subscribe("s/", durable="acks")
+            assert [sub.recv(timeout=5).data for _ in range(3)] == ["poison", "a", "b"]
+            relay = restart(relay, mesh, tmp_path)
+            wait_for_relay(client, "s/", relays=1)
+            sub.close()  # its acknowledgements reach the new relay
+            with client.subscribe("s/", durable="acks") as again:
+                assert again.recv(timeout=5).data == "c"
+            assert dead_letters(client) == 1
+            info = client.request("meshq/relay/s/", ["info"], timeout=5)
+            assert isinstance(info, dict)
+            assert info["consumers"]["dl"]["lag"] == 0  # poison is done: nothing to redeliver
+            with client.subscribe("s/", durable="dl") as again, pytest.raises(meshq.Timeout):
+                again.recv(timeout=0.5)
+    finally:
+        relay.close()
+
+
+def test_a_full_disk_refuses_confirms_and_recovers(mesh: str, tmp_path: Path) -> None:
+    relay = meshq.Relay(
+        meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK),
+        tmp_path,
+        [meshq.StreamConfig("s/", durability="batched")],
+    )
+    try:
+        with meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client:
+            wait_for_relay(client, "s/")
+            assert client.publish("s/x", "before", durable=True) == 1
+            # SQLite's own limit on the file's pages stands in for a full disk.
+            pages = relay._store._db.execute("PRAGMA page_count").fetchone()[0]
+            relay._store._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+            with pytest.raises((meshq.RemoteError, meshq.Timeout)):
+                client.publish("s/x", b"x" * 200_000, durable=True, timeout=2.0)
+            assert relay.counts["store_errors"] >= 1
+            relay._store._db.execute("PRAGMA max_page_count = 1073741823")
+            assert client.publish("s/x", "after", durable=True) == 2
+            with client.subscribe("s/", durable="check") as sub:
+                assert [sub.recv(timeout=5).data for _ in range(2)] == ["before", "after"]
+    finally:
+        relay.close()
+
+
+def test_a_payload_consumers_could_not_decode_is_refused(client: meshq.Node) -> None:
+    bad = [["orders/a", b"id-1", 1, b"\xc1"]]  # flags: msgpack; 0xc1 is never valid
+    with pytest.raises(meshq.RemoteError, match="msgpack"):
+        client.request("meshq/relay/orders/", ["pubs", bad])
+    info = client.request("meshq/relay/orders/", ["info"])
+    assert isinstance(info, dict) and info["messages"] == 0
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        ["read", 2**63, 10],
+        ["dead", "x" * 300, 0, 10],
+        ["open", "é" * 200, "orders/", "first", 0],
+        ["ack", "c", [True], []],
+        ["ack", "c", list(range(70_000)), []],
+        ["fetch", "c", "orders/", "first", 0, 10, True, [], 1.0, 5],
+        ["fetch", "c", "orders/", "first", 0, 10, 0.0, [], 0.0, 5],
+        ["pubs", []],
+        ["nope"],
+        "not a list",
+    ],
+)
+def test_malformed_relay_requests_are_refused_and_the_relay_goes_on(
+    client: meshq.Node, request_: object
+) -> None:
+    with pytest.raises(meshq.RemoteError):
+        client.request("meshq/relay/orders/", request_)
+    assert client.publish("orders/a", "still here", durable=True) == 1
+
+
+def test_stream_names_that_cannot_be_served_are_refused_up_front(mesh: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"1\.\.243"):
+        meshq.StreamConfig("x" * 244)
+    with meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK) as node:
+        with pytest.raises(ValueError, match="overlap"):
+            meshq.Relay(node, tmp_path, ["a/", "a/b/"])
+        assert not node.services()  # nothing was offered
+        meshq.Relay(node, tmp_path, ["a/"])  # and the directory is not locked
+
+
+def test_a_topic_under_two_streams_is_a_configuration_error(
+    mesh: str, tmp_path: Path, client: meshq.Node
+) -> None:
+    with meshq.Node("other", mesh=mesh, interfaces=LOOPBACK) as node:
+        meshq.Relay(node, tmp_path / "other", ["orders/eu/"])
+        wait_for_relay(client, "orders/eu/")
+        with pytest.raises(meshq.RelayConflict, match="overlap"):
+            client.publish("orders/eu/1", 1, durable=True)
+        assert client.publish("orders/us/1", 1, durable=True) == 1  # only orders/ has it
+
+
+def test_a_window_of_corrupt_records_does_not_hide_the_rest(mesh: str, tmp_path: Path) -> None:
+    path = tmp_path / "relay.sqlite"
+    store = Store(path)
+    for seq in range(1, 7):
+        store.append("s/", seq, "s/x", b"id%d" % seq, 0, b"payload-%d" % seq, time.time_ns())
+    store.close()
+    with sqlite3.connect(path) as db:  # corrupt 2 and 3 through SQL, checksums unchanged
+        db.execute("UPDATE messages SET payload = x'00' WHERE seq IN (2, 3)")
+    with (
+        meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK) as node,
+        meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client,
+    ):
+        meshq.Relay(node, tmp_path, ["s/"])
+        wait_for_relay(client, "s/")
+        with client.subscribe("s/", durable="reader") as sub:
+            sub.batch = 1  # a fetch window holding only corrupt records
+            got = [sub.recv(timeout=5).data for _ in range(4)]
+        assert got == [b"payload-1", b"payload-4", b"payload-5", b"payload-6"]

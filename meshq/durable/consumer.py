@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from ..errors import Closed, MeshqError, NoProviders, Timeout
+from ..errors import Closed, MeshqError, NoProviders, ProtocolError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX, START_KINDS, decode_records
 from ..wire import decode_payload
 from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
@@ -146,9 +146,11 @@ class DurableSubscription:
         self._dedup_ids = dedup_ids
         self._closed = False
         self._warned = False
-        #: Messages handed to the application, and redeliveries skipped as duplicates.
+        #: Messages handed to the application, redeliveries skipped as
+        #: duplicates, and messages this process could not decode (naked).
         self.delivered = 0
         self.duplicates = 0
+        self.undecodable = 0
         self._open()
 
     def _open(self) -> None:
@@ -185,10 +187,11 @@ class DurableSubscription:
             while self._buffer:
                 message = self._buffer.popleft()
                 if message.msg_id in self._seen:
+                    # Processed and acknowledged before (the ack was lost, or
+                    # the relay restarted): acknowledge again, hand out never.
                     self.duplicates += 1
                     self._acks.append(message.seq)
                     continue
-                self._remember(message.msg_id)
                 self.delivered += 1
                 if self.auto_ack:
                     self._unacked = message
@@ -211,23 +214,28 @@ class DurableSubscription:
     def _ack(self, message: DurableMessage) -> None:
         if message is self._unacked:
             self._unacked = None
+        # Remembered when acknowledged, not when received: a message handed
+        # out and never acknowledged must come back (and be dead-lettered).
+        self._remember(message.msg_id)
         self._acks.append(message.seq)
 
     def _nak(self, message: DurableMessage) -> None:
         if message is self._unacked:
             self._unacked = None
-        self._seen.pop(message.msg_id, None)  # its redelivery is not a duplicate
+        self._send_naks([message.seq])
+
+    def _send_naks(self, seqs: list[int]) -> None:
         if self._stream is None:
             return
         try:
             self.node.request(
                 RELAY_SERVICE_PREFIX + self._stream,
-                ["nak", self.name, [message.seq]],
+                ["nak", self.name, seqs],
                 timeout=ATTEMPT,
                 retries=0,
             )
         except MeshqError as exc:
-            log.info("nak of %s seq %d not sent (%s)", message.stream, message.seq, exc)
+            log.info("nak of %s seqs %s not sent (%s)", self._stream, seqs[:5], exc)
 
     def _fetch(self, wait: float) -> None:
         """One long poll: send the pending acks, take a batch (maybe empty)."""
@@ -263,7 +271,16 @@ class DurableSubscription:
             return  # a stopped or restarting relay: ask again
         self._acks = []
         limits = self.node._limits
+        undecodable = []
         for record in decode_records(reply):
+            try:
+                data = decode_payload(record.flags, record.payload, limits)
+            except ProtocolError as exc:
+                # Stored by a relay that did not check, or bigger than our
+                # max_msgpack_bytes: back to the relay, to be dead-lettered.
+                log.warning("%s seq %d not decodable here (%s)", self._stream, record.seq, exc)
+                undecodable.append(record.seq)
+                continue
             self._buffer.append(
                 DurableMessage(
                     self,
@@ -271,11 +288,14 @@ class DurableSubscription:
                     record.seq,
                     record.topic,
                     record.msg_id,
-                    decode_payload(record.flags, record.payload, limits),
+                    data,
                     record.time_ns,
                     record.deliveries,
                 )
             )
+        if undecodable:
+            self.undecodable += len(undecodable)
+            self._send_naks(undecodable)
 
     def flush_acks(self, timeout: float = 1.0, *, release: bool = False) -> None:
         """Send the acknowledgements not yet sent; with ``release``, give back the unread.
@@ -315,5 +335,8 @@ class DurableSubscription:
     def __enter__(self) -> DurableSubscription:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is not None and self._unacked is not None:
+            # The block failed, probably on the message in hand: not done.
+            self._nak(self._unacked)
         self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import MeshqError, NoProviders
@@ -19,14 +20,21 @@ NO_RELAY_PAUSE = 0.05
 
 
 class RelayConflict(MeshqError):
-    """More than one relay claims ``stream``: a configuration error to fix, not to guess."""
+    """Relays disagree about ``stream``: a configuration error to fix, not to guess.
 
-    def __init__(self, stream: str, relays: list[str]) -> None:
-        super().__init__(
-            f"stream {stream!r} is claimed by {len(relays)} relays ({', '.join(relays)})"
-        )
+    Two relays with different stores claim it (``relays``: their node ids'
+    start), or another stream overlaps it (``overlapping``: its name).
+    """
+
+    def __init__(self, stream: str, relays: Sequence[str] = (), overlapping: str = "") -> None:
+        if overlapping:
+            text = f"streams {stream!r} and {overlapping!r} overlap"
+        else:
+            text = f"stream {stream!r} is claimed by {len(relays)} relays ({', '.join(relays)})"
+        super().__init__(text)
         self.stream = stream
-        self.relays = relays
+        self.relays = list(relays)
+        self.overlapping = overlapping
 
 
 #: The peer header naming the relay store a node serves: one store may
@@ -35,21 +43,27 @@ STORE_HEADER = "meshq.relay-store"
 
 
 def relay_stream(node: Node, topic: str) -> str:
-    """The stream holding ``topic``: the longest relay stream name that prefixes it.
+    """The stream holding ``topic``: the relay stream whose name prefixes it.
 
     Raises NoProviders if no relay stores the topic, RelayConflict if two
-    relays with different stores claim its stream (one relay restarting is
-    not a conflict: its predecessor's entry goes when its heartbeats stop).
+    streams prefix it (streams must not overlap: which one a topic belongs
+    to would depend on which relays are up) or two relays with different
+    stores claim its stream (one relay restarting is not a conflict: its
+    predecessor's entry goes when its heartbeats stop).
     """
     services = node.services()
-    best = ""
-    for service in services:
-        if service.startswith(RELAY_SERVICE_PREFIX):
-            stream = service[len(RELAY_SERVICE_PREFIX) :]
-            if topic.startswith(stream) and len(stream) > len(best):
-                best = stream
-    if not best:
+    matching = [
+        service[len(RELAY_SERVICE_PREFIX) :]
+        for service in services
+        if service.startswith(RELAY_SERVICE_PREFIX)
+        and topic.startswith(service[len(RELAY_SERVICE_PREFIX) :])
+    ]
+    if not matching:
         raise NoProviders(f"{RELAY_SERVICE_PREFIX}? (no relay stores {topic!r})")
+    if len(matching) > 1:
+        matching.sort(key=len)
+        raise RelayConflict(matching[0], overlapping=matching[1])
+    best = matching[0]
     relays = services[RELAY_SERVICE_PREFIX + best]
     if len(relays) > 1 and len(relay_stores(node, relays)) > 1:
         raise RelayConflict(best, [r[:8] for r in relays])

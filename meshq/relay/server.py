@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
@@ -28,8 +29,13 @@ from ..relaywire import (
     RELAY_SERVICE_PREFIX,
     START_KINDS,
     Record,
+    parse_ack,
     parse_fetch,
+    parse_nak,
+    parse_open,
     parse_publishes,
+    parse_read,
+    stream_of_service,
 )
 from ..services import DeferredHandler, ReplyTo
 from ..wire import decode_payload
@@ -39,12 +45,15 @@ from .store import Store, StoredMessage
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["Relay", "StoreInUse", "StreamConfig"]
+__all__ = ["MAX_STREAM_NAME_BYTES", "Relay", "StoreInUse", "StreamConfig"]
 
 log = logging.getLogger("meshq.relay")
 
+#: A stream's service name, meshq/relay/<stream>, is at most 255 bytes.
+MAX_STREAM_NAME_BYTES = 255 - len(RELAY_SERVICE_PREFIX)
 _HOUSEKEEPING = 1.0  # seconds between retention runs and conflict checks
 _FETCH_BYTES = 4 * 1024 * 1024  # payload bytes per fetch reply (at least one message)
+_MAX_PARKED = 10_000  # fetches waiting for news; more are answered at once, empty
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,10 @@ class StreamConfig:
     live: bool = True
 
     def __post_init__(self) -> None:
-        if not self.name or "\0" in self.name:
-            raise ValueError("a stream name is a non-empty topic prefix")
+        if not 0 < len(self.name.encode()) <= MAX_STREAM_NAME_BYTES or "\0" in self.name:
+            raise ValueError(
+                f"a stream name is a topic prefix of 1..{MAX_STREAM_NAME_BYTES} UTF-8 bytes"
+            )
         if self.durability not in ("fsync", "batched"):
             raise ValueError(f"durability is 'fsync' or 'batched', not {self.durability!r}")
 
@@ -100,8 +111,9 @@ class Relay:
             group commit while requests keep arriving.
         dedup_window: seconds a message id is remembered to drop a producer's retry.
 
-    Raises ValueError for no streams or duplicate names, sqlite3.Error if the
-    file cannot be opened, meshq.BindError if the service port is taken.
+    Raises ValueError for no streams, duplicate or overlapping names,
+    StoreInUse if another relay serves ``data_dir``, sqlite3.Error if the file
+    cannot be opened, meshq.BindError if the service port is taken.
     """
 
     def __init__(
@@ -117,6 +129,10 @@ class Relay:
         names = [c.name for c in configs]
         if not configs or len(set(names)) != len(names):
             raise ValueError("a relay needs at least one stream, each named once")
+        for name in names:
+            for other in names:
+                if other != name and other.startswith(name):
+                    raise ValueError(f"streams {name!r} and {other!r} overlap")
         self.node = node
         self.streams = {c.name: c for c in configs}
         self.batch_interval = batch_interval
@@ -140,6 +156,17 @@ class Relay:
         self._conflicts: set[str] = set()
         #: Counters: stored, duplicates, confirmed, delivered, corrupt ...
         self.counts: dict[str, int] = {}
+        self._operations: dict[str, Callable[[str, list[object], ReplyTo], None]] = {
+            "pub": self._publish,
+            "pubs": self._publish,
+            "fetch": self._fetch,
+            "open": self._open,
+            "ack": self._acknowledge,
+            "nak": self._nak,
+            "read": self._read,
+            "dead": self._read,
+            "info": self._describe,
+        }
         node._set_header(STORE_HEADER, self._store.store_id)
         for name in names:
             node._serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
@@ -153,67 +180,26 @@ class Relay:
         return lambda data, reply: self._handle(stream, data, reply)
 
     def _handle(self, stream: str, data: object, reply: ReplyTo) -> None:
-        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+        """One request (relaywire.py); what it raises reaches the caller as RemoteError."""
+        if not (type(data) is list and data and type(data[0]) is str):
             raise ProtocolError("a relay request is a list starting with its operation")
-        op = data[0]
-        if op in ("pub", "pubs"):
-            self._publish(stream, op, data, reply)
-        elif op == "fetch":
-            self._fetch(stream, data, reply)
-        elif op == "ack":
-            if not (
-                len(data) == 4
-                and isinstance(data[1], str)
-                and isinstance(data[2], list)
-                and isinstance(data[3], list)
-            ):
-                raise ProtocolError("ack takes a consumer name, acked and released sequences")
-            consumer = self._consumers.get((stream, data[1]))
-            if consumer is None:
-                reply.send(0)
-                return
-            consumer.release([s for s in data[3] if type(s) is int], delivered=False)
-            reply.send(self._ack(consumer, data[2]))
-        elif op == "nak":
-            if not (len(data) == 3 and isinstance(data[1], str) and isinstance(data[2], list)):
-                raise ProtocolError("nak takes a consumer name and a list of sequences")
-            consumer = self._consumers.get((stream, data[1]))
-            if consumer is not None:
-                consumer.release([s for s in data[2] if type(s) is int], delivered=True)
-                self._serve_parked(time.monotonic(), {stream})
-            reply.send(None)
-        elif op == "open":
-            if not (len(data) == 5 and all(isinstance(v, str) for v in data[1:4])):
-                raise ProtocolError("open takes a consumer name, prefix, start and its argument")
-            if type(data[4]) is not int or data[4] < 0:
-                raise ProtocolError("open start argument must be an unsigned integer")
-            consumer = self._consumer(stream, data[1], data[2], data[3], data[4])
-            reply.send(consumer.ack_floor)
-        elif op == "read":
-            if len(data) != 3 or not all(type(v) is int and v >= 0 for v in data[1:]):
-                raise ProtocolError("read takes a sequence number and a limit")
-            found = self._store.read(stream, data[1], min(data[2], 4096), max_bytes=_FETCH_BYTES)
-            reply.send([_record(m, 0) for m in found if m.seq <= self._committed[stream]])
-        elif op == "dead":
-            if not (
-                len(data) == 4
-                and isinstance(data[1], str)
-                and all(type(v) is int and v >= 0 for v in data[2:])
-            ):
-                raise ProtocolError("dead takes a consumer name, a sequence number and a limit")
-            letters = self._store.dead_letters(stream, data[1], data[2], min(data[3], 4096))
-            reply.send([_record(message, deliveries) for message, deliveries in letters])
-        elif op == "info":
-            reply.send(self.info(stream))
-        else:
-            raise ProtocolError(f"unknown relay operation {op!r}")
+        operation = self._operations.get(data[0])
+        if operation is None:
+            raise ProtocolError(f"unknown relay operation {data[0]!r}")
+        try:
+            operation(stream, data, reply)
+        except sqlite3.Error as exc:
+            self._abort(exc)
+            raise MeshqError(f"relay store failed: {exc}") from None
 
-    def _publish(self, stream: str, op: str, data: list[object], reply: ReplyTo) -> None:
+    def _publish(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         """Store the messages of a pub(s) request; confirm once they are committed."""
         publishes = parse_publishes(data)
         for pub in publishes:
             if not pub.topic.startswith(stream):
                 raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
+            # What consumers could not decode is refused now, not stored.
+            decode_payload(pub.flags, pub.payload, self.node._limits)
         store = self._store
         seqs = []
         for pub in publishes:
@@ -230,7 +216,7 @@ class Relay:
                 )
                 self._count("stored")
             seqs.append(seq)
-        answer: object = seqs[0] if op == "pub" else seqs
+        answer: object = seqs[0] if data[0] == "pub" else seqs
         if not store.dirty:  # duplicates of committed messages: confirm again at once
             reply.send(answer)
             return
@@ -244,51 +230,106 @@ class Relay:
         consumer = self._consumer(
             stream, fetch.consumer, fetch.prefix, fetch.start, fetch.start_arg
         )
+        # Deadlines are set per delivery, with the ack_wait of whoever fetched.
         consumer.ack_wait = fetch.ack_wait
         consumer.max_deliver = fetch.max_deliver
         if fetch.acks:
             self._ack(consumer, fetch.acks)
         now = time.monotonic()
         found = self._deliver(consumer, now, fetch.limit)
-        if found or fetch.wait <= 0:
+        if found or fetch.wait <= 0 or len(self._parked) >= _MAX_PARKED:
             reply.send(found)
         else:
             self._parked.append(_Parked(consumer, fetch.limit, now + fetch.wait, reply))
 
+    def _open(self, stream: str, data: list[object], reply: ReplyTo) -> None:
+        request = parse_open(data)
+        consumer = self._consumer(
+            stream, request.consumer, request.prefix, request.start, request.start_arg
+        )
+        reply.send(consumer.ack_floor)
+
+    def _acknowledge(self, stream: str, data: list[object], reply: ReplyTo) -> None:
+        request = parse_ack(data)
+        consumer = self._known_consumer(stream, request.consumer)
+        if consumer is None:
+            raise ValueError(f"no consumer {request.consumer!r} of {stream!r}")
+        consumer.release(request.released, delivered=False)
+        reply.send(self._ack(consumer, request.acks))
+
+    def _nak(self, stream: str, data: list[object], reply: ReplyTo) -> None:
+        request = parse_nak(data)
+        consumer = self._known_consumer(stream, request.consumer)
+        if consumer is None:
+            raise ValueError(f"no consumer {request.consumer!r} of {stream!r}")
+        consumer.release(request.seqs, delivered=True)
+        self._serve_parked(time.monotonic(), {stream})
+        reply.send(None)
+
+    def _read(self, stream: str, data: list[object], reply: ReplyTo) -> None:
+        request = parse_read(data)
+        if request.consumer:  # "dead": that consumer's dead letters
+            letters = self._store.dead_letters(
+                stream, request.consumer, request.after, request.limit
+            )
+            reply.send([_record(message, deliveries) for message, deliveries in letters])
+            return
+        found = self._store.read(
+            stream,
+            request.after,
+            request.limit,
+            max_bytes=_FETCH_BYTES,
+            upto=self._committed[stream],
+        )
+        reply.send([_record(m, 0) for m in found])
+
+    def _describe(self, stream: str, data: list[object], reply: ReplyTo) -> None:
+        reply.send(self._info(stream))
+
     def _deliver(self, consumer: Consumer, now: float, limit: int) -> list[list[object]]:
+        floor = consumer.ack_floor
         found = consumer.fetch(
             self._store, now, limit, _FETCH_BYTES, upto=self._committed[consumer.stream]
         )
+        if consumer.ack_floor != floor:  # dead letters and skipped topics are done too
+            self._store.save_acks(consumer.stream, consumer.name, consumer.ack_floor, [])
+            self._mark_dirty()
         self._count("delivered", len(found))
         self._count("redelivered", sum(1 for d in found if d.deliveries > 1))
         return [_record(d.message, d.deliveries) for d in found]
 
-    def _ack(self, consumer: Consumer, seqs: Sequence[object]) -> int:
-        valid = [s for s in seqs if type(s) is int]
-        added = consumer.ack(valid, upto=self._committed[consumer.stream])
+    def _ack(self, consumer: Consumer, seqs: list[int]) -> int:
+        added = consumer.ack(seqs, upto=self._committed[consumer.stream])
         if added:
             self._store.save_acks(consumer.stream, consumer.name, consumer.ack_floor, added)
             self._mark_dirty()
             self._count("acked", len(added))
         return len(added)
 
-    def _consumer(
-        self, stream: str, name: str, prefix: str, start: str, start_arg: int
-    ) -> Consumer:
+    def _known_consumer(self, stream: str, name: str) -> Consumer | None:
+        """Consumer ``name`` from memory or, after a restart, from the store."""
         consumer = self._consumers.get((stream, name))
         if consumer is None:
             row = self._store.consumer(stream, name)
-            if row is None:
-                if not prefix.startswith(stream):
-                    raise ValueError(f"prefix {prefix!r} is not in stream {stream!r}")
-                floor = self._start_floor(stream, start, start_arg)
-                self._store.create_consumer(stream, name, prefix, floor)
-                self._mark_dirty()
-                consumer = Consumer(stream, name, prefix, floor)
-                log.info("new consumer %r of %r from seq %d", name, stream, floor + 1)
-            else:
+            if row is not None:
                 consumer = Consumer(stream, name, row.prefix, row.ack_floor, set(row.acked))
+                self._consumers[(stream, name)] = consumer
+        return consumer
+
+    def _consumer(
+        self, stream: str, name: str, prefix: str, start: str, start_arg: int
+    ) -> Consumer:
+        """Consumer ``name``, created at ``start`` if new. Raises ValueError for another prefix."""
+        consumer = self._known_consumer(stream, name)
+        if consumer is None:
+            if not prefix.startswith(stream):
+                raise ValueError(f"prefix {prefix!r} is not in stream {stream!r}")
+            floor = self._start_floor(stream, start, start_arg)
+            self._store.create_consumer(stream, name, prefix, floor)
+            self._mark_dirty()
+            consumer = Consumer(stream, name, prefix, floor)
             self._consumers[(stream, name)] = consumer
+            log.info("new consumer %r of %r from seq %d", name, stream, floor + 1)
         if consumer.prefix != prefix:
             raise ValueError(
                 f"consumer {name!r} reads {consumer.prefix!r}, not {prefix!r}: use another name"
@@ -315,7 +356,11 @@ class Relay:
 
     def _commit(self) -> None:
         """Commit, then confirm, then serve the new messages (live and parked fetches)."""
-        self._store.commit()
+        try:
+            self._store.commit()
+        except sqlite3.Error as exc:
+            self._abort(exc)
+            return
         self._dirty_since = None
         for stream, seq in self._last.items():
             self._committed[stream] = seq
@@ -331,6 +376,33 @@ class Relay:
                 self._publish_live(record)
         streams = {stream for stream, _ in fresh}
         self._serve_parked(time.monotonic(), streams)
+
+    def _abort(self, error: sqlite3.Error) -> None:
+        """The store failed (disk full, I/O error): undo the open transaction, refuse its confirms.
+
+        Producers resend what was refused (same ids). Acknowledgements in the
+        transaction are lost too: those messages are delivered again.
+        """
+        log.error(
+            "RELAY STORE FAILED in %s: %s; unconfirmed writes undone", self._store.path, error
+        )
+        self._count("store_errors")
+        try:
+            self._store.rollback()
+        except sqlite3.Error:
+            log.exception("rollback failed")
+        self._last = dict(self._committed)
+        self._fresh = []
+        self._dirty_since = None
+        confirms, self._confirms = self._confirms, []
+        for reply, _ in confirms:
+            reply.fail(MeshqError(f"relay store failed: {error}"))
+        # Consumers' unsaved acknowledgements went with the transaction: start
+        # them afresh from what the store holds.
+        self._consumers.clear()
+        for parked in self._parked:
+            parked.reply.send([])
+        self._parked = []
 
     def _publish_live(self, record: Record) -> None:
         try:
@@ -372,7 +444,10 @@ class Relay:
             wait = min(wait, max(0.0, soonest - now), 0.1)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + _HOUSEKEEPING
-            self._housekeeping()
+            try:
+                self._housekeeping()
+            except sqlite3.Error as exc:
+                self._abort(exc)
         return wait
 
     def _housekeeping(self) -> None:
@@ -387,25 +462,36 @@ class Relay:
             self._count("trimmed", deleted)
         self._mark_dirty()
         services = self.node.services()
+        advertised = [stream_of_service(service) or "" for service in services]
         for name in self.streams:
             providers = services.get(RELAY_SERVICE_PREFIX + name, [])
-            conflict = len(providers) > 1 and len(relay_stores(self.node, providers)) > 1
-            if conflict and name not in self._conflicts:
+            problem = ""
+            if len(providers) > 1 and len(relay_stores(self.node, providers)) > 1:
+                problem = (
+                    f"claimed by {len(providers)} relays ({', '.join(p[:8] for p in providers)})"
+                )
+            overlapping = [
+                other
+                for other in advertised
+                if other and other != name and (other.startswith(name) or name.startswith(other))
+            ]
+            if overlapping:
+                problem = f"overlaps stream {overlapping[0]!r} of another relay"
+            if problem and name not in self._conflicts:
                 self._conflicts.add(name)
                 log.error(
-                    "CONFIGURATION ERROR: stream %r is claimed by %d relays (%s); "
-                    "durable publishes to it fail until only one remains",
+                    "CONFIGURATION ERROR: stream %r is %s; durable publishes to it fail until "
+                    "that is fixed",
                     name,
-                    len(providers),
-                    ", ".join(p[:8] for p in providers),
+                    problem,
                 )
-            elif not conflict:
+            elif not problem:
                 self._conflicts.discard(name)
 
     # ------------------------------------------------------------------
     # Observability
 
-    def info(self, stream: str) -> dict[str, object]:
+    def _info(self, stream: str) -> dict[str, object]:
         """Per-stream facts: messages, bytes, first and last seq, consumers and their lag."""
         stats = self._store.stats(stream)
         consumers: dict[str, object] = {}

@@ -70,7 +70,9 @@ CREATE INDEX IF NOT EXISTS ids_by_time ON ids (time_ns);
 -- Only deletions (retention) touch these two tables, so that storing a
 -- message writes two b-trees (the messages and their id index), no more.
 CREATE TRIGGER IF NOT EXISTS keep_removed AFTER DELETE ON messages BEGIN
-    INSERT OR IGNORE INTO ids VALUES (old.stream, old.msg_id, old.seq, old.time_ns);
+    -- Stamped with the time of removal (ns): the window runs from then.
+    INSERT OR IGNORE INTO ids VALUES (old.stream, old.msg_id, old.seq,
+        CAST((julianday('now') - 2440587.5) * 86400000000000 AS INTEGER));
     INSERT INTO streams VALUES (old.stream, old.seq)
         ON CONFLICT (stream) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq);
 END;
@@ -168,6 +170,8 @@ class Store:
         self.store_id = str(
             self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
         )
+        # Once per start (time grows with the file): a damaged b-tree would
+        # otherwise show only as queries failing later, one by one.
         problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
             log.error("relay store %s fails its integrity check: %s", self.path, problems[:5])
@@ -181,10 +185,20 @@ class Store:
             self._in_transaction = True
 
     def commit(self) -> None:
-        """Make everything written since the last commit durable (fsync)."""
+        """Make everything written since the last commit durable (fsync).
+
+        Raises sqlite3.Error (disk full, I/O error): then nothing since the
+        last commit is stored; call :meth:`rollback` before going on.
+        """
         if self._in_transaction:
             self._db.execute("COMMIT")
             self._in_transaction = False
+
+    def rollback(self) -> None:
+        """Forget everything written since the last commit (after an error)."""
+        self._in_transaction = False
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     @property
     def dirty(self) -> bool:
@@ -246,30 +260,36 @@ class Store:
         """Up to ``limit`` intact messages with ``after`` < seq <= ``upto`` under ``prefix``.
 
         Stops early once ``max_bytes`` of payload are collected (at least one
-        message is returned). Records failing their checksum are skipped.
+        message is returned). Records failing their checksum are skipped, and
+        the reading goes on past them: an empty list means no intact message
+        is left in the range, never "only corrupt ones in this window".
         """
-        rows = self._db.execute(
-            "SELECT seq, topic, msg_id, flags, payload, time_ns, crc FROM messages"
-            " WHERE stream = ? AND seq > ? AND seq <= ? AND substr(topic, 1, ?) = ?"
-            " ORDER BY seq LIMIT ?",
-            (stream, after, upto, len(prefix), prefix, limit),
-        )
         found: list[StoredMessage] = []
         size = 0
-        for seq, topic, msg_id, flags, payload, time_ns, crc in rows:
-            if checksum(seq, time_ns, flags, topic, msg_id, payload) != crc:
-                self._refuse(stream, seq)
-                continue
-            found.append(StoredMessage(seq, topic, msg_id, flags, payload, time_ns))
-            size += len(payload)
-            if size >= max_bytes:
-                break
-        return found
+        while True:
+            wanted = limit - len(found)
+            rows = self._db.execute(
+                "SELECT seq, topic, msg_id, flags, payload, time_ns, crc FROM messages"
+                " WHERE stream = ? AND seq > ? AND seq <= ? AND substr(topic, 1, ?) = ?"
+                " ORDER BY seq LIMIT ?",
+                (stream, after, upto, len(prefix), prefix, wanted),
+            ).fetchall()
+            for seq, topic, msg_id, flags, payload, time_ns, crc in rows:
+                after = seq
+                if checksum(seq, time_ns, flags, topic, msg_id, payload) != crc:
+                    self._refuse(stream, seq)
+                    continue
+                found.append(StoredMessage(seq, topic, msg_id, flags, payload, time_ns))
+                size += len(payload)
+                if size >= max_bytes:
+                    return found
+            if len(rows) < wanted or len(found) == limit:
+                return found
 
     def get(self, stream: str, seq: int) -> StoredMessage | None:
         """One intact message, or None if it is gone (retention) or corrupt."""
-        found = self.read(stream, seq - 1, 1)
-        return found[0] if found and found[0].seq == seq else None
+        found = self.read(stream, seq - 1, 1, upto=seq)
+        return found[0] if found else None
 
     def _refuse(self, stream: str, seq: int) -> None:
         if (stream, seq) not in self._corrupt_seen:
