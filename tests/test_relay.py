@@ -380,7 +380,7 @@ def test_acks_and_dead_letters_survive_a_relay_restart(mesh: str, tmp_path: Path
             for data in ("poison", "a", "b", "c"):
                 client.publish("s/x", data, durable=True)
             dead = client.subscribe("s/", durable="dl", ack="explicit", ack_wait=0.1, max_deliver=1)
-            handled = []
+            handled: list[object] = []
             deadline = time.monotonic() + 10
             while dead_letters(client) == 0:  # poison is never acknowledged: it goes dead
                 assert time.monotonic() < deadline, handled
@@ -390,7 +390,7 @@ def test_acks_and_dead_letters_survive_a_relay_restart(mesh: str, tmp_path: Path
                     if message.data != "poison":
                         message.ack()
             dead.close()
-            assert sorted(handled) == ["a", "b", "c", "poison"]
+            assert sorted(map(str, handled)) == ["a", "b", "c", "poison"]
             sub = client.subscribe("s/", durable="acks")
             assert [sub.recv(timeout=5).data for _ in range(3)] == ["poison", "a", "b"]
             relay = restart(relay, mesh, tmp_path)
