@@ -3,8 +3,9 @@
 Everything runs on the node's service thread (meshq/services.py): requests
 come in through deferred handlers, and a ticker commits batches, answers
 long-polling fetches whose wait is over, applies retention and watches for
-a second relay claiming one of our streams. No lock is needed and the
-SQLite file has a single user.
+a second relay claiming one of our streams. No lock is needed: the SQLite
+file and the consumers are used from that thread only (``meshq streams``
+asks through the "info" request, like any other client).
 
 A confirm (the reply to a ``pub``) is sent only after the transaction that
 stored the message has committed with ``synchronous=FULL``. Fetches read
