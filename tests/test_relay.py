@@ -502,3 +502,17 @@ def test_a_window_of_corrupt_records_does_not_hide_the_rest(mesh: str, tmp_path:
             sub.batch = 1  # a fetch window holding only corrupt records
             got = [sub.recv(timeout=5).data for _ in range(4)]
         assert got == [b"payload-1", b"payload-4", b"payload-5", b"payload-6"]
+
+
+def test_big_messages_travel_in_requests_and_fetches_that_fit(client: meshq.Node) -> None:
+    # 300 x 16 KiB: more than one request's and one fetch reply's worth.
+    publisher = meshq.DurablePublisher(client, max_in_flight=1024)
+    for i in range(300):
+        publisher.send("orders/big", i.to_bytes(2, "big") * 8192)
+    publisher.flush(timeout=30)
+    assert publisher.confirmed == 300
+    with client.subscribe("orders/", durable="big") as sub:
+        got = [sub.recv(timeout=5).data for _ in range(300)]
+    assert got == [i.to_bytes(2, "big") * 8192 for i in range(300)]
+    with pytest.raises(ValueError, match="at most"):
+        publisher.send("orders/big", b"x" * client.config.max_msgpack_bytes)

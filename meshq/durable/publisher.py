@@ -45,6 +45,11 @@ class _Unconfirmed:
     error: BaseException | None = None
 
     @property
+    def size(self) -> int:
+        """Bytes this message adds to a request, give or take the framing."""
+        return len(self.payload) + len(self.topic) + len(self.msg_id)
+
+    @property
     def settled(self) -> bool:
         return bool(self.seq) or self.error is not None
 
@@ -125,6 +130,10 @@ class DurablePublisher:
         self.max_in_flight = max_in_flight
         self.max_requests = max_requests
         self.max_batch = max_batch
+        # A request is one msgpack payload, and providers decode at most
+        # max_msgpack_bytes of it: half of that per request leaves room for
+        # the framing, and lets the relay hand any one message back in a fetch.
+        self.max_request_bytes = node.config.max_msgpack_bytes // 2
         self._id_prefix = bytes.fromhex(node.id)
         self._unsent: collections.deque[_Unconfirmed] = collections.deque()
         self._batches: collections.deque[_Batch] = collections.deque()
@@ -141,7 +150,8 @@ class DurablePublisher:
         restarts; by default each call gets a new one. Waits while
         ``max_in_flight`` messages are unconfirmed. Raises NoProviders at
         once if no relay holds the stream, RelayConflict, ValueError for a
-        bad topic or id, TypeError if msgpack cannot encode ``data``.
+        bad topic or id or a message over half of ``max_msgpack_bytes`` (2
+        MiB by default), TypeError if msgpack cannot encode ``data``.
         """
         self.node.check_topic(topic)
         stream = relay_stream(self.node, topic)
@@ -150,6 +160,12 @@ class DurablePublisher:
         elif not 0 < len(msg_id) <= MAX_MSG_ID_BYTES:
             raise ValueError(f"msg_id must be 1..{MAX_MSG_ID_BYTES} bytes")
         flags, payload = encode_payload(data)
+        size = len(payload) + len(topic) + len(msg_id)
+        if size > self.max_request_bytes:
+            raise ValueError(
+                f"a durable message is at most {self.max_request_bytes} bytes "
+                f"(half of MeshConfig.max_msgpack_bytes), this one {size}"
+            )
         while self._unconfirmed >= self.max_in_flight:
             self._wait_once(None)
         entry = _Unconfirmed(topic, stream, msg_id, flags, payload, time.monotonic() + self.timeout)
@@ -201,12 +217,16 @@ class DurablePublisher:
                 self._fail(first, Timeout(f"durable publish to {first.topic!r} not confirmed"))
                 continue
             entries: list[_Unconfirmed] = []
+            size = 0
             while (
                 self._unsent
                 and len(entries) < self.max_batch
                 and self._unsent[0].stream == first.stream
+                and (not entries or size + self._unsent[0].size <= self.max_request_bytes)
             ):
-                entries.append(self._unsent.popleft())
+                entry = self._unsent.popleft()
+                entries.append(entry)
+                size += entry.size
             attempt = min(ATTEMPT, max(0.001, min(e.deadline for e in entries) - now))
             try:
                 future = self.node.request_async(

@@ -53,7 +53,9 @@ log = logging.getLogger("meshq.relay")
 #: A stream's service name, meshq/relay/<stream>, is at most 255 bytes.
 MAX_STREAM_NAME_BYTES = 255 - len(RELAY_SERVICE_PREFIX)
 _HOUSEKEEPING = 1.0  # seconds between retention runs and conflict checks
-_FETCH_BYTES = 4 * 1024 * 1024  # payload bytes per fetch reply (at least one message)
+#: Payload bytes per fetch reply (at least one message): well inside the
+#: max_msgpack_bytes (4 MiB by default) a consumer decodes a reply with.
+_FETCH_BYTES = 1024 * 1024
 _MAX_PARKED = 10_000  # fetches waiting for news; more are answered at once, empty
 
 
@@ -271,7 +273,7 @@ class Relay:
         request = parse_read(data)
         if request.consumer:  # "dead": that consumer's dead letters
             letters = self._store.dead_letters(
-                stream, request.consumer, request.after, request.limit
+                stream, request.consumer, request.after, request.limit, _FETCH_BYTES
             )
             reply.send([_record(message, deliveries) for message, deliveries in letters])
             return

@@ -422,11 +422,12 @@ class Store:
         )
 
     def dead_letters(
-        self, stream: str, name: str, after: int = 0, limit: int = 1 << 30
+        self, stream: str, name: str, after: int = 0, limit: int = 1 << 30, max_bytes: int = 1 << 62
     ) -> list[tuple[StoredMessage, int]]:
         """Consumer ``name``'s dead letters after seq ``after``: (message, deliveries) by seq.
 
-        Copies failing their checksum are refused, as in :meth:`read`.
+        At most ``limit`` of them and about ``max_bytes`` of payload (at least
+        one). Copies failing their checksum are refused, as in :meth:`read`.
         """
         rows = self._db.execute(
             "SELECT seq, topic, msg_id, flags, payload, time_ns, crc, deliveries"
@@ -434,11 +435,15 @@ class Store:
             (stream, name, after, limit),
         )
         found = []
+        size = 0
         for seq, topic, msg_id, flags, payload, time_ns, crc, deliveries in rows:
             if checksum(seq, time_ns, flags, topic, msg_id, payload) != crc:
                 self._refuse(stream, seq)
                 continue
             found.append((StoredMessage(seq, topic, msg_id, flags, payload, time_ns), deliveries))
+            size += len(payload)
+            if size >= max_bytes:
+                break
         return found
 
     def dead_letter_count(self, stream: str) -> int:
