@@ -254,18 +254,13 @@ class Relay:
 
     def _acknowledge(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         request = parse_ack(data)
-        consumer = self._known_consumer(stream, request.consumer)
-        if consumer is None:
-            raise ValueError(f"no consumer {request.consumer!r} of {stream!r}")
+        consumer = self._existing_consumer(stream, request.consumer)
         consumer.release(request.released, delivered=False)
         reply.send(self._ack(consumer, request.acks))
 
     def _nak(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         request = parse_nak(data)
-        consumer = self._known_consumer(stream, request.consumer)
-        if consumer is None:
-            raise ValueError(f"no consumer {request.consumer!r} of {stream!r}")
-        consumer.release(request.seqs, delivered=True)
+        self._existing_consumer(stream, request.consumer).release(request.seqs, delivered=True)
         self._serve_parked(time.monotonic(), {stream})
         reply.send(None)
 
@@ -317,6 +312,13 @@ class Relay:
             if row is not None:
                 consumer = Consumer(stream, name, row.prefix, row.ack_floor, set(row.acked))
                 self._consumers[(stream, name)] = consumer
+        return consumer
+
+    def _existing_consumer(self, stream: str, name: str) -> Consumer:
+        """Consumer ``name``; raises ValueError (an error reply) if there is none."""
+        consumer = self._known_consumer(stream, name)
+        if consumer is None:
+            raise ValueError(f"no consumer {name!r} of {stream!r}")
         return consumer
 
     def _consumer(
