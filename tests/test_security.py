@@ -186,6 +186,21 @@ def test_a_pipeline_runs_between_secure_nodes(keys: Keys, mesh: str) -> None:
         assert (pipeline.completed, pipeline.failed, pipeline.lost) == (20, 0, 0)
 
 
+def test_durable_streams_run_between_secure_nodes(keys: Keys, mesh: str, tmp_path: Path) -> None:
+    keys.admit("a", "b")
+    keys.admit("b", "a")
+    with secure_node("b", mesh, keys) as b:
+        relay = meshq.Relay(secure_node("a", mesh, keys), tmp_path / "relay", ["d/"])
+        try:
+            wait_until(lambda: "meshq/relay/d/" in b.services(), "b sees the secure relay")
+            assert b.publish("d/1", "kept", durable=True) == 1
+            with b.subscribe("d/", durable="reader") as sub:
+                assert sub.recv(timeout=WAIT).data == "kept"
+            assert b.rejections() == []
+        finally:
+            relay.close()
+
+
 def test_nodes_join_through_a_seed_with_its_key(keys: Keys, mesh: str) -> None:
     keys.admit("a", "b")
     keys.admit("b", "a")
