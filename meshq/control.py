@@ -317,7 +317,7 @@ class ControlPlane:
             self._reject("HELLO key differs from the key of its connection", proven, now)
             return False
         keys = self._node._sockets.keys
-        for endpoint in (*hello.control, *hello.publish, *hello.service):
+        for endpoint in (*hello.control, *hello.publish, *hello.publish_block, *hello.service):
             keys.learn(endpoint, proven, proven=True)
         for peer_id, endpoints in hello.peers:
             key = hello.peer_keys.get(peer_id)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple, TypeGuard
 
 from .errors import ProtocolError
+from .wire import FLAG_MSGPACK
 
 __all__ = [
     "MAX_MSG_ID_BYTES",
@@ -174,8 +175,8 @@ def parse_publish(fields: list[object]) -> Publish:
         raise ProtocolError("pub topic must be a non-empty string")
     if not (type(msg_id) is bytes and 0 < len(msg_id) <= MAX_MSG_ID_BYTES):
         raise ProtocolError(f"message id must be 1..{MAX_MSG_ID_BYTES} bytes")
-    if not (_is_int(flags) and flags <= 0xFF and type(payload) is bytes):
-        raise ProtocolError("pub flags must be u8 and payload bytes")
+    if not (flags in (0, FLAG_MSGPACK) and type(flags) is int and type(payload) is bytes):
+        raise ProtocolError("pub flags must be 0 (bytes) or 1 (msgpack), payload bytes")
     return Publish(topic, msg_id, flags, payload)
 
 

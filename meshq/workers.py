@@ -6,7 +6,7 @@ nothing in meshq/ may import patterns/. So the worker's half of a pipeline
 to a sink) lives here, on request/reply services; ``meshq.patterns.Worker``
 is a thin class over :func:`serve_worker`, and the producer side
 (``meshq.patterns.Pipeline``) and ``meshq.patterns.Sink`` build on the
-same names and formats. docs/PROTOCOL.md (9.8) specifies them:
+same names and formats. docs/PROTOCOL.md (9.9) specifies them:
 
 * A worker of stage ``S`` serves ``pipeline/S``. A request is a batch:
   either a list of tasks (results go back to the producer: the reply is a
@@ -108,6 +108,7 @@ class BatchRunner:
             and isinstance(sink, str)
             and sink
             and isinstance(timeout, (int, float))
+            and not isinstance(timeout, bool)
             and timeout > 0
         ):
             raise TypeError("a sink batch needs tasks (list), sink (str) and timeout (s > 0)")

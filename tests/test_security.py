@@ -21,7 +21,7 @@ import zmq
 
 import meshq
 from meshq.cli import main as cli_main
-from meshq.patterns import Pipeline, Worker
+from meshq.patterns import Pipeline, Publisher, Worker
 from meshq.security import Allowlist, load_public_key, split_seed, write_key_pair
 
 LOOPBACK = ["127.0.0.1"]
@@ -184,6 +184,19 @@ def test_a_pipeline_runs_between_secure_nodes(keys: Keys, mesh: str) -> None:
         pipeline.drain(timeout=WAIT)
         assert sorted(r.value for r in pipeline.results() if r.ok) == [n * n for n in range(20)]
         assert (pipeline.completed, pipeline.failed, pipeline.lost) == (20, 0, 0)
+
+
+def test_a_blocking_publisher_reaches_a_secure_subscriber(keys: Keys, mesh: str) -> None:
+    keys.admit("a", "b")
+    keys.admit("b", "a")
+    with secure_node("a", mesh, keys) as a, secure_node("b", mesh, keys) as b:
+        a.wait_for_peers(1, timeout=WAIT)
+        with b.subscribe("blk/") as sub:
+            publisher = Publisher(a, "blk/x", when_full="block")  # its own NODROP socket
+            publisher.wait_for_subscribers(1, timeout=WAIT)
+            publisher.send("through CURVE")
+            assert sub.recv(timeout=WAIT).data == "through CURVE"
+        assert a.rejections() == [] and b.rejections() == []
 
 
 def test_durable_streams_run_between_secure_nodes(keys: Keys, mesh: str, tmp_path: Path) -> None:
