@@ -24,12 +24,15 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgpack
 
 if TYPE_CHECKING:
     from .node import Node
+    from .requester import RequestFuture
+    from .services import ReplyTo
 
 __all__ = [
     "BatchRunner",
@@ -49,6 +52,7 @@ TaskHandler = Callable[[object], object]
 SinkAccept = Callable[[str, list[tuple[object, bool, object]]], None]
 
 _MAX_SINK_TIMEOUT = 300.0  # seconds; a producer's larger value is capped
+_SINK_POLL = 0.005  # seconds between looks for sinks' replies while some are due
 
 # Sinks by node, so a worker hands results to a sink on its own node
 # directly: a node's service thread runs one handler at a time, so a worker
@@ -80,6 +84,16 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:4096].encode("utf-8", "replace").decode()
 
 
+@dataclass
+class _Forwarded:
+    """A batch whose results are on their way to a remote sink."""
+
+    future: RequestFuture
+    reply: ReplyTo
+    outcomes: list[list[object]]
+    sink: str
+
+
 class BatchRunner:
     """The service handler of one worker: runs each task of a batch through ``handler``.
 
@@ -95,11 +109,19 @@ class BatchRunner:
         self.done = 0
         self.errors = 0
         self.undelivered = 0
+        self._waiting: list[_Forwarded] = []  # batches whose results went to a remote sink
 
-    def __call__(self, batch: object) -> object:
-        """Run one batch; raises TypeError for a batch that is not in the format."""
+    def handle(self, batch: object, reply: ReplyTo) -> None:
+        """The stage's service handler: answers at once, or once a remote sink took the results.
+
+        Waiting for a remote sink never blocks the service thread (the
+        request is in flight while other requests, a sink's deliveries
+        included, are served), so two nodes whose workers feed each other's
+        sinks cannot deadlock. Raises TypeError for a batch not in the format.
+        """
         if isinstance(batch, list):
-            return self._run(batch)
+            reply.send(self._run(batch))
+            return
         if not isinstance(batch, dict):
             raise TypeError("a pipeline batch is a list of tasks or a map")
         tasks, sink, timeout = batch.get("tasks"), batch.get("sink"), batch.get("timeout")
@@ -116,13 +138,59 @@ class BatchRunner:
         results = [
             (task, bool(ok), value) for task, (ok, value) in zip(tasks, outcomes, strict=True)
         ]
-        undelivered = self._deliver(sink, results, min(float(timeout), _MAX_SINK_TIMEOUT))
+        with _local_sinks_lock:
+            local = _local_sinks.get(self.node, {}).get(sink)
+        if local is not None:
+            try:
+                local(self.stage, results)
+                reply.send(self._answer(outcomes, ""))
+            except Exception as exc:
+                reply.send(self._answer(outcomes, self._undelivered(sink, len(results), exc)))
+            return
+        try:
+            # No retry: a sink that answers late may still have taken the
+            # results, and a second try would hand them over twice.
+            future = self.node.request_async(
+                sink_service(sink),
+                {"stage": self.stage, "results": [list(r) for r in results]},
+                timeout=min(float(timeout), _MAX_SINK_TIMEOUT),
+                retries=0,
+            )
+        except Exception as exc:  # no sink of that name, say
+            reply.send(self._answer(outcomes, self._undelivered(sink, len(results), exc)))
+            return
+        self._waiting.append(_Forwarded(future, reply, outcomes, sink))
+
+    def tick(self, now: float, idle: bool) -> float | None:
+        """Answer the batches whose sink replied (service thread); seconds until it looks again."""
+        if not self._waiting:
+            return None
+        self._waiting[0].future.done()  # reads every reply that is in
+        still = []
+        for forwarded in self._waiting:
+            if not forwarded.future.ready:
+                still.append(forwarded)
+                continue
+            undelivered = ""
+            try:
+                forwarded.future.result(0)
+            except Exception as exc:
+                undelivered = self._undelivered(forwarded.sink, len(forwarded.outcomes), exc)
+            forwarded.reply.send(self._answer(forwarded.outcomes, undelivered))
+        self._waiting = still
+        return _SINK_POLL if still else None
+
+    def _answer(self, outcomes: list[list[object]], undelivered: str) -> object:
         if undelivered:
-            self.undelivered += len(tasks)
+            self.undelivered += len(outcomes)
         return {
             "outcomes": [[ok, None if ok else value] for ok, value in outcomes],
             "undelivered": undelivered,
         }
+
+    def _undelivered(self, sink: str, count: int, exc: BaseException) -> str:
+        log.warning("%d result(s) not delivered to sink %r: %s", count, sink, exc)
+        return describe(exc)
 
     def _run(self, tasks: list[object]) -> list[list[object]]:
         outcomes: list[list[object]] = []
@@ -147,27 +215,6 @@ class BatchRunner:
                     outcome[:] = [False, describe(exc)]
         return outcomes
 
-    def _deliver(
-        self, sink: str, results: list[tuple[object, bool, object]], timeout: float
-    ) -> str:
-        """Hand ``results`` to a sink named ``sink``; return "" or why it failed."""
-        with _local_sinks_lock:
-            local = _local_sinks.get(self.node, {}).get(sink)
-        try:
-            if local is not None:
-                local(self.stage, results)
-            else:  # spread over the sinks of that name; one retry on another
-                self.node.request(
-                    sink_service(sink),
-                    {"stage": self.stage, "results": [list(r) for r in results]},
-                    timeout=timeout,
-                    retries=1,
-                )
-        except Exception as exc:
-            log.warning("%d result(s) not delivered to sink %r: %s", len(results), sink, exc)
-            return describe(exc)
-        return ""
-
 
 def serve_worker(node: Node, stage: str, handler: TaskHandler) -> BatchRunner:
     """Offer pipeline stage ``stage`` on ``node``: ``handler(task)`` returns the task's result.
@@ -175,7 +222,8 @@ def serve_worker(node: Node, stage: str, handler: TaskHandler) -> BatchRunner:
     Raises ValueError for a bad stage name (see Node.serve).
     """
     runner = BatchRunner(node, stage, handler)
-    node.serve(stage_service(stage), runner)
+    node._serve_deferred(stage_service(stage), runner.handle)
+    node._add_service_ticker(runner.tick)
     return runner
 
 

@@ -52,6 +52,36 @@ def test_results_go_to_the_sinks_of_that_name_and_the_producer_still_counts(mesh
     assert worker.undelivered == 0
 
 
+def test_workers_feeding_each_others_sinks_do_not_deadlock(mesh: str) -> None:
+    # Node a works stage s1 and holds sink "to-a"; node b the reverse. s1's
+    # results go to b's sink while s2's go to a's: each worker waits on the
+    # other node's service thread, which must keep serving meanwhile.
+    with (
+        meshq.Node("a", mesh=mesh, interfaces=LOOPBACK) as a,
+        meshq.Node("b", mesh=mesh, interfaces=LOOPBACK) as b,
+        meshq.Node("producer", mesh=mesh, interfaces=LOOPBACK) as producer,
+    ):
+        Worker(a, "s1", square)
+        Worker(b, "s2", square)
+        to_a, to_b = Sink(a, "to-a"), Sink(b, "to-b")
+        wait_for_workers(producer, "s1", 1)
+        wait_for_workers(producer, "s2", 1)
+        wait_for_sinks(a, "to-b", 1)
+        wait_for_sinks(b, "to-a", 1)
+        first = Pipeline(producer, "s1", batch=2, sink="to-b", timeout=10)
+        second = Pipeline(producer, "s2", batch=2, sink="to-a", timeout=10)
+        tasks = [n for n in range(16) if n != 13]
+        first.push_many(tasks)
+        second.push_many(tasks)
+        first.drain(timeout=30)
+        second.drain(timeout=30)
+    for pipeline in (first, second):
+        assert (pipeline.completed, pipeline.failed, pipeline.undelivered) == (15, 0, 0)
+    for sink in (to_a, to_b):
+        assert sorted(r.task for r in sink.results()) == tasks  # each once
+        assert sink.received == 15
+
+
 def test_results_no_sink_takes_are_counted_as_failed_and_undelivered(mesh: str) -> None:
     with (
         meshq.Node("worker", mesh=mesh, interfaces=LOOPBACK) as worker_node,

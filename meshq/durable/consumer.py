@@ -12,6 +12,7 @@ made it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["DurableMessage", "DurableSubscription", "Start"]
 
 log = logging.getLogger("meshq.durable")
+
+_CLOSE_CHECK = 0.1  # seconds between looks at the node's state during a long poll
 
 
 @dataclass(frozen=True)
@@ -178,8 +181,8 @@ class DurableSubscription:
         meshq.RemoteError if the relay refused (a name reused with another
         prefix), RelayConflict.
         """
-        if self._closed:
-            raise Closed("durable subscription is closed")
+        if self._closed or self.node.closed:
+            raise Closed("durable subscription or its node is closed")
         if self._unacked is not None:
             self._ack(self._unacked)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -259,7 +262,14 @@ class DurableSubscription:
                 timeout=wait + ATTEMPT,
                 retries=0,
             )
-            reply = future.result()
+            # In slices, so that a node closing meanwhile (its on_message
+            # threads wait here) is noticed at once, not after the long poll.
+            while not future.ready:
+                if self.node.closed:
+                    raise Closed("node is closed")
+                with contextlib.suppress(Timeout):
+                    future.result(_CLOSE_CHECK)
+            reply = future.result(0)
         except NoProviders:
             if not self._warned:
                 self._warned = True
