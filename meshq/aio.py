@@ -58,7 +58,7 @@ class AsyncSubscription(Inbox):
         self._loop = asyncio.get_running_loop()
         self._sock = factory.make(context, zmq.SUB)
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self._links = PublisherLinks(self._sock, directory, factory.connect)
+        self._links = PublisherLinks(self._sock, directory, factory.connect, factory.refused)
         self._closed = False
         self.owner = threading.get_ident()
         directory.watch(self)

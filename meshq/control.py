@@ -374,6 +374,8 @@ class ControlPlane:
 
     def _tick(self, now: float) -> None:
         self._node._publisher.process_commands()
+        if self._node._sockets.refused.ripe():
+            self._node._directory.touch()  # subscriptions retry their refused links
         self._apply(self._table.tick(now))
         self._hello_due(now)
         self._close_unused_dealers()

@@ -793,6 +793,7 @@ class Node:
     def _on_handshake_failed(self, endpoint: str) -> None:
         # On the gatekeeper thread: the control thread owns the DEALERs. The
         # wake-up pipe exists from the control thread's start on.
+        self._sockets.refused.add(endpoint)  # subscriptions and requesters retry it
         if hasattr(self, "_wake_write") and not self._closed:
             self._send_command(Redial(endpoint))
 

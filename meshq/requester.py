@@ -122,6 +122,7 @@ class Requester:
         self._limits = limits
         self._count = count
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]  # by endpoint
+        self._refusals_handled: dict[str, float] = {}  # see SocketFactory.refused
         self._poller = zmq.Poller()
         self._calls: dict[int, _Call] = {}  # by attempt id
         self._outstanding: collections.Counter[str] = collections.Counter()
@@ -170,6 +171,9 @@ class Requester:
             return False
         provider = min(candidates, key=self._busyness)
         call.endpoint = providers[provider]
+        for endpoint in self._factory.refused.due(self._refusals_handled):
+            # libzmq never retries a refused handshake: a new DEALER will.
+            self._close_dealer(endpoint)
         dealer = self._dealer(call.endpoint)
         call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
         call.provider = provider

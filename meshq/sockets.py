@@ -9,6 +9,8 @@ server key the peer must prove and refuses keys not in the allowlist.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import TypeVar
 
 import zmq
@@ -23,6 +25,66 @@ __all__ = ["SocketFactory"]
 S = TypeVar("S", bound=zmq.Socket)  # type: ignore[type-arg]
 #: Socket types that listen (bind) in meshq, and so act as CURVE servers.
 _SERVER_TYPES = frozenset({zmq.ROUTER, zmq.XPUB, zmq.PUB, zmq.PULL, zmq.REP})
+
+
+class RefusedLinks:
+    """Client links that were refused, by a peer's handshake or by our own allowlist.
+
+    libzmq never retries a refused handshake, and a link we declined to make
+    is not tried again by itself; yet an allowlist may change while nodes
+    run. So each refusal is noted here (from any thread), and the sockets'
+    owners (subscriptions, request sockets) make such links anew once the
+    refusal is ``retry_after`` seconds old, so a refused peer is tried about
+    once per ``retry_after`` while it stays refused. At most MAX endpoints
+    are remembered.
+    """
+
+    MAX = 1024
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self._when: dict[str, float] = {}  # endpoint -> monotonic time of the latest refusal
+        self._lock = threading.Lock()
+        self._announced = 0.0  # refusals up to this time were announced by ripe()
+
+    def add(self, endpoint: str) -> None:
+        with self._lock:
+            self._when.pop(endpoint, None)  # re-inserted: the dict stays oldest first
+            self._when[endpoint] = time.monotonic()
+            if len(self._when) > self.MAX:
+                del self._when[next(iter(self._when))]
+
+    def due(self, handled: dict[str, float]) -> list[str]:
+        """Endpoints refused since ``handled`` saw them, long enough ago; marks them handled.
+
+        ``handled`` is the caller's own memory (one per socket owner).
+        """
+        if not self._when:
+            return []  # the common case, without a lock
+        now = time.monotonic()
+        with self._lock:
+            refusals = list(self._when.items())
+        due = []
+        for endpoint, when in refusals:
+            if when > handled.get(endpoint, -1.0) and now - when >= self.retry_after:
+                handled[endpoint] = when
+                due.append(endpoint)
+        return due
+
+    def ripe(self) -> bool:
+        """True once per batch of refusals that became due (to wake the sockets' owners)."""
+        if not self._when:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            latest = max(
+                (when for when in self._when.values() if now - when >= self.retry_after),
+                default=0.0,
+            )
+            if latest <= self._announced:
+                return False
+            self._announced = latest
+            return True
 
 
 class SocketFactory:
@@ -44,6 +106,8 @@ class SocketFactory:
         self._curve = curve
         self._keys = keys or KeyBook()
         self._gatekeeper = gatekeeper
+        #: Links refused so far, retried by their owners (see RefusedLinks).
+        self.refused = RefusedLinks(retry_after=max(1.0, config.heartbeat_interval))
 
     @property
     def keys(self) -> KeyBook:
@@ -133,6 +197,7 @@ class SocketFactory:
         key = self._keys.get(endpoint)
         if key is not None and curve.allows(key):
             return True
+        self.refused.add(endpoint)
         if self._gatekeeper is not None:
             reason = "no public key known" if key is None else "key not in allowlist"
             self._gatekeeper.record(endpoint, "" if key is None else key.decode(), reason)

@@ -26,7 +26,7 @@ import zmq
 from .errors import Closed, ProtocolError, Timeout
 from .message import Message
 from .ratelimit import RateLimitedLog
-from .sockets import SocketFactory
+from .sockets import RefusedLinks, SocketFactory
 from .wire import Limits, decode_data
 
 __all__ = [
@@ -100,6 +100,14 @@ class PublisherDirectory:
         for watcher in watchers:
             watcher.wake()
 
+    def touch(self) -> None:
+        """Make every subscription sync on its next call (refused links are due a retry)."""
+        with self._lock:
+            self.version += 1
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            watcher.wake()
+
     def close(self) -> None:
         """The node is closing: close the caller's own subscriptions, wake the rest.
 
@@ -157,19 +165,24 @@ class PublisherLinks:
         sock: zmq.Socket,  # type: ignore[type-arg]
         directory: PublisherDirectory,
         connect: Callable[[zmq.Socket, str], bool] | None = None,  # type: ignore[type-arg]
+        refused: RefusedLinks | None = None,
     ) -> None:
         self._sock = sock
         self._directory = directory
         # SocketFactory.connect: sets the publisher's CURVE key, or refuses.
         self._connect = connect
+        self._refused = refused
+        self._handled: dict[str, float] = {}  # refusals already retried
         self._connected: dict[str, str] = {}
         self.version = -1
 
     def sync(self) -> None:
         """Apply pending connects and disconnects. Call from the socket's owner."""
         version, wanted = self._directory.snapshot()
+        retry = set(self._refused.due(self._handled)) if self._refused is not None else set()
         for node_id, endpoint in list(self._connected.items()):
-            if wanted.get(node_id) != endpoint:
+            # A refused handshake is never retried by libzmq: make the link anew.
+            if wanted.get(node_id) != endpoint or endpoint in retry:
                 del self._connected[node_id]
                 try:
                     self._sock.disconnect(endpoint)
@@ -180,7 +193,7 @@ class PublisherLinks:
                 if self._connect is None:
                     self._sock.connect(endpoint)
                 elif not self._connect(self._sock, endpoint):
-                    continue  # refused by security (recorded); tried again on the next change
+                    continue  # refused by security (recorded): tried again when it is due
                 self._connected[node_id] = endpoint
         self.version = version
 
@@ -272,7 +285,7 @@ class Subscription(Inbox):
         super().__init__(prefix, directory, limits)
         self._sock = factory.make(context, zmq.SUB)
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self._links = PublisherLinks(self._sock, directory, factory.connect)
+        self._links = PublisherLinks(self._sock, directory, factory.connect, factory.refused)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)

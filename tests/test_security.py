@@ -421,7 +421,38 @@ def test_allowlist_changes_take_effect_without_restart(
         monitor.close()
 
 
-def test_asyncio_nodes_run_secure_too(keys: Keys, mesh: str) -> None:
+def test_refused_subscription_and_request_links_come_back_when_admitted(
+    keys: Keys, mesh: str
+) -> None:
+    keys.admit("a", "b")
+    keys.admit("b", "a")
+    with secure_node("a", mesh, keys) as a, secure_node("b", mesh, keys) as b:
+        a.wait_for_peers(1, timeout=WAIT)
+        b.serve("echo", lambda data: data)
+        wait_until(lambda: b.id in a.services().get("echo", []), "a sees b's service")
+        os.remove(keys.allow["b"] / "a.key")  # b stops taking a
+        assert b.security is not None
+        wait_until(lambda: not b.security.allows(keys.key("a")), "b reads its allowlist")  # type: ignore[union-attr]
+        with pytest.raises(meshq.Timeout):
+            a.request("echo", 1, timeout=1.0, retries=0)  # this thread's link: refused
+        with a.subscribe("t/") as sub:  # and the subscription's
+            wait_until(lambda: rejected(b, key=keys.key("a")), "b refuses a's new links")
+            keys.admit("b", "a")
+            wait_until(lambda: b.security.allows(keys.key("a")), "b takes a again")  # type: ignore[union-attr]
+            # The same subscription and the same thread's requests get through
+            # again: libzmq would never retry, meshq makes the links anew.
+            b.wait_for_subscribers("t/", 1, timeout=WAIT)  # also syncs this thread's sub
+            b.publish("t/x", "through again")
+            assert sub.recv(timeout=WAIT).data == "through again"
+
+        def answered() -> bool:
+            try:
+                return a.request("echo", 2, timeout=0.5, retries=0) == 2
+            except meshq.Timeout:
+                return False
+
+        wait_until(answered, "the same thread's requests get through again")
+
     keys.admit("a", "b")
     keys.admit("b", "a")
 
