@@ -17,6 +17,7 @@ from .durable import (
     RelayConflict,
     Start,
 )
+from .durable.aio import AsyncDurablePublisher, AsyncDurableSubscription
 from .errors import (
     BindError,
     Closed,
@@ -38,6 +39,8 @@ from .wire import PROTOCOL_VERSION
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AsyncDurablePublisher",
+    "AsyncDurableSubscription",
     "AsyncNode",
     "AsyncSubscription",
     "BindError",

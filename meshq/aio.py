@@ -14,12 +14,14 @@ import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 import zmq.asyncio
 
 from .config import MeshConfig
+from .durable import Start
+from .durable.aio import AsyncDurablePublisher, AsyncDurableSubscription
 from .errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
 from .message import Message
 from .node import Node, PeerCallback
@@ -391,6 +393,37 @@ class AsyncNode:
     def check_topic(self, topic: str) -> None:
         """See :meth:`Node.check_topic`."""
         self._node.check_topic(topic)
+
+    async def publish_durable(
+        self, topic: str, data: object, *, msg_id: bytes | None = None, timeout: float = 5.0
+    ) -> int:
+        """See ``Node.publish(durable=True)``: returns the stream sequence number once stored.
+
+        Raises meshq.NoProviders at once, meshq.RelayConflict, meshq.Timeout.
+        """
+        publisher = AsyncDurablePublisher(self, timeout=timeout)
+        return await publisher.publish(topic, data, msg_id=msg_id)
+
+    async def subscribe_durable(
+        self,
+        prefix: str,
+        name: str,
+        *,
+        start: Start = Start.FIRST,
+        ack: Literal["auto", "explicit"] = "auto",
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+    ) -> AsyncDurableSubscription:
+        """See ``Node.subscribe(prefix, durable=name)``; the consumer exists once this returns.
+
+        Raises meshq.RemoteError if ``name`` reads another prefix, ValueError.
+        """
+        self._node._check_prefix(prefix)
+        subscription = AsyncDurableSubscription(
+            self, prefix, name, start=start, ack=ack, ack_wait=ack_wait, max_deliver=max_deliver
+        )
+        await subscription.open()
+        return subscription
 
     def subscribe(self, prefix: str) -> AsyncSubscription:
         """See :meth:`Node.subscribe`; call from the loop that will receive."""

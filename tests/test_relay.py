@@ -6,6 +6,7 @@ processes and signals are in tests/test_relay_failures.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import threading
@@ -132,14 +133,15 @@ def test_an_acknowledged_message_delivered_again_is_skipped(client: meshq.Node) 
         message.ack()
         # What a relay that lost the acknowledgement (a crash before its
         # commit) sends again: the same record, a second delivery.
-        sub._buffer.appendleft(
+        state = sub._state
+        state.buffer.appendleft(
             meshq.DurableMessage(
-                sub, "orders/", message.seq, message.topic, message.msg_id, "x", 0, 2
+                state, "orders/", message.seq, message.topic, message.msg_id, "x", 0, 2
             )
         )
         assert sub.recv(timeout=5).data == "y"  # the copy was skipped ...
         assert sub.duplicates == 1  # ... counted, and acknowledged again
-        assert sub._acks[-1] == message.seq
+        assert state.acks[-1] == message.seq
 
 
 def test_an_explicit_message_never_acknowledged_comes_back(client: meshq.Node) -> None:
@@ -516,3 +518,36 @@ def test_big_messages_travel_in_requests_and_fetches_that_fit(client: meshq.Node
     assert got == [i.to_bytes(2, "big") * 8192 for i in range(300)]
     with pytest.raises(ValueError, match="at most"):
         publisher.send("orders/big", b"x" * client.config.max_msgpack_bytes)
+
+
+def test_asyncio_durable_publish_and_consume(mesh: str, relay_node: meshq.Relay) -> None:
+    async def scenario() -> tuple[list[int], list[object], list[object]]:
+        async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
+            deadline = time.monotonic() + 10
+            while "meshq/relay/orders/" not in node.services():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            publisher = meshq.AsyncDurablePublisher(node)
+            seqs = await asyncio.gather(*(publisher.publish("orders/a", i) for i in range(20)))
+            sub = await node.subscribe_durable("orders/", "async-reader")
+            got = [(await sub.recv(timeout=5)).data for _ in range(20)]
+            await sub.close()
+            with pytest.raises(meshq.NoProviders):
+                await node.publish_durable("nowhere/1", 1)
+            # A failure inside ``async with`` hands the message in hand back.
+            with contextlib.suppress(RuntimeError):
+                async with await node.subscribe_durable("orders/", "failing") as failing:
+                    await node.publish_durable("orders/b", "again")
+                    (await failing.recv(timeout=5)).ack()  # the first stored ...
+                    for _ in range(19):
+                        (await failing.recv(timeout=5)).ack()
+                    await failing.recv(timeout=5)  # ... "again": then the block fails
+                    raise RuntimeError("handler failed")
+            async with await node.subscribe_durable("orders/", "failing") as again:
+                redelivered = [(await again.recv(timeout=5)).data]
+            return sorted(seqs), got, redelivered
+
+    seqs, got, redelivered = asyncio.run(scenario())
+    assert seqs == list(range(1, 21))
+    assert sorted(got) == list(range(20))  # type: ignore[type-var]
+    assert redelivered == ["again"]

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX, START_KINDS, decode_records
-from ..wire import decode_payload
+from ..wire import Limits, decode_payload
 from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
 
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["DurableMessage", "DurableSubscription", "Start"]
+__all__ = ["ConsumerState", "DurableMessage", "DurableSubscription", "Start"]
 
 log = logging.getLogger("meshq.durable")
 
@@ -69,11 +69,11 @@ Start.NEW = Start("new")
 class DurableMessage:
     """A message from a durable consumer. Call :meth:`ack` when done with it (or use auto-ack)."""
 
-    __slots__ = ("_sub", "data", "deliveries", "msg_id", "seq", "stream", "timestamp", "topic")
+    __slots__ = ("_state", "data", "deliveries", "msg_id", "seq", "stream", "timestamp", "topic")
 
     def __init__(
         self,
-        sub: DurableSubscription,
+        state: ConsumerState,
         stream: str,
         seq: int,
         topic: str,
@@ -82,7 +82,7 @@ class DurableMessage:
         time_ns: int,
         deliveries: int,
     ) -> None:
-        self._sub = sub
+        self._state = state
         #: The stream (relay) and the stream's sequence number, from 1.
         self.stream = stream
         self.seq = seq
@@ -96,23 +96,184 @@ class DurableMessage:
         self.deliveries = deliveries
 
     def ack(self) -> None:
-        """Mark it processed; it will not be delivered to this consumer name again."""
-        self._sub._ack(self)
+        """Mark it processed; it will not be delivered to this consumer name again.
+
+        Sent with the subscription's next fetch (or at its close).
+        """
+        self._state.ack(self)
 
     def nak(self) -> None:
-        """Processing failed: have it delivered again now (this delivery counts).
+        """Processing failed: have it delivered again (this delivery counts).
 
-        After ``max_deliver`` deliveries it becomes a dead letter. Raises
-        nothing: if the relay cannot be told, it redelivers after ``ack_wait``.
+        Sent before the subscription's next fetch (or at its close); after
+        ``max_deliver`` deliveries the message becomes a dead letter. If the
+        relay cannot be told, it redelivers after ``ack_wait``.
         """
-        self._sub._nak(self)
+        self._state.nak(self)
 
     def __repr__(self) -> str:
         return f"DurableMessage(topic={self.topic!r}, seq={self.seq}, deliveries={self.deliveries})"
 
 
+class ConsumerState:
+    """What a durable subscription holds between calls, with no I/O (sync and asyncio share it).
+
+    The fetched messages, the acknowledgements and naks to send, the
+    message handed out under auto-ack, and the ids acknowledged lately (for
+    dedup). The shells do the requests this describes.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        name: str,
+        *,
+        start: Start,
+        ack: Literal["auto", "explicit"],
+        ack_wait: float,
+        max_deliver: int,
+        batch: int,
+        dedup_ids: int,
+    ) -> None:
+        if ack not in ("auto", "explicit"):
+            raise ValueError("ack is 'auto' or 'explicit'")
+        if not 0 < len(name.encode()) <= 255:
+            raise ValueError("a durable consumer name is 1..255 bytes")
+        if ack_wait <= 0 or max_deliver < 1 or not 1 <= batch <= 4096 or dedup_ids < 0:
+            raise ValueError("need ack_wait > 0 s, max_deliver >= 1, batch 1..4096")
+        self.prefix = prefix
+        self.name = name
+        self.start = start
+        self.auto_ack = ack == "auto"
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.batch = batch
+        self.stream: str | None = None
+        self.buffer: collections.deque[DurableMessage] = collections.deque()
+        self.acks: list[int] = []  # to send with the next fetch
+        self.naks: list[int] = []  # to send before the next fetch
+        self.unacked: DurableMessage | None = None  # auto-ack: the last one handed out
+        self._seen: dict[bytes, None] = {}  # ids acknowledged, oldest first
+        self._dedup_ids = dedup_ids
+        self.warned = False
+        self.delivered = 0
+        self.duplicates = 0
+        self.undecodable = 0
+
+    def service(self) -> str:
+        assert self.stream is not None, "a stream is found first"
+        return RELAY_SERVICE_PREFIX + self.stream
+
+    def open_request(self) -> list[object]:
+        return ["open", self.name, self.prefix, self.start.kind, self.start.arg]
+
+    def fetch_request(self, wait: float) -> list[object]:
+        return [
+            "fetch",
+            self.name,
+            self.prefix,
+            self.start.kind,
+            self.start.arg,
+            self.batch,
+            wait,
+            self.acks,
+            self.ack_wait,
+            self.max_deliver,
+        ]
+
+    def nak_request(self) -> list[object]:
+        return ["nak", self.name, self.naks]
+
+    def ack_request(self, release: bool) -> list[object] | None:
+        """The last acks (and, with ``release``, the unread messages to give back), or None."""
+        if self.unacked is not None:
+            self.ack(self.unacked)
+        released = [m.seq for m in self.buffer] if release else []
+        if not (self.acks or released) or self.stream is None:
+            return None
+        return ["ack", self.name, self.acks, released]
+
+    def begin_recv(self) -> None:
+        """A new receive: under auto-ack the previous message is done."""
+        if self.unacked is not None:
+            self.ack(self.unacked)
+
+    def next_message(self) -> DurableMessage | None:
+        """The next message to hand out, or None: a new fetch is needed."""
+        while self.buffer:
+            message = self.buffer.popleft()
+            if message.msg_id in self._seen:
+                # Acknowledged before (the ack was lost, or the relay
+                # restarted): acknowledge again, hand out never.
+                self.duplicates += 1
+                self.acks.append(message.seq)
+                continue
+            self.delivered += 1
+            if self.auto_ack:
+                self.unacked = message
+            return message
+        return None
+
+    def take(self, reply: object, limits: Limits) -> None:
+        """A fetch's reply: its records become messages; the acks it carried are done.
+
+        Raises ProtocolError for a malformed reply. A record this process
+        cannot decode (bigger than its max_msgpack_bytes, say) is naked.
+        """
+        records = decode_records(reply)
+        self.acks = []
+        assert self.stream is not None
+        for record in records:
+            try:
+                data = decode_payload(record.flags, record.payload, limits)
+            except ProtocolError as exc:
+                log.warning("%s seq %d not decodable here (%s)", self.stream, record.seq, exc)
+                self.undecodable += 1
+                self.naks.append(record.seq)
+                continue
+            self.buffer.append(
+                DurableMessage(
+                    self,
+                    self.stream,
+                    record.seq,
+                    record.topic,
+                    record.msg_id,
+                    data,
+                    record.time_ns,
+                    record.deliveries,
+                )
+            )
+
+    def ack(self, message: DurableMessage) -> None:
+        if message is self.unacked:
+            self.unacked = None
+        # Remembered when acknowledged, not when received: a message handed
+        # out and never acknowledged must come back (and be dead-lettered).
+        if self._dedup_ids:
+            self._seen[message.msg_id] = None
+            if len(self._seen) > self._dedup_ids:
+                del self._seen[next(iter(self._seen))]
+        self.acks.append(message.seq)
+
+    def nak(self, message: DurableMessage) -> None:
+        if message is self.unacked:
+            self.unacked = None
+        self.naks.append(message.seq)
+
+    def no_relay(self) -> None:
+        if not self.warned:
+            self.warned = True
+            log.warning("no relay holds %r yet; waiting for one", self.prefix)
+        self.stream = None
+
+
 class DurableSubscription:
-    """A named durable consumer of a relay stream; see :meth:`meshq.Node.subscribe`."""
+    """A named durable consumer of a relay stream; see :meth:`meshq.Node.subscribe`.
+
+    Belongs to the thread that made it. Counters: ``delivered`` (handed to
+    the application), ``duplicates`` (redeliveries of acknowledged messages,
+    skipped), ``undecodable`` (naked: this process could not decode them).
+    """
 
     def __init__(
         self,
@@ -127,34 +288,50 @@ class DurableSubscription:
         batch: int = 256,
         dedup_ids: int = 100_000,
     ) -> None:
-        if ack not in ("auto", "explicit"):
-            raise ValueError("ack is 'auto' or 'explicit'")
-        if not 0 < len(name.encode()) <= 255:
-            raise ValueError("a durable consumer name is 1..255 bytes")
-        if ack_wait <= 0 or max_deliver < 1 or not 1 <= batch <= 4096 or dedup_ids < 0:
-            raise ValueError("need ack_wait > 0 s, max_deliver >= 1, batch 1..4096")
         self.node = node
-        self.prefix = prefix
-        self.name = name
-        self.start = start
-        self.auto_ack = ack == "auto"
-        self.ack_wait = ack_wait
-        self.max_deliver = max_deliver
-        self.batch = batch
-        self._stream: str | None = None
-        self._buffer: collections.deque[DurableMessage] = collections.deque()
-        self._acks: list[int] = []  # to send with the next fetch
-        self._unacked: DurableMessage | None = None  # auto-ack: the last one handed out
-        self._seen: dict[bytes, None] = {}  # ids processed, oldest first
-        self._dedup_ids = dedup_ids
+        self._state = ConsumerState(
+            prefix,
+            name,
+            start=start,
+            ack=ack,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            batch=batch,
+            dedup_ids=dedup_ids,
+        )
         self._closed = False
-        self._warned = False
-        #: Messages handed to the application, redeliveries skipped as
-        #: duplicates, and messages this process could not decode (naked).
-        self.delivered = 0
-        self.duplicates = 0
-        self.undecodable = 0
         self._open()
+
+    @property
+    def prefix(self) -> str:
+        return self._state.prefix
+
+    @property
+    def name(self) -> str:
+        return self._state.name
+
+    @property
+    def batch(self) -> int:
+        """Most messages one fetch takes (1..4096); settable."""
+        return self._state.batch
+
+    @batch.setter
+    def batch(self, value: int) -> None:
+        if not 1 <= value <= 4096:
+            raise ValueError("batch is 1..4096")
+        self._state.batch = value
+
+    @property
+    def delivered(self) -> int:
+        return self._state.delivered
+
+    @property
+    def duplicates(self) -> int:
+        return self._state.duplicates
+
+    @property
+    def undecodable(self) -> int:
+        return self._state.undecodable
 
     def _open(self) -> None:
         """Create the consumer now if a relay is known, so ``Start.NEW`` means "from now".
@@ -162,16 +339,12 @@ class DurableSubscription:
         Without a relay yet, the first fetch creates it. Raises RemoteError
         if the name exists with another prefix, RelayConflict.
         """
+        state = self._state
         try:
-            self._stream = relay_stream(self.node, self.prefix)
-            self.node.request(
-                RELAY_SERVICE_PREFIX + self._stream,
-                ["open", self.name, self.prefix, self.start.kind, self.start.arg],
-                timeout=ATTEMPT,
-                retries=2,
-            )
+            state.stream = relay_stream(self.node, state.prefix)
+            self.node.request(state.service(), state.open_request(), timeout=ATTEMPT, retries=2)
         except (NoProviders, Timeout):
-            self._stream = None
+            state.stream = None
 
     def recv(self, timeout: float | None = None) -> DurableMessage:
         """The next message: stored ones first, then live ones, in stream order.
@@ -183,84 +356,40 @@ class DurableSubscription:
         """
         if self._closed or self.node.closed:
             raise Closed("durable subscription or its node is closed")
-        if self._unacked is not None:
-            self._ack(self._unacked)
+        state = self._state
+        state.begin_recv()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            while self._buffer:
-                message = self._buffer.popleft()
-                if message.msg_id in self._seen:
-                    # Processed and acknowledged before (the ack was lost, or
-                    # the relay restarted): acknowledge again, hand out never.
-                    self.duplicates += 1
-                    self._acks.append(message.seq)
-                    continue
-                self.delivered += 1
-                if self.auto_ack:
-                    self._unacked = message
+            message = state.next_message()
+            if message is not None:
                 return message
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise Timeout(f"no durable message on {self.prefix!r} within {timeout} s")
+                raise Timeout(f"no durable message on {state.prefix!r} within {timeout} s")
             self._fetch(1.0 if remaining is None else min(remaining, 1.0))
 
     def __iter__(self) -> Iterator[DurableMessage]:
         while not self._closed:
             yield self.recv()
 
-    def _remember(self, msg_id: bytes) -> None:
-        if self._dedup_ids:
-            self._seen[msg_id] = None
-            if len(self._seen) > self._dedup_ids:
-                del self._seen[next(iter(self._seen))]
-
-    def _ack(self, message: DurableMessage) -> None:
-        if message is self._unacked:
-            self._unacked = None
-        # Remembered when acknowledged, not when received: a message handed
-        # out and never acknowledged must come back (and be dead-lettered).
-        self._remember(message.msg_id)
-        self._acks.append(message.seq)
-
-    def _nak(self, message: DurableMessage) -> None:
-        if message is self._unacked:
-            self._unacked = None
-        self._send_naks([message.seq])
-
-    def _send_naks(self, seqs: list[int]) -> None:
-        if self._stream is None:
-            return
-        try:
-            self.node.request(
-                RELAY_SERVICE_PREFIX + self._stream,
-                ["nak", self.name, seqs],
-                timeout=ATTEMPT,
-                retries=0,
-            )
-        except MeshqError as exc:
-            log.info("nak of %s seqs %s not sent (%s)", self._stream, seqs[:5], exc)
+    def _send_naks(self) -> None:
+        state = self._state
+        if state.naks and state.stream is not None:
+            try:
+                self.node.request(state.service(), state.nak_request(), timeout=ATTEMPT, retries=0)
+            except MeshqError as exc:
+                log.info("naks of %s not sent (%s): redelivered after ack_wait", state.name, exc)
+        state.naks = []
 
     def _fetch(self, wait: float) -> None:
-        """One long poll: send the pending acks, take a batch (maybe empty)."""
+        """One long poll: send the pending naks and acks, take a batch (maybe empty)."""
+        state = self._state
         try:
-            if self._stream is None:
-                self._stream = relay_stream(self.node, self.prefix)
+            if state.stream is None:
+                state.stream = relay_stream(self.node, state.prefix)
+            self._send_naks()
             future = self.node.request_async(
-                RELAY_SERVICE_PREFIX + self._stream,
-                [
-                    "fetch",
-                    self.name,
-                    self.prefix,
-                    self.start.kind,
-                    self.start.arg,
-                    self.batch,
-                    wait,
-                    self._acks,
-                    self.ack_wait,
-                    self.max_deliver,
-                ],
-                timeout=wait + ATTEMPT,
-                retries=0,
+                state.service(), state.fetch_request(wait), timeout=wait + ATTEMPT, retries=0
             )
             # In slices, so that a node closing meanwhile (its on_message
             # threads wait here) is noticed at once, not after the long poll.
@@ -271,61 +400,27 @@ class DurableSubscription:
                     future.result(_CLOSE_CHECK)
             reply = future.result(0)
         except NoProviders:
-            if not self._warned:
-                self._warned = True
-                log.warning("no relay holds %r yet; waiting for one", self.prefix)
-            self._stream = None
+            state.no_relay()
             time.sleep(min(wait, NO_RELAY_PAUSE))
             return
         except Timeout:
             return  # a stopped or restarting relay: ask again
-        self._acks = []
-        limits = self.node._limits
-        undecodable = []
-        for record in decode_records(reply):
-            try:
-                data = decode_payload(record.flags, record.payload, limits)
-            except ProtocolError as exc:
-                # Stored by a relay that did not check, or bigger than our
-                # max_msgpack_bytes: back to the relay, to be dead-lettered.
-                log.warning("%s seq %d not decodable here (%s)", self._stream, record.seq, exc)
-                undecodable.append(record.seq)
-                continue
-            self._buffer.append(
-                DurableMessage(
-                    self,
-                    self._stream,
-                    record.seq,
-                    record.topic,
-                    record.msg_id,
-                    data,
-                    record.time_ns,
-                    record.deliveries,
-                )
-            )
-        if undecodable:
-            self.undecodable += len(undecodable)
-            self._send_naks(undecodable)
+        state.take(reply, self.node._limits)
 
     def flush_acks(self, timeout: float = 1.0, *, release: bool = False) -> None:
-        """Send the acknowledgements not yet sent; with ``release``, give back the unread.
+        """Send the naks and acknowledgements not yet sent; with ``release``, give back the unread.
 
         Released messages (fetched, not yet handed out) are due again at once
         for this consumer name. Raises meshq.Timeout, NoProviders.
         """
-        if self._unacked is not None and self.auto_ack:
-            self._ack(self._unacked)
-        released = [m.seq for m in self._buffer] if release else []
-        if (self._acks or released) and self._stream is not None:
-            self.node.request(
-                RELAY_SERVICE_PREFIX + self._stream,
-                ["ack", self.name, self._acks, released],
-                timeout=timeout,
-                retries=0,
-            )
-            self._acks = []
+        state = self._state
+        self._send_naks()
+        request = state.ack_request(release)
+        if request is not None:
+            self.node.request(state.service(), request, timeout=timeout, retries=0)
+            state.acks = []
             if release:
-                self._buffer.clear()
+                state.buffer.clear()
 
     def close(self) -> None:
         """Send the last acknowledgements and give back what was fetched but not read.
@@ -340,13 +435,15 @@ class DurableSubscription:
             try:
                 self.flush_acks(release=True)
             except MeshqError as exc:
-                log.info("last acks of %r not sent (%s): they will be redelivered", self.name, exc)
+                log.info(
+                    "last acks of %r not sent (%s): they will be redelivered", self._state.name, exc
+                )
 
     def __enter__(self) -> DurableSubscription:
         return self
 
     def __exit__(self, exc_type: object, *exc_info: object) -> None:
-        if exc_type is not None and self._unacked is not None:
+        if exc_type is not None and self._state.unacked is not None:
             # The block failed, probably on the message in hand: not done.
-            self._nak(self._unacked)
+            self._state.nak(self._state.unacked)
         self.close()

@@ -23,7 +23,7 @@ from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["Confirm", "DurablePublisher"]
+__all__ = ["Confirm", "DurablePublisher", "next_message_id"]
 
 
 #: Numbers for message ids, shared by every publisher of the process: an id
@@ -31,6 +31,11 @@ __all__ = ["Confirm", "DurablePublisher"]
 #: threads, say) never give two messages the same id. (next() on a count is
 #: atomic under the GIL.)
 _message_numbers = itertools.count(1)
+
+
+def next_message_id(node: Node) -> bytes:
+    """A new message id: the node's 16-byte id and a big-endian u64, unique in the process."""
+    return bytes.fromhex(node.id) + next(_message_numbers).to_bytes(8, "big")
 
 
 @dataclass
@@ -134,7 +139,6 @@ class DurablePublisher:
         # max_msgpack_bytes of it: half of that per request leaves room for
         # the framing, and lets the relay hand any one message back in a fetch.
         self.max_request_bytes = node.config.max_msgpack_bytes // 2
-        self._id_prefix = bytes.fromhex(node.id)
         self._unsent: collections.deque[_Unconfirmed] = collections.deque()
         self._batches: collections.deque[_Batch] = collections.deque()
         self._unconfirmed = 0
@@ -156,7 +160,7 @@ class DurablePublisher:
         self.node.check_topic(topic)
         stream = relay_stream(self.node, topic)
         if msg_id is None:
-            msg_id = self._id_prefix + next(_message_numbers).to_bytes(8, "big")
+            msg_id = next_message_id(self.node)
         elif not 0 < len(msg_id) <= MAX_MSG_ID_BYTES:
             raise ValueError(f"msg_id must be 1..{MAX_MSG_ID_BYTES} bytes")
         flags, payload = encode_payload(data)

@@ -1,0 +1,217 @@
+"""Durable publishing and consuming for asyncio (see meshq.AsyncNode).
+
+The same relay protocol and the same consumer bookkeeping
+(:class:`~meshq.durable.consumer.ConsumerState`) as the sync forms; only
+the waiting differs: every request is awaited, and no thread is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Literal
+
+from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
+from ..relaywire import MAX_MSG_ID_BYTES, RELAY_SERVICE_PREFIX
+from ..wire import encode_payload
+from .consumer import ConsumerState, DurableMessage, Start, log
+from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
+from .publisher import next_message_id
+
+if TYPE_CHECKING:
+    from ..aio import AsyncNode
+
+__all__ = ["AsyncDurablePublisher", "AsyncDurableSubscription"]
+
+
+class AsyncDurablePublisher:
+    """Publishes to relays with confirms from asyncio; ``asyncio.gather`` many publishes.
+
+    Each publish is its own request; an unanswered attempt (1 s) is resent
+    with the same message id until ``timeout`` seconds have passed.
+    """
+
+    def __init__(self, node: AsyncNode, *, timeout: float = 5.0) -> None:
+        if timeout <= 0:
+            raise ValueError("need timeout > 0 seconds")
+        self.node = node
+        self.timeout = timeout
+        #: Messages confirmed, and attempts resent after going unanswered.
+        self.confirmed = 0
+        self.resent = 0
+
+    async def publish(self, topic: str, data: object, *, msg_id: bytes | None = None) -> int:
+        """Store ``data`` on the relay holding ``topic``'s stream; return its sequence number.
+
+        Raises NoProviders at once if no relay holds the stream,
+        RelayConflict, meshq.Timeout, meshq.RemoteError if the relay refused
+        it, ValueError for a bad topic or id or a message over half of
+        ``max_msgpack_bytes``, TypeError if msgpack cannot encode ``data``.
+        """
+        node = self.node.node
+        node.check_topic(topic)
+        stream = relay_stream(node, topic)
+        if msg_id is None:
+            msg_id = next_message_id(node)
+        elif not 0 < len(msg_id) <= MAX_MSG_ID_BYTES:
+            raise ValueError(f"msg_id must be 1..{MAX_MSG_ID_BYTES} bytes")
+        flags, payload = encode_payload(data)
+        limit = node.config.max_msgpack_bytes // 2
+        if len(payload) + len(topic) + len(msg_id) > limit:
+            raise ValueError(f"a durable message is at most {limit} bytes")
+        request = ["pub", topic, msg_id, flags, payload]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"durable publish to {topic!r} not confirmed")
+            try:
+                seq = await self.node.request(
+                    RELAY_SERVICE_PREFIX + stream,
+                    request,
+                    timeout=min(ATTEMPT, remaining),
+                    retries=0,
+                )
+            except NoProviders:  # the relay is restarting: look again shortly
+                await asyncio.sleep(min(NO_RELAY_PAUSE, remaining))
+                continue
+            except Timeout:
+                self.resent += 1
+                continue
+            if type(seq) is not int or seq <= 0:
+                raise ProtocolError(f"relay confirmed with {seq!r}")
+            self.confirmed += 1
+            return seq
+
+
+class AsyncDurableSubscription:
+    """A named durable consumer for asyncio; see :meth:`meshq.AsyncNode.subscribe_durable`.
+
+    ``await sub.recv()``, ``async for message in sub``, ``async with``;
+    acknowledgement and redelivery as in :class:`meshq.DurableSubscription`.
+    Use it from the loop that made it.
+    """
+
+    def __init__(
+        self,
+        node: AsyncNode,
+        prefix: str,
+        name: str,
+        *,
+        start: Start = Start.FIRST,
+        ack: Literal["auto", "explicit"] = "auto",
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+        batch: int = 256,
+        dedup_ids: int = 100_000,
+    ) -> None:
+        self.node = node
+        self._state = ConsumerState(
+            prefix,
+            name,
+            start=start,
+            ack=ack,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            batch=batch,
+            dedup_ids=dedup_ids,
+        )
+        self._closed = False
+
+    @property
+    def delivered(self) -> int:
+        return self._state.delivered
+
+    @property
+    def duplicates(self) -> int:
+        return self._state.duplicates
+
+    async def open(self) -> None:
+        """Create the consumer now if a relay is known, so ``Start.NEW`` means "from now".
+
+        Raises RemoteError if the name exists with another prefix, RelayConflict.
+        """
+        state = self._state
+        try:
+            state.stream = relay_stream(self.node.node, state.prefix)
+            await self.node.request(
+                state.service(), state.open_request(), timeout=ATTEMPT, retries=2
+            )
+        except (NoProviders, Timeout):
+            state.stream = None
+
+    async def recv(self, timeout: float | None = None) -> DurableMessage:
+        """The next message, stored ones first; see :meth:`DurableSubscription.recv`."""
+        if self._closed or self.node.closed:
+            raise Closed("durable subscription or its node is closed")
+        state = self._state
+        state.begin_recv()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = state.next_message()
+            if message is not None:
+                return message
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"no durable message on {state.prefix!r} within {timeout} s")
+            await self._fetch(1.0 if remaining is None else min(remaining, 1.0))
+
+    def __aiter__(self) -> AsyncIterator[DurableMessage]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[DurableMessage]:
+        while not self._closed:
+            yield await self.recv()
+
+    async def _send_naks(self) -> None:
+        state = self._state
+        if state.naks and state.stream is not None:
+            try:
+                await self.node.request(
+                    state.service(), state.nak_request(), timeout=ATTEMPT, retries=0
+                )
+            except MeshqError as exc:
+                log.info("naks of %s not sent (%s): redelivered after ack_wait", state.name, exc)
+        state.naks = []
+
+    async def _fetch(self, wait: float) -> None:
+        state = self._state
+        try:
+            if state.stream is None:
+                state.stream = relay_stream(self.node.node, state.prefix)
+            await self._send_naks()
+            reply = await self.node.request(
+                state.service(), state.fetch_request(wait), timeout=wait + ATTEMPT, retries=0
+            )
+        except NoProviders:
+            state.no_relay()
+            await asyncio.sleep(min(wait, NO_RELAY_PAUSE))
+            return
+        except Timeout:
+            return  # a stopped or restarting relay: ask again
+        state.take(reply, self.node.node._limits)
+
+    async def close(self) -> None:
+        """Send the last naks and acknowledgements, give back what was fetched but not read."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.node.closed:
+            return
+        state = self._state
+        try:
+            await self._send_naks()
+            request = state.ack_request(release=True)
+            if request is not None:
+                await self.node.request(state.service(), request, timeout=1.0, retries=0)
+        except (MeshqError, RemoteError) as exc:
+            log.info("last acks of %r not sent (%s): they will be redelivered", state.name, exc)
+
+    async def __aenter__(self) -> AsyncDurableSubscription:
+        return self
+
+    async def __aexit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is not None and self._state.unacked is not None:
+            self._state.nak(self._state.unacked)  # the block failed on it, probably
+        await self.close()
