@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
 from ..relaywire import MAX_MSG_ID_BYTES, RELAY_SERVICE_PREFIX
 from ..wire import encode_payload
-from .consumer import ConsumerState, DurableMessage, Start, log
+from .consumer import ConsumerShell, DurableMessage, log
 from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
 from .publisher import next_message_id
 
@@ -85,7 +85,7 @@ class AsyncDurablePublisher:
             return seq
 
 
-class AsyncDurableSubscription:
+class AsyncDurableSubscription(ConsumerShell):
     """A named durable consumer for asyncio; see :meth:`meshq.AsyncNode.subscribe_durable`.
 
     ``await sub.recv()``, ``async for message in sub``, ``async with``;
@@ -93,39 +93,7 @@ class AsyncDurableSubscription:
     Use it from the loop that made it.
     """
 
-    def __init__(
-        self,
-        node: AsyncNode,
-        prefix: str,
-        name: str,
-        *,
-        start: Start = Start.FIRST,
-        ack: Literal["auto", "explicit"] = "auto",
-        ack_wait: float = 30.0,
-        max_deliver: int = 5,
-        batch: int = 256,
-        dedup_ids: int = 100_000,
-    ) -> None:
-        self.node = node
-        self._state = ConsumerState(
-            prefix,
-            name,
-            start=start,
-            ack=ack,
-            ack_wait=ack_wait,
-            max_deliver=max_deliver,
-            batch=batch,
-            dedup_ids=dedup_ids,
-        )
-        self._closed = False
-
-    @property
-    def delivered(self) -> int:
-        return self._state.delivered
-
-    @property
-    def duplicates(self) -> int:
-        return self._state.duplicates
+    node: AsyncNode
 
     async def open(self) -> None:
         """Create the consumer now if a relay is known, so ``Start.NEW`` means "from now".

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX, START_KINDS, decode_records
@@ -27,7 +27,7 @@ from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["ConsumerState", "DurableMessage", "DurableSubscription", "Start"]
+__all__ = ["ConsumerShell", "ConsumerState", "DurableMessage", "DurableSubscription", "Start"]
 
 log = logging.getLogger("meshq.durable")
 
@@ -267,17 +267,17 @@ class ConsumerState:
         self.stream = None
 
 
-class DurableSubscription:
-    """A named durable consumer of a relay stream; see :meth:`meshq.Node.subscribe`.
+class ConsumerShell:
+    """What the sync and asyncio durable subscriptions share: options, state, counters.
 
-    Belongs to the thread that made it. Counters: ``delivered`` (handed to
-    the application), ``duplicates`` (redeliveries of acknowledged messages,
-    skipped), ``undecodable`` (naked: this process could not decode them).
+    Counters: ``delivered`` (handed to the application), ``duplicates``
+    (redeliveries of acknowledged messages, skipped), ``undecodable``
+    (naked: this process could not decode them).
     """
 
     def __init__(
         self,
-        node: Node,
+        node: Any,  # a Node or an AsyncNode: each subclass says which
         prefix: str,
         name: str,
         *,
@@ -300,7 +300,10 @@ class DurableSubscription:
             dedup_ids=dedup_ids,
         )
         self._closed = False
-        self._open()
+        self._created()
+
+    def _created(self) -> None:
+        """Called at the end of construction (the sync form creates the consumer there)."""
 
     @property
     def prefix(self) -> str:
@@ -333,7 +336,16 @@ class DurableSubscription:
     def undecodable(self) -> int:
         return self._state.undecodable
 
-    def _open(self) -> None:
+
+class DurableSubscription(ConsumerShell):
+    """A named durable consumer of a relay stream; see :meth:`meshq.Node.subscribe`.
+
+    Belongs to the thread that made it.
+    """
+
+    node: Node
+
+    def _created(self) -> None:
         """Create the consumer now if a relay is known, so ``Start.NEW`` means "from now".
 
         Without a relay yet, the first fetch creates it. Raises RemoteError
