@@ -218,6 +218,10 @@ class _LoopReplies:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         self._requester.close()
+        # Nobody reads replies any more: end what is in flight with Closed,
+        # so that its awaiting coroutines (a durable consumer's long poll,
+        # say) wake up instead of waiting forever.
+        self._requester.poll_limit()
 
 
 class AsyncNode:
@@ -414,7 +418,9 @@ class AsyncNode:
         ack_wait: float = 30.0,
         max_deliver: int = 5,
     ) -> AsyncDurableSubscription:
-        """See ``Node.subscribe(prefix, durable=name)``; the consumer exists once this returns.
+        """See ``Node.subscribe(prefix, durable=name)``: made now if a relay is known.
+
+        Without a relay yet, the first fetch creates the consumer.
 
         Raises meshq.RemoteError if ``name`` reads another prefix, ValueError.
         """

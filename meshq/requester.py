@@ -123,6 +123,7 @@ class Requester:
         self._count = count
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]  # by endpoint
         self._refusals_handled: dict[str, float] = {}  # see SocketFactory.refused
+        self._dealer_made: dict[str, float] = {}  # endpoint -> when its DEALER was made
         self._poller = zmq.Poller()
         self._calls: dict[int, _Call] = {}  # by attempt id
         self._outstanding: collections.Counter[str] = collections.Counter()
@@ -147,10 +148,21 @@ class Requester:
             raise ValueError("need timeout > 0 seconds and retries >= 0")
         name = check_service_name(service)
         flags, payload = encode_payload(data)
+        self._retry_refused()
         call = _Call(service, name, flags, payload, timeout, retries, only)
         if not self._send(call):
             raise NoProviders(service)
         return RequestFuture(self, call)
+
+    def _retry_refused(self) -> None:
+        """Replace DEALERs whose handshake was refused: libzmq never retries those.
+
+        Only a DEALER made before the refusal is the refused one. Called as
+        a request starts (never while replies are being read).
+        """
+        for endpoint, when in self._factory.refused.due(self._refusals_handled):
+            if self._dealer_made.get(endpoint, time.monotonic()) < when:
+                self._close_dealer(endpoint)
 
     def cancel(self, call: _Call) -> None:
         """Stop waiting for ``call``: no retry, and a late reply is dropped."""
@@ -171,9 +183,6 @@ class Requester:
             return False
         provider = min(candidates, key=self._busyness)
         call.endpoint = providers[provider]
-        for endpoint in self._factory.refused.due(self._refusals_handled):
-            # libzmq never retries a refused handshake: a new DEALER will.
-            self._close_dealer(endpoint)
         dealer = self._dealer(call.endpoint)
         call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
         call.provider = provider
@@ -227,11 +236,13 @@ class Requester:
             dealer.setsockopt(zmq.SNDTIMEO, int(_CONNECT_WAIT * 1000))
             self._factory.connect(dealer, endpoint)  # refused: requests time out
             self._dealers[endpoint] = dealer
+            self._dealer_made[endpoint] = time.monotonic()
             self._poller.register(dealer, zmq.POLLIN)
         return dealer
 
     def _close_dealer(self, endpoint: str) -> None:
         dealer = self._dealers.pop(endpoint, None)
+        self._dealer_made.pop(endpoint, None)
         if dealer is not None:
             self._poller.unregister(dealer)
             dealer.close(linger=0)

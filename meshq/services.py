@@ -88,13 +88,18 @@ class ReplyTo:
         self._answered = False
 
     def send(self, result: object) -> None:
-        """Answer with ``result`` (bytes, or anything msgpack encodes)."""
+        """Answer with ``result`` (bytes, or anything msgpack encodes).
+
+        Raises TypeError if msgpack cannot encode it (then nothing was sent,
+        and :meth:`fail` can still answer).
+        """
         if not self._answered:
-            self._answered = True
             flags, payload = encode_payload(result)
+            self._answered = True
             self._runner.send_reply(
                 self._identity, encode_reply(self._request_id, 0, flags=flags, payload=payload)
             )
+            self._runner.count("requests_served")
 
     def fail(self, error: BaseException) -> None:
         """Answer with an error; the caller raises it as meshq.RemoteError."""
@@ -129,6 +134,8 @@ class ServiceRunner:
         self._factory = factory
         self._limits = limits
         self._count = count
+        #: Counts into the node's stats (ReplyTo uses it for deferred answers).
+        self.count = count
         # Run on the service thread as it ends: releases what handlers made
         # there (a handler that calls services owns that thread's DEALERs).
         self._on_exit = on_exit

@@ -54,10 +54,12 @@ class RefusedLinks:
             if len(self._when) > self.MAX:
                 del self._when[next(iter(self._when))]
 
-    def due(self, handled: dict[str, float]) -> list[str]:
-        """Endpoints refused since ``handled`` saw them, long enough ago; marks them handled.
+    def due(self, handled: dict[str, float]) -> list[tuple[str, float]]:
+        """(endpoint, when refused) of refusals new to ``handled`` and old enough; marks them.
 
-        ``handled`` is the caller's own memory (one per socket owner).
+        ``handled`` is the caller's own memory (one per socket owner). A
+        caller remakes its link to such an endpoint only if that link was
+        made before ``when``: a newer link is not the one that was refused.
         """
         if not self._when:
             return []  # the common case, without a lock
@@ -68,7 +70,7 @@ class RefusedLinks:
         for endpoint, when in refusals:
             if when > handled.get(endpoint, -1.0) and now - when >= self.retry_after:
                 handled[endpoint] = when
-                due.append(endpoint)
+                due.append((endpoint, when))
         return due
 
     def ripe(self) -> bool:

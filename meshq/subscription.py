@@ -174,16 +174,23 @@ class PublisherLinks:
         self._refused = refused
         self._handled: dict[str, float] = {}  # refusals already retried
         self._connected: dict[str, str] = {}
+        self._connected_at: dict[str, float] = {}  # endpoint -> when connected (monotonic)
         self.version = -1
 
     def sync(self) -> None:
         """Apply pending connects and disconnects. Call from the socket's owner."""
         version, wanted = self._directory.snapshot()
-        retry = set(self._refused.due(self._handled)) if self._refused is not None else set()
+        retry = set()
+        if self._refused is not None:
+            for endpoint, when in self._refused.due(self._handled):
+                # libzmq never retries a refused handshake: make the link
+                # anew, if ours is the link that was refused (made before).
+                if self._connected_at.get(endpoint, math.inf) < when:
+                    retry.add(endpoint)
         for node_id, endpoint in list(self._connected.items()):
-            # A refused handshake is never retried by libzmq: make the link anew.
             if wanted.get(node_id) != endpoint or endpoint in retry:
                 del self._connected[node_id]
+                self._connected_at.pop(endpoint, None)
                 try:
                     self._sock.disconnect(endpoint)
                 except zmq.ZMQError:
@@ -195,6 +202,7 @@ class PublisherLinks:
                 elif not self._connect(self._sock, endpoint):
                     continue  # refused by security (recorded): tried again when it is due
                 self._connected[node_id] = endpoint
+                self._connected_at[endpoint] = time.monotonic()
         self.version = version
 
 

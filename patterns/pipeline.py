@@ -140,7 +140,7 @@ class _Ledger(Generic[H]):
         """What one batch's request carries."""
         if self.sink is None:
             return chunk
-        # The worker's wait for the sink (two tries) stays within our timeout.
+        # The worker's wait for the sink stays within our timeout.
         return {"tasks": chunk, "sink": self.sink, "timeout": self.timeout / 3}
 
     def full(self, workers: int) -> bool:

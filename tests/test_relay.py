@@ -551,3 +551,36 @@ def test_asyncio_durable_publish_and_consume(mesh: str, relay_node: meshq.Relay)
     assert seqs == list(range(1, 21))
     assert sorted(got) == list(range(20))  # type: ignore[type-var]
     assert redelivered == ["again"]
+
+
+def test_asyncio_acks_made_during_a_long_poll_are_kept_and_close_ends_it(
+    mesh: str, client: meshq.Node
+) -> None:
+    for i in range(3):
+        client.publish("orders/a", i, durable=True)
+
+    async def scenario() -> tuple[list[object], object]:
+        async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
+            while "meshq/relay/orders/" not in node.services():
+                await asyncio.sleep(0.01)
+            sub = await node.subscribe_durable("orders/", "tasks", ack="explicit")
+            messages = [await sub.recv(timeout=5) for _ in range(3)]
+            polling = asyncio.create_task(sub.recv(timeout=1.5))  # nothing left: a long poll
+            await asyncio.sleep(0)  # let it send its fetch
+            for message in messages:
+                message.ack()  # from this task, while the fetch is out
+            with pytest.raises(meshq.Timeout):
+                await polling
+            await sub.close()
+            again = await node.subscribe_durable("orders/", "tasks")
+            with pytest.raises(meshq.Timeout):
+                await again.recv(timeout=0.5)  # all three stayed acknowledged
+            waiting = asyncio.create_task(again.recv())  # no timeout: waits on the relay
+            await asyncio.sleep(0)
+        # The node closed with the fetch in flight: the task ends, with Closed.
+        outcome = await asyncio.wait_for(asyncio.gather(waiting, return_exceptions=True), 10)
+        return [m.data for m in messages], outcome[0]
+
+    data, outcome = asyncio.run(scenario())
+    assert data == [0, 1, 2]
+    assert isinstance(outcome, meshq.Closed)

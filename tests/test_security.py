@@ -8,10 +8,12 @@ nothing got through, so no test depends on a sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -453,6 +455,46 @@ def test_refused_subscription_and_request_links_come_back_when_admitted(
 
         wait_until(answered, "the same thread's requests get through again")
 
+
+def test_retrying_a_refused_link_leaves_newer_healthy_links_alone(keys: Keys, mesh: str) -> None:
+    keys.admit("a", "b")
+    keys.admit("b", "a")
+    with secure_node("a", mesh, keys) as a, secure_node("b", mesh, keys) as b:
+        b.serve("slow", lambda data: time.sleep(1.5) or data)  # type: ignore[func-returns-value]
+        wait_until(lambda: b.id in a.services().get("slow", []), "a sees b's service")
+        os.remove(keys.allow["b"] / "a.key")
+        assert b.security is not None
+        wait_until(lambda: not b.security.allows(keys.key("a")), "b reads its allowlist")  # type: ignore[union-attr]
+        refused: list[BaseException] = []
+
+        def other_thread() -> None:
+            refused.extend(_error_of(lambda: a.request("slow", 0, timeout=0.3)))
+            a._close_thread_requester()  # a thread's sockets close with the thread's own call
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()  # another thread's link to b: refused
+        worker.join()
+        assert refused and isinstance(refused[0], meshq.Timeout)
+        keys.admit("b", "a")
+        wait_until(lambda: b.security.allows(keys.key("a")), "b takes a again")  # type: ignore[union-attr]
+        # This thread's link is made after the refusal and works: when the
+        # refusal comes due (about 1 s), retrying it must not cut this link.
+        slow = a.request_async("slow", "kept", timeout=5.0, retries=0)
+        time.sleep(1.1)  # the refusal comes due while "slow" is in flight
+        with contextlib.suppress(meshq.Timeout):
+            a.request("slow", "nudge", timeout=0.1, retries=0)  # a start: due retries run
+        assert slow.result() == "kept"
+
+
+def _error_of(call: Callable[[], object]) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:
+        return [exc]
+    return []
+
+
+def test_asyncio_nodes_run_secure_too(keys: Keys, mesh: str) -> None:
     keys.admit("a", "b")
     keys.admit("b", "a")
 

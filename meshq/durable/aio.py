@@ -135,13 +135,12 @@ class AsyncDurableSubscription(ConsumerShell):
     async def _send_naks(self) -> None:
         state = self._state
         if state.naks and state.stream is not None:
+            request, count = state.nak_request()
             try:
-                await self.node.request(
-                    state.service(), state.nak_request(), timeout=ATTEMPT, retries=0
-                )
+                await self.node.request(state.service(), request, timeout=ATTEMPT, retries=0)
             except MeshqError as exc:
                 log.info("naks of %s not sent (%s): redelivered after ack_wait", state.name, exc)
-        state.naks = []
+            state.naks_sent(count)
 
     async def _fetch(self, wait: float) -> None:
         state = self._state
@@ -170,9 +169,11 @@ class AsyncDurableSubscription(ConsumerShell):
         state = self._state
         try:
             await self._send_naks()
-            request = state.ack_request(release=True)
-            if request is not None:
+            last = state.ack_request(release=True)
+            if last is not None:
+                request, count = last
                 await self.node.request(state.service(), request, timeout=1.0, retries=0)
+                state.acks_sent(count)
         except (MeshqError, RemoteError) as exc:
             log.info("last acks of %r not sent (%s): they will be redelivered", state.name, exc)
 

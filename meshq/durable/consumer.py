@@ -151,6 +151,7 @@ class ConsumerState:
         self.stream: str | None = None
         self.buffer: collections.deque[DurableMessage] = collections.deque()
         self.acks: list[int] = []  # to send with the next fetch
+        self._acks_in_flight = 0  # how many of them the fetch in flight carries
         self.naks: list[int] = []  # to send before the next fetch
         self.unacked: DurableMessage | None = None  # auto-ack: the last one handed out
         self._seen: dict[bytes, None] = {}  # ids acknowledged, oldest first
@@ -168,6 +169,8 @@ class ConsumerState:
         return ["open", self.name, self.prefix, self.start.kind, self.start.arg]
 
     def fetch_request(self, wait: float) -> list[object]:
+        """A fetch carrying the acks made so far (those are done once its reply is taken)."""
+        self._acks_in_flight = len(self.acks)
         return [
             "fetch",
             self.name,
@@ -176,22 +179,32 @@ class ConsumerState:
             self.start.arg,
             self.batch,
             wait,
-            self.acks,
+            self.acks[: self._acks_in_flight],
             self.ack_wait,
             self.max_deliver,
         ]
 
-    def nak_request(self) -> list[object]:
-        return ["nak", self.name, self.naks]
+    def nak_request(self) -> tuple[list[object], int]:
+        """A nak of the naks made so far, and how many (for :meth:`naks_sent` after)."""
+        return ["nak", self.name, list(self.naks)], len(self.naks)
 
-    def ack_request(self, release: bool) -> list[object] | None:
-        """The last acks (and, with ``release``, the unread messages to give back), or None."""
+    def naks_sent(self, count: int) -> None:
+        del self.naks[:count]  # not later ones, made while the request was out
+
+    def acks_sent(self, count: int) -> None:
+        del self.acks[:count]
+
+    def ack_request(self, release: bool) -> tuple[list[object], int] | None:
+        """The last acks (with ``release``, also the unread messages to give back), or None.
+
+        Also how many acks it carries, for :meth:`acks_sent` once it succeeded.
+        """
         if self.unacked is not None:
             self.ack(self.unacked)
         released = [m.seq for m in self.buffer] if release else []
         if not (self.acks or released) or self.stream is None:
             return None
-        return ["ack", self.name, self.acks, released]
+        return ["ack", self.name, list(self.acks), released], len(self.acks)
 
     def begin_recv(self) -> None:
         """A new receive: under auto-ack the previous message is done."""
@@ -221,7 +234,8 @@ class ConsumerState:
         cannot decode (bigger than its max_msgpack_bytes, say) is naked.
         """
         records = decode_records(reply)
-        self.acks = []
+        self.acks_sent(self._acks_in_flight)  # acks made meanwhile go with the next one
+        self._acks_in_flight = 0
         assert self.stream is not None
         for record in records:
             try:
@@ -387,11 +401,12 @@ class DurableSubscription(ConsumerShell):
     def _send_naks(self) -> None:
         state = self._state
         if state.naks and state.stream is not None:
+            request, count = state.nak_request()
             try:
-                self.node.request(state.service(), state.nak_request(), timeout=ATTEMPT, retries=0)
+                self.node.request(state.service(), request, timeout=ATTEMPT, retries=0)
             except MeshqError as exc:
                 log.info("naks of %s not sent (%s): redelivered after ack_wait", state.name, exc)
-        state.naks = []
+            state.naks_sent(count)
 
     def _fetch(self, wait: float) -> None:
         """One long poll: send the pending naks and acks, take a batch (maybe empty)."""
@@ -427,10 +442,11 @@ class DurableSubscription(ConsumerShell):
         """
         state = self._state
         self._send_naks()
-        request = state.ack_request(release)
-        if request is not None:
+        last = state.ack_request(release)
+        if last is not None:
+            request, count = last
             self.node.request(state.service(), request, timeout=timeout, retries=0)
-            state.acks = []
+            state.acks_sent(count)
             if release:
                 state.buffer.clear()
 
