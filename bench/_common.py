@@ -19,7 +19,7 @@ import zmq
 
 import meshq
 
-__all__ = ["collect_reports", "environment", "ratio", "write_results"]
+__all__ = ["collect_reports", "environment", "ratio", "wait_for_service", "write_results"]
 
 REPORT_POLL = 0.25  # seconds between looks at processes that may have died
 
@@ -75,6 +75,18 @@ def collect_reports(
             errors.append(f"{name} killed")
     reports.close()
     return found, errors
+
+
+def wait_for_service(node: meshq.Node, service: str, timeout: float, poll: float = 0.01) -> None:
+    """Wait until some provider of ``service`` is known to ``node``.
+
+    Raises TimeoutError after ``timeout`` seconds; looks every ``poll`` s.
+    """
+    deadline = time.monotonic() + timeout
+    while service not in node.services():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no provider of {service!r} after {timeout} s")
+        time.sleep(poll)
 
 
 def ratio(numerator: float, denominator: float) -> float | None:

@@ -133,7 +133,7 @@ import meshq
 
 if __package__ in (None, ""):  # run as a script (python bench/x.py): make "bench" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import collect_reports, environment, ratio, write_results
+from bench._common import collect_reports, environment, ratio, wait_for_service, write_results
 
 System = Literal["raw", "meshq"]
 SYSTEMS: tuple[System, ...] = ("raw", "meshq")
@@ -648,15 +648,6 @@ def client_raw(size: int, p: Plan, link: Connection) -> ClientReport:
         context.term()
 
 
-def wait_for_service(node: meshq.Node) -> None:
-    """Wait (bounded) until the relay's stream service is known to ``node``."""
-    deadline = time.monotonic() + SETUP_TIMEOUT
-    while SERVICE not in node.services():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no provider of {SERVICE!r} after {SETUP_TIMEOUT} s")
-        time.sleep(SERVICE_POLL)
-
-
 def client_meshq(size: int, p: Plan, link: Connection) -> ClientReport:
     payload = make_payload(size)
     total = stored_total(p)
@@ -665,7 +656,7 @@ def client_meshq(size: int, p: Plan, link: Connection) -> ClientReport:
     with meshq.Node(
         "bench-client", interfaces=[LOOPBACK], seeds=[endpoint], discovery=False
     ) as node:
-        wait_for_service(node)
+        wait_for_service(node, SERVICE, SETUP_TIMEOUT, SERVICE_POLL)
         # One publisher for every phase: node.publish(durable=True) would make its
         # own, whose message ids (node id + a counter from 1) repeat this one's.
         publisher = meshq.DurablePublisher(node, timeout=REPLY_TIMEOUT, max_in_flight=WINDOW)

@@ -85,7 +85,7 @@ import meshq
 
 if __package__ in (None, ""):  # run as a script (python bench/x.py): make "bench" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import collect_reports, environment, ratio, write_results
+from bench._common import collect_reports, environment, ratio, wait_for_service, write_results
 
 System = Literal["raw", "meshq"]
 SYSTEMS: tuple[System, ...] = ("raw", "meshq")
@@ -324,15 +324,6 @@ def call_raw(count: int, link: Connection) -> CallerReport:
         context.term()
 
 
-def wait_for_service(node: meshq.Node) -> None:
-    """Wait (bounded) until some provider of SERVICE is known to ``node``."""
-    deadline = time.monotonic() + SETUP_TIMEOUT
-    while SERVICE not in node.services():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no provider of {SERVICE!r} after {SETUP_TIMEOUT} s")
-        time.sleep(SERVICE_POLL)
-
-
 def call_meshq(count: int, link: Connection) -> CallerReport:
     payload = make_payload(SIZE)
     total = throughput_count(count)
@@ -340,7 +331,7 @@ def call_meshq(count: int, link: Connection) -> CallerReport:
     with meshq.Node(
         "bench-caller", interfaces=[LOOPBACK], seeds=[endpoint], discovery=False
     ) as node:
-        wait_for_service(node)
+        wait_for_service(node, SERVICE, SETUP_TIMEOUT, SERVICE_POLL)
         request = node.request
         request_async = node.request_async
         mismatches = 0

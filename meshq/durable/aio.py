@@ -13,11 +13,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
-from ..relaywire import MAX_MSG_ID_BYTES, RELAY_SERVICE_PREFIX
-from ..wire import encode_payload
+from ..relaywire import RELAY_SERVICE_PREFIX
 from .consumer import ConsumerShell, DurableMessage, log
 from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
-from .publisher import next_message_id
+from .publisher import prepare
 
 if TYPE_CHECKING:
     from ..aio import AsyncNode
@@ -49,18 +48,8 @@ class AsyncDurablePublisher:
         it, ValueError for a bad topic or id or a message over half of
         ``max_msgpack_bytes``, TypeError if msgpack cannot encode ``data``.
         """
-        node = self.node.node
-        node.check_topic(topic)
-        stream = relay_stream(node, topic)
-        if msg_id is None:
-            msg_id = next_message_id(node)
-        elif not 0 < len(msg_id) <= MAX_MSG_ID_BYTES:
-            raise ValueError(f"msg_id must be 1..{MAX_MSG_ID_BYTES} bytes")
-        flags, payload = encode_payload(data)
-        limit = node.config.max_msgpack_bytes // 2
-        if len(payload) + len(topic) + len(msg_id) > limit:
-            raise ValueError(f"a durable message is at most {limit} bytes")
-        request = ["pub", topic, msg_id, flags, payload]
+        out = prepare(self.node.node, topic, data, msg_id)
+        request = ["pub", topic, out.msg_id, out.flags, out.payload]
         deadline = time.monotonic() + self.timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -68,7 +57,7 @@ class AsyncDurablePublisher:
                 raise Timeout(f"durable publish to {topic!r} not confirmed")
             try:
                 seq = await self.node.request(
-                    RELAY_SERVICE_PREFIX + stream,
+                    RELAY_SERVICE_PREFIX + out.stream,
                     request,
                     timeout=min(ATTEMPT, remaining),
                     retries=0,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import MeshqError, NoProviders
-from ..relaywire import RELAY_SERVICE_PREFIX
+from ..relaywire import RELAY_SERVICE_PREFIX, stream_of_service
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -51,20 +51,17 @@ def relay_stream(node: Node, topic: str) -> str:
     stores claim its stream (one relay restarting is not a conflict: its
     predecessor's entry goes when its heartbeats stop).
     """
-    services = node.services()
-    matching = [
-        service[len(RELAY_SERVICE_PREFIX) :]
-        for service in services
-        if service.startswith(RELAY_SERVICE_PREFIX)
-        and topic.startswith(service[len(RELAY_SERVICE_PREFIX) :])
-    ]
+    # The directory's own snapshot: no copy per message (node.services() sorts one).
+    services = node._service_directory.all()
+    streams = (stream_of_service(service) for service in services)
+    matching = [stream for stream in streams if stream is not None and topic.startswith(stream)]
     if not matching:
         raise NoProviders(f"{RELAY_SERVICE_PREFIX}? (no relay stores {topic!r})")
     if len(matching) > 1:
         matching.sort(key=len)
         raise RelayConflict(matching[0], overlapping=matching[1])
     best = matching[0]
-    relays = services[RELAY_SERVICE_PREFIX + best]
+    relays = list(services[RELAY_SERVICE_PREFIX + best])
     if len(relays) > 1 and len(relay_stores(node, relays)) > 1:
         raise RelayConflict(best, [r[:8] for r in relays])
     return best

@@ -12,7 +12,7 @@ import collections
 import itertools
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
 from ..relaywire import MAX_MSG_ID_BYTES, MAX_PUBS, RELAY_SERVICE_PREFIX
@@ -36,6 +36,44 @@ _message_numbers = itertools.count(1)
 def next_message_id(node: Node) -> bytes:
     """A new message id: the node's 16-byte id and a big-endian u64, unique in the process."""
     return bytes.fromhex(node.id) + next(_message_numbers).to_bytes(8, "big")
+
+
+class DurableMessageOut(NamedTuple):
+    """A message ready for a relay: the stream it goes to and its encoded fields."""
+
+    stream: str
+    msg_id: bytes
+    flags: int
+    payload: bytes
+
+
+def prepare(node: Node, topic: str, data: object, msg_id: bytes | None) -> DurableMessageOut:
+    """Check and encode one durable message (sync and asyncio publishers share this).
+
+    A request must fit a provider's msgpack bound, so a message is at most
+    half of ``max_msgpack_bytes``. Raises NoProviders at once if no relay
+    holds the stream, RelayConflict, ValueError for a bad topic or id or a
+    message too big, TypeError if msgpack cannot encode ``data``.
+    """
+    node.check_topic(topic)
+    stream = relay_stream(node, topic)
+    if msg_id is None:
+        msg_id = next_message_id(node)
+    elif not 0 < len(msg_id) <= MAX_MSG_ID_BYTES:
+        raise ValueError(f"msg_id must be 1..{MAX_MSG_ID_BYTES} bytes")
+    flags, payload = encode_payload(data)
+    size, limit = len(payload) + len(topic) + len(msg_id), max_message_size(node)
+    if size > limit:
+        raise ValueError(
+            f"a durable message is at most {limit} bytes "
+            f"(half of MeshConfig.max_msgpack_bytes), this one {size}"
+        )
+    return DurableMessageOut(stream, msg_id, flags, payload)
+
+
+def max_message_size(node: Node) -> int:
+    """Bytes of topic, id and payload one durable message (or request) may hold."""
+    return node.config.max_msgpack_bytes // 2
 
 
 @dataclass
@@ -138,7 +176,7 @@ class DurablePublisher:
         # A request is one msgpack payload, and providers decode at most
         # max_msgpack_bytes of it: half of that per request leaves room for
         # the framing, and lets the relay hand any one message back in a fetch.
-        self.max_request_bytes = node.config.max_msgpack_bytes // 2
+        self.max_request_bytes = max_message_size(node)
         self._unsent: collections.deque[_Unconfirmed] = collections.deque()
         self._batches: collections.deque[_Batch] = collections.deque()
         self._unconfirmed = 0
@@ -157,22 +195,10 @@ class DurablePublisher:
         bad topic or id or a message over half of ``max_msgpack_bytes`` (2
         MiB by default), TypeError if msgpack cannot encode ``data``.
         """
-        self.node.check_topic(topic)
-        stream = relay_stream(self.node, topic)
-        if msg_id is None:
-            msg_id = next_message_id(self.node)
-        elif not 0 < len(msg_id) <= MAX_MSG_ID_BYTES:
-            raise ValueError(f"msg_id must be 1..{MAX_MSG_ID_BYTES} bytes")
-        flags, payload = encode_payload(data)
-        size = len(payload) + len(topic) + len(msg_id)
-        if size > self.max_request_bytes:
-            raise ValueError(
-                f"a durable message is at most {self.max_request_bytes} bytes "
-                f"(half of MeshConfig.max_msgpack_bytes), this one {size}"
-            )
+        out = prepare(self.node, topic, data, msg_id)
         while self._unconfirmed >= self.max_in_flight:
             self._wait_once(None)
-        entry = _Unconfirmed(topic, stream, msg_id, flags, payload, time.monotonic() + self.timeout)
+        entry = _Unconfirmed(topic, *out, time.monotonic() + self.timeout)
         self._unsent.append(entry)
         self._unconfirmed += 1
         self._dispatch()

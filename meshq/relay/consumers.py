@@ -51,8 +51,6 @@ class Consumer:
     #: Every sequence up to here has been looked at (delivered or skipped).
     cursor: int = -1
     pending: dict[int, _Out] = field(default_factory=dict)
-    #: Messages given up on after max_deliver deliveries, since the relay started.
-    dead: int = 0
     #: No delivery is overdue before this (monotonic s): fetches skip the scan.
     _next_due: float = 0.0
 
@@ -82,7 +80,6 @@ class Consumer:
             if out.deliveries >= self.max_deliver:
                 del self.pending[seq]
                 store.dead_letter(self.stream, self.name, seq, out.deliveries)
-                self.dead += 1
                 continue
             message = store.get(self.stream, seq)
             if message is None:  # trimmed by retention, or refused as corrupt

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["ConsumerRow", "Store", "StoredMessage", "StreamStats"]
 
@@ -274,13 +274,13 @@ class Store:
                 " ORDER BY seq LIMIT ?",
                 (stream, after, upto, len(prefix), prefix, wanted),
             ).fetchall()
-            for seq, topic, msg_id, flags, payload, time_ns, crc in rows:
-                after = seq
-                if checksum(seq, time_ns, flags, topic, msg_id, payload) != crc:
-                    self._refuse(stream, seq)
+            for row in rows:
+                after = row[0]
+                message = self._intact(stream, row)
+                if message is None:
                     continue
-                found.append(StoredMessage(seq, topic, msg_id, flags, payload, time_ns))
-                size += len(payload)
+                found.append(message)
+                size += len(message.payload)
                 if size >= max_bytes:
                     return found
             if len(rows) < wanted or len(found) == limit:
@@ -290,6 +290,17 @@ class Store:
         """One intact message, or None if it is gone (retention) or corrupt."""
         found = self.read(stream, seq - 1, 1, upto=seq)
         return found[0] if found else None
+
+    def _intact(self, stream: str, row: tuple[Any, ...]) -> StoredMessage | None:
+        """The message of a (seq, topic, msg_id, flags, payload, time_ns, crc) row, if intact.
+
+        A row failing its checksum is refused (counted, logged once): None.
+        """
+        seq, topic, msg_id, flags, payload, time_ns, crc = row
+        if checksum(seq, time_ns, flags, topic, msg_id, payload) != crc:
+            self._refuse(stream, seq)
+            return None
+        return StoredMessage(seq, topic, msg_id, flags, payload, time_ns)
 
     def _refuse(self, stream: str, seq: int) -> None:
         if (stream, seq) not in self._corrupt_seen:
@@ -436,12 +447,12 @@ class Store:
         )
         found = []
         size = 0
-        for seq, topic, msg_id, flags, payload, time_ns, crc, deliveries in rows:
-            if checksum(seq, time_ns, flags, topic, msg_id, payload) != crc:
-                self._refuse(stream, seq)
+        for row in rows:
+            message = self._intact(stream, row[:7])
+            if message is None:
                 continue
-            found.append((StoredMessage(seq, topic, msg_id, flags, payload, time_ns), deliveries))
-            size += len(payload)
+            found.append((message, row[7]))
+            size += len(message.payload)
             if size >= max_bytes:
                 break
         return found
