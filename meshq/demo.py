@@ -87,20 +87,28 @@ def _relay(stream: IO[bytes] | None, output: threading.Lock) -> None:
 
 def _next_steps() -> str:
     """Where to go after the demo, with commands that run as printed."""
-    meshq = "meshq"
-    installed = Path(sys.executable).parent / "meshq"
-    if shutil.which("meshq") != str(installed) and installed.exists():
-        meshq = os.path.relpath(installed)  # e.g. .venv/bin/meshq after `make demo`
-    python = os.path.relpath(sys.executable) if not shutil.which("python") else "python"
-    return (
-        "\nNext:\n"
-        f"  {meshq} sub 'sensors/' --interface 127.0.0.1             in one terminal, then\n"
-        f"  {meshq} pub sensors/temp 21.5 --interface 127.0.0.1      in another\n"
-        f"  {python} examples/pubsub_sensors.py        publish/subscribe in one file; "
-        "examples/ has more\n"
-        f"  {meshq} --help                              every command\n"
-        "  README.md                                   what meshq guarantees, and how to use it"
-    )
+    meshq = _command("meshq", Path(sys.executable).parent / "meshq")
+    python = _command("python", Path(sys.executable))
+    steps = [
+        (f"{meshq} sub 'sensors/' --interface 127.0.0.1", "in one terminal, then"),
+        (f"{meshq} pub sensors/temp 21.5 --interface 127.0.0.1", "in another"),
+        (f"{python} examples/pubsub_sensors.py", "publish/subscribe in one file (examples/)"),
+        (f"{meshq} --help", "every command"),
+        ("README.md", "what meshq guarantees, and how"),
+    ]
+    width = max(len(command) for command, _ in steps)
+    return "\nNext:\n" + "\n".join(f"  {c:{width}}   {what}" for c, what in steps)
+
+
+def _command(name: str, path: Path) -> str:
+    """``name`` if the shell finds this very program by it, else its (relative) path."""
+    found = shutil.which(name)
+    if found is not None and os.path.abspath(found) == os.path.abspath(path):
+        return name
+    if not path.exists():
+        return name
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else relative
 
 
 def run_demo_node(
@@ -108,8 +116,13 @@ def run_demo_node(
 ) -> int:
     """One demo process: publish, receive, report every second. 0 if it heard everyone."""
 
+    output = threading.Lock()
+
     def say(text: str) -> None:
-        print(f"[{name:7}] {text}", flush=True)
+        # Peer callbacks speak from the event thread: print writes the text
+        # and the newline separately, so two unlocked lines run together.
+        with output:
+            print(f"[{name:7}] {text}", flush=True)
 
     started = time.monotonic()
     with Node(name, mesh=mesh, interfaces=[interface]) as node:

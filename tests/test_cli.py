@@ -27,6 +27,10 @@ def test_demo_runs_a_mesh_that_hears_itself() -> None:
     assert "all nodes heard each other" in result.stdout
     for name in ("alpha", "bravo", "charlie"):
         assert f"joined: {name}" in result.stdout
+    lines = result.stdout.split("\n\nNext:\n")[0].splitlines()
+    for line in lines[1:-1]:  # between the banner and the verdict: one node's line each
+        assert re.fullmatch(r"\[(alpha|bravo|charlie) *\] [^\[]*", line), line
+    assert "\nNext:\n" in result.stdout and "examples/pubsub_sensors.py" in result.stdout
 
 
 def test_pub_reaches_sub_across_processes(mesh: str) -> None:
