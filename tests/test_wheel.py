@@ -17,6 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_contains_every_module_of_the_source_tree(tmp_path: Path) -> None:
+    # A clean copy: setuptools reuses a build/ left by an earlier build,
+    # which would hide a module missing from the package list.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+        ),
+    )
+    wheels = tmp_path / "dist"
     subprocess.run(
         [
             sys.executable,
@@ -26,14 +37,14 @@ def test_wheel_contains_every_module_of_the_source_tree(tmp_path: Path) -> None:
             "--quiet",
             "--no-deps",
             "-w",
-            str(tmp_path),
-            str(ROOT),
+            str(wheels),
+            str(source),
         ],
         check=True,
         capture_output=True,
         timeout=300,
     )
-    (wheel,) = tmp_path.glob("meshq-*.whl")
+    (wheel,) = wheels.glob("meshq-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         files = set(archive.namelist())
     shipped = {
