@@ -48,7 +48,7 @@ _EVENTS = (
 )
 _EVENT_HEAD = struct.Struct("=HI")
 _POLL_MS = 100  # how soon a new monitor is polled, and stop() is noticed
-_LOG_AGAIN = 10.0  # seconds before the same (address, key, reason) is logged again
+_LOG_AGAIN = 10.0  # seconds before a refusal of the same key (or of no key) is logged again
 _MAX_LOGGED = 1024
 _PROTOCOL_REASONS = {
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "no CURVE (a node without security?)",
@@ -245,7 +245,11 @@ class Gatekeeper:
     def _reject(self, address: str, key: str, reason: str) -> None:
         rejection = Rejection(address, key, reason, time.time())
         now = time.monotonic()
-        seen = (address, key, reason)
+        # One warning per peer, not one per socket: a refused peer shows up
+        # at the dial, at each listening socket (named by our endpoint, as
+        # the monitor cannot name the client) and in the broken pipe after.
+        # A key names the peer; keyless refusals cannot be told apart.
+        seen = ("key", key) if key else ("keyless", "")
         with self._lock:
             due = now >= self._logged.get(seen, 0.0)
             if due:
