@@ -70,6 +70,7 @@ TESTED = {
     "sink = Sink(other_node": "test_sink_fragment",
     "# durable.py": "test_durable_program",
     'with meshq.Node("worker"': "test_handlers_fragment",
+    "import signal": "test_sigterm_recipe_says_goodbye",
     'async with meshq.AsyncNode("ui"': "test_asyncio_fragment",
     "# sensor, with security": "test_security_snippet_is_received",
 }
@@ -250,6 +251,14 @@ def test_durable_program(run_dir: Path, mesh: str) -> None:
     assert "billed 100 orders" in out
 
 
+def left_with(visitor: meshq.Node, name: str) -> str | None:
+    """The reason the peer ``name`` left, as ``visitor`` saw it; None if it did not."""
+    for event in visitor.events(timeout=RUN):
+        if event.kind is meshq.EventKind.LEFT and event.peer.name == name:
+            return event.reason
+    return None
+
+
 def test_handlers_fragment(run_dir: Path, mesh: str, running: list[Running]) -> None:
     worker = Running(run_dir, mesh, script(run_dir, "worker.py", 'with meshq.Node("worker"'))
     running.append(worker)
@@ -260,7 +269,31 @@ def test_handlers_fragment(run_dir: Path, mesh: str, running: list[Running]) -> 
         visitor.publish("sensors/x", {"v": 1})
         assert "{'v': 1}" in worker.wait_for("sensors/x")
         assert visitor.send_to(peer.id, "hi", timeout=RUN) == "got it"
-    assert worker.stop() == 0  # node.run() returns on SIGTERM
+        assert worker.stop() == 0  # node.run() returns on SIGTERM ...
+        assert left_with(visitor, "worker") == "bye"  # ... and the with-block says goodbye
+
+
+def test_sigterm_recipe_says_goodbye(run_dir: Path, mesh: str, running: list[Running]) -> None:
+    path = script(
+        run_dir,
+        "app.py",
+        "import signal",
+        after="""
+            import meshq
+            with meshq.Node("app", interfaces=["127.0.0.1"]) as node:
+                with node.subscribe("jobs/") as jobs:
+                    print("ready", flush=True)
+                    for job in jobs:  # an application waiting elsewhere than node.run()
+                        print(job.data)
+        """,
+    )
+    app = Running(run_dir, mesh, path)
+    running.append(app)
+    with meshq.Node("visitor", mesh=mesh, interfaces=["127.0.0.1"]) as visitor:
+        app.wait_for("ready")
+        visitor.wait_for_peers(1, timeout=RUN)
+        app.process.send_signal(signal.SIGTERM)
+        assert left_with(visitor, "app") == "bye"  # not "timeout", 3 s later
 
 
 def test_asyncio_fragment(run_dir: Path, mesh: str) -> None:
