@@ -138,3 +138,21 @@ def test_a_durable_consumer_started_with_its_relay_running_does_not_warn(
     finally:
         relay.close()
     assert not [r for r in caplog.records if "no relay holds" in r.getMessage()]
+
+
+# --- topics -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("topic", [b"sensors/temp", 7, None])
+def test_a_topic_that_is_not_a_str_is_a_type_error_naming_it(mesh: str, topic: object) -> None:
+    with meshq.Node("n", mesh=mesh, interfaces=LOOPBACK) as node:
+        calls: list[Callable[[], object]] = [
+            lambda: node.publish(topic, 1),  # type: ignore[arg-type]  # the mistake under test
+            lambda: node.publish_many(topic, [1]),  # type: ignore[arg-type]
+            lambda: node.publish_blocking(topic, 1),  # type: ignore[arg-type]
+            lambda: node.publish(topic, 1, durable=True),  # type: ignore[arg-type]
+            lambda: node.subscribe(topic),  # type: ignore[arg-type]
+        ]
+        for call in calls:
+            with pytest.raises(TypeError, match=r"^(topic|prefix) must be a str such as"):
+                call()
