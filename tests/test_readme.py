@@ -95,6 +95,7 @@ FRAGMENTS = {
         node = meshq.Node("app", interfaces=["127.0.0.1"])
         other_node = node
         Worker(node, "resize", lambda task: f"thumbnail of {task}")
+        node.wait_for_service("pipeline/resize", timeout=10.0)
         tasks = [f"img-{i}.png" for i in range(100)]
     """,
     'with meshq.Node("worker"': """
