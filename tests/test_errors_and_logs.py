@@ -151,7 +151,7 @@ def test_a_topic_that_is_not_a_str_is_a_type_error_naming_it(mesh: str, topic: o
             lambda: node.publish_many(topic, [1]),  # type: ignore[arg-type]
             lambda: node.publish_blocking(topic, 1),  # type: ignore[arg-type]
             lambda: node.publish(topic, 1, durable=True),  # type: ignore[arg-type]
-            lambda: node.subscribe(topic),  # type: ignore[arg-type]
+            lambda: node.subscribe(topic),  # type: ignore[call-overload]
         ]
         for call in calls:
             with pytest.raises(TypeError, match=r"^(topic|prefix) must be a str such as"):
