@@ -84,7 +84,7 @@ def test_run_in_another_thread_needs_no_signal_handler(mesh: str) -> None:
     def serve(node: meshq.Node) -> None:
         try:
             node.run(timeout=0.05)  # signal handlers can only be set in the main thread
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     with meshq.Node("n", mesh=mesh, interfaces=LOOPBACK) as node:
