@@ -87,7 +87,7 @@ class Gatekeeper:
         self._stop = threading.Event()
         self._zap_closing = threading.Event()
         self._zap_closed = threading.Event()
-        self._logged: dict[tuple[str, str], float]  # (kind, key) -> next log time = {}
+        self._logged: dict[tuple[str, str], float] = {}  # (kind, key) -> next log time
         self._banned: dict[bytes, float] = {}  # Z85 key -> monotonic time the ban ends
         self._thread: threading.Thread | None = None
 
