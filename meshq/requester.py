@@ -195,7 +195,6 @@ class Requester:
         dealer = self._dealer(call.endpoint)
         call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
         call.provider = provider
-        call.tried.add(provider)
         call.attempts += 1
         call.deadline = time.monotonic() + call.timeout
         frame = encode_request(call.attempt_id, call.name, call.flags, call.payload)
@@ -207,6 +206,9 @@ class Requester:
                 # it. An unreachable or full provider leaves the attempt
                 # unanswered, and it times out.
                 dealer.send(frame)
+            # Only a provider that may have received it counts as tried; one
+            # that never got the request may be asked again by a retry.
+            call.tried.add(provider)
         except zmq.Again:
             self._count("requests_not_sent")
         except zmq.ZMQError as exc:
