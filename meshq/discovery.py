@@ -200,6 +200,11 @@ class MdnsDiscovery:
             if lost is not None:
                 on_lost(lost)
             return
+        if self._closed:
+            # Changes queue up on the browser thread, and close() joins it:
+            # resolving each (up to 3 s for a record that went away) would
+            # hold close() for minutes on a busy LAN.
+            return
         info = ServiceInfo(SERVICE_TYPE, name)
         if not info.load_from_cache(zeroconf) and not info.request(zeroconf, _RESOLVE_TIMEOUT_MS):
             log.debug("mDNS record %s did not resolve", name)
