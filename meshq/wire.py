@@ -313,6 +313,14 @@ def _key(value: object) -> bytes:
     return value.encode()
 
 
+class _ExtRefused(ValueError):
+    """An ext type in a HELLO body: the spec allows none (6.4)."""
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    raise _ExtRefused(f"ext type {code} in a HELLO body")
+
+
 def _unpack(body: bytes, limits: Limits) -> Any:
     try:
         return msgpack.unpackb(
@@ -323,8 +331,15 @@ def _unpack(body: bytes, limits: Limits) -> Any:
             max_bin_len=limits.max_control_bytes,
             max_array_len=max(limits.max_peers, _MAX_ENDPOINTS),
             max_map_len=max(limits.max_headers, 16),
+            # max_ext_len=0 bounds only an ext's length: a zero-length ext
+            # (c7 00 05) passes it, so the hook refuses every ext that does.
+            # The timestamp ext (-1) never reaches the hook, but has no
+            # zero-length form, so the length bound refuses it.
             max_ext_len=0,
+            ext_hook=_refuse_ext,
         )
+    except _ExtRefused:
+        raise ProtocolError("ext type in HELLO body") from None
     except Exception as exc:  # msgpack raises many types; all mean "bad body"
         raise ProtocolError(f"bad msgpack body: {type(exc).__name__}") from None
 
