@@ -39,6 +39,7 @@ from meshq.wire import (
     Hello,
     Limits,
     Ping,
+    TailMarker,
     decode_control,
     decode_data,
     encode_batch,
@@ -185,6 +186,7 @@ def test_each_control_example_decodes_to_its_fields(vector: Vector) -> None:
 def test_each_data_example_decodes_to_its_messages(vector: Vector) -> None:
     fields = vector["fields"]
     decoded = decode_data(bytes.fromhex(vector["hex"]), LIMITS)
+    assert not isinstance(decoded, TailMarker)
     messages = decoded if isinstance(decoded, list) else [decoded]
     items = value(fields["batch"]) if "batch" in fields else [value(fields["data"])]
     assert isinstance(decoded, list) == ("batch" in fields)
