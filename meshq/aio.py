@@ -14,7 +14,7 @@ import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -24,20 +24,21 @@ from .durable import Start
 from .durable.aio import AsyncDurablePublisher, AsyncDurableSubscription
 from .errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
 from .message import Message
-from .node import Node, PeerCallback
+from .node import Node, PeerCallback, TaskHandler
 from .peers import Peer, PeerEvent, PeerState
 from .publishing import BlockingWait, encode_blocking
 from .requester import GatherResult, Requester
 from .security import Curve, Rejection
 from .services import Handler
 from .sockets import SocketFactory
+from .state import SUBSCRIBERS, Providers
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits
-from .workers import TaskHandler
 
 __all__ = ["AsyncNode", "AsyncSubscription"]
 
 log = logging.getLogger("meshq.aio")
+T = TypeVar("T")
 
 
 class AsyncSubscription(Inbox):
@@ -171,21 +172,20 @@ class _LoopReplies:
         self, service: str, data: object, timeout: float, retries: int, only: str | None = None
     ) -> object:
         future = self._requester.start(service, data, timeout, retries, only=only)
-        call = future._call
         done: asyncio.Future[None] = self._loop.create_future()
 
-        def settled(_: object) -> None:
+        def settled() -> None:
             if not done.done():
                 done.set_result(None)
 
-        call.on_done = settled
+        future.add_done_callback(settled)
         self._changed.set()
         if self._reader is None or self._reader.done():
             self._reader = self._loop.create_task(self._read())
         try:
             await done
         except asyncio.CancelledError:
-            self._requester.cancel(call)  # no retries for nobody; a late reply is dropped
+            future.cancel()  # no retries for nobody; a late reply is dropped
             raise
         return future.result(timeout=0)
 
@@ -256,18 +256,24 @@ class AsyncNode:
             discovery=discovery,
             security=security,
         )
-        self._context = zmq.asyncio.Context.shadow(self._node._context)
+        runtime = self._node.runtime
+        self._context = zmq.asyncio.Context.shadow(runtime.context)
         self._subscriptions: weakref.WeakSet[AsyncSubscription] = weakref.WeakSet()
         self._waiters: set[asyncio.Future[None]] = set()
-        self._node._event_listeners.append(self._on_control_thread)
+        # Peer events, subscriber and service changes, and the close wake our waiters.
+        runtime.state.add_listener(self._on_control_thread)
+        SUBSCRIBERS.add_listener(self._on_subscribers)
         # The loop's thread owns the caller side; Node keeps one per thread.
-        self._replies = _LoopReplies(self._node._requester(), self._loop)
+        self._replies = _LoopReplies(runtime.requester(), self._loop)
 
     def _on_control_thread(self, events: list[PeerEvent]) -> None:
         try:
             self._loop.call_soon_threadsafe(self._wake_waiters)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
+
+    def _on_subscribers(self) -> None:
+        self._on_control_thread([])
 
     def _wake_waiters(self) -> None:
         for waiter in self._waiters:
@@ -276,7 +282,10 @@ class AsyncNode:
         self._waiters.clear()
 
     async def _next_change(self, timeout: float | None) -> None:
-        """Wait until peers change (or the node closes); meshq.Timeout after ``timeout`` s."""
+        """Wait until peers, subscribers or services change (or the node closes).
+
+        Raises meshq.Timeout after ``timeout`` s.
+        """
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._waiters.add(waiter)
         try:
@@ -327,11 +336,11 @@ class AsyncNode:
     ) -> None:
         """See :meth:`Node.publish_blocking`; the wait for room is awaited, not slept."""
         node = self._node
-        if topic not in node._blocking_topics:
+        if not node.is_blocking(topic):
             node.declare_blocking(topic)
         flags, payload = encode_blocking(data)
         wait = BlockingWait(topic, timeout)
-        while not node._publisher.try_publish_blocking(topic, flags, payload):
+        while not node.try_publish_blocking(topic, flags, payload):
             await asyncio.sleep(wait.pause())
 
     def declare_blocking(self, topic: str) -> None:
@@ -345,10 +354,50 @@ class AsyncNode:
             count = self._node.subscribers(topic)
             if count >= n:
                 return count
+            self._node.runtime.check_open()
             remaining = self._remaining(deadline)
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"{count} of {n} subscribers of {topic!r} after {timeout} s")
-            await asyncio.sleep(0.005)
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                continue  # the loop above says how many there were
+
+    async def wait_for_providers(
+        self, test: Callable[[Providers], T | None], *, timeout: float | None
+    ) -> T:
+        """See :meth:`Node.wait_for_providers`; awaited, no thread held."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            found = test(self._node.providers())
+            if found is not None:
+                return found
+            self._node.runtime.check_open()
+            remaining = self._remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"no such service within {timeout} s")
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                continue
+
+    async def wait_for_service(
+        self, name: str, n: int = 1, *, timeout: float | None = None
+    ) -> Mapping[str, str]:
+        """See :meth:`Node.wait_for_service`; awaited, no thread held."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            providers = self._node.providers().get(name, {})
+            if n <= 0 or len(providers) >= n:
+                return providers
+            self._node.runtime.check_open()
+            remaining = self._remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"{len(providers)} of {n} providers of {name!r} after {timeout} s")
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                continue
 
     def serve(self, name: str, handler: Handler | None = None) -> Any:
         """See :meth:`Node.serve`: handlers run on the node's service thread."""
@@ -373,7 +422,7 @@ class AsyncNode:
 
     async def gather(self, service: str, data: object, *, timeout: float = 0.5) -> GatherResult:
         """See :meth:`Node.gather`."""
-        providers = list(self._node._service_directory.providers(service))
+        providers = list(self._node.providers().get(service, {}))
         if not providers:
             raise NoProviders(service)
 
@@ -424,7 +473,7 @@ class AsyncNode:
 
         Raises meshq.RemoteError if ``name`` reads another prefix, ValueError.
         """
-        self._node._check_prefix(prefix)
+        self._node.runtime.check_prefix(prefix)
         subscription = AsyncDurableSubscription(
             self, prefix, name, start=start, ack=ack, ack_wait=ack_wait, max_deliver=max_deliver
         )
@@ -433,15 +482,16 @@ class AsyncNode:
 
     def subscribe(self, prefix: str) -> AsyncSubscription:
         """See :meth:`Node.subscribe`; call from the loop that will receive."""
-        self._node._check_prefix(prefix)
+        runtime = self._node.runtime
+        runtime.check_prefix(prefix)
         subscription = AsyncSubscription(
             prefix,
             context=self._context,
-            factory=self._node._sockets,
-            directory=self._node._directory,
-            limits=self._node._limits,
+            factory=runtime.sockets,
+            directory=runtime.state.publishers,
+            limits=runtime.limits,
         )
-        subscription.on_gap = self._node._count_missed
+        subscription.on_gap = runtime.count_missed
         self._subscriptions.add(subscription)
         return subscription
 
@@ -455,7 +505,7 @@ class AsyncNode:
             alive = [peer for peer in self._node.peers() if peer.state is PeerState.ALIVE]
             if len(alive) >= n:
                 return alive
-            self._node._check_open()
+            self._node.runtime.check_open()
             remaining = self._remaining(deadline)
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"{len(alive)} of {n} peers after {timeout} s")
@@ -480,7 +530,7 @@ class AsyncNode:
         """See :meth:`Node.events`: the same queue, awaited instead of blocked on."""
         deadline = None if timeout is None else self._loop.time() + timeout
         while True:
-            event = self._node._next_event_nowait()
+            event = self._node.runtime.state.next_event(0)
             if event is not None:
                 yield event
                 continue
@@ -518,6 +568,7 @@ class AsyncNode:
             finally:
                 self._loop.call_soon_threadsafe(_resolve, done)
 
+        SUBSCRIBERS.remove_listener(self._on_subscribers)
         threading.Thread(target=close_node, name="meshq-aclose", daemon=True).start()
         await asyncio.shield(done)
         self._wake_waiters()

@@ -144,6 +144,11 @@ class ServiceRunner:
         self._handlers: dict[str, Handler] = {}
         self._deferred: dict[str, DeferredHandler] = {}
         self._tickers: list[Ticker] = []
+        #: The service thread's own request sockets, and what reads their
+        #: replies (set by the node): while a ticker waits for something
+        #: (a handler's request, say) the thread wakes for their replies too.
+        self.reply_sockets: Callable[[], list[zmq.Socket]] = list  # type: ignore[type-arg]
+        self.read_replies: Callable[[], None] = _nothing
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]  # the service thread's
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -244,9 +249,21 @@ class ServiceRunner:
             while not self._stop.is_set():
                 if not backlog:
                     wait = self._tick(idle=True)
+                    # Only while a ticker waits for something: the request
+                    # path (no ticker waiting) pays nothing for it.
+                    replies = self.reply_sockets() if wait is not None else []
+                    for reply_sock in replies:
+                        poller.register(reply_sock, zmq.POLLIN)
+                    replied = False
                     for fd, _ in poller.poll(wait):
                         if fd == self._wake_read:
                             os.read(self._wake_read, 4096)  # a ticker was added: tick again
+                        elif fd is not sock:
+                            replied = True
+                    for reply_sock in replies:
+                        poller.unregister(reply_sock)
+                    if replied:
+                        self.read_replies()  # then the tickers see them settled
                 elif self._tickers and time.monotonic() >= tick_due:
                     wait = self._tick(idle=False)
                     tick_due = time.monotonic() + (0.05 if wait is None else wait / 1000)
@@ -354,6 +371,10 @@ class ServiceRunner:
     def _close_pipe(self) -> None:
         os.close(self._wake_read)
         os.close(self._wake_write)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _never_called(data: object) -> object:
