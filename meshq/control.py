@@ -34,7 +34,7 @@ from .protocol import (
     PeersChanged,
     Send,
 )
-from .publishing import PublishSocket, bind_all
+from .publishing import TAIL_INTERVAL, PublishSocket, bind_all
 from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
 from .state import NodeState
@@ -122,6 +122,7 @@ class ControlLoop:
         #: Wake-ups of the loop so far, and how many found a deadline due.
         self.wakeups = 0
         self.timer_runs = 0
+        self._next_tail = 0.0  # when tail markers are next due (monotonic s)
         directories = self.protocol.directories()
         state.set_directories(directories.publishers, directories.providers)
 
@@ -141,7 +142,7 @@ class ControlLoop:
         router, mailbox_fd = self._router, self._mailbox.fd
         quiet_until = 0.0  # see coalesce
         while self._running:
-            deadline = protocol.next_deadline()
+            deadline = min(protocol.next_deadline(), self._next_tail)
             ripe = self._sockets.refused.next_ripe()
             if ripe is not None and ripe < deadline:
                 deadline = ripe
@@ -169,6 +170,11 @@ class ControlLoop:
                     # A publishing thread that sent meanwhile may have taken
                     # the descriptor's wake-up: read subscriptions anyway.
                     self._publisher.process_commands()
+                if now >= self._next_tail:
+                    # Tail markers (PublishSocket.announce_tails); looked for
+                    # less often while no topic needs one.
+                    live = self._publisher.announce_tails()
+                    self._next_tail = now + (TAIL_INTERVAL if live else 4 * TAIL_INTERVAL)
                 if self._sockets.refused.ripe():
                     self._state.retry_refused()  # subscriptions retry refused links
             except Exception:  # a bug must not leave the node deaf and mute
