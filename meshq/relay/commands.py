@@ -8,9 +8,9 @@ meshq replay STREAM --from SEQ [--dead CONSUMER]     print stored messages (or d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..errors import MeshqError, Timeout
 from ..node import Node
@@ -86,9 +86,10 @@ def add_commands(
 
     def list_streams(args: argparse.Namespace) -> int:
         with make_node(args, "meshq-streams") as node:
-            deadline = time.monotonic() + args.wait
-            while not _relay_streams(node) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            with contextlib.suppress(Timeout):  # discovery takes a moment
+                node.wait_for_providers(
+                    lambda services: _streams_in(services) or None, timeout=args.wait
+                )
             names = _relay_streams(node)
             print(f"{len(names)} stream(s) on mesh {args.mesh!r}")
             for name in names:
@@ -110,15 +111,27 @@ def add_commands(
 
     def replay_stream(args: argparse.Namespace) -> int:
         with make_node(args, "meshq-replay") as node:
-            deadline = time.monotonic() + args.wait
-            while args.stream not in (streams := _relay_streams(node)):
-                slash_missing = not args.stream.endswith("/") and args.stream + "/" in streams
-                if slash_missing or time.monotonic() >= deadline:
-                    raise Timeout(
-                        f"no relay holds stream {args.stream!r}"
-                        + _did_you_mean(args.stream, streams)
-                    )
-                time.sleep(0.05)
+            wanted: str = args.stream
+            slashed = wanted + "/"
+
+            def held(services: Mapping[str, object]) -> str | None:
+                streams = _streams_in(services)
+                if wanted in streams:
+                    return wanted
+                # Named without its trailing slash: say so at once, not after --wait.
+                return slashed if not wanted.endswith("/") and slashed in streams else None
+
+            try:
+                stream = node.wait_for_providers(held, timeout=args.wait)
+            except Timeout:
+                streams = _relay_streams(node)
+                raise Timeout(
+                    f"no relay holds stream {wanted!r}{_did_you_mean(wanted, streams)}"
+                ) from None
+            if stream != wanted:
+                raise ValueError(
+                    f"no relay holds stream {wanted!r}{_did_you_mean(wanted, [stream])}"
+                )
             after, shown = args.start - 1, 0
             while shown < args.count:
                 limit = min(args.count - shown, 1000)
@@ -133,7 +146,7 @@ def add_commands(
                     break
                 for record in records:
                     when = datetime.datetime.fromtimestamp(record.time_ns / 1e9).isoformat()
-                    data = decode_payload(record.flags, record.payload, node._limits)
+                    data = decode_payload(record.flags, record.payload, node.limits)
                     tries = f" (dead after {record.deliveries} deliveries)" if args.dead else ""
                     print(f"#{record.seq} {when} {record.topic} {data!r}{tries}")
                     after = record.seq
@@ -144,7 +157,11 @@ def add_commands(
 
 
 def _relay_streams(node: Node) -> list[str]:
-    found = (stream_of_service(service) for service in node.services())
+    return _streams_in(node.providers())
+
+
+def _streams_in(services: Mapping[str, object]) -> list[str]:
+    found = (stream_of_service(service) for service in services)
     return sorted(stream for stream in found if stream is not None)
 
 
