@@ -192,6 +192,7 @@ def test_example_pubsub_sensors_runs() -> None:
         ("pipeline_sink", "sink received 100 results, sum of squares 328350"),
         ("scatter_gather", "no answer from: slow"),
         ("secure_mesh", "sensor refused"),
+        ("typed_orders", "billed [2, 3], total 5, messages missed 0"),
     ],
 )
 def test_example_runs(name: str, expected: str) -> None:

@@ -147,10 +147,10 @@ def test_a_durable_consumer_started_with_its_relay_running_does_not_warn(
 def test_a_topic_that_is_not_a_str_is_a_type_error_naming_it(mesh: str, topic: object) -> None:
     with meshq.Node("n", mesh=mesh, interfaces=LOOPBACK) as node:
         calls: list[Callable[[], object]] = [
-            lambda: node.publish(topic, 1),  # type: ignore[arg-type]  # the mistake under test
+            lambda: node.publish(topic, 1),  # type: ignore[call-overload]  # the mistake under test
             lambda: node.publish_many(topic, [1]),  # type: ignore[arg-type]
             lambda: node.publish_blocking(topic, 1),  # type: ignore[arg-type]
-            lambda: node.publish(topic, 1, durable=True),  # type: ignore[arg-type]
+            lambda: node.publish(topic, 1, durable=True),  # type: ignore[call-overload]
             lambda: node.subscribe(topic),  # type: ignore[call-overload]
         ]
         for call in calls:

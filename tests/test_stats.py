@@ -25,6 +25,12 @@ def documented_counters() -> set[str]:
     return names - config  # `event_queue_size` is named there as a setting
 
 
+def test_the_counter_list_is_the_documented_one() -> None:
+    from meshq.node import STATS_COUNTERS
+
+    assert set(STATS_COUNTERS) == documented_counters()
+
+
 def test_a_fresh_node_reports_every_documented_counter_as_zero(mesh: str) -> None:
     documented = documented_counters()
     assert {"messages_missed", "protocol_errors", "requests_served", "rejected"} <= documented
