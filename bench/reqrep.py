@@ -85,7 +85,14 @@ import meshq
 
 if __package__ in (None, ""):  # run as a script (python bench/x.py): make "bench" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import collect_reports, environment, ratio, wait_for_service, write_results
+from bench._common import (
+    collect_reports,
+    environment,
+    print_load,
+    ratio,
+    wait_for_service,
+    write_results,
+)
 
 System = Literal["raw", "meshq"]
 SYSTEMS: tuple[System, ...] = ("raw", "meshq")
@@ -579,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"requests {WINDOW} in flight; repeat {repeat}, medians shown",
         flush=True,
     )
+    load_start = print_load("start")
     began = time.monotonic()
     runs: dict[System, list[RunResult]] = {system: [] for system in SYSTEMS}
     failures: list[str] = []
@@ -603,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(results))
     wall = time.monotonic() - began
+    load_end = print_load("end")
     print(
         f"\n{wall:.1f} s wall; ratio = meshq / raw (medians; target: meshq p50 at most "
         f"1.3x raw); added = meshq - raw, us; cpu/rt, cpu @64 = caller CPU us per request "
@@ -629,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "aggregation": "per-run figures: median of runs; counts: totals",
             "cpu": "process_time (all threads) per request; provider over the whole run",
             **environment(),
+            "load_average_start": load_start,
+            "load_average_end": load_end,
             "wall_s": round(wall, 2),
         },
         "results": {
