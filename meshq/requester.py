@@ -370,6 +370,13 @@ class Requester:
 
     def pump(self, wait: float | None) -> None:
         """Handle replies and expired attempts, waiting at most ``wait`` s for a reply."""
+        if wait == 0.0 and len(self._dealers) == 1 and self._calls and not self._closed:
+            # A look without waiting at one link: ask the socket, not poll().
+            dealer = next(iter(self._dealers.values()))
+            if int(dealer.getsockopt(_EVENTS)) & _POLLIN:
+                self._read(dealer)
+            self._expire(time.monotonic())
+            return
         limit_ms = self.poll_limit(wait)
         if limit_ms is None:
             return

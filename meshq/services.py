@@ -103,7 +103,7 @@ class ReplyTo:
             flags, payload = encode_payload(result)
             self._answered = True
             self._runner.send_reply(
-                self._identity, encode_reply(self._request_id, 0, flags=flags, payload=payload)
+                self._identity, encode_answer(self._request_id, 0, flags, payload)
             )
             self._runner.count("requests_served")
 
