@@ -1,0 +1,145 @@
+"""Coalescing in the publish socket: bursts share frames, an idle message waits for nobody.
+
+The policy is driven by the socket's clock, which these tests replace with
+a fake one, so what is decided does not depend on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+import meshq
+from meshq.message import Message
+from meshq.wire import FLAG_BATCH, Limits, decode_data
+
+LOOPBACK = ["127.0.0.1"]
+LIMITS = Limits()
+
+
+class FakeClock:
+    """Nanoseconds that move only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000 * 10**9
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1e9)
+
+
+@pytest.fixture
+def publisher(mesh: str) -> Iterator[tuple[meshq.Node, FakeClock, zmq.Socket]]:  # type: ignore[type-arg]
+    """A node whose publish socket runs on a fake clock, and a raw SUB that sees its frames."""
+    clock = FakeClock()
+    with meshq.Node("coalescer", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node:
+        node._publisher.clock = clock
+        context = zmq.Context()
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVTIMEO, 5000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"c/")
+        sub.connect(node.publish_endpoints[0])
+        try:
+            node.wait_for_subscribers("c/x", 1, timeout=10)
+            yield node, clock, sub
+        finally:
+            sub.close()
+            context.term()
+
+
+def messages(frame: bytes) -> list[Message]:
+    decoded = decode_data(frame, LIMITS)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def test_an_idle_message_goes_at_once_and_a_burst_shares_one_frame(
+    publisher: tuple[meshq.Node, FakeClock, zmq.Socket],  # type: ignore[type-arg]
+) -> None:
+    node, clock, sub = publisher
+    node.publish("c/x", b"first")  # idle: sent at once, nobody else published
+    alone = sub.recv()
+    assert [(m.seq, m.data) for m in messages(alone)] == [(1, b"first")]
+    for index in range(2, 6):  # the clock stands still: a burst
+        node.publish("c/x", b"burst %d" % index)
+    clock.advance(0.001)  # past the hold time: the flusher sends the batch by itself
+    batch = sub.recv()
+    assert batch[batch.index(b"\0") + 18] & FLAG_BATCH
+    assert [(m.seq, m.data) for m in messages(batch)] == [(i, b"burst %d" % i) for i in range(2, 6)]
+    clock.advance(1.0)  # idle again
+    node.publish("c/x", b"late")
+    assert [(m.seq, m.data) for m in messages(sub.recv())] == [(6, b"late")]
+
+
+def test_order_across_topics_and_encodings_is_kept(
+    publisher: tuple[meshq.Node, FakeClock, zmq.Socket],  # type: ignore[type-arg]
+) -> None:
+    node, clock, sub = publisher
+    node.publish("c/x", b"a")  # idle
+    node.publish("c/x", b"b")  # held
+    node.publish("c/y", b"c")  # another topic: the held batch goes first
+    node.publish("c/y", {"d": 1})  # another encoding: likewise
+    node.publish("c/x", b"e")
+    node.publish_many("c/x", [b"f", b"g"])  # flushes what is held, then its own frame
+    clock.advance(0.001)
+    received: list[tuple[str, int, object]] = []
+    while len(received) < 7:
+        received += [(m.topic, m.seq, m.data) for m in messages(sub.recv())]
+    assert received == [
+        ("c/x", 1, b"a"),
+        ("c/x", 2, b"b"),
+        ("c/y", 1, b"c"),
+        ("c/y", 2, {"d": 1}),
+        ("c/x", 3, b"e"),
+        ("c/x", 4, b"f"),
+        ("c/x", 5, b"g"),
+    ]
+
+
+def test_large_payloads_are_never_held(
+    publisher: tuple[meshq.Node, FakeClock, zmq.Socket],  # type: ignore[type-arg]
+) -> None:
+    node, _, sub = publisher
+    big = bytes(100_000)
+    node.publish("c/x", b"small")
+    node.publish("c/x", big)  # busy, but too large to start a batch: sent at once
+    assert [m.data for m in messages(sub.recv())] == [b"small"]
+    assert [m.data for m in messages(sub.recv())] == [big]
+
+
+def test_a_burst_reaches_a_subscription_whole_in_order_without_gaps(mesh: str) -> None:
+    config = meshq.MeshConfig(publish_hwm=100_000, subscribe_hwm=100_000)
+    with (
+        meshq.Node(
+            "burster", mesh=mesh, interfaces=LOOPBACK, discovery=False, config=config
+        ) as node,
+        node.subscribe("burst/") as sub,
+    ):
+        node.wait_for_subscribers("burst/x", 1, timeout=10)
+        count = 20_000
+        for index in range(count):  # real clock: coalesced as fast as it goes
+            node.publish("burst/x", index.to_bytes(4, "big"))
+        deadline = time.monotonic() + 30
+        got: list[tuple[int, int]] = []
+        while len(got) < count and time.monotonic() < deadline:
+            message = sub.recv(timeout=5)  # the tail arrives with no further publish
+            got.append((message.seq, int.from_bytes(message.data, "big")))  # type: ignore[arg-type]
+        assert got == [(index + 1, index) for index in range(count)]
+        assert sub.gaps == 0 and sub.dropped == 0
+
+
+def test_close_sends_what_is_held_and_ends_the_flusher(mesh: str) -> None:
+    clock = FakeClock()
+    node = meshq.Node("closer", mesh=mesh, interfaces=LOOPBACK, discovery=False)
+    node._publisher.clock = clock
+    node.publish("c/x", b"one")
+    node.publish("c/x", b"two")  # held, and the clock never moves
+    flusher = node._publisher._flusher
+    assert flusher is not None and flusher.is_alive()
+    node.close()
+    assert not flusher.is_alive()
