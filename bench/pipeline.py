@@ -96,6 +96,7 @@ if __package__ in (None, ""):  # run as a script (python bench/x.py): make "benc
 from bench._common import (
     collect_reports,
     environment,
+    paired_ratios,
     print_load,
     ratio,
     write_results,
@@ -716,6 +717,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {system: summarise(runs[system]) for system in SYSTEMS}
     print()
     print(format_table(results))
+    raw_rates = [r["tasks_s"] for r in runs["raw"]]
+    print(
+        "ratio per round, median [min-max]: "
+        + ", ".join(
+            f"{system} {paired_ratios([r['tasks_s'] for r in runs[system]], raw_rates)}"
+            for system in SYSTEMS
+            if system != "raw"
+        )
+    )
     wall = time.monotonic() - began
     load_end = print_load("end")
     revision_end = source_revision()

@@ -88,6 +88,7 @@ if __package__ in (None, ""):  # run as a script (python bench/x.py): make "benc
 from bench._common import (
     collect_reports,
     environment,
+    paired_ratios,
     print_load,
     ratio,
     wait_for_service,
@@ -610,6 +611,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {system: summarise(runs[system]) for system in SYSTEMS}
     print()
     print(format_table(results))
+    raw_runs, mesh_runs = runs["raw"], runs["meshq"]
+    added = sorted(m["p50_us"] - r["p50_us"] for m, r in zip(mesh_runs, raw_runs, strict=True))
+    print(
+        "ratio per round, median [min-max]: p50 "
+        f"{paired_ratios([r['p50_us'] for r in mesh_runs], [r['p50_us'] for r in raw_runs])}, "
+        f"p99 {paired_ratios([r['p99_us'] for r in mesh_runs], [r['p99_us'] for r in raw_runs])}, "
+        f"req/s @{WINDOW} "
+        f"{paired_ratios([r['req_s'] for r in mesh_runs], [r['req_s'] for r in raw_runs])}; "
+        f"added p50 per round {added[0]:.1f} to {added[-1]:.1f} us"
+    )
     wall = time.monotonic() - began
     load_end = print_load("end")
     print(
