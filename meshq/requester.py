@@ -41,6 +41,7 @@ _bad_input_log = RateLimitedLog(log, interval=5.0)
 _LOAD_FRESH = 1.0  # seconds a provider's reported load counts for balancing
 _CONNECT_WAIT = 0.05  # seconds a request may wait for its link to a provider
 _SCAN_EVERY = 0.1  # seconds between checks for attempts whose provider left
+_MAX_NAMES = 1024  # service names whose encoding a caller remembers
 # Plain ints: the zmq constants are enum members, whose operators run in Python.
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
@@ -181,6 +182,7 @@ class Requester:
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]  # by endpoint
         self._refusals_handled: dict[str, float] = {}  # see SocketFactory.refused
         self._dealer_made: dict[str, float] = {}  # endpoint -> when its DEALER was made
+        self._names: dict[str, bytes] = {}  # service -> its checked UTF-8 name
         self._poller = zmq.Poller()
         self._calls: dict[int, _Call] = {}  # by attempt id
         self._outstanding: collections.Counter[str] = collections.Counter()
@@ -209,7 +211,11 @@ class Requester:
             raise Closed("node is closed")
         if timeout <= 0 or retries < 0:
             raise ValueError("need timeout > 0 seconds and retries >= 0")
-        name = check_service_name(service)
+        name = self._names.get(service)
+        if name is None:
+            name = check_service_name(service)
+            if len(self._names) < _MAX_NAMES:
+                self._names[service] = name
         flags, payload = encode_payload(data)
         self._retry_refused()
         call = _Call(service, name, flags, payload, timeout, retries, only)
@@ -246,7 +252,7 @@ class Requester:
             return False
         provider = candidates[0] if len(candidates) == 1 else min(candidates, key=self._busyness)
         call.endpoint = providers[provider]
-        dealer = self._dealer(call.endpoint)
+        dealer = self._dealers.get(call.endpoint) or self._dealer(call.endpoint)
         call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
         call.provider = provider
         call.tried.add(provider)
@@ -267,7 +273,8 @@ class Requester:
             raise Closed(f"request socket failed: {exc}") from exc
         self._calls[call.attempt_id] = call
         self._outstanding[provider] += 1
-        self._next_scan = min(self._next_scan, call.deadline)
+        if call.deadline < self._next_scan:
+            self._next_scan = call.deadline
         return True
 
     def _busyness(self, provider: str) -> tuple[int, float]:
