@@ -29,7 +29,16 @@ from .message import Message
 from .ownership import Owner, current
 from .ratelimit import RateLimitedLog
 from .sockets import RefusedLinks, SocketFactory
-from .wire import DATA_HEADER_BYTES, NODE_ID_BYTES, PROTOCOL_VERSION, Limits, decode_data
+from .wire import (
+    DATA_HEADER_BYTES,
+    ENTRY_HEADER_BYTES,
+    FLAG_BATCH,
+    MAX_BATCH,
+    NODE_ID_BYTES,
+    PROTOCOL_VERSION,
+    Limits,
+    decode_data,
+)
 
 __all__ = [
     "BLOCKING_SUFFIX",
@@ -223,6 +232,7 @@ _FAST_HEAD = struct.Struct(f">B{NODE_ID_BYTES}xBQ8x").unpack_from
 assert struct.calcsize(f">B{NODE_ID_BYTES}xBQ8x") == DATA_HEADER_BYTES
 _STREAM_END = 2 + NODE_ID_BYTES  # a stream key ends after the sender id
 _PAYLOAD_START = 1 + DATA_HEADER_BYTES  # from the topic's NUL
+_ENTRY_LENGTH = struct.Struct(">I").unpack_from  # a batch entry's length
 _GAP_LOG = 100
 
 
@@ -270,7 +280,11 @@ class Inbox:
             except struct.error:  # truncated: the codec names the fault
                 pass
             else:
-                if not flags and version == PROTOCOL_VERSION and len(frame) <= end + self._most:
+                if flags == FLAG_BATCH and version == PROTOCOL_VERSION:
+                    batch = self._take_batch(frame, end, seq)
+                    if batch is not None:
+                        return batch
+                elif not flags and version == PROTOCOL_VERSION and len(frame) <= end + self._most:
                     stream = frame[: end + _STREAM_END]
                     last_seq = self._last_seq
                     previous = last_seq.get(stream)
@@ -282,6 +296,48 @@ class Inbox:
                     last_seq[stream] = seq
                     return Message(frame, end, seq, frame[end + _PAYLOAD_START :])
         return self._take_decoded(frame)
+
+    def _take_batch(self, frame: bytes, end: int, first: int) -> Message | None:
+        """:meth:`_take` for a batch of raw payloads (publish_many, coalesced bursts).
+
+        One pass over the entries, making the Messages as it goes; None
+        (nothing kept) for anything the codec should judge instead.
+        """
+        size = len(frame)
+        if size > end + self._most:
+            return None
+        messages: list[Message] = []
+        append = messages.append
+        unpack = _ENTRY_LENGTH
+        position = end + _PAYLOAD_START
+        seq = first
+        try:
+            while position < size:
+                (length,) = unpack(frame, position)
+                position += ENTRY_HEADER_BYTES
+                stop = position + length
+                if stop > size:
+                    return None  # truncated entry
+                append(Message(frame, end, seq, frame[position:stop]))
+                seq += 1
+                position = stop
+        except struct.error:  # fewer than 4 bytes left
+            return None
+        if not messages or len(messages) > MAX_BATCH:
+            return None
+        stream = frame[: end + _STREAM_END]
+        last_seq = self._last_seq
+        previous = last_seq.get(stream)
+        if previous is not None:
+            if first > previous + 1:
+                self._record_gap(frame, end, first - previous - 1)
+        elif len(last_seq) >= _MAX_STREAMS:
+            last_seq.clear()
+        last_seq[stream] = seq - 1
+        if len(messages) > 1:
+            self._pending.extend(messages)
+            return self._pending.popleft()
+        return messages[0]
 
     def _take_decoded(self, frame: bytes) -> Message | None:
         """:meth:`_take` for any frame, through the codec."""
