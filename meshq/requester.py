@@ -15,8 +15,8 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import math
 import random
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from .ratelimit import RateLimitedLog
 from .services import ServiceDirectory
 from .servicewire import Reply, check_service_name, decode_reply, encode_request
 from .sockets import SocketFactory
-from .wire import Limits, encode_payload
+from .wire import FLAG_MSGPACK, PROTOCOL_VERSION, Limits, decode_payload, encode_payload
 
 __all__ = ["GatherResult", "RequestFuture", "Requester"]
 
@@ -42,6 +42,10 @@ _LOAD_FRESH = 1.0  # seconds a provider's reported load counts for balancing
 _CONNECT_WAIT = 0.05  # seconds a request may wait for its link to a provider
 _SCAN_EVERY = 0.1  # seconds between checks for attempts whose provider left
 _MAX_NAMES = 1024  # service names whose encoding a caller remembers
+# A reply's head (servicewire): "A", version, flags, request id, load.
+_REPLY = struct.Struct(">cBBQI")
+_REPLY_HEAD = _REPLY.unpack_from
+_REPLY_HEAD_BYTES = _REPLY.size
 # Plain ints: the zmq constants are enum members, whose operators run in Python.
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
@@ -75,6 +79,11 @@ class _Call:
         "tried",
     )
 
+    # Set by each attempt (_send), never read before it.
+    attempt_id: int
+    endpoint: str
+    deadline: float
+
     def __init__(
         self,
         service: str,
@@ -94,11 +103,9 @@ class _Call:
         self.only = only  # gather: this provider and no other
         self.tried: set[str] = set()
         self.attempts = 0
+        # provider, endpoint, attempt_id and deadline: set by each attempt (_send)
         self.provider = ""
-        self.endpoint = ""
         self.on_done: Callable[[_Call], None] | None = None  # an event loop's wake-up
-        self.attempt_id = 0
-        self.deadline = 0.0
         self.done = False
         self.result: object = None
         self.error: BaseException | None = None
@@ -189,8 +196,10 @@ class Requester:
         self._load: dict[str, tuple[int, float]] = {}  # provider -> (load, when reported)
         self._ids = itertools.count(random.getrandbits(48))
         self._next_scan = 0.0  # when _expire next looks at every call (monotonic)
-        # (DEALER, ms) whose RCVTIMEO wait_for set last: set again only on a change.
-        self._recv_timeout: tuple[zmq.Socket, int] | None = None  # type: ignore[type-arg]
+        # The only DEALER, while there is exactly one (wait_for blocks in
+        # it), and the RCVTIMEO (ms) wait_for last gave it (-1: not set).
+        self._sole_dealer: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._recv_timeout_ms = -1
         self._closed = False
 
     def owner_error(self, service: str) -> RuntimeError:
@@ -306,15 +315,21 @@ class Requester:
             dealer.setsockopt(zmq.SNDTIMEO, int(_CONNECT_WAIT * 1000))
             self._factory.connect(dealer, endpoint)  # refused: requests time out
             self._dealers[endpoint] = dealer
+            self._set_sole_dealer()
             self._dealer_made[endpoint] = time.monotonic()
             self._poller.register(dealer, zmq.POLLIN)
         return dealer
 
+    def _set_sole_dealer(self) -> None:
+        sole = next(iter(self._dealers.values())) if len(self._dealers) == 1 else None
+        if sole is not self._sole_dealer:
+            self._sole_dealer = sole
+            self._recv_timeout_ms = -1  # a new socket: its RCVTIMEO is not ours yet
+
     def _close_dealer(self, endpoint: str) -> None:
         dealer = self._dealers.pop(endpoint, None)
         self._dealer_made.pop(endpoint, None)
-        if self._recv_timeout is not None and self._recv_timeout[0] is dealer:
-            self._recv_timeout = None
+        self._set_sole_dealer()
         if dealer is not None:
             self._poller.unregister(dealer)
             dealer.close(linger=0)
@@ -348,24 +363,25 @@ class Requester:
         """
         until = None if timeout is None else time.monotonic() + timeout
         while not call.done:
-            if len(self._dealers) != 1 or self._closed:
+            dealer = self._sole_dealer
+            if dealer is None or self._closed:
                 remaining = None if until is None else max(0.0, until - time.monotonic())
                 self.wait([call], remaining)
                 return
             now = time.monotonic()
-            if now >= self._next_scan:
+            limit = self._next_scan - now
+            if limit <= 0:
                 self._expire(now)
                 continue
-            limit = self._next_scan - now
             if until is not None:
                 if now >= until:
                     return
                 limit = min(limit, until - now)
-            ms = max(1, math.ceil(limit * 1000))
-            dealer = next(iter(self._dealers.values()))
-            if self._recv_timeout != (dealer, ms):
+            # Whole ms, rounded up; set again only when it changed.
+            ms = int(limit * 1000) + 1
+            if ms != self._recv_timeout_ms:
                 dealer.setsockopt(_RCVTIMEO, ms)
-                self._recv_timeout = (dealer, ms)
+                self._recv_timeout_ms = ms
             try:
                 frame = dealer.recv()
             except zmq.Again:
@@ -377,9 +393,9 @@ class Requester:
 
     def pump(self, wait: float | None) -> None:
         """Handle replies and expired attempts, waiting at most ``wait`` s for a reply."""
-        if wait == 0.0 and len(self._dealers) == 1 and self._calls and not self._closed:
+        dealer = self._sole_dealer
+        if wait == 0.0 and dealer is not None and self._calls and not self._closed:
             # A look without waiting at one link: ask the socket, not poll().
-            dealer = next(iter(self._dealers.values()))
             if int(dealer.getsockopt(_EVENTS)) & _POLLIN:
                 self._read(dealer)
             self._expire(time.monotonic())
@@ -438,6 +454,28 @@ class Requester:
 
     def _on_reply(self, frame: bytes) -> None:
         """Settle the call that ``frame`` answers (or count it late or malformed)."""
+        try:
+            kind, version, flags, request_id, load = _REPLY_HEAD(frame)
+        except struct.error:
+            kind = b""
+        if kind == b"A" and version == PROTOCOL_VERSION and flags <= FLAG_MSGPACK:
+            # A plain result, the common reply: decoded here, without a Reply.
+            call = self._calls.pop(request_id, None)
+            if call is None:
+                self._count("late_replies")  # its attempt timed out: drop it
+                return
+            try:
+                data = decode_payload(flags, frame[_REPLY_HEAD_BYTES:], self._limits)
+            except ProtocolError as exc:
+                self._calls[request_id] = call  # not an answer: the call waits on
+                self._count("reply_protocol_errors")
+                _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
+                return
+            provider = call.provider
+            self._outstanding[provider] -= 1
+            self._load[provider] = (load, time.monotonic())
+            self._finish(call, result=data)
+            return
         try:
             reply = decode_reply(frame, self._limits)
         except ProtocolError as exc:
