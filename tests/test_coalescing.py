@@ -161,3 +161,25 @@ def test_close_sends_what_is_held_and_ends_the_flusher(mesh: str) -> None:
     assert flusher is not None and flusher.is_alive()
     node.close()
     assert not flusher.is_alive()
+
+
+def test_a_tail_marker_never_overtakes_held_messages(
+    publisher: tuple[meshq.Node, FakeClock, zmq.Socket],  # type: ignore[type-arg]
+) -> None:
+    node, _, sub = publisher
+    node.publish("c/x", b"one")  # idle: at once
+    node.publish("c/x", b"two")  # held (the fake clock stands still)
+    node._publisher.announce_tails()  # what the control thread does every 0.5 s
+    seen: list[object] = []  # data in arrival order
+    deadline = time.monotonic() + 10
+    while True:  # until the marker for seq 2 (the control thread may add its own)
+        assert time.monotonic() < deadline
+        frame = sub.recv()
+        decoded = decode_data(frame, LIMITS)
+        if isinstance(decoded, (list, Message)):
+            seen += [m.data for m in messages(frame)]
+            continue
+        assert decoded.seq <= len(seen)  # a marker never counts what has not arrived
+        if decoded.seq == 2:
+            break
+    assert seen == [b"one", b"two"]
