@@ -38,7 +38,7 @@ def publisher(mesh: str) -> Iterator[tuple[meshq.Node, FakeClock, zmq.Socket]]: 
     """A node whose publish socket runs on a fake clock, and a raw SUB that sees its frames."""
     clock = FakeClock()
     with meshq.Node("coalescer", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node:
-        node._publisher.clock = clock
+        node.runtime.publisher.clock = clock
         context = zmq.Context()
         sub = context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -154,10 +154,10 @@ def test_a_burst_reaches_a_subscription_whole_in_order_without_gaps(mesh: str) -
 def test_close_sends_what_is_held_and_ends_the_flusher(mesh: str) -> None:
     clock = FakeClock()
     node = meshq.Node("closer", mesh=mesh, interfaces=LOOPBACK, discovery=False)
-    node._publisher.clock = clock
+    node.runtime.publisher.clock = clock
     node.publish("c/x", b"one")
     node.publish("c/x", b"two")  # held, and the clock never moves
-    flusher = node._publisher._flusher
+    flusher = node.runtime.publisher._flusher
     assert flusher is not None and flusher.is_alive()
     node.close()
     assert not flusher.is_alive()
@@ -169,7 +169,7 @@ def test_a_tail_marker_never_overtakes_held_messages(
     node, _, sub = publisher
     node.publish("c/x", b"one")  # idle: at once
     node.publish("c/x", b"two")  # held (the fake clock stands still)
-    node._publisher.announce_tails()  # what the control thread does every 0.5 s
+    node.runtime.publisher.announce_tails()  # what the control thread does every 0.5 s
     seen: list[object] = []  # data in arrival order
     deadline = time.monotonic() + 10
     while True:  # until the marker for seq 2 (the control thread may add its own)
