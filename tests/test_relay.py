@@ -18,6 +18,7 @@ import msgpack
 import pytest
 
 import meshq
+from meshq.relay import JetStreamStore
 from meshq.relay.store import Store
 
 LOOPBACK = ["127.0.0.1"]
@@ -30,11 +31,46 @@ def wait_for_relay(node: meshq.Node, stream: str, relays: int = 1) -> None:
         time.sleep(0.01)
 
 
-@pytest.fixture
-def relay_node(mesh: str, tmp_path: Path) -> Iterator[meshq.Relay]:
+@pytest.fixture(params=["sqlite", "jetstream"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each durable-stream test runs against both stores: SQLite, and a 3-server
+    JetStream cluster (R3) behind a gateway relay."""
+    return str(request.param)
+
+
+def make_relay(
+    request: pytest.FixtureRequest,
+    kind: str,
+    mesh: str,
+    data: Path,
+    streams: list[str | meshq.StreamConfig],
+    **options: float,
+) -> meshq.Relay:
+    """A relay on a new node of ``mesh``: SQLite in ``data``, or the session's cluster."""
     node = meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK)
-    relay = meshq.Relay(
-        node,
+    try:
+        if kind == "sqlite":
+            return meshq.Relay(node, data, streams, **options)
+        cluster = request.getfixturevalue("nats_cluster")
+        store = JetStreamStore(cluster.urls, replicas=3)
+        try:
+            return meshq.Relay(node, streams=streams, store=store, **options)
+        except BaseException:
+            store.close()
+            raise
+    except BaseException:
+        node.close()
+        raise
+
+
+@pytest.fixture
+def relay_node(
+    request: pytest.FixtureRequest, store_kind: str, mesh: str, tmp_path: Path
+) -> Iterator[meshq.Relay]:
+    relay = make_relay(
+        request,
+        store_kind,
+        mesh,
         tmp_path / "relay",
         ["orders/", meshq.StreamConfig("audit/", durability="batched")],
     )
