@@ -145,6 +145,10 @@ class _Consumer:
     max_deliver: int
     #: seq -> reply subject of its latest delivery through this relay.
     subjects: dict[int, str] = field(default_factory=dict)
+    #: Delivered to this relay, not yet handed on: a reply was full.
+    held: list[Msg] = field(default_factory=list)
+    #: Bytes of the largest payload seen (+1), to size the pulls.
+    largest: int = 16 * 1024
 
 
 class _Pulls:
@@ -164,7 +168,6 @@ class _Pulls:
         batch: int,
         *,
         expires: float = 0.0,
-        max_bytes: int = _FETCH_BYTES,
     ) -> list[Msg]:
         """Up to ``batch`` messages: what is there now, or (``expires`` > 0 s) what comes
         within that time. Ends at JetStream's status answer (no messages, timeout)."""
@@ -172,7 +175,7 @@ class _Pulls:
         inbox = nc.new_inbox()
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         subscription = await nc.subscribe(inbox, cb=_put(queue))
-        request: dict[str, object] = {"batch": batch, "max_bytes": max_bytes}
+        request: dict[str, object] = {"batch": batch}
         if expires > 0:
             request["expires"] = int(expires * 1e9)
         else:
@@ -200,7 +203,8 @@ class _Pulls:
                 if status == "100":  # heartbeat
                     continue
                 if status:
-                    log.warning("pull from %s.%s %s: %s", stream, consumer, request, msg.headers)
+                    if status not in ("404", "408"):
+                        log.debug("pull from %s.%s: %s", stream, consumer, msg.headers)
                     break
                 found.append(msg)
         finally:
@@ -559,29 +563,54 @@ class JetStreamStore:
             request.max_deliver,
         )
         await self._reply_each(consumer, request.acks, b"+ACK")
-        assert self._pulls is not None
-        pulls = self._pulls
-        js_stream, durable = consumer.stream.name, consumer.durable
-        found = await pulls.pull(js_stream, durable, request.limit)
-        if not found and request.wait > 0:
-            # Long poll for one, then take what else is there: a pull for
-            # more would hold messages back until it filled or expired.
-            found = await pulls.pull(js_stream, durable, 1, expires=request.wait)
-            if found and request.limit > 1:
-                found += await pulls.pull(js_stream, durable, request.limit - 1)
+        found = await self._take(consumer, request.limit, request.wait)
         records: list[list[object]] = []
-        skipped = []
-        for msg in found:
+        size = 0
+        for i, msg in enumerate(found):
+            if size >= _FETCH_BYTES:  # the reply is full: the rest waits here
+                consumer.held = found[i:] + consumer.held
+                break
             seq, deliveries, time_ns = _ack_fields(msg.reply)
             topic = topic_of_token(msg.subject[len(consumer.stream.subject_prefix) :])
             if not topic.startswith(consumer.prefix):
-                skipped.append(msg.reply)  # not for this consumer: done
+                await self._nc_publish(msg.reply, b"+ACK")  # not for this consumer: done
                 continue
             _remember(consumer.subjects, seq, msg.reply)
             records.append(_record(seq, topic, msg, time_ns, deliveries))
-        for subject in skipped:
-            await self._nc_publish(subject, b"+ACK")
+            size += len(msg.data)
         return records
+
+    async def _take(self, consumer: _Consumer, limit: int, wait: float) -> list[Msg]:
+        """Up to ``limit`` deliveries of about _FETCH_BYTES at most (more may come: the
+        caller holds them back), waiting up to ``wait`` s for the first one.
+
+        Pulls go in chunks sized by the largest message seen: JetStream's own
+        max_bytes bound could not be used (nats-server 2.15 answered such
+        pulls "409 Batch Completed" without their messages, in this
+        project's tests).
+        """
+        assert self._pulls is not None
+        pulls = self._pulls
+        js_stream, durable = consumer.stream.name, consumer.durable
+        found, consumer.held = consumer.held[:limit], consumer.held[limit:]
+        size = sum(len(msg.data) for msg in found)
+        waited = False
+        while len(found) < limit and size < _FETCH_BYTES:
+            chunk = max(1, min(limit - len(found), (_FETCH_BYTES - size) // consumer.largest))
+            got = await pulls.pull(js_stream, durable, chunk)
+            if not got and not found and wait > 0 and not waited:
+                # Long poll for one, then take what else is there: a waiting
+                # pull for more would hold messages back until it filled.
+                waited = True
+                got = await pulls.pull(js_stream, durable, 1, expires=wait)
+                chunk = 1
+            for msg in got:
+                consumer.largest = max(consumer.largest, len(msg.data) + 1)
+                size += len(msg.data)
+            found += got
+            if len(got) < chunk:
+                break
+        return found
 
     async def _nc_publish(self, subject: str, data: bytes) -> None:
         assert self._nc is not None
@@ -657,8 +686,11 @@ class JetStreamStore:
             records.append(_record(seq, topic, msg, time_ns, 0))
         return records
 
-    async def _scan(self, stream: str, first: int, limit: int, subject: str) -> list[Msg]:
-        """Up to ``limit`` messages of ``stream`` from seq ``first`` (an ephemeral consumer)."""
+    async def _scan(
+        self, stream: str, first: int, limit: int, subject: str, max_bytes: int = _FETCH_BYTES
+    ) -> list[Msg]:
+        """Up to ``limit`` messages of ``stream`` from seq ``first`` (an ephemeral consumer),
+        about ``max_bytes`` of payload at most (at least one)."""
         assert self._jsm is not None and self._pulls is not None
         api = self._nats.js.api
         info = await self._jsm.add_consumer(
@@ -673,8 +705,19 @@ class JetStreamStore:
                 num_replicas=1,
             ),
         )
+        found: list[Msg] = []
+        size, largest = 0, 16 * 1024
         try:
-            return await self._pulls.pull(stream, info.name, limit)
+            while len(found) < limit and size < max_bytes:
+                chunk = max(1, min(limit - len(found), (max_bytes - size) // largest))
+                got = await self._pulls.pull(stream, info.name, chunk)
+                for msg in got:
+                    largest = max(largest, len(msg.data) + 1)
+                    size += len(msg.data)
+                found += got
+                if len(got) < chunk:
+                    break
+            return found
         finally:
             try:
                 await self._jsm.delete_consumer(stream, info.name)
@@ -686,7 +729,7 @@ class JetStreamStore:
         js_stream = self._streams[stream]
         durable = _durable_name(request.consumer)
         advisories = await self._scan(
-            js_stream.dead, 1, 1_000_000, f"{_ADVISORY}.{js_stream.name}.{durable}"
+            js_stream.dead, 1, 1_000_000, f"{_ADVISORY}.{js_stream.name}.{durable}", 1 << 62
         )
         letters: dict[int, int] = {}
         for advisory in advisories:
@@ -753,14 +796,23 @@ class JetStreamStore:
 
     # ------------------------------------------------------------------
 
+    async def _shutdown(self) -> None:
+        """End the requests in flight (their answers fail), then close the connection."""
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._nc is not None:
+            await self._nc.close()
+
     def close(self) -> None:
         """Drain the connection, stop the loop and its thread."""
         if self._closed:
             return
         self._closed = True
         try:
-            if self._nc is not None:
-                self._call(self._nc.close(), 10.0)
+            self._call(self._shutdown(), 10.0)
         except Exception as exc:
             log.debug("NATS connection close: %s", exc)
         finally:
