@@ -44,17 +44,16 @@ def make_relay(
     mesh: str,
     data: Path,
     streams: list[str | meshq.StreamConfig],
-    **options: float,
 ) -> meshq.Relay:
     """A relay on a new node of ``mesh``: SQLite in ``data``, or the session's cluster."""
     node = meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK)
     try:
         if kind == "sqlite":
-            return meshq.Relay(node, data, streams, **options)
+            return meshq.Relay(node, data, streams)
         cluster = request.getfixturevalue("nats_cluster")
         store = JetStreamStore(cluster.urls, replicas=3)
         try:
-            return meshq.Relay(node, streams=streams, store=store, **options)
+            return meshq.Relay(node, streams=streams, store=store)
         except BaseException:
             store.close()
             raise

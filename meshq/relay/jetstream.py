@@ -43,7 +43,6 @@ import concurrent.futures
 import datetime
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import re
@@ -310,7 +309,9 @@ class JetStreamStore:
         except Exception as exc:
             raise MeshqError(f"JetStream at {self.servers}: {type(exc).__name__}: {exc}") from exc
 
-    async def _attach(self, streams: Sequence[StreamConfig], dedup_window: float, mesh: str) -> None:
+    async def _attach(
+        self, streams: Sequence[StreamConfig], dedup_window: float, mesh: str
+    ) -> None:
         api = self._nats.js.api
         nc = await self._nats.connect(
             servers=self.servers,

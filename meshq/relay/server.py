@@ -123,6 +123,8 @@ class Relay:
     cannot be opened, meshq.BindError if the service port is taken.
     """
 
+    counts: dict[str, int]
+
     def __init__(
         self,
         node: Node,
@@ -171,7 +173,7 @@ class Relay:
         self._next_housekeeping = 0.0
         self._conflicts: set[str] = set()
         #: Counters: stored, duplicates, confirmed, delivered, corrupt ...
-        self.counts: dict[str, int] = {}
+        self.counts = {}
         self._operations: dict[str, Callable[[str, list[object], ReplyTo], None]] = {
             "pub": self._publish,
             "pubs": self._publish,
