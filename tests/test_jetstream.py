@@ -12,11 +12,10 @@ import sys
 import time
 from collections.abc import Iterator
 
+import nats
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-import nats
 
 import meshq
 from meshq.relay import JetStreamStore
