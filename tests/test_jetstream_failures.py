@@ -66,7 +66,7 @@ async def caught_up(cluster: NatsCluster, stream: str, wiped: str) -> dict[str, 
             assert info.cluster is not None
             replicas = {str(info.cluster.leader): "leader"}
             for peer in info.cluster.replicas or []:
-                replicas[peer.name] = "current" if peer.current and not peer.lag else "behind"
+                replicas[str(peer.name)] = "current" if peer.current and not peer.lag else "behind"
             if len(replicas) == 3 and "behind" not in replicas.values():
                 return dict(replicas)
             assert time.monotonic() < deadline, f"{wiped} did not catch up: {replicas}"
