@@ -162,3 +162,14 @@ def test_relay_command_serves_a_stream_from_jetstream(mesh: str, nats_cluster: N
     finally:
         relay.kill()
         relay.wait()
+
+
+def test_a_message_over_the_servers_max_payload_is_refused_with_an_error(
+    mesh: str, two_gateways: list[meshq.Relay]
+) -> None:
+    with meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client:
+        wait_for_providers(client, 2)
+        big = b"x" * (1024 * 1024 + 1)  # nats-server's max_payload is 1 MiB by default
+        with pytest.raises(meshq.RemoteError, match="payload"):
+            client.publish("orders/big", big, durable=True, timeout=10)
+        assert client.publish("orders/small", b"x", durable=True) == 1  # and it goes on

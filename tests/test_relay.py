@@ -276,21 +276,29 @@ def test_two_relays_claiming_a_stream_is_a_configuration_error(
             client.publish("orders/a", 1, durable=True)
 
 
-def test_retention_by_count_keeps_the_newest(mesh: str, tmp_path: Path) -> None:
-    with (
-        meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK) as node,
-        meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client,
-    ):
-        relay = meshq.Relay(node, tmp_path, [meshq.StreamConfig("m/", max_messages=3)])
-        wait_for_relay(client, "m/")
-        for i in range(10):
-            client.publish("m/x", i, durable=True)
-        deadline = time.monotonic() + 10
-        while relay.counts.get("trimmed", 0) < 7:
-            assert time.monotonic() < deadline, relay.counts
-            time.sleep(0.05)
-        with client.subscribe("m/", durable="late") as sub:
-            assert [sub.recv(timeout=5).data for _ in range(3)] == [7, 8, 9]
+def test_retention_by_count_keeps_the_newest(
+    request: pytest.FixtureRequest, store_kind: str, mesh: str, tmp_path: Path
+) -> None:
+    config = meshq.StreamConfig("m/", max_messages=3)
+    relay = make_relay(request, store_kind, mesh, tmp_path, [config])
+    try:
+        with meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client:
+            wait_for_relay(client, "m/")
+            for i in range(10):
+                client.publish("m/x", i, durable=True)
+            deadline = time.monotonic() + 10
+            while True:  # retention runs as the SQLite relay's housekeeping, at least each 1 s
+                info = client.request("meshq/relay/m/", ["info"], timeout=5)
+                assert isinstance(info, dict)
+                if info["messages"] <= 3:
+                    break
+                assert time.monotonic() < deadline, info
+                time.sleep(0.05)
+            assert (info["messages"], info["first_seq"], info["last_seq"]) == (3, 8, 10)
+            with client.subscribe("m/", durable="late") as sub:
+                assert [sub.recv(timeout=5).data for _ in range(3)] == [7, 8, 9]
+    finally:
+        relay.close()
 
 
 def test_a_flipped_byte_is_refused_loudly_and_never_served(
