@@ -400,13 +400,16 @@ class JetStreamStore:
                         headers={"Nats-Msg-Id": pub.msg_id.hex(), "Meshq-Flags": str(pub.flags)},
                     )
                 )
-            acks = await asyncio.gather(
-                *(_bounded(f, max(0.05, deadline - time.monotonic())) for f in futures),
-                return_exceptions=True,
-            )
+            # One wait for the lot: no task per message.
+            _, late = await asyncio.wait(futures, timeout=max(0.05, deadline - time.monotonic()))
             failed = []
             now = time.time_ns()
-            for i, ack in zip(todo, acks, strict=True):
+            for i, future in zip(todo, futures, strict=True):
+                if future in late:
+                    future.cancel()
+                    failed.append(i)
+                    continue
+                ack = future.exception() or future.result()
                 if isinstance(ack, BaseException):
                     transient = isinstance(
                         ack,
@@ -833,10 +836,6 @@ def _settle(reply: Reply, future: concurrent.futures.Future[Any]) -> None:
         reply.fail(error)
     else:
         reply.fail(MeshqError(f"JetStream: {type(error).__name__}: {error}"))
-
-
-async def _bounded(future: Awaitable[Any], timeout: float) -> Any:
-    return await asyncio.wait_for(future, timeout)
 
 
 def _remember(subjects: dict[int, str], seq: int, subject: str) -> None:
