@@ -75,6 +75,7 @@ _FETCH_BYTES = 1024 * 1024
 #: (no leader during an election, a server restarting); the publisher
 #: resends after its own attempt timeout anyway, with the same ids.
 _PUBLISH_RETRY = 3.0
+_RETRY_PAUSE = 0.05  # seconds between retries of a publish JetStream could not take
 _API_TIMEOUT = 5.0
 _MAX_ACK_PENDING = 100_000
 #: Ack subjects remembered per consumer (seq -> the delivery's reply subject).
@@ -434,6 +435,9 @@ class JetStreamStore:
             if time.monotonic() >= deadline:
                 raise MeshqError(f"JetStream did not acknowledge {len(failed)} messages in time")
             todo = failed  # same ids: what did get stored is deduplicated
+            # "No responders" comes back at once while a stream elects its
+            # leader: a short pause keeps the retries from spinning.
+            await asyncio.sleep(_RETRY_PAUSE)
 
     # ------------------------------------------------------------------
     # Consumers
