@@ -160,9 +160,10 @@ class Gateway:
 
     def _hand_back(self, answer: _Answer) -> None:
         self._answers.append(answer)
-        if not self._signalled:
+        if not self._signalled and not self.node.closed:
             # One wake-up per batch of answers: the ticker clears the flag
             # before it empties the queue, so no answer waits for another.
+            # (A closed node's wake-up pipe is gone, its number maybe reused.)
             self._signalled = True
             self._wake()
 
@@ -189,6 +190,6 @@ class Gateway:
             self.counts[what] = self.counts.get(what, 0) + n
 
     def close(self) -> None:
-        """Close the node, then the store."""
-        self.node.close()
+        """Close the store (what it still owed is answered with an error), then the node."""
         self.store.close()
+        self.node.close()

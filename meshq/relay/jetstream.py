@@ -280,6 +280,7 @@ class JetStreamStore:
         )
         self._thread.start()
         self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()  # requests running (loop thread only)
 
     # ------------------------------------------------------------------
     # The bridge: coroutines to the store's loop, answers back by Reply
@@ -294,8 +295,18 @@ class JetStreamStore:
             coro.close()
             reply.fail(MeshqError("relay store is closed"))
             return
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._tracked(coro), self._loop)
         future.add_done_callback(functools.partial(_settle, reply))
+
+    async def _tracked(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` as a task that close() can cancel and wait for."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            return await coro
+        finally:
+            self._tasks.discard(task)
 
     # ------------------------------------------------------------------
     # Setup
@@ -806,8 +817,7 @@ class JetStreamStore:
 
     async def _shutdown(self) -> None:
         """End the requests in flight (their answers fail), then close the connection."""
-        current = asyncio.current_task()
-        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
