@@ -7,9 +7,11 @@ parametrised over both; this file needs the session's 3-server cluster.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import nats
@@ -173,3 +175,25 @@ def test_a_message_over_the_servers_max_payload_is_refused_with_an_error(
         with pytest.raises(meshq.RemoteError, match="payload"):
             client.publish("orders/big", big, durable=True, timeout=10)
         assert client.publish("orders/small", b"x", durable=True) == 1  # and it goes on
+
+
+def test_servers_that_fsync_every_acknowledgement_serve_the_relay(mesh: str) -> None:
+    # README: `jetstream { sync_interval: always }` where a confirm must be on disk.
+    with NatsCluster(1, sync_always=True) as cluster:
+        server = cluster.servers[0]
+        varz = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/varz", timeout=5)
+        assert json.load(varz)["jetstream"]["config"]["sync_always"] is True
+        relay = meshq.Relay(
+            meshq.Node("gw", mesh=mesh, interfaces=LOOPBACK),
+            streams=["orders/"],
+            store=JetStreamStore(cluster.urls, replicas=1),
+        )
+        try:
+            with meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client:
+                wait_for_providers(client, 1)
+                publisher = meshq.DurablePublisher(client)
+                assert [publisher.publish("orders/a", i) for i in range(10)] == list(range(1, 11))
+                with client.subscribe("orders/", durable="synced") as sub:
+                    assert [sub.recv(timeout=5).data for _ in range(10)] == list(range(10))
+        finally:
+            relay.close()
