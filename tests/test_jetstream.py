@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import meshq
 from meshq.relay import JetStreamStore
 from meshq.relay.jetstream import js_stream_name, subject_token, topic_of_token
-from tests.natscluster import NatsCluster
+from tests.natscluster import NatsCluster, free_port
 
 LOOPBACK = ["127.0.0.1"]
 MESHQ = [sys.executable, "-m", "meshq.cli"]
@@ -199,3 +199,14 @@ def test_servers_that_fsync_every_acknowledgement_serve_the_relay(
                     assert [sub.recv(timeout=5).data for _ in range(10)] == list(range(10))
         finally:
             relay.close()
+
+
+def test_an_unreachable_cluster_is_a_clear_error_at_start(mesh: str) -> None:
+    store = JetStreamStore(f"nats://127.0.0.1:{free_port()}", connect_timeout=1.0)
+    try:
+        with meshq.Node("gw", mesh=mesh, interfaces=LOOPBACK) as node:
+            with pytest.raises(meshq.MeshqError, match="no NATS server"):
+                meshq.Relay(node, streams=["orders/"], store=store)
+            assert "meshq/relay/orders/" not in node.services()  # nothing half-served
+    finally:
+        store.close()

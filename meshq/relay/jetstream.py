@@ -287,7 +287,12 @@ class JetStreamStore:
 
     def _call(self, coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
         """Run ``coro`` on the store's loop and wait for it (setup only)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # and its task on the loop
+            raise
 
     def _submit(self, coro: Coroutine[Any, Any, Any], reply: Reply) -> None:
         """Run ``coro`` on the store's loop; its result or error goes to ``reply``."""
@@ -325,13 +330,26 @@ class JetStreamStore:
         self, streams: Sequence[StreamConfig], dedup_window: float, mesh: str
     ) -> None:
         api = self._nats.js.api
-        nc = await self._nats.connect(
-            servers=self.servers,
-            connect_timeout=self.connect_timeout,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.2,
-            name=f"meshq-relay-{mesh}",
-        )
+        try:
+            nc = await asyncio.wait_for(
+                self._nats.connect(
+                    servers=self.servers,
+                    connect_timeout=self.connect_timeout,
+                    # Once connected, keep trying the cluster's servers for
+                    # as long as the relay runs.
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    name=f"meshq-relay-{mesh}",
+                    error_cb=_connection_error,
+                    disconnected_cb=_disconnected,
+                    reconnected_cb=_reconnected,
+                ),
+                self.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise MeshqError(
+                f"no NATS server of {self.servers} answered within {self.connect_timeout} s"
+            ) from None
         self._nc = nc
         self._js = nc.jetstream(timeout=_API_TIMEOUT)
         self._jsm = nc.jsm(timeout=_API_TIMEOUT)
@@ -837,6 +855,19 @@ class JetStreamStore:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10.0)
             self._loop.close()
+
+
+async def _connection_error(error: Exception) -> None:
+    # Every failed reconnect attempt lands here: not worth a traceback each.
+    log.debug("NATS connection: %s: %s", type(error).__name__, error)
+
+
+async def _disconnected() -> None:
+    log.warning("relay store: disconnected from NATS, reconnecting")
+
+
+async def _reconnected() -> None:
+    log.warning("relay store: reconnected to NATS")
 
 
 def _settle(reply: Reply, future: concurrent.futures.Future[Any]) -> None:
