@@ -1072,7 +1072,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import relay_jetstream
 
         print()
-        status |= relay_jetstream.main(["--repeat", str(max(repeat, 5))])
+        quick = ["--quick"] if args.quick else ["--repeat", str(max(repeat, 5))]
+        status |= relay_jetstream.main(quick)
     return status
 
 
