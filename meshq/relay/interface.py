@@ -81,9 +81,9 @@ class StreamStore(Protocol):
     """A store a relay serves streams from (see the module docstring for each operation).
 
     ``store_id`` is announced by the relay (the ``meshq.relay-store`` header):
-    relays with the same id serve the same data. ``shared``: several relays
-    may serve one stream at once (with False, two relays claiming a stream
-    is a :class:`meshq.RelayConflict`).
+    relays with the same id serve the same data, so clients spread over
+    them. ``shared``: several relays may serve one stream at once (with
+    False, one relay's store per stream, as with SQLite).
     """
 
     store_id: str
