@@ -81,13 +81,12 @@ class StreamStore(Protocol):
     """A store a relay serves streams from (see the module docstring for each operation).
 
     ``store_id`` is announced by the relay (the ``meshq.relay-store`` header):
-    relays with the same id serve the same data, so clients spread over
-    them. ``shared``: several relays may serve one stream at once (with
-    False, one relay's store per stream, as with SQLite).
+    relays with the same id serve the same data, so clients spread their
+    requests over them (a JetStream store's id names its cluster, so any
+    number of gateways share it; a SQLite file's id is its own).
     """
 
     store_id: str
-    shared: bool
 
     def attach(self, streams: Sequence[StreamConfig], dedup_window: float, mesh: str) -> None:
         """Make the streams exist with their retention; blocks. Raises MeshqError."""

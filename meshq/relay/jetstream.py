@@ -249,8 +249,6 @@ class JetStreamStore:
     for bad arguments. Give it to :class:`meshq.Relay` as ``store=``.
     """
 
-    shared = True
-
     def __init__(
         self,
         servers: str | Sequence[str],
