@@ -339,7 +339,7 @@ class JetStreamStore:
                     reconnect_time_wait=0.2,
                     name=f"meshq-relay-{mesh}",
                     error_cb=_connection_error,
-                    disconnected_cb=_disconnected,
+                    disconnected_cb=self._disconnected,
                     reconnected_cb=_reconnected,
                 ),
                 self.connect_timeout,
@@ -831,6 +831,10 @@ class JetStreamStore:
 
     # ------------------------------------------------------------------
 
+    async def _disconnected(self) -> None:
+        if not self._closed:  # closing disconnects too
+            log.warning("relay store: disconnected from NATS, reconnecting")
+
     async def _shutdown(self) -> None:
         """End the requests in flight (their answers fail), then close the connection."""
         tasks = list(self._tasks)
@@ -858,10 +862,6 @@ class JetStreamStore:
 async def _connection_error(error: Exception) -> None:
     # Every failed reconnect attempt lands here: not worth a traceback each.
     log.debug("NATS connection: %s: %s", type(error).__name__, error)
-
-
-async def _disconnected() -> None:
-    log.warning("relay store: disconnected from NATS, reconnecting")
 
 
 async def _reconnected() -> None:
