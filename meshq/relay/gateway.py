@@ -26,11 +26,10 @@ from ..relaywire import (
 )
 from ..services import DeferredHandler, ReplyTo
 from ..wire import decode_payload
-from .interface import Published, StreamStore
+from .interface import Published, StreamSettings, StreamStore
 
 if TYPE_CHECKING:
     from ..seams import MeshNode
-    from .server import StreamConfig
 
 __all__ = ["Gateway"]
 
@@ -70,7 +69,7 @@ class Gateway:
         self,
         node: MeshNode,
         store: StreamStore,
-        streams: Sequence[StreamConfig],
+        streams: Sequence[StreamSettings],
         dedup_window: float,
     ) -> None:
         self.node = node

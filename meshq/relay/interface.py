@@ -45,14 +45,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..relaywire import Ack, Fetch, Nak, Open, Publish, Read, Record
 
-if TYPE_CHECKING:
-    from .server import StreamConfig
+__all__ = ["Published", "Reply", "StreamSettings", "StreamStore"]
 
-__all__ = ["Published", "Reply", "StreamStore"]
+
+class StreamSettings(Protocol):
+    """What a store needs of a stream's configuration (meshq.StreamConfig has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_age(self) -> float | None: ...
+
+    @property
+    def max_messages(self) -> int | None: ...
+
+    @property
+    def max_bytes(self) -> int | None: ...
+
+    @property
+    def live(self) -> bool: ...
 
 
 class Reply(Protocol):
@@ -88,7 +104,7 @@ class StreamStore(Protocol):
 
     store_id: str
 
-    def attach(self, streams: Sequence[StreamConfig], dedup_window: float, mesh: str) -> None:
+    def attach(self, streams: Sequence[StreamSettings], dedup_window: float, mesh: str) -> None:
         """Make the streams exist with their retention; blocks. Raises MeshqError."""
 
     def publish(self, stream: str, publishes: list[Publish], reply: Reply) -> None: ...

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -55,15 +56,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MeshqError
 from ..relaywire import Ack, Fetch, Nak, Open, Publish, Read, Record
-from .interface import Published, Reply
+from .interface import Published, Reply, StreamSettings
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
     from nats.js.manager import JetStreamManager
-
-    from .server import StreamConfig
 
 __all__ = ["JetStreamStore", "js_stream_name", "subject_token", "topic_of_token"]
 
@@ -129,7 +128,7 @@ def _import_nats() -> Any:
 
 @dataclass
 class _Stream:
-    config: StreamConfig
+    config: StreamSettings
     name: str  # JetStream's
     subject_prefix: str  # "meshq.<name>."
     dead: str  # the dead-letter stream
@@ -279,6 +278,7 @@ class JetStreamStore:
         self._thread.start()
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()  # requests running (loop thread only)
+        self._stopping = asyncio.Event()  # set (on the loop) as the store closes
 
     # ------------------------------------------------------------------
     # The bridge: coroutines to the store's loop, answers back by Reply
@@ -314,7 +314,7 @@ class JetStreamStore:
     # ------------------------------------------------------------------
     # Setup
 
-    def attach(self, streams: Sequence[StreamConfig], dedup_window: float, mesh: str) -> None:
+    def attach(self, streams: Sequence[StreamSettings], dedup_window: float, mesh: str) -> None:
         """Connect, and create or update a JetStream stream (and a dead-letter stream) per
         meshq stream. Raises MeshqError if the cluster cannot be reached or refuses."""
         try:
@@ -325,7 +325,7 @@ class JetStreamStore:
             raise MeshqError(f"JetStream at {self.servers}: {type(exc).__name__}: {exc}") from exc
 
     async def _attach(
-        self, streams: Sequence[StreamConfig], dedup_window: float, mesh: str
+        self, streams: Sequence[StreamSettings], dedup_window: float, mesh: str
     ) -> None:
         api = self._nats.js.api
         try:
@@ -351,14 +351,12 @@ class JetStreamStore:
         self._nc = nc
         self._js = nc.jetstream(timeout=_API_TIMEOUT)
         self._jsm = nc.jsm(timeout=_API_TIMEOUT)
-        info = nc._server_info  # INFO: the cluster's name, or this server's
-        self.store_id = f"jetstream:{info.get('cluster') or info.get('server_name', '?')}"
         self._pulls = _Pulls(nc)
         for config in streams:
             name = js_stream_name(mesh, config.name)
             stream = _Stream(config, name, f"meshq.{name}.", f"{name}_DEAD")
             window = dedup_window if config.max_age is None else min(dedup_window, config.max_age)
-            await self._ensure_stream(
+            info = await self._ensure_stream(
                 api.StreamConfig(
                     name=name,
                     description=f"meshq stream {config.name!r} of mesh {mesh!r}",
@@ -381,25 +379,32 @@ class JetStreamStore:
                 )
             )
             self._streams[config.name] = stream
+            if info.cluster is not None:  # the cluster's name, or a lone server's
+                self.store_id = f"jetstream:{info.cluster.name or info.cluster.leader}"
 
-    async def _ensure_stream(self, config: Any) -> None:
+    async def _ensure_stream(self, config: Any) -> Any:
+        """Create the stream, or update it to ``config``; its StreamInfo."""
         assert self._jsm is not None
         errors = self._nats.js.errors
         deadline = time.monotonic() + self.connect_timeout + 20
         while True:
             try:
                 try:
-                    await self._jsm.add_stream(config)
+                    return await self._jsm.add_stream(config)
                 except errors.BadRequestError as exc:
                     if exc.err_code != 10058:  # "stream name already in use": update it
                         raise
-                    await self._jsm.update_stream(config)
-                return
+                    return await self._jsm.update_stream(config)
             except (errors.ServiceUnavailableError, self._nats.errors.TimeoutError):
                 # A cluster just started may still elect its meta leader.
                 if time.monotonic() >= deadline:
                     raise
-                await asyncio.sleep(0.25)
+                await self._pause(0.25)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before a retry, or until the store closes."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     # ------------------------------------------------------------------
     # Publishing
@@ -464,7 +469,7 @@ class JetStreamStore:
             todo = failed  # same ids: what did get stored is deduplicated
             # "No responders" comes back at once while a stream elects its
             # leader: a short pause keeps the retries from spinning.
-            await asyncio.sleep(_RETRY_PAUSE)
+            await self._pause(_RETRY_PAUSE)
 
     # ------------------------------------------------------------------
     # Consumers
@@ -837,6 +842,7 @@ class JetStreamStore:
 
     async def _shutdown(self) -> None:
         """End the requests in flight (their answers fail), then close the connection."""
+        self._stopping.set()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
