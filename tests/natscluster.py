@@ -28,6 +28,7 @@ from types import TracebackType
 __all__ = ["NatsCluster", "NatsServer", "find_nats_server", "free_port"]
 
 _START_TIMEOUT = 20.0  # seconds for a server to accept connections
+_START_ATTEMPTS = 3  # a port taken between its choice and the bind: new ports
 
 
 def find_nats_server() -> str | None:
@@ -83,27 +84,37 @@ class NatsCluster:
         self.sync_always = sync_always
         self.name = f"meshq-{os.getpid()}-{free_port()}"
         self.directory = Path(tempfile.mkdtemp(prefix="meshq-nats-"))
-        self.servers = [
-            NatsServer(
-                name=f"n{i}",
-                port=free_port(),
-                cluster_port=free_port(),
-                http_port=free_port(),
-                store=self.directory / f"n{i}" / "store",
-                config=self.directory / f"n{i}" / "nats.conf",
-                log=self.directory / f"n{i}" / "nats.log",
-            )
-            for i in range(size)
-        ]
-        try:
-            for server in self.servers:
-                self._write_config(server)
-                self.start(server)
-            for server in self.servers:
-                self.wait_ready(server)
-        except BaseException:
-            self.stop()
-            raise
+        self.servers: list[NatsServer] = []
+        for attempt in range(_START_ATTEMPTS):
+            self.servers = [
+                NatsServer(
+                    name=f"n{i}",
+                    port=free_port(),
+                    cluster_port=free_port(),
+                    http_port=free_port(),
+                    store=self.directory / f"a{attempt}" / f"n{i}" / "store",
+                    config=self.directory / f"a{attempt}" / f"n{i}" / "nats.conf",
+                    log=self.directory / f"a{attempt}" / f"n{i}" / "nats.log",
+                )
+                for i in range(size)
+            ]
+            try:
+                for server in self.servers:
+                    self._write_config(server)
+                    self.start(server)
+                for server in self.servers:
+                    self.wait_ready(server)
+                return
+            except RuntimeError as exc:
+                # A free port can be taken by another process before the
+                # server binds it: start again on new ports.
+                self._stop_servers()
+                if "address already in use" not in str(exc) or attempt + 1 == _START_ATTEMPTS:
+                    self.stop()
+                    raise
+            except BaseException:
+                self.stop()
+                raise
 
     @property
     def urls(self) -> list[str]:
@@ -186,6 +197,10 @@ class NatsCluster:
 
     def stop(self) -> None:
         """Stop every server (SIGTERM, then SIGKILL after 5 s) and remove the directory."""
+        self._stop_servers()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _stop_servers(self) -> None:
         for server in self.servers:
             process = server.process
             if process is not None and process.poll() is None:
@@ -201,7 +216,6 @@ class NatsCluster:
                     os.kill(process.pid, signal.SIGKILL)
                 process.wait(timeout=5)
             server.process = None
-        shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> NatsCluster:
         return self
