@@ -184,7 +184,9 @@ def test_a_torn_wal_tail_is_reported_and_the_intact_part_served(
             got = [sub.recv(timeout=5) for _ in range(kept)]
         assert [m.seq for m in got] == list(range(1, kept + 1))
         assert [m.data for m in got] == [f"s/x-{i}" for i in range(kept)]  # all intact
-        assert node.publish("s/x", "after", durable=True) == kept + 1  # and it goes on
+        # It goes on, above every number that may have been confirmed.
+        assert node.publish("s/x", "after", durable=True) > 500
+        assert info["wal_torn"] == 1
     relay.send(cmd="close")
     relay.process.wait(timeout=10)
     assert "TORN WAL" in relay.stderr()

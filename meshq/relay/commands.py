@@ -102,6 +102,9 @@ def add_commands(
                     f"seq {info['first_seq']}..{info['last_seq']}  {info['durability']}  "
                     f"dead letters {info['dead_letters']}"
                 )
+                faults = _faults(info)
+                if faults:
+                    print(f"    FAULTS: {faults}")
                 for consumer, state in sorted(info["consumers"].items()):
                     print(f"    consumer {consumer:16} lag {state['lag']}  out {state['out']}")
         return 0
@@ -135,6 +138,22 @@ def add_commands(
         return 0
 
     return {"relay": run_relay, "streams": list_streams, "replay": replay_stream}
+
+
+#: Fault counters of a stream's "info", and how ``meshq streams`` names them.
+_FAULTS = {
+    "corrupt": "corrupt records refused",
+    "integrity_problems": "integrity check problems",
+    "wal_damaged": "committed transactions lost to WAL damage",
+    "wal_torn": "torn WAL tails",
+    "store_errors": "store errors (disk full?)",
+}
+
+
+def _faults(info: dict[str, object]) -> str:
+    """The nonzero fault counters of ``info``, as one line ('' if none)."""
+    found = [(info.get(key), text) for key, text in _FAULTS.items()]
+    return ", ".join(f"{count} {text}" for count, text in found if isinstance(count, int) and count)
 
 
 def _relay_streams(node: Node) -> list[str]:

@@ -41,12 +41,20 @@ from ..relaywire import (
 from ..services import DeferredHandler, ReplyTo
 from ..wire import decode_payload
 from .consumers import Consumer
+from .errors import StoreDamaged, StoreInUse, StoreUnusable
 from .store import Store, StoredMessage
 
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["MAX_STREAM_NAME_BYTES", "Relay", "StoreInUse", "StreamConfig"]
+__all__ = [
+    "MAX_STREAM_NAME_BYTES",
+    "Relay",
+    "StoreDamaged",
+    "StoreInUse",
+    "StoreUnusable",
+    "StreamConfig",
+]
 
 log = logging.getLogger("meshq.relay")
 
@@ -518,6 +526,9 @@ class Relay:
             "consumers": consumers,
             "dead_letters": self._store.dead_letter_count(stream),
             "corrupt": self._store.corrupt,
+            "integrity_problems": self._store.integrity_problems,
+            **self._store.wal_faults(),
+            "store_errors": self.counts.get("store_errors", 0),
             "durability": self.streams[stream].durability,
         }
 
@@ -530,14 +541,6 @@ class Relay:
         self.node.close()
         self._store.close()
         self._lock.close()
-
-
-class StoreInUse(MeshqError):
-    """Another relay (process) already serves the store in ``directory``."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(f"{directory} is in use by another relay")
-        self.directory = directory
 
 
 def _lock_directory(directory: Path) -> IO[bytes]:
