@@ -7,6 +7,16 @@ consumers. See meshq/relay/server.py for the behaviour and guarantees.
 
 from __future__ import annotations
 
-from .server import Relay, StoreInUse, StreamConfig
+from .errors import StoreDamaged, StoreInUse, StoreUnusable
+from .salvage import SalvageReport, salvage
+from .server import Relay, StreamConfig
 
-__all__ = ["Relay", "StoreInUse", "StreamConfig"]
+__all__ = [
+    "Relay",
+    "SalvageReport",
+    "StoreDamaged",
+    "StoreInUse",
+    "StoreUnusable",
+    "StreamConfig",
+    "salvage",
+]

@@ -1,6 +1,7 @@
 """The relay's CLI subcommands: ``meshq relay``, ``meshq streams``, ``meshq replay``.
 
 meshq relay --data DIR --streams "orders/,audit/"   store those streams, until Ctrl-C
+    [--salvage]                                      first copy what is intact of a damaged store
 meshq streams                                        per stream: messages, bytes, seqs, consumers
 meshq replay STREAM --from SEQ [--dead CONSUMER]     print stored messages (or dead letters)
 """
@@ -16,6 +17,7 @@ from ..errors import MeshqError, Timeout
 from ..node import Node
 from ..relaywire import RELAY_SERVICE_PREFIX, decode_records, stream_of_service
 from ..wire import decode_payload
+from .salvage import salvage
 from .server import Relay, StreamConfig
 
 __all__ = ["add_commands"]
@@ -48,6 +50,12 @@ def add_commands(
         "--dedup-window", type=float, default=120.0, help="seconds ids of removed messages are kept"
     )
     relay.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    relay.add_argument(
+        "--salvage",
+        action="store_true",
+        help="first move a damaged store aside and copy every record that passes its "
+        "checksum into a new one (when there is no backup to restore)",
+    )
 
     streams = commands.add_parser("streams", help="list durable streams and their consumers")
     node_options(streams)
@@ -73,6 +81,8 @@ def add_commands(
             for name in args.streams.split(",")
             if name.strip()
         ]
+        if args.salvage:
+            print(f"relay store in {args.data}: {salvage(args.data).describe()}", flush=True)
         node = make_node(args, "meshq-relay")
         relay = Relay(node, args.data, configs, dedup_window=args.dedup_window)
         print(f"relay {node.id[:8]} storing {[c.name for c in configs]} in {args.data}", flush=True)

@@ -27,7 +27,7 @@ class StoreUnusable(MeshqError):
 
 
 class StoreDamaged(MeshqError):
-    """The SQLite file at ``path`` is damaged (``reason``, SQLite's words); the relay will not start.
+    """The SQLite file at ``path`` is damaged (``reason``: SQLite's words); a relay refuses it.
 
     Restore the file from a backup, or salvage it: ``meshq relay --salvage``
     (or :func:`meshq.relay.salvage`) moves it aside and copies every record

@@ -15,7 +15,6 @@ could take back.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import sqlite3
 import time
@@ -41,6 +40,7 @@ from ..relaywire import (
 from ..services import DeferredHandler, ReplyTo
 from ..wire import decode_payload
 from .consumers import Consumer
+from .directory import STORE_NAME, lock_directory
 from .errors import StoreDamaged, StoreInUse, StoreUnusable
 from .store import Store, StoredMessage
 
@@ -122,9 +122,11 @@ class Relay:
             group commit while requests keep arriving.
         dedup_window: seconds a message id is remembered to drop a producer's retry.
 
-    Raises ValueError for no streams, duplicate or overlapping names,
-    StoreInUse if another relay serves ``data_dir``, sqlite3.Error if the file
-    cannot be opened, meshq.BindError if the service port is taken.
+    Raises ValueError for no streams, duplicate or overlapping names (the
+    node is left as it was). Raises StoreInUse if another relay serves
+    ``data_dir``, StoreUnusable if the directory or its file cannot be used,
+    StoreDamaged if SQLite finds the file damaged, meshq.BindError if the
+    service port is taken: then ``node`` is closed too (nothing is left running).
     """
 
     def __init__(
@@ -148,12 +150,10 @@ class Relay:
         self.streams = {c.name: c for c in configs}
         self.batch_interval = batch_interval
         self.dedup_window = dedup_window
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_directory(Path(data_dir))
         try:
-            self._store = Store(Path(data_dir) / "relay.sqlite")
+            self._lock, self._store = _open_store(Path(data_dir))
         except BaseException:
-            self._lock.close()
+            node.close()  # a relay takes its node over: nothing is left running
             raise
         #: The highest sequence per stream that is committed (safe to serve).
         self._committed = {name: self._store.last_seq(name) for name in names}
@@ -178,10 +178,14 @@ class Relay:
             "dead": self._read,
             "info": self._describe,
         }
-        node._set_header(STORE_HEADER, self._store.store_id)
-        for name in names:
-            node._serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
-        node._add_service_ticker(self._tick)
+        try:
+            node._set_header(STORE_HEADER, self._store.store_id)
+            for name in names:
+                node._serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
+            node._add_service_ticker(self._tick)
+        except BaseException:
+            self.close()
+            raise
         log.info("relay on %s storing %s in %s", node.name, names, self._store.path)
 
     # ------------------------------------------------------------------
@@ -543,15 +547,22 @@ class Relay:
         self._lock.close()
 
 
-def _lock_directory(directory: Path) -> IO[bytes]:
-    """Hold an exclusive lock on ``directory`` while this relay runs; raises StoreInUse."""
-    handle = open(directory / "relay.lock", "ab")  # noqa: SIM115  # held until close()
+def _open_store(directory: Path) -> tuple[IO[bytes], Store]:
+    """Lock ``directory`` and open its store.
+
+    Raises StoreInUse, StoreUnusable (naming the directory and why),
+    StoreDamaged (naming the file and what to do).
+    """
+    lock = lock_directory(directory)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise StoreInUse(directory) from None
-    return handle
+        return lock, Store(directory / STORE_NAME)
+    except (OSError, sqlite3.OperationalError) as exc:
+        lock.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StoreUnusable(directory, reason) from None
+    except BaseException:
+        lock.close()
+        raise
 
 
 def _record(m: StoredMessage, deliveries: int) -> list[object]:

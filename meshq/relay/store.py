@@ -227,11 +227,8 @@ class Store:
         """
         for stream, reserved in sorted(self._highwater.reserved.items()):
             if reserved > self.last_seq(stream):
-                self._db.execute(
-                    "INSERT INTO streams VALUES (?, ?) ON CONFLICT (stream)"
-                    " DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
-                    (stream, reserved),
-                )
+                self.raise_last_seq(stream, reserved)
+                self.commit()
                 log.error(
                     "relay store %s: stream %r continues after seq %d (reserved before the "
                     "WAL lost its end): numbers the lost transactions may have confirmed are "
@@ -294,6 +291,15 @@ class Store:
             (stream, stream),
         ).fetchone()
         return int(row[0])
+
+    def raise_last_seq(self, stream: str, seq: int) -> None:
+        """Make ``seq`` the lowest :meth:`last_seq` of ``stream`` may be from now on."""
+        self._begin()
+        self._db.execute(
+            "INSERT INTO streams VALUES (?, ?) ON CONFLICT (stream)"
+            " DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            (stream, seq),
+        )
 
     def append(
         self,
@@ -500,6 +506,32 @@ class Store:
         )
         self._db.execute(
             "DELETE FROM acks WHERE stream = ? AND name = ? AND seq <= ?", (stream, name, ack_floor)
+        )
+
+    def save_consumer(
+        self, stream: str, name: str, prefix: str, ack_floor: int, acked: list[int]
+    ) -> None:
+        """Write a consumer's whole state (made if missing): its floor and acks above it."""
+        self._begin()
+        self._db.execute(
+            "INSERT INTO consumers VALUES (?, ?, ?, ?) ON CONFLICT (stream, name)"
+            " DO UPDATE SET ack_floor = excluded.ack_floor",
+            (stream, name, prefix, ack_floor),
+        )
+        self._db.execute("DELETE FROM acks WHERE stream = ? AND name = ?", (stream, name))
+        self._db.executemany(
+            "INSERT INTO acks VALUES (?, ?, ?)",
+            [(stream, name, seq) for seq in sorted(set(acked)) if seq > ack_floor],
+        )
+
+    def put_dead_letter(
+        self, stream: str, name: str, row: tuple[object, ...], deliveries: object
+    ) -> None:
+        """Store a dead letter from its (seq, topic, msg_id, flags, payload, time_ns, crc) row."""
+        self._begin()
+        self._db.execute(
+            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (stream, name, row[0], deliveries, *row[1:7]),
         )
 
     def dead_letter(self, stream: str, name: str, seq: int, deliveries: int) -> None:

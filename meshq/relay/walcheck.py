@@ -106,9 +106,7 @@ def check_wal(database: str | Path) -> WalCheck:
         return WalCheck(wal, "none")
     if len(data) < HEADER_BYTES:
         return WalCheck(wal, "torn", partial_bytes=len(data), detail=" (header cut short)")
-    magic, _version, page_size, _checkpoint, salt1, salt2, c1, c2 = struct.unpack_from(
-        ">8I", data
-    )
+    magic, _version, page_size, _checkpoint, salt1, salt2, c1, c2 = struct.unpack_from(">8I", data)
     frame_bytes = FRAME_HEADER_BYTES + page_size
     frames, partial = divmod(len(data) - HEADER_BYTES, frame_bytes)
     big_endian = magic == _MAGIC_BE
