@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import MeshqError, NoProviders
+from ..errors import MeshqError, NoProviders, RemoteError
 from ..relaywire import RELAY_SERVICE_PREFIX, stream_of_service
 
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["STORE_HEADER", "RelayConflict", "relay_stores", "relay_stream"]
+__all__ = [
+    "STORE_FAILED",
+    "STORE_HEADER",
+    "store_failed",
+    "RelayConflict",
+    "relay_stores",
+    "relay_stream",
+]
 
 #: Seconds one attempt waits for a relay's answer before it is resent.
 ATTEMPT = 1.0
@@ -35,6 +42,21 @@ class RelayConflict(MeshqError):
         self.stream = stream
         self.relays = list(relays)
         self.overlapping = overlapping
+
+
+#: How a relay's error reply starts when its store failed (a full disk):
+#: nothing of the request was stored, and a resend (same ids) may succeed.
+STORE_FAILED = "relay store failed"
+
+#: After a store-failure refusal, a resend waits this long (s), doubling up to
+#: STORE_RETRY_MAX while the refusals go on.
+STORE_RETRY_FIRST = 0.05
+STORE_RETRY_MAX = 1.0
+
+
+def store_failed(error: BaseException) -> bool:
+    """True if ``error`` is a relay's refusal because its store failed (resend later)."""
+    return isinstance(error, RemoteError) and error.remote_message.startswith(STORE_FAILED)
 
 
 #: The peer header naming the relay store a node serves: one store may

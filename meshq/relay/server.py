@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
 from ..durable import STORE_HEADER, relay_stores
+from ..durable.lookup import STORE_FAILED
 from ..errors import MeshqError, ProtocolError
+from ..ratelimit import RateLimitedLog
 from ..relaywire import (
     RELAY_SERVICE_PREFIX,
     START_KINDS,
@@ -65,6 +67,12 @@ _HOUSEKEEPING = 1.0  # seconds between retention runs and conflict checks
 #: max_msgpack_bytes (4 MiB by default) a consumer decodes a reply with.
 _FETCH_BYTES = 1024 * 1024
 _MAX_PARKED = 10_000  # fetches waiting for news; more are answered at once, empty
+# After the store fails (a full disk), the next attempt waits this long (s),
+# doubling up to _RETRY_MAX; the failure is logged at most every _LOG_EVERY s.
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 2.0
+_LOG_EVERY = 10.0
+_store_failed_log = RateLimitedLog(log, interval=_LOG_EVERY, level=logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,16 @@ class StreamConfig:
             )
         if self.durability not in ("fsync", "batched"):
             raise ValueError(f"durability is 'fsync' or 'batched', not {self.durability!r}")
+
+
+@dataclass
+class _Failing:
+    """The store failed: last error, attempts, backoff (s), next attempt (monotonic s)."""
+
+    error: str
+    attempts: int
+    delay: float
+    retry_at: float
 
 
 @dataclass
@@ -162,6 +180,9 @@ class Relay:
         self._fresh: list[tuple[str, Record]] = []  # stored since the last commit, for live
         self._dirty_since: float | None = None
         self._consumers: dict[tuple[str, str], Consumer] = {}
+        #: Consumers whose state the next commit writes.
+        self._changed: dict[tuple[str, str], Consumer] = {}
+        self._failing: _Failing | None = None  # while the store fails: the backoff
         self._parked: list[_Parked] = []
         self._next_housekeeping = 0.0
         self._conflicts: set[str] = set()
@@ -205,7 +226,7 @@ class Relay:
             operation(stream, data, reply)
         except sqlite3.Error as exc:
             self._abort(exc)
-            raise MeshqError(f"relay store failed: {exc}") from None
+            raise MeshqError(f"{STORE_FAILED}: {exc}") from None
 
     def _publish(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         """Store the messages of a pub(s) request; confirm once they are committed."""
@@ -215,6 +236,7 @@ class Relay:
                 raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
             # What consumers could not decode is refused now, not stored.
             decode_payload(pub.flags, pub.payload, self.node._limits)
+        self._check_store(time.monotonic())
         store = self._store
         seqs = []
         for pub in publishes:
@@ -301,9 +323,8 @@ class Relay:
         found = consumer.fetch(
             self._store, now, limit, _FETCH_BYTES, upto=self._committed[consumer.stream]
         )
-        if consumer.ack_floor != floor:  # dead letters and skipped topics are done too
-            self._store.save_acks(consumer.stream, consumer.name, consumer.ack_floor, [])
-            self._mark_dirty()
+        if consumer.ack_floor != floor or consumer.dead_due:
+            self._unsaved(consumer)  # dead letters and skipped topics are done too
         self._count("delivered", len(found))
         self._count("redelivered", sum(1 for d in found if d.deliveries > 1))
         return [_record(d.message, d.deliveries) for d in found]
@@ -311,8 +332,7 @@ class Relay:
     def _ack(self, consumer: Consumer, seqs: list[int]) -> int:
         added = consumer.ack(seqs, upto=self._committed[consumer.stream])
         if added:
-            self._store.save_acks(consumer.stream, consumer.name, consumer.ack_floor, added)
-            self._mark_dirty()
+            self._unsaved(consumer)
             self._count("acked", len(added))
         return len(added)
 
@@ -342,10 +362,9 @@ class Relay:
             if not prefix.startswith(stream):
                 raise ValueError(f"prefix {prefix!r} is not in stream {stream!r}")
             floor = self._start_floor(stream, start, start_arg)
-            self._store.create_consumer(stream, name, prefix, floor)
-            self._mark_dirty()
             consumer = Consumer(stream, name, prefix, floor)
             self._consumers[(stream, name)] = consumer
+            self._unsaved(consumer)
             log.info("new consumer %r of %r from seq %d", name, stream, floor + 1)
         if consumer.prefix != prefix:
             raise ValueError(
@@ -371,14 +390,44 @@ class Relay:
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
 
+    def _unsaved(self, consumer: Consumer) -> None:
+        """``consumer``'s state changed: the next commit stores it (floor, acks, dead letters)."""
+        self._changed[(consumer.stream, consumer.name)] = consumer
+        self._mark_dirty()
+
     def _commit(self) -> None:
-        """Commit, then confirm, then serve the new messages (live and parked fetches)."""
+        """Commit, then confirm, then serve the new messages (live and parked fetches).
+
+        The consumers' changed states are written first, in the same
+        transaction; if it fails they stay in memory and are written again
+        by the next attempt, after a backoff (see :meth:`_abort`).
+        """
         try:
+            for consumer in self._changed.values():
+                self._store.save_consumer(
+                    consumer.stream,
+                    consumer.name,
+                    consumer.prefix,
+                    consumer.ack_floor,
+                    list(consumer.acked),
+                )
+                for seq, deliveries in consumer.dead_due:
+                    self._store.dead_letter(consumer.stream, consumer.name, seq, deliveries)
             self._store.commit()
         except sqlite3.Error as exc:
             self._abort(exc)
             return
+        for consumer in self._changed.values():
+            consumer.dead_due.clear()
+        self._changed.clear()
         self._dirty_since = None
+        if self._failing is not None:
+            log.warning(
+                "relay store %s works again after %d failed attempt(s)",
+                self._store.path,
+                self._failing.attempts,
+            )
+            self._failing = None
         for stream, seq in self._last.items():
             self._committed[stream] = seq
         confirms, self._confirms = self._confirms, []
@@ -397,11 +446,27 @@ class Relay:
     def _abort(self, error: sqlite3.Error) -> None:
         """The store failed (disk full, I/O error): undo the open transaction, refuse its confirms.
 
-        Producers resend what was refused (same ids). Acknowledgements in the
-        transaction are lost too: those messages are delivered again.
+        Producers resend what was refused (same ids; DurablePublisher does it
+        by itself). The consumers' states stay in memory, as acknowledged,
+        and are written by the next attempt: nothing is delivered again
+        because of the failure. Until that attempt (a backoff doubling from
+        _RETRY_FIRST to _RETRY_MAX s) publishes are refused at once, without
+        touching the store; the log says so at most every _LOG_EVERY s.
         """
-        log.error(
-            "RELAY STORE FAILED in %s: %s; unconfirmed writes undone", self._store.path, error
+        now = time.monotonic()
+        failing = self._failing
+        if failing is None:
+            failing = self._failing = _Failing(str(error), 0, _RETRY_FIRST, now)
+        failing.error = str(error)
+        failing.attempts += 1
+        failing.retry_at = now + failing.delay
+        failing.delay = min(2 * failing.delay, _RETRY_MAX)
+        _store_failed_log.warning(
+            "RELAY STORE FAILED in %s: %s; unconfirmed writes undone, acknowledgements kept "
+            "in memory, next attempt in %.2f s",
+            self._store.path,
+            error,
+            failing.retry_at - now,
         )
         self._count("store_errors")
         try:
@@ -410,16 +475,19 @@ class Relay:
             log.exception("rollback failed")
         self._last = dict(self._committed)
         self._fresh = []
-        self._dirty_since = None
+        # Still dirty if consumers' states wait: the ticker retries then.
+        self._dirty_since = now if self._changed else None
         confirms, self._confirms = self._confirms, []
         for reply, _ in confirms:
-            reply.fail(MeshqError(f"relay store failed: {error}"))
-        # Consumers' unsaved acknowledgements went with the transaction: start
-        # them afresh from what the store holds.
-        self._consumers.clear()
-        for parked in self._parked:
-            parked.reply.send([])
-        self._parked = []
+            reply.fail(MeshqError(f"{STORE_FAILED}: {error}"))
+
+    def _check_store(self, now: float) -> None:
+        """Raise the store-failure error while the backoff after a failure runs."""
+        failing = self._failing
+        if failing is not None and now < failing.retry_at:
+            raise MeshqError(
+                f"{STORE_FAILED}: {failing.error} (next attempt in {failing.retry_at - now:.2f} s)"
+            )
 
     def _publish_live(self, record: Record) -> None:
         try:
@@ -448,9 +516,12 @@ class Relay:
         if self._dirty_since is not None:
             # Group commit: everything that arrived together is committed
             # together as soon as no request is waiting, and at least every
-            # batch_interval under a steady stream of requests.
+            # batch_interval under a steady stream of requests (while the
+            # store fails: when the backoff ends).
             due = self._dirty_since + self.batch_interval
-            if idle or now >= due:
+            if self._failing is not None:
+                due = max(due, self._failing.retry_at)
+            if (idle and self._failing is None) or now >= due:
                 self._commit()
             else:
                 wait = due - now
@@ -459,7 +530,7 @@ class Relay:
             self._serve_parked(now, None)
             soonest = min(p.deadline for p in self._parked) if self._parked else now + wait
             wait = min(wait, max(0.0, soonest - now), 0.1)
-        if now >= self._next_housekeeping:
+        if now >= self._next_housekeeping and self._failing is None:
             self._next_housekeeping = now + _HOUSEKEEPING
             try:
                 self._housekeeping()
