@@ -14,6 +14,7 @@ from .durable import (
     DurableMessage,
     DurablePublisher,
     DurableSubscription,
+    PublishFailed,
     RelayConflict,
     Start,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "MeshConfig",
     "MeshqError",
     "NoProviders",
+    "PublishFailed",
     "Relay",
     "RelayConflict",
     "RemoteError",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .consumer import DurableMessage, DurableSubscription, Start
 from .lookup import STORE_HEADER, RelayConflict, relay_stores, relay_stream
-from .publisher import Confirm, DurablePublisher
+from .publisher import Confirm, DurablePublisher, PublishFailed
 
 __all__ = [
     "STORE_HEADER",
@@ -17,6 +17,7 @@ __all__ = [
     "DurableMessage",
     "DurablePublisher",
     "DurableSubscription",
+    "PublishFailed",
     "RelayConflict",
     "Start",
     "relay_stores",

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX
 from .consumer import ConsumerShell, DurableMessage, log
-from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
+from .lookup import (
+    ATTEMPT,
+    NO_RELAY_PAUSE,
+    STORE_RETRY_FIRST,
+    STORE_RETRY_MAX,
+    relay_stream,
+    store_failed,
+)
 from .publisher import prepare
 
 if TYPE_CHECKING:
@@ -27,8 +34,9 @@ __all__ = ["AsyncDurablePublisher", "AsyncDurableSubscription"]
 class AsyncDurablePublisher:
     """Publishes to relays with confirms from asyncio; ``asyncio.gather`` many publishes.
 
-    Each publish is its own request; an unanswered attempt (1 s) is resent
-    with the same message id until ``timeout`` seconds have passed.
+    Each publish is its own request; an unanswered attempt (1 s), or one the
+    relay refused because its store failed (a full disk), is resent with the
+    same message id until ``timeout`` seconds have passed.
     """
 
     def __init__(self, node: AsyncNode, *, timeout: float = 5.0) -> None:
@@ -51,6 +59,7 @@ class AsyncDurablePublisher:
         out = prepare(self.node.node, topic, data, msg_id)
         request = ["pub", topic, out.msg_id, out.flags, out.payload]
         deadline = time.monotonic() + self.timeout
+        pause = STORE_RETRY_FIRST
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -67,6 +76,14 @@ class AsyncDurablePublisher:
                 continue
             except Timeout:
                 self.resent += 1
+                continue
+            except RemoteError as exc:
+                if not store_failed(exc):
+                    raise
+                # The relay's disk is full (say): nothing was stored; again, later.
+                self.resent += 1
+                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(2 * pause, STORE_RETRY_MAX)
                 continue
             if type(seq) is not int or seq <= 0:
                 raise ProtocolError(f"relay confirmed with {seq!r}")

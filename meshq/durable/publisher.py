@@ -3,7 +3,11 @@
 Every message gets an id (this node's id plus a process-wide counter, or
 the caller's own), and a resend after a lost confirm carries the same id, so
 the relay stores it once. A confirm means the message is on the relay's
-disk. A publisher belongs to the thread that made it (like every meshq socket).
+disk. A publisher belongs to the thread that made it (like every meshq
+socket), and its replies are read on that thread, by whichever of its calls
+comes next (send, result, done, flush): no call to ``poll()`` is needed, and
+a message's timeout runs from when it is first sent, so one held back while
+the application is busy elsewhere does not expire unsent.
 """
 
 from __future__ import annotations
@@ -18,12 +22,40 @@ from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError
 from ..relaywire import MAX_MSG_ID_BYTES, MAX_PUBS, RELAY_SERVICE_PREFIX
 from ..requester import RequestFuture
 from ..wire import encode_payload
-from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
+from .lookup import (
+    ATTEMPT,
+    NO_RELAY_PAUSE,
+    STORE_RETRY_FIRST,
+    STORE_RETRY_MAX,
+    relay_stream,
+    store_failed,
+)
 
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["Confirm", "DurablePublisher", "next_message_id"]
+__all__ = ["Confirm", "DurablePublisher", "PublishFailed", "next_message_id"]
+
+#: Failures kept for :meth:`DurablePublisher.flush` to report (the rest are counted).
+_MAX_FAILURES_KEPT = 10_000
+#: Seconds between reads of the replies that are in, from send().
+_READ_EVERY = 0.001
+
+
+class PublishFailed(MeshqError):
+    """Durable publishes failed (timed out or refused) and no ``result()`` raised it yet.
+
+    ``failures``: (message id, the error) for each, oldest first (at most
+    10,000); ``count``: how many failed in all.
+    """
+
+    def __init__(self, failures: list[tuple[bytes, BaseException]], count: int) -> None:
+        shown = ", ".join(msg_id.hex() for msg_id, _ in failures[:5])
+        more = f" and {count - 5} more" if count > 5 else ""
+        first = f"; first: {failures[0][1]}" if failures else ""
+        super().__init__(f"{count} durable publish(es) failed: ids {shown}{more}{first}")
+        self.failures = failures
+        self.count = count
 
 
 #: Numbers for message ids, shared by every publisher of the process: an id
@@ -83,9 +115,11 @@ class _Unconfirmed:
     msg_id: bytes
     flags: int
     payload: bytes
-    deadline: float  # monotonic
+    timeout: float  # seconds from the first send
+    deadline: float = 0.0  # monotonic; set when first sent
     seq: int = 0
     error: BaseException | None = None
+    reported: bool = False  # its error was raised by Confirm.result()
 
     @property
     def size(self) -> int:
@@ -130,6 +164,9 @@ class Confirm:
         """
         self._publisher.wait(self._entry, timeout)
         if self._entry.error is not None:
+            if not self._entry.reported:
+                self._entry.reported = True
+                self._publisher.reported(self._entry)
             raise self._entry.error
         if not self._entry.seq:
             raise Timeout(f"no confirm yet for {self._entry.topic!r}")
@@ -143,9 +180,12 @@ class DurablePublisher:
     Messages sent while earlier requests are unanswered travel together in
     the next request (up to ``max_batch``), so a relay commits and confirms
     them as a group; one at a time, each is its own request. A message not
-    confirmed within ``timeout`` seconds fails; until then it is resent
-    (same id) after every attempt that went unanswered, also across a relay
-    restart.
+    confirmed within ``timeout`` seconds of its first send fails; until then
+    it is resent (same id) after every attempt that went unanswered, also
+    across a relay restart, and after a refusal because the relay's store
+    failed (a full disk), with a pause doubling from 0.05 to 1 s. A failure
+    is raised by the message's ``Confirm.result()``, or else by the next
+    ``flush()`` (:class:`PublishFailed`, listing the message ids).
 
     Args:
         node: the node to publish through.
@@ -180,6 +220,13 @@ class DurablePublisher:
         self._unsent: collections.deque[_Unconfirmed] = collections.deque()
         self._batches: collections.deque[_Batch] = collections.deque()
         self._unconfirmed = 0
+        # Failures for flush() to report (by id(entry), oldest first), and
+        # how many there were since the last flush (some may not be kept).
+        self._failures: dict[int, _Unconfirmed] = {}
+        self._unreported = 0
+        self._hold_until = 0.0  # no request before this (monotonic): the store failed
+        self._store_pause = STORE_RETRY_FIRST
+        self._next_read = 0.0
         #: Messages confirmed, given up on (timed out or refused), and resent.
         self.confirmed = 0
         self.failed = 0
@@ -196,9 +243,11 @@ class DurablePublisher:
         MiB by default), TypeError if msgpack cannot encode ``data``.
         """
         out = prepare(self.node, topic, data, msg_id)
+        if self._batches and time.monotonic() >= self._next_read:
+            self.poll()  # take the confirms in: a free slot sends this one at once
         while self._unconfirmed >= self.max_in_flight:
             self._wait_once(None)
-        entry = _Unconfirmed(topic, *out, time.monotonic() + self.timeout)
+        entry = _Unconfirmed(topic, *out, self.timeout)
         self._unsent.append(entry)
         self._unconfirmed += 1
         self._dispatch()
@@ -214,7 +263,9 @@ class DurablePublisher:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent is confirmed or has failed.
 
-        Raises meshq.Timeout if some are still unconfirmed after ``timeout`` s.
+        Raises PublishFailed (listing the message ids) if any message sent
+        before failed and its ``Confirm.result()`` did not raise it already;
+        meshq.Timeout if some are still unconfirmed after ``timeout`` s.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._unconfirmed:
@@ -222,6 +273,11 @@ class DurablePublisher:
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"{self._unconfirmed} durable publishes unconfirmed")
             self._wait_once(remaining)
+        failures = [(e.msg_id, e.error) for e in self._failures.values() if e.error is not None]
+        count, self._unreported = self._unreported, 0
+        self._failures.clear()
+        if count:
+            raise PublishFailed(failures, count)
 
     @property
     def in_flight(self) -> int:
@@ -236,12 +292,19 @@ class DurablePublisher:
         full batch), so that they travel and are committed together.
         """
         now = time.monotonic()
+        if now < self._hold_until:  # the relay's store failed: wait out the pause
+            while self._unsent and self._unsent[0].deadline and now >= self._unsent[0].deadline:
+                first = self._unsent.popleft()
+                self._fail(first, Timeout(f"durable publish to {first.topic!r} not confirmed"))
+            return
         while (
             self._unsent
             and len(self._batches) < self.max_requests
             and (not self._batches or len(self._unsent) >= self.max_batch)
         ):
             first = self._unsent[0]
+            if not first.deadline:
+                first.deadline = now + first.timeout
             if now >= first.deadline:
                 self._unsent.popleft()
                 self._fail(first, Timeout(f"durable publish to {first.topic!r} not confirmed"))
@@ -255,6 +318,8 @@ class DurablePublisher:
                 and (not entries or size + self._unsent[0].size <= self.max_request_bytes)
             ):
                 entry = self._unsent.popleft()
+                if not entry.deadline:  # its timeout runs from now
+                    entry.deadline = now + entry.timeout
                 entries.append(entry)
                 size += entry.size
             attempt = min(ATTEMPT, max(0.001, min(e.deadline for e in entries) - now))
@@ -271,7 +336,11 @@ class DurablePublisher:
             self._batches.append(_Batch(entries, future))
 
     def poll(self) -> None:
-        """Take in the confirms that arrived; resend what went unanswered."""
+        """Take in the confirms that arrived; resend what went unanswered.
+
+        Every other call of the publisher does this too: no need to call it.
+        """
+        self._next_read = time.monotonic() + _READ_EVERY
         if self._batches and not self._batches[0].future.ready:
             self._batches[0].future.done()  # reads every reply that is in
         still: collections.deque[_Batch] = collections.deque()
@@ -287,6 +356,14 @@ class DurablePublisher:
         try:
             seqs = batch.future.result(0)
         except RemoteError as exc:
+            if store_failed(exc):
+                # Nothing of the request was stored (the relay's disk is
+                # full, say): resend the same ids after a pause.
+                self.resent += len(batch.entries)
+                self._unsent.extendleft(reversed(batch.entries))
+                self._hold_until = time.monotonic() + self._store_pause
+                self._store_pause = min(2 * self._store_pause, STORE_RETRY_MAX)
+                return
             for entry in batch.entries:
                 self._fail(entry, exc)
             return
@@ -304,6 +381,7 @@ class DurablePublisher:
             for entry in batch.entries:
                 self._fail(entry, error)
             return
+        self._store_pause = STORE_RETRY_FIRST
         for entry, seq in zip(batch.entries, seqs, strict=True):
             entry.seq = seq
         self.confirmed += len(seqs)
@@ -313,6 +391,16 @@ class DurablePublisher:
         entry.error = error
         self.failed += 1
         self._unconfirmed -= 1
+        self._unreported += 1
+        if len(self._failures) < _MAX_FAILURES_KEPT:
+            self._failures[id(entry)] = entry
+
+    def reported(self, entry: _Unconfirmed) -> None:
+        """``entry``'s failure was raised to the caller: flush() need not say it again."""
+        if self._failures.pop(id(entry), None) is not None or self._unreported > len(
+            self._failures
+        ):
+            self._unreported -= 1
 
     def wait(self, entry: _Unconfirmed, timeout: float | None) -> None:
         """Drive every publish in flight until ``entry`` is settled or ``timeout`` s pass."""
@@ -339,5 +427,7 @@ class DurablePublisher:
             except MeshqError:
                 pass  # settled by the poll below
         elif self._unsent:
-            time.sleep(pause)  # no relay right now: look again soon
+            # No relay right now, or its store failed: look again soon.
+            hold = max(pause, self._hold_until - time.monotonic())
+            time.sleep(hold if timeout is None else max(0.0, min(hold, timeout)))
         self.poll()
