@@ -604,6 +604,7 @@ class Relay:
             "integrity_problems": self._store.integrity_problems,
             **self._store.wal_faults(),
             "store_errors": self.counts.get("store_errors", 0),
+            "redelivered": self.counts.get("redelivered", 0),
             "durability": self.streams[stream].durability,
         }
 
