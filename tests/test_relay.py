@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 import threading
 import time
@@ -584,3 +585,42 @@ def test_asyncio_acks_made_during_a_long_poll_are_kept_and_close_ends_it(
     data, outcome = asyncio.run(scenario())
     assert data == [0, 1, 2]
     assert isinstance(outcome, meshq.Closed)
+
+
+def test_naked_messages_come_back_after_an_exponential_backoff(client: meshq.Node) -> None:
+    client.publish("orders/a", "flaky", durable=True)
+    backoff = (0.2, 0.4, 0.8)
+    with meshq.DurableSubscription(
+        client, "orders/", "backing-off", ack="explicit", max_deliver=4, backoff=backoff
+    ) as sub:
+        times = []
+        for delivery in range(1, 5):
+            message = sub.recv(timeout=10)
+            times.append(time.monotonic())
+            assert message.deliveries == delivery
+            message.nak()  # a transient failure, four times
+        with pytest.raises(meshq.Timeout):
+            sub.recv(timeout=1.5)  # dead-lettered after max_deliver
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert all(gap >= delay for gap, delay in zip(gaps, backoff, strict=True)), gaps
+
+
+def test_the_default_backoff_spreads_redeliveries_of_a_failing_handler(
+    mesh: str, client: meshq.Node
+) -> None:
+    assert meshq.durable.DEFAULT_BACKOFF[:3] == (1.0, 2.0, 4.0)
+    client.publish("orders/a", "flaky", durable=True)
+    calls: list[float] = []
+    done = threading.Event()
+    with meshq.Node("handler", mesh=mesh, interfaces=LOOPBACK) as node:
+        wait_for_relay(node, "orders/")
+
+        @node.on_message("orders/", durable="handled")
+        def handle(message: meshq.DurableMessage) -> None:
+            calls.append(time.monotonic())
+            if len(calls) < 3:
+                raise RuntimeError("backend down for a moment")
+            done.set()
+
+        assert done.wait(20)
+    assert calls[1] - calls[0] >= 1.0 and calls[2] - calls[1] >= 2.0  # not within milliseconds

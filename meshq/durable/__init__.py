@@ -7,11 +7,12 @@ server side) over the ordinary request/reply path, using the relay protocol
 
 from __future__ import annotations
 
-from .consumer import DurableMessage, DurableSubscription, Start
+from .consumer import DEFAULT_BACKOFF, DurableMessage, DurableSubscription, Start
 from .lookup import STORE_HEADER, RelayConflict, relay_stores, relay_stream
 from .publisher import Confirm, DurablePublisher, PublishFailed
 
 __all__ = [
+    "DEFAULT_BACKOFF",
     "STORE_HEADER",
     "Confirm",
     "DurableMessage",

@@ -129,7 +129,7 @@ class AsyncDurableSubscription(ConsumerShell):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"no durable message on {state.prefix!r} within {timeout} s")
-            await self._fetch(1.0 if remaining is None else min(remaining, 1.0))
+            await self._fetch(state.next_nak_in(1.0 if remaining is None else min(remaining, 1.0)))
 
     def __aiter__(self) -> AsyncIterator[DurableMessage]:
         return self._messages()
@@ -140,6 +140,7 @@ class AsyncDurableSubscription(ConsumerShell):
 
     async def _send_naks(self) -> None:
         state = self._state
+        state.release_due()
         if state.naks and state.stream is not None:
             request, count = state.nak_request()
             try:
@@ -174,6 +175,7 @@ class AsyncDurableSubscription(ConsumerShell):
             return
         state = self._state
         try:
+            state.release_due(everything=True)  # handing everything back
             await self._send_naks()
             last = state.ack_request(release=True)
             if last is not None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -27,11 +28,24 @@ from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["ConsumerShell", "ConsumerState", "DurableMessage", "DurableSubscription", "Start"]
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "ConsumerShell",
+    "ConsumerState",
+    "DurableMessage",
+    "DurableSubscription",
+    "Start",
+]
 
 log = logging.getLogger("meshq.durable")
 
 _CLOSE_CHECK = 0.1  # seconds between looks at the node's state during a long poll
+
+#: Seconds before a naked message is delivered again: after its 1st
+#: delivery, its 2nd, ...; the last repeats (JetStream's BackOff, exponential
+#: with a cap). So a handler that fails on a transient error does not use up
+#: max_deliver within milliseconds.
+DEFAULT_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -105,9 +119,11 @@ class DurableMessage:
     def nak(self) -> None:
         """Processing failed: have it delivered again (this delivery counts).
 
-        Sent before the subscription's next fetch (or at its close); after
-        ``max_deliver`` deliveries the message becomes a dead letter. If the
-        relay cannot be told, it redelivers after ``ack_wait``.
+        Delivered again after the subscription's ``backoff`` for this
+        delivery (1 s after the first, then 2, 4, 8, 16, 30 s by default;
+        at most ``ack_wait``): the nak is sent with the first fetch after
+        that. After ``max_deliver`` deliveries the message becomes a dead
+        letter. If the relay cannot be told, it redelivers after ``ack_wait``.
         """
         self._state.nak(self)
 
@@ -134,7 +150,11 @@ class ConsumerState:
         max_deliver: int,
         batch: int,
         dedup_ids: int,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if any(not 0 <= delay < float("inf") for delay in backoff):
+            raise ValueError("backoff is a sequence of delays in seconds, each >= 0")
         if ack not in ("auto", "explicit"):
             raise ValueError("ack is 'auto' or 'explicit'")
         if not 0 < len(name.encode()) <= 255:
@@ -153,6 +173,9 @@ class ConsumerState:
         self.acks: list[int] = []  # to send with the next fetch
         self._acks_in_flight = 0  # how many of them the fetch in flight carries
         self.naks: list[int] = []  # to send before the next fetch
+        self.backoff = tuple(float(delay) for delay in backoff)
+        self._clock = clock
+        self._held: list[tuple[float, int]] = []  # naks waiting out their backoff: (due, seq)
         self.unacked: DurableMessage | None = None  # auto-ack: the last one handed out
         self._seen: dict[bytes, None] = {}  # ids acknowledged, oldest first
         self._dedup_ids = dedup_ids
@@ -183,6 +206,18 @@ class ConsumerState:
             self.ack_wait,
             self.max_deliver,
         ]
+
+    def release_due(self, everything: bool = False) -> None:
+        """Move the naks whose backoff is over (or all) to ``naks`` (sent before the next fetch)."""
+        now = float("inf") if everything else self._clock()
+        while self._held and self._held[0][0] <= now:
+            self.naks.append(heapq.heappop(self._held)[1])
+
+    def next_nak_in(self, longest: float) -> float:
+        """Seconds until a held nak is due (at most ``longest``): how long a fetch may wait."""
+        if not self._held:
+            return longest
+        return max(0.0, min(longest, self._held[0][0] - self._clock()))
 
     def nak_request(self) -> tuple[list[object], int]:
         """A nak of the naks made so far, and how many (for :meth:`naks_sent` after)."""
@@ -270,9 +305,16 @@ class ConsumerState:
         self.acks.append(message.seq)
 
     def nak(self, message: DurableMessage) -> None:
+        """Have ``message`` delivered again after its backoff (at most ``ack_wait``)."""
         if message is self.unacked:
             self.unacked = None
-        self.naks.append(message.seq)
+        if not self.backoff:
+            self.naks.append(message.seq)
+            return
+        delay = self.backoff[min(message.deliveries, len(self.backoff)) - 1]
+        # Past ack_wait the relay delivers it again by itself anyway.
+        delay = min(delay, self.ack_wait)
+        heapq.heappush(self._held, (self._clock() + delay, message.seq))
 
     def no_relay(self) -> None:
         if not self.warned:
@@ -301,6 +343,7 @@ class ConsumerShell:
         max_deliver: int = 5,
         batch: int = 256,
         dedup_ids: int = 100_000,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
     ) -> None:
         self.node = node
         self._state = ConsumerState(
@@ -312,6 +355,7 @@ class ConsumerShell:
             max_deliver=max_deliver,
             batch=batch,
             dedup_ids=dedup_ids,
+            backoff=backoff,
         )
         self._closed = False
         self._created()
@@ -392,7 +436,8 @@ class DurableSubscription(ConsumerShell):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"no durable message on {state.prefix!r} within {timeout} s")
-            self._fetch(1.0 if remaining is None else min(remaining, 1.0))
+            # Not past the moment a held nak is due: it goes with the next fetch.
+            self._fetch(state.next_nak_in(1.0 if remaining is None else min(remaining, 1.0)))
 
     def __iter__(self) -> Iterator[DurableMessage]:
         while not self._closed:
@@ -400,6 +445,7 @@ class DurableSubscription(ConsumerShell):
 
     def _send_naks(self) -> None:
         state = self._state
+        state.release_due()
         if state.naks and state.stream is not None:
             request, count = state.nak_request()
             try:
@@ -437,10 +483,13 @@ class DurableSubscription(ConsumerShell):
     def flush_acks(self, timeout: float = 1.0, *, release: bool = False) -> None:
         """Send the naks and acknowledgements not yet sent; with ``release``, give back the unread.
 
-        Released messages (fetched, not yet handed out) are due again at once
-        for this consumer name. Raises meshq.Timeout, NoProviders.
+        Released messages (fetched, not yet handed out), and with them the
+        naks still waiting out their backoff, are due again at once for this
+        consumer name. Raises meshq.Timeout, NoProviders.
         """
         state = self._state
+        if release:  # handing everything back: the held naks go now too
+            state.release_due(everything=True)
         self._send_naks()
         last = state.ack_request(release)
         if last is not None:
