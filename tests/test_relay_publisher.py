@@ -19,7 +19,8 @@ from tests.test_relay import LOOPBACK, wait_for_relay
 
 @pytest.fixture
 def relay(mesh: str, tmp_path: Path) -> Iterator[meshq.Relay]:
-    relay = meshq.Relay(meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK), tmp_path, ["s/"])
+    node = meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK)
+    relay = meshq.Relay(node, tmp_path, ["s/"], settle=0.0)  # the only relay: no one to find
     yield relay
     relay.close()
 

@@ -13,15 +13,15 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
-from ..relaywire import RELAY_SERVICE_PREFIX
 from .consumer import ConsumerShell, DurableMessage, log
 from .lookup import (
     ATTEMPT,
     NO_RELAY_PAUSE,
     STORE_RETRY_FIRST,
     STORE_RETRY_MAX,
+    relay_request_async,
     relay_stream,
-    store_failed,
+    retry_later,
 )
 from .publisher import prepare
 
@@ -65,11 +65,8 @@ class AsyncDurablePublisher:
             if remaining <= 0:
                 raise Timeout(f"durable publish to {topic!r} not confirmed")
             try:
-                seq = await self.node.request(
-                    RELAY_SERVICE_PREFIX + out.stream,
-                    request,
-                    timeout=min(ATTEMPT, remaining),
-                    retries=0,
+                seq = await relay_request_async(
+                    self.node, out.stream, request, timeout=min(ATTEMPT, remaining)
                 )
             except NoProviders:  # the relay is restarting: look again shortly
                 await asyncio.sleep(min(NO_RELAY_PAUSE, remaining))
@@ -78,9 +75,10 @@ class AsyncDurablePublisher:
                 self.resent += 1
                 continue
             except RemoteError as exc:
-                if not store_failed(exc):
+                if not retry_later(exc):
                     raise
-                # The relay's disk is full (say): nothing was stored; again, later.
+                # The relay's disk is full, or it is not the owner (yet):
+                # nothing was stored; again, later (to the owner).
                 self.resent += 1
                 await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(2 * pause, STORE_RETRY_MAX)
@@ -109,11 +107,15 @@ class AsyncDurableSubscription(ConsumerShell):
         state = self._state
         try:
             state.stream = relay_stream(self.node.node, state.prefix)
-            await self.node.request(
-                state.service(), state.open_request(), timeout=ATTEMPT, retries=2
+            await relay_request_async(
+                self.node, state.stream, state.open_request(), timeout=ATTEMPT, retries=2
             )
         except (NoProviders, Timeout):
             state.stream = None
+        except RemoteError as exc:
+            if not retry_later(exc):
+                raise
+            state.stream = None  # the first fetch creates it
 
     async def recv(self, timeout: float | None = None) -> DurableMessage:
         """The next message, stored ones first; see :meth:`DurableSubscription.recv`."""
@@ -144,7 +146,7 @@ class AsyncDurableSubscription(ConsumerShell):
         if state.naks and state.stream is not None:
             request, count = state.nak_request()
             try:
-                await self.node.request(state.service(), request, timeout=ATTEMPT, retries=0)
+                await relay_request_async(self.node, state.stream, request, timeout=ATTEMPT)
             except MeshqError as exc:
                 log.info("naks of %s not sent (%s): redelivered after ack_wait", state.name, exc)
             state.naks_sent(count)
@@ -155,12 +157,17 @@ class AsyncDurableSubscription(ConsumerShell):
             if state.stream is None:
                 state.stream = relay_stream(self.node.node, state.prefix)
             await self._send_naks()
-            reply = await self.node.request(
-                state.service(), state.fetch_request(wait), timeout=wait + ATTEMPT, retries=0
+            reply = await relay_request_async(
+                self.node, state.stream, state.fetch_request(wait), timeout=wait + ATTEMPT
             )
         except NoProviders:
             state.no_relay()
             await asyncio.sleep(min(wait, NO_RELAY_PAUSE))
+            return
+        except RemoteError as exc:
+            if not retry_later(exc):
+                raise
+            await asyncio.sleep(min(wait, NO_RELAY_PAUSE))  # not the owner (yet): again
             return
         except Timeout:
             return  # a stopped or restarting relay: ask again
@@ -178,9 +185,9 @@ class AsyncDurableSubscription(ConsumerShell):
             state.release_due(everything=True)  # handing everything back
             await self._send_naks()
             last = state.ack_request(release=True)
-            if last is not None:
+            if last is not None and state.stream is not None:  # (a request needs a stream)
                 request, count = last
-                await self.node.request(state.service(), request, timeout=1.0, retries=0)
+                await relay_request_async(self.node, state.stream, request, timeout=1.0)
                 state.acks_sent(count)
         except (MeshqError, RemoteError) as exc:
             log.info("last acks of %r not sent (%s): they will be redelivered", state.name, exc)

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..errors import Closed, MeshqError, NoProviders, ProtocolError, Timeout
+from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX, START_KINDS, decode_records
 from ..wire import Limits, decode_payload
-from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
+from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_request, relay_stream, retry_later
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -412,9 +412,15 @@ class DurableSubscription(ConsumerShell):
         state = self._state
         try:
             state.stream = relay_stream(self.node, state.prefix)
-            self.node.request(state.service(), state.open_request(), timeout=ATTEMPT, retries=2)
+            relay_request(
+                self.node, state.stream, state.open_request(), timeout=ATTEMPT, retries=2
+            ).result()
         except (NoProviders, Timeout):
             state.stream = None
+        except RemoteError as exc:
+            if not retry_later(exc):
+                raise
+            state.stream = None  # the first fetch creates it
 
     def recv(self, timeout: float | None = None) -> DurableMessage:
         """The next message: stored ones first, then live ones, in stream order.
@@ -449,7 +455,7 @@ class DurableSubscription(ConsumerShell):
         if state.naks and state.stream is not None:
             request, count = state.nak_request()
             try:
-                self.node.request(state.service(), request, timeout=ATTEMPT, retries=0)
+                relay_request(self.node, state.stream, request, timeout=ATTEMPT).result()
             except MeshqError as exc:
                 log.info("naks of %s not sent (%s): redelivered after ack_wait", state.name, exc)
             state.naks_sent(count)
@@ -461,8 +467,8 @@ class DurableSubscription(ConsumerShell):
             if state.stream is None:
                 state.stream = relay_stream(self.node, state.prefix)
             self._send_naks()
-            future = self.node.request_async(
-                state.service(), state.fetch_request(wait), timeout=wait + ATTEMPT, retries=0
+            future = relay_request(
+                self.node, state.stream, state.fetch_request(wait), timeout=wait + ATTEMPT
             )
             # In slices, so that a node closing meanwhile (its on_message
             # threads wait here) is noticed at once, not after the long poll.
@@ -475,6 +481,11 @@ class DurableSubscription(ConsumerShell):
         except NoProviders:
             state.no_relay()
             time.sleep(min(wait, NO_RELAY_PAUSE))
+            return
+        except RemoteError as exc:
+            if not retry_later(exc):
+                raise
+            time.sleep(min(wait, NO_RELAY_PAUSE))  # not the owner (yet): ask again
             return
         except Timeout:
             return  # a stopped or restarting relay: ask again
@@ -492,9 +503,9 @@ class DurableSubscription(ConsumerShell):
             state.release_due(everything=True)
         self._send_naks()
         last = state.ack_request(release)
-        if last is not None:
+        if last is not None and state.stream is not None:  # (a request needs a stream)
             request, count = last
-            self.node.request(state.service(), request, timeout=timeout, retries=0)
+            relay_request(self.node, state.stream, request, timeout=timeout).result()
             state.acks_sent(count)
             if release:
                 state.buffer.clear()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
-from ..relaywire import MAX_MSG_ID_BYTES, MAX_PUBS, RELAY_SERVICE_PREFIX
+from ..relaywire import MAX_MSG_ID_BYTES, MAX_PUBS
 from ..requester import RequestFuture
 from ..wire import encode_payload
 from .lookup import (
@@ -27,8 +27,9 @@ from .lookup import (
     NO_RELAY_PAUSE,
     STORE_RETRY_FIRST,
     STORE_RETRY_MAX,
+    relay_request,
     relay_stream,
-    store_failed,
+    retry_later,
 )
 
 if TYPE_CHECKING:
@@ -324,11 +325,11 @@ class DurablePublisher:
                 size += entry.size
             attempt = min(ATTEMPT, max(0.001, min(e.deadline for e in entries) - now))
             try:
-                future = self.node.request_async(
-                    RELAY_SERVICE_PREFIX + first.stream,
+                future = relay_request(
+                    self.node,
+                    first.stream,
                     ["pubs", [[e.topic, e.msg_id, e.flags, e.payload] for e in entries]],
                     timeout=attempt,
-                    retries=0,
                 )
             except NoProviders:  # the relay is restarting: try again on the next poll
                 self._unsent.extendleft(reversed(entries))
@@ -356,9 +357,10 @@ class DurablePublisher:
         try:
             seqs = batch.future.result(0)
         except RemoteError as exc:
-            if store_failed(exc):
+            if retry_later(exc):
                 # Nothing of the request was stored (the relay's disk is
-                # full, say): resend the same ids after a pause.
+                # full, or it is not the stream's owner, or not yet): resend
+                # the same ids after a pause, to the owner.
                 self.resent += len(batch.entries)
                 self._unsent.extendleft(reversed(batch.entries))
                 self._hold_until = time.monotonic() + self._store_pause

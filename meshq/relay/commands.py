@@ -100,23 +100,21 @@ def add_commands(
             names = _relay_streams(node)
             print(f"{len(names)} stream(s) on mesh {args.mesh!r}")
             for name in names:
+                # Every relay claiming the stream answers: a conflict shows as two.
                 try:
-                    info = node.request(RELAY_SERVICE_PREFIX + name, ["info"], timeout=2.0)
+                    answers = node.gather(RELAY_SERVICE_PREFIX + name, ["info"], timeout=2.0)
                 except MeshqError as exc:
                     print(f"  {name:20} ({type(exc).__name__}: {exc})")
                     continue
-                if not isinstance(info, dict):
-                    continue
-                print(
-                    f"  {name:20} {info['messages']} msgs  {info['bytes']} B  "
-                    f"seq {info['first_seq']}..{info['last_seq']}  {info['durability']}  "
-                    f"dead letters {info['dead_letters']}"
-                )
-                faults = _faults(info)
-                if faults:
-                    print(f"    FAULTS: {faults}")
-                for consumer, state in sorted(info["consumers"].items()):
-                    print(f"    consumer {consumer:16} lag {state['lag']}  out {state['out']}")
+                for relay, error in sorted(answers.errors.items()):
+                    print(f"  {name:20} relay {relay[:8]}: {error.remote_message}")
+                for relay in answers.missing:
+                    print(f"  {name:20} relay {relay[:8]}: no answer")
+                for relay, info in sorted(answers.replies.items()):
+                    if isinstance(info, dict):
+                        _print_stream(name, relay, info, len(answers.replies) > 1)
+        return 0
+
         return 0
 
     def replay_stream(args: argparse.Namespace) -> int:
@@ -148,6 +146,25 @@ def add_commands(
         return 0
 
     return {"relay": run_relay, "streams": list_streams, "replay": replay_stream}
+
+
+def _print_stream(name: str, relay: str, info: dict[str, object], several: bool) -> None:
+    """One relay's view of stream ``name`` (its "info" reply), as ``meshq streams`` shows it."""
+    where = f"  relay {relay[:8]}" if several else ""
+    print(
+        f"  {name:20} {info['messages']} msgs  {info['bytes']} B  "
+        f"seq {info['first_seq']}..{info['last_seq']}  {info['durability']}  "
+        f"dead letters {info['dead_letters']}{where}"
+    )
+    if info.get("conflict"):
+        print(f"    CONFLICT: stream {name!r} {info['conflict']}")
+    faults = _faults(info)
+    if faults:
+        print(f"    FAULTS: {faults}")
+    consumers = info.get("consumers")
+    if isinstance(consumers, dict):
+        for consumer, state in sorted(consumers.items()):
+            print(f"    consumer {consumer:16} lag {state['lag']}  out {state['out']}")
 
 
 #: Fault counters of a stream's "info", and how ``meshq streams`` names them.

@@ -23,8 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
-from ..durable import STORE_HEADER, relay_stores
-from ..durable.lookup import STORE_FAILED
+from ..durable.lookup import (
+    CLAIMS_HEADER,
+    NOT_OWNER,
+    SETTLING,
+    STORE_FAILED,
+    STORE_HEADER,
+    claims_header,
+    relay_stores,
+    stream_owner,
+)
 from ..errors import MeshqError, ProtocolError
 from ..ratelimit import RateLimitedLog
 from ..relaywire import (
@@ -66,6 +74,9 @@ _HOUSEKEEPING = 1.0  # seconds between retention runs and conflict checks
 #: Payload bytes per fetch reply (at least one message): well inside the
 #: max_msgpack_bytes (4 MiB by default) a consumer decodes a reply with.
 _FETCH_BYTES = 1024 * 1024
+#: What only the stream's owner may take: storing, and serving a consumer (acks
+#: and naks are for a consumer the relay has, reads are of its own store).
+_OWNER_ONLY = frozenset(("pub", "pubs", "fetch", "open"))
 _MAX_PARKED = 10_000  # fetches waiting for news; more are answered at once, empty
 # After the store fails (a full disk), the next attempt waits this long (s),
 # doubling up to _RETRY_MAX; the failure is logged at most every _LOG_EVERY s.
@@ -139,6 +150,10 @@ class Relay:
         batch_interval: longest time (s) a batched stream's writes wait for a
             group commit while requests keep arriving.
         dedup_window: seconds a message id is remembered to drop a producer's retry.
+        settle: seconds after start during which the relay refuses (for a
+            resend) everything but reads, while discovery finds other relays
+            claiming its streams; the oldest claim owns a stream, the other
+            relays refuse it (meshq/durable/lookup.py).
 
     Raises ValueError for no streams, duplicate or overlapping names (the
     node is left as it was). Raises StoreInUse if another relay serves
@@ -155,6 +170,7 @@ class Relay:
         *,
         batch_interval: float = 0.002,
         dedup_window: float = 120.0,
+        settle: float = 1.0,
     ) -> None:
         configs = [s if isinstance(s, StreamConfig) else StreamConfig(s) for s in streams]
         names = [c.name for c in configs]
@@ -168,6 +184,8 @@ class Relay:
         self.streams = {c.name: c for c in configs}
         self.batch_interval = batch_interval
         self.dedup_window = dedup_window
+        self.settle = settle
+        self._settled_at = time.monotonic() + settle
         try:
             self._lock, self._store = _open_store(Path(data_dir))
         except BaseException:
@@ -185,7 +203,7 @@ class Relay:
         self._failing: _Failing | None = None  # while the store fails: the backoff
         self._parked: list[_Parked] = []
         self._next_housekeeping = 0.0
-        self._conflicts: set[str] = set()
+        self._conflicts: dict[str, str] = {}  # stream -> what is wrong
         #: Counters: stored, duplicates, confirmed, delivered, corrupt ...
         self.counts: dict[str, int] = {}
         self._operations: dict[str, Callable[[str, list[object], ReplyTo], None]] = {
@@ -201,6 +219,8 @@ class Relay:
         }
         try:
             node._set_header(STORE_HEADER, self._store.store_id)
+            claims = {name: self._store.claim(name) for name in names}
+            node._set_header(CLAIMS_HEADER, claims_header(claims))
             for name in names:
                 node._serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
             node._add_service_ticker(self._tick)
@@ -222,6 +242,8 @@ class Relay:
         operation = self._operations.get(data[0])
         if operation is None:
             raise ProtocolError(f"unknown relay operation {data[0]!r}")
+        if data[0] in _OWNER_ONLY:
+            self._check_owner(stream)
         try:
             operation(stream, data, reply)
         except sqlite3.Error as exc:
@@ -552,29 +574,51 @@ class Relay:
         services = self.node.services()
         advertised = [stream_of_service(service) or "" for service in services]
         for name in self.streams:
-            providers = services.get(RELAY_SERVICE_PREFIX + name, [])
-            problem = ""
-            if len(providers) > 1 and len(relay_stores(self.node, providers)) > 1:
-                problem = (
-                    f"claimed by {len(providers)} relays ({', '.join(p[:8] for p in providers)})"
-                )
+            problem = self._claim_conflict(name, services.get(RELAY_SERVICE_PREFIX + name, []))
             overlapping = [
                 other
                 for other in advertised
                 if other and other != name and (other.startswith(name) or name.startswith(other))
             ]
             if overlapping:
-                problem = f"overlaps stream {overlapping[0]!r} of another relay"
-            if problem and name not in self._conflicts:
-                self._conflicts.add(name)
-                log.error(
-                    "CONFIGURATION ERROR: stream %r is %s; durable publishes to it fail until "
-                    "that is fixed",
-                    name,
-                    problem,
+                problem = (
+                    f"overlaps stream {overlapping[0]!r} of another relay; durable publishes "
+                    "to its topics fail until that is fixed"
                 )
-            elif not problem:
-                self._conflicts.discard(name)
+            if problem and self._conflicts.get(name) != problem:
+                log.error("CONFIGURATION ERROR: stream %r %s", name, problem)
+            if problem:
+                self._conflicts[name] = problem
+            else:
+                self._conflicts.pop(name, None)
+
+    def _claim_conflict(self, stream: str, relays: list[str]) -> str:
+        """What is wrong when relays of several stores claim ``stream`` ('' if nothing)."""
+        if len(relays) < 2 or len(relay_stores(self.node, relays)) < 2:
+            return ""
+        owner = stream_owner(self.node, stream, relays)
+        ours = owner is None or relay_stores(self.node, [owner]) == {self._store.store_id}
+        holder = "this relay" if ours else f"relay {(owner or '')[:8]}"
+        return (
+            f"is claimed by {len(relays)} relays ({', '.join(r[:8] for r in sorted(relays))}); "
+            f"{holder} owns it (the oldest claim) and the others refuse it"
+        )
+
+    def _check_owner(self, stream: str) -> None:
+        """Raise the refusal if another relay owns ``stream``, or this one is still settling.
+
+        A relay takes nothing for a stream in its first ``settle`` seconds:
+        discovery finds the other relays claiming it meanwhile, so two never
+        both accept one stream (see meshq/durable/lookup.py).
+        """
+        if time.monotonic() < self._settled_at:
+            raise MeshqError(f"{SETTLING}: started less than {self.settle} s ago")
+        relays = self.node._service_directory.providers(RELAY_SERVICE_PREFIX + stream)
+        if len(relays) < 2:
+            return
+        owner = stream_owner(self.node, stream, list(relays))
+        if owner is not None and relay_stores(self.node, [owner]) != {self._store.store_id}:
+            raise MeshqError(f"{NOT_OWNER} {stream!r}: relay {owner[:8]} owns it (older claim)")
 
     # ------------------------------------------------------------------
     # Observability
@@ -606,6 +650,8 @@ class Relay:
             "store_errors": self.counts.get("store_errors", 0),
             "redelivered": self.counts.get("redelivered", 0),
             "durability": self.streams[stream].durability,
+            "conflict": self._conflicts.get(stream, ""),
+            "relay": self.node.id,
         }
 
     def _count(self, what: str, n: int = 1) -> None:

@@ -238,6 +238,23 @@ class Store:
                     reserved,
                 )
 
+    def claim(self, stream: str) -> int:
+        """When this store first claimed ``stream`` (ns since the epoch), recorded now if new.
+
+        A store from before claims were recorded claims its streams from
+        their oldest stored message.
+        """
+        key = f"claimed:{stream}"
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        oldest = self._db.execute(
+            "SELECT min(time_ns) FROM messages WHERE stream = ?", (stream,)
+        ).fetchone()[0]
+        claimed = int(oldest) if oldest is not None else time.time_ns()
+        self._db.execute("INSERT INTO meta VALUES (?, ?)", (key, str(claimed)))
+        return claimed
+
     def wal_faults(self) -> dict[str, int]:
         """Faults of the write-ahead log found at opens, over the file's life.
 
