@@ -74,9 +74,6 @@ _HOUSEKEEPING = 1.0  # seconds between retention runs and conflict checks
 #: Payload bytes per fetch reply (at least one message): well inside the
 #: max_msgpack_bytes (4 MiB by default) a consumer decodes a reply with.
 _FETCH_BYTES = 1024 * 1024
-#: What only the stream's owner may take: storing, and serving a consumer (acks
-#: and naks are for a consumer the relay has, reads are of its own store).
-_OWNER_ONLY = frozenset(("pub", "pubs", "fetch", "open"))
 _MAX_PARKED = 10_000  # fetches waiting for news; more are answered at once, empty
 # After the store fails (a full disk), the next attempt waits this long (s),
 # doubling up to _RETRY_MAX; the failure is logged at most every _LOG_EVERY s.
@@ -242,8 +239,6 @@ class Relay:
         operation = self._operations.get(data[0])
         if operation is None:
             raise ProtocolError(f"unknown relay operation {data[0]!r}")
-        if data[0] in _OWNER_ONLY:
-            self._check_owner(stream)
         try:
             operation(stream, data, reply)
         except sqlite3.Error as exc:
@@ -253,6 +248,7 @@ class Relay:
     def _publish(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         """Store the messages of a pub(s) request; confirm once they are committed."""
         publishes = parse_publishes(data)
+        self._check_owner(stream)
         for pub in publishes:
             if not pub.topic.startswith(stream):
                 raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
@@ -286,6 +282,7 @@ class Relay:
 
     def _fetch(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         fetch = parse_fetch(data)
+        self._check_owner(stream)
         consumer = self._consumer(
             stream, fetch.consumer, fetch.prefix, fetch.start, fetch.start_arg
         )
@@ -303,6 +300,7 @@ class Relay:
 
     def _open(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         request = parse_open(data)
+        self._check_owner(stream)
         consumer = self._consumer(
             stream, request.consumer, request.prefix, request.start, request.start_arg
         )
@@ -606,6 +604,11 @@ class Relay:
 
     def _check_owner(self, stream: str) -> None:
         """Raise the refusal if another relay owns ``stream``, or this one is still settling.
+
+        Only for what only the owner may do: store ("pub", "pubs") and serve
+        a consumer ("open", "fetch"); acks and naks are for a consumer this
+        relay has, and reads are of its own store. A request is parsed first:
+        a malformed one is a protocol error, settling or not.
 
         A relay takes nothing for a stream in its first ``settle`` seconds:
         discovery finds the other relays claiming it meanwhile, so two never
