@@ -99,6 +99,25 @@ def test_damage_in_the_middle_is_told_apart_from_a_torn_tail(tmp_path: Path) -> 
     assert rows(torn) == 199  # only the unfinished last write is dropped
 
 
+def test_a_writer_stopped_mid_transaction_is_unfinished_not_torn(tmp_path: Path) -> None:
+    db = writer(tmp_path / "a.sqlite")
+    for n in range(10):
+        db.execute("INSERT INTO t VALUES (?, ?)", (n, os.urandom(200)))
+    db.execute("BEGIN")
+    for n in range(10, 40):  # one transaction of many pages
+        db.execute("INSERT INTO t VALUES (?, ?)", (n, os.urandom(3000)))
+    db.execute("COMMIT")
+    copy = crash_copy(db, tmp_path / "a.sqlite", tmp_path / "copy")
+    db.close()
+    wal = copy.with_name("a.sqlite-wal")
+    page_size, _, frames = wal_frames(wal)
+    assert frames[-1][0] and not frames[-2][0]  # the last frame commits several
+    os.truncate(wal, wal.stat().st_size - (PAGE_DATA + page_size))  # no commit frame: whole frames
+    found = check_wal(copy)
+    assert found.state == "unfinished" and found.uncommitted > 0 and found.torn == 0
+    assert rows(copy) == 10
+
+
 def test_a_cut_among_stale_frames_of_an_older_generation_is_not_a_torn_wal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -615,6 +615,8 @@ def _check_wal(path: Path) -> WalCheck:
         log.error("WAL DAMAGE: %s; the damaged log is kept as %s", found.describe(), keep)
     elif found.state == "torn":
         log.error("TORN WAL: %s", found.describe())
+    elif found.state == "unfinished":
+        log.warning("relay store WAL: %s", found.describe())
     elif found.stale:
         log.info("relay store WAL: %s", found.describe())
     return found

@@ -9,6 +9,9 @@ This module reads the file the same way and says which of these it is:
 - ``intact``: every frame of the current generation checks out (frames
   after them from an older generation, left by a WAL restart, are
   ``stale``: SQLite never used them again; a cut among those loses nothing).
+- ``unfinished``: whole, valid frames follow the last commit, and nothing
+  else: the writer stopped in the middle of a transaction (a process
+  killed); that transaction was never committed, so never confirmed.
 - ``torn``: the current generation ends in frames that fail, with no valid
   commit after them: the last write was cut short. That transaction was
   never fully written, so (with ``synchronous=FULL``) never confirmed.
@@ -34,7 +37,7 @@ FRAME_HEADER_BYTES = 24
 _MAGIC_LE, _MAGIC_BE = 0x377F0682, 0x377F0683
 _FRAME_HEADER = struct.Struct(">IIIIII")  # page, commit size, salt-1, salt-2, checksum-1, -2
 
-WalState = Literal["none", "intact", "torn", "damaged"]
+WalState = Literal["none", "intact", "unfinished", "torn", "damaged"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,12 @@ class WalCheck:
             return (
                 f"{self.wal} ends in {cut} of an unfinished write; it is dropped, the "
                 f"{self.commits} committed transaction(s) before it are recovered"
+            )
+        if self.state == "unfinished":
+            return (
+                f"{self.wal} ends in {self.uncommitted} frame(s) of a transaction that was "
+                f"never committed (a writer stopped mid-write); the {self.commits} committed "
+                "transaction(s) before it are recovered"
             )
         if self.state == "intact":
             return (
@@ -142,7 +151,7 @@ def check_wal(database: str | Path) -> WalCheck:
         if torn_tail or uncommitted:
             return WalCheck(
                 wal,
-                "torn",
+                "torn" if torn_tail else "unfinished",
                 frames,
                 replayed,
                 commits,
@@ -170,11 +179,17 @@ def check_wal(database: str | Path) -> WalCheck:
             lost_commits=len(lost),
             partial_bytes=partial,
         )
-    if not ours and not uncommitted:
+    if not ours:
         # Only frames of an older generation follow the valid ones: SQLite
         # stops there by design; nothing was cut.
         return WalCheck(
-            wal, "intact", frames, replayed, commits, stale=frames - index + (1 if partial else 0)
+            wal,
+            "unfinished" if uncommitted else "intact",
+            frames,
+            replayed,
+            commits,
+            uncommitted,
+            stale=frames - index + (1 if partial else 0),
         )
     return WalCheck(
         wal,
