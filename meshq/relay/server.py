@@ -25,13 +25,9 @@ from typing import IO, TYPE_CHECKING, Literal
 
 from ..durable.lookup import (
     CLAIMS_HEADER,
-    NOT_OWNER,
-    SETTLING,
     STORE_FAILED,
     STORE_HEADER,
     claims_header,
-    relay_stores,
-    stream_owner,
 )
 from ..errors import MeshqError, ProtocolError
 from ..ratelimit import RateLimitedLog
@@ -45,13 +41,13 @@ from ..relaywire import (
     parse_open,
     parse_publishes,
     parse_read,
-    stream_of_service,
 )
 from ..services import DeferredHandler, ReplyTo
 from ..wire import decode_payload
 from .consumers import Consumer
 from .directory import STORE_NAME, lock_directory
 from .errors import StoreDamaged, StoreInUse, StoreUnusable
+from .ownership import Ownership
 from .store import Store, StoredMessage
 
 if TYPE_CHECKING:
@@ -181,8 +177,6 @@ class Relay:
         self.streams = {c.name: c for c in configs}
         self.batch_interval = batch_interval
         self.dedup_window = dedup_window
-        self.settle = settle
-        self._settled_at = time.monotonic() + settle
         try:
             self._lock, self._store = _open_store(Path(data_dir))
         except BaseException:
@@ -200,7 +194,6 @@ class Relay:
         self._failing: _Failing | None = None  # while the store fails: the backoff
         self._parked: list[_Parked] = []
         self._next_housekeeping = 0.0
-        self._conflicts: dict[str, str] = {}  # stream -> what is wrong
         #: Counters: stored, duplicates, confirmed, delivered, corrupt ...
         self.counts: dict[str, int] = {}
         self._operations: dict[str, Callable[[str, list[object], ReplyTo], None]] = {
@@ -214,6 +207,7 @@ class Relay:
             "dead": self._read,
             "info": self._describe,
         }
+        self._ownership = Ownership(node, self._store.store_id, settle)
         try:
             node._set_header(STORE_HEADER, self._store.store_id)
             claims = {name: self._store.claim(name) for name in names}
@@ -248,7 +242,7 @@ class Relay:
     def _publish(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         """Store the messages of a pub(s) request; confirm once they are committed."""
         publishes = parse_publishes(data)
-        self._check_owner(stream)
+        self._ownership.check(stream)
         for pub in publishes:
             if not pub.topic.startswith(stream):
                 raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
@@ -282,7 +276,7 @@ class Relay:
 
     def _fetch(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         fetch = parse_fetch(data)
-        self._check_owner(stream)
+        self._ownership.check(stream)
         consumer = self._consumer(
             stream, fetch.consumer, fetch.prefix, fetch.start, fetch.start_arg
         )
@@ -300,7 +294,7 @@ class Relay:
 
     def _open(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         request = parse_open(data)
-        self._check_owner(stream)
+        self._ownership.check(stream)
         consumer = self._consumer(
             stream, request.consumer, request.prefix, request.start, request.start_arg
         )
@@ -569,59 +563,7 @@ class Relay:
             )
             self._count("trimmed", deleted)
         self._mark_dirty()
-        services = self.node.services()
-        advertised = [stream_of_service(service) or "" for service in services]
-        for name in self.streams:
-            problem = self._claim_conflict(name, services.get(RELAY_SERVICE_PREFIX + name, []))
-            overlapping = [
-                other
-                for other in advertised
-                if other and other != name and (other.startswith(name) or name.startswith(other))
-            ]
-            if overlapping:
-                problem = (
-                    f"overlaps stream {overlapping[0]!r} of another relay; durable publishes "
-                    "to its topics fail until that is fixed"
-                )
-            if problem and self._conflicts.get(name) != problem:
-                log.error("CONFIGURATION ERROR: stream %r %s", name, problem)
-            if problem:
-                self._conflicts[name] = problem
-            else:
-                self._conflicts.pop(name, None)
-
-    def _claim_conflict(self, stream: str, relays: list[str]) -> str:
-        """What is wrong when relays of several stores claim ``stream`` ('' if nothing)."""
-        if len(relays) < 2 or len(relay_stores(self.node, relays)) < 2:
-            return ""
-        owner = stream_owner(self.node, stream, relays)
-        ours = owner is None or relay_stores(self.node, [owner]) == {self._store.store_id}
-        holder = "this relay" if ours else f"relay {(owner or '')[:8]}"
-        return (
-            f"is claimed by {len(relays)} relays ({', '.join(r[:8] for r in sorted(relays))}); "
-            f"{holder} owns it (the oldest claim) and the others refuse it"
-        )
-
-    def _check_owner(self, stream: str) -> None:
-        """Raise the refusal if another relay owns ``stream``, or this one is still settling.
-
-        Only for what only the owner may do: store ("pub", "pubs") and serve
-        a consumer ("open", "fetch"); acks and naks are for a consumer this
-        relay has, and reads are of its own store. A request is parsed first:
-        a malformed one is a protocol error, settling or not.
-
-        A relay takes nothing for a stream in its first ``settle`` seconds:
-        discovery finds the other relays claiming it meanwhile, so two never
-        both accept one stream (see meshq/durable/lookup.py).
-        """
-        if time.monotonic() < self._settled_at:
-            raise MeshqError(f"{SETTLING}: started less than {self.settle} s ago")
-        relays = self.node._service_directory.providers(RELAY_SERVICE_PREFIX + stream)
-        if len(relays) < 2:
-            return
-        owner = stream_owner(self.node, stream, list(relays))
-        if owner is not None and relay_stores(self.node, [owner]) != {self._store.store_id}:
-            raise MeshqError(f"{NOT_OWNER} {stream!r}: relay {owner[:8]} owns it (older claim)")
+        self._ownership.review(self.streams)
 
     # ------------------------------------------------------------------
     # Observability
@@ -653,7 +595,7 @@ class Relay:
             "store_errors": self.counts.get("store_errors", 0),
             "redelivered": self.counts.get("redelivered", 0),
             "durability": self.streams[stream].durability,
-            "conflict": self._conflicts.get(stream, ""),
+            "conflict": self._ownership.conflicts.get(stream, ""),
             "relay": self.node.id,
         }
 
