@@ -25,6 +25,8 @@ No SQLite call is made: the file is read as bytes (format: sqlite.org/fileformat
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,14 +107,24 @@ def wal_path(database: Path) -> Path:
 
 
 def check_wal(database: str | Path) -> WalCheck:
-    """Walk the WAL of ``database`` (a path to the main file). Raises OSError if unreadable."""
+    """Walk the WAL of ``database`` (a path to the main file). Raises OSError if unreadable.
+
+    The file is mapped, not read: a WAL whose checkpoints were held back
+    by readers can be large.
+    """
     wal = wal_path(Path(database))
     try:
-        data = wal.read_bytes()
+        handle = open(wal, "rb")  # noqa: SIM115  # closed below, after the map
     except FileNotFoundError:
         return WalCheck(wal, "none")
-    if not data:
-        return WalCheck(wal, "none")
+    with handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return WalCheck(wal, "none")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _walk(wal, data)
+
+
+def _walk(wal: Path, data: mmap.mmap) -> WalCheck:
     if len(data) < HEADER_BYTES:
         return WalCheck(wal, "torn", partial_bytes=len(data), detail=" (header cut short)")
     magic, _version, page_size, _checkpoint, salt1, salt2, c1, c2 = struct.unpack_from(">8I", data)
@@ -208,7 +220,7 @@ def _page_size_ok(size: int) -> bool:
     return 512 <= size <= 65536 and size & (size - 1) == 0
 
 
-def _salt_of_partial(data: bytes, frames: int, frame_bytes: int) -> tuple[int, int] | None:
+def _salt_of_partial(data: mmap.mmap, frames: int, frame_bytes: int) -> tuple[int, int] | None:
     start = HEADER_BYTES + frames * frame_bytes
     if len(data) - start < 16:
         return None
@@ -216,7 +228,7 @@ def _salt_of_partial(data: bytes, frames: int, frame_bytes: int) -> tuple[int, i
     return salts
 
 
-def _bad_header(wal: Path, data: bytes, frames: int, frame_bytes: int, why: str) -> WalCheck:
+def _bad_header(wal: Path, data: mmap.mmap, frames: int, frame_bytes: int, why: str) -> WalCheck:
     """A header SQLite rejects: it ignores the whole WAL, so any commit frame in it is lost."""
     if frame_bytes <= FRAME_HEADER_BYTES or frames == 0:
         return WalCheck(wal, "torn", detail=f" ({why})")
@@ -232,7 +244,7 @@ def _bad_header(wal: Path, data: bytes, frames: int, frame_bytes: int, why: str)
 
 
 def _checksum(
-    data: bytes, start: int, length: int, s0: int, s1: int, big_endian: bool
+    data: mmap.mmap, start: int, length: int, s0: int, s1: int, big_endian: bool
 ) -> tuple[int, int]:
     """SQLite's WAL checksum of ``data[start:start+length]`` (a multiple of 8), seeded (s0, s1).
 
