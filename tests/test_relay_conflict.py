@@ -18,6 +18,12 @@ from tests.test_relay import LOOPBACK, wait_for_relay
 from tests.test_relay_failures import relay_argv, start
 
 
+def streams_command(mesh: str) -> list[str]:
+    """``meshq streams`` on this mesh, waiting up to 10 s for every relay to be found."""
+    return [sys.executable, "-m", "meshq.cli", "streams", "--mesh", mesh, "--wait", "10",
+            "--interface", *LOOPBACK]  # fmt: skip
+
+
 def infos(node: meshq.Node, stream: str) -> dict[str, dict[str, object]]:
     """Every claiming relay's "info" by relay id."""
     found = node.gather(f"meshq/relay/{stream}", ["info"], timeout=5)
@@ -60,16 +66,7 @@ def test_the_oldest_claim_owns_a_stream_and_the_other_relay_refuses_it(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         shown = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "meshq.cli",
-                "streams",
-                "--mesh",
-                mesh,
-                "--interface",
-                *LOOPBACK,
-            ],
+            streams_command(mesh),
             capture_output=True,
             text=True,
             timeout=60,

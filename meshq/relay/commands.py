@@ -94,9 +94,17 @@ def add_commands(
 
     def list_streams(args: argparse.Namespace) -> int:
         with make_node(args, "meshq-streams") as node:
+            # Until the relays found stay the same for a moment: a conflict
+            # shows only once every relay of a stream is known.
             deadline = time.monotonic() + args.wait
-            while not _relay_streams(node) and time.monotonic() < deadline:
+            seen, stable_since = _relays_found(node), time.monotonic()
+            while time.monotonic() < deadline and (
+                not seen or time.monotonic() - stable_since < _STABLE
+            ):
                 time.sleep(0.05)
+                now_seen = _relays_found(node)
+                if now_seen != seen:
+                    seen, stable_since = now_seen, time.monotonic()
             names = _relay_streams(node)
             print(f"{len(names)} stream(s) on mesh {args.mesh!r}")
             for name in names:
@@ -181,6 +189,19 @@ def _faults(info: dict[str, object]) -> str:
     """The nonzero fault counters of ``info``, as one line ('' if none)."""
     found = [(info.get(key), text) for key, text in _FAULTS.items()]
     return ", ".join(f"{count} {text}" for count, text in found if isinstance(count, int) and count)
+
+
+_STABLE = 0.5  # seconds without a new relay before meshq streams asks them
+
+
+def _relays_found(node: Node) -> set[tuple[str, str]]:
+    """(service, relay id) of every relay stream service known now."""
+    return {
+        (service, relay)
+        for service, relays in node.services().items()
+        if stream_of_service(service) is not None
+        for relay in relays
+    }
 
 
 def _relay_streams(node: Node) -> list[str]:
