@@ -7,6 +7,7 @@ fills a real one).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,23 @@ def test_flush_raises_publish_failed_listing_the_ids_no_result_raised(
     publisher.flush(timeout=10)  # reported once: the next flush is clean
     free_store(relay)
     assert publisher.publish("s/x", "after") == 2
+
+
+def test_asyncio_publishes_resend_store_failure_refusals_too(mesh: str, relay: meshq.Relay) -> None:
+    async def scenario() -> tuple[int, int]:
+        async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
+            deadline = time.monotonic() + 10
+            while "meshq/relay/s/" not in node.services():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            publisher = meshq.AsyncDurablePublisher(node, timeout=60)
+            fill_store(relay)
+            pending = asyncio.ensure_future(publisher.publish("s/x", b"x" * 200_000))
+            while relay.counts.get("store_errors", 0) < 3:  # refused and resent, again
+                assert time.monotonic() < deadline + 30 and not pending.done()
+                await asyncio.sleep(0.01)
+            free_store(relay)
+            return await pending, publisher.resent
+
+    seq, resent = asyncio.run(scenario())
+    assert seq == 1 and resent >= 2
