@@ -144,9 +144,9 @@ class Relay:
             group commit while requests keep arriving.
         dedup_window: seconds a message id is remembered to drop a producer's retry.
         settle: seconds after start during which the relay refuses (for a
-            resend) everything but reads, while discovery finds other relays
-            claiming its streams; the oldest claim owns a stream, the other
-            relays refuse it (meshq/durable/lookup.py).
+            resend) to store and to serve consumers, while discovery finds
+            other relays claiming its streams; the oldest claim owns a
+            stream, the other relays refuse it (meshq/relay/ownership.py).
 
     Raises ValueError for no streams, duplicate or overlapping names (the
     node is left as it was). Raises StoreInUse if another relay serves
