@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import MeshqError, NoProviders, RemoteError
+from ..errors import MeshqError, NoProviders, RemoteError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX, stream_of_service
 
 if TYPE_CHECKING:
-    from ..aio import AsyncNode
-    from ..node import Node
     from ..requester import RequestFuture
+    from ..seams import AsyncMeshNode, MeshNode, Providers
 
 __all__ = [
     "CLAIMS_HEADER",
@@ -32,6 +31,7 @@ __all__ = [
     "STORE_HEADER",
     "RelayConflict",
     "claims_header",
+    "relay_holding",
     "relay_owner",
     "relay_request",
     "relay_request_async",
@@ -39,6 +39,7 @@ __all__ = [
     "relay_stream",
     "retry_later",
     "stream_owner",
+    "wait_for_relay",
 ]
 
 #: Seconds one attempt waits for a relay's answer before it is resent.
@@ -118,7 +119,7 @@ def claims_header(claims: Mapping[str, int]) -> str:
     return json.dumps(kept, separators=(",", ":"))
 
 
-def relay_stream(node: Node, topic: str) -> str:
+def relay_stream(node: MeshNode, topic: str) -> str:
     """The stream holding ``topic``: the relay stream whose name prefixes it.
 
     Raises NoProviders if no relay stores the topic, RelayConflict if two
@@ -126,7 +127,7 @@ def relay_stream(node: Node, topic: str) -> str:
     to would depend on which relays are up).
     """
     # The directory's own snapshot: no copy per message (node.services() sorts one).
-    services = node._service_directory.all()
+    services = node.providers()
     streams = (stream_of_service(service) for service in services)
     matching = [stream for stream in streams if stream is not None and topic.startswith(stream)]
     if not matching:
@@ -137,7 +138,7 @@ def relay_stream(node: Node, topic: str) -> str:
     return matching[0]
 
 
-def stream_owner(node: Node, stream: str, relays: Sequence[str]) -> str | None:
+def stream_owner(node: MeshNode, stream: str, relays: Sequence[str]) -> str | None:
     """Which of ``relays`` (node ids claiming ``stream``) owns it; None if they share one store.
 
     The owner's store has the oldest claim on the stream, then the smallest
@@ -161,37 +162,70 @@ def stream_owner(node: Node, stream: str, relays: Sequence[str]) -> str | None:
     return min(relays, key=lambda relay: (keys[relay], relay))
 
 
-def relay_owner(node: Node, stream: str) -> str | None:
+def relay_holding(services: Providers, topic: str) -> str | None:
+    """The name of a relay stream that holds ``topic`` in ``services``, or None."""
+    for service, providers in services.items():
+        stream = stream_of_service(service)
+        if stream is not None and providers and topic.startswith(stream):
+            return stream
+    return None
+
+
+def wait_for_relay(node: MeshNode, topic: str, timeout: float) -> bool:
+    """Wait up to ``timeout`` s until some relay holds ``topic``; whether one does.
+
+    Wakes when the node's service directory changes (no polling). Raises
+    meshq.Closed if the node closes meanwhile.
+    """
+    try:
+        node.wait_for_providers(
+            lambda services: relay_holding(services, topic), timeout=max(0.0, timeout)
+        )
+    except Timeout:
+        return False
+    return True
+
+
+def relay_owner(node: MeshNode, stream: str) -> str | None:
     """The node id of the relay that owns ``stream``, or None: any of its providers will do."""
-    relays = node._service_directory.providers(RELAY_SERVICE_PREFIX + stream)
+    relays = node.providers().get(RELAY_SERVICE_PREFIX + stream, {})
     if len(relays) < 2:
         return None
     return stream_owner(node, stream, list(relays))
 
 
 def relay_request(
-    node: Node, stream: str, data: object, *, timeout: float, retries: int = 0
+    node: MeshNode, stream: str, data: object, *, timeout: float, retries: int = 0
 ) -> RequestFuture:
-    """Send a relay request for ``stream`` to its owner; raises NoProviders at once."""
+    """Send a relay request for ``stream`` to its owner; raises NoProviders at once.
+
+    Addressing one provider has no public seam yet (MeshNode.request_async
+    takes no ``only``): the node's requester is used where it has one;
+    otherwise any provider is asked, and a relay that does not own the
+    stream refuses, for a resend.
+    """
     owner = relay_owner(node, stream)
     service = RELAY_SERVICE_PREFIX + stream
-    if owner is None:
+    runtime: Any = getattr(node, "runtime", None)
+    if owner is None or runtime is None:
         return node.request_async(service, data, timeout=timeout, retries=retries)
-    return node._requester().start(service, data, timeout, retries, only=owner)
+    future: RequestFuture = runtime.requester().start(service, data, timeout, retries, only=owner)
+    return future
 
 
 async def relay_request_async(
-    node: AsyncNode, stream: str, data: object, *, timeout: float, retries: int = 0
+    node: AsyncMeshNode, stream: str, data: object, *, timeout: float, retries: int = 0
 ) -> object:
-    """:func:`relay_request` from asyncio: the reply's data."""
+    """:func:`relay_request` from asyncio: the reply's data (the same seam is missing)."""
     owner = relay_owner(node.node, stream)
     service = RELAY_SERVICE_PREFIX + stream
-    if owner is None:
+    replies: Any = getattr(node, "_replies", None)
+    if owner is None or replies is None:
         return await node.request(service, data, timeout=timeout, retries=retries)
-    return await node._replies.request(service, data, timeout, retries, only=owner)
+    return await replies.request(service, data, timeout, retries, only=owner)
 
 
-def relay_stores(node: Node, relays: list[str]) -> set[str]:
+def relay_stores(node: MeshNode, relays: list[str]) -> set[str]:
     """The distinct stores behind ``relays`` (node ids); an unknown one counts as its own."""
     headers = {peer.id: peer.headers for peer in node.peers()}
     headers[node.id] = node.headers

@@ -9,9 +9,10 @@ meshq replay STREAM --from SEQ [--dead CONSUMER]     print stored messages (or d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..errors import MeshqError, Timeout
 from ..node import Node
@@ -94,17 +95,23 @@ def add_commands(
 
     def list_streams(args: argparse.Namespace) -> int:
         with make_node(args, "meshq-streams") as node:
-            # Until the relays found stay the same for a moment: a conflict
-            # shows only once every relay of a stream is known.
+            # Until the relays found stay the same for a moment (woken by
+            # directory changes): a conflict shows only once every relay of
+            # a stream is known.
             deadline = time.monotonic() + args.wait
-            seen, stable_since = _relays_found(node), time.monotonic()
-            while time.monotonic() < deadline and (
-                not seen or time.monotonic() - stable_since < _STABLE
-            ):
-                time.sleep(0.05)
-                now_seen = _relays_found(node)
-                if now_seen != seen:
-                    seen, stable_since = now_seen, time.monotonic()
+            seen: set[tuple[str, str]] = set()
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                before = seen
+                with contextlib.suppress(Timeout):
+                    seen = node.wait_for_providers(
+                        _changed_from(before),
+                        timeout=min(remaining, _STABLE) if before else remaining,
+                    )
+                if seen == before:  # nothing new for _STABLE s (or the deadline)
+                    break
             names = _relay_streams(node)
             print(f"{len(names)} stream(s) on mesh {args.mesh!r}")
             for name in names:
@@ -127,11 +134,10 @@ def add_commands(
 
     def replay_stream(args: argparse.Namespace) -> int:
         with make_node(args, "meshq-replay") as node:
-            deadline = time.monotonic() + args.wait
-            while args.stream not in _relay_streams(node):
-                if time.monotonic() >= deadline:
-                    raise Timeout(f"no relay holds stream {args.stream!r}")
-                time.sleep(0.05)
+            try:
+                node.wait_for_service(RELAY_SERVICE_PREFIX + args.stream, timeout=args.wait)
+            except Timeout:
+                raise Timeout(f"no relay holds stream {args.stream!r}") from None
             after, shown = args.start - 1, 0
             while shown < args.count:
                 limit = min(args.count - shown, 1000)
@@ -146,7 +152,7 @@ def add_commands(
                     break
                 for record in records:
                     when = datetime.datetime.fromtimestamp(record.time_ns / 1e9).isoformat()
-                    data = decode_payload(record.flags, record.payload, node._limits)
+                    data = decode_payload(record.flags, record.payload, node.limits)
                     tries = f" (dead after {record.deliveries} deliveries)" if args.dead else ""
                     print(f"#{record.seq} {when} {record.topic} {data!r}{tries}")
                     after = record.seq
@@ -194,16 +200,32 @@ def _faults(info: dict[str, object]) -> str:
 _STABLE = 0.5  # seconds without a new relay before meshq streams asks them
 
 
-def _relays_found(node: Node) -> set[tuple[str, str]]:
-    """(service, relay id) of every relay stream service known now."""
+def _changed_from(
+    before: set[tuple[str, str]],
+) -> Callable[[Mapping[str, Mapping[str, str]]], set[tuple[str, str]] | None]:
+    """A wait_for_providers test: the relays found, once they differ from ``before``."""
+
+    def test(services: Mapping[str, Mapping[str, str]]) -> set[tuple[str, str]] | None:
+        found = _relays_in(services)
+        return found if found != before else None
+
+    return test
+
+
+def _relays_in(services: Mapping[str, Mapping[str, str]]) -> set[tuple[str, str]]:
+    """(service, relay id) of every relay stream service in ``services``."""
     return {
         (service, relay)
-        for service, relays in node.services().items()
+        for service, relays in services.items()
         if stream_of_service(service) is not None
         for relay in relays
     }
 
 
 def _relay_streams(node: Node) -> list[str]:
-    found = (stream_of_service(service) for service in node.services())
+    return _streams_in(node.providers())
+
+
+def _streams_in(services: Mapping[str, object]) -> list[str]:
+    found = (stream_of_service(service) for service in services)
     return sorted(stream for stream in found if stream is not None)

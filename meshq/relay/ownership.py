@@ -19,7 +19,7 @@ from ..errors import MeshqError
 from ..relaywire import RELAY_SERVICE_PREFIX, stream_of_service
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..seams import MeshNode
 
 __all__ = ["Ownership"]
 
@@ -29,7 +29,7 @@ log = logging.getLogger("meshq.relay")
 class Ownership:
     """The relay on ``node`` serving ``store_id``: its right to serve, and its conflicts."""
 
-    def __init__(self, node: Node, store_id: str, settle: float) -> None:
+    def __init__(self, node: MeshNode, store_id: str, settle: float) -> None:
         self.node = node
         self.store_id = store_id
         self.settle = settle
@@ -47,7 +47,7 @@ class Ownership:
         """
         if time.monotonic() < self._settled_at:
             raise MeshqError(f"{SETTLING}: started less than {self.settle} s ago")
-        relays = self.node._service_directory.providers(RELAY_SERVICE_PREFIX + stream)
+        relays = self.node.providers().get(RELAY_SERVICE_PREFIX + stream, {})
         if len(relays) < 2:
             return
         owner = stream_owner(self.node, stream, list(relays))

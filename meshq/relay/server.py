@@ -51,7 +51,7 @@ from .ownership import Ownership
 from .store import Store, StoredMessage
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..seams import MeshNode
 
 __all__ = [
     "MAX_STREAM_NAME_BYTES",
@@ -157,7 +157,7 @@ class Relay:
 
     def __init__(
         self,
-        node: Node,
+        node: MeshNode,
         data_dir: str | Path,
         streams: Sequence[str | StreamConfig],
         *,
@@ -209,12 +209,12 @@ class Relay:
         }
         self._ownership = Ownership(node, self._store.store_id, settle)
         try:
-            node._set_header(STORE_HEADER, self._store.store_id)
+            node.set_header(STORE_HEADER, self._store.store_id)
             claims = {name: self._store.claim(name) for name in names}
-            node._set_header(CLAIMS_HEADER, claims_header(claims))
+            node.set_header(CLAIMS_HEADER, claims_header(claims))
             for name in names:
-                node._serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
-            node._add_service_ticker(self._tick)
+                node.serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
+            node.add_ticker(self._tick)
         except BaseException:
             self.close()
             raise
@@ -247,7 +247,7 @@ class Relay:
             if not pub.topic.startswith(stream):
                 raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
             # What consumers could not decode is refused now, not stored.
-            decode_payload(pub.flags, pub.payload, self.node._limits)
+            decode_payload(pub.flags, pub.payload, self.node.limits)
         self._check_store(time.monotonic())
         store = self._store
         seqs = []
@@ -505,7 +505,7 @@ class Relay:
 
     def _publish_live(self, record: Record) -> None:
         try:
-            data = decode_payload(record.flags, record.payload, self.node._limits)
+            data = decode_payload(record.flags, record.payload, self.node.limits)
             self.node.publish(record.topic, data)
         except (MeshqError, ValueError, TypeError) as exc:
             self._count("live_failed")
