@@ -20,6 +20,7 @@ from .lookup import (
     NO_RELAY_PAUSE,
     STORE_RETRY_FIRST,
     STORE_RETRY_MAX,
+    pause_async,
     relay_holding,
     relay_request_async,
     relay_stream,
@@ -61,7 +62,7 @@ class AsyncDurablePublisher:
         out = prepare(self.node.node, topic, data, msg_id)
         request = ["pub", topic, out.msg_id, out.flags, out.payload]
         deadline = time.monotonic() + self.timeout
-        pause = STORE_RETRY_FIRST
+        delay = STORE_RETRY_FIRST
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -82,8 +83,8 @@ class AsyncDurablePublisher:
                 # The relay's disk is full, or it is not the owner (yet):
                 # nothing was stored; again, later (to the owner).
                 self.resent += 1
-                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-                pause = min(2 * pause, STORE_RETRY_MAX)
+                await pause_async(self.node, min(delay, deadline - time.monotonic()))
+                delay = min(2 * delay, STORE_RETRY_MAX)
                 continue
             if type(seq) is not int or seq <= 0:
                 raise ProtocolError(f"relay confirmed with {seq!r}")
@@ -187,7 +188,7 @@ class AsyncDurableSubscription(ConsumerShell):
         except RemoteError as exc:
             if not retry_later(exc):
                 raise
-            await asyncio.sleep(min(wait, NO_RELAY_PAUSE))  # not the owner (yet): again
+            await pause_async(self.node, min(wait, NO_RELAY_PAUSE))  # not the owner (yet)
             return
         except Timeout:
             return  # a stopped or restarting relay: ask again

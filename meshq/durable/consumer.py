@@ -26,6 +26,7 @@ from ..wire import Limits, decode_payload
 from .lookup import (
     ATTEMPT,
     NO_RELAY_PAUSE,
+    pause,
     relay_request,
     relay_stream,
     retry_later,
@@ -492,7 +493,7 @@ class DurableSubscription(ConsumerShell):
         except RemoteError as exc:
             if not retry_later(exc):
                 raise
-            time.sleep(min(wait, NO_RELAY_PAUSE))  # not the owner (yet): ask again
+            pause(self.node, min(wait, NO_RELAY_PAUSE))  # not the owner (yet): ask again
             return
         except Timeout:
             return  # a stopped or restarting relay: ask again

@@ -12,6 +12,7 @@ never split between two relays, and a newcomer never takes a stream over.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ __all__ = [
     "STORE_HEADER",
     "RelayConflict",
     "claims_header",
+    "pause",
+    "pause_async",
     "relay_holding",
     "relay_owner",
     "relay_request",
@@ -184,6 +187,27 @@ def wait_for_relay(node: MeshNode, topic: str, timeout: float) -> bool:
     except Timeout:
         return False
     return True
+
+
+def pause(node: MeshNode, seconds: float) -> None:
+    """Wait ``seconds`` before a resend a relay asked for, on the directory's Condition.
+
+    Not a sleep: a deadline wait that also sees the node close (raises
+    meshq.Closed). Directory changes (a relay coming or going) wake it, and
+    it waits on to the deadline.
+    """
+    with contextlib.suppress(Timeout):
+        node.wait_for_providers(_never, timeout=max(0.0, seconds))
+
+
+async def pause_async(node: AsyncMeshNode, seconds: float) -> None:
+    """:func:`pause` from asyncio."""
+    with contextlib.suppress(Timeout):
+        await node.wait_for_providers(_never, timeout=max(0.0, seconds))
+
+
+def _never(services: Providers) -> None:
+    """A wait_for_providers test that never passes: the wait runs to its deadline."""
 
 
 def relay_owner(node: MeshNode, stream: str) -> str | None:

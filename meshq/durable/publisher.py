@@ -26,6 +26,7 @@ from .lookup import (
     ATTEMPT,
     STORE_RETRY_FIRST,
     STORE_RETRY_MAX,
+    pause,
     relay_request,
     relay_stream,
     retry_later,
@@ -427,18 +428,21 @@ class DurablePublisher:
         if self._batches:
             # In slices: replies to later requests are read meanwhile, and
             # settled by the poll below.
-            pause = ATTEMPT if timeout is None else max(0.0, min(_SLICE, timeout))
+            wait = ATTEMPT if timeout is None else max(0.0, min(_SLICE, timeout))
             try:
-                self._batches[0].future.result(pause)
+                self._batches[0].future.result(wait)
             except MeshqError:
                 pass  # settled by the poll below
         elif self._unsent:
             now = time.monotonic()
             if now < self._hold_until:
                 # The relay refused for now (its store failed, say): the
-                # pause before the resend, nothing to wake for.
+                # pause before the resend.
                 hold = self._hold_until - now
-                time.sleep(hold if timeout is None else max(0.0, min(hold, timeout)))
+                try:
+                    pause(self.node, hold if timeout is None else min(hold, timeout))
+                except Closed:
+                    return  # the next call fails what is left
             else:
                 # No relay right now (restarting, say): wait until one holds
                 # the topic, or until the oldest message is due to time out.
