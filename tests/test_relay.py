@@ -385,7 +385,11 @@ def test_acks_and_dead_letters_survive_a_relay_restart(mesh: str, tmp_path: Path
             sub = client.subscribe("s/", durable="acks")
             assert [sub.recv(timeout=5).data for _ in range(3)] == ["poison", "a", "b"]
             relay = restart(relay, mesh, tmp_path)
-            wait_for_relay(client, "s/", relays=1)
+            # The new relay is the one the client knows (the old one's goodbye is in).
+            client.wait_for_providers(
+                lambda found: list(found.get("meshq/relay/s/", {})) == [relay.node.id] or None,
+                timeout=10,
+            )
             sub.close()  # its acknowledgements reach the new relay
             with client.subscribe("s/", durable="acks") as again:
                 assert again.recv(timeout=5).data == "c"
