@@ -3,20 +3,26 @@
 ``Relay(node, "data/", ["orders/"])`` makes ``node`` store every message
 published durably on a topic under ``orders/`` and serve it to durable
 consumers. See meshq/relay/server.py for the behaviour and guarantees.
+``Relay(node, streams=["orders/"], store=JetStreamStore(urls, replicas=3))``
+keeps them on a NATS JetStream cluster instead (meshq/relay/jetstream.py).
 """
 
 from __future__ import annotations
 
 from .errors import StoreDamaged, StoreInUse, StoreUnusable
+from .interface import StreamStore
+from .jetstream import JetStreamStore
 from .salvage import SalvageReport, salvage
 from .server import Relay, StreamConfig
 
 __all__ = [
+    "JetStreamStore",
     "Relay",
     "SalvageReport",
     "StoreDamaged",
     "StoreInUse",
     "StoreUnusable",
     "StreamConfig",
+    "StreamStore",
     "salvage",
 ]

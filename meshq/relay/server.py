@@ -47,6 +47,8 @@ from ..wire import decode_payload
 from .consumers import Consumer
 from .directory import STORE_NAME, lock_directory
 from .errors import StoreDamaged, StoreInUse, StoreUnusable
+from .gateway import Gateway
+from .interface import StreamStore
 from .ownership import Ownership
 from .store import Store, StoredMessage
 
@@ -147,6 +149,8 @@ class Relay:
             resend) to store and to serve consumers, while discovery finds
             other relays claiming its streams; the oldest claim owns a
             stream, the other relays refuse it (meshq/relay/ownership.py).
+        store: serve the streams from this store (meshq.relay.JetStreamStore)
+            instead of SQLite in ``data_dir``; see meshq/relay/interface.py.
 
     Raises ValueError for no streams, duplicate or overlapping names (the
     node is left as it was). Raises StoreInUse if another relay serves
@@ -155,15 +159,18 @@ class Relay:
     service port is taken: then ``node`` is closed too (nothing is left running).
     """
 
+    counts: dict[str, int]
+
     def __init__(
         self,
         node: MeshNode,
-        data_dir: str | Path,
-        streams: Sequence[str | StreamConfig],
+        data_dir: str | Path | None = None,
+        streams: Sequence[str | StreamConfig] = (),
         *,
         batch_interval: float = 0.002,
         dedup_window: float = 120.0,
         settle: float = 1.0,
+        store: StreamStore | None = None,
     ) -> None:
         configs = [s if isinstance(s, StreamConfig) else StreamConfig(s) for s in streams]
         names = [c.name for c in configs]
@@ -177,6 +184,14 @@ class Relay:
         self.streams = {c.name: c for c in configs}
         self.batch_interval = batch_interval
         self.dedup_window = dedup_window
+        if (data_dir is None) == (store is None):
+            raise ValueError("a relay has a data_dir (SQLite) or a store, one of them")
+        # Another store (JetStream): this relay is a gateway to it (gateway.py).
+        self._gateway = None if store is None else Gateway(node, store, configs, dedup_window)
+        if self._gateway is not None:
+            self.counts = self._gateway.counts
+            return
+        assert data_dir is not None
         try:
             self._lock, self._store = _open_store(Path(data_dir))
         except BaseException:
@@ -195,7 +210,7 @@ class Relay:
         self._parked: list[_Parked] = []
         self._next_housekeeping = 0.0
         #: Counters: stored, duplicates, confirmed, delivered, corrupt ...
-        self.counts: dict[str, int] = {}
+        self.counts = {}
         self._operations: dict[str, Callable[[str, list[object], ReplyTo], None]] = {
             "pub": self._publish,
             "pubs": self._publish,
@@ -604,7 +619,10 @@ class Relay:
             self.counts[what] = self.counts.get(what, 0) + n
 
     def close(self) -> None:
-        """Close the node (a relay's node stops with it), then the file."""
+        """Close the node (a relay's node stops with it), then the file or store."""
+        if self._gateway is not None:
+            self._gateway.close()
+            return
         self.node.close()
         self._store.close()
         self._lock.close()
