@@ -14,6 +14,7 @@ from .durable import (
     DurableMessage,
     DurablePublisher,
     DurableSubscription,
+    PublishFailed,
     RelayConflict,
     Start,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "MeshqError",
     "NoProviders",
     "PayloadTooLarge",
+    "PublishFailed",
     "Relay",
     "RelayConflict",
     "RemoteError",

@@ -10,10 +10,16 @@ __all__ = ["RateLimitedLog"]
 
 
 class RateLimitedLog:
-    """Logs at most one warning per ``interval`` seconds; says how many were held back."""
+    """Logs at most one line per ``interval`` seconds; says how many were held back.
 
-    def __init__(self, logger: logging.Logger, interval: float) -> None:
+    ``level``: the level each line is logged at (a warning unless told).
+    """
+
+    def __init__(
+        self, logger: logging.Logger, interval: float, level: int = logging.WARNING
+    ) -> None:
         self._logger = logger
+        self._level = level
         self._interval = interval
         self._next = 0.0
         self._suppressed = 0
@@ -29,4 +35,4 @@ class RateLimitedLog:
             self._next = now + self._interval
         if suppressed:
             text += f" ({suppressed} similar suppressed)"
-        self._logger.warning(text, *args, exc_info=exc_info)
+        self._logger.log(self._level, text, *args, exc_info=exc_info)

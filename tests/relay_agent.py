@@ -8,7 +8,7 @@ stdin to stop), so tests drive it with tests.harness.Agent:
     relay_agent.py produce --topic s/p1 --count N [--window 64]
         publishes "<topic>-<i>" (payload and id) with confirms, resending an id until
         confirmed; says ``progress`` every 1000 and ``produced`` at the end
-    relay_agent.py consume --prefix s/ --durable NAME [--no-ack]
+    relay_agent.py consume --prefix s/ --durable NAME [--no-ack] [--ack-wait S]
         says ``message`` per delivery; with --no-ack it never acknowledges
 """
 
@@ -81,8 +81,10 @@ def produce(node: meshq.Node, topic: str, count: int, window: int, budget: float
     )
 
 
-def consume(node: meshq.Node, prefix: str, name: str, ack: bool, stop: threading.Event) -> None:
-    with node.subscribe(prefix, durable=name, ack="explicit", ack_wait=1.0) as sub:
+def consume(
+    node: meshq.Node, prefix: str, name: str, ack: bool, ack_wait: float, stop: threading.Event
+) -> None:
+    with node.subscribe(prefix, durable=name, ack="explicit", ack_wait=ack_wait) as sub:
         emit("consuming", name=name)
         while not stop.is_set():
             try:
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--prefix", default="s/")
     parser.add_argument("--durable", default="consumer")
     parser.add_argument("--no-ack", action="store_true")
+    parser.add_argument("--ack-wait", type=float, default=1.0)
     args = parser.parse_args()
     node = meshq.Node(args.role, mesh=args.mesh, interfaces=[args.interface])
     relay = None
@@ -133,7 +136,8 @@ def main() -> None:
         )
     elif args.role == "consume":
         worker = threading.Thread(
-            target=consume, args=(node, args.prefix, args.durable, not args.no_ack, stop)
+            target=consume,
+            args=(node, args.prefix, args.durable, not args.no_ack, args.ack_wait, stop),
         )
     if worker is not None:
         worker.start()

@@ -7,16 +7,18 @@ server side) over the ordinary request/reply path, using the relay protocol
 
 from __future__ import annotations
 
-from .consumer import DurableMessage, DurableSubscription, Start
+from .consumer import DEFAULT_BACKOFF, DurableMessage, DurableSubscription, Start
 from .lookup import STORE_HEADER, RelayConflict, relay_stores, relay_stream, wait_for_relay
-from .publisher import Confirm, DurablePublisher
+from .publisher import Confirm, DurablePublisher, PublishFailed
 
 __all__ = [
+    "DEFAULT_BACKOFF",
     "STORE_HEADER",
     "Confirm",
     "DurableMessage",
     "DurablePublisher",
     "DurableSubscription",
+    "PublishFailed",
     "RelayConflict",
     "Start",
     "relay_stores",

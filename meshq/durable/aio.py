@@ -14,9 +14,18 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
-from ..relaywire import RELAY_SERVICE_PREFIX
 from .consumer import ConsumerShell, DurableMessage, log
-from .lookup import ATTEMPT, relay_holding, relay_stream
+from .lookup import (
+    ATTEMPT,
+    NO_RELAY_PAUSE,
+    STORE_RETRY_FIRST,
+    STORE_RETRY_MAX,
+    pause_async,
+    relay_holding,
+    relay_request_async,
+    relay_stream,
+    retry_later,
+)
 from .publisher import prepare
 
 if TYPE_CHECKING:
@@ -28,8 +37,9 @@ __all__ = ["AsyncDurablePublisher", "AsyncDurableSubscription"]
 class AsyncDurablePublisher:
     """Publishes to relays with confirms from asyncio; ``asyncio.gather`` many publishes.
 
-    Each publish is its own request; an unanswered attempt (1 s) is resent
-    with the same message id until ``timeout`` seconds have passed.
+    Each publish is its own request; an unanswered attempt (1 s), or one the
+    relay refused because its store failed (a full disk), is resent with the
+    same message id until ``timeout`` seconds have passed.
     """
 
     def __init__(self, node: AsyncMeshNode, *, timeout: float = 5.0) -> None:
@@ -52,22 +62,29 @@ class AsyncDurablePublisher:
         out = prepare(self.node.node, topic, data, msg_id)
         request = ["pub", topic, out.msg_id, out.flags, out.payload]
         deadline = time.monotonic() + self.timeout
+        delay = STORE_RETRY_FIRST
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Timeout(f"durable publish to {topic!r} not confirmed")
             try:
-                seq = await self.node.request(
-                    RELAY_SERVICE_PREFIX + out.stream,
-                    request,
-                    timeout=min(ATTEMPT, remaining),
-                    retries=0,
+                seq = await relay_request_async(
+                    self.node, out.stream, request, timeout=min(ATTEMPT, remaining)
                 )
             except NoProviders:  # the relay is restarting: wait for it
                 await self._wait_for_relay(topic, remaining)
                 continue
             except Timeout:
                 self.resent += 1
+                continue
+            except RemoteError as exc:
+                if not retry_later(exc):
+                    raise
+                # The relay's disk is full, or it is not the owner (yet):
+                # nothing was stored; again, later (to the owner).
+                self.resent += 1
+                await pause_async(self.node, min(delay, deadline - time.monotonic()))
+                delay = min(2 * delay, STORE_RETRY_MAX)
                 continue
             if type(seq) is not int or seq <= 0:
                 raise ProtocolError(f"relay confirmed with {seq!r}")
@@ -105,11 +122,15 @@ class AsyncDurableSubscription(ConsumerShell):
         state = self._state
         try:
             state.stream = relay_stream(self.node.node, state.prefix)
-            await self.node.request(
-                state.service(), state.open_request(), timeout=ATTEMPT, retries=2
+            await relay_request_async(
+                self.node, state.stream, state.open_request(), timeout=ATTEMPT, retries=2
             )
         except (NoProviders, Timeout):
             state.stream = None
+        except RemoteError as exc:
+            if not retry_later(exc):
+                raise
+            state.stream = None  # the first fetch creates it
 
     async def recv(self, timeout: float | None = None) -> DurableMessage:
         """The next message, stored ones first; see :meth:`DurableSubscription.recv`."""
@@ -128,7 +149,7 @@ class AsyncDurableSubscription(ConsumerShell):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"no durable message on {state.prefix!r} within {timeout} s")
-            await self._fetch(1.0 if remaining is None else min(remaining, 1.0))
+            await self._fetch(state.next_nak_in(1.0 if remaining is None else min(remaining, 1.0)))
 
     def __aiter__(self) -> AsyncIterator[DurableMessage]:
         return self._messages()
@@ -139,10 +160,11 @@ class AsyncDurableSubscription(ConsumerShell):
 
     async def _send_naks(self) -> None:
         state = self._state
+        state.release_due()
         if state.naks and state.stream is not None:
             request, count = state.nak_request()
             try:
-                await self.node.request(state.service(), request, timeout=ATTEMPT, retries=0)
+                await relay_request_async(self.node, state.stream, request, timeout=ATTEMPT)
             except MeshqError as exc:
                 log.info("naks of %s not sent (%s): redelivered after ack_wait", state.name, exc)
             state.naks_sent(count)
@@ -153,8 +175,8 @@ class AsyncDurableSubscription(ConsumerShell):
             if state.stream is None:
                 state.stream = relay_stream(self.node.node, state.prefix)
             await self._send_naks()
-            reply = await self.node.request(
-                state.service(), state.fetch_request(wait), timeout=wait + ATTEMPT, retries=0
+            reply = await relay_request_async(
+                self.node, state.stream, state.fetch_request(wait), timeout=wait + ATTEMPT
             )
         except NoProviders:
             state.no_relay()
@@ -162,6 +184,11 @@ class AsyncDurableSubscription(ConsumerShell):
                 await self.node.wait_for_providers(
                     lambda services: relay_holding(services, state.prefix), timeout=wait
                 )
+            return
+        except RemoteError as exc:
+            if not retry_later(exc):
+                raise
+            await pause_async(self.node, min(wait, NO_RELAY_PAUSE))  # not the owner (yet)
             return
         except Timeout:
             return  # a stopped or restarting relay: ask again
@@ -179,11 +206,12 @@ class AsyncDurableSubscription(ConsumerShell):
             return
         state = self._state
         try:
+            state.release_due(everything=True)  # handing everything back
             await self._send_naks()
             last = state.ack_request(release=True)
-            if last is not None:
+            if last is not None and state.stream is not None:  # (a request needs a stream)
                 request, count = last
-                await self.node.request(state.service(), request, timeout=1.0, retries=0)
+                await relay_request_async(self.node, state.stream, request, timeout=1.0)
                 state.acks_sent(count)
         except (MeshqError, RemoteError) as exc:
             log.info("last acks of %r not sent (%s): they will be redelivered", state.name, exc)

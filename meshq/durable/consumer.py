@@ -13,21 +13,37 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..errors import Closed, MeshqError, NoProviders, ProtocolError, Timeout
+from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX, START_KINDS, decode_records
 from ..wire import Limits, decode_payload
-from .lookup import ATTEMPT, relay_stream, wait_for_relay
+from .lookup import (
+    ATTEMPT,
+    NO_RELAY_PAUSE,
+    pause,
+    relay_request,
+    relay_stream,
+    retry_later,
+    wait_for_relay,
+)
 
 if TYPE_CHECKING:
     from ..seams import MeshNode
 
-__all__ = ["ConsumerShell", "ConsumerState", "DurableMessage", "DurableSubscription", "Start"]
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "ConsumerShell",
+    "ConsumerState",
+    "DurableMessage",
+    "DurableSubscription",
+    "Start",
+]
 
 log = logging.getLogger("meshq.durable")
 
@@ -36,6 +52,12 @@ log = logging.getLogger("meshq.durable")
 NO_RELAY_WARN_AFTER = 5.0
 
 _CLOSE_CHECK = 0.1  # seconds between looks at the node's state during a long poll
+
+#: Seconds before a naked message is delivered again: after its 1st
+#: delivery, its 2nd, ...; the last repeats (JetStream's BackOff, exponential
+#: with a cap). So a handler that fails on a transient error does not use up
+#: max_deliver within milliseconds.
+DEFAULT_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -109,9 +131,11 @@ class DurableMessage:
     def nak(self) -> None:
         """Processing failed: have it delivered again (this delivery counts).
 
-        Sent before the subscription's next fetch (or at its close); after
-        ``max_deliver`` deliveries the message becomes a dead letter. If the
-        relay cannot be told, it redelivers after ``ack_wait``.
+        Delivered again after the subscription's ``backoff`` for this
+        delivery (1 s after the first, then 2, 4, 8, 16, 30 s by default;
+        at most ``ack_wait``): the nak is sent with the first fetch after
+        that. After ``max_deliver`` deliveries the message becomes a dead
+        letter. If the relay cannot be told, it redelivers after ``ack_wait``.
         """
         self._state.nak(self)
 
@@ -138,7 +162,11 @@ class ConsumerState:
         max_deliver: int,
         batch: int,
         dedup_ids: int,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if any(not 0 <= delay < float("inf") for delay in backoff):
+            raise ValueError("backoff is a sequence of delays in seconds, each >= 0")
         if ack not in ("auto", "explicit"):
             raise ValueError("ack is 'auto' or 'explicit'")
         if not 0 < len(name.encode()) <= 255:
@@ -157,6 +185,9 @@ class ConsumerState:
         self.acks: list[int] = []  # to send with the next fetch
         self._acks_in_flight = 0  # how many of them the fetch in flight carries
         self.naks: list[int] = []  # to send before the next fetch
+        self.backoff = tuple(float(delay) for delay in backoff)
+        self._clock = clock
+        self._held: list[tuple[float, int]] = []  # naks waiting out their backoff: (due, seq)
         self.unacked: DurableMessage | None = None  # auto-ack: the last one handed out
         self._seen: dict[bytes, None] = {}  # ids acknowledged, oldest first
         self._dedup_ids = dedup_ids
@@ -188,6 +219,18 @@ class ConsumerState:
             self.ack_wait,
             self.max_deliver,
         ]
+
+    def release_due(self, everything: bool = False) -> None:
+        """Move the naks whose backoff is over (or all) to ``naks`` (sent before the next fetch)."""
+        now = float("inf") if everything else self._clock()
+        while self._held and self._held[0][0] <= now:
+            self.naks.append(heapq.heappop(self._held)[1])
+
+    def next_nak_in(self, longest: float) -> float:
+        """Seconds until a held nak is due (at most ``longest``): how long a fetch may wait."""
+        if not self._held:
+            return longest
+        return max(0.0, min(longest, self._held[0][0] - self._clock()))
 
     def nak_request(self) -> tuple[list[object], int]:
         """A nak of the naks made so far, and how many (for :meth:`naks_sent` after)."""
@@ -276,9 +319,16 @@ class ConsumerState:
         self.acks.append(message.seq)
 
     def nak(self, message: DurableMessage) -> None:
+        """Have ``message`` delivered again after its backoff (at most ``ack_wait``)."""
         if message is self.unacked:
             self.unacked = None
-        self.naks.append(message.seq)
+        if not self.backoff:
+            self.naks.append(message.seq)
+            return
+        delay = self.backoff[min(message.deliveries, len(self.backoff)) - 1]
+        # Past ack_wait the relay delivers it again by itself anyway.
+        delay = min(delay, self.ack_wait)
+        heapq.heappush(self._held, (self._clock() + delay, message.seq))
 
     def no_relay(self) -> None:
         # Discovery takes a moment, so a consumer started with its relay
@@ -313,6 +363,7 @@ class ConsumerShell:
         max_deliver: int = 5,
         batch: int = 256,
         dedup_ids: int = 100_000,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
     ) -> None:
         self.node = node
         self._state = ConsumerState(
@@ -324,6 +375,7 @@ class ConsumerShell:
             max_deliver=max_deliver,
             batch=batch,
             dedup_ids=dedup_ids,
+            backoff=backoff,
         )
         self._closed = False
         self._created()
@@ -380,9 +432,15 @@ class DurableSubscription(ConsumerShell):
         state = self._state
         try:
             state.stream = relay_stream(self.node, state.prefix)
-            self.node.request(state.service(), state.open_request(), timeout=ATTEMPT, retries=2)
+            relay_request(
+                self.node, state.stream, state.open_request(), timeout=ATTEMPT, retries=2
+            ).result()
         except (NoProviders, Timeout):
             state.stream = None
+        except RemoteError as exc:
+            if not retry_later(exc):
+                raise
+            state.stream = None  # the first fetch creates it
 
     def recv(self, timeout: float | None = None) -> DurableMessage:
         """The next message: stored ones first, then live ones, in stream order.
@@ -404,7 +462,8 @@ class DurableSubscription(ConsumerShell):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"no durable message on {state.prefix!r} within {timeout} s")
-            self._fetch(1.0 if remaining is None else min(remaining, 1.0))
+            # Not past the moment a held nak is due: it goes with the next fetch.
+            self._fetch(state.next_nak_in(1.0 if remaining is None else min(remaining, 1.0)))
 
     def __iter__(self) -> Iterator[DurableMessage]:
         while not self._closed:
@@ -412,10 +471,11 @@ class DurableSubscription(ConsumerShell):
 
     def _send_naks(self) -> None:
         state = self._state
+        state.release_due()
         if state.naks and state.stream is not None:
             request, count = state.nak_request()
             try:
-                self.node.request(state.service(), request, timeout=ATTEMPT, retries=0)
+                relay_request(self.node, state.stream, request, timeout=ATTEMPT).result()
             except MeshqError as exc:
                 log.info("naks of %s not sent (%s): redelivered after ack_wait", state.name, exc)
             state.naks_sent(count)
@@ -427,8 +487,8 @@ class DurableSubscription(ConsumerShell):
             if state.stream is None:
                 state.stream = relay_stream(self.node, state.prefix)
             self._send_naks()
-            future = self.node.request_async(
-                state.service(), state.fetch_request(wait), timeout=wait + ATTEMPT, retries=0
+            future = relay_request(
+                self.node, state.stream, state.fetch_request(wait), timeout=wait + ATTEMPT
             )
             # In slices, so that a node closing meanwhile (its on_message
             # threads wait here) is noticed at once, not after the long poll.
@@ -442,6 +502,11 @@ class DurableSubscription(ConsumerShell):
             state.no_relay()
             wait_for_relay(self.node, state.prefix, wait)  # Closed if the node closes
             return
+        except RemoteError as exc:
+            if not retry_later(exc):
+                raise
+            pause(self.node, min(wait, NO_RELAY_PAUSE))  # not the owner (yet): ask again
+            return
         except Timeout:
             return  # a stopped or restarting relay: ask again
         state.take(reply, self.node.limits)
@@ -449,15 +514,18 @@ class DurableSubscription(ConsumerShell):
     def flush_acks(self, timeout: float = 1.0, *, release: bool = False) -> None:
         """Send the naks and acknowledgements not yet sent; with ``release``, give back the unread.
 
-        Released messages (fetched, not yet handed out) are due again at once
-        for this consumer name. Raises meshq.Timeout, NoProviders.
+        Released messages (fetched, not yet handed out), and with them the
+        naks still waiting out their backoff, are due again at once for this
+        consumer name. Raises meshq.Timeout, NoProviders.
         """
         state = self._state
+        if release:  # handing everything back: the held naks go now too
+            state.release_due(everything=True)
         self._send_naks()
         last = state.ack_request(release)
-        if last is not None:
+        if last is not None and state.stream is not None:  # (a request needs a stream)
             request, count = last
-            self.node.request(state.service(), request, timeout=timeout, retries=0)
+            relay_request(self.node, state.stream, request, timeout=timeout).result()
             state.acks_sent(count)
             if release:
                 state.buffer.clear()

@@ -3,7 +3,11 @@
 Every message gets an id (this node's id plus a process-wide counter, or
 the caller's own), and a resend after a lost confirm carries the same id, so
 the relay stores it once. A confirm means the message is on the relay's
-disk. A publisher belongs to the thread that made it (like every meshq socket).
+disk. A publisher belongs to the thread that made it (like every meshq
+socket), and its replies are read on that thread, by whichever of its calls
+comes next (send, result, done, flush): no call to ``poll()`` is needed, and
+a message's timeout runs from when it is first sent, so one held back while
+the application is busy elsewhere does not expire unsent.
 """
 
 from __future__ import annotations
@@ -15,17 +19,47 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
-from ..relaywire import MAX_MSG_ID_BYTES, MAX_PUBS, RELAY_SERVICE_PREFIX
+from ..relaywire import MAX_MSG_ID_BYTES, MAX_PUBS
 from ..requester import RequestFuture
 from ..wire import encode_payload
-from .lookup import ATTEMPT, relay_stream, wait_for_relay
+from .lookup import (
+    ATTEMPT,
+    STORE_RETRY_FIRST,
+    STORE_RETRY_MAX,
+    pause,
+    relay_request,
+    relay_stream,
+    retry_later,
+    wait_for_relay,
+)
 
 _SLICE = 0.05  # seconds a bounded wait spends on the oldest request before looking at all
 
 if TYPE_CHECKING:
     from ..seams import MeshNode
 
-__all__ = ["Confirm", "DurablePublisher", "next_message_id"]
+__all__ = ["Confirm", "DurablePublisher", "PublishFailed", "next_message_id"]
+
+#: Failures kept for :meth:`DurablePublisher.flush` to report (the rest are counted).
+_MAX_FAILURES_KEPT = 10_000
+#: Seconds between reads of the replies that are in, from send().
+_READ_EVERY = 0.001
+
+
+class PublishFailed(MeshqError):
+    """Durable publishes failed (timed out or refused) and no ``result()`` raised it yet.
+
+    ``failures``: (message id, the error) for each, oldest first (at most
+    10,000); ``count``: how many failed in all.
+    """
+
+    def __init__(self, failures: list[tuple[bytes, BaseException]], count: int) -> None:
+        shown = ", ".join(msg_id.hex() for msg_id, _ in failures[:5])
+        more = f" and {count - 5} more" if count > 5 else ""
+        first = f"; first: {failures[0][1]}" if failures else ""
+        super().__init__(f"{count} durable publish(es) failed: ids {shown}{more}{first}")
+        self.failures = failures
+        self.count = count
 
 
 #: Numbers for message ids, shared by every publisher of the process: an id
@@ -85,9 +119,11 @@ class _Unconfirmed:
     msg_id: bytes
     flags: int
     payload: bytes
-    deadline: float  # monotonic
+    timeout: float  # seconds from the first send
+    deadline: float = 0.0  # monotonic; set when first sent
     seq: int = 0
     error: BaseException | None = None
+    reported: bool = False  # its error was raised by Confirm.result()
 
     @property
     def size(self) -> int:
@@ -132,6 +168,9 @@ class Confirm:
         """
         self._publisher.wait(self._entry, timeout)
         if self._entry.error is not None:
+            if not self._entry.reported:
+                self._entry.reported = True
+                self._publisher.reported(self._entry)
             raise self._entry.error
         if not self._entry.seq:
             raise Timeout(f"no confirm yet for {self._entry.topic!r}")
@@ -145,9 +184,12 @@ class DurablePublisher:
     Messages sent while earlier requests are unanswered travel together in
     the next request (up to ``max_batch``), so a relay commits and confirms
     them as a group; one at a time, each is its own request. A message not
-    confirmed within ``timeout`` seconds fails; until then it is resent
-    (same id) after every attempt that went unanswered, also across a relay
-    restart.
+    confirmed within ``timeout`` seconds of its first send fails; until then
+    it is resent (same id) after every attempt that went unanswered, also
+    across a relay restart, and after a refusal because the relay's store
+    failed (a full disk), with a pause doubling from 0.05 to 1 s. A failure
+    is raised by the message's ``Confirm.result()``, or else by the next
+    ``flush()`` (:class:`PublishFailed`, listing the message ids).
 
     Args:
         node: the node to publish through.
@@ -182,6 +224,13 @@ class DurablePublisher:
         self._unsent: collections.deque[_Unconfirmed] = collections.deque()
         self._batches: collections.deque[_Batch] = collections.deque()
         self._unconfirmed = 0
+        # Failures for flush() to report (by id(entry), oldest first), and
+        # how many there were since the last flush (some may not be kept).
+        self._failures: dict[int, _Unconfirmed] = {}
+        self._unreported = 0
+        self._hold_until = 0.0  # no request before this (monotonic): the store failed
+        self._store_pause = STORE_RETRY_FIRST
+        self._next_read = 0.0
         #: Messages confirmed, given up on (timed out or refused), and resent.
         self.confirmed = 0
         self.failed = 0
@@ -198,9 +247,11 @@ class DurablePublisher:
         MiB by default), TypeError if msgpack cannot encode ``data``.
         """
         out = prepare(self.node, topic, data, msg_id)
+        if self._batches and time.monotonic() >= self._next_read:
+            self.poll()  # take the confirms in: a free slot sends this one at once
         while self._unconfirmed >= self.max_in_flight:
             self._wait_once(None)
-        entry = _Unconfirmed(topic, *out, time.monotonic() + self.timeout)
+        entry = _Unconfirmed(topic, *out, self.timeout)
         self._unsent.append(entry)
         self._unconfirmed += 1
         self._dispatch()
@@ -216,7 +267,9 @@ class DurablePublisher:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent is confirmed or has failed.
 
-        Raises meshq.Timeout if some are still unconfirmed after ``timeout`` s.
+        Raises PublishFailed (listing the message ids) if any message sent
+        before failed and its ``Confirm.result()`` did not raise it already;
+        meshq.Timeout if some are still unconfirmed after ``timeout`` s.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._unconfirmed:
@@ -224,6 +277,11 @@ class DurablePublisher:
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"{self._unconfirmed} durable publishes unconfirmed")
             self._wait_once(remaining)
+        failures = [(e.msg_id, e.error) for e in self._failures.values() if e.error is not None]
+        count, self._unreported = self._unreported, 0
+        self._failures.clear()
+        if count:
+            raise PublishFailed(failures, count)
 
     @property
     def in_flight(self) -> int:
@@ -238,12 +296,19 @@ class DurablePublisher:
         full batch), so that they travel and are committed together.
         """
         now = time.monotonic()
+        if now < self._hold_until:  # the relay's store failed: wait out the pause
+            while self._unsent and self._unsent[0].deadline and now >= self._unsent[0].deadline:
+                first = self._unsent.popleft()
+                self._fail(first, Timeout(f"durable publish to {first.topic!r} not confirmed"))
+            return
         while (
             self._unsent
             and len(self._batches) < self.max_requests
             and (not self._batches or len(self._unsent) >= self.max_batch)
         ):
             first = self._unsent[0]
+            if not first.deadline:
+                first.deadline = now + first.timeout
             if now >= first.deadline:
                 self._unsent.popleft()
                 self._fail(first, Timeout(f"durable publish to {first.topic!r} not confirmed"))
@@ -257,15 +322,17 @@ class DurablePublisher:
                 and (not entries or size + self._unsent[0].size <= self.max_request_bytes)
             ):
                 entry = self._unsent.popleft()
+                if not entry.deadline:  # its timeout runs from now
+                    entry.deadline = now + entry.timeout
                 entries.append(entry)
                 size += entry.size
             attempt = min(ATTEMPT, max(0.001, min(e.deadline for e in entries) - now))
             try:
-                future = self.node.request_async(
-                    RELAY_SERVICE_PREFIX + first.stream,
+                future = relay_request(
+                    self.node,
+                    first.stream,
                     ["pubs", [[e.topic, e.msg_id, e.flags, e.payload] for e in entries]],
                     timeout=attempt,
-                    retries=0,
                 )
             except NoProviders:  # the relay is restarting: try again on the next poll
                 self._unsent.extendleft(reversed(entries))
@@ -273,7 +340,11 @@ class DurablePublisher:
             self._batches.append(_Batch(entries, future))
 
     def poll(self) -> None:
-        """Take in the confirms that arrived; resend what went unanswered."""
+        """Take in the confirms that arrived; resend what went unanswered.
+
+        Every other call of the publisher does this too: no need to call it.
+        """
+        self._next_read = time.monotonic() + _READ_EVERY
         if self._batches and not self._batches[0].future.ready:
             self._batches[0].future.done()  # reads every reply that is in
         still: collections.deque[_Batch] = collections.deque()
@@ -289,6 +360,15 @@ class DurablePublisher:
         try:
             seqs = batch.future.result(0)
         except RemoteError as exc:
+            if retry_later(exc):
+                # Nothing of the request was stored (the relay's disk is
+                # full, or it is not the stream's owner, or not yet): resend
+                # the same ids after a pause, to the owner.
+                self.resent += len(batch.entries)
+                self._unsent.extendleft(reversed(batch.entries))
+                self._hold_until = time.monotonic() + self._store_pause
+                self._store_pause = min(2 * self._store_pause, STORE_RETRY_MAX)
+                return
             for entry in batch.entries:
                 self._fail(entry, exc)
             return
@@ -306,6 +386,7 @@ class DurablePublisher:
             for entry in batch.entries:
                 self._fail(entry, error)
             return
+        self._store_pause = STORE_RETRY_FIRST
         for entry, seq in zip(batch.entries, seqs, strict=True):
             entry.seq = seq
         self.confirmed += len(seqs)
@@ -315,6 +396,16 @@ class DurablePublisher:
         entry.error = error
         self.failed += 1
         self._unconfirmed -= 1
+        self._unreported += 1
+        if len(self._failures) < _MAX_FAILURES_KEPT:
+            self._failures[id(entry)] = entry
+
+    def reported(self, entry: _Unconfirmed) -> None:
+        """``entry``'s failure was raised to the caller: flush() need not say it again."""
+        if self._failures.pop(id(entry), None) is not None or self._unreported > len(
+            self._failures
+        ):
+            self._unreported -= 1
 
     def wait(self, entry: _Unconfirmed, timeout: float | None) -> None:
         """Drive every publish in flight until ``entry`` is settled or ``timeout`` s pass."""
@@ -337,20 +428,30 @@ class DurablePublisher:
         if self._batches:
             # In slices: replies to later requests are read meanwhile, and
             # settled by the poll below.
-            pause = ATTEMPT if timeout is None else max(0.0, min(_SLICE, timeout))
+            wait = ATTEMPT if timeout is None else max(0.0, min(_SLICE, timeout))
             try:
-                self._batches[0].future.result(pause)
+                self._batches[0].future.result(wait)
             except MeshqError:
                 pass  # settled by the poll below
         elif self._unsent:
-            # No relay right now (restarting, say): wait until one holds the
-            # topic, or until the oldest message is due to time out.
-            first = self._unsent[0]
-            limit = first.deadline - time.monotonic()
-            try:
-                wait_for_relay(
-                    self.node, first.topic, limit if timeout is None else min(limit, timeout)
-                )
-            except Closed:
-                return  # the next call fails what is left
+            now = time.monotonic()
+            if now < self._hold_until:
+                # The relay refused for now (its store failed, say): the
+                # pause before the resend.
+                hold = self._hold_until - now
+                try:
+                    pause(self.node, hold if timeout is None else min(hold, timeout))
+                except Closed:
+                    return  # the next call fails what is left
+            else:
+                # No relay right now (restarting, say): wait until one holds
+                # the topic, or until the oldest message is due to time out.
+                first = self._unsent[0]
+                limit = (first.deadline or now + first.timeout) - now
+                try:
+                    wait_for_relay(
+                        self.node, first.topic, limit if timeout is None else min(limit, timeout)
+                    )
+                except Closed:
+                    return  # the next call fails what is left
         self.poll()

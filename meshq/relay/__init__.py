@@ -9,8 +9,20 @@ keeps them on a NATS JetStream cluster instead (meshq/relay/jetstream.py).
 
 from __future__ import annotations
 
+from .errors import StoreDamaged, StoreInUse, StoreUnusable
 from .interface import StreamStore
 from .jetstream import JetStreamStore
-from .server import Relay, StoreInUse, StreamConfig
+from .salvage import SalvageReport, salvage
+from .server import Relay, StreamConfig
 
-__all__ = ["JetStreamStore", "Relay", "StoreInUse", "StreamConfig", "StreamStore"]
+__all__ = [
+    "JetStreamStore",
+    "Relay",
+    "SalvageReport",
+    "StoreDamaged",
+    "StoreInUse",
+    "StoreUnusable",
+    "StreamConfig",
+    "StreamStore",
+    "salvage",
+]

@@ -1,6 +1,7 @@
 """The relay's CLI subcommands: ``meshq relay``, ``meshq streams``, ``meshq replay``.
 
 meshq relay --data DIR --streams "orders/,audit/"   store those streams, until Ctrl-C
+    [--salvage]                                      first copy what is intact of a damaged store
 meshq relay --store nats://h1:4222,nats://h2:4222 --replicas 3 --streams orders/
                                                      the same on a JetStream cluster
 meshq streams                                        per stream: messages, bytes, seqs, consumers
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import time
 from collections.abc import Callable, Mapping
 
 from ..errors import MeshqError, Timeout
@@ -19,6 +21,7 @@ from ..node import Node
 from ..relaywire import RELAY_SERVICE_PREFIX, decode_records, stream_of_service
 from ..wire import decode_payload
 from .jetstream import JetStreamStore
+from .salvage import salvage
 from .server import Relay, StreamConfig
 
 __all__ = ["add_commands"]
@@ -57,6 +60,12 @@ def add_commands(
         "--dedup-window", type=float, default=120.0, help="seconds ids of removed messages are kept"
     )
     relay.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    relay.add_argument(
+        "--salvage",
+        action="store_true",
+        help="first move a damaged store aside and copy every record that passes its "
+        "checksum into a new one (when there is no backup to restore)",
+    )
 
     streams = commands.add_parser("streams", help="list durable streams and their consumers")
     node_options(streams)
@@ -86,6 +95,10 @@ def add_commands(
         ]
         if (args.data is None) == (args.store is None):
             raise SystemExit("meshq relay: give --data DIR (SQLite) or --store URLS (JetStream)")
+        if args.salvage:
+            if args.data is None:
+                raise SystemExit("meshq relay: --salvage is for a SQLite store (--data DIR)")
+            print(f"relay store in {args.data}: {salvage(args.data).describe()}", flush=True)
         store = None if args.store is None else JetStreamStore(args.store, replicas=args.replicas)
         node = make_node(args, "meshq-relay")
         try:
@@ -105,27 +118,41 @@ def add_commands(
 
     def list_streams(args: argparse.Namespace) -> int:
         with make_node(args, "meshq-streams") as node:
-            with contextlib.suppress(Timeout):  # discovery takes a moment
-                node.wait_for_providers(
-                    lambda services: _streams_in(services) or None, timeout=args.wait
-                )
+            # Until the relays found stay the same for a moment (woken by
+            # directory changes): a conflict shows only once every relay of
+            # a stream is known.
+            deadline = time.monotonic() + args.wait
+            seen: set[tuple[str, str]] = set()
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                before = seen
+                with contextlib.suppress(Timeout):
+                    seen = node.wait_for_providers(
+                        _changed_from(before),
+                        timeout=min(remaining, _STABLE) if before else remaining,
+                    )
+                if seen == before:  # nothing new for _STABLE s (or the deadline)
+                    break
             names = _relay_streams(node)
             print(f"{len(names)} stream(s) on mesh {args.mesh!r}")
             for name in names:
+                # Every relay claiming the stream answers: a conflict shows as two.
                 try:
-                    info = node.request(RELAY_SERVICE_PREFIX + name, ["info"], timeout=2.0)
+                    answers = node.gather(RELAY_SERVICE_PREFIX + name, ["info"], timeout=2.0)
                 except MeshqError as exc:
                     print(f"  {name:20} ({type(exc).__name__}: {exc})")
                     continue
-                if not isinstance(info, dict):
-                    continue
-                print(
-                    f"  {name:20} {info['messages']} msgs  {info['bytes']} B  "
-                    f"seq {info['first_seq']}..{info['last_seq']}  {info['durability']}  "
-                    f"dead letters {info['dead_letters']}"
-                )
-                for consumer, state in sorted(info["consumers"].items()):
-                    print(f"    consumer {consumer:16} lag {state['lag']}  out {state['out']}")
+                for relay, error in sorted(answers.errors.items()):
+                    print(f"  {name:20} relay {relay[:8]}: {error.remote_message}")
+                for relay in answers.missing:
+                    print(f"  {name:20} relay {relay[:8]}: no answer")
+                for relay, info in sorted(answers.replies.items()):
+                    if isinstance(info, dict):
+                        _print_stream(name, relay, info, len(answers.replies) > 1)
+        return 0
+
         return 0
 
     def replay_stream(args: argparse.Namespace) -> int:
@@ -173,6 +200,66 @@ def add_commands(
         return 0
 
     return {"relay": run_relay, "streams": list_streams, "replay": replay_stream}
+
+
+def _print_stream(name: str, relay: str, info: dict[str, object], several: bool) -> None:
+    """One relay's view of stream ``name`` (its "info" reply), as ``meshq streams`` shows it."""
+    where = f"  relay {relay[:8]}" if several else ""
+    print(
+        f"  {name:20} {info['messages']} msgs  {info['bytes']} B  "
+        f"seq {info['first_seq']}..{info['last_seq']}  {info['durability']}  "
+        f"dead letters {info['dead_letters']}{where}"
+    )
+    if info.get("conflict"):
+        print(f"    CONFLICT: stream {name!r} {info['conflict']}")
+    faults = _faults(info)
+    if faults:
+        print(f"    FAULTS: {faults}")
+    consumers = info.get("consumers")
+    if isinstance(consumers, dict):
+        for consumer, state in sorted(consumers.items()):
+            print(f"    consumer {consumer:16} lag {state['lag']}  out {state['out']}")
+
+
+#: Fault counters of a stream's "info", and how ``meshq streams`` names them.
+_FAULTS = {
+    "corrupt": "corrupt records refused",
+    "integrity_problems": "integrity check problems",
+    "wal_damaged": "committed transactions lost to WAL damage",
+    "wal_torn": "torn WAL tails",
+    "store_errors": "store errors (disk full?)",
+}
+
+
+def _faults(info: dict[str, object]) -> str:
+    """The nonzero fault counters of ``info``, as one line ('' if none)."""
+    found = [(info.get(key), text) for key, text in _FAULTS.items()]
+    return ", ".join(f"{count} {text}" for count, text in found if isinstance(count, int) and count)
+
+
+_STABLE = 0.5  # seconds without a new relay before meshq streams asks them
+
+
+def _changed_from(
+    before: set[tuple[str, str]],
+) -> Callable[[Mapping[str, Mapping[str, str]]], set[tuple[str, str]] | None]:
+    """A wait_for_providers test: the relays found, once they differ from ``before``."""
+
+    def test(services: Mapping[str, Mapping[str, str]]) -> set[tuple[str, str]] | None:
+        found = _relays_in(services)
+        return found if found != before else None
+
+    return test
+
+
+def _relays_in(services: Mapping[str, Mapping[str, str]]) -> set[tuple[str, str]]:
+    """(service, relay id) of every relay stream service in ``services``."""
+    return {
+        (service, relay)
+        for service, relays in services.items()
+        if stream_of_service(service) is not None
+        for relay in relays
+    }
 
 
 def _relay_streams(node: Node) -> list[str]:

@@ -1,7 +1,9 @@
 """A durable consumer's delivery state: what is out, what is due again, what is done.
 
-Pure bookkeeping over a :class:`~meshq.relay.store.Store`, with the clock
-passed in. The rule: every sequence number at or below ``ack_floor`` is done
+Pure bookkeeping that reads a :class:`~meshq.relay.store.Store` and never
+writes it (the relay saves a consumer's state with its next commit, and
+keeps it in memory across a commit that failed), with the clock passed in.
+The rule: every sequence number at or below ``ack_floor`` is done
 (acknowledged, dead-lettered, or not for this consumer's prefix); above it,
 a sequence is done once acknowledged, out while it is ``pending`` (delivered
 and waiting for its acknowledgement until its deadline), and due otherwise.
@@ -51,6 +53,8 @@ class Consumer:
     #: Every sequence up to here has been looked at (delivered or skipped).
     cursor: int = -1
     pending: dict[int, _Out] = field(default_factory=dict)
+    #: Dead letters made and not yet stored: (seq, deliveries).
+    dead_due: list[tuple[int, int]] = field(default_factory=list)
     #: No delivery is overdue before this (monotonic s): fetches skip the scan.
     _next_due: float = 0.0
 
@@ -63,8 +67,9 @@ class Consumer:
     ) -> list[Delivery]:
         """Up to ``limit`` deliveries: overdue ones first, then new ones up to seq ``upto``.
 
-        A message out ``max_deliver`` times and still not acknowledged goes to
-        the store's dead letters instead, and counts as done.
+        A message out ``max_deliver`` times and still not acknowledged becomes
+        a dead letter instead (``dead_due``, for the relay to store), and
+        counts as done.
         """
         found: list[Delivery] = []
         size = 0
@@ -79,7 +84,7 @@ class Consumer:
             out = self.pending[seq]
             if out.deliveries >= self.max_deliver:
                 del self.pending[seq]
-                store.dead_letter(self.stream, self.name, seq, out.deliveries)
+                self.dead_due.append((seq, out.deliveries))
                 continue
             message = store.get(self.stream, seq)
             if message is None:  # trimmed by retention, or refused as corrupt

@@ -15,7 +15,6 @@ could take back.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import sqlite3
 import time
@@ -24,8 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
-from ..durable import STORE_HEADER, relay_stores
+from ..durable.lookup import (
+    CLAIMS_HEADER,
+    STORE_FAILED,
+    STORE_HEADER,
+    claims_header,
+)
 from ..errors import MeshqError, ProtocolError
+from ..ratelimit import RateLimitedLog
 from ..relaywire import (
     RELAY_SERVICE_PREFIX,
     START_KINDS,
@@ -36,19 +41,28 @@ from ..relaywire import (
     parse_open,
     parse_publishes,
     parse_read,
-    stream_of_service,
 )
 from ..services import DeferredHandler, ReplyTo
 from ..wire import decode_payload
 from .consumers import Consumer
+from .directory import STORE_NAME, lock_directory
+from .errors import StoreDamaged, StoreInUse, StoreUnusable
 from .gateway import Gateway
 from .interface import StreamStore
+from .ownership import Ownership
 from .store import Store, StoredMessage
 
 if TYPE_CHECKING:
     from ..seams import MeshNode
 
-__all__ = ["MAX_STREAM_NAME_BYTES", "Relay", "StoreInUse", "StreamConfig"]
+__all__ = [
+    "MAX_STREAM_NAME_BYTES",
+    "Relay",
+    "StoreDamaged",
+    "StoreInUse",
+    "StoreUnusable",
+    "StreamConfig",
+]
 
 log = logging.getLogger("meshq.relay")
 
@@ -59,6 +73,12 @@ _HOUSEKEEPING = 1.0  # seconds between retention runs and conflict checks
 #: max_msgpack_bytes (4 MiB by default) a consumer decodes a reply with.
 _FETCH_BYTES = 1024 * 1024
 _MAX_PARKED = 10_000  # fetches waiting for news; more are answered at once, empty
+# After the store fails (a full disk), the next attempt waits this long (s),
+# doubling up to _RETRY_MAX; the failure is logged at most every _LOG_EVERY s.
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 2.0
+_LOG_EVERY = 10.0
+_store_failed_log = RateLimitedLog(log, interval=_LOG_EVERY, level=logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,16 @@ class StreamConfig:
 
 
 @dataclass
+class _Failing:
+    """The store failed: last error, attempts, backoff (s), next attempt (monotonic s)."""
+
+    error: str
+    attempts: int
+    delay: float
+    retry_at: float
+
+
+@dataclass
 class _Parked:
     """A fetch with nothing to deliver, waiting for news until ``deadline``."""
 
@@ -115,12 +145,18 @@ class Relay:
         batch_interval: longest time (s) a batched stream's writes wait for a
             group commit while requests keep arriving.
         dedup_window: seconds a message id is remembered to drop a producer's retry.
+        settle: seconds after start during which the relay refuses (for a
+            resend) to store and to serve consumers, while discovery finds
+            other relays claiming its streams; the oldest claim owns a
+            stream, the other relays refuse it (meshq/relay/ownership.py).
         store: serve the streams from this store (meshq.relay.JetStreamStore)
             instead of SQLite in ``data_dir``; see meshq/relay/interface.py.
 
-    Raises ValueError for no streams, duplicate or overlapping names,
-    StoreInUse if another relay serves ``data_dir``, sqlite3.Error if the file
-    cannot be opened, meshq.BindError if the service port is taken.
+    Raises ValueError for no streams, duplicate or overlapping names (the
+    node is left as it was). Raises StoreInUse if another relay serves
+    ``data_dir``, StoreUnusable if the directory or its file cannot be used,
+    StoreDamaged if SQLite finds the file damaged, meshq.BindError if the
+    service port is taken: then ``node`` is closed too (nothing is left running).
     """
 
     counts: dict[str, int]
@@ -133,6 +169,7 @@ class Relay:
         *,
         batch_interval: float = 0.002,
         dedup_window: float = 120.0,
+        settle: float = 1.0,
         store: StreamStore | None = None,
     ) -> None:
         configs = [s if isinstance(s, StreamConfig) else StreamConfig(s) for s in streams]
@@ -155,12 +192,10 @@ class Relay:
             self.counts = self._gateway.counts
             return
         assert data_dir is not None
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_directory(Path(data_dir))
         try:
-            self._store = Store(Path(data_dir) / "relay.sqlite")
+            self._lock, self._store = _open_store(Path(data_dir))
         except BaseException:
-            self._lock.close()
+            node.close()  # a relay takes its node over: nothing is left running
             raise
         #: The highest sequence per stream that is committed (safe to serve).
         self._committed = {name: self._store.last_seq(name) for name in names}
@@ -169,9 +204,11 @@ class Relay:
         self._fresh: list[tuple[str, Record]] = []  # stored since the last commit, for live
         self._dirty_since: float | None = None
         self._consumers: dict[tuple[str, str], Consumer] = {}
+        #: Consumers whose state the next commit writes.
+        self._changed: dict[tuple[str, str], Consumer] = {}
+        self._failing: _Failing | None = None  # while the store fails: the backoff
         self._parked: list[_Parked] = []
         self._next_housekeeping = 0.0
-        self._conflicts: set[str] = set()
         #: Counters: stored, duplicates, confirmed, delivered, corrupt ...
         self.counts = {}
         self._operations: dict[str, Callable[[str, list[object], ReplyTo], None]] = {
@@ -185,10 +222,17 @@ class Relay:
             "dead": self._read,
             "info": self._describe,
         }
-        node.set_header(STORE_HEADER, self._store.store_id)
-        for name in names:
-            node.serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
-        node.add_ticker(self._tick)
+        self._ownership = Ownership(node, self._store.store_id, settle)
+        try:
+            node.set_header(STORE_HEADER, self._store.store_id)
+            claims = {name: self._store.claim(name) for name in names}
+            node.set_header(CLAIMS_HEADER, claims_header(claims))
+            for name in names:
+                node.serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
+            node.add_ticker(self._tick)
+        except BaseException:
+            self.close()
+            raise
         log.info("relay on %s storing %s in %s", node.name, names, self._store.path)
 
     # ------------------------------------------------------------------
@@ -208,16 +252,18 @@ class Relay:
             operation(stream, data, reply)
         except sqlite3.Error as exc:
             self._abort(exc)
-            raise MeshqError(f"relay store failed: {exc}") from None
+            raise MeshqError(f"{STORE_FAILED}: {exc}") from None
 
     def _publish(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         """Store the messages of a pub(s) request; confirm once they are committed."""
         publishes = parse_publishes(data)
+        self._ownership.check(stream)
         for pub in publishes:
             if not pub.topic.startswith(stream):
                 raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
             # What consumers could not decode is refused now, not stored.
             decode_payload(pub.flags, pub.payload, self.node.limits)
+        self._check_store(time.monotonic())
         store = self._store
         seqs = []
         for pub in publishes:
@@ -245,6 +291,7 @@ class Relay:
 
     def _fetch(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         fetch = parse_fetch(data)
+        self._ownership.check(stream)
         consumer = self._consumer(
             stream, fetch.consumer, fetch.prefix, fetch.start, fetch.start_arg
         )
@@ -262,6 +309,7 @@ class Relay:
 
     def _open(self, stream: str, data: list[object], reply: ReplyTo) -> None:
         request = parse_open(data)
+        self._ownership.check(stream)
         consumer = self._consumer(
             stream, request.consumer, request.prefix, request.start, request.start_arg
         )
@@ -304,9 +352,8 @@ class Relay:
         found = consumer.fetch(
             self._store, now, limit, _FETCH_BYTES, upto=self._committed[consumer.stream]
         )
-        if consumer.ack_floor != floor:  # dead letters and skipped topics are done too
-            self._store.save_acks(consumer.stream, consumer.name, consumer.ack_floor, [])
-            self._mark_dirty()
+        if consumer.ack_floor != floor or consumer.dead_due:
+            self._unsaved(consumer)  # dead letters and skipped topics are done too
         self._count("delivered", len(found))
         self._count("redelivered", sum(1 for d in found if d.deliveries > 1))
         return [_record(d.message, d.deliveries) for d in found]
@@ -314,8 +361,7 @@ class Relay:
     def _ack(self, consumer: Consumer, seqs: list[int]) -> int:
         added = consumer.ack(seqs, upto=self._committed[consumer.stream])
         if added:
-            self._store.save_acks(consumer.stream, consumer.name, consumer.ack_floor, added)
-            self._mark_dirty()
+            self._unsaved(consumer)
             self._count("acked", len(added))
         return len(added)
 
@@ -345,10 +391,9 @@ class Relay:
             if not prefix.startswith(stream):
                 raise ValueError(f"prefix {prefix!r} is not in stream {stream!r}")
             floor = self._start_floor(stream, start, start_arg)
-            self._store.create_consumer(stream, name, prefix, floor)
-            self._mark_dirty()
             consumer = Consumer(stream, name, prefix, floor)
             self._consumers[(stream, name)] = consumer
+            self._unsaved(consumer)
             log.info("new consumer %r of %r from seq %d", name, stream, floor + 1)
         if consumer.prefix != prefix:
             raise ValueError(
@@ -374,14 +419,44 @@ class Relay:
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
 
+    def _unsaved(self, consumer: Consumer) -> None:
+        """``consumer``'s state changed: the next commit stores it (floor, acks, dead letters)."""
+        self._changed[(consumer.stream, consumer.name)] = consumer
+        self._mark_dirty()
+
     def _commit(self) -> None:
-        """Commit, then confirm, then serve the new messages (live and parked fetches)."""
+        """Commit, then confirm, then serve the new messages (live and parked fetches).
+
+        The consumers' changed states are written first, in the same
+        transaction; if it fails they stay in memory and are written again
+        by the next attempt, after a backoff (see :meth:`_abort`).
+        """
         try:
+            for consumer in self._changed.values():
+                self._store.save_consumer(
+                    consumer.stream,
+                    consumer.name,
+                    consumer.prefix,
+                    consumer.ack_floor,
+                    list(consumer.acked),
+                )
+                for seq, deliveries in consumer.dead_due:
+                    self._store.dead_letter(consumer.stream, consumer.name, seq, deliveries)
             self._store.commit()
         except sqlite3.Error as exc:
             self._abort(exc)
             return
+        for consumer in self._changed.values():
+            consumer.dead_due.clear()
+        self._changed.clear()
         self._dirty_since = None
+        if self._failing is not None:
+            log.warning(
+                "relay store %s works again after %d failed attempt(s)",
+                self._store.path,
+                self._failing.attempts,
+            )
+            self._failing = None
         for stream, seq in self._last.items():
             self._committed[stream] = seq
         confirms, self._confirms = self._confirms, []
@@ -400,11 +475,27 @@ class Relay:
     def _abort(self, error: sqlite3.Error) -> None:
         """The store failed (disk full, I/O error): undo the open transaction, refuse its confirms.
 
-        Producers resend what was refused (same ids). Acknowledgements in the
-        transaction are lost too: those messages are delivered again.
+        Producers resend what was refused (same ids; DurablePublisher does it
+        by itself). The consumers' states stay in memory, as acknowledged,
+        and are written by the next attempt: nothing is delivered again
+        because of the failure. Until that attempt (a backoff doubling from
+        _RETRY_FIRST to _RETRY_MAX s) publishes are refused at once, without
+        touching the store; the log says so at most every _LOG_EVERY s.
         """
-        log.error(
-            "RELAY STORE FAILED in %s: %s; unconfirmed writes undone", self._store.path, error
+        now = time.monotonic()
+        failing = self._failing
+        if failing is None:
+            failing = self._failing = _Failing(str(error), 0, _RETRY_FIRST, now)
+        failing.error = str(error)
+        failing.attempts += 1
+        failing.retry_at = now + failing.delay
+        failing.delay = min(2 * failing.delay, _RETRY_MAX)
+        _store_failed_log.warning(
+            "RELAY STORE FAILED in %s: %s; unconfirmed writes undone, acknowledgements kept "
+            "in memory, next attempt in %.2f s",
+            self._store.path,
+            error,
+            failing.retry_at - now,
         )
         self._count("store_errors")
         try:
@@ -413,16 +504,19 @@ class Relay:
             log.exception("rollback failed")
         self._last = dict(self._committed)
         self._fresh = []
-        self._dirty_since = None
+        # Still dirty if consumers' states wait: the ticker retries then.
+        self._dirty_since = now if self._changed else None
         confirms, self._confirms = self._confirms, []
         for reply, _ in confirms:
-            reply.fail(MeshqError(f"relay store failed: {error}"))
-        # Consumers' unsaved acknowledgements went with the transaction: start
-        # them afresh from what the store holds.
-        self._consumers.clear()
-        for parked in self._parked:
-            parked.reply.send([])
-        self._parked = []
+            reply.fail(MeshqError(f"{STORE_FAILED}: {error}"))
+
+    def _check_store(self, now: float) -> None:
+        """Raise the store-failure error while the backoff after a failure runs."""
+        failing = self._failing
+        if failing is not None and now < failing.retry_at:
+            raise MeshqError(
+                f"{STORE_FAILED}: {failing.error} (next attempt in {failing.retry_at - now:.2f} s)"
+            )
 
     def _publish_live(self, record: Record) -> None:
         try:
@@ -451,9 +545,12 @@ class Relay:
         if self._dirty_since is not None:
             # Group commit: everything that arrived together is committed
             # together as soon as no request is waiting, and at least every
-            # batch_interval under a steady stream of requests.
+            # batch_interval under a steady stream of requests (while the
+            # store fails: when the backoff ends).
             due = self._dirty_since + self.batch_interval
-            if idle or now >= due:
+            if self._failing is not None:
+                due = max(due, self._failing.retry_at)
+            if (idle and self._failing is None) or now >= due:
                 self._commit()
             else:
                 wait = due - now
@@ -462,7 +559,7 @@ class Relay:
             self._serve_parked(now, None)
             soonest = min(p.deadline for p in self._parked) if self._parked else now + wait
             wait = min(wait, max(0.0, soonest - now), 0.1)
-        if now >= self._next_housekeeping:
+        if now >= self._next_housekeeping and self._failing is None:
             self._next_housekeeping = now + _HOUSEKEEPING
             try:
                 self._housekeeping()
@@ -481,32 +578,7 @@ class Relay:
             )
             self._count("trimmed", deleted)
         self._mark_dirty()
-        services = self.node.services()
-        advertised = [stream_of_service(service) or "" for service in services]
-        for name in self.streams:
-            providers = services.get(RELAY_SERVICE_PREFIX + name, [])
-            problem = ""
-            if len(providers) > 1 and len(relay_stores(self.node, providers)) > 1:
-                problem = (
-                    f"claimed by {len(providers)} relays ({', '.join(p[:8] for p in providers)})"
-                )
-            overlapping = [
-                other
-                for other in advertised
-                if other and other != name and (other.startswith(name) or name.startswith(other))
-            ]
-            if overlapping:
-                problem = f"overlaps stream {overlapping[0]!r} of another relay"
-            if problem and name not in self._conflicts:
-                self._conflicts.add(name)
-                log.error(
-                    "CONFIGURATION ERROR: stream %r is %s; durable publishes to it fail until "
-                    "that is fixed",
-                    name,
-                    problem,
-                )
-            elif not problem:
-                self._conflicts.discard(name)
+        self._ownership.review(self.streams)
 
     # ------------------------------------------------------------------
     # Observability
@@ -533,7 +605,13 @@ class Relay:
             "consumers": consumers,
             "dead_letters": self._store.dead_letter_count(stream),
             "corrupt": self._store.corrupt,
+            "integrity_problems": self._store.integrity_problems,
+            **self._store.wal_faults(),
+            "store_errors": self.counts.get("store_errors", 0),
+            "redelivered": self.counts.get("redelivered", 0),
             "durability": self.streams[stream].durability,
+            "conflict": self._ownership.conflicts.get(stream, ""),
+            "relay": self.node.id,
         }
 
     def _count(self, what: str, n: int = 1) -> None:
@@ -550,23 +628,22 @@ class Relay:
         self._lock.close()
 
 
-class StoreInUse(MeshqError):
-    """Another relay (process) already serves the store in ``directory``."""
+def _open_store(directory: Path) -> tuple[IO[bytes], Store]:
+    """Lock ``directory`` and open its store.
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__(f"{directory} is in use by another relay")
-        self.directory = directory
-
-
-def _lock_directory(directory: Path) -> IO[bytes]:
-    """Hold an exclusive lock on ``directory`` while this relay runs; raises StoreInUse."""
-    handle = open(directory / "relay.lock", "ab")  # noqa: SIM115  # held until close()
+    Raises StoreInUse, StoreUnusable (naming the directory and why),
+    StoreDamaged (naming the file and what to do).
+    """
+    lock = lock_directory(directory)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise StoreInUse(directory) from None
-    return handle
+        return lock, Store(directory / STORE_NAME)
+    except (OSError, sqlite3.OperationalError) as exc:
+        lock.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StoreUnusable(directory, reason) from None
+    except BaseException:
+        lock.close()
+        raise
 
 
 def _record(m: StoredMessage, deliveries: int) -> list[object]:

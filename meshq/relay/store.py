@@ -11,7 +11,9 @@ it is never served: it is counted, logged loudly, and skipped.
 Rules this module keeps:
 
 - Sequence numbers are per stream, from 1, and never reused, also after
-  retention deleted every message (``streams.last_seq`` remembers).
+  retention deleted every message (``streams.last_seq`` remembers) and
+  after a damaged or torn write-ahead log lost transactions (the numbers
+  reserved outside the WAL, highwater.py, are skipped).
 - A producer's message id is stored once per stream while the message is
   kept, and for the dedup window (seconds) after retention removed it: a
   retry of a message whose confirm was lost gets the first copy's sequence
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import sqlite3
 import struct
 import time
@@ -32,6 +35,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from .errors import StoreDamaged
+from .highwater import HighWater
+from .walcheck import WalCheck, check_wal
 
 __all__ = ["ConsumerRow", "Store", "StoredMessage", "StreamStats"]
 
@@ -147,22 +154,43 @@ class StreamStats:
 class Store:
     """One relay's SQLite file. Not thread-safe: one thread uses it.
 
-    Raises sqlite3.Error if the file cannot be opened as a database.
+    Before SQLite opens the file, its write-ahead log is walked (walcheck.py):
+    a torn tail or damage is logged loudly and counted (:meth:`wal_faults`),
+    and every stream then goes on above the sequence numbers reserved in
+    ``<name>.seqs`` (highwater.py), so none that may have been confirmed is
+    given out again.
+
+    Raises StoreDamaged if SQLite finds the file damaged, sqlite3.Error or
+    OSError if it cannot be opened.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        _report_torn_wal(self.path)
+        #: What the write-ahead log held at open, before SQLite replayed it.
+        self.wal = _check_wal(self.path)
+        self._highwater = HighWater(self.path.with_suffix(".seqs"))
+        #: Records refused because they failed their checksum, since open.
+        self.corrupt = 0
+        self._corrupt_seen: set[tuple[str, int]] = set()
+        #: Problems PRAGMA quick_check found at open (a hidden record, say).
+        self.integrity_problems = 0
+        self._in_transaction = False
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreDamaged(self.path, str(exc)) from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit returns only once the WAL is fsynced; a confirm may
         # then be sent.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._in_transaction = False
-        #: Records refused because they failed their checksum, since open.
-        self.corrupt = 0
-        self._corrupt_seen: set[tuple[str, int]] = set()
         self._db.execute(
             "INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (secrets.token_hex(16),)
         )
@@ -174,7 +202,71 @@ class Store:
         # otherwise show only as queries failing later, one by one.
         problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
-            log.error("relay store %s fails its integrity check: %s", self.path, problems[:5])
+            self.integrity_problems = len(problems)
+            log.error(
+                "INTEGRITY CHECK FAILED for relay store %s: %d problem(s), first %s; records "
+                "may be hidden. Restore it from a backup, or salvage it (meshq relay --salvage)",
+                self.path,
+                len(problems),
+                problems[:3],
+            )
+        if self.wal.state in ("torn", "damaged"):
+            self._continue_above_reservations()
+            key = "wal_damaged" if self.wal.state == "damaged" else "wal_torn"
+            self._db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                " SET value = CAST(value AS INTEGER) + excluded.value",
+                (key, self.wal.lost_commits if self.wal.state == "damaged" else 1),
+            )
+
+    def _continue_above_reservations(self) -> None:
+        """After a WAL that lost its end: every stream goes on above its reserved numbers.
+
+        The transactions lost may have been confirmed: their sequence numbers
+        are never given out again (a gap instead).
+        """
+        for stream, reserved in sorted(self._highwater.reserved.items()):
+            if reserved > self.last_seq(stream):
+                self.raise_last_seq(stream, reserved)
+                self.commit()
+                log.error(
+                    "relay store %s: stream %r continues after seq %d (reserved before the "
+                    "WAL lost its end): numbers the lost transactions may have confirmed are "
+                    "never given out again",
+                    self.path,
+                    stream,
+                    reserved,
+                )
+
+    def claim(self, stream: str) -> int:
+        """When this store first claimed ``stream`` (ns since the epoch), recorded now if new.
+
+        A store from before claims were recorded claims its streams from
+        their oldest stored message.
+        """
+        key = f"claimed:{stream}"
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        oldest = self._db.execute(
+            "SELECT min(time_ns) FROM messages WHERE stream = ?", (stream,)
+        ).fetchone()[0]
+        claimed = int(oldest) if oldest is not None else time.time_ns()
+        self._db.execute("INSERT INTO meta VALUES (?, ?)", (key, str(claimed)))
+        return claimed
+
+    def wal_faults(self) -> dict[str, int]:
+        """Faults of the write-ahead log found at opens, over the file's life.
+
+        ``wal_damaged``: committed transactions lost to a damaged WAL;
+        ``wal_torn``: opens that found the WAL's last write cut short.
+        """
+        rows = self._db.execute(
+            "SELECT key, value FROM meta WHERE key IN ('wal_damaged', 'wal_torn')"
+        ).fetchall()
+        found = {"wal_damaged": 0, "wal_torn": 0}
+        found.update({str(key): int(value) for key, value in rows})
+        return found
 
     # ------------------------------------------------------------------
     # Transactions
@@ -217,6 +309,15 @@ class Store:
         ).fetchone()
         return int(row[0])
 
+    def raise_last_seq(self, stream: str, seq: int) -> None:
+        """Make ``seq`` the lowest :meth:`last_seq` of ``stream`` may be from now on."""
+        self._begin()
+        self._db.execute(
+            "INSERT INTO streams VALUES (?, ?) ON CONFLICT (stream)"
+            " DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            (stream, seq),
+        )
+
     def append(
         self,
         stream: str,
@@ -228,6 +329,10 @@ class Store:
         time_ns: int,
     ) -> None:
         """Store one message as ``seq`` (the caller assigns it: last_seq + 1)."""
+        try:
+            self._highwater.cover(stream, seq)
+        except OSError as exc:  # a full disk, as for the database: the caller's store error
+            raise sqlite3.OperationalError(f"sequence reservation not written: {exc}") from exc
         self._begin()
         crc = checksum(seq, time_ns, flags, topic, msg_id, payload)
         self._db.execute(
@@ -420,6 +525,32 @@ class Store:
             "DELETE FROM acks WHERE stream = ? AND name = ? AND seq <= ?", (stream, name, ack_floor)
         )
 
+    def save_consumer(
+        self, stream: str, name: str, prefix: str, ack_floor: int, acked: list[int]
+    ) -> None:
+        """Write a consumer's whole state (made if missing): its floor and acks above it."""
+        self._begin()
+        self._db.execute(
+            "INSERT INTO consumers VALUES (?, ?, ?, ?) ON CONFLICT (stream, name)"
+            " DO UPDATE SET ack_floor = excluded.ack_floor",
+            (stream, name, prefix, ack_floor),
+        )
+        self._db.execute("DELETE FROM acks WHERE stream = ? AND name = ?", (stream, name))
+        self._db.executemany(
+            "INSERT INTO acks VALUES (?, ?, ?)",
+            [(stream, name, seq) for seq in sorted(set(acked)) if seq > ack_floor],
+        )
+
+    def put_dead_letter(
+        self, stream: str, name: str, row: tuple[object, ...], deliveries: object
+    ) -> None:
+        """Store a dead letter from its (seq, topic, msg_id, flags, payload, time_ns, crc) row."""
+        self._begin()
+        self._db.execute(
+            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (stream, name, row[0], deliveries, *row[1:7]),
+        )
+
     def dead_letter(self, stream: str, name: str, seq: int, deliveries: int) -> None:
         """Keep a copy of message ``seq`` as a dead letter of consumer ``name``.
 
@@ -471,34 +602,21 @@ class Store:
             self._db.close()
 
 
-_WAL_HEADER = 32
-_WAL_FRAME_HEADER = 24
+def _check_wal(path: Path) -> WalCheck:
+    """Walk the WAL before SQLite replays it; say loudly what SQLite would drop silently.
 
-
-def _report_torn_wal(path: Path) -> None:
-    """Say loudly if the write-ahead log ends inside a frame (a write cut short).
-
-    SQLite itself then drops the unfinished transaction, and every earlier
-    one is intact (each WAL frame is checksummed): nothing to repair, but
-    the operator should know that the disk lost the tail of a write.
+    A damaged WAL is copied aside first (SQLite would checkpoint over it), so
+    what it held can still be looked at.
     """
-    wal = path.with_name(path.name + "-wal")
-    try:
-        with open(wal, "rb") as handle:
-            header = handle.read(_WAL_HEADER)
-            size = wal.stat().st_size
-    except FileNotFoundError:
-        return
-    if len(header) < _WAL_HEADER:
-        if size:
-            log.error("TORN WAL: %s has a %d-byte header; it is ignored", wal, size)
-        return
-    page_size = int.from_bytes(header[8:12], "big")
-    torn = (size - _WAL_HEADER) % (_WAL_FRAME_HEADER + page_size) if page_size else 0
-    if torn:
-        log.error(
-            "TORN WAL: %s ends %d bytes into a frame; the unfinished transaction is dropped, "
-            "everything committed before it is recovered",
-            wal,
-            torn,
-        )
+    found = check_wal(path)
+    if found.state == "damaged":
+        keep = found.wal.with_name(f"{found.wal.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        shutil.copyfile(found.wal, keep)
+        log.error("WAL DAMAGE: %s; the damaged log is kept as %s", found.describe(), keep)
+    elif found.state == "torn":
+        log.error("TORN WAL: %s", found.describe())
+    elif found.state == "unfinished":
+        log.warning("relay store WAL: %s", found.describe())
+    elif found.stale:
+        log.info("relay store WAL: %s", found.describe())
+    return found
