@@ -243,7 +243,7 @@ def parse_snapshot(reply: object) -> NodeSnapshot:
             _get(p, "state", str),
             _number(p, "last_seen"),
             _get(p, "endpoint", str),
-            None if _map(p, "peer").get("rtt") is None else _number(p, "rtt"),
+            None if _map(p, "a peer").get("rtt") is None else _number(p, "rtt"),
         )
         for p in _list(top, "peers")
     )
@@ -297,23 +297,26 @@ def _map(value: object, what: str) -> dict[str, Any]:
     return value
 
 
+_KINDS = {str: "a string", int: "an integer", bool: "a boolean"}
+
+
 def _get(value: object, key: str, kind: type) -> Any:
-    item = _map(value, key).get(key)
+    item = _map(value, f"the entry of {key}").get(key)
     # bool is an int subclass: an integer field must not accept True.
     if not isinstance(item, kind) or (kind is int and isinstance(item, bool)):
-        raise IntrospectError(f"{key} is not a {kind.__name__}")
+        raise IntrospectError(f"{key} is not {_KINDS[kind]}")
     return item
 
 
 def _number(value: object, key: str) -> float:
-    item = _map(value, key).get(key)
+    item = _map(value, f"the entry of {key}").get(key)
     if isinstance(item, bool) or not isinstance(item, (int, float)):
         raise IntrospectError(f"{key} is not a number")
     return float(item)
 
 
 def _list(value: object, key: str) -> list[Any]:
-    item = _map(value, key).get(key)
+    item = _map(value, f"the entry of {key}").get(key)
     if not isinstance(item, list):
         raise IntrospectError(f"{key} is not an array")
     return item
