@@ -101,7 +101,9 @@ class MeshView:
     topics: tuple[TopicView, ...]
     services: tuple[ServiceView, ...]
     streams: tuple[StreamView, ...]
-    missing: tuple[str, ...] = ()  # nodes (names) that did not answer in time
+    #: Nodes (names) that did not answer in time, or answered before and are
+    #: gone from the mesh now (for ``forget_after`` seconds).
+    missing: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()  # malformed replies: "name: reason"
     snapshots: tuple[NodeSnapshot, ...] = field(default=(), repr=False)
 
@@ -124,10 +126,12 @@ class Collector:
     Use from one thread: ``node``'s request calls belong to the calling thread.
     """
 
-    def __init__(self, node: Node, *, timeout: float = 1.0) -> None:
+    def __init__(self, node: Node, *, timeout: float = 1.0, forget_after: float = 60.0) -> None:
         self.node = node
         self.timeout = timeout
+        self.forget_after = forget_after
         self._previous: MeshView | None = None
+        self._answered: dict[str, tuple[str, float]] = {}  # node id -> (name, when)
 
     def collect(self) -> MeshView:
         """Ask every node and relay now; wait at most ``timeout`` s for each round."""
@@ -149,8 +153,19 @@ class Collector:
                     errors.append(f"{names.get(node_id, node_id[:8])}: {exc.reason}")
             for node_id, error in result.errors.items():
                 errors.append(f"{names.get(node_id, node_id[:8])}: {error}")
-            missing = sorted(names.get(i, i[:8]) for i in result.missing if i != self.node.id)
+            missing = [names.get(i, i[:8]) for i in result.missing if i != self.node.id]
         now = time.time()
+        # A node that answered before and left (or froze and was dropped by
+        # its peers) is shown as missing for a while instead of vanishing.
+        for snap in snapshots:
+            self._answered[snap.id] = (snap.name, now)
+        asked = set(result.replies) | set(result.errors) | set(result.missing) if result else set()
+        for node_id, (name, when) in list(self._answered.items()):
+            if now - when > self.forget_after:
+                del self._answered[node_id]
+            elif node_id not in asked:
+                missing.append(name)
+        missing.sort()
         streams = self._streams(names, errors)
         view = MeshView(
             mesh=self.node.mesh,
@@ -171,6 +186,13 @@ class Collector:
             return None
         return max(0, new - old) / (now - self._previous.taken_at)
 
+    def _grew(self, what: str, old: int | None, new: int) -> str:
+        """``"gaps +3"`` when ``new`` went past ``old`` (a row new since the last collect: 0)."""
+        if self._previous is None:
+            return ""  # nothing to compare with: a mark says what changed
+        base = 0 if old is None else old
+        return f"{what} +{new - base}" if new > base else ""
+
     def _nodes(self, snapshots: list[NodeSnapshot], now: float) -> list[NodeView]:
         before = {n.id: n for n in self._previous.nodes} if self._previous else {}
         views = []
@@ -182,8 +204,8 @@ class Collector:
             marks = []
             if suspect:
                 marks.append(f"peer suspect: {', '.join(suspect)}")
-            if old is not None and gaps > old.gaps:
-                marks.append(f"gaps +{gaps - old.gaps}")
+            if grew := self._grew("gaps", old.gaps if old else None, gaps):
+                marks.append(grew)
             views.append(
                 NodeView(
                     id=snap.id,
@@ -227,9 +249,7 @@ class Collector:
                         subscribers=len(seen),
                         behind=max((topic.published - s for s, _ in seen), default=0),
                         gaps=gaps,
-                        mark=f"gaps +{gaps - old.gaps}"
-                        if old is not None and gaps > old.gaps
-                        else "",
+                        mark=self._grew("gaps", old.gaps if old else None, gaps),
                     )
                 )
         return sorted(views, key=lambda v: (v.topic, v.publisher))

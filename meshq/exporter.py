@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
@@ -166,19 +166,20 @@ def run_exporter(
     interval: float = 1.0,
     duration: float | None = None,
     registry: CollectorRegistry = REGISTRY,
-    on_ready: threading.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Serve ``/metrics`` on ``address:port``; collect every ``interval`` s.
 
-    Runs until Ctrl-C or ``duration`` s. Returns the exit status: 0. Raises
-    OSError if the port cannot be bound.
+    Calls ``on_ready()`` once the port is bound. Runs until Ctrl-C or
+    ``duration`` s. Returns the exit status: 0. Raises OSError if the port
+    cannot be bound.
     """
     metrics = MeshMetrics()
     metrics.update(collector.collect())
     registry.register(metrics)
     server, thread = start_http_server(port, addr=address, registry=registry)
     if on_ready is not None:
-        on_ready.set()
+        on_ready()  # the port is bound: scrapes are answered from now on
     stop = threading.Event()  # paces the collects; nothing else sets it
     deadline = None if duration is None else time.monotonic() + duration
     try:

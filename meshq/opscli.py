@@ -97,13 +97,15 @@ def add_commands(
             ) from None
         node_args = argparse.Namespace(**{**vars(args), "port": 0})
         with _observer(node_args, make_node, "meshq-exporter") as collector:
-            print(f"serving http://{args.listen}:{args.port}/metrics", flush=True)
             return run_exporter(
                 collector,
                 port=args.port,
                 address=args.listen,
                 interval=args.interval,
                 duration=args.duration,
+                on_ready=lambda: print(
+                    f"serving http://{args.listen}:{args.port}/metrics", flush=True
+                ),
             )
 
     return {"doctor": run_doctor, "top": run_top, "exporter": run_exporter}

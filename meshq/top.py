@@ -45,21 +45,16 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+_NUMERIC = {"PUBLISHED", "MSG/S", "SUBS", "BEHIND", "GAPS", "MSGS", "BYTES", "DEAD", "LAG", "OUT"}
+
+
 def _table(title: str, *columns: str) -> Table:
     table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
     for column in columns:
-        numeric = column in (
-            "PUBLISHED",
-            "MSG/S",
-            "SUBS",
-            "BEHIND",
-            "GAPS",
-            "MSGS",
-            "BYTES",
-            "DEAD",
-            "LAG",
-            "OUT",
-        )
+        if column == "!":  # the reason a row is marked: wrapped, never cut off
+            table.add_column(column, min_width=16, overflow="fold")
+            continue
+        numeric = column in _NUMERIC
         table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
     return table
 
