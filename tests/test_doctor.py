@@ -267,3 +267,17 @@ def test_two_meshes_on_one_lan_are_both_named(
     assert having(findings, "reachability", "pass")[0]["summary"] == "1 endpoint(s) answered"
     [clock] = having(findings, "clocks", "pass")
     assert clock["summary"].startswith("ours: clock ")
+
+
+def test_the_command_exits_1_on_a_failure_and_names_the_taken_port() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "meshq.cli", "doctor", "--interface", "127.0.0.1",
+             "--mesh", "doctor-exit-test", "--wait", "0.5", "--publish-port", str(taken)],
+            capture_output=True, text=True, timeout=60, env=_env(),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"FAIL  ports         publish port {taken} on 127.0.0.1: already in use" in result.stdout

@@ -213,6 +213,31 @@ def test_a_malformed_reply_is_listed_and_the_rest_still_shown(
     assert view.errors == ("liar: peers is not an array",)
 
 
+def test_overlapping_streams_and_new_dead_letters_are_marked(
+    mesh: str, observer: meshq.Node, tmp_path: Path
+) -> None:
+    relays = [
+        meshq.Relay(meshq.Node("wide", mesh=mesh, interfaces=LOOPBACK), tmp_path / "w", ["a/"]),
+        meshq.Relay(meshq.Node("narrow", mesh=mesh, interfaces=LOOPBACK), tmp_path / "n", ["a/b/"]),
+    ]
+    try:
+        wait_for_providers(observer, "meshq/relay/a/b/", 1)
+        wait_for_providers(observer, "meshq/relay/a/", 1)
+        view = Collector(observer, timeout=WAIT).collect()
+    finally:
+        for relay in relays:
+            relay.close()
+    assert {(s.stream, s.relay, s.mark) for s in view.streams} == {
+        ("a/", "wide", "overlaps stream 'a/b/'"),
+        ("a/b/", "narrow", "overlaps stream 'a/'"),
+    }
+    info = {"messages": 3, "bytes": 30, "first_seq": 1, "last_seq": 3, "dead_letters": 2,
+            "consumers": {"billing": {"lag": 0, "out": 0}}}  # fmt: skip
+    before = Collector._stream("s/", "r", {**info, "dead_letters": 1}, "", {})
+    after = Collector._stream("s/", "r", info, "", {("s/", "r"): before})
+    assert before.mark == "" and after.mark == "dead letters +1"
+
+
 # ----------------------------------------------------------------------
 # meshq top
 
@@ -239,6 +264,7 @@ def test_top_once_prints_the_tables_and_json(mesh: str, small_mesh: SmallMesh) -
     view = json.loads(as_json.stdout)
     assert sorted(n["name"] for n in view["nodes"]) == ["display", "sensor"]
     assert view["topics"][0]["published"] == 30 and view["marked"] == []
+    assert all(n["publish_rate"] is not None for n in view["nodes"])  # two collects: a rate
 
 
 NODE = """
