@@ -1,7 +1,7 @@
 """Introspection: what one node says about itself, served as ``meshq/introspect``.
 
 A node that runs :func:`install` answers the built-in request/reply service
-``meshq/introspect`` (docs/PROTOCOL.md 15) with a snapshot of itself: name,
+``meshq/introspect`` (docs/PROTOCOL.md 16) with a snapshot of itself: name,
 id, version, uptime, interfaces, peers, counters, the topics it publishes,
 its subscriptions and the services it offers. The request travels on the
 node's ordinary service socket, so CURVE and the allowlist apply to it as to
@@ -108,7 +108,7 @@ def node_facts(node: Node) -> NodeFacts:
 
 
 def snapshot(node: Node, started: float) -> dict[str, Any]:
-    """The introspection reply of ``node`` (docs/PROTOCOL.md 15.2) as a msgpack-able map.
+    """The introspection reply of ``node`` (docs/PROTOCOL.md 16.2) as a msgpack-able map.
 
     ``started`` is when the node started, in seconds since the epoch.
     """
@@ -141,7 +141,7 @@ def snapshot(node: Node, started: float) -> dict[str, Any]:
                 "last_seen": peer.last_seen,
                 "endpoint": peer.endpoint,
                 # Round-trip times from heartbeats need the PING change of
-                # docs/PROTOCOL.md 15.4, which is not built yet.
+                # docs/PROTOCOL.md 16.4, which is not built yet.
                 "rtt": None,
             }
             for peer in node.peers()
@@ -209,7 +209,7 @@ class SubscriptionRow:
 
 @dataclass(frozen=True)
 class NodeSnapshot:
-    """A checked introspection reply; see docs/PROTOCOL.md 15.2 for each field."""
+    """A checked introspection reply; see docs/PROTOCOL.md 16.2 for each field."""
 
     id: str
     name: str
