@@ -26,9 +26,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import secrets
-import socket
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,17 +43,21 @@ from .hostnet import (
 )
 from .interfaces import ENV_INTERFACES, resolve_interfaces
 from .introspect import INTROSPECT_SERVICE, IntrospectError, parse_snapshot
+from .mdnssurvey import MdnsSurvey, MeshqInstance, survey_mdns
 
-__all__ = ["DoctorOptions", "Finding", "MdnsSurvey", "format_findings", "run_doctor"]
+__all__ = [
+    "DoctorOptions",
+    "Finding",
+    "MdnsSurvey",
+    "MeshqInstance",
+    "format_findings",
+    "run_doctor",
+]
 
-PROBE_TYPE = "_meshq-doctor._tcp.local."
-MESHQ_TYPE = "_meshq._tcp.local."
-_ALL_TYPES = "_services._dns-sd._udp.local."
 #: Clock skew (seconds, beyond the measurement's own uncertainty) that is
 #: worth a warning: timestamps and Start.at_time compare clocks of two hosts.
 SKEW_WARN = 0.25
 SKEW_FAIL = 5.0
-_MAX_RESOLVE = 64  # meshq instances resolved at most (each may take 1 s)
 
 
 @dataclass(frozen=True)
@@ -85,30 +86,6 @@ class DoctorOptions:
     ports: dict[str, int] = field(default_factory=dict)
     wait: float = 3.0
     connect_timeout: float = 1.0
-
-
-@dataclass(frozen=True)
-class MeshqInstance:
-    """A meshq node seen on mDNS."""
-
-    name: str
-    node_id: str
-    mesh: str
-    addresses: tuple[str, ...]
-    port: int
-    key: str | None
-
-
-@dataclass
-class MdnsSurvey:
-    """What one round of mDNS saw."""
-
-    probe_seen: bool = False
-    other_probes: int = 0  # other doctors' probes: multicast crossed the LAN
-    types: set[str] = field(default_factory=set)
-    nodes: list[MeshqInstance] = field(default_factory=list)
-    unresolved: int = 0
-    error: str | None = None
 
 
 def run_doctor(options: DoctorOptions) -> list[Finding]:
@@ -254,84 +231,6 @@ def check_multicast(
                 )
             )
     return findings
-
-
-def survey_mdns(chosen: Sequence[str], mesh: str, wait: float) -> MdnsSurvey:
-    """Announce a probe, browse for ``wait`` seconds, resolve the meshq nodes seen."""
-    from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
-
-    survey = MdnsSurvey()
-    lock = threading.Lock()
-    probe_name = f"doctor-{secrets.token_hex(4)}.{PROBE_TYPE}"
-    meshq_names: set[str] = set()
-    probe_seen = threading.Event()
-
-    def on_change(
-        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
-    ) -> None:
-        if state_change is not ServiceStateChange.Added:
-            return
-        with lock:
-            if service_type == _ALL_TYPES:
-                survey.types.add(name)
-            elif service_type == MESHQ_TYPE:
-                meshq_names.add(name)
-            elif name == probe_name:
-                probe_seen.set()
-            else:
-                survey.other_probes += 1
-
-    try:
-        zc = Zeroconf(interfaces=list(chosen), ip_version=IPVersion.V4Only)
-    except OSError as exc:
-        survey.error = f"cannot open mDNS sockets: {exc}"
-        return survey
-    try:
-        info = ServiceInfo(
-            PROBE_TYPE,
-            probe_name,
-            addresses=[socket.inet_aton(ip) for ip in chosen],
-            port=9,
-            properties={"mesh": mesh},
-            server=f"{probe_name.split('.')[0]}.local.",
-        )
-        try:
-            zc.register_service(info, cooperating_responders=True)
-        except Exception as exc:  # zeroconf raises several kinds; all mean "could not"
-            survey.error = f"cannot announce: {exc}"
-            return survey
-        browsers = [
-            ServiceBrowser(zc, kind, handlers=[on_change])
-            for kind in (PROBE_TYPE, MESHQ_TYPE, _ALL_TYPES)
-        ]
-        # A survey listens for a fixed time: answers arrive spread out, and
-        # nothing says when the last responder has spoken.
-        threading.Event().wait(wait)
-        for browser in browsers:
-            browser.cancel()
-        survey.probe_seen = probe_seen.is_set()
-        with lock:
-            names = sorted(meshq_names)
-        for name in names[:_MAX_RESOLVE]:
-            resolved = ServiceInfo(MESHQ_TYPE, name)
-            if not resolved.load_from_cache(zc) and not resolved.request(zc, 1000):
-                survey.unresolved += 1
-                continue
-            txt = resolved.decoded_properties
-            survey.nodes.append(
-                MeshqInstance(
-                    name=name.split(".")[0],
-                    node_id=txt.get("id") or "",
-                    mesh=txt.get("mesh") or "",
-                    addresses=tuple(resolved.parsed_addresses(IPVersion.V4Only)),
-                    port=resolved.port or 0,
-                    key=txt.get("key"),
-                )
-            )
-        survey.unresolved += max(0, len(names) - _MAX_RESOLVE)
-    finally:
-        zc.close()
-    return survey
 
 
 def check_mdns(survey: MdnsSurvey, mesh: str, chosen: Sequence[str]) -> list[Finding]:

@@ -198,8 +198,9 @@ def doctor(lan: Lan, host: int, *args: str) -> subprocess.Popen[str]:
 def findings_of(process: subprocess.Popen[str]) -> list[dict[str, Any]]:
     out, err = process.communicate(timeout=60)
     assert out, err
-    print(out)  # the report, for the issue note (pytest -s)
-    return list(json.loads(out))
+    found = list(json.loads(out))
+    print(format_findings([Finding(**f) for f in found]))  # for the issue note (pytest -s)
+    return found
 
 
 def having(findings: Sequence[dict[str, Any]], check: str, status: str) -> list[dict[str, Any]]:
