@@ -63,9 +63,26 @@ class TopicView:
 
 
 @dataclass(frozen=True)
+class ProviderView:
+    """One provider of a service: what it answered (None: it does not say).
+
+    Latencies are the provider's own (handler and encoding), in seconds.
+    """
+
+    node: str
+    served: int | None = None
+    rate: float | None = None
+    errors: int | None = None
+    p50: float | None = None
+    p99: float | None = None
+    mark: str = ""
+
+
+@dataclass(frozen=True)
 class ServiceView:
     name: str
     providers: tuple[str, ...]  # node names
+    calls: tuple[ProviderView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,9 @@ class MeshView:
         """Every mark, as ``kind name: mark`` lines."""
         rows: list[tuple[str, str, str]] = [("node", n.name, n.mark) for n in self.nodes]
         rows += [("topic", f"{t.topic} from {t.publisher}", t.mark) for t in self.topics]
+        rows += [
+            ("service", f"{s.name} on {c.node}", c.mark) for s in self.services for c in s.calls
+        ]
         rows += [("stream", s.stream, s.mark) for s in self.streams]
         rows += [
             ("consumer", f"{s.stream}/{c.name}", c.mark) for s in self.streams for c in s.consumers
@@ -172,7 +192,7 @@ class Collector:
             taken_at=now,
             nodes=tuple(self._nodes(snapshots, now)),
             topics=tuple(self._topics(snapshots, now)),
-            services=tuple(self._services(names)),
+            services=tuple(self._services(names, snapshots, now)),
             streams=tuple(streams),
             missing=tuple(missing),
             errors=tuple(errors),
@@ -254,13 +274,41 @@ class Collector:
                 )
         return sorted(views, key=lambda v: (v.topic, v.publisher))
 
-    def _services(self, names: dict[str, str]) -> list[ServiceView]:
+    def _services(
+        self, names: dict[str, str], snapshots: list[NodeSnapshot], now: float
+    ) -> list[ServiceView]:
         names = {**names, self.node.id: self.node.name}
-        return [
-            ServiceView(service, tuple(sorted(names.get(i, i[:8]) for i in providers)))
-            for service, providers in sorted(self.node.services().items())
-            if service != INTROSPECT_SERVICE and stream_of_service(service) is None
-        ]
+        rows = {(snap.id, row.name): row for snap in snapshots for row in snap.service_stats}
+        before = {
+            (call.node, service.name): call
+            for service in (self._previous.services if self._previous else ())
+            for call in service.calls
+        }
+        views = []
+        for service, providers in sorted(self.node.services().items()):
+            if service == INTROSPECT_SERVICE or stream_of_service(service) is not None:
+                continue
+            calls = []
+            for provider in sorted(providers, key=lambda i: names.get(i, i[:8])):
+                node = names.get(provider, provider[:8])
+                row = rows.get((provider, service))
+                if row is None:
+                    calls.append(ProviderView(node))
+                    continue
+                old = before.get((node, service))
+                calls.append(
+                    ProviderView(
+                        node,
+                        served=row.served,
+                        rate=self._rate(now, old.served if old else None, row.served),
+                        errors=row.errors,
+                        p50=row.p50,
+                        p99=row.p99,
+                        mark=self._grew("errors", old.errors if old else None, row.errors),
+                    )
+                )
+            views.append(ServiceView(service, tuple(c.node for c in calls), tuple(calls)))
+        return views
 
     def _streams(self, names: dict[str, str], errors: list[str]) -> list[StreamView]:
         before: dict[tuple[str, str], StreamView] = (

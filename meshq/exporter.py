@@ -96,9 +96,28 @@ def metrics_of(view: MeshView) -> Iterator[Metric]:
     providers = GaugeMetricFamily(
         "meshq_service_providers", "nodes offering a service", labels=["service"]
     )
+    served = CounterMetricFamily(
+        "meshq_service_requests", "requests a node's service answered", labels=["node", "service"]
+    )
+    failed = CounterMetricFamily(
+        "meshq_service_errors", "requests whose handler raised", labels=["node", "service"]
+    )
+    latency = GaugeMetricFamily(
+        "meshq_service_latency_seconds",
+        "handler time of the latest requests (up to 1024), by quantile",
+        labels=["node", "service", "quantile"],
+    )
     for service in view.services:
         providers.add_metric([service.name], len(service.providers))
-    yield providers
+        for call in service.calls:
+            if call.served is None or call.errors is None:
+                continue  # a provider that does not answer introspection
+            served.add_metric([call.node, service.name], call.served)
+            failed.add_metric([call.node, service.name], call.errors)
+            for quantile, seconds in (("0.5", call.p50), ("0.99", call.p99)):
+                if seconds is not None:
+                    latency.add_metric([call.node, service.name, quantile], seconds)
+    yield from (providers, served, failed, latency)
 
     labels = ["stream", "relay"]
     stream_families = {

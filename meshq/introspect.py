@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import MeshqError
+from .servicestats import ServiceStats
 
 if TYPE_CHECKING:
     from .node import Node
@@ -63,6 +64,7 @@ class NodeFacts:
     published: Mapping[str, tuple[int, bool]]  # topic -> (messages published, blocking)
     subscriptions: list[dict[str, Any]]  # prefix, gaps, dropped, streams, gap_log
     services: tuple[str, ...]
+    service_stats: Mapping[str, ServiceStats]
 
 
 def node_facts(node: Node) -> NodeFacts:
@@ -104,7 +106,15 @@ def node_facts(node: Node) -> NodeFacts:
                 ],
             }
         )
-    return NodeFacts(published, subscriptions, node._offered_services()[0])
+    runner = node._service_runner
+    service_stats: dict[str, ServiceStats] = {}
+    if runner is not None:
+        recorded = dict(runner.service_stats)
+        for name in runner.names():
+            # Deferred handlers (the relay's) are not counted here: leave them out.
+            if name in recorded or name not in runner._deferred:
+                service_stats[name] = recorded.get(name) or ServiceStats()
+    return NodeFacts(published, subscriptions, node._offered_services()[0], service_stats)
 
 
 def snapshot(node: Node, started: float) -> dict[str, Any]:
@@ -153,7 +163,25 @@ def snapshot(node: Node, started: float) -> dict[str, Any]:
         ],
         "subscriptions": facts.subscriptions,
         "services": [name for name in facts.services if name != INTROSPECT_SERVICE],
+        "service_stats": [
+            _service_row(name, stats)
+            for name, stats in sorted(facts.service_stats.items())
+            if name != INTROSPECT_SERVICE
+        ],
         "truncated": max(0, len(topics) - MAX_ROWS) + max(0, len(streams) - MAX_ROWS),
+    }
+
+
+def _service_row(name: str, stats: ServiceStats) -> dict[str, Any]:
+    quantiles = stats.percentiles()
+    p50, p90, p99 = (None, None, None) if quantiles is None else quantiles
+    return {
+        "name": name,
+        "served": stats.served,
+        "errors": stats.errors,
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
     }
 
 
@@ -201,6 +229,18 @@ class StreamRow:
 
 
 @dataclass(frozen=True)
+class ServiceRow:
+    """Requests one service of the node answered; latencies in seconds (None: no sample)."""
+
+    name: str
+    served: int
+    errors: int
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True)
 class SubscriptionRow:
     prefix: str
     gaps: int
@@ -227,6 +267,7 @@ class NodeSnapshot:
     services: tuple[str, ...]
     headers: Mapping[str, str] = field(default_factory=dict)
     truncated: int = 0
+    service_stats: tuple[ServiceRow, ...] = ()
 
 
 def parse_snapshot(reply: object) -> NodeSnapshot:
@@ -243,7 +284,7 @@ def parse_snapshot(reply: object) -> NodeSnapshot:
             _get(p, "state", str),
             _number(p, "last_seen"),
             _get(p, "endpoint", str),
-            None if _map(p, "a peer").get("rtt") is None else _number(p, "rtt"),
+            _optional_number(p, "rtt"),
         )
         for p in _list(top, "peers")
     )
@@ -269,6 +310,15 @@ def parse_snapshot(reply: object) -> NodeSnapshot:
                     prefix, topic, sender, _get(row, "seq", int), missed.get((topic, sender), 0)
                 )
             )
+    service_stats = tuple(
+        ServiceRow(
+            _get(row, "name", str),
+            _get(row, "served", int),
+            _get(row, "errors", int),
+            *(_optional_number(row, q) for q in ("p50", "p90", "p99")),
+        )
+        for row in (_list(top, "service_stats") if "service_stats" in top else [])
+    )
     stats = _map(top.get("stats"), "stats")
     headers = _map(top.get("headers", {}), "headers")
     return NodeSnapshot(
@@ -288,6 +338,7 @@ def parse_snapshot(reply: object) -> NodeSnapshot:
         services=tuple(_strings(top, "services")),
         headers={str(k): str(v) for k, v in headers.items()},
         truncated=_get(top, "truncated", int) if "truncated" in top else 0,
+        service_stats=service_stats,
     )
 
 
@@ -313,6 +364,10 @@ def _number(value: object, key: str) -> float:
     if isinstance(item, bool) or not isinstance(item, (int, float)):
         raise IntrospectError(f"{key} is not a number")
     return float(item)
+
+
+def _optional_number(value: object, key: str) -> float | None:
+    return None if _map(value, f"the entry of {key}").get(key) is None else _number(value, key)
 
 
 def _list(value: object, key: str) -> list[Any]:

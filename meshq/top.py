@@ -37,6 +37,14 @@ def _rate(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:,.0f}"
 
 
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
 def _age(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f}s"
@@ -45,7 +53,10 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-_NUMERIC = {"PUBLISHED", "MSG/S", "SUBS", "BEHIND", "GAPS", "MSGS", "BYTES", "DEAD", "LAG", "OUT"}
+_NUMERIC = {
+    "PUBLISHED", "MSG/S", "SUBS", "BEHIND", "GAPS", "MSGS", "BYTES", "DEAD", "LAG", "OUT",
+    "SERVED", "REQ/S", "ERRORS", "P50 MS", "P99 MS",
+}  # fmt: skip
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -100,9 +111,15 @@ def render(view: MeshView) -> Group:
             topics, t.mark, t.topic, t.publisher, f"{t.published:,}", _rate(t.rate),
             str(t.subscribers), f"{t.behind:,}", f"{t.gaps:,}",
         )  # fmt: skip
-    services = _table("services", "SERVICE", "PROVIDERS", "!")
-    for s in view.services:
-        _row(services, "", s.name, ", ".join(s.providers))
+    services = _table(
+        "services", "SERVICE", "PROVIDER", "SERVED", "REQ/S", "ERRORS", "P50 MS", "P99 MS", "!"
+    )
+    for sv in view.services:
+        for call in sv.calls:
+            _row(
+                services, call.mark, sv.name, call.node, _count(call.served), _rate(call.rate),
+                _count(call.errors), _ms(call.p50), _ms(call.p99),
+            )  # fmt: skip
     streams = _table(
         "streams", "STREAM", "RELAY", "SEQ", "MSGS", "BYTES", "DEAD", "CONSUMER", "LAG", "OUT", "!"
     )

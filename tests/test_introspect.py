@@ -59,6 +59,8 @@ def test_a_snapshot_counts_what_was_published_and_received(mesh: str) -> None:
             replies = publisher.gather(INTROSPECT_SERVICE, None, timeout=WAIT).replies
             theirs = parse_snapshot(replies[subscriber.id])
         assert theirs.name == "sub" and theirs.services == ("calc",)
+        [calc] = theirs.service_stats
+        assert (calc.name, calc.served, calc.errors, calc.p50) == ("calc", 0, 0, None)
         assert [(s.prefix, s.gaps, s.dropped) for s in theirs.subscriptions] == [("t/", 0, 0)]
         assert {(r.topic, r.sender, r.seq) for r in theirs.streams} == {
             ("t/a", publisher.id, 25),

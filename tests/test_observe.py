@@ -48,6 +48,12 @@ def env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MESHQ_INTERFACES"}
 
 
+def _calc(data: object) -> object:
+    if data == "boom":
+        raise ValueError("boom")
+    return data
+
+
 #: A frozen peer stays suspect (not gone) long enough to be seen on screen.
 PATIENT = meshq.MeshConfig(suspect_after=1.5, gone_after=60.0)
 
@@ -60,7 +66,7 @@ class SmallMesh:
         self.display = meshq.Node("display", mesh=mesh, interfaces=LOOPBACK, config=PATIENT)
         for node in (self.sensor, self.display):
             install(node)
-        self.display.serve("calc", lambda data: data)
+        self.display.serve("calc", _calc)
         self.received = 0
         self._stop = threading.Event()
         self._subscribed = threading.Event()
@@ -137,7 +143,9 @@ def test_the_view_joins_nodes_topics_services_and_streams(
         assert (temp.publisher, temp.published, temp.subscribers, temp.behind, temp.gaps) == (
             "sensor", 40, 1, 0, 0,
         )  # fmt: skip
-        assert [(s.name, s.providers) for s in first.services] == [("calc", ("display",))]
+        [calc] = first.services
+        assert (calc.name, calc.providers) == ("calc", ("display",))
+        assert (calc.calls[0].served, calc.calls[0].errors, calc.calls[0].p50) == (0, 0, None)
         [stream] = first.streams
         assert (stream.stream, stream.relay, stream.first_seq, stream.last_seq) == (
             "orders/", "relay", 1, 5,
@@ -148,14 +156,24 @@ def test_the_view_joins_nodes_topics_services_and_streams(
         small_mesh.publish(10)
         for i in range(2):
             observer.publish("orders/1", i, durable=True)
+        for i in range(3):
+            assert observer.request("calc", i, timeout=WAIT) == i
+        with pytest.raises(meshq.RemoteError):
+            observer.request("calc", "boom", timeout=WAIT)
         second = collector.collect()
+        [call] = second.services[0].calls
+        assert (call.node, call.served, call.errors, call.mark) == ("display", 3, 1, "errors +1")
+        assert call.p50 is not None and call.p99 is not None and 0 < call.p50 <= call.p99
         sensor = node_named(second, "sensor")
         assert (
             sensor.published == 50 and sensor.publish_rate is not None and sensor.publish_rate > 0
         )
         [billing] = second.streams[0].consumers
         assert billing.lag == 5 and billing.mark == "falling behind (lag +2)"
-        assert second.marked == ["consumer orders//billing: falling behind (lag +2)"]
+        assert second.marked == [
+            "service calc on display: errors +1",
+            "consumer orders//billing: falling behind (lag +2)",
+        ]
 
         with meshq.Node("relay2", mesh=mesh, interfaces=LOOPBACK) as other:
             meshq.Relay(other, tmp_path / "relay2", ["orders/"])
@@ -244,6 +262,9 @@ def test_overlapping_streams_and_new_dead_letters_are_marked(
 
 def test_top_once_prints_the_tables_and_json(mesh: str, small_mesh: SmallMesh) -> None:
     small_mesh.publish(30)
+    wait_for_providers(small_mesh.sensor, "calc", 1)
+    for i in range(4):
+        small_mesh.sensor.request("calc", i, timeout=WAIT)
     args = ["top", "--once", "--mesh", mesh, "--interface", "127.0.0.1", "--expect", "2"]
     table = subprocess.run([*MESHQ, *args], capture_output=True, text=True, timeout=60, env=env())
     assert table.returncode == 0, table.stderr
@@ -256,7 +277,14 @@ def test_top_once_prints_the_tables_and_json(mesh: str, small_mesh: SmallMesh) -
     assert [cell.strip() for cell in temp_row.strip("│").split("│")][:3] == [
         "sensors/temp", "sensor", "30",
     ]  # fmt: skip
-    assert any(line.startswith("│calc ") and "display" in line for line in lines)
+    calc_row = next(line for line in lines if line.startswith("│calc "))
+    assert [cell.strip() for cell in calc_row.strip("│").split("│")][:5] == [
+        "calc",
+        "display",
+        "4",
+        "0",
+        "0",
+    ]  # fmt: skip  (served, req/s, errors)
 
     as_json = subprocess.run(
         [*MESHQ, *args, "--json"], capture_output=True, text=True, timeout=60, env=env()
@@ -357,6 +385,9 @@ def test_the_exporter_is_scraped_and_parsed_by_prometheus_client(
     mesh: str, small_mesh: SmallMesh, tmp_path: Path
 ) -> None:
     small_mesh.publish(25)
+    wait_for_providers(small_mesh.sensor, "calc", 1)
+    for i in range(2):
+        small_mesh.sensor.request("calc", i, timeout=WAIT)
     port = free_port()
     exporter = subprocess.Popen(
         [*MESHQ, "exporter", "--port", str(port), "--mesh", mesh, "--interface", "127.0.0.1",
@@ -392,6 +423,11 @@ def test_the_exporter_is_scraped_and_parsed_by_prometheus_client(
             == 0
         )
         assert samples["meshq_service_providers"][(("service", "calc"),)] == 1
+        calc = (("node", "display"), ("service", "calc"))
+        assert samples["meshq_service_requests_total"][calc] == 2
+        assert samples["meshq_service_errors_total"][calc] == 0
+        median = (("node", "display"), ("quantile", "0.5"), ("service", "calc"))
+        assert samples["meshq_service_latency_seconds"][median] > 0
         assert samples["meshq_nodes_not_answering"][()] == 0
     finally:
         exporter.send_signal(signal.SIGINT)
