@@ -76,10 +76,11 @@ def node_facts(node: Node) -> NodeFacts:
     """
     from .subscription import Inbox
 
-    topics = dict(node._publisher._topics)
+    publisher, directory, runner = _parts(node)
+    topics = dict(publisher._topics)
     published = {topic: (entry.seq, entry.blocking) for topic, entry in topics.items()}
     subscriptions = []
-    for watcher in list(node._directory._watchers):
+    for watcher in list(directory._watchers):
         if not isinstance(watcher, Inbox):
             continue
         streams = []
@@ -106,7 +107,6 @@ def node_facts(node: Node) -> NodeFacts:
                 ],
             }
         )
-    runner = node._service_runner
     service_stats: dict[str, ServiceStats] = {}
     if runner is not None:
         recorded = dict(runner.service_stats)
@@ -114,7 +114,20 @@ def node_facts(node: Node) -> NodeFacts:
             # Deferred handlers (the relay's) are not counted here: leave them out.
             if name in recorded or name not in runner._deferred:
                 service_stats[name] = recorded.get(name) or ServiceStats()
-    return NodeFacts(published, subscriptions, node._offered_services()[0], service_stats)
+    offered = () if runner is None else runner.names()
+    return NodeFacts(published, subscriptions, offered, service_stats)
+
+
+def _parts(node: Node) -> tuple[Any, Any, Any]:
+    """(publish socket, publisher directory, service runner or None) of ``node``.
+
+    The node keeps them on itself; the core's rewrite (branch ``core``) moves
+    them to ``node.runtime``. Both shapes are read until that has landed.
+    """
+    runtime = getattr(node, "runtime", None)
+    if runtime is not None:
+        return runtime.publisher, runtime.state.publishers, runtime._service_runner
+    return node._publisher, node._directory, node._service_runner
 
 
 def snapshot(node: Node, started: float) -> dict[str, Any]:
