@@ -231,6 +231,23 @@ def test_a_malformed_reply_is_listed_and_the_rest_still_shown(
     assert view.errors == ("liar: peers is not an array",)
 
 
+def test_a_node_that_left_is_listed_as_not_answering_for_a_while(
+    mesh: str, observer: meshq.Node
+) -> None:
+    leaving = meshq.Node("leaving", mesh=mesh, interfaces=LOOPBACK)
+    install(leaving)
+    wait_for_providers(observer, INTROSPECT_SERVICE, 1)
+    collector = Collector(observer, timeout=WAIT)
+    assert [n.name for n in collector.collect().nodes] == ["leaving"]
+    leaving.close()  # says BYE: gone from the observer's table at once
+    wait_until(lambda: not observer.peers(), "the BYE handled")
+    view = collector.collect()
+    assert view.nodes == () and view.missing == ("leaving",)
+    assert view.marked == ["node leaving: did not answer"]
+    collector.forget_after = 0.0
+    assert collector.collect().missing == ()
+
+
 def test_overlapping_streams_and_new_dead_letters_are_marked(
     mesh: str, observer: meshq.Node, tmp_path: Path
 ) -> None:
