@@ -119,15 +119,9 @@ def node_facts(node: Node) -> NodeFacts:
 
 
 def _parts(node: Node) -> tuple[Any, Any, Any]:
-    """(publish socket, publisher directory, service runner or None) of ``node``.
-
-    The node keeps them on itself; the core's rewrite (branch ``core``) moves
-    them to ``node.runtime``. Both shapes are read until that has landed.
-    """
-    runtime = getattr(node, "runtime", None)
-    if runtime is not None:
-        return runtime.publisher, runtime.state.publishers, runtime._service_runner
-    return node._publisher, node._directory, node._service_runner
+    """(publish socket, publisher directory, service runner or None) of ``node``."""
+    runtime = node.runtime
+    return runtime.publisher, runtime.state.publishers, runtime._service_runner
 
 
 def snapshot(node: Node, started: float) -> dict[str, Any]:
