@@ -100,7 +100,7 @@ def run_doctor(options: DoctorOptions) -> list[Finding]:
     findings += check_interfaces(interfaces, chosen, options.interfaces, survey)
     findings += check_multicast(interfaces, chosen, read_routes())
     findings += check_mdns(survey, options.mesh, chosen)
-    findings += check_reachability(survey, options.mesh, options.connect_timeout)
+    findings += check_reachability(survey, options.mesh, options.connect_timeout, options.seeds)
     findings += check_clocks(options, chosen, survey)
     findings += check_keys(options.key, options.allow, survey, options.mesh)
     findings += check_ports(chosen, options.ports)
@@ -314,10 +314,29 @@ def check_mdns(survey: MdnsSurvey, mesh: str, chosen: Sequence[str]) -> list[Fin
     return findings
 
 
-def check_reachability(survey: MdnsSurvey, mesh: str, timeout: float) -> list[Finding]:
-    """Connect to every advertised control endpoint of the mesh's nodes."""
+def check_reachability(
+    survey: MdnsSurvey, mesh: str, timeout: float, seeds: Sequence[str] = ()
+) -> list[Finding]:
+    """Connect to every seed and every advertised control endpoint of the mesh's nodes."""
+    from .security import split_seed
+
     findings = []
     answered = 0
+    for seed in seeds:
+        endpoint = split_seed(seed)[0]
+        host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+        error = connect_error(host, int(port), timeout)
+        if error is None:
+            answered += 1
+        else:
+            findings.append(
+                Finding(
+                    "reachability",
+                    "fail",
+                    f"seed {endpoint} does not answer ({error})",
+                    "check the seed's address and port, and that its node runs",
+                )
+            )
     for node in survey.nodes:
         if node.mesh != mesh:
             continue
@@ -344,7 +363,7 @@ def check_reachability(survey: MdnsSurvey, mesh: str, timeout: float) -> list[Fi
     if answered:
         findings.insert(0, Finding("reachability", "pass", f"{answered} endpoint(s) answered"))
     elif not findings:
-        findings.append(Finding("reachability", "pass", f"no node of mesh {mesh!r} to connect to"))
+        findings.append(Finding("reachability", "pass", f"no seed or node of mesh {mesh!r} seen"))
     return findings
 
 

@@ -25,6 +25,7 @@ from meshq.doctor import (
     check_keys,
     check_multicast,
     check_ports,
+    check_reachability,
     format_findings,
 )
 from meshq.hostnet import Interface, multicast_route, parse_routes
@@ -112,6 +113,24 @@ def test_keys_readable_by_others_and_peers_missing_from_the_allowlist(tmp_path: 
     bad = check_keys(str(secret), [str(allowed)], MdnsSurvey(), "m")
     assert bad[0].status == "fail" and "0644" in bad[0].summary
     assert check_keys(None, [str(allowed)], MdnsSurvey(), "m")[0].status == "fail"
+
+
+def test_seeds_and_advertised_endpoints_that_do_not_answer_are_named() -> None:
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        up, down = listening.getsockname()[1], closed.getsockname()[1]
+        node = MeshqInstance("half", "ab" * 16, "m", ("127.0.0.1",), down, None)
+        findings = check_reachability(
+            MdnsSurvey(nodes=[node]), "m", 1.0, [f"tcp://127.0.0.1:{up}", f"tcp://127.0.0.1:{down}"]
+        )
+    assert [(f.status, f.summary) for f in findings] == [
+        ("pass", "1 endpoint(s) answered"),
+        ("fail", f"seed tcp://127.0.0.1:{down} does not answer (Connection refused)"),
+        ("fail", f"half advertises endpoint(s) that do not answer: tcp://127.0.0.1:{down} "
+                 "(Connection refused)"),
+    ]  # fmt: skip
 
 
 def test_the_report_names_each_finding_and_its_fix() -> None:
