@@ -85,6 +85,8 @@ class DoctorOptions:
     allow: Sequence[str] = ()
     ports: dict[str, int] = field(default_factory=dict)
     wait: float = 3.0
+    #: False (--no-mdns): no mDNS at all; only seeds are checked.
+    mdns: bool = True
     connect_timeout: float = 1.0
 
 
@@ -96,10 +98,13 @@ def run_doctor(options: DoctorOptions) -> list[Finding]:
     except ValueError as exc:
         return [Finding("interfaces", "fail", str(exc), "pass --interface with a local address")]
     interfaces = list_interfaces()
-    survey = survey_mdns(chosen, options.mesh, options.wait)
+    survey = survey_mdns(chosen, options.mesh, options.wait) if options.mdns else MdnsSurvey()
     findings += check_interfaces(interfaces, chosen, options.interfaces, survey)
     findings += check_multicast(interfaces, chosen, read_routes())
-    findings += check_mdns(survey, options.mesh, chosen)
+    if options.mdns:
+        findings += check_mdns(survey, options.mesh, chosen)
+    else:
+        findings.append(Finding("mdns", "pass", "not checked: --no-mdns (seeds only)"))
     findings += check_reachability(survey, options.mesh, options.connect_timeout, options.seeds)
     findings += check_clocks(options, chosen, survey)
     findings += check_keys(options.key, options.allow, survey, options.mesh)

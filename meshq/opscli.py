@@ -53,6 +53,7 @@ def add_commands(
                 "service": args.service_port,
             },
             wait=args.wait,
+            mdns=not args.no_mdns,
         )
         findings = run_doctor(options)
         print(format_findings(findings, as_json=args.json), flush=True)

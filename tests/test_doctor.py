@@ -295,9 +295,10 @@ def test_the_command_exits_1_on_a_failure_and_names_the_taken_port() -> None:
         holder.listen()
         taken = holder.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "meshq.cli", "doctor", "--interface", "127.0.0.1",
+            [sys.executable, "-m", "meshq.cli", "doctor", "--interface", "127.0.0.1", "--no-mdns",
              "--mesh", "doctor-exit-test", "--wait", "0.5", "--publish-port", str(taken)],
             capture_output=True, text=True, timeout=60, env=_env(),
         )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert f"FAIL  ports         publish port {taken} on 127.0.0.1: already in use" in result.stdout
+    assert "PASS  mdns          not checked: --no-mdns (seeds only)" in result.stdout
