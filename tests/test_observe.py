@@ -202,16 +202,20 @@ def test_gaps_that_grow_mark_the_topic_and_the_subscriber(mesh: str, observer: m
             wait_for_providers(observer, INTROSPECT_SERVICE, 2)
             collector = Collector(observer, timeout=WAIT)
             assert not collector.collect().marked
-            for i in range(5000):  # bounded: the queues hold 2 each way, the rest is dropped
-                fast.publish("burst/x", i)
+            # Loopback buffers hold about 36 MiB: 600 messages of 256 KiB overflow
+            # them, so the tiny queues drop some (as in tests/test_publisher.py).
+            payload = bytes(256 * 1024)
+            for _ in range(600):
+                fast.publish("burst/x", payload)
+            markers = 0
             while True:
                 try:
-                    sub.recv(timeout=0.5)
-                except meshq.Timeout:
-                    break
-            fast.publish("burst/x", "after")  # the first message after the drop shows the gap
-            while sub.recv(timeout=WAIT).data != "after":
-                pass
+                    if sub.recv(timeout=0.5).data == b"marker":
+                        break
+                except meshq.Timeout:  # drained: a marker shows what was lost last
+                    assert markers < 20
+                    fast.publish("burst/x", b"marker")
+                    markers += 1
             assert sub.gaps > 0
             view = collector.collect()
             logged = sum(gap.missed for gap in sub.gap_log)  # the latest 100 gaps
