@@ -129,9 +129,17 @@ class SocketFactory:
         return self._curve
 
     def make(
-        self, context: zmq.Context[S], socket_type: int, *, max_message_bytes: int | None = None
+        self,
+        context: zmq.Context[S],
+        socket_type: int,
+        *,
+        max_message_bytes: int | None = None,
+        heartbeats: bool = True,
     ) -> S:
         """A new socket of ``socket_type`` with the common options set.
+
+        ``heartbeats=False`` leaves out ZMTP heartbeats: for the control
+        sockets, whose own PINGs (and remade links) do their job.
 
         Raises meshq.TransportError if the process cannot open another socket,
         meshq.Closed once the node's context is gone.
@@ -149,11 +157,20 @@ class SocketFactory:
         # pulled, a host frozen) so ZeroMQ reconnects instead of waiting on
         # TCP retransmission timeouts that last minutes.
         heartbeat_ms = int(config.heartbeat_interval * 1000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(config.gone_after * 1000))
-        sock.setsockopt(zmq.HEARTBEAT_TTL, int(config.gone_after * 1000))
+        if heartbeats:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(config.gone_after * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_TTL, int(config.gone_after * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, heartbeat_ms)
+        # A connect whose SYN a busy peer dropped (its listen queue full)
+        # would wait for the kernel's retransmissions, 1, 3, 7, 15, 31, 63 s
+        # after the first try, even once the peer is fine again: give up on
+        # it and let libzmq try anew on its own schedule instead.
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, int(config.gone_after * 1000 / 2))
+        # And a connection stuck in its ZMTP (or CURVE) greeting is dropped
+        # after this, not after libzmq's 30 s.
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(config.handshake_timeout * 1000))
         if socket_type in (zmq.PUB, zmq.XPUB):
             sock.setsockopt(zmq.SNDHWM, config.publish_hwm)
         elif socket_type == zmq.SUB:
@@ -171,9 +188,6 @@ class SocketFactory:
         assert curve is not None
         sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
-        # A connection stuck in its handshake (a silent or junk-sending
-        # client, or a ZAP answer that never comes) is dropped after this.
-        sock.setsockopt(zmq.HANDSHAKE_IVL, int(self._config.handshake_timeout * 1000))
         if server:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             # Fail closed: without ZAP_ENFORCE_DOMAIN, libzmq admits every
