@@ -28,6 +28,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     Timeout,
+    TransportError,
 )
 from .message import Message
 from .node import Node
@@ -74,6 +75,7 @@ __all__ = [
     "Rejection",
     "Subscription",
     "Timeout",
+    "TransportError",
 ]
 
 __version__ = "0.1.0"

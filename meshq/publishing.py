@@ -41,6 +41,7 @@ from .wire import (
     encode_payload,
     topic_prefix,
 )
+from .zmqerrors import translate
 
 __all__ = ["BlockingWait", "PublishSocket", "bind_all", "encode_blocking", "raw_send"]
 
@@ -143,7 +144,7 @@ class PublishSocket:
                     self._sock, entry.pack(entry.prefix, flags, entry.seq, time.time_ns()) + data
                 )
             except zmq.ZMQError as exc:
-                raise Closed("node is closed") from exc
+                raise translate(exc, "publish") from exc
 
     def publish_many(self, topic: str, items: Iterable[object]) -> int:
         """Send many messages on one topic in as few frames as possible; return the count.
@@ -182,7 +183,7 @@ class PublishSocket:
                 try:
                     raw_send(self._sock, header + encode_batch(chunk))
                 except zmq.ZMQError as exc:
-                    raise Closed("node is closed") from exc
+                    raise translate(exc, "publish") from exc
         return len(batch)
 
     def declare_blocking(self, topic: str) -> bool:
@@ -260,7 +261,7 @@ class PublishSocket:
             except zmq.Again:
                 return False  # the sequence number stays unused: no gap
             except zmq.ZMQError as exc:
-                raise Closed("node is closed") from exc
+                raise translate(exc, "publish") from exc
             entry.seq += 1
             return True
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import zmq
+import zmq.asyncio
 
 from .config import MeshConfig
 from .gatekeeper import ZAP_DOMAIN, Gatekeeper
@@ -118,6 +120,11 @@ class SocketFactory:
         self._gatekeeper = gatekeeper
         #: Links refused so far, retried by their owners (see RefusedLinks).
         self.refused = RefusedLinks(retry_after=max(1.0, config.heartbeat_interval))
+        # Sockets made and not closed yet, and what to run once none is left.
+        self._open = 0
+        self._open_lock = threading.Lock()
+        self._when_all_closed: Callable[[], None] | None = None
+        self._classes: dict[type, type] = {}
 
     @property
     def keys(self) -> KeyBook:
@@ -145,9 +152,11 @@ class SocketFactory:
         meshq.Closed once the node's context is gone.
         """
         try:
-            sock = context.socket(socket_type)
+            sock = context.socket(socket_type, socket_class=self._tracked_class(context))
         except zmq.ZMQError as exc:  # e.g. too many open files, or the context is gone
             raise translate(exc, "open a ZeroMQ socket") from exc
+        with self._open_lock:
+            self._open += 1
         config = self._config
         sock.setsockopt(zmq.LINGER, 0)
         # The largest message a peer may send us; bigger ones make ZeroMQ drop
@@ -182,6 +191,52 @@ class SocketFactory:
         if self._curve is not None:
             self._secure(sock, socket_type in _SERVER_TYPES)
         return sock
+
+    def _tracked_class(self, context: zmq.Context[Any]) -> Any:
+        """A socket class of the context's kind whose close() is counted here."""
+        base: Any = zmq.asyncio.Socket if isinstance(context, zmq.asyncio.Context) else zmq.Socket
+        tracked = self._classes.get(base)
+        if tracked is None:
+            factory = self
+
+            def close(sock: Any, linger: int | None = None) -> None:
+                was_open = not sock.closed
+                base.close(sock, linger)
+                if was_open:
+                    factory._closed_one()
+
+            tracked = type(f"Tracked{base.__name__}", (base,), {"close": close})
+            self._classes[base] = tracked
+        return tracked
+
+    def _closed_one(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+            callback = self._when_all_closed if self._open == 0 else None
+            if callback is not None:
+                self._when_all_closed = None
+        if callback is not None:
+            callback()  # on the thread that closed the last socket
+
+    @property
+    def open_sockets(self) -> int:
+        """Sockets made here and not closed yet."""
+        with self._open_lock:
+            return self._open
+
+    def when_all_closed(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every socket made here is closed: now, or on the last close.
+
+        The node's close() ends its context this way: a socket owned by a
+        thread that has not called since is closed by that thread on its
+        next call (or when it is collected), and the context ends then,
+        with no thread left waiting for it.
+        """
+        with self._open_lock:
+            if self._open:
+                self._when_all_closed = callback
+                return
+        callback()
 
     def _secure(self, sock: zmq.Socket, server: bool) -> None:  # type: ignore[type-arg]
         curve = self._curve

@@ -28,6 +28,7 @@ from .message import Message
 from .ratelimit import RateLimitedLog
 from .sockets import RefusedLinks, SocketFactory
 from .wire import Limits, decode_data
+from .zmqerrors import translate
 
 __all__ = [
     "BLOCKING_SUFFIX",
@@ -351,7 +352,7 @@ class Subscription(Inbox):
                 continue
             except zmq.ZMQError as exc:
                 self._check_open()
-                raise Closed(f"subscription socket failed: {exc}") from exc
+                raise translate(exc, "receive") from exc
             message = self._take(frame)
             if message is not None:
                 return message
