@@ -9,34 +9,45 @@ caller's event loop, and the control thread wakes them with
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import inspect
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Literal, TypeVar, overload
 
 import zmq
 import zmq.asyncio
 
 from .config import MeshConfig
-from .durable import Start
+from .durable import DurableMessage, Start
 from .durable.aio import AsyncDurablePublisher, AsyncDurableSubscription
-from .errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
+from .errors import Closed, MeshqError, NoProviders, PayloadTooLarge, RemoteError, Timeout
 from .message import Message
-from .node import Node, PeerCallback, TaskHandler
+from .node import DIRECT_SERVICE, Node, PeerCallback, TaskHandler
 from .peers import Peer, PeerEvent, PeerState
 from .publishing import BlockingWait, encode_blocking
 from .requester import DEFAULT_RETRIES, DEFAULT_TIMEOUT, GatherResult, Requester
 from .security import Curve, Rejection
-from .services import Handler
+from .services import ReplyTo
 from .sockets import SocketFactory
 from .state import SUBSCRIBERS, Providers
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits
 from .zmqerrors import translate
 
-__all__ = ["AsyncNode", "AsyncSubscription"]
+__all__ = ["AsyncNode", "AsyncSubscription", "Sent"]
 
 log = logging.getLogger("meshq.aio")
 T = TypeVar("T")
@@ -263,6 +274,7 @@ class AsyncNode:
         self._context = zmq.asyncio.Context.shadow(runtime.context)
         self._subscriptions: weakref.WeakSet[AsyncSubscription] = weakref.WeakSet()
         self._waiters: set[asyncio.Future[None]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()  # on_message tasks
         # Peer events, subscriber and service changes, and the close wake our waiters.
         runtime.state.add_listener(self._on_control_thread)
         # Process-wide: held weakly, so an AsyncNode never closed can still go.
@@ -335,9 +347,29 @@ class AsyncNode:
         """The underlying sync node."""
         return self._node
 
-    def publish(self, topic: str, data: object) -> None:
-        """See :meth:`Node.publish`."""
+    @overload
+    def publish(
+        self, topic: str, data: object, *, durable: Literal[False] = ..., timeout: float = ...
+    ) -> Sent: ...
+
+    @overload
+    def publish(
+        self, topic: str, data: object, *, durable: Literal[True], timeout: float = ...
+    ) -> Awaitable[int]: ...
+
+    def publish(
+        self, topic: str, data: object, *, durable: bool = False, timeout: float = 5.0
+    ) -> Sent | Awaitable[int]:
+        """See :meth:`Node.publish`: sent at once, never blocks.
+
+        A plain call, and awaitable too (``await node.publish(...)`` is the
+        same call). With ``durable=True`` it returns an awaitable of the
+        stream sequence number, as :meth:`publish_durable`.
+        """
+        if durable:
+            return self.publish_durable(topic, data, timeout=timeout)
         self._node.publish(topic, data)
+        return SENT
 
     def publish_many(self, topic: str, items: Iterable[object]) -> int:
         """See :meth:`Node.publish_many`."""
@@ -411,13 +443,76 @@ class AsyncNode:
             except Timeout:
                 continue
 
-    def serve(self, name: str, handler: Handler | None = None) -> Any:
-        """See :meth:`Node.serve`: handlers run on the node's service thread."""
-        return self._node.serve(name, handler)
+    def serve(self, name: str, handler: Callable[[Any], Any] | None = None) -> Any:
+        """See :meth:`Node.serve`; a decorator too.
 
-    def service(self, name: str) -> Callable[[Handler], Handler]:
-        """See :meth:`Node.service`."""
-        return self._node.service(name)
+        An ``async def`` handler is awaited on this event loop, so many
+        requests may be in progress at once; a plain handler runs on the
+        node's service thread, one request at a time, as with Node.
+        """
+        if handler is None:
+            return lambda function: self.serve(name, function)
+        if inspect.iscoroutinefunction(handler):
+            self._node.serve_deferred(name, self._on_loop(handler))
+        else:
+            self._node.serve(name, handler)
+        return handler
+
+    def service(self, name: str) -> Callable[[Any], Any]:
+        """Decorator form of :meth:`serve`: ``@node.service("calc")``."""
+        return lambda handler: self.serve(name, handler)
+
+    def _on_loop(
+        self, handler: Callable[[object], Awaitable[object]]
+    ) -> Callable[[object, ReplyTo], None]:
+        """A deferred handler that runs the coroutine ``handler(data)`` on this loop."""
+        loop = self._loop
+        count = self._node.runtime.count
+
+        def answer(reply_to: ReplyTo, done: concurrent.futures.Future[object]) -> None:
+            try:
+                result = done.result()
+            except BaseException as exc:  # the caller gets it as RemoteError
+                count("handler_errors")
+                reply_to.fail(exc if not done.cancelled() else Closed("handler cancelled"))
+                return
+            try:
+                reply_to.send(result)
+            except PayloadTooLarge:
+                pass  # answered with the error already
+            except Exception as exc:  # msgpack cannot encode the result
+                count("handler_errors")
+                reply_to.fail(exc)
+
+        def deferred(data: object, reply_to: ReplyTo) -> None:
+            coroutine: Coroutine[Any, Any, object] = handler(data)  # type: ignore[assignment]
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+            future.add_done_callback(lambda done: answer(reply_to, done))
+
+        return deferred
+
+    async def send_to(self, peer_id: str, data: object, *, timeout: float = 1.0) -> object:
+        """See :meth:`Node.send_to`; awaited, no thread held."""
+        envelope = {"from": self.id, "data": data}
+        return await self._replies.request(DIRECT_SERVICE, envelope, timeout, 0, only=peer_id)
+
+    def on_direct(self, handler: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+        """See :meth:`Node.on_direct`: ``handler(sender_id, data)``, plain or ``async def``."""
+
+        def envelope(message: object) -> tuple[str, object]:
+            if not (isinstance(message, dict) and isinstance(message.get("from"), str)):
+                raise ValueError("not a direct message")
+            return message["from"], message.get("data")
+
+        if inspect.iscoroutinefunction(handler):
+
+            async def unwrap_async(message: object) -> object:
+                return await handler(*envelope(message))
+
+            self.serve(DIRECT_SERVICE, unwrap_async)
+        else:
+            self.serve(DIRECT_SERVICE, lambda message: handler(*envelope(message)))
+        return handler
 
     def worker(self, stage: str) -> Callable[[TaskHandler], TaskHandler]:
         """See :meth:`Node.worker`: handlers run on the node's service thread."""
@@ -497,8 +592,53 @@ class AsyncNode:
         await subscription.open()
         return subscription
 
-    def subscribe(self, prefix: str) -> AsyncSubscription:
-        """See :meth:`Node.subscribe`; call from the loop that will receive."""
+    @overload
+    def subscribe(self, prefix: str) -> AsyncSubscription: ...
+
+    @overload
+    def subscribe(
+        self,
+        prefix: str,
+        *,
+        durable: str,
+        start: Start = ...,
+        ack: Literal["auto", "explicit"] = ...,
+        ack_wait: float = ...,
+        max_deliver: int = ...,
+    ) -> AsyncDurableSubscription: ...
+
+    def subscribe(
+        self,
+        prefix: str,
+        *,
+        durable: str | None = None,
+        start: Start = Start.FIRST,
+        ack: Literal["auto", "explicit"] = "auto",
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+    ) -> AsyncSubscription | AsyncDurableSubscription:
+        """See :meth:`Node.subscribe`; call from the loop that will receive.
+
+        With ``durable="name"`` it is that durable consumer, as with Node:
+        the consumer is made on the relay at once (in a task of this loop),
+        and the first ``recv`` waits for that.
+        """
+        if durable is not None:
+            self._node.runtime.check_prefix(prefix)
+            durable_sub = AsyncDurableSubscription(
+                self,
+                prefix,
+                durable,
+                start=start,
+                ack=ack,
+                ack_wait=ack_wait,
+                max_deliver=max_deliver,
+            )
+            durable_sub.open_soon()
+            return durable_sub
+        return self._subscribe(prefix)
+
+    def _subscribe(self, prefix: str) -> AsyncSubscription:
         runtime = self._node.runtime
         runtime.check_prefix(prefix)
         subscription = AsyncSubscription(
@@ -511,6 +651,65 @@ class AsyncNode:
         subscription.on_gap = runtime.count_missed
         self._subscriptions.add(subscription)
         return subscription
+
+    def on_message(
+        self, prefix: str, *, durable: str | None = None
+    ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+        """Decorator: call ``handler(message)`` for every message under ``prefix``.
+
+        As :meth:`Node.on_message`, but the handler (plain or ``async
+        def``) runs in a task of this event loop that owns the subscription;
+        an ``async def`` handler is awaited before the next message. A
+        handler that raises is logged and counted (``message_handler_errors``)
+        and keeps receiving; with ``durable=`` the message is then handed
+        back (``nak``). Runs until the node closes.
+        """
+        if durable is None:
+            subscription: AsyncSubscription | AsyncDurableSubscription = self.subscribe(prefix)
+        else:
+            subscription = self.subscribe(prefix, durable=durable)
+
+        def register(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            task = self._loop.create_task(self._handle_messages(subscription, handler))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+            return handler
+
+        return register
+
+    async def _handle_messages(
+        self,
+        subscription: AsyncSubscription | AsyncDurableSubscription,
+        handler: Callable[[Any], Any],
+    ) -> None:
+        asynchronous = inspect.iscoroutinefunction(handler)
+        async with subscription:
+            async for message in subscription:
+                try:
+                    result = handler(message)
+                    if asynchronous:
+                        await result
+                except Exception:
+                    self._node.runtime.count("message_handler_errors")
+                    log.exception("on_message handler %r failed", handler)
+                    if isinstance(message, DurableMessage):
+                        message.nak()
+
+    async def run(self, timeout: float | None = None) -> None:
+        """Wait while the node serves: until it is closed or ``timeout`` s pass.
+
+        For a program whose only job is to offer services or handle
+        messages; the loop runs the handlers meanwhile.
+        """
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while not self._node.closed:
+            remaining = self._remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                return
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                return
 
     def peers(self) -> list[Peer]:
         return self._node.peers()
@@ -574,6 +773,8 @@ class AsyncNode:
         The node's goodbyes take a moment; they run on a thread of their own
         so the loop keeps going meanwhile.
         """
+        for task in list(self._handlers):
+            task.cancel()
         for subscription in list(self._subscriptions):
             subscription.close()
         await self._replies.close()  # this loop's thread owns those sockets
@@ -595,6 +796,22 @@ class AsyncNode:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+class Sent:
+    """What :meth:`AsyncNode.publish` returns: the message is sent; awaiting it is a no-op."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that ends at once: ``await`` returns None
+
+    def __repr__(self) -> str:
+        return "Sent"
+
+
+SENT = Sent()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -34,7 +34,7 @@ from .protocol import (
     PeersChanged,
     Send,
 )
-from .publishing import PublishSocket, bind_all
+from .publishing import TAIL_INTERVAL, PublishSocket, bind_all
 from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
 from .state import SUBSCRIBERS, NodeState
@@ -132,6 +132,10 @@ class ControlLoop:
         #: Wake-ups of the loop so far, and how many found a deadline due.
         self.wakeups = 0
         self.timer_runs = 0
+        self._next_tail = 0.0  # when tail markers are next due (monotonic s)
+        # Whether a topic needs tail markers: then they have a deadline of
+        # their own, else they are looked for with each heartbeat round.
+        self._tails_live = False
         directories = self.protocol.directories()
         state.set_directories(directories.publishers, directories.providers)
 
@@ -152,6 +156,8 @@ class ControlLoop:
         quiet_until = 0.0  # see coalesce
         while self._running:
             deadline = protocol.next_deadline()
+            if self._tails_live and self._next_tail < deadline:
+                deadline = self._next_tail
             ripe = self._sockets.refused.next_ripe()
             if ripe is not None and ripe < deadline:
                 deadline = ripe
@@ -188,11 +194,20 @@ class ControlLoop:
                         # A publishing thread that sent meanwhile may have
                         # taken the descriptor's wake-up: read anyway.
                         self._publisher.process_commands()
+                    if not self._tails_live:
+                        self._announce_tails(now)  # with the heartbeat: no wake-up of its own
+                if self._tails_live and now >= self._next_tail:
+                    self._announce_tails(now)
                 if self._sockets.refused.ripe():
                     self._state.retry_refused()  # subscriptions retry refused links
             except Exception:  # a bug must not leave the node deaf and mute
                 self._state.count("internal_errors")
                 self._internal_log.warning("control loop error", exc_info=True)
+
+    def _announce_tails(self, now: float) -> None:
+        """Tail markers (PublishSocket.announce_tails), every TAIL_INTERVAL while needed."""
+        self._tails_live = self._publisher.announce_tails()
+        self._next_tail = now + TAIL_INTERVAL
 
     def _run_commands(self) -> None:
         protocol = self.protocol

@@ -7,6 +7,7 @@ the waiting differs: every request is awaited, and no thread is held.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -90,6 +91,11 @@ class AsyncDurableSubscription(ConsumerShell):
     """
 
     node: AsyncMeshNode
+    _opening: asyncio.Task[None] | None = None
+
+    def open_soon(self) -> None:
+        """Start :meth:`open` in a task of the running loop; ``recv`` waits for it."""
+        self._opening = asyncio.get_running_loop().create_task(self.open())
 
     async def open(self) -> None:
         """Create the consumer now if a relay is known, so ``Start.NEW`` means "from now".
@@ -109,6 +115,9 @@ class AsyncDurableSubscription(ConsumerShell):
         """The next message, stored ones first; see :meth:`DurableSubscription.recv`."""
         if self._closed or self.node.closed:
             raise Closed("durable subscription or its node is closed")
+        if self._opening is not None:
+            opening, self._opening = self._opening, None
+            await opening  # RemoteError if the name reads another prefix
         state = self._state
         state.begin_recv()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -163,6 +172,9 @@ class AsyncDurableSubscription(ConsumerShell):
         if self._closed:
             return
         self._closed = True
+        if self._opening is not None:
+            self._opening.cancel()
+            self._opening = None
         if self.node.closed:
             return
         state = self._state
