@@ -27,7 +27,7 @@ from .message import Message
 from .node import Node, PeerCallback
 from .peers import Peer, PeerEvent, PeerState
 from .publishing import BlockingWait, encode_blocking
-from .requester import GatherResult, Requester
+from .requester import DEFAULT_RETRIES, DEFAULT_TIMEOUT, GatherResult, Requester
 from .security import Curve, Rejection
 from .services import Handler
 from .sockets import SocketFactory
@@ -363,7 +363,12 @@ class AsyncNode:
         return self._node.worker(stage)
 
     async def request(
-        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+        self,
+        service: str,
+        data: object,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
     ) -> object:
         """See :meth:`Node.request`; the wait is awaited and holds no thread.
 

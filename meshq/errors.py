@@ -13,6 +13,7 @@ __all__ = [
     "KeyFileError",
     "MeshqError",
     "NoProviders",
+    "PayloadTooLarge",
     "ProtocolError",
     "RemoteError",
     "Timeout",
@@ -84,3 +85,22 @@ class KeyFileError(MeshqError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class PayloadTooLarge(MeshqError, ValueError):
+    """A payload is bigger than receivers accept; refused at the sender, nothing sent.
+
+    ``what`` names the payload (message, request, reply), ``size`` its
+    encoded bytes and ``limit`` the bound (``MeshConfig.max_msgpack_bytes``
+    for msgpack data). A ValueError too, as for any bad argument.
+    """
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} too large: {size} bytes of msgpack, receivers accept at most {limit} "
+            f"(MeshConfig.max_msgpack_bytes); send bytes instead (up to max_message_bytes) "
+            f"or raise max_msgpack_bytes on every node"
+        )
+        self.what = what
+        self.size = size
+        self.limit = limit

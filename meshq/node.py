@@ -34,7 +34,7 @@ from .message import Message
 from .offences import Offences
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .publishing import PublishSocket
-from .requester import GatherResult, Requester, RequestFuture
+from .requester import DEFAULT_RETRIES, DEFAULT_TIMEOUT, GatherResult, Requester, RequestFuture
 from .security import Curve, KeyBook, Rejection
 from .services import DeferredHandler, Handler, ServiceDirectory, ServiceRunner, Ticker
 from .servicewire import check_service_name
@@ -498,21 +498,34 @@ class Node:
         return register
 
     def request(
-        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+        self,
+        service: str,
+        data: object,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
     ) -> object:
         """Ask one provider of ``service`` and return its reply's data.
 
         Each attempt waits ``timeout`` seconds; a silent provider is replaced
-        by another for up to ``retries`` more attempts, so the call returns
-        within about ``(retries + 1) * timeout`` seconds. Raises
-        meshq.NoProviders at once if nobody offers the service,
+        by one not asked yet, for up to ``retries`` more attempts, so the
+        call returns within about ``(retries + 1) * timeout`` seconds. A
+        provider is never asked twice: with one provider a slow handler
+        runs once, and the call raises meshq.Timeout after ``timeout`` s.
+        Raises meshq.NoProviders at once if nobody offers the service,
         meshq.RemoteError if the handler raised, meshq.Timeout when every
-        attempt went unanswered.
+        attempt went unanswered, meshq.PayloadTooLarge (a ValueError) for
+        ``data`` that no provider would accept.
         """
         return self.request_async(service, data, timeout=timeout, retries=retries).result()
 
     def request_async(
-        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+        self,
+        service: str,
+        data: object,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
     ) -> RequestFuture:
         """Send a request and return at once; ``future.result()`` waits for the reply.
 

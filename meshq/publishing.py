@@ -34,6 +34,7 @@ from .wire import (
     FLAG_MSGPACK,
     MAX_BATCH,
     Limits,
+    check_payload_size,
     data_header_packer,
     encode_batch,
     encode_msgpack,
@@ -125,6 +126,7 @@ class PublishSocket:
             flags = 0
         else:
             flags, data = encode_payload(data)
+            check_payload_size(flags, data, self._limits, "message")  # type: ignore[arg-type]
         with self._lock:
             entry = self._topics.get(topic)
             if entry is None:
@@ -159,6 +161,8 @@ class PublishSocket:
                 batch.append(item)  # type: ignore[arg-type]  # encoded below
         if encoding:  # one encoding per frame: bytes items become msgpack bin
             batch = [encode_msgpack(item) for item in batch]
+            for item in batch:
+                check_payload_size(encoding, item, self._limits, "message")
         with self._lock:
             entry = self._topics.get(topic)
             if entry is None:
@@ -247,6 +251,7 @@ class PublishSocket:
                 raise ValueError(f"topic {topic!r} is published dropping: use publish")
             if len(payload) > entry.budget:
                 raise ValueError(f"payload of {len(payload)} bytes exceeds {entry.budget}")
+            check_payload_size(flags, payload, self._limits, "message")
             frame = entry.pack(entry.prefix, flags, entry.seq + 1, time.time_ns()) + payload
             try:
                 raw_send(sock, frame, zmq.NOBLOCK)

@@ -30,13 +30,19 @@ from .ratelimit import RateLimitedLog
 from .services import ServiceDirectory
 from .servicewire import Reply, check_service_name, decode_reply, encode_request
 from .sockets import SocketFactory
-from .wire import Limits, encode_payload
+from .wire import Limits, check_payload_size, encode_payload
 
-__all__ = ["GatherResult", "RequestFuture", "Requester"]
+__all__ = ["DEFAULT_RETRIES", "DEFAULT_TIMEOUT", "GatherResult", "RequestFuture", "Requester"]
 
 log = logging.getLogger("meshq.requester")
 _bad_input_log = RateLimitedLog(log, interval=5.0)
 
+#: Defaults of request(): seconds one attempt waits, and how many providers
+#: not asked yet are tried after it. A retry never goes back to a provider
+#: already asked, so a slow handler runs once; 5 s outlasts most slow
+#: handlers (nats.py waits 0.5 s and does not retry).
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_RETRIES = 2
 _LOAD_FRESH = 1.0  # seconds a provider's reported load counts for balancing
 _CONNECT_WAIT = 0.05  # seconds a request may wait for its link to a provider
 _SCAN_EVERY = 0.1  # seconds between checks for attempts whose provider left
@@ -148,6 +154,7 @@ class Requester:
             raise ValueError("need timeout > 0 seconds and retries >= 0")
         name = check_service_name(service)
         flags, payload = encode_payload(data)
+        check_payload_size(flags, payload, self._limits, "request")
         self._retry_refused()
         call = _Call(service, name, flags, payload, timeout, retries, only)
         if not self._send(call):
@@ -178,7 +185,9 @@ class Requester:
         if call.only is not None:
             candidates = [call.only] if call.only in providers and not call.tried else []
         else:
-            candidates = [p for p in providers if p not in call.tried] or list(providers)
+            # A provider already tried may still be running the handler: asking
+            # it again would run a slow handler twice (a payment, say).
+            candidates = [p for p in providers if p not in call.tried]
         if not candidates:
             return False
         provider = min(candidates, key=self._busyness)
@@ -186,7 +195,6 @@ class Requester:
         dealer = self._dealer(call.endpoint)
         call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
         call.provider = provider
-        call.tried.add(provider)
         call.attempts += 1
         call.deadline = time.monotonic() + call.timeout
         frame = encode_request(call.attempt_id, call.name, call.flags, call.payload)
@@ -198,6 +206,9 @@ class Requester:
                 # it. An unreachable or full provider leaves the attempt
                 # unanswered, and it times out.
                 dealer.send(frame)
+            # Only a provider that may have received it counts as tried; one
+            # that never got the request may be asked again by a retry.
+            call.tried.add(provider)
         except zmq.Again:
             self._count("requests_not_sent")
         except zmq.ZMQError as exc:

@@ -18,13 +18,13 @@ from types import MappingProxyType
 
 import zmq
 
-from .errors import ProtocolError
+from .errors import PayloadTooLarge, ProtocolError
 from .offences import Offences
 from .publishing import bind_all
 from .ratelimit import RateLimitedLog
 from .servicewire import decode_request, encode_reply
 from .sockets import SocketFactory
-from .wire import Limits, encode_payload
+from .wire import Limits, check_payload_size, encode_payload
 
 __all__ = ["DeferredHandler", "Handler", "ReplyTo", "ServiceDirectory", "ServiceRunner", "Ticker"]
 
@@ -95,6 +95,11 @@ class ReplyTo:
         """
         if not self._answered:
             flags, payload = encode_payload(result)
+            try:
+                check_payload_size(flags, payload, self._runner.limits, "reply")
+            except PayloadTooLarge as exc:
+                self.fail(exc)  # the caller learns why, as RemoteError
+                raise
             self._answered = True
             self._runner.send_reply(
                 self._identity, encode_reply(self._request_id, 0, flags=flags, payload=payload)
@@ -136,6 +141,8 @@ class ServiceRunner:
         self._count = count
         #: Counts into the node's stats (ReplyTo uses it for deferred answers).
         self.count = count
+        #: The bounds receivers apply (ReplyTo refuses replies over them).
+        self.limits = limits
         # Run on the service thread as it ends: releases what handlers made
         # there (a handler that calls services owns that thread's DEALERs).
         self._on_exit = on_exit
@@ -313,6 +320,7 @@ class ServiceRunner:
         try:
             result = handler(request.data)
             flags, payload = encode_payload(result)
+            check_payload_size(flags, payload, self._limits, "reply")
         except BaseException as exc:  # the caller gets it as RemoteError; we keep serving
             self._count("handler_errors")
             log.debug("handler of %r raised", request.service, exc_info=True)

@@ -250,7 +250,7 @@ class Inbox:
             decoded = decode_data(frame, self._limits)
         except ProtocolError as exc:
             self.dropped += 1
-            _bad_input_log.warning("dropped malformed message: %s", exc.reason)
+            _bad_input_log.warning("dropped a message: %s", exc.reason)
             return None
         if isinstance(decoded, Message):
             first = last = decoded

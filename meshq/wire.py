@@ -28,7 +28,7 @@ from typing import Any, Final
 import msgpack
 from zmq.utils import z85
 
-from .errors import ProtocolError
+from .errors import PayloadTooLarge, ProtocolError
 from .message import Message
 
 __all__ = [
@@ -447,6 +447,16 @@ def encode_payload(data: object) -> tuple[int, bytes]:
     if isinstance(data, (bytearray, memoryview)):
         return 0, bytes(data)
     return FLAG_MSGPACK, encode_msgpack(data)
+
+
+def check_payload_size(flags: int, payload: bytes, limits: Limits, what: str) -> None:
+    """Refuse at the sender what every receiver would drop (decode_payload's bound).
+
+    Raises meshq.PayloadTooLarge (a ValueError) for msgpack data over
+    ``limits.max_msgpack_bytes``; bytes are bounded by the frame size instead.
+    """
+    if flags & FLAG_MSGPACK and len(payload) > limits.max_msgpack_bytes:
+        raise PayloadTooLarge(what, len(payload), limits.max_msgpack_bytes)
 
 
 def encode_msgpack(data: object) -> bytes:
