@@ -15,7 +15,7 @@ import argparse
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tests.harness import Agent, Link, Network, agent_argv
@@ -150,11 +150,18 @@ def _host(endpoint: str) -> str:
     return endpoint[len("tcp://") :].rpartition(":")[0]
 
 
-def run(scenario: Scenario, mesh: str, window: float, form_within: float = 15.0) -> Outcome:
+def run(
+    scenario: Scenario,
+    mesh: str,
+    window: float,
+    form_within: float = 15.0,
+    then: Callable[[list[Agent]], None] | None = None,
+) -> Outcome:
     """Start one node per host, wait up to ``form_within`` s for the mesh, watch ``window`` s.
 
     Never raises for a mesh that misbehaves: the outcome says what happened.
-    Every namespace and process is gone when it returns.
+    ``then`` gets the agents after the window (for traffic across hosts; it
+    may raise). Every namespace and process is gone when it returns.
     """
     with Network(scenario.lans, scenario.hosts) as net:
         agents: list[Agent] = []
@@ -177,6 +184,8 @@ def run(scenario: Scenario, mesh: str, window: float, form_within: float = 15.0)
                 agent.send(cmd="peers")
                 table = agent.expect(lambda event: event["ev"] == "peers", timeout=10)
                 seen.append(_tally(agent, table["peers"], formed_after))
+            if then is not None:
+                then(agents)
             return Outcome(scenario.name, seen)
         finally:
             for agent in agents:

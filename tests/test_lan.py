@@ -16,6 +16,7 @@ import pytest
 from meshq import MeshConfig
 from tests import lan_scenarios
 from tests.harness import Agent, Link, Network, agent_argv, can_make_namespaces
+from tests.test_multiprocess import publish_until_received
 
 pytestmark = pytest.mark.skipif(
     not can_make_namespaces(), reason="network namespaces need root and iproute2"
@@ -65,6 +66,27 @@ def test_every_node_sees_every_other_once_for_25_seconds(
     scenario: lan_scenarios.Scenario, mesh: str
 ) -> None:
     check(scenario, mesh, runs=5, window=SOAK_WINDOW)
+
+
+def exchange(agents: list[Agent]) -> None:
+    """Every node receives what every other one publishes."""
+    for receiver in agents:
+        receiver.send(cmd="subscribe", prefix="lan/")
+        receiver.expect(lambda e: e["ev"] == "subscribed", timeout=10)
+    for publisher in agents:
+        for receiver in agents:
+            if receiver is not publisher:
+                message = publish_until_received(publisher, f"lan/{publisher.name}", receiver)
+                assert message["sender"] == publisher.id
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scenario", SCENARIOS[:3])
+def test_messages_cross_hosts_that_share_a_docker_address(
+    scenario: lan_scenarios.Scenario, mesh: str
+) -> None:
+    outcome = lan_scenarios.run(scenario, mesh, window=0.0, then=exchange)
+    assert not outcome.problems(scenario.expected)
 
 
 def start_alone(net: Network, agents: list[Agent], mesh: str, *env: str) -> Agent:
