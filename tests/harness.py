@@ -85,11 +85,10 @@ class Agent:
         while True:
             remaining = until - time.monotonic()
             try:
-                item = (
-                    self._queue.get(timeout=max(remaining, 0))
-                    if remaining > 0
-                    else (self._queue.get_nowait())
-                )
+                if remaining > 0:
+                    item = self._queue.get(timeout=remaining)
+                else:
+                    item = self._queue.get_nowait()  # only what has arrived already
             except queue.Empty:
                 return None
             if item is None:
@@ -142,84 +141,6 @@ def agent_argv(name: str, mesh: str, interface: str | None, *extra: str) -> list
 
 def can_make_namespaces() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
-
-
-class Lan:
-    """A bridge and ``hosts`` namespaces with addresses 198.18.0.1, .2, ...
-
-    The bridge lives in a namespace of its own, so nothing is added to the
-    machine's real network stack. Names carry a per-run suffix.
-    """
-
-    def __init__(self, hosts: int) -> None:
-        suffix = secrets.token_hex(3)
-        self.switch = f"mqs{suffix}"
-        self.hosts = [f"mqh{suffix}{i}" for i in range(1, hosts + 1)]
-        self.addresses = [f"198.18.0.{i}" for i in range(1, hosts + 1)]
-        self._created: list[str] = []
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-
-    def _build(self) -> None:
-        _ip("netns", "add", self.switch)
-        self._created.append(self.switch)
-        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.switch, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0")
-        _ip("-n", self.switch, "link", "set", "br0", "up")
-        for index, (host, address) in enumerate(
-            zip(self.hosts, self.addresses, strict=True), start=1
-        ):
-            _ip("netns", "add", host)
-            self._created.append(host)
-            port = f"p{index}"
-            _ip(
-                "-n",
-                host,
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                port,
-                "netns",
-                self.switch,
-            )
-            _ip("-n", self.switch, "link", "set", port, "master", "br0")
-            _ip("-n", self.switch, "link", "set", port, "up")
-            _ip("-n", host, "addr", "add", f"{address}/24", "dev", "eth0")
-            _ip("-n", host, "link", "set", "lo", "up")
-            _ip("-n", host, "link", "set", "eth0", "up")
-            _ip("-n", host, "route", "add", "224.0.0.0/4", "dev", "eth0")
-
-    def argv(self, host: int, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside host number ``host`` (0-based)."""
-        return ["ip", "netns", "exec", self.hosts[host], *argv]
-
-    def link(self, host: int, up: bool) -> None:
-        _ip("-n", self.hosts[host], "link", "set", "eth0", "up" if up else "down")
-
-    def close(self) -> None:
-        """Delete every namespace made (their veths and the bridge go with them)."""
-        for name in reversed(self._created):
-            subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
-        self._created.clear()
-
-    def __enter__(self) -> Lan:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
 
 class Link:
@@ -326,3 +247,28 @@ class Network:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Lan(Network):
+    """A bridge and ``hosts`` namespaces with addresses 198.18.0.1, .2, ... on ``eth0``.
+
+    The bridge lives in a namespace of its own, so nothing is added to the
+    machine's real network stack. Names carry a per-run suffix.
+    """
+
+    def __init__(self, hosts: int) -> None:
+        self.addresses = [f"198.18.0.{i}" for i in range(1, hosts + 1)]
+        super().__init__(1, [[Link("eth0", f"{address}/24", 0)] for address in self.addresses])
+        self.switch = self.switches[0]
+
+    def link(self, host: int, up: bool) -> None:
+        _ip("-n", self.hosts[host], "link", "set", "eth0", "up" if up else "down")
+
+    def __enter__(self) -> Lan:
+        return self
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
