@@ -22,7 +22,7 @@ from .errors import ProtocolError
 from .interfaces import choose_endpoint
 from .offences import Offences
 from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
-from .publishing import bind_all
+from .publishing import TAIL_INTERVAL, bind_all
 from .ratelimit import RateLimitedLog
 from .subscription import BLOCKING_SUFFIX
 from .wire import (
@@ -108,6 +108,7 @@ class ControlPlane:
         )
         self._internal_log = RateLimitedLog(log, interval=5.0)
         self._running = True
+        self._next_tail = 0.0  # when tail markers are next due (monotonic s)
 
     def _choose(self, endpoints: tuple[str, ...]) -> str:
         # Reuse a link we already dial rather than open a second one to the
@@ -374,6 +375,9 @@ class ControlPlane:
 
     def _tick(self, now: float) -> None:
         self._node._publisher.process_commands()
+        if now >= self._next_tail:
+            self._next_tail = now + TAIL_INTERVAL
+            self._node._publisher.announce_tails()
         if self._node._sockets.refused.ripe():
             self._node._directory.touch()  # subscriptions retry their refused links
         self._apply(self._table.tick(now))

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,7 +25,14 @@ from .interfaces import local_networks, rank_endpoints
 from .security import check_key, split_seed
 from .wire import NODE_ID_BYTES, PROTOCOL_VERSION, parse_endpoint
 
-__all__ = ["SERVICE_TYPE", "Candidate", "Discovery", "MdnsDiscovery", "SeedDiscovery"]
+__all__ = [
+    "SERVICE_TYPE",
+    "Candidate",
+    "Discovery",
+    "MdnsDiscovery",
+    "SeedDiscovery",
+    "read_txt",
+]
 
 log = logging.getLogger("meshq.discovery")
 
@@ -86,6 +93,36 @@ class SeedDiscovery:
 
     def close(self) -> None:
         pass
+
+
+def read_txt(txt: Mapping[str, str | None], mesh: str) -> tuple[bytes, bytes | None] | None:
+    """The node id and CURVE key (Z85, None if absent) a TXT record announces.
+
+    ``txt`` is python-zeroconf's ``decoded_properties``: a bare ``key`` maps
+    to None, ``key=`` to "", and for a key present twice the first counts.
+    Returns None when docs/PROTOCOL.md 5.1 says to ignore the record: another
+    version or mesh, a bad id, or a ``key`` that is present but not a valid
+    Z85 key (empty and bare included: present is not absent).
+    """
+    if txt.get("v") != str(PROTOCOL_VERSION) or txt.get("mesh") != mesh:
+        return None
+    try:
+        node_id = bytes.fromhex(txt.get("id") or "")
+    except ValueError:
+        return None
+    if len(node_id) != NODE_ID_BYTES:
+        return None
+    if "key" not in txt:
+        return node_id, None
+    text_key = txt["key"]
+    # Not ASCII, not Z85: check_key would read such a character as "?", a
+    # Z85 character, and accept another key than the one written.
+    if text_key is None or not text_key.isascii():
+        return None
+    try:
+        return node_id, check_key(text_key)
+    except ValueError:
+        return None
 
 
 class MdnsDiscovery:
@@ -208,6 +245,11 @@ class MdnsDiscovery:
             if lost is not None:
                 on_lost(lost)
             return
+        if self._closed:
+            # Changes queue up on the browser thread, and close() joins it:
+            # resolving each (up to 3 s for a record that went away) would
+            # hold close() for minutes on a busy LAN.
+            return
         info = ServiceInfo(SERVICE_TYPE, name)
         if not info.load_from_cache(zeroconf) and not info.request(zeroconf, _RESOLVE_TIMEOUT_MS):
             log.debug("mDNS record %s did not resolve", name)
@@ -230,14 +272,11 @@ class MdnsDiscovery:
     def _candidate(self, info: ServiceInfo) -> Candidate | None:
         if info.text is not None and len(info.text) > self._max_txt_bytes:
             return None
-        txt = info.decoded_properties
-        if txt.get("v") != str(PROTOCOL_VERSION) or txt.get("mesh") != self._mesh:
+        announced = read_txt(info.decoded_properties, self._mesh)
+        if announced is None:
             return None
-        try:
-            node_id = bytes.fromhex(txt.get("id") or "")
-        except ValueError:
-            return None
-        if len(node_id) != NODE_ID_BYTES or node_id == self._node_id or not info.port:
+        node_id, key = announced
+        if node_id == self._node_id or not info.port:
             return None
         addresses = info.parsed_addresses(IPVersion.V4Only)
         if not addresses:
@@ -252,11 +291,6 @@ class MdnsDiscovery:
             exclude=self._own_endpoints,
         )
         if not endpoints:
-            return None
-        try:
-            text_key = txt.get("key")
-            key = check_key(text_key) if text_key else None
-        except ValueError:
             return None
         return Candidate(endpoints[0], node_id, "mdns", key, alternatives=endpoints[1:])
 

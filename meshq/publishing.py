@@ -32,6 +32,7 @@ from .wire import (
     ENTRY_HEADER_BYTES,
     FLAG_BATCH,
     FLAG_MSGPACK,
+    FLAG_TAIL,
     MAX_BATCH,
     Limits,
     check_payload_size,
@@ -53,13 +54,24 @@ _BLOCK_POLL_FIRST = 0.0005
 _BLOCK_POLL_MAX = 0.01
 
 
+#: Tail markers (see PublishSocket.announce_tails): one every this many
+#: seconds while a topic is published, then after 1, 2, 4, ... quiet
+#: rounds, the last one about _TAIL_ROUNDS rounds after the topic fell quiet.
+TAIL_INTERVAL = 0.5
+_TAIL_ROUNDS = 128
+
+
 class _Topic:
-    __slots__ = ("blocking", "budget", "pack", "prefix", "seq")
+    __slots__ = ("blocking", "budget", "pack", "prefix", "quiet", "seq", "told")
 
     def __init__(self, prefix: bytes, max_frame_bytes: int, blocking: bool = False) -> None:
         self.prefix = prefix
         self.pack = data_header_packer(prefix)
         self.seq = 0
+        #: The sequence number as of the last tail round, and how many
+        #: rounds it has stayed there (tail markers slow down, then stop).
+        self.told = 0
+        self.quiet = 0
         #: Published through the NODROP socket (publish_blocking) only.
         self.blocking = blocking
         #: Largest payload whose frame a subscriber's socket still accepts.
@@ -261,6 +273,43 @@ class PublishSocket:
                 raise Closed("node is closed") from exc
             entry.seq += 1
             return True
+
+    def announce_tails(self) -> None:
+        """Send each recently published topic's last sequence number (a tail marker).
+
+        Subscribers detect loss by jumps in sequence numbers, so a burst
+        whose end was dropped (a stalled subscriber, a remade link) would go
+        unnoticed until the topic's next message. The control thread calls
+        this every TAIL_INTERVAL seconds: a topic published since the last
+        round gets a marker, and a quiet one gets markers after 1, 2, 4 ...
+        quiet rounds, the last about a minute after it fell quiet. Nothing
+        is added to publish() itself; a round costs one comparison per topic.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            now_ns = time.time_ns()
+            for entry in self._topics.values():
+                if entry.seq != entry.told:
+                    entry.told = entry.seq
+                    entry.quiet = 0
+                elif entry.quiet > _TAIL_ROUNDS or not entry.seq:
+                    continue  # quiet for long, or declared and never published
+                else:
+                    entry.quiet += 1
+                    if entry.quiet & (entry.quiet - 1):
+                        continue  # only after 1, 2, 4, ... quiet rounds
+                sock = self._block_sock if entry.blocking else self._sock
+                if sock is None:
+                    continue
+                try:
+                    raw_send(
+                        sock, entry.pack(entry.prefix, FLAG_TAIL, entry.seq, now_ns), zmq.NOBLOCK
+                    )
+                except zmq.Again:
+                    pass  # a full subscriber (blocking socket): the next round tells it
+                except zmq.ZMQError:
+                    return  # closing
 
     def process_commands(self) -> None:
         """Read subscription changes, and let ZeroMQ finish pending socket work.

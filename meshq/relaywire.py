@@ -52,8 +52,10 @@ __all__ = [
 
 RELAY_SERVICE_PREFIX: Final = "meshq/relay/"
 MAX_MSG_ID_BYTES: Final = 64
-#: Where a new consumer starts: the stream's first message, after a given
-#: sequence number, at a given time (ns since the epoch), or new messages only.
+#: Where a new consumer starts: the stream's first message, at a given
+#: sequence number (that one included), at the first message the relay stored
+#: at or after a given time (ns since the epoch, the relay's store time), or
+#: with new messages only.
 START_KINDS: Final = ("first", "seq", "time", "new")
 MAX_FETCH: Final = 4096
 #: Most messages in one "pubs" request.

@@ -27,7 +27,7 @@ from .errors import Closed, ProtocolError, Timeout
 from .message import Message
 from .ratelimit import RateLimitedLog
 from .sockets import RefusedLinks, SocketFactory
-from .wire import Limits, decode_data
+from .wire import Limits, TailMarker, decode_data
 
 __all__ = [
     "BLOCKING_SUFFIX",
@@ -254,6 +254,9 @@ class Inbox:
             return None
         if isinstance(decoded, Message):
             first = last = decoded
+        elif isinstance(decoded, TailMarker):
+            self._take_tail(frame, decoded)
+            return None
         else:
             first, last = decoded[0], decoded[-1]
             self._pending.extend(decoded)
@@ -267,9 +270,29 @@ class Inbox:
         self._last_seq[stream] = last.seq
         return first
 
+    def _take_tail(self, frame: bytes, tail: TailMarker) -> None:
+        """A publisher's last sequence number on a topic: what we lack of it is a gap.
+
+        A burst whose end was lost (a full queue, a dropped link) leaves no
+        later message to show the jump; the publisher's tail markers do.
+        Before any message of the stream, it only sets where counting starts.
+        """
+        stream = frame[: tail.topic_end + 18]
+        previous = self._last_seq.get(stream)
+        if previous is not None and tail.seq > previous:
+            topic = frame[: tail.topic_end].decode("utf-8", "replace")
+            self._note_gap(tail.sender.hex(), topic, tail.seq - previous)
+        elif previous is None and len(self._last_seq) >= _MAX_STREAMS:
+            self._last_seq.clear()
+        if previous is None or tail.seq > previous:
+            self._last_seq[stream] = tail.seq
+
     def _record_gap(self, message: Message, missed: int) -> None:
+        self._note_gap(message.sender, message.topic, missed)
+
+    def _note_gap(self, sender: str, topic: str, missed: int) -> None:
         self.gaps += missed
-        self.gap_log.append(Gap(message.sender, message.topic, missed))
+        self.gap_log.append(Gap(sender, topic, missed))
         if self.on_gap is not None:
             self.on_gap(missed)
 

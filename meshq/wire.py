@@ -36,6 +36,7 @@ __all__ = [
     "DATA_HEADER_BYTES",
     "ENTRY_HEADER_BYTES",
     "FLAG_BATCH",
+    "FLAG_TAIL",
     "FLAG_MSGPACK",
     "MAX_BATCH",
     "data_header_packer",
@@ -51,6 +52,7 @@ __all__ = [
     "Limits",
     "Ping",
     "decode_control",
+    "TailMarker",
     "decode_data",
     "encode_control",
     "encode_data",
@@ -79,7 +81,10 @@ KIND_BYE: Final = 3
 FLAG_MSGPACK: Final = 0x01
 #: Payload flag: the payload is a batch of messages, each ``u32 length | bytes``.
 FLAG_BATCH: Final = 0x02
-_KNOWN_FLAGS: Final = FLAG_MSGPACK | FLAG_BATCH
+#: A tail marker: no payload; its sequence number is the last one the
+#: publisher sent on the topic, so receivers count a lost tail as a gap.
+FLAG_TAIL: Final = 0x04
+_KNOWN_FLAGS: Final = FLAG_MSGPACK | FLAG_BATCH | FLAG_TAIL
 #: Most messages one batch frame carries.
 MAX_BATCH: Final = 1024
 _ENTRY_LENGTH = struct.Struct(">I")
@@ -308,6 +313,14 @@ def _key(value: object) -> bytes:
     return value.encode()
 
 
+class _ExtRefused(ValueError):
+    """An ext type in a HELLO body: the spec allows none (6.4)."""
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    raise _ExtRefused(f"ext type {code} in a HELLO body")
+
+
 def _unpack(body: bytes, limits: Limits) -> Any:
     try:
         return msgpack.unpackb(
@@ -318,8 +331,15 @@ def _unpack(body: bytes, limits: Limits) -> Any:
             max_bin_len=limits.max_control_bytes,
             max_array_len=max(limits.max_peers, _MAX_ENDPOINTS),
             max_map_len=max(limits.max_headers, 16),
+            # max_ext_len=0 bounds only an ext's length: a zero-length ext
+            # (c7 00 05) passes it, so the hook refuses every ext that does.
+            # The timestamp ext (-1) never reaches the hook, but has no
+            # zero-length form, so the length bound refuses it.
             max_ext_len=0,
+            ext_hook=_refuse_ext,
         )
+    except _ExtRefused:
+        raise ProtocolError("ext type in HELLO body") from None
     except Exception as exc:  # msgpack raises many types; all mean "bad body"
         raise ProtocolError(f"bad msgpack body: {type(exc).__name__}") from None
 
@@ -506,8 +526,19 @@ def split_batch(frame: bytes, start: int, limits: Limits) -> list[bytes]:
     return payloads
 
 
-def decode_data(frame: bytes, limits: Limits) -> Message | list[Message]:
-    """Turn a data frame into a Message, or a list of them for a batch frame.
+class TailMarker:
+    """A received tail marker: publisher ``sender`` had sent up to ``seq`` on its topic."""
+
+    __slots__ = ("sender", "seq", "topic_end")
+
+    def __init__(self, topic_end: int, sender: bytes, seq: int) -> None:
+        self.topic_end = topic_end
+        self.sender = sender
+        self.seq = seq
+
+
+def decode_data(frame: bytes, limits: Limits) -> Message | list[Message] | TailMarker:
+    """Turn a data frame into a Message, a list of them for a batch frame, or a tail marker.
 
     Raises ProtocolError for any malformed frame; a bad batch is refused
     whole. Runs once per received frame, so it is written for speed.
@@ -527,6 +558,10 @@ def decode_data(frame: bytes, limits: Limits) -> Message | list[Message]:
         return Message(frame, topic_end, sender, seq, time_ns, frame[start:])
     if flags & ~_KNOWN_FLAGS:
         raise ProtocolError("unknown flags")
+    if flags & FLAG_TAIL:
+        if flags != FLAG_TAIL or len(frame) != start or not seq:
+            raise ProtocolError("bad tail marker")
+        return TailMarker(topic_end, sender, seq)
     if not flags & FLAG_BATCH:
         data = decode_payload(flags, frame[start:], limits)
         return Message(frame, topic_end, sender, seq, time_ns, data)

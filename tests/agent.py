@@ -54,10 +54,14 @@ def receive(
             try:
                 message = sub.recv(timeout=0.2)
             except meshq.Timeout:
+                # Tail markers count gaps without delivering a message.
+                tally["gaps"] = sub.gaps
+                tally["gap_log"] = [gap.__dict__ for gap in sub.gap_log]
                 continue
             except meshq.Closed:
                 return
             tally["received"] = tally.get("received", 0) + 1
+            tally.setdefault("first_seq", message.seq)
             tally["gaps"] = sub.gaps
             tally["gap_log"] = [gap.__dict__ for gap in sub.gap_log]
             if quiet:

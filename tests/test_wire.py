@@ -382,3 +382,41 @@ def test_any_bytes_after_a_valid_head_decode_or_raise_protocol_error(tail: bytes
         decode_control(ROUTING, b"MQ\x01\x01" + tail, LIMITS)
     except ProtocolError:
         pass
+
+
+@pytest.mark.parametrize(
+    "ext",
+    [
+        b"\xc7\x00\x05",  # zero-length: max_ext_len=0 alone let it through (issue 15)
+        b"\xc7\x00\xff",  # zero-length with the timestamp's type
+        b"\xd4\x05\x00",  # fixext 1
+        b"\xd6\xff\x00\x00\x00\x01",  # the timestamp ext
+    ],
+)
+@pytest.mark.parametrize("where", ["unknown key", "header value", "gossip entry", "name"])
+def test_no_ext_type_passes_anywhere_in_a_hello(ext: bytes, where: str) -> None:
+    endpoint = b"\xb1tcp://127.0.0.1:1"
+    typed = {
+        "unknown key": b"\xa6future" + ext,
+        "header value": b"\xa7headers\x81\xa1k" + ext,
+        "gossip entry": b"\xa5peers\x91\x93\xc4\x10" + OTHER + b"\x91" + endpoint + ext,
+        "name": b"\xa4name" + ext,
+    }[where]
+    body = b"\x84\xa4mesh\xa1m\xa7control\x91" + endpoint + b"\xa7publish\x91" + endpoint + typed
+    if where != "name":
+        body = b"\x85\xa4name\xa1a" + body[1:]
+    # The same body with a str in the ext's place decodes: only the ext is refused.
+    text = b"\xd9\x28" + KEY if where == "gossip entry" else b"\xa1x"  # a key is Z85
+    decoded = decode_control(ROUTING, b"MQ\x01\x01" + body.replace(ext, text), LIMITS)
+    assert isinstance(decoded, Hello)
+    with pytest.raises(ProtocolError):
+        decode_control(ROUTING, b"MQ\x01\x01" + body, LIMITS)
+
+
+def test_ext_types_stay_allowed_in_msgpack_payloads() -> None:
+    # 8.3: payloads are the application's; only HELLO bodies refuse ext types.
+    assert decode_payload(FLAG_MSGPACK, b"\xc7\x00\x05", LIMITS) == msgpack.ExtType(5, b"")
+    stamp = decode_payload(FLAG_MSGPACK, b"\xd6\xff\x00\x00\x00\x01", LIMITS)
+    assert stamp == msgpack.Timestamp(1, 0)
+    reply = decode_reply(encode_reply(1, 0, flags=FLAG_MSGPACK, payload=b"\xd4\x05\x00"), LIMITS)
+    assert reply.data == msgpack.ExtType(5, b"\x00")
