@@ -11,11 +11,13 @@ removed by tests/harness.Network even when a test fails.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from meshq import MeshConfig
 from tests import lan_scenarios
-from tests.harness import Agent, Link, Network, agent_argv, can_make_namespaces
+from tests.harness import Agent, Link, Network, agent_argv, can_make_namespaces, joined
 from tests.test_multiprocess import publish_until_received
 
 pytestmark = pytest.mark.skipif(
@@ -133,3 +135,36 @@ def test_meshq_interfaces_still_chooses_a_docker0(mesh: str, agents: list[Agent]
         solo = start_alone(net, agents, mesh, "MESHQ_INTERFACES=198.18.93.1")
         assert solo.ready["interfaces"] == ["198.18.93.1"]
         solo.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(strict=True, reason="issue 14: restart detection by address (after core M2)")
+def test_a_restart_on_a_docker_host_replaces_the_old_peer_at_once(
+    mesh: str, agents: list[Agent]
+) -> None:
+    """Three docker hosts on port 7600: a restarted h3 is a restart, its neighbours are not."""
+    scenario = lan_scenarios.dock0_fixed_port()
+    # A long timeout, so that only restart detection can remove the old h3.
+    patient = (*scenario.extra, "--gone-after", "30")
+    with Network(scenario.lans, scenario.hosts) as net:
+
+        def start(host: int) -> Agent:
+            name = scenario.host_name(host)
+            agent = Agent(net.argv(host, agent_argv(name, mesh, None, *patient)), name)
+            agents.append(agent)
+            return agent
+
+        h1, h2, h3 = (start(host) for host in range(3))
+        for agent in (h1, h2, h3):
+            for other in {"h1", "h2", "h3"} - {agent.name}:
+                agent.expect(joined(other), timeout=15)
+        old_id = h3.id
+        h3.signal(signal.SIGKILL)
+        h3.process.wait()
+        again = start(2)
+        for survivor in (h1, h2):
+            gone = survivor.expect(lambda e: e["ev"] == "left" and e["id"] == old_id, timeout=15)
+            assert gone["reason"] == "restarted"
+            survivor.expect(lambda e: e["ev"] == "joined" and e["id"] == again.id, timeout=15)
+            # Nobody else left: h1 and h2 share the docker endpoint with the new h3 too.
+            assert [e["name"] for e in survivor.events if e["ev"] == "left"] == ["h3"]
