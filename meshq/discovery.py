@@ -21,7 +21,7 @@ from typing import Protocol
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from .errors import Timeout
-from .interfaces import local_networks, rank_endpoints
+from .interfaces import local_networks, machine_addresses, rank_endpoints
 from .security import check_key, split_seed
 from .wire import NODE_ID_BYTES, PROTOCOL_VERSION, parse_endpoint
 
@@ -155,6 +155,7 @@ class MdnsDiscovery:
         self.flooded = 0
         self._mesh = mesh
         self._networks = local_networks(interfaces)
+        self._own = machine_addresses() | {ipaddress.IPv4Address(ip) for ip in interfaces}
         self._interfaces = list(interfaces)
         # Where this node itself listens: a record that lists one of these
         # (every docker host's docker0 address, with a shared fixed port) must
@@ -288,6 +289,7 @@ class MdnsDiscovery:
         endpoints = rank_endpoints(
             [f"tcp://{address}:{info.port}" for address in sorted(addresses, key=_numeric)],
             self._networks,
+            own=self._own,
             exclude=self._own_endpoints,
         )
         if not endpoints:

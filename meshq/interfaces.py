@@ -19,7 +19,7 @@ import fnmatch
 import ipaddress
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +29,11 @@ __all__ = [
     "ENV_INTERFACES",
     "VIRTUAL_BRIDGES",
     "Adapter",
-    "Locality",
     "choose_endpoint",
     "default_interfaces",
     "endpoint_host",
     "local_networks",
+    "machine_addresses",
     "rank_endpoints",
     "rank_interfaces",
     "resolve_interfaces",
@@ -140,44 +140,36 @@ def _describe(adapters: Sequence[Adapter]) -> str:
     return ", ".join(f"{a.name} {a.address}" for a in adapters) or "none"
 
 
-@dataclass(frozen=True)
-class Locality:
-    """What a node knows of its own place: the networks its interfaces sit in,
-    and every address of this machine (endpoints there lead to this machine)."""
-
-    networks: tuple[ipaddress.IPv4Network, ...]
-    own: frozenset[ipaddress.IPv4Address]
-
-
-def local_networks(addresses: Sequence[str]) -> Locality:
-    """The networks (address/prefix) the given local addresses sit in, and this
-    machine's own addresses (the given ones included)."""
+def local_networks(addresses: Sequence[str]) -> list[ipaddress.IPv4Network]:
+    """The networks (address/prefix) that the given local addresses sit in."""
     wanted = set(addresses)
-    machine = _machine_adapters()
-    networks = tuple(
+    return [
         ipaddress.IPv4Network(f"{a.address}/{a.prefix}", strict=False)
-        for a in machine
+        for a in _machine_adapters()
         if str(a.address) in wanted
-    )
-    own = frozenset(a.address for a in machine) | {ipaddress.IPv4Address(a) for a in wanted}
-    return Locality(networks, own)
+    ]
+
+
+def machine_addresses() -> frozenset[ipaddress.IPv4Address]:
+    """Every IPv4 address of this machine (an endpoint there leads to this machine)."""
+    return frozenset(a.address for a in _machine_adapters())
 
 
 def rank_endpoints(
     endpoints: Sequence[str],
-    local: Locality,
+    networks: Sequence[ipaddress.IPv4Network],
     *,
+    own: Collection[ipaddress.IPv4Address] = frozenset(),
     source: str | None = None,
-    exclude: Sequence[str] = (),
+    exclude: Collection[str] = (),
 ) -> tuple[str, ...]:
     """A peer's endpoints, best first; ``exclude`` (this node's own endpoints) dropped.
 
     Best is an endpoint at ``source`` (the address the peer's traffic came
-    from), then one not at an address of this machine, then one on a local
-    network; ties keep the list order (the peer's own ranking). Endpoints
-    that are no ``tcp://A.B.C.D:PORT`` go last.
+    from), then one not at an address of this machine (``own``), then one
+    on a local network (``networks``); ties keep the list order (the peer's
+    own ranking). Endpoints that are no ``tcp://A.B.C.D:PORT`` go last.
     """
-    dropped = set(exclude)
 
     def rank(item: tuple[int, str]) -> tuple[bool, bool, bool, int]:
         index, endpoint = item
@@ -188,23 +180,27 @@ def rank_endpoints(
             return (True, True, True, index)
         return (
             host != source,
-            address in local.own,
-            not any(address in network for network in local.networks),
+            address in own,
+            not any(address in network for network in networks),
             index,
         )
 
-    kept = [(i, e) for i, e in enumerate(endpoints) if e not in dropped]
+    kept = [(i, e) for i, e in enumerate(endpoints) if e not in exclude]
     return tuple(endpoint for _, endpoint in sorted(kept, key=rank))
 
 
-def choose_endpoint(endpoints: Sequence[str], local: Locality) -> str:
+def choose_endpoint(
+    endpoints: Sequence[str],
+    networks: Sequence[ipaddress.IPv4Network],
+    own: Collection[ipaddress.IPv4Address] = frozenset(),
+) -> str:
     """The endpoint most likely to reach the peer: the first of :func:`rank_endpoints`.
 
     Raises ValueError if there is none.
     """
     if not endpoints:
         raise ValueError("no endpoint to choose from")
-    return rank_endpoints(endpoints, local)[0]
+    return rank_endpoints(endpoints, networks, own=own)[0]
 
 
 def endpoint_host(endpoint: str) -> str:

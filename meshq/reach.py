@@ -20,44 +20,46 @@ rules keep such a mesh whole and steady (docs/PROTOCOL.md 3.3, 7.2, 7.5):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from .interfaces import Locality, endpoint_host, rank_endpoints
+from .interfaces import endpoint_host, rank_endpoints
 
 __all__ = ["Route", "choose_control", "is_restart"]
 
 
 def choose_control(
     control: Sequence[str],
-    local: Locality,
+    networks: Sequence[ipaddress.IPv4Network],
     *,
+    own: Collection[ipaddress.IPv4Address] = frozenset(),
     source: str | None = None,
-    exclude: Sequence[str] = (),
+    exclude: Collection[str] = (),
     current: str | None = None,
 ) -> str | None:
     """Which of a peer's control endpoints to talk to; None if none is left.
 
-    ``source`` is the address the peer's HELLO came from, ``exclude`` this
-    node's own endpoints, ``current`` the endpoint chosen before (kept
+    ``networks`` and ``own`` are this node's networks and this machine's
+    addresses, ``source`` the address the peer's HELLO came from,
+    ``exclude`` this node's own endpoints, ``current`` the endpoint chosen before (kept
     unless the peer's traffic names a better one, the peer no longer lists
     it, or it is at an address of this machine while a better one is not).
     """
-    ranked = rank_endpoints(control, local, source=source, exclude=exclude)
+    ranked = rank_endpoints(control, networks, own=own, source=source, exclude=exclude)
     if not ranked:
         return None
     best = ranked[0]
     if source is not None and endpoint_host(best) == source:
         return best
-    if current is not None and current in ranked and _here(current, local) <= _here(best, local):
+    if current is not None and current in ranked and _here(current, own) <= _here(best, own):
         return current
     return best
 
 
-def _here(endpoint: str, local: Locality) -> bool:
+def _here(endpoint: str, own: Collection[ipaddress.IPv4Address]) -> bool:
     """True for an endpoint at an address of this machine."""
     try:
-        return ipaddress.IPv4Address(endpoint_host(endpoint)) in local.own
+        return ipaddress.IPv4Address(endpoint_host(endpoint)) in own
     except ValueError:
         return False
 

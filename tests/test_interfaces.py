@@ -12,7 +12,6 @@ from zeroconf import ServiceInfo
 from meshq.discovery import SERVICE_TYPE, MdnsDiscovery
 from meshq.interfaces import (
     Adapter,
-    Locality,
     choose_endpoint,
     default_interfaces,
     rank_endpoints,
@@ -81,34 +80,38 @@ def test_default_interfaces_come_from_this_machine_without_loopback(
         socket.inet_aton(address)  # each one a dotted quad
 
 
-HERE = Locality(
-    networks=(ipaddress.IPv4Network("198.18.91.0/24"), ipaddress.IPv4Network("198.18.93.0/24")),
-    own=frozenset({ipaddress.IPv4Address("198.18.91.1"), ipaddress.IPv4Address("198.18.93.1")}),
-)
+NETWORKS = (ipaddress.IPv4Network("198.18.91.0/24"), ipaddress.IPv4Network("198.18.93.0/24"))
+MINE = frozenset({ipaddress.IPv4Address("198.18.91.1"), ipaddress.IPv4Address("198.18.93.1")})
 
 
 def test_an_endpoint_at_an_address_of_this_machine_ranks_last() -> None:
     # Every docker host has 198.18.93.1: a peer that lists it first is not here.
     endpoints = ["tcp://198.18.93.1:7600", "tcp://198.18.91.2:7600"]
-    assert rank_endpoints(endpoints, HERE) == ("tcp://198.18.91.2:7600", "tcp://198.18.93.1:7600")
-    assert choose_endpoint(endpoints, HERE) == "tcp://198.18.91.2:7600"
+    assert rank_endpoints(endpoints, NETWORKS, own=MINE) == (
+        "tcp://198.18.91.2:7600",
+        "tcp://198.18.93.1:7600",
+    )
+    assert choose_endpoint(endpoints, NETWORKS, own=MINE) == "tcp://198.18.91.2:7600"
 
 
 def test_own_endpoints_are_never_ranked() -> None:
     endpoints = ["tcp://198.18.93.1:7600", "tcp://198.18.91.2:7600"]
-    ranked = rank_endpoints(endpoints, HERE, exclude=["tcp://198.18.93.1:7600"])
+    ranked = rank_endpoints(endpoints, NETWORKS, own=MINE, exclude=["tcp://198.18.93.1:7600"])
     assert ranked == ("tcp://198.18.91.2:7600",)
 
 
 def test_the_address_traffic_comes_from_ranks_first() -> None:
     endpoints = ["tcp://198.18.91.2:1", "tcp://198.18.91.7:1", "tcp://10.9.9.9:1"]
-    assert rank_endpoints(endpoints, HERE, source="10.9.9.9")[0] == "tcp://10.9.9.9:1"
-    assert rank_endpoints(endpoints, HERE, source="198.18.91.7")[0] == "tcp://198.18.91.7:1"
+    assert rank_endpoints(endpoints, NETWORKS, own=MINE, source="10.9.9.9")[0] == "tcp://10.9.9.9:1"
+    assert (
+        rank_endpoints(endpoints, NETWORKS, own=MINE, source="198.18.91.7")[0]
+        == "tcp://198.18.91.7:1"
+    )
 
 
 def test_local_networks_rank_before_others_and_ties_keep_the_peer_order() -> None:
     endpoints = ["tcp://10.9.9.9:1", "tcp://198.18.91.9:1", "tcp://198.18.91.3:1"]
-    assert rank_endpoints(endpoints, HERE) == (
+    assert rank_endpoints(endpoints, NETWORKS, own=MINE) == (
         "tcp://198.18.91.9:1",
         "tcp://198.18.91.3:1",
         "tcp://10.9.9.9:1",
@@ -117,12 +120,14 @@ def test_local_networks_rank_before_others_and_ties_keep_the_peer_order() -> Non
 
 def test_a_peer_on_this_machine_is_still_reached() -> None:
     endpoints = ["tcp://198.18.93.1:5000", "tcp://198.18.91.1:5000"]
-    assert choose_endpoint(endpoints, HERE) == "tcp://198.18.93.1:5000"  # the peer's own order
+    assert (
+        choose_endpoint(endpoints, NETWORKS, own=MINE) == "tcp://198.18.93.1:5000"
+    )  # the peer's own order
 
 
 def test_choosing_from_nothing_is_an_error() -> None:
     with pytest.raises(ValueError):
-        choose_endpoint([], HERE)
+        choose_endpoint([], NETWORKS, own=MINE)
 
 
 def record(port: int, addresses: list[str], node_id: bytes, mesh: str) -> ServiceInfo:

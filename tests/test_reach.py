@@ -6,14 +6,11 @@ import ipaddress
 
 import pytest
 
-from meshq.interfaces import Locality
 from meshq.reach import Route, choose_control, is_restart
 
 # This host: 198.18.91.1 on the LAN, 198.18.93.1 on a docker0 every host has.
-HERE = Locality(
-    networks=(ipaddress.IPv4Network("198.18.91.0/24"), ipaddress.IPv4Network("198.18.93.0/24")),
-    own=frozenset({ipaddress.IPv4Address("198.18.91.1"), ipaddress.IPv4Address("198.18.93.1")}),
-)
+NETWORKS = (ipaddress.IPv4Network("198.18.91.0/24"), ipaddress.IPv4Network("198.18.93.0/24"))
+MINE = frozenset({ipaddress.IPv4Address("198.18.91.1"), ipaddress.IPv4Address("198.18.93.1")})
 OWN = ("tcp://198.18.91.1:7600", "tcp://198.18.93.1:7600")
 DOCKER = "tcp://198.18.93.1:7600"
 PEER2 = "tcp://198.18.91.2:7600"
@@ -21,27 +18,30 @@ PEER3 = "tcp://198.18.91.3:7600"
 
 
 def test_the_endpoint_the_peer_speaks_from_wins_over_its_order_and_a_current_choice() -> None:
-    chosen = choose_control((DOCKER, PEER2), HERE, source="198.18.91.2", exclude=OWN)
+    chosen = choose_control((DOCKER, PEER2), NETWORKS, own=MINE, source="198.18.91.2", exclude=OWN)
     assert chosen == PEER2
     other = "tcp://198.18.91.9:7600"  # a second LAN address of the peer, chosen before
-    assert choose_control((other, PEER2), HERE, source="198.18.91.2", current=other) == PEER2
+    assert (
+        choose_control((other, PEER2), NETWORKS, own=MINE, source="198.18.91.2", current=other)
+        == PEER2
+    )
 
 
 def test_our_own_endpoint_is_never_chosen() -> None:
-    assert choose_control((DOCKER,), HERE, exclude=OWN) is None
-    assert choose_control((DOCKER, PEER2), HERE, exclude=OWN) == PEER2
+    assert choose_control((DOCKER,), NETWORKS, own=MINE, exclude=OWN) is None
+    assert choose_control((DOCKER, PEER2), NETWORKS, own=MINE, exclude=OWN) == PEER2
 
 
 def test_a_bad_first_choice_does_not_stick() -> None:
     # Chosen at a shared address before (no source known): a better one wins now.
     shared = "tcp://198.18.93.1:5555"
-    assert choose_control((shared, PEER2), HERE, current=shared) == PEER2
+    assert choose_control((shared, PEER2), NETWORKS, own=MINE, current=shared) == PEER2
 
 
 def test_without_a_source_a_current_choice_the_peer_still_lists_is_kept() -> None:
     a, b = "tcp://198.18.91.2:1", "tcp://198.18.91.7:1"
-    assert choose_control((a, b), HERE, current=b) == b  # no flapping between the two
-    assert choose_control((a,), HERE, current=b) == a  # no longer listed
+    assert choose_control((a, b), NETWORKS, own=MINE, current=b) == b  # no flapping between the two
+    assert choose_control((a,), NETWORKS, own=MINE, current=b) == a  # no longer listed
 
 
 def test_two_live_peers_behind_one_shared_endpoint_are_no_restart() -> None:
