@@ -77,16 +77,12 @@ def collect_reports(
     return found, errors
 
 
-def wait_for_service(node: meshq.Node, service: str, timeout: float, poll: float = 0.01) -> None:
+def wait_for_service(node: meshq.Node, service: str, timeout: float) -> None:
     """Wait until some provider of ``service`` is known to ``node``.
 
-    Raises TimeoutError after ``timeout`` seconds; looks every ``poll`` s.
+    Raises TimeoutError (meshq.Timeout) after ``timeout`` seconds.
     """
-    deadline = time.monotonic() + timeout
-    while service not in node.services():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no provider of {service!r} after {timeout} s")
-        time.sleep(poll)
+    node.wait_for_service(service, timeout=timeout)
 
 
 def ratio(numerator: float, denominator: float) -> float | None:

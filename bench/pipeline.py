@@ -28,7 +28,7 @@ has handled all ``count`` tasks:
   is the payload. ``batch=64, credit=4`` are the Pipeline's defaults. The
   nodes find each other by seed (``discovery=False``, no multicast): each
   worker hands its control endpoint to the producer over a pipe, and the
-  producer waits (bounded) until ``node.services()`` lists every worker.
+  producer waits (``node.wait_for_service``, bounded) for every worker.
 
 What is compared
 ----------------
@@ -118,7 +118,6 @@ WARMUP_MIN_TASKS = 2_000  # meshq warm-up tasks, at least
 FLUSH_EVERY = 1_024  # raw, several workers: tasks between additions to the shared count
 IDLE = 0.001  # raw, several workers: seconds without a task before a worker adds its count
 SETUP_TIMEOUT = 15.0  # seconds to connect, see every worker, and finish the warm-up
-WORKER_POLL = 0.01  # seconds between looks at node.services() while waiting
 WARMUP_PACE = 0.002  # seconds between raw warm-up frames (waiting on the Events)
 MAX_WARMUPS = int(SETUP_TIMEOUT / WARMUP_PACE)
 TASK_TIMEOUT = 5.0  # seconds one send, or one batch's answer, may take
@@ -429,12 +428,7 @@ def produce_raw(
 
 def wait_for_workers(node: meshq.Node, workers: int) -> None:
     """Wait (bounded) until ``node`` knows ``workers`` providers of the stage."""
-    service = f"pipeline/{STAGE}"
-    deadline = time.monotonic() + SETUP_TIMEOUT
-    while len(node.services().get(service, [])) < workers:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"fewer than {workers} workers after {SETUP_TIMEOUT} s")
-        time.sleep(WORKER_POLL)
+    node.wait_for_service(f"pipeline/{STAGE}", workers, timeout=SETUP_TIMEOUT)
 
 
 def produce_meshq(

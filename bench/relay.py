@@ -39,8 +39,8 @@ the difference the ratio shows, not equal work.
   changed while this bench was written: the result file records the git
   commit and a hash of meshq's sources, and what is said here of their
   behaviour is what they did in that run. The client's node joins by seed
-  (``discovery=False``, no multicast) and waits (bounded) until
-  ``node.services()`` lists "meshq/relay/b/". One ``meshq.DurablePublisher(node,
+  (``discovery=False``, no multicast) and waits (bounded) in
+  ``node.wait_for_service("meshq/relay/b/")``. One ``meshq.DurablePublisher(node,
   max_in_flight=64)`` serves every phase. Latency: its ``publish(topic,
   payload)``, which is what ``node.publish(topic, payload, durable=True)``
   does (that call keeps a publisher of its own, whose message ids would
@@ -159,7 +159,6 @@ QUICK_SCALE = 0.25
 DEFAULT_REPEAT = 3
 MIN_COUNT = 20
 SETUP_TIMEOUT = 15.0  # seconds to connect, see the relay and get the first confirm
-SERVICE_POLL = 0.01  # seconds between looks at node.services() while waiting
 REPLY_TIMEOUT = 5.0  # seconds any one confirm or reply may take before the run fails
 PHASE_TIMEOUT = 30.0  # seconds any one phase may take before the run fails
 IDLE_SLICE = 0.1  # seconds the raw relay waits on its socket before it looks at `done`
@@ -656,7 +655,7 @@ def client_meshq(size: int, p: Plan, link: Connection) -> ClientReport:
     with meshq.Node(
         "bench-client", interfaces=[LOOPBACK], seeds=[endpoint], discovery=False
     ) as node:
-        wait_for_service(node, SERVICE, SETUP_TIMEOUT, SERVICE_POLL)
+        wait_for_service(node, SERVICE, SETUP_TIMEOUT)
         # One publisher for every phase: node.publish(durable=True) would make its
         # own, whose message ids (node id + a counter from 1) repeat this one's.
         publisher = meshq.DurablePublisher(node, timeout=REPLY_TIMEOUT, max_in_flight=WINDOW)

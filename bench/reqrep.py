@@ -24,7 +24,7 @@ timed phases, on the same connection, after ``WARMUP`` untimed round trips:
   resolved. The two nodes find each other through a seed
   (``discovery=False``, no multicast): the provider's node hands its control
   endpoint to the caller over a pipe, and the caller waits (bounded) until
-  ``node.services()`` lists "echo" before its warm-up.
+  ``node.wait_for_service("echo")`` returns, before its warm-up.
 
 Both systems use the same payload bytes, the same counts and the same loop
 shapes; every reply is compared with the payload (after the clock is read)
@@ -102,7 +102,6 @@ DEFAULT_REPEAT = 4  # even, so that each system goes first equally often
 QUICK_COUNT = 2_000
 MIN_COUNT = 100
 SETUP_TIMEOUT = 15.0  # seconds to connect, see the service and get the first reply
-SERVICE_POLL = 0.01  # seconds between looks at node.services() while waiting
 REPLY_TIMEOUT = 2.0  # seconds any one reply may take before the run fails
 IDLE_SLICE = 0.1  # seconds the raw provider waits on recv before it looks at `done`
 RUN_TIMEOUT = 60.0  # seconds before the orchestrator kills a run's processes
@@ -331,7 +330,7 @@ def call_meshq(count: int, link: Connection) -> CallerReport:
     with meshq.Node(
         "bench-caller", interfaces=[LOOPBACK], seeds=[endpoint], discovery=False
     ) as node:
-        wait_for_service(node, SERVICE, SETUP_TIMEOUT, SERVICE_POLL)
+        wait_for_service(node, SERVICE, SETUP_TIMEOUT)
         request = node.request
         request_async = node.request_async
         mismatches = 0

@@ -142,9 +142,7 @@ def subscriber_main(
                     if not received:
                         first = last
                     received += 1
-            deadline = time.monotonic() + SETUP_TIMEOUT
-            while "echo" not in node.services() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            node.wait_for_service("echo", timeout=SETUP_TIMEOUT)
             payload = bytes(size)
             for _ in range(WARMUP_REQUESTS):
                 node.request("echo", payload, timeout=RECV_TIMEOUT, retries=0)

@@ -34,9 +34,7 @@ def main() -> int:
                 value = a + b if op == "+" else a / b
                 return {"value": value, "by": name}
 
-        deadline = time.monotonic() + 10  # discovery takes a moment
-        while len(caller.services().get("calc", [])) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        caller.wait_for_service("calc", 2, timeout=10)  # discovery takes a moment
 
         answered_by: collections.Counter[str] = collections.Counter()
         for i in range(20):

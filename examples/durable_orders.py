@@ -35,9 +35,7 @@ def main() -> int:
     ):
         relay = meshq.Relay(meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK), data, ["orders/"])
         try:
-            deadline = time.monotonic() + 10  # discovery takes a moment
-            while "meshq/relay/orders/" not in shop.services() and time.monotonic() < deadline:
-                time.sleep(0.02)
+            shop.wait_for_service("meshq/relay/orders/", timeout=10)  # discovery takes a moment
 
             publisher = meshq.DurablePublisher(shop)
             for number in range(1, 11):

@@ -35,12 +35,11 @@ def main() -> int:
         for node in workers:
             Worker(node, "resize", resize_on(node.name))
         with meshq.Node("producer", mesh=mesh, interfaces=LOOPBACK) as producer:
-            deadline = time.monotonic() + 10  # discovery takes a moment
-            while len(producer.services().get("pipeline/resize", [])) < 3:
-                if time.monotonic() > deadline:
-                    print("workers did not appear")
-                    return 1
-                time.sleep(0.02)
+            try:  # discovery takes a moment
+                producer.wait_for_service("pipeline/resize", 3, timeout=10)
+            except meshq.Timeout:
+                print("workers did not appear")
+                return 1
             pipeline = Pipeline(producer, "resize", batch=10, credit=2)
             pipeline.push_many({"image": f"img-{i}.png", "width": 800} for i in range(100))
             pipeline.drain(timeout=30)

@@ -20,11 +20,10 @@ LOOPBACK = ["127.0.0.1"]
 
 
 def wait_for(node: meshq.Node, service: str, n: int) -> bool:
-    deadline = time.monotonic() + 10  # discovery takes a moment
-    while len(node.services().get(service, [])) < n:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
+    try:
+        node.wait_for_service(service, n, timeout=10)  # discovery takes a moment
+    except meshq.Timeout:
+        return False
     return True
 
 

@@ -26,9 +26,7 @@ def main() -> int:
         nodes[1].serve("stats", lambda data: {"node": "b", "load": 0.7})
         nodes[2].serve("stats", lambda data: release.wait(5) and {"node": "slow"})
         with meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller:
-            deadline = time.monotonic() + 10  # discovery takes a moment
-            while len(caller.services().get("stats", [])) < 3 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            caller.wait_for_service("stats", 3, timeout=10)  # discovery takes a moment
             names = {node.id: node.name for node in nodes}
             result = caller.gather("stats", None, timeout=0.5)
             release.set()

@@ -9,35 +9,47 @@ caller's event loop, and the control thread wakes them with
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import inspect
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Literal, TypeVar, overload
 
 import zmq
 import zmq.asyncio
 
 from .config import MeshConfig
-from .durable import Start
+from .durable import DurableMessage, Start
 from .durable.aio import AsyncDurablePublisher, AsyncDurableSubscription
-from .errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
+from .errors import Closed, MeshqError, NoProviders, PayloadTooLarge, RemoteError, Timeout
 from .message import Message
-from .node import Node, PeerCallback
+from .node import DIRECT_SERVICE, Node, PeerCallback, TaskHandler
 from .peers import Peer, PeerEvent, PeerState
 from .publishing import BlockingWait, encode_blocking
 from .requester import DEFAULT_RETRIES, DEFAULT_TIMEOUT, GatherResult, Requester
 from .security import Curve, Rejection
-from .services import Handler
+from .services import ReplyTo
 from .sockets import SocketFactory
+from .state import SUBSCRIBERS, Providers
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits
-from .workers import TaskHandler
 
-__all__ = ["AsyncNode", "AsyncSubscription"]
+__all__ = ["AsyncNode", "AsyncSubscription", "Sent"]
 
 log = logging.getLogger("meshq.aio")
+T = TypeVar("T")
 
 
 class AsyncSubscription(Inbox):
@@ -171,21 +183,20 @@ class _LoopReplies:
         self, service: str, data: object, timeout: float, retries: int, only: str | None = None
     ) -> object:
         future = self._requester.start(service, data, timeout, retries, only=only)
-        call = future._call
         done: asyncio.Future[None] = self._loop.create_future()
 
-        def settled(_: object) -> None:
+        def settled() -> None:
             if not done.done():
                 done.set_result(None)
 
-        call.on_done = settled
+        future.add_done_callback(settled)
         self._changed.set()
         if self._reader is None or self._reader.done():
             self._reader = self._loop.create_task(self._read())
         try:
             await done
         except asyncio.CancelledError:
-            self._requester.cancel(call)  # no retries for nobody; a late reply is dropped
+            future.cancel()  # no retries for nobody; a late reply is dropped
             raise
         return future.result(timeout=0)
 
@@ -256,18 +267,25 @@ class AsyncNode:
             discovery=discovery,
             security=security,
         )
-        self._context = zmq.asyncio.Context.shadow(self._node._context)
+        runtime = self._node.runtime
+        self._context = zmq.asyncio.Context.shadow(runtime.context)
         self._subscriptions: weakref.WeakSet[AsyncSubscription] = weakref.WeakSet()
         self._waiters: set[asyncio.Future[None]] = set()
-        self._node._event_listeners.append(self._on_control_thread)
+        self._handlers: set[asyncio.Task[None]] = set()  # on_message tasks
+        # Peer events, subscriber and service changes, and the close wake our waiters.
+        runtime.state.add_listener(self._on_control_thread)
+        SUBSCRIBERS.add_listener(self._on_subscribers)
         # The loop's thread owns the caller side; Node keeps one per thread.
-        self._replies = _LoopReplies(self._node._requester(), self._loop)
+        self._replies = _LoopReplies(runtime.requester(), self._loop)
 
     def _on_control_thread(self, events: list[PeerEvent]) -> None:
         try:
             self._loop.call_soon_threadsafe(self._wake_waiters)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
+
+    def _on_subscribers(self) -> None:
+        self._on_control_thread([])
 
     def _wake_waiters(self) -> None:
         for waiter in self._waiters:
@@ -276,7 +294,10 @@ class AsyncNode:
         self._waiters.clear()
 
     async def _next_change(self, timeout: float | None) -> None:
-        """Wait until peers change (or the node closes); meshq.Timeout after ``timeout`` s."""
+        """Wait until peers, subscribers or services change (or the node closes).
+
+        Raises meshq.Timeout after ``timeout`` s.
+        """
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._waiters.add(waiter)
         try:
@@ -314,9 +335,29 @@ class AsyncNode:
         """The underlying sync node."""
         return self._node
 
-    def publish(self, topic: str, data: object) -> None:
-        """See :meth:`Node.publish`."""
+    @overload
+    def publish(
+        self, topic: str, data: object, *, durable: Literal[False] = ..., timeout: float = ...
+    ) -> Sent: ...
+
+    @overload
+    def publish(
+        self, topic: str, data: object, *, durable: Literal[True], timeout: float = ...
+    ) -> Awaitable[int]: ...
+
+    def publish(
+        self, topic: str, data: object, *, durable: bool = False, timeout: float = 5.0
+    ) -> Sent | Awaitable[int]:
+        """See :meth:`Node.publish`: sent at once, never blocks.
+
+        A plain call, and awaitable too (``await node.publish(...)`` is the
+        same call). With ``durable=True`` it returns an awaitable of the
+        stream sequence number, as :meth:`publish_durable`.
+        """
+        if durable:
+            return self.publish_durable(topic, data, timeout=timeout)
         self._node.publish(topic, data)
+        return SENT
 
     def publish_many(self, topic: str, items: Iterable[object]) -> int:
         """See :meth:`Node.publish_many`."""
@@ -327,11 +368,11 @@ class AsyncNode:
     ) -> None:
         """See :meth:`Node.publish_blocking`; the wait for room is awaited, not slept."""
         node = self._node
-        if topic not in node._blocking_topics:
+        if not node.is_blocking(topic):
             node.declare_blocking(topic)
         flags, payload = encode_blocking(data)
         wait = BlockingWait(topic, timeout)
-        while not node._publisher.try_publish_blocking(topic, flags, payload):
+        while not node.try_publish_blocking(topic, flags, payload):
             await asyncio.sleep(wait.pause())
 
     def declare_blocking(self, topic: str) -> None:
@@ -345,18 +386,121 @@ class AsyncNode:
             count = self._node.subscribers(topic)
             if count >= n:
                 return count
+            self._node.runtime.check_open()
             remaining = self._remaining(deadline)
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"{count} of {n} subscribers of {topic!r} after {timeout} s")
-            await asyncio.sleep(0.005)
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                continue  # the loop above says how many there were
 
-    def serve(self, name: str, handler: Handler | None = None) -> Any:
-        """See :meth:`Node.serve`: handlers run on the node's service thread."""
-        return self._node.serve(name, handler)
+    async def wait_for_providers(
+        self, test: Callable[[Providers], T | None], *, timeout: float | None
+    ) -> T:
+        """See :meth:`Node.wait_for_providers`; awaited, no thread held."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            found = test(self._node.providers())
+            if found is not None:
+                return found
+            self._node.runtime.check_open()
+            remaining = self._remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"no such service within {timeout} s")
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                continue
 
-    def service(self, name: str) -> Callable[[Handler], Handler]:
-        """See :meth:`Node.service`."""
-        return self._node.service(name)
+    async def wait_for_service(
+        self, name: str, n: int = 1, *, timeout: float | None = None
+    ) -> Mapping[str, str]:
+        """See :meth:`Node.wait_for_service`; awaited, no thread held."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            providers = self._node.providers().get(name, {})
+            if n <= 0 or len(providers) >= n:
+                return providers
+            self._node.runtime.check_open()
+            remaining = self._remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"{len(providers)} of {n} providers of {name!r} after {timeout} s")
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                continue
+
+    def serve(self, name: str, handler: Callable[[Any], Any] | None = None) -> Any:
+        """See :meth:`Node.serve`; a decorator too.
+
+        An ``async def`` handler is awaited on this event loop, so many
+        requests may be in progress at once; a plain handler runs on the
+        node's service thread, one request at a time, as with Node.
+        """
+        if handler is None:
+            return lambda function: self.serve(name, function)
+        if inspect.iscoroutinefunction(handler):
+            self._node.serve_deferred(name, self._on_loop(handler))
+        else:
+            self._node.serve(name, handler)
+        return handler
+
+    def service(self, name: str) -> Callable[[Any], Any]:
+        """Decorator form of :meth:`serve`: ``@node.service("calc")``."""
+        return lambda handler: self.serve(name, handler)
+
+    def _on_loop(
+        self, handler: Callable[[object], Awaitable[object]]
+    ) -> Callable[[object, ReplyTo], None]:
+        """A deferred handler that runs the coroutine ``handler(data)`` on this loop."""
+        loop = self._loop
+        count = self._node.runtime.count
+
+        def answer(reply_to: ReplyTo, done: concurrent.futures.Future[object]) -> None:
+            try:
+                result = done.result()
+            except BaseException as exc:  # the caller gets it as RemoteError
+                count("handler_errors")
+                reply_to.fail(exc if not done.cancelled() else Closed("handler cancelled"))
+                return
+            try:
+                reply_to.send(result)
+            except PayloadTooLarge:
+                pass  # answered with the error already
+            except Exception as exc:  # msgpack cannot encode the result
+                count("handler_errors")
+                reply_to.fail(exc)
+
+        def deferred(data: object, reply_to: ReplyTo) -> None:
+            coroutine: Coroutine[Any, Any, object] = handler(data)  # type: ignore[assignment]
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+            future.add_done_callback(lambda done: answer(reply_to, done))
+
+        return deferred
+
+    async def send_to(self, peer_id: str, data: object, *, timeout: float = 1.0) -> object:
+        """See :meth:`Node.send_to`; awaited, no thread held."""
+        envelope = {"from": self.id, "data": data}
+        return await self._replies.request(DIRECT_SERVICE, envelope, timeout, 0, only=peer_id)
+
+    def on_direct(self, handler: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+        """See :meth:`Node.on_direct`: ``handler(sender_id, data)``, plain or ``async def``."""
+
+        def envelope(message: object) -> tuple[str, object]:
+            if not (isinstance(message, dict) and isinstance(message.get("from"), str)):
+                raise ValueError("not a direct message")
+            return message["from"], message.get("data")
+
+        if inspect.iscoroutinefunction(handler):
+
+            async def unwrap_async(message: object) -> object:
+                return await handler(*envelope(message))
+
+            self.serve(DIRECT_SERVICE, unwrap_async)
+        else:
+            self.serve(DIRECT_SERVICE, lambda message: handler(*envelope(message)))
+        return handler
 
     def worker(self, stage: str) -> Callable[[TaskHandler], TaskHandler]:
         """See :meth:`Node.worker`: handlers run on the node's service thread."""
@@ -378,7 +522,7 @@ class AsyncNode:
 
     async def gather(self, service: str, data: object, *, timeout: float = 0.5) -> GatherResult:
         """See :meth:`Node.gather`."""
-        providers = list(self._node._service_directory.providers(service))
+        providers = list(self._node.providers().get(service, {}))
         if not providers:
             raise NoProviders(service)
 
@@ -429,26 +573,131 @@ class AsyncNode:
 
         Raises meshq.RemoteError if ``name`` reads another prefix, ValueError.
         """
-        self._node._check_prefix(prefix)
+        self._node.runtime.check_prefix(prefix)
         subscription = AsyncDurableSubscription(
             self, prefix, name, start=start, ack=ack, ack_wait=ack_wait, max_deliver=max_deliver
         )
         await subscription.open()
         return subscription
 
-    def subscribe(self, prefix: str) -> AsyncSubscription:
-        """See :meth:`Node.subscribe`; call from the loop that will receive."""
-        self._node._check_prefix(prefix)
+    @overload
+    def subscribe(self, prefix: str) -> AsyncSubscription: ...
+
+    @overload
+    def subscribe(
+        self,
+        prefix: str,
+        *,
+        durable: str,
+        start: Start = ...,
+        ack: Literal["auto", "explicit"] = ...,
+        ack_wait: float = ...,
+        max_deliver: int = ...,
+    ) -> AsyncDurableSubscription: ...
+
+    def subscribe(
+        self,
+        prefix: str,
+        *,
+        durable: str | None = None,
+        start: Start = Start.FIRST,
+        ack: Literal["auto", "explicit"] = "auto",
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+    ) -> AsyncSubscription | AsyncDurableSubscription:
+        """See :meth:`Node.subscribe`; call from the loop that will receive.
+
+        With ``durable="name"`` it is that durable consumer, as with Node:
+        the consumer is made on the relay at once (in a task of this loop),
+        and the first ``recv`` waits for that.
+        """
+        if durable is not None:
+            self._node.runtime.check_prefix(prefix)
+            durable_sub = AsyncDurableSubscription(
+                self,
+                prefix,
+                durable,
+                start=start,
+                ack=ack,
+                ack_wait=ack_wait,
+                max_deliver=max_deliver,
+            )
+            durable_sub.open_soon()
+            return durable_sub
+        return self._subscribe(prefix)
+
+    def _subscribe(self, prefix: str) -> AsyncSubscription:
+        runtime = self._node.runtime
+        runtime.check_prefix(prefix)
         subscription = AsyncSubscription(
             prefix,
             context=self._context,
-            factory=self._node._sockets,
-            directory=self._node._directory,
-            limits=self._node._limits,
+            factory=runtime.sockets,
+            directory=runtime.state.publishers,
+            limits=runtime.limits,
         )
-        subscription.on_gap = self._node._count_missed
+        subscription.on_gap = runtime.count_missed
         self._subscriptions.add(subscription)
         return subscription
+
+    def on_message(
+        self, prefix: str, *, durable: str | None = None
+    ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+        """Decorator: call ``handler(message)`` for every message under ``prefix``.
+
+        As :meth:`Node.on_message`, but the handler (plain or ``async
+        def``) runs in a task of this event loop that owns the subscription;
+        an ``async def`` handler is awaited before the next message. A
+        handler that raises is logged and counted (``message_handler_errors``)
+        and keeps receiving; with ``durable=`` the message is then handed
+        back (``nak``). Runs until the node closes.
+        """
+        if durable is None:
+            subscription: AsyncSubscription | AsyncDurableSubscription = self.subscribe(prefix)
+        else:
+            subscription = self.subscribe(prefix, durable=durable)
+
+        def register(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            task = self._loop.create_task(self._handle_messages(subscription, handler))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+            return handler
+
+        return register
+
+    async def _handle_messages(
+        self,
+        subscription: AsyncSubscription | AsyncDurableSubscription,
+        handler: Callable[[Any], Any],
+    ) -> None:
+        asynchronous = inspect.iscoroutinefunction(handler)
+        async with subscription:
+            async for message in subscription:
+                try:
+                    result = handler(message)
+                    if asynchronous:
+                        await result
+                except Exception:
+                    self._node.runtime.count("message_handler_errors")
+                    log.exception("on_message handler %r failed", handler)
+                    if isinstance(message, DurableMessage):
+                        message.nak()
+
+    async def run(self, timeout: float | None = None) -> None:
+        """Wait while the node serves: until it is closed or ``timeout`` s pass.
+
+        For a program whose only job is to offer services or handle
+        messages; the loop runs the handlers meanwhile.
+        """
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while not self._node.closed:
+            remaining = self._remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                return
+            try:
+                await self._next_change(remaining)
+            except Timeout:
+                return
 
     def peers(self) -> list[Peer]:
         return self._node.peers()
@@ -460,7 +709,7 @@ class AsyncNode:
             alive = [peer for peer in self._node.peers() if peer.state is PeerState.ALIVE]
             if len(alive) >= n:
                 return alive
-            self._node._check_open()
+            self._node.runtime.check_open()
             remaining = self._remaining(deadline)
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"{len(alive)} of {n} peers after {timeout} s")
@@ -485,7 +734,7 @@ class AsyncNode:
         """See :meth:`Node.events`: the same queue, awaited instead of blocked on."""
         deadline = None if timeout is None else self._loop.time() + timeout
         while True:
-            event = self._node._next_event_nowait()
+            event = self._node.runtime.state.next_event(0)
             if event is not None:
                 yield event
                 continue
@@ -512,6 +761,8 @@ class AsyncNode:
         The node's goodbyes take a moment; they run on a thread of their own
         so the loop keeps going meanwhile.
         """
+        for task in list(self._handlers):
+            task.cancel()
         for subscription in list(self._subscriptions):
             subscription.close()
         await self._replies.close()  # this loop's thread owns those sockets
@@ -523,6 +774,7 @@ class AsyncNode:
             finally:
                 self._loop.call_soon_threadsafe(_resolve, done)
 
+        SUBSCRIBERS.remove_listener(self._on_subscribers)
         threading.Thread(target=close_node, name="meshq-aclose", daemon=True).start()
         await asyncio.shield(done)
         self._wake_waiters()
@@ -532,6 +784,22 @@ class AsyncNode:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+class Sent:
+    """What :meth:`AsyncNode.publish` returns: the message is sent; awaiting it is a no-op."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that ends at once: ``await`` returns None
+
+    def __repr__(self) -> str:
+        return "Sent"
+
+
+SENT = Sent()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

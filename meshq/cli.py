@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .config import MeshConfig
+from .durable import wait_for_relay
 from .errors import MeshqError, NoProviders, RemoteError, Timeout
 from .node import Node
 from .relay.commands import add_commands
@@ -138,16 +139,15 @@ def _cmd_pub(args: argparse.Namespace) -> int:
 
 
 def _publish_durably(node: Node, args: argparse.Namespace, data: object) -> int:
-    deadline = time.monotonic() + args.timeout
-    while True:  # discovery takes a moment: wait for the relay
-        try:
-            seqs = [node.publish(args.topic, data, durable=True) for _ in range(args.count)]
-            break
-        except NoProviders:
-            if time.monotonic() >= deadline:
-                print(f"no relay stores {args.topic!r}", file=sys.stderr)
-                return 1
-            time.sleep(0.05)
+    # Discovery takes a moment: wait for the relay.
+    if not wait_for_relay(node, args.topic, args.timeout):
+        print(f"no relay stores {args.topic!r}", file=sys.stderr)
+        return 1
+    try:
+        seqs = [node.publish(args.topic, data, durable=True) for _ in range(args.count)]
+    except NoProviders:
+        print(f"no relay stores {args.topic!r}", file=sys.stderr)
+        return 1
     print(f"stored {args.count} message(s) on {args.topic!r}, last seq {seqs[-1]}")
     return 0
 
@@ -172,11 +172,10 @@ def _cmd_sub(args: argparse.Namespace) -> int:
 
 
 def _wait_for_service(node: Node, service: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while service not in node.services():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
+    try:
+        node.wait_for_service(service, timeout=timeout)
+    except Timeout:
+        return False
     return True
 
 

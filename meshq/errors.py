@@ -17,6 +17,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "Timeout",
+    "TransportError",
 ]
 
 
@@ -29,7 +30,28 @@ class Timeout(MeshqError, TimeoutError):
 
 
 class Closed(MeshqError):
-    """The node or subscription was used after ``close()``."""
+    """The node or subscription was used after ``close()``.
+
+    ``errno`` is the ZeroMQ error number that revealed it, 0 if none did.
+    """
+
+    def __init__(self, message: str = "node is closed", *, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class TransportError(MeshqError):
+    """ZeroMQ refused an operation for a reason other than a close (meshq/zmqerrors.py).
+
+    ``doing`` names the operation, ``errno`` and ``strerror`` say why (for
+    example ``EMFILE``: the process has no file descriptor left).
+    """
+
+    def __init__(self, doing: str, errno: int, strerror: str) -> None:
+        super().__init__(f"{doing}: {strerror} (errno {errno})")
+        self.doing = doing
+        self.errno = errno
+        self.strerror = strerror
 
 
 class NoProviders(MeshqError):

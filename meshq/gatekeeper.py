@@ -47,7 +47,6 @@ _EVENTS = (
     | zmq.EVENT_MONITOR_STOPPED
 )
 _EVENT_HEAD = struct.Struct("=HI")
-_POLL_MS = 100  # how soon a new monitor is polled, and stop() is noticed
 _LOG_AGAIN = 10.0  # seconds before the same (address, key, reason) is logged again
 _MAX_LOGGED = 1024
 _PROTOCOL_REASONS = {
@@ -87,6 +86,11 @@ class Gatekeeper:
         self._stop = threading.Event()
         self._zap_closing = threading.Event()
         self._zap_closed = threading.Event()
+        # Written to when there is news for the thread (a new monitor, stop,
+        # close_zap): it sleeps in its poll until then, never on a timer.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
         self._logged: dict[tuple[str, str, str], float] = {}
         self._banned: dict[bytes, float] = {}  # Z85 key -> monotonic time the ban ends
         self._thread: threading.Thread | None = None
@@ -99,6 +103,7 @@ class Gatekeeper:
             zap.bind(_ZAP_ENDPOINT)
         except zmq.ZMQError:
             zap.close()
+            self._close_pipe()
             raise
         self._thread = threading.Thread(
             target=self._main, args=(zap,), name="meshq-gatekeeper", daemon=True
@@ -108,8 +113,11 @@ class Gatekeeper:
     def stop(self) -> None:
         """Stop answering; from now on libzmq refuses every CURVE client (fail closed)."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._wake()
+        if self._thread is None:
+            self._close_pipe()
+        elif self._thread is not threading.current_thread():
+            self._thread.join()  # the thread closes the pipe as it ends
 
     def close_zap(self, timeout: float = 5.0) -> None:
         """Stop answering ZAP but keep reporting handshakes: a dead handler, for tests.
@@ -118,6 +126,7 @@ class Gatekeeper:
         to ``timeout`` seconds for the thread to close the ZAP socket.
         """
         self._zap_closing.set()
+        self._wake()
         self._zap_closed.wait(timeout)
 
     @property
@@ -139,6 +148,7 @@ class Gatekeeper:
         reader.setsockopt(zmq.LINGER, 0)
         reader.connect(address)
         self._pending.append((reader, server))
+        self._wake()
         if self._stop.is_set() and not self.running:
             # The thread is gone (the node is closing): nobody else closes it.
             try:
@@ -150,6 +160,7 @@ class Gatekeeper:
     def _main(self, zap: zmq.Socket) -> None:  # type: ignore[type-arg]
         poller = zmq.Poller()
         poller.register(zap, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
         readers: dict[zmq.Socket, bool] = {}  # type: ignore[type-arg]
         try:
             while not self._stop.is_set():
@@ -161,7 +172,10 @@ class Gatekeeper:
                     reader, server = self._pending.popleft()
                     readers[reader] = server
                     poller.register(reader, zmq.POLLIN)
-                for sock, _ in poller.poll(_POLL_MS):
+                for sock, _ in poller.poll():
+                    if sock == self._wake_read:
+                        _drain(self._wake_read)
+                        continue
                     try:
                         if sock is zap:
                             self._answer(zap)
@@ -178,6 +192,22 @@ class Gatekeeper:
                 reader.close()
             while self._pending:
                 self._pending.popleft()[0].close()
+            self._close_pipe()
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self._wake_write >= 0:
+                try:
+                    os.write(self._wake_write, b"w")
+                except BlockingIOError:
+                    pass  # a wake-up is pending already
+
+    def _close_pipe(self) -> None:
+        with self._lock:
+            if self._wake_write >= 0:
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self._wake_read = self._wake_write = -1
 
     def _answer(self, zap: zmq.Socket) -> None:  # type: ignore[type-arg]
         frames = zap.recv_multipart()
@@ -274,3 +304,11 @@ class Gatekeeper:
     def record(self, address: str, key: str, reason: str) -> None:
         """Record a refusal decided elsewhere (a dial to a key not in the allowlist)."""
         self._reject(address, key, reason)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

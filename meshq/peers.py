@@ -91,6 +91,9 @@ class PeerTable:
         self._config = config
         self._choose_endpoint = choose_endpoint
         self._peers: dict[bytes, Peer] = {}
+        # When each peer was last heard from; a Peer's own last_seen is only
+        # brought up to date when a snapshot is taken.
+        self._seen: dict[bytes, float] = {}
         #: HELLOs dropped because the table held ``max_peers`` already.
         self.rejected = 0
 
@@ -102,15 +105,43 @@ class PeerTable:
 
     def get(self, peer_id: bytes) -> Peer | None:
         """The peer with this raw id, or None."""
-        return self._peers.get(peer_id)
+        peer = self._peers.get(peer_id)
+        return None if peer is None else self._fresh(peer_id, peer)
 
     def snapshot(self) -> list[Peer]:
         """All current peers."""
-        return list(self._peers.values())
+        return [self._fresh(peer_id, peer) for peer_id, peer in self._peers.items()]
 
     def items(self) -> list[tuple[bytes, Peer]]:
         """(raw id, peer) pairs."""
+        return [(peer_id, self._fresh(peer_id, peer)) for peer_id, peer in self._peers.items()]
+
+    def peers_as_of_join(self) -> list[tuple[bytes, Peer]]:
+        """(raw id, peer) pairs whose ``last_seen`` may be stale: for endpoints and names.
+
+        Cheaper than :meth:`items` (no copy per peer heard from since).
+        """
         return list(self._peers.items())
+
+    def _fresh(self, peer_id: bytes, peer: Peer) -> Peer:
+        seen = self._seen.get(peer_id, peer.last_seen)
+        if seen != peer.last_seen:
+            peer = replace(peer, last_seen=seen)
+            self._peers[peer_id] = peer
+        return peer
+
+    def next_deadline(self) -> float | None:
+        """When the next peer turns suspect or is dropped if it stays silent; None: no peers."""
+        config = self._config
+        soonest: float | None = None
+        for peer_id, peer in self._peers.items():
+            seen = self._seen.get(peer_id, peer.last_seen)
+            due = seen + (
+                config.suspect_after if peer.state is PeerState.ALIVE else config.gone_after
+            )
+            if soonest is None or due < soonest:
+                soonest = due
+        return soonest
 
     def hello(self, message: Hello, now: float) -> list[PeerEvent]:
         """A HELLO arrived: the sender joins, or refreshes what we know of it."""
@@ -119,6 +150,7 @@ class PeerTable:
         for old_id, old in list(self._peers.items()):
             if old_id != message.sender and claimed.intersection(old.control):
                 del self._peers[old_id]
+                self._seen.pop(old_id, None)
                 gone = replace(old, state=PeerState.GONE)
                 events.append(PeerEvent(EventKind.LEFT, gone, "restarted"))
         known = self._peers.get(message.sender)
@@ -139,6 +171,7 @@ class PeerTable:
             publish_block=message.publish_block,
         )
         self._peers[message.sender] = peer
+        self._seen[message.sender] = now
         if known is None:
             events.append(PeerEvent(EventKind.JOINED, peer))
         elif known.state is PeerState.SUSPECT:
@@ -150,29 +183,37 @@ class PeerTable:
         peer = self._peers.get(peer_id)
         if peer is None:
             return []
-        was_suspect = peer.state is PeerState.SUSPECT
+        if peer.state is PeerState.ALIVE:
+            # The common case (a heartbeat): no new snapshot object per message.
+            self._seen[peer_id] = now
+            return []
         peer = replace(peer, state=PeerState.ALIVE, last_seen=now)
         self._peers[peer_id] = peer
-        return [PeerEvent(EventKind.RECOVERED, peer)] if was_suspect else []
+        self._seen[peer_id] = now
+        return [PeerEvent(EventKind.RECOVERED, peer)]
 
     def bye(self, peer_id: bytes, reason: str = "bye") -> list[PeerEvent]:
         """The peer said goodbye (or was cut off, says ``reason``): it leaves now."""
         peer = self._peers.pop(peer_id, None)
         if peer is None:
             return []
-        return [PeerEvent(EventKind.LEFT, replace(peer, state=PeerState.GONE), reason)]
+        seen = self._seen.pop(peer_id, peer.last_seen)
+        gone = replace(peer, state=PeerState.GONE, last_seen=seen)
+        return [PeerEvent(EventKind.LEFT, gone, reason)]
 
     def tick(self, now: float) -> list[PeerEvent]:
         """Advance the clock: silent peers become suspect, then leave."""
         events: list[PeerEvent] = []
         for peer_id, peer in list(self._peers.items()):
-            silence = now - peer.last_seen
+            seen = self._seen.get(peer_id, peer.last_seen)
+            silence = now - seen
             if silence >= self._config.gone_after:
                 del self._peers[peer_id]
-                gone = replace(peer, state=PeerState.GONE)
+                self._seen.pop(peer_id, None)
+                gone = replace(peer, state=PeerState.GONE, last_seen=seen)
                 events.append(PeerEvent(EventKind.LEFT, gone, "timeout"))
             elif silence >= self._config.suspect_after and peer.state is PeerState.ALIVE:
-                peer = replace(peer, state=PeerState.SUSPECT)
+                peer = replace(peer, state=PeerState.SUSPECT, last_seen=seen)
                 self._peers[peer_id] = peer
                 events.append(PeerEvent(EventKind.SUSPECT, peer))
         return events
@@ -261,6 +302,22 @@ class Dialer:
         for endpoint, target in list(self._targets.items()):
             if target.peer_id == peer_id and not target.pinned:
                 del self._targets[endpoint]
+
+    def next_deadline(self, connected: Iterable[str]) -> float | None:
+        """When :meth:`due` next has a HELLO to send or a candidate to drop; None: never."""
+        connected_set = set(connected)
+        soonest: float | None = None
+        for endpoint, target in self._targets.items():
+            if endpoint in connected_set:
+                if target.expires is not None:
+                    return float("-inf")  # due() drops it from the dialer now
+                continue
+            due = target.next_hello
+            if target.expires is not None and target.expires < due:
+                due = target.expires
+            if soonest is None or due < soonest:
+                soonest = due
+        return soonest
 
     def due(self, now: float, connected: Iterable[str]) -> tuple[list[str], list[str]]:
         """Return (endpoints to HELLO now, endpoints that expired and were dropped)."""

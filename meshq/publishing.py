@@ -110,6 +110,8 @@ class PublishSocket:
         self._sock = factory.make(context, zmq.XPUB)
         self._sock.setsockopt(zmq.XPUB_VERBOSER, 1)
         self._subscribers: collections.Counter[bytes] = collections.Counter()
+        #: Called (with the lock held) when subscriber counts changed; must not block.
+        self.on_subscribers_changed: Callable[[], None] = _nothing
         try:
             bound_port = bind_all(self._sock, interfaces, port)
         except BaseException:
@@ -274,7 +276,7 @@ class PublishSocket:
             entry.seq += 1
             return True
 
-    def announce_tails(self) -> None:
+    def announce_tails(self) -> bool:
         """Send each recently published topic's last sequence number (a tail marker).
 
         Subscribers detect loss by jumps in sequence numbers, so a burst
@@ -284,19 +286,24 @@ class PublishSocket:
         round gets a marker, and a quiet one gets markers after 1, 2, 4 ...
         quiet rounds, the last about a minute after it fell quiet. Nothing
         is added to publish() itself; a round costs one comparison per topic.
+        Returns False when no topic needs markers now (the caller may look
+        less often).
         """
+        live = False
         with self._lock:
             if self._closed:
-                return
+                return False
             now_ns = time.time_ns()
             for entry in self._topics.values():
                 if entry.seq != entry.told:
                     entry.told = entry.seq
                     entry.quiet = 0
+                    live = True
                 elif entry.quiet > _TAIL_ROUNDS or not entry.seq:
                     continue  # quiet for long, or declared and never published
                 else:
                     entry.quiet += 1
+                    live = True
                     if entry.quiet & (entry.quiet - 1):
                         continue  # only after 1, 2, 4, ... quiet rounds
                 sock = self._block_sock if entry.blocking else self._sock
@@ -309,7 +316,8 @@ class PublishSocket:
                 except zmq.Again:
                     pass  # a full subscriber (blocking socket): the next round tells it
                 except zmq.ZMQError:
-                    return  # closing
+                    return False  # closing
+        return live
 
     def process_commands(self) -> None:
         """Read subscription changes, and let ZeroMQ finish pending socket work.
@@ -326,9 +334,22 @@ class PublishSocket:
     def _read_subscriptions(self) -> None:
         # Called with the lock held. Reading also runs the socket's pending
         # internal commands, such as detaching closed subscribers.
-        _read_subscriptions(self._sock, self._subscribers)
+        changed = _read_subscriptions(self._sock, self._subscribers)
         if self._block_sock is not None:
-            _read_subscriptions(self._block_sock, self._block_subscribers)
+            changed = _read_subscriptions(self._block_sock, self._block_subscribers) or changed
+        if changed:
+            self.on_subscribers_changed()
+
+    def wake_fds(self) -> list[int]:
+        """Descriptors that turn readable when subscribers come or go (ZMQ_FD), for a poll.
+
+        Only the descriptors: whoever polls them calls :meth:`process_commands`.
+        """
+        with self._lock:
+            if self._closed:
+                return []
+            socks = [s for s in (self._sock, self._block_sock) if s is not None]
+            return [int(s.getsockopt(zmq.FD)) for s in socks]
 
     def subscribers(self, topic: str) -> int:
         """How many subscriptions now connected would receive a message on ``topic``.
@@ -398,15 +419,21 @@ class BlockingWait:
         return min(pause, remaining)
 
 
-def _read_subscriptions(sock: zmq.Socket, counts: collections.Counter[bytes]) -> None:  # type: ignore[type-arg]
-    """Apply the (un)subscriptions waiting on an XPUB to ``counts``."""
+def _nothing() -> None:
+    pass
+
+
+def _read_subscriptions(sock: zmq.Socket, counts: collections.Counter[bytes]) -> bool:  # type: ignore[type-arg]
+    """Apply the (un)subscriptions waiting on an XPUB to ``counts``; True if there were any."""
+    changed = False
     while True:
         try:
             message = sock.recv(zmq.NOBLOCK)
         except zmq.Again:
-            return
+            return changed
         if not message:
             continue
+        changed = True
         prefix = message[1:]
         if message[0] == 1:
             counts[prefix] += 1

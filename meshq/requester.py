@@ -100,6 +100,17 @@ class RequestFuture:
             raise self._call.error
         return self._call.result
 
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the request ends, on the thread that reads its reply.
+
+        For front-ends that wait their own way (asyncio); must not block.
+        """
+        self._call.on_done = lambda _call: callback()
+
+    def cancel(self) -> None:
+        """Give up on the request: no more retries; a late reply is dropped."""
+        self._requester.cancel(self._call)
+
 
 @dataclass(frozen=True)
 class GatherResult:

@@ -75,8 +75,9 @@ class ServiceDirectory:
 class ReplyTo:
     """The return address of a request a deferred handler answers later.
 
-    Use it on the service thread only (from the handler or a ticker), and
-    answer each request at most once; answers after the first are ignored.
+    Answer each request at most once; answers after the first are ignored.
+    Any thread may answer: the reply is encoded on the answering thread and
+    sent by the service thread, which owns the socket.
     """
 
     __slots__ = ("_answered", "_identity", "_request_id", "_runner")
@@ -101,7 +102,7 @@ class ReplyTo:
                 self.fail(exc)  # the caller learns why, as RemoteError
                 raise
             self._answered = True
-            self._runner.send_reply(
+            self._runner.post_reply(
                 self._identity, encode_reply(self._request_id, 0, flags=flags, payload=payload)
             )
             self._runner.count("requests_served")
@@ -110,7 +111,7 @@ class ReplyTo:
         """Answer with an error; the caller raises it as meshq.RemoteError."""
         if not self._answered:
             self._answered = True
-            self._runner.send_reply(self._identity, encode_reply(self._request_id, 0, error=error))
+            self._runner.post_reply(self._identity, encode_reply(self._request_id, 0, error=error))
 
 
 class ServiceRunner:
@@ -151,6 +152,14 @@ class ServiceRunner:
         self._handlers: dict[str, Handler] = {}
         self._deferred: dict[str, DeferredHandler] = {}
         self._tickers: list[Ticker] = []
+        # Replies answered on other threads (ReplyTo), sent by the service thread.
+        self._outbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._thread_id = 0  # the service thread's ident, once it runs
+        #: The service thread's own request sockets, and what reads their
+        #: replies (set by the node): while a ticker waits for something
+        #: (a handler's request, say) the thread wakes for their replies too.
+        self.reply_sockets: Callable[[], list[zmq.Socket]] = list  # type: ignore[type-arg]
+        self.read_replies: Callable[[], None] = _nothing
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]  # the service thread's
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -191,6 +200,21 @@ class ServiceRunner:
     def names(self) -> tuple[str, ...]:
         with self._lock:
             return tuple(self._handlers)
+
+    def post_reply(self, identity: bytes, reply: bytes) -> None:
+        """Send an encoded reply from any thread (handed to the service thread, which sends it)."""
+        if threading.get_ident() == self._thread_id:
+            self.send_reply(identity, reply)
+            return
+        self._outbox.append((identity, reply))  # deque.append is atomic
+        self._wake()
+
+    def _send_posted(self) -> None:
+        """Send the replies other threads handed over (service thread only)."""
+        outbox = self._outbox
+        while outbox:
+            identity, reply = outbox.popleft()
+            self.send_reply(identity, reply)
 
     def send_reply(self, identity: bytes, reply: bytes) -> None:
         """Send an encoded reply (service thread only); a reply that cannot go is counted."""
@@ -241,6 +265,7 @@ class ServiceRunner:
             return
         self.endpoints = tuple(f"tcp://{ip}:{bound}" for ip in interfaces)
         self._sock = sock
+        self._thread_id = threading.get_ident()
         ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -251,12 +276,27 @@ class ServiceRunner:
             while not self._stop.is_set():
                 if not backlog:
                     wait = self._tick(idle=True)
+                    # Only while a ticker waits for something: the request
+                    # path (no ticker waiting) pays nothing for it.
+                    replies = self.reply_sockets() if wait is not None else []
+                    for reply_sock in replies:
+                        poller.register(reply_sock, zmq.POLLIN)
+                    replied = False
                     for fd, _ in poller.poll(wait):
                         if fd == self._wake_read:
-                            os.read(self._wake_read, 4096)  # a ticker was added: tick again
+                            # A ticker was added (tick again), or replies posted.
+                            os.read(self._wake_read, 4096)
+                        elif fd is not sock:
+                            replied = True
+                    for reply_sock in replies:
+                        poller.unregister(reply_sock)
+                    if replied:
+                        self.read_replies()  # then the tickers see them settled
                 elif self._tickers and time.monotonic() >= tick_due:
                     wait = self._tick(idle=False)
                     tick_due = time.monotonic() + (0.05 if wait is None else wait / 1000)
+                if self._outbox:
+                    self._send_posted()
                 # Ask before reading: a zmq.Again costs more than the question.
                 while len(backlog) < _READ_AHEAD and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     try:
@@ -362,6 +402,10 @@ class ServiceRunner:
     def _close_pipe(self) -> None:
         os.close(self._wake_read)
         os.close(self._wake_write)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _never_called(data: object) -> object:

@@ -16,9 +16,9 @@ from typing import TypeVar
 import zmq
 
 from .config import MeshConfig
-from .errors import MeshqError
 from .gatekeeper import ZAP_DOMAIN, Gatekeeper
 from .security import Curve, KeyBook
+from .zmqerrors import translate
 
 __all__ = ["SocketFactory"]
 
@@ -73,6 +73,14 @@ class RefusedLinks:
                 due.append((endpoint, when))
         return due
 
+    def next_ripe(self) -> float | None:
+        """When :meth:`ripe` next turns true (monotonic); None if no refusal waits."""
+        if not self._when:
+            return None  # the common case, without a lock
+        with self._lock:
+            pending = [when for when in self._when.values() if when > self._announced]
+        return min(pending) + self.retry_after if pending else None
+
     def ripe(self) -> bool:
         """True once per batch of refusals that became due (to wake the sockets' owners)."""
         if not self._when:
@@ -125,12 +133,13 @@ class SocketFactory:
     ) -> S:
         """A new socket of ``socket_type`` with the common options set.
 
-        Raises meshq.MeshqError if the process cannot open another socket.
+        Raises meshq.TransportError if the process cannot open another socket,
+        meshq.Closed once the node's context is gone.
         """
         try:
             sock = context.socket(socket_type)
-        except zmq.ZMQError as exc:  # e.g. too many open files
-            raise MeshqError(f"cannot open a ZeroMQ socket: {exc.strerror}") from exc
+        except zmq.ZMQError as exc:  # e.g. too many open files, or the context is gone
+            raise translate(exc, "open a ZeroMQ socket") from exc
         config = self._config
         sock.setsockopt(zmq.LINGER, 0)
         # The largest message a peer may send us; bigger ones make ZeroMQ drop

@@ -39,7 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, NamedTuple, TypeVar
 
 import meshq
-from meshq.workers import serve_worker, stage_service
+
+from .worker import serve_worker, stage_service
 
 __all__ = ["AsyncPipeline", "Pipeline", "Result", "Worker"]
 

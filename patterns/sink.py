@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import meshq
-from meshq.workers import serve_sink
 
 from .pipeline import Result
+from .worker import serve_sink
 
 __all__ = ["AsyncSink", "Sink"]
 

@@ -113,7 +113,7 @@ def test_a_peer_sending_garbage_is_cut_off_and_the_others_keep_working(
             dealer.close()
             # The good peer never noticed.
             a.serve("echo", lambda data: data)
-            wait_until(lambda: a.id in b.services().get("echo", []), "b sees a's service")
+            b.wait_for_providers(lambda p: p.get("echo", {}).get(a.id), timeout=WAIT)
             assert b.request("echo", b"still here", timeout=WAIT) == b"still here"
             assert [p.name for p in a.peers()] == ["b"]
     context.destroy(linger=0)
@@ -182,13 +182,13 @@ def test_junk_on_every_port_leaves_good_traffic_flowing(
     with node("a") as a, node("b") as b:
         a.serve("echo", lambda data: data)
         b.wait_for_peers(1, timeout=WAIT)
-        wait_until(lambda: a.id in b.services().get("echo", []), "b sees a's service")
+        b.wait_for_providers(lambda p: p.get("echo", {}).get(a.id), timeout=WAIT)
         ports = [
             int(endpoint.rpartition(":")[2])
             for endpoint in (
                 a.control_endpoints[0],
                 a.publish_endpoints[0],
-                a._offered_services()[1][0],
+                a.service_endpoints[0],
                 b.control_endpoints[0],
                 b.publish_endpoints[0],
             )
@@ -216,7 +216,7 @@ def test_junk_on_every_port_leaves_good_traffic_flowing(
         assert thrown[0] == 400 and replies > 0 and received == replies
         assert a.stats().get("internal_errors", 0) == 0
         assert b.stats().get("internal_errors", 0) == 0
-        assert not secure or (a._gatekeeper is not None and a._gatekeeper.running)
+        assert not secure or (a.runtime.gatekeeper is not None and a.runtime.gatekeeper.running)
         assert [p.name for p in a.peers()] == ["b"] and [p.name for p in b.peers()] == ["a"]
         assert b.request("echo", "after", timeout=WAIT) == "after"
 
@@ -243,7 +243,7 @@ def _record(name: str, mesh: str, port: int, key: bytes | None = None) -> Servic
 def test_an_mdns_flood_of_unique_names_stays_bounded(mesh: str) -> None:
     config = meshq.MeshConfig(max_mdns_records=5)
     with meshq.Node("a", mesh=mesh, interfaces=LOOPBACK, config=config) as a:
-        discovery = next(d for d in a._discoveries if isinstance(d, MdnsDiscovery))
+        discovery = next(d for d in a.runtime.discoveries if isinstance(d, MdnsDiscovery))
         zc = Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
         try:
             assert zc.loop is not None
@@ -336,10 +336,10 @@ def test_a_caller_sending_malformed_requests_is_ignored_while_others_are_served(
         ) as b,
     ):
         a.serve("echo", lambda data: data)
-        wait_until(lambda: a.id in b.services().get("echo", []), "b sees a's service")
+        b.wait_for_providers(lambda p: p.get("echo", {}).get(a.id), timeout=WAIT)
         bad = context.socket(zmq.DEALER)
         bad.setsockopt(zmq.LINGER, 0)
-        bad.connect(a._offered_services()[1][0])
+        bad.connect(a.service_endpoints[0])
         for _ in range(3):
             bad.send(b"Q\x01junk")
         wait_until(lambda: a.stats().get("service_callers_banned") == 1, "a bans the caller")

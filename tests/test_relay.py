@@ -24,10 +24,7 @@ LOOPBACK = ["127.0.0.1"]
 
 
 def wait_for_relay(node: meshq.Node, stream: str, relays: int = 1) -> None:
-    deadline = time.monotonic() + 10
-    while len(node.services().get(f"meshq/relay/{stream}", [])) < relays:
-        assert time.monotonic() < deadline, node.services()
-        time.sleep(0.01)
+    node.wait_for_service(f"meshq/relay/{stream}", relays, timeout=10)
 
 
 @pytest.fixture
@@ -523,10 +520,7 @@ def test_big_messages_travel_in_requests_and_fetches_that_fit(client: meshq.Node
 def test_asyncio_durable_publish_and_consume(mesh: str, relay_node: meshq.Relay) -> None:
     async def scenario() -> tuple[list[int], list[object], list[object]]:
         async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
-            deadline = time.monotonic() + 10
-            while "meshq/relay/orders/" not in node.services():
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+            await node.wait_for_service("meshq/relay/orders/", timeout=10)
             publisher = meshq.AsyncDurablePublisher(node)
             seqs = await asyncio.gather(*(publisher.publish("orders/a", i) for i in range(20)))
             sub = await node.subscribe_durable("orders/", "async-reader")
@@ -561,8 +555,7 @@ def test_asyncio_acks_made_during_a_long_poll_are_kept_and_close_ends_it(
 
     async def scenario() -> tuple[list[object], object]:
         async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
-            while "meshq/relay/orders/" not in node.services():
-                await asyncio.sleep(0.01)
+            await node.wait_for_service("meshq/relay/orders/", timeout=10)
             sub = await node.subscribe_durable("orders/", "tasks", ack="explicit")
             messages = [await sub.recv(timeout=5) for _ in range(3)]
             polling = asyncio.create_task(sub.recv(timeout=1.5))  # nothing left: a long poll

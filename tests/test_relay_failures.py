@@ -34,10 +34,7 @@ def start(agents: list[Agent], argv: list[str], name: str) -> Agent:
 
 
 def wait_for_relay(node: meshq.Node, stream: str = "s/") -> None:
-    deadline = time.monotonic() + 15
-    while f"meshq/relay/{stream}" not in node.services():
-        assert time.monotonic() < deadline, node.services()
-        time.sleep(0.02)
+    node.wait_for_service(f"meshq/relay/{stream}", timeout=15)
 
 
 def drain(sub: meshq.DurableSubscription, want: int, budget: float) -> Counter[object]:

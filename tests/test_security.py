@@ -164,8 +164,8 @@ def test_secure_nodes_exchange_every_kind_of_traffic(keys: Keys, mesh: str) -> N
         # Request/reply and direct messages.
         b.serve("echo", lambda data: data)
         b.on_direct(lambda sender, data: [sender, data])
-        wait_until(lambda: b.id in a.services().get("echo", []), "a sees b's service")
-        wait_until(lambda: b.id in a.services().get("meshq/direct", []), "b takes direct")
+        a.wait_for_providers(lambda p: p.get("echo", {}).get(b.id), timeout=WAIT)
+        a.wait_for_providers(lambda p: p.get("meshq/direct", {}).get(b.id), timeout=WAIT)
         assert a.request("echo", {"n": 1}, timeout=WAIT) == {"n": 1}
         assert a.send_to(b.id, "hi", timeout=WAIT) == [a.id, "hi"]
         assert a.rejections() == [] and b.rejections() == []
@@ -207,7 +207,7 @@ def test_durable_streams_run_between_secure_nodes(keys: Keys, mesh: str, tmp_pat
     with secure_node("b", mesh, keys) as b:
         relay = meshq.Relay(secure_node("a", mesh, keys), tmp_path / "relay", ["d/"])
         try:
-            wait_until(lambda: "meshq/relay/d/" in b.services(), "b sees the secure relay")
+            b.wait_for_service("meshq/relay/d/", timeout=WAIT)
             assert b.publish("d/1", "kept", durable=True) == 1
             with b.subscribe("d/", durable="reader") as sub:
                 assert sub.recv(timeout=WAIT).data == "kept"
@@ -257,8 +257,8 @@ def test_a_node_with_an_unknown_key_is_rejected(keys: Keys, mesh: str, zap: str)
     config = meshq.MeshConfig(handshake_timeout=0.5)  # how soon c's refused link drops
     with secure_node("a", mesh, keys, config=config) as a:
         if zap == "stopped":
-            assert a._gatekeeper is not None
-            a._gatekeeper.close_zap()
+            assert a.runtime.gatekeeper is not None
+            a.runtime.gatekeeper.close_zap()
         told: list[meshq.Rejection] = []
         a.on_rejected(told.append)
         with secure_node("c", mesh, keys, config=config) as c:
@@ -281,8 +281,8 @@ def test_a_node_with_an_unknown_key_is_rejected(keys: Keys, mesh: str, zap: str)
 def test_a_node_without_security_is_rejected(keys: Keys, mesh: str, zap: str) -> None:
     with secure_node("a", mesh, keys) as a:
         if zap == "stopped":
-            assert a._gatekeeper is not None
-            a._gatekeeper.close_zap()
+            assert a.runtime.gatekeeper is not None
+            a.runtime.gatekeeper.close_zap()
         with meshq.Node("plain", mesh=mesh, interfaces=LOOPBACK) as plain:
             # Its mDNS record has no key: a will not dial it.
             wait_until(lambda: rejected(a, reason="no public key"), "a refuses to dial plain")
@@ -350,11 +350,11 @@ def test_raw_clients_get_nothing_from_any_port(
     config = meshq.MeshConfig(handshake_timeout=0.5)
     with secure_node("a", mesh, keys, discovery=False, config=config) as a:
         a.serve("echo", lambda data: data)
-        assert a._gatekeeper is not None
+        assert a.runtime.gatekeeper is not None
         if zap == "stopped":
-            a._gatekeeper.close_zap()
+            a.runtime.gatekeeper.close_zap()
         server_key = keys.key("a")
-        service = a._offered_services()[1][0]
+        service = a.service_endpoints[0]
         # The control ROUTER and the service ROUTER: a DEALER sends, hears nothing.
         for endpoint in (a.control_endpoints[0], service):
             dealer, monitor = _monitored(context, zmq.DEALER, curve_key, keys, server_key)
@@ -431,7 +431,7 @@ def test_refused_subscription_and_request_links_come_back_when_admitted(
     with secure_node("a", mesh, keys) as a, secure_node("b", mesh, keys) as b:
         a.wait_for_peers(1, timeout=WAIT)
         b.serve("echo", lambda data: data)
-        wait_until(lambda: b.id in a.services().get("echo", []), "a sees b's service")
+        a.wait_for_providers(lambda p: p.get("echo", {}).get(b.id), timeout=WAIT)
         os.remove(keys.allow["b"] / "a.key")  # b stops taking a
         assert b.security is not None
         wait_until(lambda: not b.security.allows(keys.key("a")), "b reads its allowlist")  # type: ignore[union-attr]
@@ -461,7 +461,7 @@ def test_retrying_a_refused_link_leaves_newer_healthy_links_alone(keys: Keys, me
     keys.admit("b", "a")
     with secure_node("a", mesh, keys) as a, secure_node("b", mesh, keys) as b:
         b.serve("slow", lambda data: time.sleep(1.5) or data)  # type: ignore[func-returns-value]
-        wait_until(lambda: b.id in a.services().get("slow", []), "a sees b's service")
+        a.wait_for_providers(lambda p: p.get("slow", {}).get(b.id), timeout=WAIT)
         os.remove(keys.allow["b"] / "a.key")
         assert b.security is not None
         wait_until(lambda: not b.security.allows(keys.key("a")), "b reads its allowlist")  # type: ignore[union-attr]
@@ -469,7 +469,8 @@ def test_retrying_a_refused_link_leaves_newer_healthy_links_alone(keys: Keys, me
 
         def other_thread() -> None:
             refused.extend(_error_of(lambda: a.request("slow", 0, timeout=0.3)))
-            a._close_thread_requester()  # a thread's sockets close with the thread's own call
+            # a thread's sockets close with the thread's own call
+            a.runtime.close_thread_requester()
 
         worker = threading.Thread(target=other_thread)
         worker.start()  # another thread's link to b: refused
@@ -509,9 +510,7 @@ def test_asyncio_nodes_run_secure_too(keys: Keys, mesh: str) -> None:
             await b.wait_for_subscribers("t/", 1, timeout=WAIT)
             b.publish("t/x", b"secret")
             message = await asyncio.wait_for(sub.recv(), WAIT)
-            deadline = time.monotonic() + WAIT
-            while b.id not in a.services().get("double", []) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await a.wait_for_providers(lambda p: p.get("double", {}).get(b.id), timeout=WAIT)
             reply = await a.request("double", 21, timeout=WAIT)
             sub.close()
             return message.data, reply

@@ -192,17 +192,11 @@ def echo_from(name: str) -> meshq.services.Handler:
 
 
 def wait_for_service(node: meshq.Node, name: str, providers: int) -> None:
-    deadline = time.monotonic() + 10
-    while len(node.services().get(name, [])) < providers:
-        assert time.monotonic() < deadline, node.services()
-        time.sleep(0.01)
+    node.wait_for_service(name, providers, timeout=10)
 
 
 async def wait_for_service_async(node: meshq.AsyncNode, name: str, providers: int) -> None:
-    deadline = time.monotonic() + 10
-    while len(node.services().get(name, [])) < providers:
-        assert time.monotonic() < deadline, node.services()
-        await asyncio.sleep(0.01)
+    await node.wait_for_service(name, providers, timeout=10)
 
 
 def test_run_returns_when_the_node_closes_or_time_is_up(mesh: str) -> None:
@@ -230,9 +224,9 @@ def test_a_not_served_reply_is_bounded_by_retries(mesh: str) -> None:
     with meshq.Node("fickle", mesh=mesh, interfaces=LOOPBACK) as node:
         node.serve("gone-soon", lambda data: data)
         wait_for_service(node, "gone-soon", 1)
-        with node._service_lock:  # the handler disappears, the advert lingers a moment
-            assert node._service_runner is not None
-            node._service_runner._handlers.clear()
+        with node.runtime._service_lock:  # the handler disappears, the advert lingers a moment
+            assert node.runtime._service_runner is not None
+            node.runtime._service_runner._handlers.clear()
         with pytest.raises(meshq.NoProviders):
             node.request("gone-soon", 1, timeout=1.0, retries=2)
 
@@ -419,3 +413,57 @@ def test_a_handler_may_close_its_own_node(mesh: str) -> None:
         while not target.closed:
             assert time.monotonic() < deadline
             time.sleep(0.02)
+
+
+def test_wait_for_service_wakes_when_providers_appear_and_times_out(mesh: str) -> None:
+    with (
+        meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+        meshq.Node("one", mesh=mesh, interfaces=LOOPBACK) as one,
+        meshq.Node("two", mesh=mesh, interfaces=LOOPBACK) as two,
+    ):
+        with pytest.raises(meshq.Timeout, match="0 of 1 providers of 'calc'"):
+            caller.wait_for_service("calc", timeout=0.2)
+        found: list[object] = []
+        waiter = threading.Thread(
+            target=lambda: found.append(caller.wait_for_service("calc", 2, timeout=10))
+        )
+        waiter.start()
+        one.serve("calc", lambda data: "one")
+        two.serve("calc", lambda data: "two")
+        waiter.join(15)
+        assert not waiter.is_alive()
+        assert found and set(found[0]) == {one.id, two.id}  # type: ignore[call-overload]
+        assert caller.request("calc", None, timeout=5) in ("one", "two")
+        with pytest.raises(meshq.Timeout, match="2 of 3 providers"):
+            caller.wait_for_service("calc", 3, timeout=0.2)
+
+
+def test_wait_for_service_ends_with_closed_when_the_node_closes(mesh: str) -> None:
+    node = meshq.Node("alone", mesh=mesh, interfaces=LOOPBACK)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            node.wait_for_service("never", timeout=30)
+        except meshq.MeshqError as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    node.close()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert [type(e) for e in errors] == [meshq.Closed]
+
+
+def test_async_wait_for_service(mesh: str) -> None:
+    async def scenario() -> set[str]:
+        async with meshq.AsyncNode("caller", mesh=mesh, interfaces=LOOPBACK) as caller:
+            with meshq.Node("provider", mesh=mesh, interfaces=LOOPBACK) as provider:
+                with pytest.raises(meshq.Timeout):
+                    await caller.wait_for_service("calc", timeout=0.2)
+                waiting = asyncio.ensure_future(caller.wait_for_service("calc", timeout=10))
+                provider.serve("calc", lambda data: data)
+                return set(await waiting)
+
+    assert len(asyncio.run(scenario())) == 1

@@ -8,7 +8,7 @@ server side) over the ordinary request/reply path, using the relay protocol
 from __future__ import annotations
 
 from .consumer import DurableMessage, DurableSubscription, Start
-from .lookup import STORE_HEADER, RelayConflict, relay_stores, relay_stream
+from .lookup import STORE_HEADER, RelayConflict, relay_stores, relay_stream, wait_for_relay
 from .publisher import Confirm, DurablePublisher
 
 __all__ = [
@@ -21,4 +21,5 @@ __all__ = [
     "Start",
     "relay_stores",
     "relay_stream",
+    "wait_for_relay",
 ]

@@ -8,6 +8,7 @@ the waiting differs: every request is awaited, and no thread is held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -15,11 +16,11 @@ from typing import TYPE_CHECKING
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX
 from .consumer import ConsumerShell, DurableMessage, log
-from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
+from .lookup import ATTEMPT, relay_holding, relay_stream
 from .publisher import prepare
 
 if TYPE_CHECKING:
-    from ..aio import AsyncNode
+    from ..seams import AsyncMeshNode
 
 __all__ = ["AsyncDurablePublisher", "AsyncDurableSubscription"]
 
@@ -31,7 +32,7 @@ class AsyncDurablePublisher:
     with the same message id until ``timeout`` seconds have passed.
     """
 
-    def __init__(self, node: AsyncNode, *, timeout: float = 5.0) -> None:
+    def __init__(self, node: AsyncMeshNode, *, timeout: float = 5.0) -> None:
         if timeout <= 0:
             raise ValueError("need timeout > 0 seconds")
         self.node = node
@@ -62,8 +63,8 @@ class AsyncDurablePublisher:
                     timeout=min(ATTEMPT, remaining),
                     retries=0,
                 )
-            except NoProviders:  # the relay is restarting: look again shortly
-                await asyncio.sleep(min(NO_RELAY_PAUSE, remaining))
+            except NoProviders:  # the relay is restarting: wait for it
+                await self._wait_for_relay(topic, remaining)
                 continue
             except Timeout:
                 self.resent += 1
@@ -72,6 +73,13 @@ class AsyncDurablePublisher:
                 raise ProtocolError(f"relay confirmed with {seq!r}")
             self.confirmed += 1
             return seq
+
+    async def _wait_for_relay(self, topic: str, timeout: float) -> None:
+        """Wait up to ``timeout`` s for a relay holding ``topic`` (woken by directory changes)."""
+        with contextlib.suppress(Timeout):
+            await self.node.wait_for_providers(
+                lambda services: relay_holding(services, topic), timeout=timeout
+            )
 
 
 class AsyncDurableSubscription(ConsumerShell):
@@ -82,7 +90,12 @@ class AsyncDurableSubscription(ConsumerShell):
     Use it from the loop that made it.
     """
 
-    node: AsyncNode
+    node: AsyncMeshNode
+    _opening: asyncio.Task[None] | None = None
+
+    def open_soon(self) -> None:
+        """Start :meth:`open` in a task of the running loop; ``recv`` waits for it."""
+        self._opening = asyncio.get_running_loop().create_task(self.open())
 
     async def open(self) -> None:
         """Create the consumer now if a relay is known, so ``Start.NEW`` means "from now".
@@ -102,6 +115,9 @@ class AsyncDurableSubscription(ConsumerShell):
         """The next message, stored ones first; see :meth:`DurableSubscription.recv`."""
         if self._closed or self.node.closed:
             raise Closed("durable subscription or its node is closed")
+        if self._opening is not None:
+            opening, self._opening = self._opening, None
+            await opening  # RemoteError if the name reads another prefix
         state = self._state
         state.begin_recv()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -142,17 +158,23 @@ class AsyncDurableSubscription(ConsumerShell):
             )
         except NoProviders:
             state.no_relay()
-            await asyncio.sleep(min(wait, NO_RELAY_PAUSE))
+            with contextlib.suppress(Timeout):
+                await self.node.wait_for_providers(
+                    lambda services: relay_holding(services, state.prefix), timeout=wait
+                )
             return
         except Timeout:
             return  # a stopped or restarting relay: ask again
-        state.take(reply, self.node.node._limits)
+        state.take(reply, self.node.node.limits)
 
     async def close(self) -> None:
         """Send the last naks and acknowledgements, give back what was fetched but not read."""
         if self._closed:
             return
         self._closed = True
+        if self._opening is not None:
+            self._opening.cancel()
+            self._opening = None
         if self.node.closed:
             return
         state = self._state

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from ..errors import Closed, MeshqError, NoProviders, ProtocolError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX, START_KINDS, decode_records
 from ..wire import Limits, decode_payload
-from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
+from .lookup import ATTEMPT, relay_stream, wait_for_relay
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..seams import MeshNode
 
 __all__ = ["ConsumerShell", "ConsumerState", "DurableMessage", "DurableSubscription", "Start"]
 
@@ -357,7 +357,7 @@ class DurableSubscription(ConsumerShell):
     Belongs to the thread that made it.
     """
 
-    node: Node
+    node: MeshNode
 
     def _created(self) -> None:
         """Create the consumer now if a relay is known, so ``Start.NEW`` means "from now".
@@ -428,11 +428,11 @@ class DurableSubscription(ConsumerShell):
             reply = future.result(0)
         except NoProviders:
             state.no_relay()
-            time.sleep(min(wait, NO_RELAY_PAUSE))
+            wait_for_relay(self.node, state.prefix, wait)  # Closed if the node closes
             return
         except Timeout:
             return  # a stopped or restarting relay: ask again
-        state.take(reply, self.node._limits)
+        state.take(reply, self.node.limits)
 
     def flush_acks(self, timeout: float = 1.0, *, release: bool = False) -> None:
         """Send the naks and acknowledgements not yet sent; with ``release``, give back the unread.

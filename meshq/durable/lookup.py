@@ -5,18 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import MeshqError, NoProviders
+from ..errors import MeshqError, NoProviders, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX, stream_of_service
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..seams import MeshNode, Providers
 
-__all__ = ["STORE_HEADER", "RelayConflict", "relay_stores", "relay_stream"]
+__all__ = [
+    "STORE_HEADER",
+    "RelayConflict",
+    "relay_holding",
+    "relay_stores",
+    "relay_stream",
+    "wait_for_relay",
+]
 
 #: Seconds one attempt waits for a relay's answer before it is resent.
 ATTEMPT = 1.0
-#: Seconds between looks for a relay that went away (restarting, say).
-NO_RELAY_PAUSE = 0.05
 
 
 class RelayConflict(MeshqError):
@@ -42,7 +47,7 @@ class RelayConflict(MeshqError):
 STORE_HEADER = "meshq.relay-store"
 
 
-def relay_stream(node: Node, topic: str) -> str:
+def relay_stream(node: MeshNode, topic: str) -> str:
     """The stream holding ``topic``: the relay stream whose name prefixes it.
 
     Raises NoProviders if no relay stores the topic, RelayConflict if two
@@ -52,7 +57,7 @@ def relay_stream(node: Node, topic: str) -> str:
     predecessor's entry goes when its heartbeats stop).
     """
     # The directory's own snapshot: no copy per message (node.services() sorts one).
-    services = node._service_directory.all()
+    services = node.providers()
     streams = (stream_of_service(service) for service in services)
     matching = [stream for stream in streams if stream is not None and topic.startswith(stream)]
     if not matching:
@@ -67,7 +72,31 @@ def relay_stream(node: Node, topic: str) -> str:
     return best
 
 
-def relay_stores(node: Node, relays: list[str]) -> set[str]:
+def relay_holding(services: Providers, topic: str) -> str | None:
+    """The name of a relay stream that holds ``topic`` in ``services``, or None."""
+    for service, providers in services.items():
+        stream = stream_of_service(service)
+        if stream is not None and providers and topic.startswith(stream):
+            return stream
+    return None
+
+
+def wait_for_relay(node: MeshNode, topic: str, timeout: float) -> bool:
+    """Wait up to ``timeout`` s until some relay holds ``topic``; whether one does.
+
+    Wakes when the node's service directory changes (no polling). Raises
+    meshq.Closed if the node closes meanwhile.
+    """
+    try:
+        node.wait_for_providers(
+            lambda services: relay_holding(services, topic), timeout=max(0.0, timeout)
+        )
+    except Timeout:
+        return False
+    return True
+
+
+def relay_stores(node: MeshNode, relays: list[str]) -> set[str]:
     """The distinct stores behind ``relays`` (node ids); an unknown one counts as its own."""
     headers = {peer.id: peer.headers for peer in node.peers()}
     headers[node.id] = node.headers

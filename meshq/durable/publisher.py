@@ -18,10 +18,12 @@ from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError
 from ..relaywire import MAX_MSG_ID_BYTES, MAX_PUBS, RELAY_SERVICE_PREFIX
 from ..requester import RequestFuture
 from ..wire import encode_payload
-from .lookup import ATTEMPT, NO_RELAY_PAUSE, relay_stream
+from .lookup import ATTEMPT, relay_stream, wait_for_relay
+
+_SLICE = 0.05  # seconds a bounded wait spends on the oldest request before looking at all
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..seams import MeshNode
 
 __all__ = ["Confirm", "DurablePublisher", "next_message_id"]
 
@@ -33,7 +35,7 @@ __all__ = ["Confirm", "DurablePublisher", "next_message_id"]
 _message_numbers = itertools.count(1)
 
 
-def next_message_id(node: Node) -> bytes:
+def next_message_id(node: MeshNode) -> bytes:
     """A new message id: the node's 16-byte id and a big-endian u64, unique in the process."""
     return bytes.fromhex(node.id) + next(_message_numbers).to_bytes(8, "big")
 
@@ -47,7 +49,7 @@ class DurableMessageOut(NamedTuple):
     payload: bytes
 
 
-def prepare(node: Node, topic: str, data: object, msg_id: bytes | None) -> DurableMessageOut:
+def prepare(node: MeshNode, topic: str, data: object, msg_id: bytes | None) -> DurableMessageOut:
     """Check and encode one durable message (sync and asyncio publishers share this).
 
     A request must fit a provider's msgpack bound, so a message is at most
@@ -71,7 +73,7 @@ def prepare(node: Node, topic: str, data: object, msg_id: bytes | None) -> Durab
     return DurableMessageOut(stream, msg_id, flags, payload)
 
 
-def max_message_size(node: Node) -> int:
+def max_message_size(node: MeshNode) -> int:
     """Bytes of topic, id and payload one durable message (or request) may hold."""
     return node.config.max_msgpack_bytes // 2
 
@@ -157,7 +159,7 @@ class DurablePublisher:
 
     def __init__(
         self,
-        node: Node,
+        node: MeshNode,
         *,
         timeout: float = 5.0,
         max_in_flight: int = 1024,
@@ -332,12 +334,23 @@ class DurablePublisher:
             self._batches.clear()
             return
         self.poll()
-        pause = NO_RELAY_PAUSE if timeout is None else max(0.0, min(NO_RELAY_PAUSE, timeout))
         if self._batches:
+            # In slices: replies to later requests are read meanwhile, and
+            # settled by the poll below.
+            pause = ATTEMPT if timeout is None else max(0.0, min(_SLICE, timeout))
             try:
-                self._batches[0].future.result(pause if timeout is not None else ATTEMPT)
+                self._batches[0].future.result(pause)
             except MeshqError:
                 pass  # settled by the poll below
         elif self._unsent:
-            time.sleep(pause)  # no relay right now: look again soon
+            # No relay right now (restarting, say): wait until one holds the
+            # topic, or until the oldest message is due to time out.
+            first = self._unsent[0]
+            limit = first.deadline - time.monotonic()
+            try:
+                wait_for_relay(
+                    self.node, first.topic, limit if timeout is None else min(limit, timeout)
+                )
+            except Closed:
+                return  # the next call fails what is left
         self.poll()

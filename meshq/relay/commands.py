@@ -8,9 +8,9 @@ meshq replay STREAM --from SEQ [--dead CONSUMER]     print stored messages (or d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..errors import MeshqError, Timeout
 from ..node import Node
@@ -84,9 +84,10 @@ def add_commands(
 
     def list_streams(args: argparse.Namespace) -> int:
         with make_node(args, "meshq-streams") as node:
-            deadline = time.monotonic() + args.wait
-            while not _relay_streams(node) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            with contextlib.suppress(Timeout):  # discovery takes a moment
+                node.wait_for_providers(
+                    lambda services: _streams_in(services) or None, timeout=args.wait
+                )
             names = _relay_streams(node)
             print(f"{len(names)} stream(s) on mesh {args.mesh!r}")
             for name in names:
@@ -108,11 +109,10 @@ def add_commands(
 
     def replay_stream(args: argparse.Namespace) -> int:
         with make_node(args, "meshq-replay") as node:
-            deadline = time.monotonic() + args.wait
-            while args.stream not in _relay_streams(node):
-                if time.monotonic() >= deadline:
-                    raise Timeout(f"no relay holds stream {args.stream!r}")
-                time.sleep(0.05)
+            try:
+                node.wait_for_service(RELAY_SERVICE_PREFIX + args.stream, timeout=args.wait)
+            except Timeout:
+                raise Timeout(f"no relay holds stream {args.stream!r}") from None
             after, shown = args.start - 1, 0
             while shown < args.count:
                 limit = min(args.count - shown, 1000)
@@ -127,7 +127,7 @@ def add_commands(
                     break
                 for record in records:
                     when = datetime.datetime.fromtimestamp(record.time_ns / 1e9).isoformat()
-                    data = decode_payload(record.flags, record.payload, node._limits)
+                    data = decode_payload(record.flags, record.payload, node.limits)
                     tries = f" (dead after {record.deliveries} deliveries)" if args.dead else ""
                     print(f"#{record.seq} {when} {record.topic} {data!r}{tries}")
                     after = record.seq
@@ -138,5 +138,9 @@ def add_commands(
 
 
 def _relay_streams(node: Node) -> list[str]:
-    found = (stream_of_service(service) for service in node.services())
+    return _streams_in(node.providers())
+
+
+def _streams_in(services: Mapping[str, object]) -> list[str]:
+    found = (stream_of_service(service) for service in services)
     return sorted(stream for stream in found if stream is not None)

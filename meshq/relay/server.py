@@ -44,7 +44,7 @@ from .consumers import Consumer
 from .store import Store, StoredMessage
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ..seams import MeshNode
 
 __all__ = ["MAX_STREAM_NAME_BYTES", "Relay", "StoreInUse", "StreamConfig"]
 
@@ -121,7 +121,7 @@ class Relay:
 
     def __init__(
         self,
-        node: Node,
+        node: MeshNode,
         data_dir: str | Path,
         streams: Sequence[str | StreamConfig],
         *,
@@ -170,10 +170,10 @@ class Relay:
             "dead": self._read,
             "info": self._describe,
         }
-        node._set_header(STORE_HEADER, self._store.store_id)
+        node.set_header(STORE_HEADER, self._store.store_id)
         for name in names:
-            node._serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
-        node._add_service_ticker(self._tick)
+            node.serve_deferred(RELAY_SERVICE_PREFIX + name, self._handler(name))
+        node.add_ticker(self._tick)
         log.info("relay on %s storing %s in %s", node.name, names, self._store.path)
 
     # ------------------------------------------------------------------
@@ -202,7 +202,7 @@ class Relay:
             if not pub.topic.startswith(stream):
                 raise ValueError(f"topic {pub.topic!r} is not in stream {stream!r}")
             # What consumers could not decode is refused now, not stored.
-            decode_payload(pub.flags, pub.payload, self.node._limits)
+            decode_payload(pub.flags, pub.payload, self.node.limits)
         store = self._store
         seqs = []
         for pub in publishes:
@@ -411,7 +411,7 @@ class Relay:
 
     def _publish_live(self, record: Record) -> None:
         try:
-            data = decode_payload(record.flags, record.payload, self.node._limits)
+            data = decode_payload(record.flags, record.payload, self.node.limits)
             self.node.publish(record.topic, data)
         except (MeshqError, ValueError, TypeError) as exc:
             self._count("live_failed")

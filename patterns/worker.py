@@ -1,12 +1,12 @@
 """Pipeline workers (``@node.worker``), result sinks, and the batch format they share.
 
-Why this is in the core: ``@node.worker("resize")`` is a Node method, and
-nothing in meshq/ may import patterns/. So the worker's half of a pipeline
-(running a batch and answering it in the agreed format, forwarding results
-to a sink) lives here, on request/reply services; ``meshq.patterns.Worker``
-is a thin class over :func:`serve_worker`, and the producer side
-(``meshq.patterns.Pipeline``) and ``meshq.patterns.Sink`` build on the
-same names and formats. docs/PROTOCOL.md (9.9) specifies them:
+The worker's half of a pipeline (running a batch and answering it in the
+agreed format, forwarding results to a sink), built on the node's public
+service seams (deferred replies and tickers). ``meshq.patterns.Worker`` is
+a thin class over :func:`serve_worker`, and ``Node.worker`` imports it when
+first used (the core imports no pattern at load time); the producer side
+(``meshq.patterns.Pipeline``) and ``meshq.patterns.Sink`` build on the same
+names and formats. docs/PROTOCOL.md (9.9) specifies them:
 
 * A worker of stage ``S`` serves ``pipeline/S``. A request is a batch:
   either a list of tasks (results go back to the producer: the reply is a
@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import msgpack
 
-if TYPE_CHECKING:
-    from .node import Node
-    from .requester import RequestFuture
-    from .services import ReplyTo
+from meshq.requester import RequestFuture
+from meshq.seams import MeshNode
+from meshq.services import ReplyTo
 
 __all__ = [
     "BatchRunner",
@@ -52,12 +51,13 @@ TaskHandler = Callable[[object], object]
 SinkAccept = Callable[[str, list[tuple[object, bool, object]]], None]
 
 _MAX_SINK_TIMEOUT = 300.0  # seconds; a producer's larger value is capped
-_SINK_POLL = 0.005  # seconds between looks for sinks' replies while some are due
 
 # Sinks by node, so a worker hands results to a sink on its own node
 # directly: a node's service thread runs one handler at a time, so a worker
 # handler calling its own node's sink service would wait on itself.
-_local_sinks: weakref.WeakKeyDictionary[Node, dict[str, SinkAccept]] = weakref.WeakKeyDictionary()
+_local_sinks: weakref.WeakKeyDictionary[MeshNode, dict[str, SinkAccept]] = (
+    weakref.WeakKeyDictionary()
+)
 _local_sinks_lock = threading.Lock()
 
 
@@ -92,6 +92,7 @@ class _Forwarded:
     reply: ReplyTo
     outcomes: list[list[object]]
     sink: str
+    deadline: float  # monotonic time the sink's answer is due by
 
 
 class BatchRunner:
@@ -102,7 +103,7 @@ class BatchRunner:
     ``errors`` of them failed, ``undelivered`` whose results no sink took.
     """
 
-    def __init__(self, node: Node, stage: str, handler: TaskHandler) -> None:
+    def __init__(self, node: MeshNode, stage: str, handler: TaskHandler) -> None:
         self.node = node
         self.stage = stage
         self.handler = handler
@@ -147,25 +148,31 @@ class BatchRunner:
             except Exception as exc:
                 reply.send(self._answer(outcomes, self._undelivered(sink, len(results), exc)))
             return
+        wait = min(float(timeout), _MAX_SINK_TIMEOUT)
         try:
             # No retry: a sink that answers late may still have taken the
             # results, and a second try would hand them over twice.
             future = self.node.request_async(
                 sink_service(sink),
                 {"stage": self.stage, "results": [list(r) for r in results]},
-                timeout=min(float(timeout), _MAX_SINK_TIMEOUT),
+                timeout=wait,
                 retries=0,
             )
         except Exception as exc:  # no sink of that name, say
             reply.send(self._answer(outcomes, self._undelivered(sink, len(results), exc)))
             return
-        self._waiting.append(_Forwarded(future, reply, outcomes, sink))
+        self._waiting.append(_Forwarded(future, reply, outcomes, sink, time.monotonic() + wait))
 
     def tick(self, now: float, idle: bool) -> float | None:
-        """Answer the batches whose sink replied (service thread); seconds until it looks again."""
+        """Answer the batches whose sink replied (service thread); seconds until it must look again.
+
+        The service thread wakes for the sinks' replies as they arrive
+        (while a ticker waits, it polls its request sockets too); the time
+        returned is when the earliest sink's answer is overdue.
+        """
         if not self._waiting:
             return None
-        self._waiting[0].future.done()  # reads every reply that is in
+        self._waiting[0].future.done()  # reads every reply that is in, expires the overdue
         still = []
         for forwarded in self._waiting:
             if not forwarded.future.ready:
@@ -178,7 +185,9 @@ class BatchRunner:
                 undelivered = self._undelivered(forwarded.sink, len(forwarded.outcomes), exc)
             forwarded.reply.send(self._answer(forwarded.outcomes, undelivered))
         self._waiting = still
-        return _SINK_POLL if still else None
+        if not still:
+            return None
+        return max(0.0, min(forwarded.deadline for forwarded in still) - now)
 
     def _answer(self, outcomes: list[list[object]], undelivered: str) -> object:
         if undelivered:
@@ -216,18 +225,18 @@ class BatchRunner:
         return outcomes
 
 
-def serve_worker(node: Node, stage: str, handler: TaskHandler) -> BatchRunner:
+def serve_worker(node: MeshNode, stage: str, handler: TaskHandler) -> BatchRunner:
     """Offer pipeline stage ``stage`` on ``node``: ``handler(task)`` returns the task's result.
 
     Raises ValueError for a bad stage name (see Node.serve).
     """
     runner = BatchRunner(node, stage, handler)
-    node._serve_deferred(stage_service(stage), runner.handle)
-    node._add_service_ticker(runner.tick)
+    node.serve_deferred(stage_service(stage), runner.handle)
+    node.add_ticker(runner.tick)
     return runner
 
 
-def serve_sink(node: Node, name: str, accept: SinkAccept) -> None:
+def serve_sink(node: MeshNode, name: str, accept: SinkAccept) -> None:
     """Offer a sink named ``name`` on ``node``: ``accept(stage, results)`` takes each delivery.
 
     What ``accept`` raises refuses the delivery: the worker reports the

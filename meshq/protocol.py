@@ -1,0 +1,529 @@
+"""The control protocol (docs/PROTOCOL.md 7 and 10) as a pure state machine.
+
+:class:`ControlProtocol` takes what arrived (control frames, discovery
+reports, the node's own changes) and the time, and returns :data:`Action`
+values for the control loop (meshq/control.py) to carry out: send a frame
+to an endpoint, close links, publish peer events and directories, count,
+ban a key. It owns the peer table, the dialer and the offence counts, and
+touches no socket and reads no clock; ``next_deadline()`` says when
+``on_timer`` must run next, so the loop sleeps until then or until I/O.
+
+The rules, in the order PROTOCOL.md states them: a HELLO of our mesh makes
+its sender join (7.1), answered if it asked or is new; its gossip feeds the
+dialer; PINGs refresh liveness (7.3); a BYE removes (7.4); the dialer sends
+HELLOs to candidates that are not connected every ``hello_interval`` (7.5);
+every ``heartbeat_interval`` a PING goes to every peer, replaced by a HELLO
+with gossip every ``gossip_interval`` (7.6); links not needed are closed
+(7.8); repeat offenders are cut off (11).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .config import MeshConfig
+from .discovery import Candidate
+from .errors import ProtocolError
+from .interfaces import choose_endpoint
+from .offences import Offences
+from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
+from .ratelimit import RateLimitedLog
+from .security import KeyBook
+from .subscription import BLOCKING_SUFFIX
+from .wire import (
+    NODE_ID_BYTES,
+    Bye,
+    ControlMessage,
+    Hello,
+    Limits,
+    Ping,
+    decode_control,
+    encode_control,
+)
+
+__all__ = [
+    "Action",
+    "Ban",
+    "CloseLinks",
+    "ControlProtocol",
+    "Count",
+    "Directories",
+    "Heard",
+    "LocalNode",
+    "PeersChanged",
+    "Send",
+]
+
+log = logging.getLogger("meshq.control")
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    """What this node says about itself, and where its own sockets are reached locally."""
+
+    node_id: bytes
+    name: str
+    mesh: str
+    control: tuple[str, ...]
+    publish: tuple[str, ...]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    services: tuple[str, ...] = ()
+    service: tuple[str, ...] = ()
+    publish_block: tuple[str, ...] = ()
+    #: This node's CURVE public key (Z85), empty without security.
+    key: bytes = b""
+    #: inproc endpoints of its own publish sockets and service socket ("" if none).
+    local_publish: str = ""
+    local_publish_block: str = ""
+    local_service: str = ""
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``frame`` through the link to each of ``endpoints`` (made on first use)."""
+
+    endpoints: tuple[str, ...]
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class CloseLinks:
+    """Close the links to these endpoints (no linger: what is queued is dropped)."""
+
+    endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PeersChanged:
+    """The peer table changed: the new snapshot (monotonic ``last_seen``) and its events."""
+
+    peers: list[Peer]
+    events: list[PeerEvent]
+
+
+@dataclass(frozen=True)
+class Directories:
+    """Where every publisher listens (node id -> endpoint) and who serves what."""
+
+    publishers: Mapping[str, str]
+    providers: Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A peer (hex id) was heard from at ``when``; no other change."""
+
+    peer_id: str
+    when: float
+
+
+@dataclass(frozen=True)
+class Count:
+    """Add ``n`` to the node's counter ``what``."""
+
+    what: str
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class Ban:
+    """Refuse new connections from CURVE ``key`` for ``seconds``."""
+
+    key: bytes
+    seconds: float
+
+
+Action = Send | CloseLinks | PeersChanged | Directories | Heard | Count | Ban
+
+
+class ControlProtocol:
+    """The decisions of a node's control plane; see the module docstring.
+
+    ``keys`` is the node's key book when it runs with security (the
+    protocol learns keys into it), else None. ``networks`` are the local
+    networks, for choosing among a peer's endpoints (PROTOCOL.md 3.3).
+    """
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        local: LocalNode,
+        now: float,
+        *,
+        limits: Limits,
+        networks: Sequence[ipaddress.IPv4Network] = (),
+        keys: KeyBook | None = None,
+    ) -> None:
+        self._config = config
+        self.local = local
+        self._limits = limits
+        self._networks = list(networks)
+        self._keys = keys
+        self._table = PeerTable(config, self._choose)
+        self._dialer = Dialer(config)
+        self._offences = Offences(config.max_offences, config.offence_window, config.ban_time)
+        self._links: set[str] = set()  # endpoints we asked the loop to send to
+        self._next_ping = now + config.heartbeat_interval
+        self._next_gossip = now + config.gossip_interval
+        self._ping = encode_control(Ping(local.node_id))
+        self._bad_input_log = RateLimitedLog(log, interval=5.0)
+        self._actions: list[Action] = []
+        # next_deadline() as last computed; None: compute again. A heartbeat
+        # only moves a peer's own deadline later, so it leaves this a valid
+        # (early) bound and need not clear it: the loop then wakes a little
+        # early at worst, and on_timer computes it afresh.
+        self._deadline: float | None = None
+
+    # ------------------------------------------------------------------
+    # Inputs
+
+    def on_frames(self, frames: Sequence[bytes], now: float, proven: bytes = b"") -> list[Action]:
+        """One message from the control ROUTER: [routing id, body].
+
+        ``proven`` is the CURVE key the sender proved on its connection (its
+        ZAP User-Id), empty without security. Malformed input is counted and
+        may get the sender banned (PROTOCOL.md 11); it never raises.
+        """
+        # Who to blame: the key proven in the handshake if any, else the node
+        # id the sender's routing id claims.
+        offender = proven or frames[0][:NODE_ID_BYTES]
+        if self._offences.active and self._offences.banned(offender, now):
+            return [Count("banned_dropped")]  # changes no deadline
+        if len(frames) != 2:
+            self._reject(f"{len(frames)} frames in a control message", offender, now)
+            return self._changed()
+        try:
+            message = decode_control(frames[0], frames[1], self._limits)
+        except ProtocolError as exc:
+            self._reject(exc.reason, offender, now)
+            return self._changed()
+        if isinstance(message, Ping) and message.sender in self._table:
+            # The common case, a heartbeat: no deadline comes nearer.
+            events = self._table.heard(message.sender, now)
+            if not events:
+                return [Heard(message.sender.hex(), now)]
+            self._apply(events)
+            return self._changed()
+        self._handle(message, now, proven)
+        return self._changed()
+
+    def on_found(self, candidate: Candidate, now: float) -> list[Action]:
+        """Discovery reports a control endpoint (mDNS record or seed)."""
+        seed = candidate.source == "seed"
+        if candidate.key is not None and self._keys is not None:
+            # A seed's key was given by the user; mDNS's is only a hint.
+            self._keys.learn(candidate.endpoint, candidate.key, proven=seed)
+        if not self._dialer.add(
+            candidate.endpoint, candidate.node_id, now, lasting=True, pinned=seed
+        ):
+            self._actions.append(Count("dial_refused"))
+        self._hello_due(now)
+        return self._changed()
+
+    def on_lost(self, candidate: Candidate, now: float) -> list[Action]:
+        """Discovery withdrew a candidate: stop dialling it (a connected peer stays)."""
+        self._dialer.remove(candidate.endpoint)
+        self._close_unused_links()
+        return self._changed()
+
+    def on_redial(self, endpoint: str) -> list[Action]:
+        """The link to ``endpoint`` failed its handshake: drop it; the next send makes a new one."""
+        if endpoint in self._links:
+            self._links.discard(endpoint)
+            self._actions.append(CloseLinks((endpoint,)))
+        return self._changed()
+
+    def on_announce(self, local: LocalNode) -> list[Action]:
+        """This node changed (services, headers, publish sockets): tell every peer now."""
+        self.local = local
+        self._broadcast(self._hello(reply=False))
+        self._actions.append(self._directories())
+        return self._changed()
+
+    def on_timer(self, now: float) -> list[Action]:
+        """Run what is due at ``now``: heartbeats, gossip, liveness, dialer, link cleanup."""
+        config = self._config
+        if now >= self._next_gossip:
+            # Re-announce with fresh gossip, so two nodes that lost each
+            # other but still see a common peer find each other again even
+            # without mDNS. It counts as a heartbeat.
+            self._next_gossip = now + config.gossip_interval
+            self._next_ping = now + config.heartbeat_interval
+            self._broadcast(self._hello(reply=False))
+        elif now >= self._next_ping:
+            self._next_ping = now + config.heartbeat_interval
+            self._broadcast(self._ping)
+        self._apply(self._table.tick(now))
+        self._hello_due(now)
+        self._close_unused_links()
+        return self._changed()
+
+    def next_deadline(self) -> float:
+        """The monotonic time at which ``on_timer`` has something to do (or a little earlier)."""
+        if self._deadline is None:
+            self._deadline = self._compute_deadline()
+        return self._deadline
+
+    def _compute_deadline(self) -> float:
+        deadline = min(self._next_ping, self._next_gossip)
+        table = self._table.next_deadline()
+        if table is not None and table < deadline:
+            deadline = table
+        dialer = self._dialer.next_deadline(self._connected())
+        if dialer is not None and dialer < deadline:
+            deadline = dialer
+        return deadline
+
+    def goodbye(self) -> tuple[tuple[str, ...], bytes]:
+        """(every endpoint we have a link to, the BYE to send through each) for closing."""
+        return tuple(self._links), encode_control(Bye(self.local.node_id))
+
+    @property
+    def peers(self) -> list[Peer]:
+        """The peer table now (``last_seen`` on the protocol's clock)."""
+        return self._table.snapshot()
+
+    def directories(self) -> Directories:
+        """The directories as of now (also sent as an action whenever they change)."""
+        return self._directories()
+
+    # ------------------------------------------------------------------
+    # Message handling
+
+    def _take(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def _changed(self) -> list[Action]:
+        """_take() after something that may bring a deadline nearer."""
+        self._deadline = None
+        return self._take()
+
+    def _handle(self, message: ControlMessage, now: float, proven: bytes) -> None:
+        if isinstance(message, Hello):
+            self._on_hello(message, now, proven)
+        elif isinstance(message, Bye):
+            self._dialer.forget_peer(message.sender)
+            self._apply(self._table.bye(message.sender))
+            self._close_unused_links()
+        elif message.sender in self._table:
+            events = self._table.heard(message.sender, now)
+            if events:
+                self._apply(events)
+            else:
+                self._actions.append(Heard(message.sender.hex(), now))
+        else:
+            self._actions.append(Count("unknown_sender"))
+            if self._dialer.hurry(message.sender, now):
+                self._hello_due(now)
+
+    def _on_hello(self, hello: Hello, now: float, proven: bytes) -> None:
+        local = self.local
+        if hello.mesh != local.mesh:
+            self._actions.append(Count("other_mesh"))
+            return
+        if hello.sender == local.node_id:
+            return  # our own HELLO, through a seed that is ourselves
+        if self._keys is not None and not self._learn_keys(hello, proven, now):
+            return
+        rejected_before = self._table.rejected
+        events = self._table.hello(hello, now)
+        if self._table.rejected != rejected_before:
+            self._actions.append(Count("hello_rejected"))
+        peer = self._table.get(hello.sender)
+        if peer is not None:
+            joined = any(event.kind is EventKind.JOINED for event in events)
+            # A newcomer always gets our current HELLO: one we sent before it
+            # joined may predate a change (say, a service added meanwhile).
+            if hello.reply or joined:
+                self._send((peer.endpoint,), self._hello(reply=False))
+            for gossip_id, endpoints in hello.peers:
+                if gossip_id != local.node_id and gossip_id not in self._table and endpoints:
+                    endpoint = self._choose(endpoints)
+                    if not self._dialer.add(endpoint, gossip_id, now, lasting=False):
+                        self._actions.append(Count("dial_refused"))
+        # A known peer's HELLO may change its endpoints or services: always
+        # refresh the directories, even without events.
+        self._apply(events, directories_changed=peer is not None)
+        self._hello_due(now)
+        self._close_unused_links()
+
+    def _learn_keys(self, hello: Hello, proven: bytes, now: float) -> bool:
+        """Remember the server keys of a HELLO's endpoints; False if its key is a lie.
+
+        The sender's own key is the one it proved on this connection, so all
+        its endpoints get it as proven. Gossiped keys are hints: a wrong one
+        only makes a handshake fail.
+        """
+        keys = self._keys
+        assert keys is not None
+        if hello.key != proven:
+            self._reject("HELLO key differs from the key of its connection", proven, now)
+            return False
+        for endpoint in (*hello.control, *hello.publish, *hello.publish_block, *hello.service):
+            keys.learn(endpoint, proven, proven=True)
+        for peer_id, endpoints in hello.peers:
+            key = hello.peer_keys.get(peer_id)
+            if key is not None:
+                for endpoint in endpoints:
+                    keys.learn(endpoint, key)
+        return True
+
+    def _reject(self, reason: str, offender: bytes, now: float) -> None:
+        self._actions.append(Count("protocol_errors"))
+        self._bad_input_log.warning("dropped malformed control message: %s", reason)
+        if offender and self._offences.offend(offender, now):
+            self._cut_off(offender)
+
+    def _cut_off(self, offender: bytes) -> None:
+        """Drop a repeat offender: out of the peer table, its messages ignored for a while."""
+        config = self._config
+        self._actions.append(Count("peers_banned"))
+        secure = len(offender) != NODE_ID_BYTES  # a Z85 key, not a node id
+        log.warning(
+            "peer %s sent %d malformed control messages within %s s: cut off for %s s",
+            offender.decode() if secure else offender.hex()[:8],
+            config.max_offences,
+            config.offence_window,
+            config.ban_time,
+        )
+        if secure and self._keys is not None:
+            self._actions.append(Ban(offender, config.ban_time))  # no new connection with it
+            keys = self._keys
+            peer_ids = [
+                peer_id
+                for peer_id, peer in self._table.items()
+                if keys.get(peer.endpoint) == offender
+            ]
+        else:
+            peer_ids = [offender]
+        for peer_id in peer_ids:
+            self._dialer.forget_peer(peer_id)
+            self._apply(self._table.bye(peer_id, reason="cut off: malformed input"))
+        self._close_unused_links()
+
+    # ------------------------------------------------------------------
+    # Sending
+
+    def _hello(self, *, reply: bool) -> bytes:
+        """Our HELLO, encoded; gossip is trimmed until it fits the control limit."""
+        local = self.local
+        peer_keys = {}
+        peers = self._table.peers_as_of_join()
+        if self._keys is not None:
+            for peer_id, peer in peers:
+                key = self._keys.get(peer.endpoint)
+                if key is not None:
+                    peer_keys[peer_id] = key
+        gossip = [
+            (peer_id, peer.control) for peer_id, peer in peers if peer.state is PeerState.ALIVE
+        ]
+        while True:
+            frame = encode_control(
+                Hello(
+                    sender=local.node_id,
+                    name=local.name,
+                    mesh=local.mesh,
+                    control=local.control,
+                    publish=local.publish,
+                    headers=local.headers,
+                    peers=tuple(gossip),
+                    reply=reply,
+                    services=local.services,
+                    service=local.service if local.services else (),
+                    publish_block=local.publish_block,
+                    key=local.key,
+                    peer_keys=peer_keys,
+                )
+            )
+            if len(frame) <= self._config.max_control_bytes or not gossip:
+                return frame
+            gossip = gossip[: len(gossip) // 2]
+
+    def _send(self, endpoints: tuple[str, ...], frame: bytes) -> None:
+        if endpoints:
+            self._links.update(endpoints)
+            self._actions.append(Send(endpoints, frame))
+
+    def _broadcast(self, frame: bytes) -> None:
+        self._send(tuple(peer.endpoint for _, peer in self._table.peers_as_of_join()), frame)
+
+    def _connected(self) -> list[str]:
+        return [ep for _, peer in self._table.peers_as_of_join() for ep in peer.control]
+
+    def _hello_due(self, now: float) -> None:
+        due, _expired = self._dialer.due(now, self._connected())
+        if due:
+            self._send(tuple(due), self._hello(reply=True))
+
+    def _choose(self, endpoints: tuple[str, ...]) -> str:
+        # Reuse a link we already have rather than open a second one to the
+        # same peer (a multi-homed peer reached by two seeds, say).
+        for endpoint in endpoints:
+            if endpoint in self._links:
+                return endpoint
+        return choose_endpoint(endpoints, self._networks)
+
+    def _close_unused_links(self) -> None:
+        """Keep one link per peer, plus those still dialling unknown endpoints (7.8).
+
+        A second link to a peer already connected (two addresses of one
+        multi-homed node were dialled at once) is closed: the peer's ROUTER
+        sees one node and needs one link; the spare would only add traffic.
+        """
+        if not self._links:
+            return
+        peers = [peer for _, peer in self._table.peers_as_of_join()]
+        in_use = {peer.endpoint for peer in peers}
+        answered = {endpoint for peer in peers for endpoint in peer.control}
+        unused = tuple(
+            endpoint
+            for endpoint in self._links
+            if endpoint not in in_use and (endpoint in answered or endpoint not in self._dialer)
+        )
+        if unused:
+            self._links.difference_update(unused)
+            self._actions.append(CloseLinks(unused))
+
+    # ------------------------------------------------------------------
+    # Results
+
+    def _apply(self, events: list[PeerEvent], *, directories_changed: bool = False) -> None:
+        """Directories first, then the peer snapshot and its events."""
+        if not events and not directories_changed:
+            return
+        # Before anyone is woken: whoever wait_for_peers() released may
+        # subscribe or request at once, and must find the peer there.
+        self._actions.append(self._directories())
+        for event in events:
+            peer = event.peer
+            if event.kind is EventKind.LEFT:
+                log.info("peer %s (%s) left: %s", peer.name, peer.id[:8], event.reason)
+            elif event.kind is EventKind.JOINED:
+                log.info("peer %s (%s) joined from %s", peer.name, peer.id[:8], peer.endpoint)
+        self._actions.append(PeersChanged(self._table.snapshot(), events))
+
+    def _directories(self) -> Directories:
+        """Where every peer publishes and serves, this node included (7.1 step 8)."""
+        local = self.local
+        node_id = local.node_id.hex()
+        publishers = {node_id: local.local_publish}
+        if local.local_publish_block:
+            publishers[node_id + BLOCKING_SUFFIX] = local.local_publish_block
+        providers: dict[str, dict[str, str]] = {}
+        for name in local.services:
+            providers.setdefault(name, {})[node_id] = local.local_service
+        for _, peer in self._table.peers_as_of_join():
+            publishers[peer.id] = choose_endpoint(peer.publish, self._networks)
+            if peer.publish_block:
+                publishers[peer.id + BLOCKING_SUFFIX] = choose_endpoint(
+                    peer.publish_block, self._networks
+                )
+            if peer.services and peer.service:
+                endpoint = choose_endpoint(peer.service, self._networks)
+                for name in peer.services:
+                    providers.setdefault(name, {})[peer.id] = endpoint
+        return Directories(publishers, providers)

@@ -1,0 +1,92 @@
+"""The public extension points that the relay, durable clients and pipeline workers use.
+
+They are written against these protocols rather than against
+:class:`meshq.Node` itself, so that the node (which offers durable
+publishing) and its extensions never import each other. ``Node`` satisfies
+:class:`MeshNode`, ``AsyncNode`` satisfies :class:`AsyncMeshNode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
+
+from .config import MeshConfig
+from .peers import Peer
+from .requester import RequestFuture
+from .services import DeferredHandler, Handler, Ticker
+from .state import Providers
+from .wire import Limits
+
+__all__ = ["AsyncMeshNode", "MeshNode", "Providers"]
+
+T = TypeVar("T")
+
+
+class MeshNode(Protocol):
+    """What extensions may use of a node: the public API of :class:`meshq.Node`."""
+
+    id: str
+    name: str
+    config: MeshConfig
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def peers(self) -> list[Peer]: ...
+
+    def check_topic(self, topic: str) -> None: ...
+
+    def publish(
+        self, topic: str, data: object, *, durable: bool = False, timeout: float = 5.0
+    ) -> int | None: ...
+
+    def serve(self, name: str, handler: Handler | None = None) -> object: ...
+
+    def serve_deferred(self, name: str, handler: DeferredHandler) -> None: ...
+
+    def add_ticker(self, ticker: Ticker) -> None: ...
+
+    def set_header(self, key: str, value: str) -> None: ...
+
+    def request(
+        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+    ) -> object: ...
+
+    def request_async(
+        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+    ) -> RequestFuture: ...
+
+    def services(self) -> dict[str, list[str]]: ...
+
+    def providers(self) -> Providers: ...
+
+    def wait_for_providers(
+        self, test: Callable[[Providers], T | None], *, timeout: float | None
+    ) -> T: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncMeshNode(Protocol):
+    """What asyncio extensions may use of an :class:`meshq.AsyncNode`."""
+
+    @property
+    def node(self) -> MeshNode: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def request(
+        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+    ) -> object: ...
+
+    async def wait_for_providers(
+        self, test: Callable[[Providers], T | None], *, timeout: float | None
+    ) -> T: ...

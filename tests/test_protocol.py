@@ -1,0 +1,311 @@
+"""The control protocol as a pure state machine: nodes driven against each other, no sockets.
+
+A fake network carries each ``Send`` action to the protocol object that
+owns the endpoint; time moves only when a test says so, and only to the
+deadline the protocol itself asked for (as the control loop does).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pytest
+
+from meshq.config import MeshConfig
+from meshq.discovery import Candidate
+from meshq.peers import EventKind, PeerEvent, PeerState
+from meshq.protocol import (
+    Action,
+    Ban,
+    CloseLinks,
+    ControlProtocol,
+    Count,
+    Directories,
+    Heard,
+    LocalNode,
+    PeersChanged,
+    Send,
+)
+from meshq.security import KeyBook
+from meshq.wire import Bye, Hello, Limits, Ping, decode_control, encode_control, routing_id
+
+CONFIG = MeshConfig()  # heartbeat 0.5 s, suspect 1.5 s, gone 3 s, gossip 5 s, hello 0.5 s
+
+
+@dataclass
+class Node:
+    name: str
+    protocol: ControlProtocol
+    node_id: bytes
+    endpoint: str
+    events: list[PeerEvent] = field(default_factory=list)
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    links: set[str] = field(default_factory=set)
+    directories: Directories | None = None
+    peers: list[str] = field(default_factory=list)  # names, from the last PeersChanged
+    heard: int = 0
+    bans: list[bytes] = field(default_factory=list)
+    down: bool = False  # its "host" drops everything sent to it
+
+
+class Net:
+    """Endpoints -> nodes; carries Send actions at once, in order."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.now = 0.0
+        self.sent: list[tuple[str, str, object]] = []  # (from, to, decoded message)
+
+    def add(self, name: str, keys: KeyBook | None = None, key: bytes = b"") -> Node:
+        node_id = bytes([len(self.nodes) + 1]) + os.urandom(15)
+        endpoint = f"tcp://198.18.0.{len(self.nodes) + 1}:7000"
+        local = LocalNode(
+            node_id=node_id,
+            name=name,
+            mesh="m",
+            control=(endpoint,),
+            publish=(f"tcp://198.18.0.{len(self.nodes) + 1}:7001",),
+            key=key,
+            local_publish=f"inproc://pub-{name}",
+        )
+        protocol = ControlProtocol(CONFIG, local, self.now, limits=Limits(), keys=keys)
+        node = Node(name, protocol, node_id, endpoint)
+        self.nodes[endpoint] = node
+        return node
+
+    def run(self, node: Node, actions: Iterable[Action], proven: bytes = b"") -> None:
+        queue = collections.deque([(node, list(actions))])
+        while queue:
+            source, batch = queue.popleft()
+            for action in batch:
+                if isinstance(action, Send):
+                    source.links.update(action.endpoints)
+                    for endpoint in action.endpoints:
+                        target = self.nodes.get(endpoint)
+                        if target is None or target.down or source.down:
+                            continue
+                        message = decode_control(
+                            routing_id(source.node_id, 1), action.frame, Limits()
+                        )
+                        self.sent.append((source.name, target.name, message))
+                        frames = [routing_id(source.node_id, 1), action.frame]
+                        queue.append((target, target.protocol.on_frames(frames, self.now, proven)))
+                elif isinstance(action, CloseLinks):
+                    source.links.difference_update(action.endpoints)
+                elif isinstance(action, PeersChanged):
+                    source.events.extend(action.events)
+                    source.peers = sorted(peer.name for peer in action.peers)
+                elif isinstance(action, Directories):
+                    source.directories = action
+                elif isinstance(action, Count):
+                    source.counts[action.what] += action.n
+                elif isinstance(action, Heard):
+                    source.heard += 1
+                elif isinstance(action, Ban):
+                    source.bans.append(action.key)
+
+    def find(self, a: Node, b: Node) -> None:
+        """``a``'s discovery reports ``b`` (as mDNS would)."""
+        self.run(a, a.protocol.on_found(Candidate(b.endpoint, b.node_id, "mdns"), self.now))
+
+    def advance(self, until: float) -> None:
+        """Move the clock to ``until``, stopping at every deadline any node asked for."""
+        while True:
+            due = min(node.protocol.next_deadline() for node in self.nodes.values())
+            if due > until:
+                break
+            self.now = max(self.now, due)
+            for node in list(self.nodes.values()):
+                if node.protocol.next_deadline() <= self.now:
+                    self.run(node, node.protocol.on_timer(self.now))
+        self.now = until
+
+
+def kinds(node: Node) -> list[tuple[EventKind, str]]:
+    return [(event.kind, event.peer.name) for event in node.events]
+
+
+def test_one_discovery_joins_both_sides_and_fills_the_directories() -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    assert kinds(a) == [(EventKind.JOINED, "b")]
+    assert kinds(b) == [(EventKind.JOINED, "a")]
+    assert a.directories is not None
+    assert a.directories.publishers[b.node_id.hex()] == "tcp://198.18.0.2:7001"
+    assert a.directories.publishers[a.node_id.hex()] == "inproc://pub-a"
+    hellos = [(s, t, m.reply) for s, t, m in net.sent if isinstance(m, Hello)]
+    # A asks, B answers (asked, and A is new), A greets B (new): PROTOCOL.md 7.5.
+    assert hellos == [("a", "b", True), ("b", "a", False), ("a", "b", False)]
+
+
+def test_the_next_deadline_is_the_next_heartbeat_when_idle() -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    for node in (a, b):
+        assert node.protocol.next_deadline() == pytest.approx(CONFIG.heartbeat_interval)
+    net.advance(2.0)
+    # Peers heard every 0.5 s: nothing due before the next heartbeat, no 50 ms tick.
+    assert a.protocol.next_deadline() == pytest.approx(2.5)
+    assert kinds(a) == [(EventKind.JOINED, "b")]
+
+
+def test_heartbeats_go_to_every_peer_and_refresh_liveness() -> None:
+    net = Net()
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    net.find(a, b)
+    net.find(a, c)
+    net.find(b, c)
+    net.sent.clear()
+    net.advance(0.5)
+    pings = sorted((s, t) for s, t, m in net.sent if isinstance(m, Ping))
+    assert pings == sorted((x, y) for x in "abc" for y in "abc" if x != y)
+    assert a.heard == 2
+    net.advance(20.0)  # 40 heartbeat periods, four gossip rounds
+    assert [kind for kind, _ in kinds(a)] == [EventKind.JOINED, EventKind.JOINED]
+
+
+def test_a_silent_peer_is_suspect_then_gone_at_its_deadlines() -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    net.advance(1.0)
+    b.down = True  # from now on nothing of b's arrives
+    net.advance(2.4)
+    assert kinds(a)[-1] == (EventKind.JOINED, "b")
+    net.advance(2.5)  # last heard at 1.0: suspect at 2.5
+    assert kinds(a)[-1] == (EventKind.SUSPECT, "b")
+    net.advance(3.99)
+    assert kinds(a)[-1] == (EventKind.SUSPECT, "b")
+    net.advance(4.0)
+    assert kinds(a)[-1] == (EventKind.LEFT, "b")
+    assert a.node_id.hex() not in [p for p in a.peers]
+    assert a.events[-1].reason == "timeout"
+
+
+def test_gossip_brings_two_nodes_that_never_met_together() -> None:
+    net = Net()
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    net.find(a, b)
+    net.find(c, a)  # b and c never discover each other
+    # a's answer to c gossips b: c dials b at once (PROTOCOL.md 7.1 step 7).
+    assert sorted(b.peers) == ["a", "c"]
+    assert sorted(c.peers) == ["a", "b"]
+    net.advance(CONFIG.gossip_interval + 0.01)
+    assert sorted(b.peers) == ["a", "c"] and sorted(c.peers) == ["a", "b"]
+
+
+def test_periodic_gossip_heals_a_pair_that_lost_each_other() -> None:
+    net = Net()
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    net.find(a, b)
+    net.find(a, c)
+    net.find(b, c)
+    # b and c drop each other (say, a link between them only was down), while
+    # both stay with a; b forgets its discovery of c.
+    frames = [routing_id(c.node_id, 1), encode_control(Bye(c.node_id))]
+    net.run(b, b.protocol.on_frames(frames, net.now))
+    frames = [routing_id(b.node_id, 1), encode_control(Bye(b.node_id))]
+    net.run(c, c.protocol.on_frames(frames, net.now))
+    assert b.peers == ["a"] and c.peers == ["a"]
+    net.advance(CONFIG.gossip_interval + 0.01)  # a's periodic HELLO gossips each to the other
+    assert b.peers == ["a", "c"] and c.peers == ["a", "b"]
+
+
+def test_bye_removes_at_once_and_closes_the_link() -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(b, a)  # only b dials: a's link to b exists because it answered
+    frames = [routing_id(b.node_id, 1), encode_control(Bye(b.node_id))]
+    net.run(a, a.protocol.on_frames(frames, net.now))
+    assert kinds(a)[-1] == (EventKind.LEFT, "b")
+    assert a.events[-1].reason == "bye"
+    assert b.endpoint not in a.links  # no peer and not dialled: closed
+
+
+def test_a_ping_from_an_unknown_peer_with_a_candidate_sends_a_hello_at_once() -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    b.down = True
+    net.advance(5.0)  # a timed b out; a keeps b's mDNS candidate and dials it
+    assert kinds(a)[-1] == (EventKind.LEFT, "b")
+    b.down = False
+    net.sent.clear()
+    ping = [routing_id(b.node_id, 1), encode_control(Ping(b.node_id))]
+    net.run(a, a.protocol.on_frames(ping, net.now))
+    assert a.counts["unknown_sender"] == 1
+    assert ("a", "b", True) in [(s, t, m.reply) for s, t, m in net.sent if isinstance(m, Hello)]
+    assert kinds(a)[-1] == (EventKind.JOINED, "b")
+
+
+def test_malformed_frames_are_counted_and_a_repeat_offender_is_cut_off() -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    junk = [routing_id(b.node_id, 1), b"MQ\x01\x09garbage"]
+    for _ in range(CONFIG.max_offences):
+        net.run(a, a.protocol.on_frames(junk, net.now))
+    assert a.counts["protocol_errors"] == CONFIG.max_offences
+    assert a.counts["peers_banned"] == 1
+    assert kinds(a)[-1] == (EventKind.LEFT, "b")
+    assert a.events[-1].reason == "cut off: malformed input"
+    ping = [routing_id(b.node_id, 1), encode_control(Ping(b.node_id))]
+    assert a.protocol.on_frames(ping, net.now) == [Count("banned_dropped")]
+    three = [routing_id(b.node_id, 1), b"", b""]
+    a.protocol.on_frames(three, net.now + CONFIG.ban_time + 1)  # ban over: counted again
+    assert a.protocol.on_frames(three, net.now + CONFIG.ban_time + 1) != [Count("banned_dropped")]
+
+
+def test_another_mesh_is_ignored() -> None:
+    net = Net()
+    a = net.add("a")
+    stranger = Hello(
+        b"\x09" * 16, "x", "other-mesh", ("tcp://198.18.0.9:7000",), ("tcp://198.18.0.9:7001",)
+    )
+    frames = [routing_id(stranger.sender, 1), encode_control(stranger)]
+    assert a.protocol.on_frames(frames, 0.0) == [Count("other_mesh")]
+    assert a.protocol.peers == []
+
+
+def test_with_security_a_hello_must_carry_the_key_its_connection_proved() -> None:
+    net = Net()
+    key_a, key_b = b"A" * 40, b"B" * 40
+    a = net.add("a", keys=KeyBook(), key=key_a)
+    b = net.add("b", keys=KeyBook(), key=key_b)
+    hello = encode_control(
+        Hello(b.node_id, "b", "m", (b.endpoint,), ("tcp://198.18.0.2:7001",), key=key_b)
+    )
+    frames = [routing_id(b.node_id, 1), hello]
+    net.run(a, a.protocol.on_frames(frames, 0.0, proven=b"C" * 40))  # some other key
+    assert a.counts["protocol_errors"] == 1 and a.peers == []
+    net.run(a, a.protocol.on_frames(frames, 0.0, proven=key_b))
+    assert a.peers == ["b"]
+
+
+def test_goodbye_names_every_link() -> None:
+    net = Net()
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    net.find(a, b)
+    net.find(a, c)
+    endpoints, bye = a.protocol.goodbye()
+    assert sorted(endpoints) == sorted([b.endpoint, c.endpoint])
+    assert isinstance(decode_control(routing_id(a.node_id, 1), bye, Limits()), Bye)
+
+
+def test_liveness_survives_many_silent_periods_only_at_deadlines() -> None:
+    """The loop never needs a fixed tick: states change exactly at the deadlines asked for."""
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    steps = 0
+    while net.now < 60.0:
+        net.advance(a.protocol.next_deadline())
+        steps += 1
+    # One wake-up per heartbeat period (0.5 s) for 60 s, gossip folded in.
+    assert steps <= 60.0 / CONFIG.heartbeat_interval + 1
+    assert [peer.state for peer in a.protocol.peers] == [PeerState.ALIVE]
