@@ -2,9 +2,9 @@
 
 The default is every non-loopback IPv4 address of the machine, except
 container and VM bridges (docker0, br-*, virbr*, ...): such a bridge is left
-out when nothing is plugged into it (no peer can be behind it)
-and ranked last otherwise, because every docker host has the same docker0
-address and that address is no LAN. The environment variable
+out when nothing is plugged into it (no peer can be behind it) and ranked
+last otherwise, because every docker host has the same docker0 address and
+that address is no LAN. The environment variable
 ``MESHQ_INTERFACES`` (comma-separated addresses) overrides the default, and
 an explicit ``interfaces=`` argument overrides both.
 
@@ -103,9 +103,8 @@ def rank_interfaces(adapters: Sequence[Adapter]) -> tuple[list[Adapter], list[Ad
 
     A container or VM bridge with nothing plugged in is left out (no peer
     can be behind it); one in use (or unknown) goes after every other
-    interface. If that would leave no
-    interface at all, the bridges are used after all, ranked as they come:
-    a node must listen somewhere.
+    interface. If that would leave no interface at all, the bridges are
+    used after all, in their order: a node must listen somewhere.
     """
     plain = [a for a in adapters if not a.address.is_loopback and not a.virtual_bridge]
     bridges = [a for a in adapters if not a.address.is_loopback and a.virtual_bridge]

@@ -41,9 +41,10 @@ def choose_control(
 
     ``networks`` and ``own`` are this node's networks and this machine's
     addresses, ``source`` the address the peer's HELLO came from,
-    ``exclude`` this node's own endpoints, ``current`` the endpoint chosen before (kept
-    unless the peer's traffic names a better one, the peer no longer lists
-    it, or it is at an address of this machine while a better one is not).
+    ``exclude`` this node's own endpoints, ``current`` the endpoint chosen
+    before (kept unless the peer's traffic names a better one, the peer no
+    longer lists it, or it is at an address of this machine while a better
+    one is not).
     """
     ranked = rank_endpoints(control, networks, own=own, source=source, exclude=exclude)
     if not ranked:
