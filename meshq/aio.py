@@ -19,7 +19,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Generator,
     Iterable,
     Mapping,
@@ -272,6 +271,8 @@ class AsyncNode:
         self._subscriptions: weakref.WeakSet[AsyncSubscription] = weakref.WeakSet()
         self._waiters: set[asyncio.Future[None]] = set()
         self._handlers: set[asyncio.Task[None]] = set()  # on_message tasks
+        # Awaitables of service handlers in progress on this loop.
+        self._running_handlers: set[concurrent.futures.Future[object]] = set()
         # Peer events, subscriber and service changes, and the close wake our waiters.
         runtime.state.add_listener(self._on_control_thread)
         SUBSCRIBERS.add_listener(self._on_subscribers)
@@ -434,30 +435,28 @@ class AsyncNode:
     def serve(self, name: str, handler: Callable[[Any], Any] | None = None) -> Any:
         """See :meth:`Node.serve`; a decorator too.
 
-        An ``async def`` handler is awaited on this event loop, so many
-        requests may be in progress at once; a plain handler runs on the
-        node's service thread, one request at a time, as with Node.
+        The handler is called on the node's service thread, one request at
+        a time, as with Node. When it returns an awaitable (an ``async
+        def`` handler does), that is awaited on this event loop, so many
+        requests may be in progress at once; closing the node cancels them.
         """
         if handler is None:
             return lambda function: self.serve(name, function)
-        if inspect.iscoroutinefunction(handler):
-            self._node.serve_deferred(name, self._on_loop(handler))
-        else:
-            self._node.serve(name, handler)
+        self._node.serve_deferred(name, self._on_loop(handler))
         return handler
 
     def service(self, name: str) -> Callable[[Any], Any]:
         """Decorator form of :meth:`serve`: ``@node.service("calc")``."""
         return lambda handler: self.serve(name, handler)
 
-    def _on_loop(
-        self, handler: Callable[[object], Awaitable[object]]
-    ) -> Callable[[object, ReplyTo], None]:
-        """A deferred handler that runs the coroutine ``handler(data)`` on this loop."""
+    def _on_loop(self, handler: Callable[[object], object]) -> Callable[[object, ReplyTo], None]:
+        """A deferred handler: ``handler(data)``, then any awaitable it returns awaited here."""
         loop = self._loop
         count = self._node.runtime.count
+        running = self._running_handlers
 
         def answer(reply_to: ReplyTo, done: concurrent.futures.Future[object]) -> None:
+            running.discard(done)
             try:
                 result = done.result()
             except BaseException as exc:  # the caller gets it as RemoteError
@@ -473,8 +472,23 @@ class AsyncNode:
                 reply_to.fail(exc)
 
         def deferred(data: object, reply_to: ReplyTo) -> None:
-            coroutine: Coroutine[Any, Any, object] = handler(data)  # type: ignore[assignment]
-            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+            try:
+                result = handler(data)
+            except Exception as exc:  # the caller gets it as RemoteError
+                count("handler_errors")
+                reply_to.fail(exc)
+                return
+            if not inspect.isawaitable(result):
+                try:
+                    reply_to.send(result)
+                except PayloadTooLarge:
+                    pass  # answered with the error already
+                except Exception as exc:  # msgpack cannot encode the result
+                    count("handler_errors")
+                    reply_to.fail(exc)
+                return
+            future = asyncio.run_coroutine_threadsafe(_awaited(result), loop)
+            running.add(future)
             future.add_done_callback(lambda done: answer(reply_to, done))
 
         return deferred
@@ -492,14 +506,7 @@ class AsyncNode:
                 raise ValueError("not a direct message")
             return message["from"], message.get("data")
 
-        if inspect.iscoroutinefunction(handler):
-
-            async def unwrap_async(message: object) -> object:
-                return await handler(*envelope(message))
-
-            self.serve(DIRECT_SERVICE, unwrap_async)
-        else:
-            self.serve(DIRECT_SERVICE, lambda message: handler(*envelope(message)))
+        self.serve(DIRECT_SERVICE, lambda message: handler(*envelope(message)))
         return handler
 
     def worker(self, stage: str) -> Callable[[TaskHandler], TaskHandler]:
@@ -660,22 +667,29 @@ class AsyncNode:
         def register(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
             task = self._loop.create_task(self._handle_messages(subscription, handler))
             self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+            task.add_done_callback(self._handler_ended)
             return handler
 
         return register
+
+    def _handler_ended(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            if not isinstance(error, Closed):  # a consumer refused by the relay, say
+                self._node.runtime.count("message_handler_errors")
+                log.error("on_message stopped: %s", error, exc_info=error)
 
     async def _handle_messages(
         self,
         subscription: AsyncSubscription | AsyncDurableSubscription,
         handler: Callable[[Any], Any],
     ) -> None:
-        asynchronous = inspect.iscoroutinefunction(handler)
         async with subscription:
             async for message in subscription:
                 try:
                     result = handler(message)
-                    if asynchronous:
+                    if inspect.isawaitable(result):
                         await result
                 except Exception:
                     self._node.runtime.count("message_handler_errors")
@@ -763,6 +777,8 @@ class AsyncNode:
         """
         for task in list(self._handlers):
             task.cancel()
+        for future in list(self._running_handlers):
+            future.cancel()  # their callers get an error reply, not a wait
         for subscription in list(self._subscriptions):
             subscription.close()
         await self._replies.close()  # this loop's thread owns those sockets
@@ -784,6 +800,10 @@ class AsyncNode:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+async def _awaited(awaitable: Awaitable[object]) -> object:
+    return await awaitable
 
 
 class Sent:

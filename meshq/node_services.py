@@ -58,9 +58,10 @@ class ServiceApi:
         """Offer ``name`` with ``handler(data, reply_to)``, which may answer later.
 
         The handler (on the service thread) keeps ``reply_to`` and calls
-        ``reply_to.send(result)`` or ``reply_to.fail(error)`` once, from the
-        service thread: from the handler itself or from a ticker
-        (:meth:`add_ticker`). Raises as :meth:`serve`.
+        ``reply_to.send(result)`` or ``reply_to.fail(error)`` once, from any
+        thread: the handler itself, a ticker (:meth:`add_ticker`), or another
+        thread (the reply is handed to the service thread, which sends it).
+        Raises as :meth:`serve`.
         """
         check_service_name(name)
         self.runtime.offer(name, handler, deferred=True)

@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 
 from .config import MeshConfig
 from .peers import Peer
-from .requester import RequestFuture
+from .requester import DEFAULT_RETRIES, DEFAULT_TIMEOUT, RequestFuture
 from .services import DeferredHandler, Handler, Ticker
 from .state import Providers
 from .wire import Limits
@@ -56,11 +56,21 @@ class MeshNode(Protocol):
     def set_header(self, key: str, value: str) -> None: ...
 
     def request(
-        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+        self,
+        service: str,
+        data: object,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
     ) -> object: ...
 
     def request_async(
-        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+        self,
+        service: str,
+        data: object,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
     ) -> RequestFuture: ...
 
     def services(self) -> dict[str, list[str]]: ...
@@ -84,7 +94,12 @@ class AsyncMeshNode(Protocol):
     def closed(self) -> bool: ...
 
     async def request(
-        self, service: str, data: object, *, timeout: float = 1.0, retries: int = 2
+        self,
+        service: str,
+        data: object,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
     ) -> object: ...
 
     async def wait_for_providers(

@@ -94,14 +94,15 @@ class ReplyTo:
         Raises TypeError if msgpack cannot encode it (then nothing was sent,
         and :meth:`fail` can still answer).
         """
-        if not self._answered:
-            flags, payload = encode_payload(result)
-            try:
-                check_payload_size(flags, payload, self._runner.limits, "reply")
-            except PayloadTooLarge as exc:
-                self.fail(exc)  # the caller learns why, as RemoteError
-                raise
-            self._answered = True
+        if self._answered:
+            return
+        flags, payload = encode_payload(result)
+        try:
+            check_payload_size(flags, payload, self._runner.limits, "reply")
+        except PayloadTooLarge as exc:
+            self.fail(exc)  # the caller learns why, as RemoteError
+            raise
+        if self._claim():
             self._runner.post_reply(
                 self._identity, encode_reply(self._request_id, 0, flags=flags, payload=payload)
             )
@@ -109,9 +110,16 @@ class ReplyTo:
 
     def fail(self, error: BaseException) -> None:
         """Answer with an error; the caller raises it as meshq.RemoteError."""
-        if not self._answered:
-            self._answered = True
+        if self._claim():
             self._runner.post_reply(self._identity, encode_reply(self._request_id, 0, error=error))
+
+    def _claim(self) -> bool:
+        """True for the first answer only, whichever threads answer at once."""
+        with self._runner.reply_lock:
+            if self._answered:
+                return False
+            self._answered = True
+            return True
 
 
 class ServiceRunner:
@@ -165,6 +173,14 @@ class ServiceRunner:
         self._stop = threading.Event()
         self._release_on_exit = False  # close() could not wait for the thread
         self._wake_read, self._wake_write = os.pipe()
+        # Never block a thread that posts a reply: a pending wake-up is enough.
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._pipe_closed = False
+        self._done = False  # the service thread has sent its last reply
+        #: Guards ReplyTo's answered flag, and the pipe against closing while
+        #: another thread wakes the service thread through it.
+        self.reply_lock = threading.Lock()
         self.local_endpoint = f"inproc://meshq-svc-{node_id}"
         self.endpoints: tuple[str, ...] = ()
         ready = threading.Event()
@@ -206,7 +222,11 @@ class ServiceRunner:
         if threading.get_ident() == self._thread_id:
             self.send_reply(identity, reply)
             return
-        self._outbox.append((identity, reply))  # deque.append is atomic
+        with self.reply_lock:
+            if self._done:  # the service stopped: nobody will send it
+                self._count("service_replies_dropped")
+                return
+            self._outbox.append((identity, reply))
         self._wake()
 
     def _send_posted(self) -> None:
@@ -327,6 +347,9 @@ class ServiceRunner:
                     if reply is not None:
                         self.send_reply(identity, reply)
         finally:
+            with self.reply_lock:
+                self._done = True  # later answers are counted as dropped
+            self._send_posted()  # answers handed over before the stop
             sock.close(linger=0)
             try:
                 self._on_exit()
@@ -369,10 +392,15 @@ class ServiceRunner:
         return encode_reply(request.request_id, load, flags=flags, payload=payload)
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"w")
-        except OSError:
-            pass
+        # Under the lock _close_pipe takes, so that a wake-up never writes
+        # into a descriptor number the OS has handed to someone else.
+        with self.reply_lock:
+            if self._pipe_closed:
+                return
+            try:
+                os.write(self._wake_write, b"w")
+            except OSError:
+                pass  # full: a wake-up is pending already
 
     def _offend(self, identity: bytes) -> None:
         """Count a malformed request against its connection; ignore a repeat offender."""
@@ -400,8 +428,11 @@ class ServiceRunner:
             self._close_pipe()
 
     def _close_pipe(self) -> None:
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        with self.reply_lock:
+            self._pipe_closed = True
+            self._done = True
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
 
 def _nothing() -> None:

@@ -112,3 +112,38 @@ def test_durable_subscribe_and_publish_have_nodes_shape(mesh: str, tmp_path: Pat
         relay.close()
     assert seq == 1
     assert received == ["orders/1", {"n": 1}]
+
+
+def test_a_handler_returning_an_awaitable_is_awaited_and_close_answers_those_in_progress(
+    mesh: str,
+) -> None:
+    async def scenario() -> tuple[object, str]:
+        async with meshq.AsyncNode("caller", mesh=mesh, interfaces=LOOPBACK) as caller:
+            provider = meshq.AsyncNode("provider", mesh=mesh, interfaces=LOOPBACK)
+            started = asyncio.Event()
+
+            async def forever(data: object) -> object:
+                started.set()
+                await asyncio.Event().wait()  # until cancelled by close()
+                return "never"
+
+            async def later(data: object) -> object:
+                return {"later": data}
+
+            provider.serve("later", lambda data: later(data))  # not an async def itself
+            provider.serve("forever", forever)
+            await caller.wait_for_service("forever", timeout=10)
+            await caller.wait_for_service("later", timeout=10)
+            answer = await caller.request("later", 7)
+            pending = asyncio.ensure_future(caller.request("forever", 1, timeout=30, retries=0))
+            await asyncio.wait_for(started.wait(), 10)
+            await provider.close()  # cancels the handler: its caller is answered, not left waiting
+            try:
+                await pending
+            except meshq.RemoteError as exc:
+                return answer, exc.remote_type
+            return answer, "no error"
+
+    answer, remote_type = asyncio.run(scenario())
+    assert answer == {"later": 7}
+    assert remote_type == "Closed"
