@@ -19,7 +19,16 @@ import zmq
 
 import meshq
 
-__all__ = ["collect_reports", "environment", "ratio", "wait_for_service", "write_results"]
+__all__ = [
+    "collect_reports",
+    "environment",
+    "load_average",
+    "paired_ratios",
+    "print_load",
+    "ratio",
+    "wait_for_service",
+    "write_results",
+]
 
 REPORT_POLL = 0.25  # seconds between looks at processes that may have died
 
@@ -88,6 +97,44 @@ def wait_for_service(node: meshq.Node, service: str, timeout: float) -> None:
 def ratio(numerator: float, denominator: float) -> float | None:
     """numerator / denominator, or None when there is nothing to divide by."""
     return numerator / denominator if denominator > 0 else None
+
+
+def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> str:
+    """Per-repeat ratios (run i over run i, same round), as "median [min-max]".
+
+    The systems of one round run back to back, so each pair saw about the
+    same machine: the spread of these ratios shows how steady the result is.
+    """
+    values = sorted(n / d for n, d in zip(numerators, denominators, strict=False) if d > 0)
+    if not values:
+        return "n/a"
+    middle = (
+        values[len(values) // 2]
+        if len(values) % 2
+        else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+    )
+    return f"{middle:.2f} [{values[0]:.2f}-{values[-1]:.2f}]"
+
+
+def load_average() -> tuple[float, float, float]:
+    """The machine's 1, 5 and 15 minute load averages (os.getloadavg)."""
+    one, five, fifteen = os.getloadavg()
+    return (round(one, 2), round(five, 2), round(fifteen, 2))
+
+
+def print_load(when: str) -> tuple[float, float, float]:
+    """Print the load average, saying ``when`` ("start", "end"); return it.
+
+    The machines are shared: a ratio measured while the load was high is
+    worth less, and the reader needs to see that next to it.
+    """
+    load = load_average()
+    print(
+        f"load average at {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+        f"(1/5/15 min, {os.cpu_count()} cpus)",
+        flush=True,
+    )
+    return load
 
 
 def environment() -> dict[str, object]:

@@ -93,7 +93,14 @@ import meshq
 
 if __package__ in (None, ""):  # run as a script (python bench/x.py): make "bench" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import collect_reports, environment, ratio, write_results
+from bench._common import (
+    collect_reports,
+    environment,
+    paired_ratios,
+    print_load,
+    ratio,
+    write_results,
+)
 from meshq.patterns import Pipeline, Worker
 
 System = Literal["raw", "meshq-64", "meshq-256"]
@@ -677,6 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"repeat {repeat}, medians shown",
         flush=True,
     )
+    load_start = print_load("start")
     began = time.monotonic()
     # Every run's processes import meshq afresh: say so if the code changed meanwhile.
     revision = source_revision()
@@ -703,7 +711,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {system: summarise(runs[system]) for system in SYSTEMS}
     print()
     print(format_table(results))
+    raw_rates = [r["tasks_s"] for r in runs["raw"]]
+    print(
+        "ratio per round, median [min-max]: "
+        + ", ".join(
+            f"{system} {paired_ratios([r['tasks_s'] for r in runs[system]], raw_rates)}"
+            for system in SYSTEMS
+            if system != "raw"
+        )
+    )
     wall = time.monotonic() - began
+    load_end = print_load("end")
     revision_end = source_revision()
     if revision_end != revision or revision.endswith("+dirty"):
         print(
@@ -742,6 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "aggregation": "per-run figures: median of runs; counts: totals",
             "cpu": "timed window; producer: process_time; workers: /proc/<pid>/task/*/schedstat",
             **environment(),
+            "load_average_start": load_start,
+            "load_average_end": load_end,
             "revision": revision,
             "revision_end": revision_end,
             "wall_s": round(wall, 2),

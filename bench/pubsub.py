@@ -39,6 +39,17 @@ Every loop is bounded: the publisher's warm-up in count and time, the burst
 in count, the subscriber's loops by what the publisher sent and by the quiet
 timeout, and the orchestrator kills a run's processes after ``RUN_TIMEOUT``.
 
+One-way latency
+---------------
+After the throughput runs, each system runs ``--repeat`` more times with
+``--latency-count`` (2,000) messages of 100 B published at a steady 1,000
+per second (``time.sleep`` to each slot). The publisher writes
+``time.perf_counter_ns()`` (CLOCK_MONOTONIC, one clock for all processes
+of the machine) into the payload's first 8 bytes just before ``send`` /
+``publish``; the subscriber subtracts it from its own clock right after
+``recv``. p50 and p99 per run (nearest rank), medians over runs; ``added``
+is meshq's p50 minus raw's in the same round.
+
 Reading the numbers
 -------------------
 ``msg/s`` and ``MB/s`` are measured on the subscriber (MB = 10**6 bytes of
@@ -54,17 +65,18 @@ and noisy; compare ratios from the same run, not absolute numbers across runs.
 Usage::
 
     python bench/pubsub.py [--sizes 100,1024,65536] [--repeat N] [--quick]
-                           [--count-scale X] [--json PATH]
+                           [--count-scale X] [--latency-count N] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
@@ -77,7 +89,14 @@ import meshq
 
 if __package__ in (None, ""):  # run as a script (python bench/x.py): make "bench" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import collect_reports, environment, ratio, write_results
+from bench._common import (
+    collect_reports,
+    environment,
+    paired_ratios,
+    print_load,
+    ratio,
+    write_results,
+)
 
 System = Literal["raw", "meshq", "batched"]
 SYSTEMS: tuple[System, ...] = ("raw", "meshq", "batched")
@@ -98,6 +117,11 @@ SETUP_TIMEOUT = 15.0  # seconds to connect and see the first warm-up message
 WARMUP_PACE = 0.002  # seconds between warm-up messages (waiting on the Event)
 MAX_WARMUPS = int(SETUP_TIMEOUT / WARMUP_PACE)
 RUN_TIMEOUT = 60.0  # seconds before the orchestrator kills a run's processes
+
+#: The latency phase: stamped messages of this size at this steady rate (msg/s).
+LATENCY_SIZE = 100
+LATENCY_RATE = 1000.0
+LATENCY_COUNT = 2000
 
 DEFAULT_SIZES = (100, 1024, 65536)
 DEFAULT_COUNTS = {100: 200_000, 1024: 100_000, 65536: 10_000}
@@ -380,6 +404,242 @@ def subscriber_main(
 
 
 # --------------------------------------------------------------------------
+# One-way latency at a steady, low rate
+
+
+class LatencyReport(TypedDict):
+    role: Literal["pub", "sub"]
+    latencies_ns: list[int]
+    error: str
+
+
+class LatencyResult(TypedDict):
+    system: System
+    received: int
+    p50_us: float
+    p99_us: float
+    error: str
+
+
+def paced(count: int, rate: float) -> Iterator[int]:
+    """Yield 0..count-1, each at its slot of a steady ``rate`` per second (bounded)."""
+    start = time.perf_counter()
+    for index in range(count):
+        delay = start + index / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield index
+
+
+def stamp(payload: bytes) -> bytes:
+    """``payload`` with its first 8 bytes replaced by the monotonic clock, in ns.
+
+    CLOCK_MONOTONIC (time.perf_counter_ns on Linux) is one clock for every
+    process of the machine, so the subscriber can subtract it from its own.
+    """
+    return time.perf_counter_ns().to_bytes(8, "big") + payload[8:]
+
+
+def publish_latency(
+    system: System, count: int, link: Connection, ready: Event, done: Event
+) -> LatencyReport:
+    payload = make_payload(LATENCY_SIZE)
+    if system == "raw":
+        context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+        sock = context.socket(zmq.PUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            port = sock.bind_to_random_port(f"tcp://{LOOPBACK}")
+            link.send(f"tcp://{LOOPBACK}:{port}")
+            send = sock.send
+            warm_up(lambda: send(RAW_WARM_TOPIC + WARM_PAYLOAD), ready)
+            for _ in paced(count, LATENCY_RATE):
+                send(RAW_TOPIC + stamp(payload))
+            done.wait(RUN_TIMEOUT)
+        finally:
+            sock.close(linger=0)
+            context.term()
+        return LatencyReport(role="pub", latencies_ns=[], error="")
+    with meshq.Node(
+        "bench-pub", interfaces=[LOOPBACK], discovery=False, config=mesh_config()
+    ) as node:
+        link.send(node.control_endpoints[0])
+        node.wait_for_peers(1, timeout=SETUP_TIMEOUT)
+        publish = node.publish
+        warm_up(lambda: publish(WARM_TOPIC, WARM_PAYLOAD), ready)
+        for _ in paced(count, LATENCY_RATE):
+            publish(TOPIC, stamp(payload))
+        done.wait(RUN_TIMEOUT)
+    return LatencyReport(role="pub", latencies_ns=[], error="")
+
+
+def subscribe_latency(system: System, count: int, link: Connection, ready: Event) -> LatencyReport:
+    latencies: list[int] = []
+    endpoint = receive_endpoint(link)
+    deadline = time.monotonic() + SETUP_TIMEOUT + count / LATENCY_RATE + QUIET
+    if system == "raw":
+        context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+        sock = context.socket(zmq.SUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SUBSCRIBE, PREFIX.encode())
+            sock.connect(endpoint)
+            sock.setsockopt(zmq.RCVTIMEO, int(SETUP_TIMEOUT * 1000))
+            sock.recv()
+            ready.set()
+            sock.setsockopt(zmq.RCVTIMEO, int(QUIET * 1000))
+            expected = len(RAW_TOPIC) + LATENCY_SIZE
+            while len(latencies) < count and time.monotonic() < deadline:
+                try:
+                    frame = sock.recv()
+                except zmq.Again:
+                    break
+                now = time.perf_counter_ns()
+                if len(frame) == expected:
+                    start = len(RAW_TOPIC)
+                    latencies.append(now - int.from_bytes(frame[start : start + 8], "big"))
+        finally:
+            sock.close(linger=0)
+            context.term()
+        return LatencyReport(role="sub", latencies_ns=latencies, error="")
+    with meshq.Node(
+        "bench-sub",
+        interfaces=[LOOPBACK],
+        seeds=[endpoint],
+        discovery=False,
+        config=mesh_config(),
+    ) as node:
+        node.wait_for_peers(1, timeout=SETUP_TIMEOUT)
+        with node.subscribe(PREFIX) as sub:
+            sub.recv(SETUP_TIMEOUT)
+            ready.set()
+            while len(latencies) < count and time.monotonic() < deadline:
+                try:
+                    data: bytes = sub.recv(QUIET).data  # type: ignore[assignment]
+                except meshq.Timeout:
+                    break
+                now = time.perf_counter_ns()
+                if len(data) == LATENCY_SIZE:
+                    latencies.append(now - int.from_bytes(data[:8], "big"))
+    return LatencyReport(role="sub", latencies_ns=latencies, error="")
+
+
+def latency_publisher_main(
+    system: System,
+    count: int,
+    link: Connection,
+    ready: Event,
+    done: Event,
+    reports: Queue[LatencyReport],
+) -> None:
+    try:
+        reports.put(publish_latency(system, count, link, ready, done))
+    except BaseException as exc:
+        reports.put(
+            LatencyReport(role="pub", latencies_ns=[], error=f"{type(exc).__name__}: {exc}")
+        )
+
+
+def latency_subscriber_main(
+    system: System,
+    count: int,
+    link: Connection,
+    ready: Event,
+    done: Event,
+    reports: Queue[LatencyReport],
+) -> None:
+    try:
+        reports.put(subscribe_latency(system, count, link, ready))
+    except BaseException as exc:
+        reports.put(
+            LatencyReport(role="sub", latencies_ns=[], error=f"{type(exc).__name__}: {exc}")
+        )
+    finally:
+        done.set()
+
+
+def run_latency_once(system: System, count: int) -> LatencyResult:
+    """``count`` stamped messages at LATENCY_RATE per second between two fresh processes."""
+    ctx = multiprocessing.get_context("spawn")
+    pub_link, sub_link = ctx.Pipe()
+    ready = ctx.Event()
+    done = ctx.Event()
+    reports: Queue[LatencyReport] = ctx.Queue()
+    processes = {
+        role: ctx.Process(
+            target=target,
+            args=(system, count, link, ready, done, reports),
+            name=f"bench-lat-{role}-{system}",
+            daemon=True,
+        )
+        for target, link, role in (
+            (latency_subscriber_main, sub_link, "sub"),
+            (latency_publisher_main, pub_link, "pub"),
+        )
+    }
+    for process in processes.values():
+        process.start()
+    found, errors = collect_reports(processes, reports, lambda r: r["role"], RUN_TIMEOUT)
+    pub_link.close()
+    sub_link.close()
+    errors += [r["error"] for r in found.values() if r["error"]]
+    ordered = sorted(found["sub"]["latencies_ns"]) if "sub" in found else []
+    if len(ordered) < count:
+        errors.append(f"received {len(ordered)} of {count}")
+    return LatencyResult(
+        system=system,
+        received=len(ordered),
+        p50_us=percentile_us(ordered, 0.50),
+        p99_us=percentile_us(ordered, 0.99),
+        error="; ".join(errors),
+    )
+
+
+def percentile_us(ordered: Sequence[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanoseconds, in microseconds (0 when empty)."""
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] / 1000
+
+
+def measure_latency(repeat: int, count: int, failures: list[str]) -> dict[str, object]:
+    """Run the latency phase ``repeat`` times per system; print and return the summary."""
+    runs: dict[System, list[LatencyResult]] = {"raw": [], "meshq": []}
+    for index in range(repeat):
+        order: tuple[System, ...] = ("raw", "meshq") if index % 2 == 0 else ("meshq", "raw")
+        for system in order:
+            result = run_latency_once(system, count)
+            runs[system].append(result)
+            note = f"  ERROR {result['error']}" if result["error"] else ""
+            if result["error"]:
+                failures.append(f"latency {system} run {index + 1}: {result['error']}")
+            print(
+                f"  latency {system:<5} run {index + 1}/{repeat}: p50 {result['p50_us']:7.1f} us, "
+                f"p99 {result['p99_us']:7.1f} us{note}",
+                flush=True,
+            )
+    p50 = {system: statistics.median(r["p50_us"] for r in rows) for system, rows in runs.items()}
+    p99 = {system: statistics.median(r["p99_us"] for r in rows) for system, rows in runs.items()}
+    raw_p50 = [r["p50_us"] for r in runs["raw"]]
+    mesh_p50 = [r["p50_us"] for r in runs["meshq"]]
+    added = sorted(m - r for m, r in zip(mesh_p50, raw_p50, strict=True))
+    print(
+        f"\none-way latency, {LATENCY_SIZE} B at {LATENCY_RATE:,.0f} msg/s, {count:,} messages "
+        f"per run, medians of {repeat}:\n"
+        f"  raw   p50 {p50['raw']:7.1f} us  p99 {p99['raw']:7.1f} us\n"
+        f"  meshq p50 {p50['meshq']:7.1f} us  p99 {p99['meshq']:7.1f} us\n"
+        f"  added p50 (meshq - raw, same round) {statistics.median(added):.1f} us "
+        f"[{added[0]:.1f} to {added[-1]:.1f}]; p50 ratio {paired_ratios(mesh_p50, raw_p50)}",
+        flush=True,
+    )
+    return {
+        "raw": {"p50_us": p50["raw"], "p99_us": p99["raw"], "runs": runs["raw"]},
+        "meshq": {"p50_us": p50["meshq"], "p99_us": p99["meshq"], "runs": runs["meshq"]},
+        "added_p50_us": statistics.median(added),
+    }
+
+
+# --------------------------------------------------------------------------
 # Orchestration
 
 
@@ -468,13 +728,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="payload sizes in bytes, comma-separated (default: 100,1024,65536)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=None, help="runs per (system, size); median reported (3)"
+        "--repeat", type=int, default=None, help="runs per (system, size); median reported (5)"
     )
     parser.add_argument(
         "--count-scale",
         type=float,
         default=None,
         help="multiply the per-size message counts (200k/100k/10k) by this (1.0)",
+    )
+    parser.add_argument(
+        "--latency-count",
+        type=int,
+        default=None,
+        help=f"stamped messages per latency run at {LATENCY_RATE:,.0f} msg/s "
+        f"({LATENCY_COUNT}; 0 skips the latency phase)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: --count-scale 0.1 --repeat 1 unless given"
@@ -484,7 +751,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
+        args.repeat = 1 if args.quick else 5
+    if args.latency_count is None:
+        args.latency_count = 200 if args.quick else LATENCY_COUNT
+    if args.latency_count < 0:
+        parser.error("--latency-count must be >= 0")
     if args.count_scale is None:
         args.count_scale = 0.1 if args.quick else 1.0
     if args.repeat < 1:
@@ -526,6 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"repeat {repeat}, medians shown",
         flush=True,
     )
+    load_start = print_load("start")
     began = time.monotonic()
     runs: dict[int, dict[System, list[RunResult]]] = {
         s: {system: [] for system in SYSTEMS} for s in sizes
@@ -550,7 +822,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print()
     print(format_table(sizes, results))
+    for size in sizes:
+        raw_rates = [r["msg_s"] for r in runs[size]["raw"]]
+        print(
+            f"{size} B, ratio per round, median [min-max]: meshq "
+            f"{paired_ratios([r['msg_s'] for r in runs[size]['meshq']], raw_rates)}, batched "
+            f"{paired_ratios([r['msg_s'] for r in runs[size]['batched']], raw_rates)}"
+        )
+    latency: dict[str, object] = {}
+    if args.latency_count:
+        latency = measure_latency(repeat, args.latency_count, failures)
     wall = time.monotonic() - began
+    load_end = print_load("end")
     print(
         f"\n{wall:.1f} s wall; ratio = system msg/s / raw msg/s (subscriber side, medians); "
         f"batched = node.publish_many() in chunks of {BATCH}, received one by one"
@@ -569,6 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mb": "10**6 bytes of payload (meshq header not counted)",
             "aggregation": "msg_s, mb_s, pub_msg_s: median of runs; sent/received/lost: totals",
             **environment(),
+            "load_average_start": load_start,
+            "load_average_end": load_end,
             "wall_s": round(wall, 2),
         },
         "results": {
@@ -583,6 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             for size in sizes
         },
+        "latency": latency,
         "failures": failures,
     }
     return write_results(args.json, document, failures)

@@ -85,7 +85,15 @@ import meshq
 
 if __package__ in (None, ""):  # run as a script (python bench/x.py): make "bench" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import collect_reports, environment, ratio, wait_for_service, write_results
+from bench._common import (
+    collect_reports,
+    environment,
+    paired_ratios,
+    print_load,
+    ratio,
+    wait_for_service,
+    write_results,
+)
 
 System = Literal["raw", "meshq"]
 SYSTEMS: tuple[System, ...] = ("raw", "meshq")
@@ -578,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"requests {WINDOW} in flight; repeat {repeat}, medians shown",
         flush=True,
     )
+    load_start = print_load("start")
     began = time.monotonic()
     runs: dict[System, list[RunResult]] = {system: [] for system in SYSTEMS}
     failures: list[str] = []
@@ -601,7 +610,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {system: summarise(runs[system]) for system in SYSTEMS}
     print()
     print(format_table(results))
+    raw_runs, mesh_runs = runs["raw"], runs["meshq"]
+    added = sorted(m["p50_us"] - r["p50_us"] for m, r in zip(mesh_runs, raw_runs, strict=True))
+    print(
+        "ratio per round, median [min-max]: p50 "
+        f"{paired_ratios([r['p50_us'] for r in mesh_runs], [r['p50_us'] for r in raw_runs])}, "
+        f"p99 {paired_ratios([r['p99_us'] for r in mesh_runs], [r['p99_us'] for r in raw_runs])}, "
+        f"req/s @{WINDOW} "
+        f"{paired_ratios([r['req_s'] for r in mesh_runs], [r['req_s'] for r in raw_runs])}; "
+        f"added p50 per round {added[0]:.1f} to {added[-1]:.1f} us"
+    )
     wall = time.monotonic() - began
+    load_end = print_load("end")
     print(
         f"\n{wall:.1f} s wall; ratio = meshq / raw (medians; target: meshq p50 at most "
         f"1.3x raw); added = meshq - raw, us; cpu/rt, cpu @64 = caller CPU us per request "
@@ -628,6 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "aggregation": "per-run figures: median of runs; counts: totals",
             "cpu": "process_time (all threads) per request; provider over the whole run",
             **environment(),
+            "load_average_start": load_start,
+            "load_average_end": load_end,
             "wall_s": round(wall, 2),
         },
         "results": {

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import struct
+
 __all__ = ["Message"]
+
+# Offsets after a data frame's topic terminator (docs/PROTOCOL.md, data
+# messages): version u8, sender 16 bytes, flags u8, sequence u64, time u64.
+_SENDER_START = 2
+_SENDER_END = _SENDER_START + 16
+_TIME_START = _SENDER_END + 1 + 8
+_TIME = struct.Struct(">Q")
 
 
 class Message:
     """One message received by a subscription.
 
-    ``topic`` and ``sender`` are decoded from the frame only when read, since
-    many consumers never look at them.
+    Only what every consumer needs is kept apart: the payload and the
+    sequence number. ``topic``, ``sender`` and ``timestamp`` are read from
+    the frame when asked for: a subscriber makes one of these per message,
+    so each field it does not set is time saved on the hot path.
     """
 
-    __slots__ = ("_frame", "_sender", "_time_ns", "_topic_end", "data", "seq")
+    __slots__ = ("_frame", "_topic_end", "data", "seq")
 
-    def __init__(
-        self, frame: bytes, topic_end: int, sender: bytes, seq: int, time_ns: int, data: object
-    ) -> None:
+    def __init__(self, frame: bytes, topic_end: int, seq: int, data: object) -> None:
         self._frame = frame
         self._topic_end = topic_end
-        self._sender = sender
         #: The publisher's sequence number for this topic, from 1.
         self.seq = seq
-        self._time_ns = time_ns
         #: bytes if bytes were published, otherwise the decoded msgpack object.
         self.data = data
 
@@ -34,12 +41,14 @@ class Message:
     @property
     def sender(self) -> str:
         """The publishing node's id (hex)."""
-        return self._sender.hex()
+        end = self._topic_end
+        return self._frame[end + _SENDER_START : end + _SENDER_END].hex()
 
     @property
     def timestamp(self) -> float:
         """When it was published: seconds since the epoch, publisher's clock."""
-        return self._time_ns / 1e9
+        (time_ns,) = _TIME.unpack_from(self._frame, self._topic_end + _TIME_START)
+        return float(time_ns / 1e9)
 
     def __repr__(self) -> str:
         return f"Message(topic={self.topic!r}, sender={self.sender[:8]}, seq={self.seq})"

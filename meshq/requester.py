@@ -16,21 +16,29 @@ import collections
 import itertools
 import logging
 import random
-import threading
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from .errors import Closed, NoProviders, ProtocolError, RemoteError, Timeout
+from .ownership import Owner, current
 from .publishing import raw_send
 from .ratelimit import RateLimitedLog
 from .services import ServiceDirectory
 from .servicewire import Reply, check_service_name, decode_reply, encode_request
 from .sockets import SocketFactory
-from .wire import Limits, check_payload_size, encode_payload
+from .wire import (
+    FLAG_MSGPACK,
+    PROTOCOL_VERSION,
+    Limits,
+    check_payload_size,
+    decode_payload,
+    encode_payload,
+)
 
 __all__ = ["DEFAULT_RETRIES", "DEFAULT_TIMEOUT", "GatherResult", "RequestFuture", "Requester"]
 
@@ -46,31 +54,85 @@ DEFAULT_RETRIES = 2
 _LOAD_FRESH = 1.0  # seconds a provider's reported load counts for balancing
 _CONNECT_WAIT = 0.05  # seconds a request may wait for its link to a provider
 _SCAN_EVERY = 0.1  # seconds between checks for attempts whose provider left
+_MAX_NAMES = 1024  # service names whose encoding a caller remembers
+# A reply's head (servicewire): "A", version, flags, request id, load.
+_REPLY = struct.Struct(">cBBQI")
+_REPLY_HEAD = _REPLY.unpack_from
+_REPLY_HEAD_BYTES = _REPLY.size
+# Plain ints: the zmq constants are enum members, whose operators run in Python.
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVTIMEO = int(zmq.RCVTIMEO)
 
 
-@dataclass
 class _Call:
-    service: str
-    name: bytes
-    flags: int
-    payload: bytes
-    timeout: float
-    retries: int
-    only: str | None = None  # gather: this provider and no other
-    tried: set[str] = field(default_factory=set)
-    attempts: int = 0
-    provider: str = ""
-    endpoint: str = ""
-    on_done: Callable[[_Call], None] | None = None  # an event loop's wake-up
-    attempt_id: int = 0
-    deadline: float = 0.0
-    done: bool = False
-    result: object = None
-    error: BaseException | None = None
+    """One request: what to send, where it went, and how it ended.
+
+    A slotted class rather than a dataclass: one is made per request.
+    """
+
+    __slots__ = (
+        "attempt_id",
+        "attempts",
+        "deadline",
+        "done",
+        "endpoint",
+        "error",
+        "flags",
+        "name",
+        "on_done",
+        "only",
+        "payload",
+        "provider",
+        "result",
+        "retries",
+        "service",
+        "timeout",
+        "tried",
+    )
+
+    # Set by each attempt (_send), never read before it.
+    attempt_id: int
+    endpoint: str
+    deadline: float
+
+    def __init__(
+        self,
+        service: str,
+        name: bytes,
+        flags: int,
+        payload: bytes,
+        timeout: float,
+        retries: int,
+        only: str | None = None,
+    ) -> None:
+        self.service = service
+        self.name = name
+        self.flags = flags
+        self.payload = payload
+        self.timeout = timeout
+        self.retries = retries
+        self.only = only  # gather: this provider and no other
+        self.tried: set[str] = set()
+        self.attempts = 0
+        # provider, endpoint, attempt_id and deadline: set by each attempt (_send)
+        self.provider = ""
+        self.on_done: Callable[[_Call], None] | None = None  # an event loop's wake-up
+        self.done = False
+        self.result: object = None
+        self.error: BaseException | None = None
 
 
 class RequestFuture:
-    """A request in flight. ``result()`` waits for it on the caller's thread."""
+    """A request in flight. ``result()`` waits for it on the caller's thread.
+
+    It belongs to the thread that made the request (whose sockets carry the
+    reply): ``done()`` and ``result()`` from another thread raise
+    RuntimeError.
+    """
+
+    __slots__ = ("_call", "_requester")
 
     def __init__(self, requester: Requester, call: _Call) -> None:
         self._requester = requester
@@ -79,7 +141,10 @@ class RequestFuture:
     def done(self) -> bool:
         """True once a reply or a final error is in (reads pending replies first)."""
         if not self._call.done:
-            self._requester.pump(0.0)
+            requester = self._requester
+            if current() != requester.owner:
+                raise requester.owner_error(self._call.service)
+            requester.pump(0.0)
         return self._call.done
 
     @property
@@ -91,14 +156,20 @@ class RequestFuture:
         """The reply's data. Waits at most ``timeout`` s (None: until the request ends).
 
         Raises meshq.RemoteError, meshq.Timeout (attempts exhausted, or this
-        wait's ``timeout``), meshq.NoProviders, meshq.Closed.
+        wait's ``timeout``), meshq.NoProviders, meshq.Closed; RuntimeError
+        from a thread other than the one that made the request.
         """
-        self._requester.wait([self._call], timeout)
-        if not self._call.done:
-            raise Timeout(f"request to {self._call.service!r} still in flight")
-        if self._call.error is not None:
-            raise self._call.error
-        return self._call.result
+        call = self._call
+        if not call.done:
+            requester = self._requester
+            if current() != requester.owner:
+                raise requester.owner_error(call.service)
+            requester.wait_for(call, timeout)
+            if not call.done:
+                raise Timeout(f"request to {call.service!r} still in flight")
+        if call.error is not None:
+            raise call.error
+        return call.result
 
     def add_done_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once the request ends, on the thread that reads its reply.
@@ -132,7 +203,8 @@ class Requester:
         limits: Limits,
         count: Callable[[str], None],
     ) -> None:
-        self.owner = threading.get_ident()
+        self._owner = Owner()
+        self.owner = self._owner.ident
         self._context = context
         self._factory = factory
         self._directory = directory
@@ -141,13 +213,22 @@ class Requester:
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]  # by endpoint
         self._refusals_handled: dict[str, float] = {}  # see SocketFactory.refused
         self._dealer_made: dict[str, float] = {}  # endpoint -> when its DEALER was made
+        self._names: dict[str, bytes] = {}  # service -> its checked UTF-8 name
         self._poller = zmq.Poller()
         self._calls: dict[int, _Call] = {}  # by attempt id
         self._outstanding: collections.Counter[str] = collections.Counter()
         self._load: dict[str, tuple[int, float]] = {}  # provider -> (load, when reported)
         self._ids = itertools.count(random.getrandbits(48))
         self._next_scan = 0.0  # when _expire next looks at every call (monotonic)
+        # The only DEALER, while there is exactly one (wait_for blocks in
+        # it), and the RCVTIMEO (ms) wait_for last gave it (-1: not set).
+        self._sole_dealer: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._recv_timeout_ms = -1
         self._closed = False
+
+    def owner_error(self, service: str) -> RuntimeError:
+        """The RuntimeError for a request to ``service`` used from a thread not its own."""
+        return self._owner.error(f"a request to {service!r}")
 
     def wake(self) -> None:
         """Directory changes need no wake-up: each call looks again."""
@@ -163,7 +244,11 @@ class Requester:
             raise Closed("node is closed")
         if timeout <= 0 or retries < 0:
             raise ValueError("need timeout > 0 seconds and retries >= 0")
-        name = check_service_name(service)
+        name = self._names.get(service)
+        if name is None:
+            name = check_service_name(service)
+            if len(self._names) < _MAX_NAMES:
+                self._names[service] = name
         flags, payload = encode_payload(data)
         check_payload_size(flags, payload, self._limits, "request")
         self._retry_refused()
@@ -201,9 +286,9 @@ class Requester:
             candidates = [p for p in providers if p not in call.tried]
         if not candidates:
             return False
-        provider = min(candidates, key=self._busyness)
+        provider = candidates[0] if len(candidates) == 1 else min(candidates, key=self._busyness)
         call.endpoint = providers[provider]
-        dealer = self._dealer(call.endpoint)
+        dealer = self._dealers.get(call.endpoint) or self._dealer(call.endpoint)
         call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
         call.provider = provider
         call.attempts += 1
@@ -211,7 +296,7 @@ class Requester:
         frame = encode_request(call.attempt_id, call.name, call.flags, call.payload)
         try:
             try:
-                raw_send(dealer, frame, zmq.NOBLOCK)
+                raw_send(dealer, frame, _NOBLOCK)
             except zmq.Again:
                 # Not connected yet (a new link): wait up to _CONNECT_WAIT for
                 # it. An unreachable or full provider leaves the attempt
@@ -226,7 +311,8 @@ class Requester:
             raise Closed(f"request socket failed: {exc}") from exc
         self._calls[call.attempt_id] = call
         self._outstanding[provider] += 1
-        self._next_scan = min(self._next_scan, call.deadline)
+        if call.deadline < self._next_scan:
+            self._next_scan = call.deadline
         return True
 
     def _busyness(self, provider: str) -> tuple[int, float]:
@@ -258,13 +344,21 @@ class Requester:
             dealer.setsockopt(zmq.SNDTIMEO, int(_CONNECT_WAIT * 1000))
             self._factory.connect(dealer, endpoint)  # refused: requests time out
             self._dealers[endpoint] = dealer
+            self._set_sole_dealer()
             self._dealer_made[endpoint] = time.monotonic()
             self._poller.register(dealer, zmq.POLLIN)
         return dealer
 
+    def _set_sole_dealer(self) -> None:
+        sole = next(iter(self._dealers.values())) if len(self._dealers) == 1 else None
+        if sole is not self._sole_dealer:
+            self._sole_dealer = sole
+            self._recv_timeout_ms = -1  # a new socket: its RCVTIMEO is not ours yet
+
     def _close_dealer(self, endpoint: str) -> None:
         dealer = self._dealers.pop(endpoint, None)
         self._dealer_made.pop(endpoint, None)
+        self._set_sole_dealer()
         if dealer is not None:
             self._poller.unregister(dealer)
             dealer.close(linger=0)
@@ -289,8 +383,52 @@ class Requester:
                 return
             self.pump(None if until is None else until - time.monotonic())
 
+    def wait_for(self, call: _Call, timeout: float | None) -> None:
+        """Read replies until ``call`` is done or ``timeout`` s pass.
+
+        With one provider link (the usual case) this blocks in that
+        DEALER's own ``recv`` (its RCVTIMEO set to the time left): about
+        half the cost of a poll followed by a non-blocking read.
+        """
+        until = None if timeout is None else time.monotonic() + timeout
+        while not call.done:
+            dealer = self._sole_dealer
+            if dealer is None or self._closed:
+                remaining = None if until is None else max(0.0, until - time.monotonic())
+                self.wait([call], remaining)
+                return
+            now = time.monotonic()
+            limit = self._next_scan - now
+            if limit <= 0:
+                self._expire(now)
+                continue
+            if until is not None:
+                if now >= until:
+                    return
+                limit = min(limit, until - now)
+            # Whole ms, rounded up; set again only when it changed.
+            ms = int(limit * 1000) + 1
+            if ms != self._recv_timeout_ms:
+                dealer.setsockopt(_RCVTIMEO, ms)
+                self._recv_timeout_ms = ms
+            try:
+                frame = dealer.recv()
+            except zmq.Again:
+                continue  # the time is up: the loop looks at what expired
+            except zmq.ZMQError as exc:  # the node closed its context meanwhile
+                self.close()
+                raise Closed("node is closed") from exc
+            self._on_reply(frame)
+
     def pump(self, wait: float | None) -> None:
         """Handle replies and expired attempts, waiting at most ``wait`` s for a reply."""
+        dealer = self._sole_dealer
+        if wait == 0.0 and dealer is not None and self._calls and not self._closed:
+            # A look without waiting at one link: ask the socket, not poll().
+            if int(dealer.getsockopt(_EVENTS)) & _POLLIN:
+                self._read(dealer)
+            self._expire(time.monotonic())
+            return
         limit_ms = self.poll_limit(wait)
         if limit_ms is None:
             return
@@ -334,25 +472,54 @@ class Requester:
     def _read(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
         # The poll said "readable": read once, then ask before each further
         # read (a zmq.Again costs more than the question).
-        readable = True
-        while readable:
+        while True:
             try:
-                frame = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(_NOBLOCK)
             except zmq.Again:
                 return
-            readable = bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
-            try:
-                reply = decode_reply(frame, self._limits)
-            except ProtocolError as exc:
-                self._count("reply_protocol_errors")
-                _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
-                continue
-            call = self._calls.pop(reply.request_id, None)
+            self._on_reply(frame)
+            if sock.closed or not int(sock.getsockopt(_EVENTS)) & _POLLIN:
+                return
+
+    def _on_reply(self, frame: bytes) -> None:
+        """Settle the call that ``frame`` answers (or count it late or malformed)."""
+        try:
+            kind, version, flags, request_id, load = _REPLY_HEAD(frame)
+        except struct.error:
+            kind = b""
+        if kind == b"A" and version == PROTOCOL_VERSION and flags <= FLAG_MSGPACK:
+            # A plain result, the common reply: decoded here, without a Reply.
+            call = self._calls.pop(request_id, None)
             if call is None:
                 self._count("late_replies")  # its attempt timed out: drop it
-                continue
-            self._outstanding[call.provider] -= 1
-            self._load[call.provider] = (reply.load, time.monotonic())
+                return
+            try:
+                data = decode_payload(flags, frame[_REPLY_HEAD_BYTES:], self._limits)
+            except ProtocolError as exc:
+                self._calls[request_id] = call  # not an answer: the call waits on
+                self._count("reply_protocol_errors")
+                _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
+                return
+            provider = call.provider
+            self._outstanding[provider] -= 1
+            self._load[provider] = (load, time.monotonic())
+            self._finish(call, result=data)
+            return
+        try:
+            reply = decode_reply(frame, self._limits)
+        except ProtocolError as exc:
+            self._count("reply_protocol_errors")
+            _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
+            return
+        call = self._calls.pop(reply.request_id, None)
+        if call is None:
+            self._count("late_replies")  # its attempt timed out: drop it
+            return
+        self._outstanding[call.provider] -= 1
+        self._load[call.provider] = (reply.load, time.monotonic())
+        if reply.error is None and not reply.not_served:
+            self._finish(call, result=reply.data)  # the common case, without _settle
+        else:
             self._settle(call, reply)
 
     def _settle(self, call: _Call, reply: Reply) -> None:

@@ -20,9 +20,9 @@ import zmq
 
 from .errors import PayloadTooLarge, ProtocolError
 from .offences import Offences
-from .publishing import bind_all
+from .publishing import bind_all, raw_send
 from .ratelimit import RateLimitedLog
-from .servicewire import decode_request, encode_reply
+from .servicewire import decode_request, encode_answer, encode_reply
 from .sockets import SocketFactory
 from .wire import Limits, check_payload_size, encode_payload
 
@@ -39,6 +39,12 @@ DeferredHandler = Callable[[object, "ReplyTo"], None]
 #: called again (None: no wish).
 Ticker = Callable[[float, bool], "float | None"]
 _READ_AHEAD = 256  # requests a provider takes off its socket before answering
+# Plain ints: the zmq constants are enum members, whose operators run in Python.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
 
 
 class ServiceDirectory:
@@ -104,7 +110,7 @@ class ReplyTo:
             raise
         if self._claim():
             self._runner.post_reply(
-                self._identity, encode_reply(self._request_id, 0, flags=flags, payload=payload)
+                self._identity, encode_answer(self._request_id, 0, flags, payload)
             )
             self._runner.count("requests_served")
 
@@ -197,15 +203,19 @@ class ServiceRunner:
             self._close_pipe()
             raise failed[0]
 
+    # The handler maps are replaced, never changed in place, so the service
+    # thread reads them without the lock; a deferred handler is published
+    # before its _handlers entry, which is what the service thread reads first.
+
     def add(self, name: str, handler: Handler) -> None:
         with self._lock:
-            self._handlers[name] = handler
+            self._handlers = {**self._handlers, name: handler}
 
     def add_deferred(self, name: str, handler: DeferredHandler) -> None:
         """Serve ``name`` with a handler that answers through a :class:`ReplyTo`, maybe later."""
         with self._lock:
-            self._deferred[name] = handler
-            self._handlers[name] = _never_called
+            self._deferred = {**self._deferred, name: handler}
+            self._handlers = {**self._handlers, name: _never_called}
 
     def add_ticker(self, ticker: Ticker) -> None:
         """Call ``ticker(now, idle)`` whenever no request is waiting, and when it asked to be."""
@@ -239,8 +249,13 @@ class ServiceRunner:
     def send_reply(self, identity: bytes, reply: bytes) -> None:
         """Send an encoded reply (service thread only); a reply that cannot go is counted."""
         assert self._sock is not None, "replies are sent from the service thread"
+        sock = self._sock
         try:
-            self._sock.send_multipart([identity, reply], zmq.NOBLOCK)
+            # Two sends of pyzmq's compiled method: send_multipart's Python
+            # loop costs more than the sends. A ROUTER message is atomic: if
+            # the identity part is refused, nothing was queued.
+            raw_send(sock, identity, _SNDMORE_NOBLOCK)
+            raw_send(sock, reply, _NOBLOCK)
         except zmq.ZMQError:  # caller gone, or not reading its replies
             self._count("service_replies_dropped")
 
@@ -295,7 +310,7 @@ class ServiceRunner:
         try:
             while not self._stop.is_set():
                 if not backlog:
-                    wait = self._tick(idle=True)
+                    wait = self._tick(idle=True) if self._tickers else None
                     # Only while a ticker waits for something: the request
                     # path (no ticker waiting) pays nothing for it.
                     replies = self.reply_sockets() if wait is not None else []
@@ -318,24 +333,30 @@ class ServiceRunner:
                 if self._outbox:
                     self._send_posted()
                 # Ask before reading: a zmq.Again costs more than the question.
-                while len(backlog) < _READ_AHEAD and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                while len(backlog) < _READ_AHEAD and sock.getsockopt(_EVENTS) & _POLLIN:
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        identity = sock.recv(_NOBLOCK)
                     except zmq.Again:
                         break
+                    # The rest of a message is there once its first part is.
+                    frame = sock.recv(_NOBLOCK) if sock.getsockopt(_RCVMORE) else None
+                    extra = False
+                    while sock.getsockopt(_RCVMORE):  # more than [identity, request]
+                        sock.recv(_NOBLOCK)
+                        extra = True
                     offences = self._offences
                     if (
                         offences is not None
                         and offences.active  # no clock read while nobody is banned
-                        and offences.banned(frames[0], time.monotonic())
+                        and offences.banned(identity, time.monotonic())
                     ):
                         self._count("service_banned_dropped")
                         continue
-                    if len(frames) == 2:
-                        backlog.append((frames[0], frames[1]))
+                    if frame is not None and not extra:
+                        backlog.append((identity, frame))
                     else:
                         self._count("service_protocol_errors")
-                        self._offend(frames[0])
+                        self._offend(identity)
                 if backlog:
                     identity, frame = backlog.popleft()
                     try:
@@ -366,9 +387,8 @@ class ServiceRunner:
             _bad_input_log.warning("dropped malformed request: %s", exc.reason)
             self._offend(identity)
             return None
-        with self._lock:
-            handler = self._handlers.get(request.service)
-            deferred = self._deferred.get(request.service)
+        handler = self._handlers.get(request.service)
+        deferred = self._deferred.get(request.service) if handler is _never_called else None
         if handler is None:
             return encode_reply(request.request_id, load, not_served=True)
         if deferred is not None:
@@ -389,7 +409,7 @@ class ServiceRunner:
             log.debug("handler of %r raised", request.service, exc_info=True)
             return encode_reply(request.request_id, load, error=exc)
         self._count("requests_served")
-        return encode_reply(request.request_id, load, flags=flags, payload=payload)
+        return encode_answer(request.request_id, load, flags, payload)
 
     def _wake(self) -> None:
         # Under the lock _close_pipe takes, so that a wake-up never writes

@@ -13,6 +13,7 @@ import collections
 import logging
 import math
 import os
+import struct
 import threading
 import time
 import weakref
@@ -25,9 +26,20 @@ import zmq
 
 from .errors import Closed, ProtocolError, Timeout
 from .message import Message
+from .ownership import Owner, current
 from .ratelimit import RateLimitedLog
 from .sockets import RefusedLinks, SocketFactory
-from .wire import Limits, TailMarker, decode_data
+from .wire import (
+    DATA_HEADER_BYTES,
+    ENTRY_HEADER_BYTES,
+    FLAG_BATCH,
+    MAX_BATCH,
+    NODE_ID_BYTES,
+    PROTOCOL_VERSION,
+    Limits,
+    TailMarker,
+    decode_data,
+)
 
 __all__ = [
     "BLOCKING_SUFFIX",
@@ -216,6 +228,12 @@ class Gap:
 
 
 _MAX_STREAMS = 100_000  # (publisher, topic) pairs tracked for gaps before starting over
+# After the topic's NUL: version, sender (skipped), flags, sequence, time (skipped).
+_FAST_HEAD = struct.Struct(f">B{NODE_ID_BYTES}xBQ8x").unpack_from
+assert struct.calcsize(f">B{NODE_ID_BYTES}xBQ8x") == DATA_HEADER_BYTES
+_STREAM_END = 2 + NODE_ID_BYTES  # a stream key ends after the sender id
+_PAYLOAD_START = 1 + DATA_HEADER_BYTES  # from the topic's NUL
+_ENTRY_LENGTH = struct.Struct(">I").unpack_from  # a batch entry's length
 _GAP_LOG = 100
 
 
@@ -243,9 +261,87 @@ class Inbox:
         # Last sequence number per stream; the key is the frame's start up to
         # and including the sender id: topic, NUL, version, sender.
         self._last_seq: dict[bytes, int] = {}
+        # Where _take looks for the topic's end, and the longest frame (past
+        # the topic) it lets through: the codec's limits, precomputed.
+        self._topic_scan = limits.max_topic_bytes + 1
+        self._most = _PAYLOAD_START + limits.max_payload_bytes
 
     def _take(self, frame: bytes) -> Message | None:
-        """The first message of ``frame`` (keeping the rest of a batch), or None if malformed."""
+        """The first message of ``frame`` (keeping the rest of a batch), or None if malformed.
+
+        Runs once per received frame. The common frame (one message, raw
+        bytes, well formed) takes the inline path: one search, one unpack,
+        one dict look-up for the gap check and a four-field Message;
+        everything else goes through the codec (decode_data).
+        """
+        end = frame.find(b"\0", 0, self._topic_scan)
+        if end > 0:
+            try:
+                version, flags, seq = _FAST_HEAD(frame, end + 1)
+            except struct.error:  # truncated: the codec names the fault
+                pass
+            else:
+                if flags == FLAG_BATCH and version == PROTOCOL_VERSION:
+                    batch = self._take_batch(frame, end, seq)
+                    if batch is not None:
+                        return batch
+                elif not flags and version == PROTOCOL_VERSION and len(frame) <= end + self._most:
+                    stream = frame[: end + _STREAM_END]
+                    last_seq = self._last_seq
+                    previous = last_seq.get(stream)
+                    if previous is not None:
+                        if seq > previous + 1:
+                            self._record_gap(frame, end, seq - previous - 1)
+                    elif len(last_seq) >= _MAX_STREAMS:
+                        last_seq.clear()
+                    last_seq[stream] = seq
+                    return Message(frame, end, seq, frame[end + _PAYLOAD_START :])
+        return self._take_decoded(frame)
+
+    def _take_batch(self, frame: bytes, end: int, first: int) -> Message | None:
+        """:meth:`_take` for a batch of raw payloads (publish_many, coalesced bursts).
+
+        One pass over the entries, making the Messages as it goes; None
+        (nothing kept) for anything the codec should judge instead.
+        """
+        size = len(frame)
+        if size > end + self._most:
+            return None
+        messages: list[Message] = []
+        append = messages.append
+        unpack = _ENTRY_LENGTH
+        position = end + _PAYLOAD_START
+        seq = first
+        try:
+            while position < size:
+                (length,) = unpack(frame, position)
+                position += ENTRY_HEADER_BYTES
+                stop = position + length
+                if stop > size:
+                    return None  # truncated entry
+                append(Message(frame, end, seq, frame[position:stop]))
+                seq += 1
+                position = stop
+        except struct.error:  # fewer than 4 bytes left
+            return None
+        if not messages or len(messages) > MAX_BATCH:
+            return None
+        stream = frame[: end + _STREAM_END]
+        last_seq = self._last_seq
+        previous = last_seq.get(stream)
+        if previous is not None:
+            if first > previous + 1:
+                self._record_gap(frame, end, first - previous - 1)
+        elif len(last_seq) >= _MAX_STREAMS:
+            last_seq.clear()
+        last_seq[stream] = seq - 1
+        if len(messages) > 1:
+            self._pending.extend(messages)
+            return self._pending.popleft()
+        return messages[0]
+
+    def _take_decoded(self, frame: bytes) -> Message | None:
+        """:meth:`_take` for any frame, through the codec."""
         try:
             decoded = decode_data(frame, self._limits)
         except ProtocolError as exc:
@@ -261,10 +357,11 @@ class Inbox:
             first, last = decoded[0], decoded[-1]
             self._pending.extend(decoded)
             self._pending.popleft()
-        stream = frame[: first._topic_end + 18]
+        end = first._topic_end
+        stream = frame[: end + _STREAM_END]
         previous = self._last_seq.get(stream)
         if previous is not None and first.seq > previous + 1:
-            self._record_gap(first, first.seq - previous - 1)
+            self._record_gap(frame, end, first.seq - previous - 1)
         elif previous is None and len(self._last_seq) >= _MAX_STREAMS:
             self._last_seq.clear()
         self._last_seq[stream] = last.seq
@@ -277,7 +374,7 @@ class Inbox:
         later message to show the jump; the publisher's tail markers do.
         Before any message of the stream, it only sets where counting starts.
         """
-        stream = frame[: tail.topic_end + 18]
+        stream = frame[: tail.topic_end + _STREAM_END]
         previous = self._last_seq.get(stream)
         if previous is not None and tail.seq > previous:
             topic = frame[: tail.topic_end].decode("utf-8", "replace")
@@ -287,7 +384,8 @@ class Inbox:
         if previous is None or tail.seq > previous:
             self._last_seq[stream] = tail.seq
 
-    def _record_gap(self, message: Message, missed: int) -> None:
+    def _record_gap(self, frame: bytes, topic_end: int, missed: int) -> None:
+        message = Message(frame, topic_end, 0, None)  # names the stream
         self._note_gap(message.sender, message.topic, missed)
 
     def _note_gap(self, sender: str, topic: str, missed: int) -> None:
@@ -330,7 +428,10 @@ class Subscription(Inbox):
         self._poller.register(self._wake_read, zmq.POLLIN)
         self._closed = False
         self._pipe_lock = threading.Lock()
-        self.owner = threading.get_ident()
+        self._owner = Owner()
+        self.owner = self._owner.ident
+        # pyzmq's compiled recv, bound once: the hot path calls it per message.
+        self._recv = self._sock.recv
         directory.watch(self)
         own(self)
         self._links.sync()
@@ -354,14 +455,39 @@ class Subscription(Inbox):
     def recv(self, timeout: float | None = None) -> Message:
         """The next message; wait at most ``timeout`` seconds (None: forever).
 
-        Raises meshq.Timeout when the time passes, meshq.Closed after close().
-        Malformed messages from peers are counted in ``dropped``, not raised.
+        Raises meshq.Timeout when the time passes, meshq.Closed after close(),
+        RuntimeError when called from a thread other than the one that
+        subscribed. Malformed messages from peers are counted in
+        ``dropped``, not raised.
         """
+        if current() != self.owner:
+            raise self._owner.error(f"subscription {self.prefix!r}")
         if self._pending:
             return self._pending.popleft()
+        empty = False
+        if self._links.version == self._directory.version:
+            try:
+                frame = self._recv(zmq.NOBLOCK)
+            except zmq.Again:
+                empty = True
+            except zmq.ZMQError:
+                pass  # the socket failed: the loop below says why
+            else:
+                message = self._take(frame)
+                if message is not None:
+                    return message
+        return self._recv_waiting(timeout, empty)
+
+    def _recv_waiting(self, timeout: float | None, empty: bool) -> Message:
+        """:meth:`recv` past its first read: sync links, wait, read (``empty``: wait first)."""
         deadline = -1.0  # computed only if we have to wait
         sock = self._sock
+        if empty:
+            deadline = math.inf if timeout is None else time.monotonic() + timeout
+            self._wait(deadline)
         while True:
+            if self._pending:  # a batch read by a previous pass
+                return self._pending.popleft()
             if self._links.version != self._directory.version:
                 self._check_open()
                 self._links.sync()
@@ -411,7 +537,14 @@ class Subscription(Inbox):
                 return
 
     def close(self) -> None:
-        """Stop receiving and release the socket. Safe to call twice."""
+        """Stop receiving and release the socket. Safe to call twice.
+
+        Raises RuntimeError from a thread other than the owner while open
+        (the owner may be inside recv(); closing the node is how another
+        thread ends it).
+        """
+        if current() != self.owner and not self._closed:
+            raise self._owner.error(f"subscription {self.prefix!r}")
         with self._pipe_lock:
             if self._closed:
                 return

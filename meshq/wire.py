@@ -549,13 +549,13 @@ def decode_data(frame: bytes, limits: Limits) -> Message | list[Message] | TailM
     start = topic_end + 1 + _DATA_HEAD.size
     if len(frame) < start:
         raise ProtocolError("truncated data header")
-    version, sender, flags, seq, time_ns = _DATA_HEAD.unpack_from(frame, topic_end + 1)
+    version, sender, flags, seq, _time_ns = _DATA_HEAD.unpack_from(frame, topic_end + 1)
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {version}")
     if len(frame) - start > limits.max_payload_bytes:
         raise ProtocolError("payload too large")
     if not flags:
-        return Message(frame, topic_end, sender, seq, time_ns, frame[start:])
+        return Message(frame, topic_end, seq, frame[start:])
     if flags & ~_KNOWN_FLAGS:
         raise ProtocolError("unknown flags")
     if flags & FLAG_TAIL:
@@ -564,14 +564,11 @@ def decode_data(frame: bytes, limits: Limits) -> Message | list[Message] | TailM
         return TailMarker(topic_end, sender, seq)
     if not flags & FLAG_BATCH:
         data = decode_payload(flags, frame[start:], limits)
-        return Message(frame, topic_end, sender, seq, time_ns, data)
+        return Message(frame, topic_end, seq, data)
     payloads: list[object] = list(split_batch(frame, start, limits))
     if flags & FLAG_MSGPACK:
         payloads = [decode_payload(FLAG_MSGPACK, p, limits) for p in payloads]  # type: ignore[arg-type]
-    return [
-        Message(frame, topic_end, sender, seq + offset, time_ns, data)
-        for offset, data in enumerate(payloads)
-    ]
+    return [Message(frame, topic_end, seq + offset, data) for offset, data in enumerate(payloads)]
 
 
 def decode_payload(flags: int, payload: bytes, limits: Limits) -> object:
