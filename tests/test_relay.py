@@ -18,6 +18,7 @@ import msgpack
 import pytest
 
 import meshq
+from meshq.relay import JetStreamStore
 from meshq.relay.store import Store
 
 LOOPBACK = ["127.0.0.1"]
@@ -27,11 +28,45 @@ def wait_for_relay(node: meshq.Node, stream: str, relays: int = 1) -> None:
     node.wait_for_service(f"meshq/relay/{stream}", relays, timeout=10)
 
 
-@pytest.fixture
-def relay_node(mesh: str, tmp_path: Path) -> Iterator[meshq.Relay]:
+@pytest.fixture(params=["sqlite", "jetstream"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each durable-stream test runs against both stores: SQLite, and a 3-server
+    JetStream cluster (R3) behind a gateway relay."""
+    return str(request.param)
+
+
+def make_relay(
+    request: pytest.FixtureRequest,
+    kind: str,
+    mesh: str,
+    data: Path,
+    streams: list[str | meshq.StreamConfig],
+) -> meshq.Relay:
+    """A relay on a new node of ``mesh``: SQLite in ``data``, or the session's cluster."""
     node = meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK)
-    relay = meshq.Relay(
-        node,
+    try:
+        if kind == "sqlite":
+            return meshq.Relay(node, data, streams)
+        cluster = request.getfixturevalue("nats_cluster")
+        store = JetStreamStore(cluster.urls, replicas=3)
+        try:
+            return meshq.Relay(node, streams=streams, store=store)
+        except BaseException:
+            store.close()
+            raise
+    except BaseException:
+        node.close()
+        raise
+
+
+@pytest.fixture
+def relay_node(
+    request: pytest.FixtureRequest, store_kind: str, mesh: str, tmp_path: Path
+) -> Iterator[meshq.Relay]:
+    relay = make_relay(
+        request,
+        store_kind,
+        mesh,
         tmp_path / "relay",
         ["orders/", meshq.StreamConfig("audit/", durability="batched")],
     )
@@ -238,21 +273,29 @@ def test_two_relays_claiming_a_stream_is_a_configuration_error(
             client.publish("orders/a", 1, durable=True)
 
 
-def test_retention_by_count_keeps_the_newest(mesh: str, tmp_path: Path) -> None:
-    with (
-        meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK) as node,
-        meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client,
-    ):
-        relay = meshq.Relay(node, tmp_path, [meshq.StreamConfig("m/", max_messages=3)])
-        wait_for_relay(client, "m/")
-        for i in range(10):
-            client.publish("m/x", i, durable=True)
-        deadline = time.monotonic() + 10
-        while relay.counts.get("trimmed", 0) < 7:
-            assert time.monotonic() < deadline, relay.counts
-            time.sleep(0.05)
-        with client.subscribe("m/", durable="late") as sub:
-            assert [sub.recv(timeout=5).data for _ in range(3)] == [7, 8, 9]
+def test_retention_by_count_keeps_the_newest(
+    request: pytest.FixtureRequest, store_kind: str, mesh: str, tmp_path: Path
+) -> None:
+    config = meshq.StreamConfig("m/", max_messages=3)
+    relay = make_relay(request, store_kind, mesh, tmp_path, [config])
+    try:
+        with meshq.Node("client", mesh=mesh, interfaces=LOOPBACK) as client:
+            wait_for_relay(client, "m/")
+            for i in range(10):
+                client.publish("m/x", i, durable=True)
+            deadline = time.monotonic() + 10
+            while True:  # retention runs as the SQLite relay's housekeeping, at least each 1 s
+                info = client.request("meshq/relay/m/", ["info"], timeout=5)
+                assert isinstance(info, dict)
+                if info["messages"] <= 3:
+                    break
+                assert time.monotonic() < deadline, info
+                time.sleep(0.05)
+            assert (info["messages"], info["first_seq"], info["last_seq"]) == (3, 8, 10)
+            with client.subscribe("m/", durable="late") as sub:
+                assert [sub.recv(timeout=5).data for _ in range(3)] == [7, 8, 9]
+    finally:
+        relay.close()
 
 
 def test_a_flipped_byte_is_refused_loudly_and_never_served(

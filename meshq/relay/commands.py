@@ -1,6 +1,8 @@
 """The relay's CLI subcommands: ``meshq relay``, ``meshq streams``, ``meshq replay``.
 
 meshq relay --data DIR --streams "orders/,audit/"   store those streams, until Ctrl-C
+meshq relay --store nats://h1:4222,nats://h2:4222 --replicas 3 --streams orders/
+                                                     the same on a JetStream cluster
 meshq streams                                        per stream: messages, bytes, seqs, consumers
 meshq replay STREAM --from SEQ [--dead CONSUMER]     print stored messages (or dead letters)
 """
@@ -16,6 +18,7 @@ from ..errors import MeshqError, Timeout
 from ..node import Node
 from ..relaywire import RELAY_SERVICE_PREFIX, decode_records, stream_of_service
 from ..wire import decode_payload
+from .jetstream import JetStreamStore
 from .server import Relay, StreamConfig
 
 __all__ = ["add_commands"]
@@ -31,7 +34,13 @@ def add_commands(
     """Add the relay subcommands to ``commands``; return their handlers by name."""
     relay = commands.add_parser("relay", help="store durable streams and serve them")
     node_options(relay)
-    relay.add_argument("--data", required=True, help="directory for the SQLite file")
+    relay.add_argument("--data", help="directory for the SQLite file")
+    relay.add_argument(
+        "--store",
+        metavar="URLS",
+        help="keep the streams on NATS JetStream instead: 'nats://h1:4222,nats://h2:4222'",
+    )
+    relay.add_argument("--replicas", type=int, default=1, help="JetStream copies per stream")
     relay.add_argument(
         "--streams", required=True, help="comma-separated topic prefixes, e.g. 'orders/,audit/'"
     )
@@ -73,9 +82,19 @@ def add_commands(
             for name in args.streams.split(",")
             if name.strip()
         ]
+        if (args.data is None) == (args.store is None):
+            raise SystemExit("meshq relay: give --data DIR (SQLite) or --store URLS (JetStream)")
+        store = None if args.store is None else JetStreamStore(args.store, replicas=args.replicas)
         node = make_node(args, "meshq-relay")
-        relay = Relay(node, args.data, configs, dedup_window=args.dedup_window)
-        print(f"relay {node.id[:8]} storing {[c.name for c in configs]} in {args.data}", flush=True)
+        try:
+            relay = Relay(node, args.data, configs, dedup_window=args.dedup_window, store=store)
+        except BaseException:
+            node.close()
+            if store is not None:
+                store.close()
+            raise
+        where = args.data if store is None else store.store_id
+        print(f"relay {node.id[:8]} storing {[c.name for c in configs]} in {where}", flush=True)
         try:
             node.run(timeout=args.duration)
         finally:

@@ -41,6 +41,8 @@ from ..relaywire import (
 from ..services import DeferredHandler, ReplyTo
 from ..wire import decode_payload
 from .consumers import Consumer
+from .gateway import Gateway
+from .interface import StreamStore
 from .store import Store, StoredMessage
 
 if TYPE_CHECKING:
@@ -113,20 +115,25 @@ class Relay:
         batch_interval: longest time (s) a batched stream's writes wait for a
             group commit while requests keep arriving.
         dedup_window: seconds a message id is remembered to drop a producer's retry.
+        store: serve the streams from this store (meshq.relay.JetStreamStore)
+            instead of SQLite in ``data_dir``; see meshq/relay/interface.py.
 
     Raises ValueError for no streams, duplicate or overlapping names,
     StoreInUse if another relay serves ``data_dir``, sqlite3.Error if the file
     cannot be opened, meshq.BindError if the service port is taken.
     """
 
+    counts: dict[str, int]
+
     def __init__(
         self,
         node: MeshNode,
-        data_dir: str | Path,
-        streams: Sequence[str | StreamConfig],
+        data_dir: str | Path | None = None,
+        streams: Sequence[str | StreamConfig] = (),
         *,
         batch_interval: float = 0.002,
         dedup_window: float = 120.0,
+        store: StreamStore | None = None,
     ) -> None:
         configs = [s if isinstance(s, StreamConfig) else StreamConfig(s) for s in streams]
         names = [c.name for c in configs]
@@ -140,6 +147,14 @@ class Relay:
         self.streams = {c.name: c for c in configs}
         self.batch_interval = batch_interval
         self.dedup_window = dedup_window
+        if (data_dir is None) == (store is None):
+            raise ValueError("a relay has a data_dir (SQLite) or a store, one of them")
+        # Another store (JetStream): this relay is a gateway to it (gateway.py).
+        self._gateway = None if store is None else Gateway(node, store, configs, dedup_window)
+        if self._gateway is not None:
+            self.counts = self._gateway.counts
+            return
+        assert data_dir is not None
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         self._lock = _lock_directory(Path(data_dir))
         try:
@@ -158,7 +173,7 @@ class Relay:
         self._next_housekeeping = 0.0
         self._conflicts: set[str] = set()
         #: Counters: stored, duplicates, confirmed, delivered, corrupt ...
-        self.counts: dict[str, int] = {}
+        self.counts = {}
         self._operations: dict[str, Callable[[str, list[object], ReplyTo], None]] = {
             "pub": self._publish,
             "pubs": self._publish,
@@ -526,7 +541,10 @@ class Relay:
             self.counts[what] = self.counts.get(what, 0) + n
 
     def close(self) -> None:
-        """Close the node (a relay's node stops with it), then the file."""
+        """Close the node (a relay's node stops with it), then the file or store."""
+        if self._gateway is not None:
+            self._gateway.close()
+            return
         self.node.close()
         self._store.close()
         self._lock.close()
