@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MeshConfig"]
+__all__ = ["MIN_MESSAGE_BYTES", "MeshConfig"]
+
+#: The smallest max_message_bytes: every node accepts a coalesced burst
+#: (up to 8 KiB of payloads, a topic of up to 1 KiB, the header).
+MIN_MESSAGE_BYTES = 8 * 1024 + 1024 + 64
 
 
 @dataclass(frozen=True)
@@ -117,3 +121,6 @@ class MeshConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+            # Coalesced bursts travel in frames of up to 8 KiB (PROTOCOL.md 8.4).
+            raise ValueError(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}")

@@ -20,6 +20,7 @@ so its sequence numbers stay one ordered stream and gap detection holds.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,6 +47,8 @@ from .wire import (
 
 __all__ = ["BlockingWait", "PublishSocket", "bind_all", "encode_blocking", "raw_send"]
 
+log = logging.getLogger("meshq.publishing")
+
 # pyzmq's compiled send; the sugar method in front of it adds ~0.2 us per call.
 raw_send: Callable[..., object] = getattr(zmq.backend, "Socket", zmq.Socket).send
 
@@ -59,7 +62,10 @@ raw_send: Callable[..., object] = getattr(zmq.backend, "Socket", zmq.Socket).sen
 _BUSY_NS = 50_000
 _HOLD_NS = 100_000
 _COALESCE_MAX_BYTES = 4096  # a larger payload never starts a batch
-_HOLD_MAX_BYTES = 64 * 1024
+# Small enough for any receiver: MeshConfig refuses a max_message_bytes
+# below it, so a coalesced frame never cuts off a subscriber that set a
+# smaller limit than its publisher (PROTOCOL.md 8.4).
+_HOLD_MAX_BYTES = 8 * 1024
 # What each held payload takes from a batch's room besides its bytes: its
 # entry header, plus enough that 64 KiB never hold more than MAX_BATCH
 # entries (the decoder's bound), which spares a count per message.
@@ -199,6 +205,8 @@ class PublishSocket:
             flags, data = encode_payload(data)
             check_payload_size(flags, data, self._limits, "message")  # type: ignore[arg-type]
         with self._lock:
+            if self._closed:
+                raise Closed("node is closed")
             entry = self._topics.get(topic)
             if entry is None:
                 entry = self._open_topic(topic)
@@ -208,7 +216,13 @@ class PublishSocket:
             if size > entry.dropping_budget:
                 self._refuse(topic, entry, data)
             if entry is self._held_entry:  # a batch of this topic is held: join it?
-                if flags == self._held_flags and size < self._room:
+                # Not past its deadline: the flusher thread may be kept from
+                # the GIL by this very publishing thread.
+                if (
+                    flags == self._held_flags
+                    and size < self._room
+                    and self.clock() - self._held_time < _HOLD_NS
+                ):
                     entry.seq += 1
                     self._held.append(data)
                     self._room -= size + _ENTRY_COST
@@ -278,6 +292,8 @@ class PublishSocket:
                     self._flush_held()
                 except Closed:
                     return
+                except Exception:  # the flusher must outlive a bad frame
+                    log.exception("sending a held batch failed")
 
     def flush(self) -> None:
         """Send what is held now (publish_many, close and the flusher do it by themselves)."""

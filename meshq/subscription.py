@@ -317,8 +317,8 @@ class Inbox:
                 (length,) = unpack(frame, position)
                 position += ENTRY_HEADER_BYTES
                 stop = position + length
-                if stop > size:
-                    return None  # truncated entry
+                if stop > size or seq - first == MAX_BATCH:
+                    return None  # truncated entry, or too many: the codec refuses it
                 append(Message(frame, end, seq, frame[position:stop]))
                 seq += 1
                 position = stop

@@ -95,3 +95,11 @@ def test_malformed_frames_are_dropped_and_counted(frame: bytes) -> None:
     box = inbox()
     assert box._take(frame) is None
     assert box.dropped == 1
+
+
+def test_a_batch_of_too_many_entries_is_refused_before_it_is_built() -> None:
+    box = inbox()
+    entries = b"\x00\x00\x00\x00" * 200_000  # 200,000 empty entries: MAX_BATCH is 1024
+    assert take_all(box, encode_data(PREFIX, FLAG_BATCH, 1, 0, entries)) == []
+    assert box.dropped == 1
+    assert take_all(box, encode_data(PREFIX, FLAG_BATCH, 1, 0, encode_batch([b"a"] * 1024)))
