@@ -204,21 +204,25 @@ class ControlLoop:
         for _ in range(_MAX_BATCH):
             proven = b""
             try:
-                if secure:
-                    parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    # The key the sender proved in its CURVE handshake, as our
-                    # ZAP handler admitted it (its User-Id).
-                    try:
-                        proven = parts[-1].get("User-Id").encode()
-                    except zmq.ZMQError:
-                        proven = b""  # no ZAP verdict on this message: a HELLO is refused
-                    frames = [part.bytes for part in parts]
-                else:
-                    frames = router.recv_multipart(zmq.NOBLOCK)
+                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            if secure:
+                # The key the sender proved in its CURVE handshake, as our
+                # ZAP handler admitted it (its User-Id).
+                try:
+                    proven = parts[-1].get("User-Id").encode()
+                except zmq.ZMQError:
+                    proven = b""  # no ZAP verdict on this message: a HELLO is refused
+            # Where the message came from: the address to reach its sender
+            # at when it lists several, some shared with other hosts (3.3).
             try:
-                self._execute(protocol.on_frames(frames, time.monotonic(), proven))
+                source: str | None = parts[-1].get("Peer-Address") or None
+            except zmq.ZMQError:
+                source = None
+            frames = [part.bytes for part in parts]
+            try:
+                self._execute(protocol.on_frames(frames, time.monotonic(), proven, source))
             except Exception:  # a bug must not make the node deaf to everyone else
                 self._state.count("internal_errors")
                 self._internal_log.warning(
