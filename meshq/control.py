@@ -237,21 +237,25 @@ class ControlLoop:
             if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return heartbeats_only and count > 0
             try:
-                if secure:
-                    parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    # The key the sender proved in its CURVE handshake, as our
-                    # ZAP handler admitted it (its User-Id).
-                    try:
-                        proven = parts[-1].get("User-Id").encode()
-                    except zmq.ZMQError:
-                        proven = b""  # no ZAP verdict on this message: a HELLO is refused
-                    frames = [part.bytes for part in parts]
-                else:
-                    frames = router.recv_multipart(zmq.NOBLOCK)
+                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return heartbeats_only and count > 0
+            if secure:
+                # The key the sender proved in its CURVE handshake, as our
+                # ZAP handler admitted it (its User-Id).
+                try:
+                    proven = parts[-1].get("User-Id").encode()
+                except zmq.ZMQError:
+                    proven = b""  # no ZAP verdict on this message: a HELLO is refused
+            # Where the message came from: the address to reach its sender
+            # at when it lists several, some shared with other hosts (3.3).
             try:
-                actions = protocol.on_frames(frames, time.monotonic(), proven)
+                source: str | None = parts[-1].get("Peer-Address") or None
+            except zmq.ZMQError:
+                source = None
+            frames = [part.bytes for part in parts]
+            try:
+                actions = protocol.on_frames(frames, time.monotonic(), proven, source)
                 if heartbeats_only and not (len(actions) == 1 and type(actions[0]) is Heard):
                     heartbeats_only = False
                 self._execute(actions)

@@ -39,10 +39,11 @@ from .actions import (
 from .config import MeshConfig
 from .discovery import Candidate
 from .errors import ProtocolError
-from .interfaces import choose_endpoint
+from .interfaces import choose_endpoint, endpoint_host, rank_endpoints
 from .offences import Offences
 from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
 from .ratelimit import RateLimitedLog
+from .reach import choose_control
 from .security import KeyBook
 from .subscription import BLOCKING_SUFFIX
 from .wire import (
@@ -77,7 +78,9 @@ class ControlProtocol:
 
     ``keys`` is the node's key book when it runs with security (the
     protocol learns keys into it), else None. ``networks`` are the local
-    networks, for choosing among a peer's endpoints (PROTOCOL.md 3.3).
+    networks, for choosing among a peer's endpoints (PROTOCOL.md 3.3),
+    together with this node's own addresses (those of its control
+    endpoints): an endpoint there leads to this machine.
     """
 
     def __init__(
@@ -95,10 +98,11 @@ class ControlProtocol:
         self.local = local
         self._limits = limits
         self._networks = list(networks)
+        self._own = _addresses(local.control)
         # Pure and asked for every peer at every directory rebuild: cached.
         self._choose_cached = functools.lru_cache(maxsize=4096)(self._choose_uncached)
         self._keys = keys
-        self._table = PeerTable(config, self._choose)
+        self._table = PeerTable(config, self._choose_control)
         self._dialer = Dialer(config)
         self._offences = Offences(config.max_offences, config.offence_window, config.ban_time)
         # Endpoints we asked the loop to send to -> when their link was made.
@@ -122,12 +126,20 @@ class ControlProtocol:
     # ------------------------------------------------------------------
     # Inputs
 
-    def on_frames(self, frames: Sequence[bytes], now: float, proven: bytes = b"") -> list[Action]:
+    def on_frames(
+        self,
+        frames: Sequence[bytes],
+        now: float,
+        proven: bytes = b"",
+        source: str | None = None,
+    ) -> list[Action]:
         """One message from the control ROUTER: [routing id, body].
 
         ``proven`` is the CURVE key the sender proved on its connection (its
-        ZAP User-Id), empty without security. Malformed input is counted and
-        may get the sender banned (PROTOCOL.md 11); it never raises.
+        ZAP User-Id), empty without security; ``source`` the address the
+        message came from (its connection's peer address), None if unknown.
+        Malformed input is counted and may get the sender banned
+        (PROTOCOL.md 11); it never raises.
         """
         self._now = now
         # Who to blame: the key proven in the handshake if any, else the node
@@ -150,7 +162,7 @@ class ControlProtocol:
                 return [Heard(message.sender.hex(), now)]
             self._apply(events)
             return self._changed()
-        self._handle(message, now, proven)
+        self._handle(message, now, proven, source)
         return self._changed()
 
     def on_found(self, candidate: Candidate, now: float) -> list[Action]:
@@ -161,7 +173,12 @@ class ControlProtocol:
             # A seed's key was given by the user; mDNS's is only a hint.
             self._keys.learn(candidate.endpoint, candidate.key, proven=seed)
         if not self._dialer.add(
-            candidate.endpoint, candidate.node_id, now, lasting=True, pinned=seed
+            candidate.endpoint,
+            candidate.node_id,
+            now,
+            lasting=True,
+            pinned=seed,
+            alternatives=candidate.alternatives,
         ):
             self._actions.append(Count("dial_refused"))
         self._hello_due(now)
@@ -251,9 +268,11 @@ class ControlProtocol:
         self._deadline = None
         return self._take()
 
-    def _handle(self, message: ControlMessage, now: float, proven: bytes) -> None:
+    def _handle(
+        self, message: ControlMessage, now: float, proven: bytes, source: str | None
+    ) -> None:
         if isinstance(message, Hello):
-            self._on_hello(message, now, proven)
+            self._on_hello(message, now, proven, source)
         elif isinstance(message, Bye):
             self._dialer.forget_peer(message.sender)
             self._apply(self._table.bye(message.sender))
@@ -269,7 +288,7 @@ class ControlProtocol:
             if self._dialer.hurry(message.sender, now):
                 self._hello_due(now)
 
-    def _on_hello(self, hello: Hello, now: float, proven: bytes) -> None:
+    def _on_hello(self, hello: Hello, now: float, proven: bytes, source: str | None) -> None:
         local = self.local
         if hello.mesh != local.mesh:
             self._actions.append(Count("other_mesh"))
@@ -280,7 +299,7 @@ class ControlProtocol:
             return
         rejected_before = self._table.rejected
         before = self._table.get(hello.sender)
-        events = self._table.hello(hello, now)
+        events = self._table.hello(hello, now, source)
         if self._table.rejected != rejected_before:
             self._actions.append(Count("hello_rejected"))
         peer = self._table.get(hello.sender)
@@ -293,9 +312,15 @@ class ControlProtocol:
                     self._check_answers_arrive(peer.endpoint, now)
                 self._send((peer.endpoint,), self._hello(reply=False))
             for gossip_id, endpoints in hello.peers:
-                if gossip_id != local.node_id and gossip_id not in self._table and endpoints:
-                    endpoint = self._choose(endpoints)
-                    if not self._dialer.add(endpoint, gossip_id, now, lasting=False):
+                if gossip_id != local.node_id and gossip_id not in self._table:
+                    ranked = rank_endpoints(
+                        endpoints, self._networks, own=self._own, exclude=local.control
+                    )
+                    if not ranked:
+                        continue  # nothing, or only our own endpoints
+                    if not self._dialer.add(
+                        ranked[0], gossip_id, now, lasting=False, alternatives=ranked[1:]
+                    ):
                         self._actions.append(Count("dial_refused"))
         # A known peer's HELLO may change its endpoints, services or headers:
         # then the directories and the peer snapshot are rebuilt, even
@@ -443,16 +468,29 @@ class ControlProtocol:
             self._actions.append(Count("links_remade", len(stale)))
         self._send(tuple(due), self._hello(reply=True))
 
-    def _choose(self, endpoints: tuple[str, ...]) -> str:
-        # Reuse a link we already have rather than open a second one to the
-        # same peer (a multi-homed peer reached by two seeds, say).
-        for endpoint in endpoints:
-            if endpoint in self._links:
-                return endpoint
-        return self._choose_cached(endpoints)
-
     def _choose_uncached(self, endpoints: tuple[str, ...]) -> str:
-        return choose_endpoint(endpoints, self._networks)
+        return choose_endpoint(endpoints, self._networks, self._own)
+
+    def _choose_control(
+        self, control: tuple[str, ...], source: str | None, current: str | None
+    ) -> str:
+        """A HELLO sender's control endpoint to talk to (PROTOCOL.md 3.3).
+
+        Not the first link we happen to hold (a DEALER opened for dialling
+        may lead to this machine's docker0): the endpoint the peer's traffic
+        comes from, else the best ranked, keeping the one in use.
+        """
+        chosen = choose_control(
+            control,
+            self._networks,
+            own=self._own,
+            source=source,
+            exclude=self.local.control,
+            current=current,
+        )
+        # None: it lists only our own endpoints (a host configured like this
+        # one, on a shared address alone); nothing better to dial.
+        return chosen if chosen is not None else choose_endpoint(control, self._networks, self._own)
 
     def _close_unused_links(self) -> None:
         """Keep one link per peer, plus those still dialling unknown endpoints (7.8).
@@ -466,10 +504,13 @@ class ControlProtocol:
         peers = [peer for _, peer in self._table.peers_as_of_join()]
         in_use = {peer.endpoint for peer in peers}
         answered = {endpoint for peer in peers for endpoint in peer.control}
+        # Only the endpoint a candidate is dialled at now: one given up for
+        # the next (7.5) is closed, or it would keep reconnecting for nothing.
+        dialling = self._dialer.dialling(answered)
         unused = tuple(
             endpoint
             for endpoint in self._links
-            if endpoint not in in_use and (endpoint in answered or endpoint not in self._dialer)
+            if endpoint not in in_use and (endpoint in answered or endpoint not in dialling)
         )
         if unused:
             for endpoint in unused:
@@ -528,3 +569,14 @@ def _described(peer: Peer) -> tuple[object, ...]:
         peer.service,
         peer.publish_block,
     )
+
+
+def _addresses(endpoints: Sequence[str]) -> frozenset[ipaddress.IPv4Address]:
+    """The IPv4 addresses of ``tcp://A.B.C.D:PORT`` endpoints (others skipped)."""
+    found = set()
+    for endpoint in endpoints:
+        try:
+            found.add(ipaddress.IPv4Address(endpoint_host(endpoint)))
+        except ValueError:
+            continue
+    return frozenset(found)

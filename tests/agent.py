@@ -7,8 +7,9 @@ JSON lines on stdin: ``{"cmd": "subscribe", "prefix": "t/"}``,
 ``{"cmd": "serve", "name": "calc", "delay": 0.5}`` (answers ``{"by": name}``
 after ``delay`` seconds, saying ``handling`` first), ``{"cmd": "request",
 "name": "calc", "data": 1, "timeout": 1.0, "retries": 2}`` (says ``reply`` or
-``error``), ``{"cmd": "tally", "name": "calc", "count": 60}`` (says who
-answered how often), ``{"cmd": "subscribe", "prefix": "t/", "quiet": true}``
+``error``), ``{"cmd": "tally", "name": "calc", "count": 60, "providers": 2}``
+(waits for that many providers, then says who answered how often),
+``{"cmd": "subscribe", "prefix": "t/", "quiet": true}``
 with ``{"cmd": "report"}`` (counts and gaps instead of a line per message),
 ``{"cmd": "peers"}`` (says ``peers``: name and chosen endpoint of each),
 ``{"cmd": "sink", "name": "done"}`` (collects pipeline results) with
@@ -211,6 +212,8 @@ def main() -> None:
             emit("serving", name=command["name"])
         elif command["cmd"] == "tally":  # many requests; say who answered how often
             answered: dict[str, int] = {}
+            # Peers join before their services are known: wait for them all.
+            node.wait_for_service(command["name"], command.get("providers", 1), timeout=20)
             for index in range(command["count"]):
                 answer = node.request(command["name"], index)
                 assert isinstance(answer, dict)

@@ -29,20 +29,10 @@ pytestmark = pytest.mark.skipif(
 SHORT_WINDOW = MeshConfig().gone_after + 1.0
 SOAK_WINDOW = 25.0
 
-# The control side of issue 14 (a peer's endpoint chosen by where its
-# traffic comes from, restarts told apart from neighbours) lands after the
-# control protocol's restructuring (core M2); until then the docker
-# scenarios break, the first two some of the time.
-_CONTROL_SIDE = pytest.mark.xfail(reason="issue 14: control side after core M2")
-
 SCENARIOS = [
-    pytest.param(lan_scenarios.dock0_first(), id="dock0-first", marks=_CONTROL_SIDE),
-    pytest.param(lan_scenarios.dock0_last(), id="dock0-last", marks=_CONTROL_SIDE),
-    pytest.param(
-        lan_scenarios.dock0_fixed_port(),
-        id="dock0-fixed-port",
-        marks=pytest.mark.xfail(strict=True, reason="issue 14: restart detection by address"),
-    ),
+    pytest.param(lan_scenarios.dock0_first(), id="dock0-first"),
+    pytest.param(lan_scenarios.dock0_last(), id="dock0-last"),
+    pytest.param(lan_scenarios.dock0_fixed_port(), id="dock0-fixed-port"),
     pytest.param(lan_scenarios.multi_homed(), id="multi-homed"),
 ]
 
@@ -142,7 +132,6 @@ def test_meshq_interfaces_still_chooses_a_docker0(mesh: str, agents: list[Agent]
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="issue 14: restart detection by address (after core M2)")
 def test_a_restart_on_a_docker_host_replaces_the_old_peer_at_once(
     mesh: str, agents: list[Agent]
 ) -> None:
