@@ -1,23 +1,28 @@
 # The two quick-start commands (README): `make demo` and `make test`.
-# Each creates or reuses a virtualenv in .venv and installs what it needs.
+# Each creates or reuses a virtualenv in .venv and installs what it needs:
+# the demo only meshq and its runtime dependencies, the tests the toolchain too.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
-STAMP = $(VENV)/.installed
+RUNTIME = $(VENV)/.installed-runtime
+TOOLCHAIN = $(VENV)/.installed-test
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(RUNTIME): setup.py setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
 
-demo: $(STAMP)
+$(TOOLCHAIN): $(RUNTIME)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TOOLCHAIN)
+
+demo: $(RUNTIME)
 	$(BIN)/meshq demo
 
-lint: $(STAMP)
+lint: $(TOOLCHAIN)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -25,7 +30,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(BIN)/python bench/pubsub.py
 	$(BIN)/python bench/reqrep.py
 	$(BIN)/python bench/pipeline.py

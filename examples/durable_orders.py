@@ -22,7 +22,8 @@ LOOPBACK = ["127.0.0.1"]
 
 def order_number(message: meshq.DurableMessage) -> int:
     data = message.data
-    assert isinstance(data, dict)
+    if not isinstance(data, dict):  # stored by any producer: check it, never assert
+        raise TypeError(f"expected an order, got {type(data).__name__}")
     return int(data["order"])
 
 

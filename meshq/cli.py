@@ -1,4 +1,4 @@
-"""The ``meshq`` command: what people do by hand with a mesh.
+"""The meshq command: what people do by hand with a mesh.
 
 meshq demo                  a live local mesh of three processes, ~10 s
 meshq peers [--watch]       who is on the mesh
@@ -12,8 +12,9 @@ meshq replay STREAM         print a stream's stored messages
 meshq keygen NAME           write a CURVE key pair (NAME.key, NAME.key_secret)
 meshq doctor                check this host and the LAN; meshq top, meshq exporter
 
-Commands that start a node take --key SECRET_FILE --allow DIR_OR_KEY to run
-with CURVE security.
+Every command that joins a mesh (all but demo and keygen) takes --mesh,
+--interface, --seed, --key and --allow. SIGTERM closes a command as Ctrl-C
+does: its node says goodbye, so peers see it leave at once.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from . import __version__
 from .config import MeshConfig
 from .durable import wait_for_relay
 from .errors import MeshqError, NoProviders, RemoteError, Timeout
@@ -38,14 +42,14 @@ __all__ = ["main"]
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mesh", default="default", help="mesh name (default: %(default)s)")
+    parser.add_argument("--mesh", default="default", help="mesh name")
     parser.add_argument(
         "--interface",
         action="append",
         dest="interfaces",
         metavar="IP",
         help="IPv4 address to listen on; repeat for more "
-        "(default: MESHQ_INTERFACES, else all non-loopback)",
+        "(default: $MESHQ_INTERFACES, else every non-loopback address)",
     )
     parser.add_argument(
         "--seed",
@@ -56,7 +60,7 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         help="control endpoint to join through, e.g. tcp://198.18.0.5:7600; repeatable",
     )
     parser.add_argument("--name", help="this node's name")
-    parser.add_argument("--port", type=int, default=0, help="control port (default: any free)")
+    parser.add_argument("--port", type=int, default=0, help="control port; 0: any free one")
     parser.add_argument("--no-mdns", action="store_true", help="use seeds only")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument(
@@ -113,10 +117,7 @@ def _cmd_peers(args: argparse.Namespace) -> int:
                 reason = f" ({event.reason})" if event.reason else ""
                 print(f"{event.kind.value:9} {peer.name:20} {peer.id[:8]} {peer.endpoint}{reason}")
             return 0
-        try:
-            node.wait_for_peers(args.expect, timeout=args.wait)
-        except Timeout:
-            pass  # show whoever answered
+        _wait_for_peers(node, args.expect, args.wait)
         peers = node.peers()
         print(f"{len(peers)} peer(s) on mesh {args.mesh!r}")
         for peer in sorted(peers, key=lambda p: p.name):
@@ -124,20 +125,53 @@ def _cmd_peers(args: argparse.Namespace) -> int:
         return 0
 
 
+def _data(args: argparse.Namespace) -> object:
+    """DATA as sent: UTF-8 bytes, or parsed as JSON with --json (ValueError naming it)."""
+    if not args.json:
+        return args.data.encode()
+    try:
+        return json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"argument DATA: not valid JSON ({exc}): {args.data!r}; "
+            "quote it for the shell, e.g. '{\"celsius\": 21.5}', or drop --json to send text"
+        ) from None
+
+
+def _wait_for_peers(node: Node, expect: int | None, wait: float) -> None:
+    """Listen ``wait`` seconds, or less once ``expect`` peers answered."""
+    try:
+        node.wait_for_peers(expect if expect is not None else node.config.max_peers + 1, wait)
+    except Timeout:
+        pass  # show whoever answered
+
+
 def _cmd_pub(args: argparse.Namespace) -> int:
-    data: object = json.loads(args.data) if args.json else args.data.encode()
+    data = _data(args)
     with _make_node(args, "meshq-pub") as node:
+        node.check_topic(args.topic)
         if args.durable:
             return _publish_durably(node, args, data)
         try:
-            node.wait_for_subscribers(args.topic, args.subscribers, timeout=args.timeout)
+            found = node.wait_for_subscribers(args.topic, args.subscribers, timeout=args.timeout)
         except Timeout:
-            print(f"fewer than {args.subscribers} subscriber(s) of {args.topic!r}", file=sys.stderr)
+            found = node.subscribers(args.topic)
+            print(
+                f"nothing sent: {found} of {args.subscribers} subscriber(s) of {args.topic!r} "
+                f"after {args.timeout:g} s (a message nobody subscribes to is dropped).\n"
+                f"Start one with: meshq sub {_shell_word(args.topic)} --mesh {args.mesh}; "
+                "wait longer with --timeout SECONDS, or send anyway with --subscribers 0.",
+                file=sys.stderr,
+            )
             return 1
         for _ in range(args.count):
             node.publish(args.topic, data)
-        print(f"published {args.count} message(s) on {args.topic!r}")
+        print(f"published {args.count} message(s) on {args.topic!r} to {found} subscriber(s)")
     return 0
+
+
+def _shell_word(text: str) -> str:
+    return text if text.replace("/", "").replace("-", "").replace("_", "").isalnum() else repr(text)
 
 
 def _publish_durably(node: Node, args: argparse.Namespace, data: object) -> int:
@@ -182,7 +216,7 @@ def _wait_for_service(node: Node, service: str, timeout: float) -> bool:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
-    data: object = json.loads(args.data) if args.json else args.data.encode()
+    data = _data(args)
     with _make_node(args, "meshq-call") as node:
         # Discovery takes a moment: wait for a provider before calling.
         _wait_for_service(node, args.service, args.wait)
@@ -200,10 +234,7 @@ def _cmd_call(args: argparse.Namespace) -> int:
 
 def _cmd_services(args: argparse.Namespace) -> int:
     with _make_node(args, "meshq-services") as node:
-        try:
-            node.wait_for_peers(args.expect, timeout=args.wait)
-        except Timeout:
-            pass  # show whoever answered
+        _wait_for_peers(node, args.expect, args.wait)
         names = {peer.id: peer.name for peer in node.peers()}
         offered = node.services()
         print(f"{len(offered)} service(s) on mesh {args.mesh!r}")
@@ -217,36 +248,78 @@ def _cmd_services(args: argparse.Namespace) -> int:
 relay_commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout, and shows every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser: defaults shown, layout kept."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshq", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    """The ``meshq`` argument parser, with every subcommand."""
+    summary, _commands, common = __doc__.split("\n\n")[:3]
+    parser = _Parser(
+        prog="meshq",
+        description=summary,
+        epilog=f"{common}\n\nmeshq COMMAND --help lists a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"meshq {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     demo = commands.add_parser("demo", help="run a live local mesh of several processes")
-    demo.add_argument("--nodes", type=int, default=3, help="processes (default: %(default)s)")
-    demo.add_argument("--duration", type=float, default=10.0, help="seconds (default: 10)")
+    demo.add_argument("--nodes", type=int, default=3, help="processes")
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds")
     demo.add_argument("--rate", type=int, default=20_000, help="msg/s per node cap")
     demo.add_argument("--mesh", default=None, help="mesh name (default: a fresh one)")
-    demo.add_argument(
-        "--interface", default="127.0.0.1", help="IPv4 address (default: %(default)s)"
-    )
+    demo.add_argument("--interface", default="127.0.0.1", help="IPv4 address")
 
     peers = commands.add_parser("peers", help="list (or --watch) the peers on a mesh")
     _node_options(peers)
     peers.add_argument("--watch", action="store_true", help="print peer events as they happen")
-    peers.add_argument("--wait", type=float, default=2.0, help="seconds to listen (default: 2)")
-    peers.add_argument("--expect", type=int, default=1_000_000, help="stop once N peers seen")
-    peers.add_argument("--duration", type=float, default=None, help="--watch for N seconds")
+    peers.add_argument("--wait", type=float, default=2.0, help="seconds to listen")
+    peers.add_argument(
+        "--expect", type=int, default=None, help="stop once N peers are seen (default: --wait)"
+    )
+    peers.add_argument(
+        "--duration", type=float, default=None, help="--watch for N seconds (default: until Ctrl-C)"
+    )
 
     pub = commands.add_parser("pub", help="publish a message")
     _node_options(pub)
     pub.add_argument("topic")
     pub.add_argument("data", help="sent as UTF-8 bytes, or as msgpack with --json")
     pub.add_argument("--json", action="store_true", help="parse DATA as JSON")
-    pub.add_argument("--count", type=int, default=1, help="how many times (default: 1)")
+    pub.add_argument("--count", type=int, default=1, help="how many times")
     pub.add_argument(
-        "--subscribers", type=int, default=1, help="first wait for N subscribers (default: 1)"
+        "--subscribers",
+        type=int,
+        default=1,
+        help="first wait for N subscribers; 0 sends at once, received or not",
     )
-    pub.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for them")
+    pub.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for them (or for the relay)"
+    )
     pub.add_argument(
         "--durable", action="store_true", help="store it on the stream's relay; wait for confirms"
     )
@@ -269,22 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     services = commands.add_parser("services", help="list who offers which service")
     _node_options(services)
     services.add_argument("--wait", type=float, default=2.0, help="seconds to listen")
-    services.add_argument("--expect", type=int, default=1_000_000, help="stop once N peers seen")
+    services.add_argument(
+        "--expect", type=int, default=None, help="stop once N peers are seen (default: --wait)"
+    )
 
     keygen = commands.add_parser("keygen", help="write a CURVE key pair for --key/--allow")
     keygen.add_argument("name", help="file name: NAME.key and NAME.key_secret")
-    keygen.add_argument("--dir", default=".", help="directory (default: current)")
+    keygen.add_argument("--dir", default=".", help="directory")
 
     relay_commands.update(add_commands(commands, _node_options, _make_node))
     relay_commands.update(add_ops_commands(commands, _node_options, _make_node))  # doctor, top, ...
-
-    node = commands.add_parser("demo-node", help=argparse.SUPPRESS)
-    node.add_argument("name")
-    node.add_argument("--mesh", required=True)
-    node.add_argument("--interface", required=True)
-    node.add_argument("--nodes", type=int, required=True)
-    node.add_argument("--duration", type=float, required=True)
-    node.add_argument("--rate", type=int, required=True)
     return parser
 
 
@@ -296,17 +363,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    # systemd and docker stop with SIGTERM: close as Ctrl-C does, so the
+    # node's with-block says goodbye and peers see it leave at once.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "demo":
             from .demo import run_demo
 
             return run_demo(args.nodes, args.duration, args.rate, args.mesh, args.interface)
-        if args.command == "demo-node":
-            from .demo import run_demo_node
-
-            return run_demo_node(
-                args.name, args.mesh, args.interface, args.nodes, args.duration, args.rate
-            )
         handlers = {
             "peers": _cmd_peers,
             "pub": _cmd_pub,
@@ -317,11 +381,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             **relay_commands,
         }
         return handlers[args.command](args)
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        return 130
-    except (ValueError, OSError, MeshqError) as exc:
-        print(f"meshq: {exc}", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except (ValueError, TypeError, OSError, MeshqError) as exc:
+        print(f"meshq: {_cli_advice(exc)}", file=sys.stderr)
         return 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: unwinds like Ctrl-C, so nodes say goodbye."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # A second SIGTERM must not cut the goodbye short (SIGKILL still does).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+def _cli_advice(error: BaseException) -> str:
+    """An error's text in the CLI's terms: options, not Python arguments."""
+    text = str(error)
+    for python, cli in _PYTHON_TO_CLI:
+        text = text.replace(python, cli)
+    return text
+
+
+#: Advice the library gives in Python terms, and its command-line form.
+_PYTHON_TO_CLI = (
+    ("interfaces=['127.0.0.1']", "--interface 127.0.0.1"),
+    ("leave interfaces out", "leave --interface out"),
+    ("interfaces: ", "--interface: "),
+)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,23 @@
 Each process runs one node that finds the others by mDNS, publishes on
 ``demo/<name>`` at a capped rate and subscribes to ``demo/``. Every second it
 prints its peers and message rates; after ``duration`` seconds it says whom
-it heard from and exits. The parent starts the processes, relays their
-output and returns 0 only if every node heard every other node.
+it heard from and exits. The parent starts the processes (each is
+``python -m meshq.demo NAME ...``), relays their output line by line and
+returns 0 only if every node heard every other node.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 from .errors import Timeout
@@ -36,12 +41,13 @@ def run_demo(nodes: int, duration: float, rate: int, mesh: str | None, interface
     print(f"meshq demo: {nodes} nodes on {interface}, mesh {mesh!r}, {duration:g} s", flush=True)
     children = []
     for name in _NAMES[:nodes]:
-        command = [sys.executable, "-m", "meshq.cli", "demo-node", name]
+        command = [sys.executable, "-m", "meshq.demo", name]
         command += ["--mesh", mesh, "--interface", interface, "--nodes", str(nodes)]
         command += ["--duration", str(duration), "--rate", str(rate)]
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         children.append(child)
-    relays = [threading.Thread(target=_relay, args=(child.stdout,)) for child in children]
+    output = threading.Lock()  # one line at a time, never two run together
+    relays = [threading.Thread(target=_relay, args=(child.stdout, output)) for child in children]
     for relay in relays:
         relay.start()
     failed = 0
@@ -65,15 +71,44 @@ def run_demo(nodes: int, duration: float, rate: int, mesh: str | None, interface
     for relay in relays:
         relay.join()
     print("meshq demo: " + ("all nodes heard each other" if not failed else f"{failed} failed"))
+    print(_next_steps(), flush=True)
     return 0 if not failed else 1
 
 
-def _relay(stream: IO[bytes] | None) -> None:
+def _relay(stream: IO[bytes] | None, output: threading.Lock) -> None:
     if stream is None:
         return
     for line in stream:
-        sys.stdout.write(line.decode(errors="replace"))
-        sys.stdout.flush()
+        text = line.decode(errors="replace")
+        with output:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+
+
+def _next_steps() -> str:
+    """Where to go after the demo, with commands that run as printed."""
+    meshq = _command("meshq", Path(sys.executable).parent / "meshq")
+    python = _command("python", Path(sys.executable))
+    steps = [
+        (f"{meshq} sub 'sensors/' --interface 127.0.0.1", "in one terminal, then"),
+        (f"{meshq} pub sensors/temp 21.5 --interface 127.0.0.1", "in another"),
+        (f"{python} examples/pubsub_sensors.py", "publish/subscribe in one file (examples/)"),
+        (f"{meshq} --help", "every command"),
+        ("README.md", "what meshq guarantees, and how"),
+    ]
+    width = max(len(command) for command, _ in steps)
+    return "\nNext:\n" + "\n".join(f"  {c:{width}}   {what}" for c, what in steps)
+
+
+def _command(name: str, path: Path) -> str:
+    """``name`` if the shell finds this very program by it, else its (relative) path."""
+    found = shutil.which(name)
+    if found is not None and os.path.abspath(found) == os.path.abspath(path):
+        return name
+    if not path.exists():
+        return name
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else relative
 
 
 def run_demo_node(
@@ -81,8 +116,13 @@ def run_demo_node(
 ) -> int:
     """One demo process: publish, receive, report every second. 0 if it heard everyone."""
 
+    output = threading.Lock()
+
     def say(text: str) -> None:
-        print(f"[{name:7}] {text}", flush=True)
+        # Peer callbacks speak from the event thread: print writes the text
+        # and the newline separately, so two unlocked lines run together.
+        with output:
+            print(f"[{name:7}] {text}", flush=True)
 
     started = time.monotonic()
     with Node(name, mesh=mesh, interfaces=[interface]) as node:
@@ -144,3 +184,25 @@ def run_demo_node(
         heard_from = ", ".join(others) or "nobody"
         say(f"done: sent {sent:,}, received {received:,}; heard from {heard_from}")
         return 0 if len(others) >= nodes - 1 else 1
+
+
+def _node_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m meshq.demo NAME ...``: one demo process, started by :func:`run_demo`."""
+    parser = argparse.ArgumentParser(prog="python -m meshq.demo")
+    parser.add_argument("name")
+    parser.add_argument("--mesh", required=True)
+    parser.add_argument("--interface", required=True)
+    parser.add_argument("--nodes", type=int, required=True)
+    parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--rate", type=int, required=True)
+    args = parser.parse_args(argv)
+    try:
+        return run_demo_node(
+            args.name, args.mesh, args.interface, args.nodes, args.duration, args.rate
+        )
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C reached every process; the with-block said goodbye
+
+
+if __name__ == "__main__":
+    sys.exit(_node_main())

@@ -47,7 +47,7 @@ _EVENTS = (
     | zmq.EVENT_MONITOR_STOPPED
 )
 _EVENT_HEAD = struct.Struct("=HI")
-_LOG_AGAIN = 10.0  # seconds before the same (address, key, reason) is logged again
+_LOG_AGAIN = 10.0  # seconds before a refusal of the same key (or of no key) is logged again
 _MAX_LOGGED = 1024
 _PROTOCOL_REASONS = {
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "no CURVE (a node without security?)",
@@ -91,7 +91,7 @@ class Gatekeeper:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
-        self._logged: dict[tuple[str, str, str], float] = {}
+        self._logged: dict[tuple[str, str], float] = {}  # (kind, key) -> next log time
         self._banned: dict[bytes, float] = {}  # Z85 key -> monotonic time the ban ends
         self._thread: threading.Thread | None = None
 
@@ -275,7 +275,11 @@ class Gatekeeper:
     def _reject(self, address: str, key: str, reason: str) -> None:
         rejection = Rejection(address, key, reason, time.time())
         now = time.monotonic()
-        seen = (address, key, reason)
+        # One warning per peer, not one per socket: a refused peer shows up
+        # at the dial, at each listening socket (named by our endpoint, as
+        # the monitor cannot name the client) and in the broken pipe after.
+        # A key names the peer; keyless refusals cannot be told apart.
+        seen = ("key", key) if key else ("keyless", "")
         with self._lock:
             due = now >= self._logged.get(seen, 0.0)
             if due:

@@ -54,26 +54,74 @@ _SYS_NET = Path("/sys/class/net")
 def resolve_interfaces(interfaces: Sequence[str] | None) -> tuple[str, ...]:
     """The addresses to use, validated.
 
-    Raises ValueError for an address that is not IPv4, or when no interface
-    is left (say so, rather than silently listening nowhere).
+    Raises TypeError for ``interfaces`` that is not a list of strings (a
+    single string is the usual slip), ValueError for an address that is not
+    a usable IPv4 address (``0.0.0.0`` cannot be advertised), or when no
+    interface is left (say so, rather than silently listening nowhere).
+    Errors in ``MESHQ_INTERFACES`` name the variable.
     """
     if interfaces is None:
         from_env = os.environ.get(ENV_INTERFACES, "").strip()
         if from_env:
-            interfaces = [part.strip() for part in from_env.split(",") if part.strip()]
-        else:
-            interfaces = default_interfaces()
+            parts = [part.strip() for part in from_env.split(",") if part.strip()]
+            try:
+                return _check_addresses(parts, "interfaces")
+            except ValueError as exc:
+                raise ValueError(
+                    f"{ENV_INTERFACES}={from_env!r}: {_first_clause(exc)}; "
+                    f"set it to comma-separated IPv4 addresses such as 127.0.0.1,198.18.0.2, "
+                    "or unset it"
+                ) from None
+        interfaces = default_interfaces()
+        if not interfaces:
+            raise ValueError(
+                "no IPv4 interface to listen on: this machine has no non-loopback address; "
+                f"pass interfaces=['127.0.0.1'] or set {ENV_INTERFACES}"
+            )
+    elif isinstance(interfaces, (str, bytes)):
+        example = interfaces if isinstance(interfaces, str) else interfaces.decode(errors="replace")
+        raise TypeError(
+            f"interfaces must be a list of IPv4 addresses, not a {type(interfaces).__name__}: "
+            f"pass interfaces=[{example!r}]"
+        )
+    return _check_addresses(interfaces, "interfaces")
+
+
+def _check_addresses(texts: Sequence[str], argument: str) -> tuple[str, ...]:
+    """Validated, deduplicated addresses; errors start with ``argument``."""
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(
+            f"{argument} must be a list of IPv4 addresses such as ['127.0.0.1'], "
+            f"not {type(texts).__name__}"
+        ) from None
     addresses: list[str] = []
-    for text in interfaces:
+    for text in items:
+        if not isinstance(text, str):
+            raise TypeError(
+                f"{argument}: each address must be a str such as '127.0.0.1', "
+                f"not {type(text).__name__} {text!r}"
+            )
         try:
-            address = str(ipaddress.IPv4Address(text))
+            address = ipaddress.IPv4Address(text.strip())
         except ValueError:
-            raise ValueError(f"not an IPv4 interface address: {text!r}") from None
-        if address not in addresses:
-            addresses.append(address)
+            raise ValueError(
+                f"{argument}: not an IPv4 interface address: {text!r}; "
+                "pass addresses such as interfaces=['127.0.0.1']"
+            ) from None
+        if address.is_unspecified or address.is_multicast or address == _BROADCAST:
+            raise ValueError(
+                f"{argument}: {address} is not the address of one interface, so peers "
+                "could not be told where to connect; name the addresses, as in "
+                "interfaces=['127.0.0.1'], or leave interfaces out for every non-loopback one"
+            )
+        if str(address) not in addresses:
+            addresses.append(str(address))
     if not addresses:
         raise ValueError(
-            f"no IPv4 interface to listen on; pass interfaces=['127.0.0.1'] or set {ENV_INTERFACES}"
+            f"{argument}: no IPv4 interface to listen on; pass interfaces=['127.0.0.1'] "
+            f"or set {ENV_INTERFACES}"
         )
     return tuple(addresses)
 
@@ -137,6 +185,14 @@ def default_interfaces() -> list[str]:
 
 def _describe(adapters: Sequence[Adapter]) -> str:
     return ", ".join(f"{a.name} {a.address}" for a in adapters) or "none"
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def _first_clause(error: Exception) -> str:
+    """What was wrong, without the argument's name or the Python advice after it."""
+    return str(error).removeprefix("interfaces: ").split(";")[0]
 
 
 def local_networks(addresses: Sequence[str]) -> list[ipaddress.IPv4Network]:

@@ -21,6 +21,7 @@ from .node_services import DIRECT_SERVICE, DirectHandler, ServiceApi, TaskHandle
 from .peers import EventKind, Peer, PeerEvent, PeerState
 from .runtime import Runtime, new_node_id
 from .security import Curve, Rejection
+from .signals import sigterm_as_interrupt
 from .state import PeerCallback, RejectionCallback
 from .subscription import refresh_this_thread
 from .wire import Limits
@@ -30,6 +31,7 @@ __all__ = [
     "DirectHandler",
     "DurableMessageHandler",
     "MessageHandler",
+    "STATS_COUNTERS",
     "Node",
     "PeerCallback",
     "RejectionCallback",
@@ -37,6 +39,39 @@ __all__ = [
 ]
 
 log = logging.getLogger("meshq.node")
+
+#: Every counter of :meth:`Node.stats`, present from the start at 0, in the
+#: order docs/PROTOCOL.md (section 11) lists them: control plane, application
+#: side, request/reply (tests/test_stats.py checks the two agree).
+STATS_COUNTERS = (
+    "protocol_errors",
+    "other_mesh",
+    "unknown_sender",
+    "hello_rejected",
+    "dial_refused",
+    "control_dropped",
+    "banned_dropped",
+    "peers_banned",
+    "dial_refused_key",
+    "rejected",
+    "internal_errors",
+    "events_dropped",
+    "callback_events_dropped",
+    "callback_errors",
+    "message_handler_errors",
+    "messages_missed",
+    "requests_served",
+    "handler_errors",
+    "service_protocol_errors",
+    "service_callers_banned",
+    "service_banned_dropped",
+    "service_replies_dropped",
+    "reply_protocol_errors",
+    "late_replies",
+    "request_timeouts",
+    "request_retries",
+    "requests_not_sent",
+)
 
 
 class Node(PubSubApi, ServiceApi):
@@ -191,11 +226,10 @@ class Node(PubSubApi, ServiceApi):
             yield event
 
     def stats(self) -> dict[str, int]:
-        """Counters: protocol_errors, unknown_sender, other_mesh, hello_rejected, rejected, ..."""
-        stats = self.runtime.state.stats()
-        rejected = self.runtime.rejected()
-        if rejected:
-            stats["rejected"] = rejected
+        """Counters by name (docs/PROTOCOL.md, section 11); each present from the start, at 0."""
+        stats = dict.fromkeys(STATS_COUNTERS, 0)
+        stats.update(self.runtime.state.stats())
+        stats["rejected"] = self.runtime.rejected()
         return stats
 
     def rejections(self) -> list[Rejection]:
@@ -220,18 +254,22 @@ class Node(PubSubApi, ServiceApi):
     # Lifecycle
 
     def run(self, timeout: float | None = None) -> None:
-        """Block while the node serves: until it is closed, Ctrl-C, or ``timeout`` s.
+        """Block while the node serves: until it is closed, Ctrl-C or SIGTERM, or ``timeout`` s.
 
         For a process whose only job is to offer services or callbacks.
-        Ctrl-C returns normally (the ``with`` block then says goodbye).
+        Ctrl-C (SIGINT) and SIGTERM, which systemd and docker stop a service
+        with, return normally: the ``with`` block then says goodbye. (Called
+        in the main thread, this turns SIGTERM into KeyboardInterrupt while
+        it waits, unless the application set a SIGTERM handler of its own.)
         """
-        try:
-            self.runtime.state.wait_peers(lambda _: True if self.closed else None, timeout)
-        except (KeyboardInterrupt, Timeout):
-            return
-        except Exception:
-            if not self.closed:
-                raise
+        with sigterm_as_interrupt():
+            try:
+                self.runtime.state.wait_peers(lambda _: True if self.closed else None, timeout)
+            except (KeyboardInterrupt, Timeout):
+                return
+            except Exception:
+                if not self.closed:
+                    raise
 
     def close(self) -> None:
         """Say goodbye (BYE to peers, mDNS goodbye) and release everything.

@@ -34,6 +34,21 @@ class PubSubApi:
     runtime: Runtime
     _blocking_topics: set[str]
 
+    @overload
+    def publish(
+        self, topic: str, data: object, *, durable: Literal[False] = ..., timeout: float = ...
+    ) -> None: ...
+
+    @overload
+    def publish(
+        self, topic: str, data: object, *, durable: Literal[True], timeout: float = ...
+    ) -> int: ...
+
+    @overload
+    def publish(
+        self, topic: str, data: object, *, durable: bool = ..., timeout: float = ...
+    ) -> int | None: ...
+
     def publish(
         self, topic: str, data: object, *, durable: bool = False, timeout: float = 5.0
     ) -> int | None:

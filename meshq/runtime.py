@@ -232,8 +232,15 @@ class Runtime:
             raise Closed("node is closed")
 
     def check_prefix(self, prefix: str) -> None:
-        """Raise ValueError for a prefix no topic can have, meshq.Closed after close()."""
+        """Raise TypeError for a prefix that is not a str, ValueError for one no topic
+        can have, meshq.Closed after close()."""
         self.check_open()
+        if not isinstance(prefix, str):
+            fix = f"; decode it: {prefix!r}.decode()" if isinstance(prefix, bytes) else ""
+            raise TypeError(
+                "prefix must be a str such as 'sensors/', "
+                f"not {type(prefix).__name__} {prefix!r}{fix}"
+            )
         encoded = prefix.encode()
         if len(encoded) > self.config.max_topic_bytes or b"\0" in encoded:
             raise ValueError(f"prefix must be at most {self.config.max_topic_bytes} bytes, no NUL")

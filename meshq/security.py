@@ -89,16 +89,27 @@ def load_secret_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
         mode = path.stat().st_mode
     except OSError as exc:
         raise KeyFileError(str(path), exc.strerror or "cannot read") from None
+    # What the file is comes first: a public key given by mistake needs
+    # "this is a public key", not advice about its (public) mode.
+    public, secret = _load(path)
+    if secret is None:
+        raise KeyFileError(
+            str(path),
+            "this is a public key (no secret-key in it); "
+            f"pass the .key_secret file made with it instead (e.g. {_secret_twin(path)})",
+        )
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             str(path),
             f"secret key file has mode {stat.S_IMODE(mode):04o}; it must be readable by "
             f"its owner only (chmod 600 {path})",
         )
-    public, secret = _load(path)
-    if secret is None:
-        raise KeyFileError(str(path), "no secret-key in this file (a public .key file?)")
     return public, secret
+
+
+def _secret_twin(path: Path) -> str:
+    """The name ``meshq keygen`` gives the secret half of a public key file."""
+    return str(path.with_name(path.name + "_secret") if path.suffix == ".key" else path)
 
 
 def write_key_pair(name: str, directory: str | os.PathLike[str] = ".") -> tuple[Path, Path]:

@@ -279,6 +279,10 @@ class SocketFactory:
             return True
         self.refused.add(endpoint)
         if self._gatekeeper is not None:
-            reason = "no public key known" if key is None else "key not in allowlist"
+            reason = (
+                "it announced no public key (a node without security?)"
+                if key is None
+                else "key not in allowlist"
+            )
             self._gatekeeper.record(endpoint, "" if key is None else key.decode(), reason)
         return False

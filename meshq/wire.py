@@ -449,14 +449,23 @@ def topic_prefix(topic: str, sender: bytes, limits: Limits) -> bytes:
     """The constant start of every data frame a sender publishes on ``topic``.
 
     Built once per topic so the per-message work is one pack and one join.
-    Raises ValueError for an empty, oversized or NUL-containing topic.
+    Raises TypeError for a topic that is not a str, ValueError for an empty,
+    oversized or NUL-containing one.
     """
+    if not isinstance(topic, str):  # once per new topic, never per message
+        raise TypeError(not_a_str("topic", topic, "'sensors/temp'"))
     encoded = topic.encode()
     if not encoded or len(encoded) > limits.max_topic_bytes or b"\0" in encoded:
         raise ValueError(
             f"topic must be 1..{limits.max_topic_bytes} UTF-8 bytes without NUL: {topic!r}"
         )
     return encoded + b"\0" + bytes((PROTOCOL_VERSION,)) + sender
+
+
+def not_a_str(argument: str, value: object, example: str) -> str:
+    """The message of a TypeError for a ``str`` argument given something else."""
+    fix = f"; decode it: {value!r}.decode()" if isinstance(value, bytes) else ""
+    return f"{argument} must be a str such as {example}, not {type(value).__name__} {value!r}{fix}"
 
 
 def encode_payload(data: object) -> tuple[int, bytes]:

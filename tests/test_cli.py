@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +27,10 @@ def test_demo_runs_a_mesh_that_hears_itself() -> None:
     assert "all nodes heard each other" in result.stdout
     for name in ("alpha", "bravo", "charlie"):
         assert f"joined: {name}" in result.stdout
+    lines = result.stdout.split("\n\nNext:\n")[0].splitlines()
+    for line in lines[1:-1]:  # between the banner and the verdict: one node's line each
+        assert re.fullmatch(r"\[(alpha|bravo|charlie) *\] [^\[]*", line), line
+    assert "\nNext:\n" in result.stdout and "examples/pubsub_sensors.py" in result.stdout
 
 
 def test_pub_reaches_sub_across_processes(mesh: str) -> None:
@@ -186,6 +192,7 @@ def test_example_pubsub_sensors_runs() -> None:
         ("pipeline_sink", "sink received 100 results, sum of squares 328350"),
         ("scatter_gather", "no answer from: slow"),
         ("secure_mesh", "sensor refused"),
+        ("typed_orders", "billed [2, 3], total 5, messages missed 0"),
     ],
 )
 def test_example_runs(name: str, expected: str) -> None:
@@ -226,9 +233,148 @@ def test_relay_streams_and_replay_commands(mesh: str, tmp_path: Path) -> None:
         replayed = run("replay", "cli/", "--from", "2")
         assert "#2 " in replayed and "#3 " in replayed and "#1 " not in replayed
         assert "b'stored'" in replayed
+        unslashed = subprocess.run(
+            [*MESHQ, "replay", "cli", *common], capture_output=True, text=True, timeout=30
+        )
+        assert unslashed.returncode == 2 and "did you mean 'cli/'?" in unslashed.stderr
     finally:
         relay.send_signal(signal.SIGINT)  # Ctrl-C: the relay closes cleanly
         assert relay.wait(timeout=10) == 0
         for stream in (relay.stdout, relay.stderr):
             if stream is not None:
                 stream.close()
+
+
+# --- issue 10: the command line as a new user meets it -------------------
+
+
+def meshq_cli(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``python -m meshq ARGV``, as `python -m meshq` users run it; never hangs."""
+    return subprocess.run(
+        [sys.executable, "-m", "meshq", *argv], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    from meshq.cli import build_parser
+
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_help_is_plain_text_and_hides_nothing_internal() -> None:
+    result = meshq_cli("--help")
+    assert result.returncode == 0, result.stderr
+    for wrong in ("==SUPPRESS==", "``", "demo-node"):
+        assert wrong not in result.stdout
+    for command in subcommands():
+        assert f"    {command} " in result.stdout
+
+
+def test_every_option_with_a_default_shows_it_in_help() -> None:
+    checked = 0
+    for name, parser in subcommands().items():
+        text = parser.format_help()
+        # The help of each option: from its line to the next option's line.
+        blocks = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+        for action in parser._actions:
+            if not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+                continue
+            (block,) = [b for b in blocks if b.startswith(action.option_strings[0])]
+            assert "default" in block, f"meshq {name} {action.option_strings[0]}: {block!r}"
+            checked += 1
+    assert checked > 20
+
+
+def test_version_and_python_dash_m() -> None:
+    result = meshq_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"meshq {meshq.__version__}"
+    assert "usage: meshq" in meshq_cli("peers", "--help").stdout
+
+
+def test_every_command_that_joins_a_mesh_takes_the_common_options() -> None:
+    # README: "Each takes `--mesh`, ... and `--help`", except the commands it names.
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [paragraph for paragraph in readme.split("\n\n") if "`--seed`" in paragraph]
+    options = re.findall(r"`(--[a-z-]+)`", line)
+    excluded = set(re.findall(r"`meshq ([a-z]+)`", line))
+    assert {"--mesh", "--interface", "--seed", "--key", "--allow", "--help"} <= set(options)
+    assert excluded == {"demo", "keygen"}
+    for name, parser in subcommands().items():
+        if name in excluded:
+            continue
+        taken = {flag for action in parser._actions for flag in action.option_strings}
+        assert set(options) <= taken, f"meshq {name} lacks {set(options) - taken}"
+
+
+def test_pub_with_no_subscriber_says_nothing_was_sent_and_how_to_send(mesh: str) -> None:
+    common = ["--mesh", mesh, "--interface", "127.0.0.1"]
+    refused = meshq_cli("pub", "cli/alone", "hello", "--timeout", "0.3", *common)
+    assert refused.returncode == 1
+    assert "nothing sent" in refused.stderr and "--subscribers 0" in refused.stderr
+    assert "meshq sub cli/alone" in refused.stderr
+    anyway = meshq_cli("pub", "cli/alone", "hello", "--subscribers", "0", *common)
+    assert anyway.returncode == 0, anyway.stderr
+    assert "published 1 message(s) on 'cli/alone' to 0 subscriber(s)" in anyway.stdout
+
+
+def test_invalid_json_names_the_argument() -> None:
+    for command in ("pub", "call"):
+        result = meshq_cli(command, "cli/x", "{celsius: 21}", "--json", "--interface", "127.0.0.1")
+        assert result.returncode == 2
+        assert "argument DATA: not valid JSON" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_replay_from_zero_is_refused_clearly() -> None:
+    result = meshq_cli("replay", "orders/", "--from", "0", "--interface", "127.0.0.1")
+    assert result.returncode == 2
+    assert "argument --from: sequence numbers start at 1, got 0" in result.stderr
+
+
+def test_a_public_key_given_as_the_secret_key_is_named_first(tmp_path: Path) -> None:
+    assert meshq_cli("keygen", "display", "--dir", str(tmp_path)).returncode == 0
+    public = tmp_path / "display.key"
+    result = meshq_cli("peers", "--key", str(public), "--wait", "0", "--interface", "127.0.0.1")
+    assert result.returncode == 2
+    assert "this is a public key" in result.stderr and "display.key_secret" in result.stderr
+    assert "chmod" not in result.stderr
+
+
+def test_interface_errors_give_cli_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = meshq_cli("peers", "--interface", "0.0.0.0", "--wait", "0")
+    assert result.returncode == 2
+    assert "--interface 127.0.0.1" in result.stderr and "interfaces=" not in result.stderr
+    monkeypatch.setenv("MESHQ_INTERFACES", "127.0.0.1,eth0")
+    result = meshq_cli("peers", "--wait", "0")
+    assert result.returncode == 2
+    assert "MESHQ_INTERFACES='127.0.0.1,eth0'" in result.stderr and "'eth0'" in result.stderr
+
+
+def test_sigterm_closes_a_command_with_a_goodbye(mesh: str) -> None:
+    with meshq.Node("watcher", mesh=mesh, interfaces=["127.0.0.1"]) as watcher:
+        sub = subprocess.Popen(
+            [*MESHQ, "sub", "cli/", "--timeout", "60", "--mesh", mesh, "--interface", "127.0.0.1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert sub.stdout is not None
+            assert "subscribed to" in sub.stdout.readline()  # its node is up
+            watcher.wait_for_peers(1, timeout=20)
+            sub.send_signal(signal.SIGTERM)
+            left = next(
+                (
+                    event
+                    for event in watcher.events(timeout=20)
+                    if event.kind is meshq.EventKind.LEFT and event.peer.name == "meshq-sub"
+                ),
+                None,
+            )
+            assert left is not None and left.reason == "bye"  # not "timeout" 3 s later
+            assert sub.wait(timeout=20) == 128 + signal.SIGTERM
+        finally:
+            if sub.poll() is None:
+                sub.kill()
+            sub.communicate()

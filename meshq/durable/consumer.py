@@ -47,6 +47,10 @@ __all__ = [
 
 log = logging.getLogger("meshq.durable")
 
+#: Seconds a durable consumer looks for its relay before it warns: longer
+#: than discovery takes (mDNS and a HELLO, about a second on a LAN).
+NO_RELAY_WARN_AFTER = 5.0
+
 _CLOSE_CHECK = 0.1  # seconds between looks at the node's state during a long poll
 
 #: Seconds before a naked message is delivered again: after its 1st
@@ -188,6 +192,7 @@ class ConsumerState:
         self._seen: dict[bytes, None] = {}  # ids acknowledged, oldest first
         self._dedup_ids = dedup_ids
         self.warned = False
+        self._no_relay_since: float | None = None  # monotonic s; None while a relay answers
         self.delivered = 0
         self.duplicates = 0
         self.undecodable = 0
@@ -276,6 +281,7 @@ class ConsumerState:
         Raises ProtocolError for a malformed reply. A record this process
         cannot decode (bigger than its max_msgpack_bytes, say) is naked.
         """
+        self._no_relay_since = None  # a relay answered
         records = decode_records(reply)
         self.acks_sent(self._acks_in_flight)  # acks made meanwhile go with the next one
         self._acks_in_flight = 0
@@ -325,9 +331,15 @@ class ConsumerState:
         heapq.heappush(self._held, (self._clock() + delay, message.seq))
 
     def no_relay(self) -> None:
-        if not self.warned:
+        # Discovery takes a moment, so a consumer started with its relay
+        # running misses it at first: warn only once the relay stays missing.
+        now = time.monotonic()
+        if self._no_relay_since is None:
+            self._no_relay_since = now
+        missing = now - self._no_relay_since
+        if not self.warned and missing >= NO_RELAY_WARN_AFTER:
             self.warned = True
-            log.warning("no relay holds %r yet; waiting for one", self.prefix)
+            log.warning("no relay holds %r after %.0f s; waiting for one", self.prefix, missing)
         self.stream = None
 
 

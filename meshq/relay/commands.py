@@ -74,7 +74,9 @@ def add_commands(
     replay = commands.add_parser("replay", help="print the stored messages of a stream")
     node_options(replay)
     replay.add_argument("stream")
-    replay.add_argument("--from", dest="start", type=int, default=1, help="first seq (default 1)")
+    replay.add_argument(
+        "--from", dest="start", type=_first_seq, default=1, help="first seq, from 1 (default 1)"
+    )
     replay.add_argument("--count", type=int, default=100, help="at most N (default 100)")
     replay.add_argument("--wait", type=float, default=3.0, help="seconds to find the relay")
     replay.add_argument("--dead", metavar="CONSUMER", help="print CONSUMER's dead letters instead")
@@ -155,10 +157,27 @@ def add_commands(
 
     def replay_stream(args: argparse.Namespace) -> int:
         with make_node(args, "meshq-replay") as node:
+            wanted: str = args.stream
+            slashed = wanted + "/"
+
+            def held(services: Mapping[str, object]) -> str | None:
+                streams = _streams_in(services)
+                if wanted in streams:
+                    return wanted
+                # Named without its trailing slash: say so at once, not after --wait.
+                return slashed if not wanted.endswith("/") and slashed in streams else None
+
             try:
-                node.wait_for_service(RELAY_SERVICE_PREFIX + args.stream, timeout=args.wait)
+                stream = node.wait_for_providers(held, timeout=args.wait)
             except Timeout:
-                raise Timeout(f"no relay holds stream {args.stream!r}") from None
+                streams = _relay_streams(node)
+                raise Timeout(
+                    f"no relay holds stream {wanted!r}{_did_you_mean(wanted, streams)}"
+                ) from None
+            if stream != wanted:
+                raise ValueError(
+                    f"no relay holds stream {wanted!r}{_did_you_mean(wanted, [stream])}"
+                )
             after, shown = args.start - 1, 0
             while shown < args.count:
                 limit = min(args.count - shown, 1000)
@@ -250,3 +269,23 @@ def _relay_streams(node: Node) -> list[str]:
 def _streams_in(services: Mapping[str, object]) -> list[str]:
     found = (stream_of_service(service) for service in services)
     return sorted(stream for stream in found if stream is not None)
+
+
+def _first_seq(text: str) -> int:
+    """--from: a stream sequence number; they start at 1."""
+    try:
+        seq = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a sequence number: {text!r}") from None
+    if seq < 1:
+        raise argparse.ArgumentTypeError(f"sequence numbers start at 1, got {seq}")
+    return seq
+
+
+def _did_you_mean(stream: str, streams: list[str]) -> str:
+    """A hint for a stream named without its trailing slash ('orders' for 'orders/')."""
+    if not stream.endswith("/") and stream + "/" in streams:
+        return f"; did you mean {stream + '/'!r}? (a stream is a topic prefix ending in '/')"
+    if streams:
+        return f" (streams on this mesh: {', '.join(streams)})"
+    return ""
