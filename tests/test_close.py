@@ -109,11 +109,14 @@ def test_a_blocked_reader_of_another_thread_is_woken_by_close(mesh: str) -> None
 
 def test_close_with_nothing_left_ends_the_context_at_once(mesh: str) -> None:
     node = meshq.Node("alone", mesh=mesh, interfaces=LOOPBACK)
-    node.serve("echo", lambda data: data)
-    with node.subscribe("t/"):
-        pass
-    node.request("echo", 1, timeout=5)
-    node.close()
+    try:
+        node.serve("echo", lambda data: data)
+        with node.subscribe("t/"):
+            pass
+        node.wait_for_service("echo", timeout=10)  # the directory learns it on the control thread
+        node.request("echo", 1, timeout=5)
+    finally:
+        node.close()
     assert node.runtime.sockets.open_sockets == 0
     assert node.runtime.context.closed
 

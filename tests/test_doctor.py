@@ -186,16 +186,22 @@ def _env() -> dict[str, str]:
 
 
 def start_node(
-    lan: Lan, nodes: list[subprocess.Popen[str]], host: int, name: str, mesh: str
+    lan: Lan,
+    nodes: list[subprocess.Popen[str]],
+    host: int,
+    name: str,
+    mesh: str,
+    interfaces: str | None = None,
 ) -> list[str]:
-    """A node on every address of ``host`` (the default interfaces); its control endpoints."""
+    """A node on ``host`` (the default interfaces, or MESHQ_INTERFACES); its control endpoints."""
     code = NODE.format(name=name, mesh=mesh)
+    env = _env() if interfaces is None else {**_env(), "MESHQ_INTERFACES": interfaces}
     process = subprocess.Popen(
         lan.argv(host, [sys.executable, "-c", code]),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=env,
     )
     nodes.append(process)
     assert process.stdout is not None
@@ -204,13 +210,14 @@ def start_node(
     return [part.strip("(),'") for part in line.split()[1:]]
 
 
-def doctor(lan: Lan, host: int, *args: str) -> subprocess.Popen[str]:
+def doctor(lan: Lan, host: int, *args: str, interfaces: str | None = None) -> subprocess.Popen[str]:
+    env = _env() if interfaces is None else {**_env(), "MESHQ_INTERFACES": interfaces}
     return subprocess.Popen(
         lan.argv(host, [sys.executable, "-m", "meshq.cli", "doctor", "--wait", "2", *args]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=env,
     )
 
 
@@ -249,11 +256,14 @@ def test_a_dead_docker_bridge_is_named_and_its_address_unreachable(
         ["link", "set", "docker0", "up"],
     ):
         subprocess.run(["ip", "-n", host, *args], check=True)
-    endpoints = start_node(lan, nodes, 0, "boxed", mesh)  # default: every address, docker0's too
+    # Default interfaces now leave an empty bridge out; a host configured
+    # (say by an older meshq, or by hand) to use docker0 is what doctor catches.
+    configured = f"{lan.addresses[0]},198.19.0.1"
+    endpoints = start_node(lan, nodes, 0, "boxed", mesh, interfaces=configured)
     port = endpoints[0].rpartition(":")[2]
     assert f"tcp://198.19.0.1:{port}" in endpoints
 
-    on_host = doctor(lan, 0, "--mesh", mesh, "--json")
+    on_host = doctor(lan, 0, "--mesh", mesh, "--json", interfaces=configured)
     from_peer = doctor(lan, 1, "--mesh", mesh, "--interface", lan.addresses[1], "--json")
     local, remote = findings_of(on_host), findings_of(from_peer)
 
