@@ -22,9 +22,11 @@ control loop's wake-ups per second and the CPU cost per heartbeat (a
 process's CPU time divided by the PINGs it sent and received: an upper
 bound, as it includes everything else the process did).
 
-``--coalesce S`` lets meshq's control loop look at its ROUTER at most every
-S seconds (ControlLoop.coalesce), to see whether reading heartbeats in
-batches per wake-up helps.
+``--coalesce S`` sets meshq's ControlLoop.coalesce: after heartbeats woke
+it, the control loop reads the ROUTER again only S seconds later (0: every
+message as it comes), to see what reading heartbeats in batches per
+wake-up saves. Heartbeats leave on the same wall-clock instants on every
+node, so a mesh's PINGs arrive together.
 
     .venv/bin/python bench/idle.py                       # about 8 minutes
     .venv/bin/python bench/idle.py --peers 1 31 --repeat 5 --duration 10
@@ -62,9 +64,11 @@ def _say(**fields: Any) -> None:
 
 def child_meshq(index: int, mesh: str, seed: str, peers: int, coalesce: float) -> None:
     import meshq
-    from meshq.control import ControlLoop
 
-    ControlLoop.coalesce = coalesce
+    if coalesce >= 0:  # else the library's default
+        from meshq.control import ControlLoop
+
+        ControlLoop.coalesce = coalesce
     with meshq.Node(
         f"idle-{index}",
         mesh=mesh,
@@ -76,14 +80,14 @@ def child_meshq(index: int, mesh: str, seed: str, peers: int, coalesce: float) -
         node.wait_for_peers(peers, timeout=SETUP_TIMEOUT)
         _say(event="ready")
         sys.stdin.readline()  # "measure": take the loop's counters now
-        loop = node.runtime.control_loop
-        assert loop is not None
-        start = (loop.wakeups, loop.timer_runs)
+        # (None with a meshq from before the deadline-driven loop: --before.)
+        loop = getattr(getattr(node, "runtime", None), "control_loop", None)
+        start = (loop.wakeups, loop.timer_runs) if loop is not None else (0, 0)
         sys.stdin.readline()  # "report"
         _say(
             event="report",
-            wakeups=loop.wakeups - start[0],
-            timer_runs=loop.timer_runs - start[1],
+            wakeups=None if loop is None else loop.wakeups - start[0],
+            timer_runs=None if loop is None else loop.timer_runs - start[1],
             peers=len(node.peers()),
             stats=node.stats(),
         )
@@ -117,6 +121,72 @@ def child_raw(index: int) -> None:
         dealer.close()
     router.close()
     context.term()
+
+
+# ----------------------------------------------------------------------
+# What one heartbeat costs, in this process
+
+
+def heartbeat_cost(count: int = 20000, paced: int = 2000) -> dict[str, float]:
+    """CPU of a node's control thread per PING received: batched, and one per wake-up.
+
+    A raw DEALER plays a peer (it says HELLO, then sends PINGs). Batched:
+    ``count`` PINGs sent at once, read as they come. One per wake-up:
+    ``paced`` PINGs 2 ms apart with ControlLoop.coalesce = 0, so that each
+    wakes the thread alone. The thread's CPU comes from /proc (10 ms ticks).
+    """
+    import threading
+
+    import zmq
+
+    import meshq
+    from meshq.control import ControlLoop
+    from meshq.wire import Hello, Ping, encode_control, routing_id
+
+    def control_ticks(node: meshq.Node) -> int:
+        thread = next(t for t in threading.enumerate() if t.name.endswith(node.id[:8]))
+        return _ticks(Path(f"/proc/self/task/{thread.native_id}/stat"))
+
+    results: dict[str, float] = {}
+    shipped = ControlLoop.coalesce
+    try:
+        for label, n, pause, coalesce in (
+            ("us_per_heartbeat_batched", count, 0.0, shipped),
+            ("us_per_heartbeat_alone", paced, 0.002, 0.0),
+        ):
+            ControlLoop.coalesce = coalesce
+            with meshq.Node("cost", interfaces=["127.0.0.1"], discovery=False) as node:
+                context = zmq.Context()
+                dealer = context.socket(zmq.DEALER)
+                dealer.setsockopt(zmq.LINGER, 0)
+                dealer.setsockopt(zmq.SNDHWM, 0)
+                peer_id = b"\x01" * 16
+                dealer.setsockopt(zmq.ROUTING_ID, routing_id(peer_id, 1))
+                dealer.connect(node.control_endpoints[0])
+                publish = ("tcp://127.0.0.1:9",)
+                hello = Hello(peer_id, "peer", node.mesh, ("tcp://127.0.0.1:8",), publish)
+                dealer.send(encode_control(hello))
+                node.wait_for_peers(1, timeout=10)
+                ping = encode_control(Ping(peer_id))
+                before = control_ticks(node)
+                for _ in range(n):
+                    dealer.send(ping)
+                    if pause:
+                        time.sleep(pause)  # the bench paces them: one per wake-up
+                # Settled once the peer's last_seen stops moving past the sends.
+                sent, deadline = time.time(), time.monotonic() + 30
+                while node.peers()[0].last_seen < sent - 0.01:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the PINGs were not read within 30 s")
+                    time.sleep(0.01)
+                time.sleep(0.2)
+                used = (control_ticks(node) - before) / TICKS
+                dealer.close()
+                context.term()
+            results[label] = 1e6 * used / n
+    finally:
+        ControlLoop.coalesce = shipped
+    return results
 
 
 # ----------------------------------------------------------------------
@@ -222,7 +292,8 @@ def run_once(system: str, peers: int, duration: float, coalesce: float) -> dict[
         "seconds": elapsed,
     }
     if system == "meshq":
-        wakeups = statistics.median(r["wakeups"] for r in reports) / elapsed
+        counted = [r["wakeups"] for r in reports if r["wakeups"] is not None]
+        wakeups = statistics.median(counted) / elapsed if counted else float("nan")
         # Each node sends a PING to every peer every 0.5 s and receives as many.
         heartbeats = 2 * peers * elapsed / 0.5
         result["wakeups_per_s"] = wakeups
@@ -237,8 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, nargs="+", default=[1, 7, 15, 31])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")
-    parser.add_argument("--coalesce", type=float, default=0.0)
+    parser.add_argument(
+        "--coalesce", type=float, default=-1.0, help="ControlLoop.coalesce, s (default: as shipped)"
+    )
     parser.add_argument("--quick", action="store_true", help="1 and 7 peers, 2 runs of 3 s")
+    parser.add_argument(
+        "--no-cost", action="store_true", help="skip the cost of one heartbeat (older meshq)"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.child:
@@ -251,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.peers, args.repeat, args.duration = [1, 7], 2, 3.0
+    cost = {} if args.no_cost else heartbeat_cost()
+    if cost:
+        print(
+            f"one PING received costs the control thread {cost['us_per_heartbeat_alone']:.0f} us"
+            f" alone in a wake-up, {cost['us_per_heartbeat_batched']:.0f} us read with others"
+        )
 
     if __package__ in (None, ""):  # run as a script: make `bench` importable
         sys.path.insert(0, str(ROOT))
@@ -298,10 +380,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{peers:>5} {system:6} {row['cpu_percent']:>16.3f} {spread:>18}"
                 f" {row['zmq_thread_percent']:>12.3f}{extra}"
             )
+    load = os.getloadavg()
+    print(
+        f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+        f" on {os.cpu_count()} cores"
+    )
     document = {
-        "environment": environment(),
+        "environment": {**environment(), "loadavg": load},
         "duration": args.duration,
         "coalesce": args.coalesce,
+        "heartbeat_cost": cost,
         "table": table,
         "runs": runs,
     }

@@ -29,6 +29,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     Timeout,
+    TransportError,
 )
 from .message import Message
 from .node import Node
@@ -76,6 +77,7 @@ __all__ = [
     "Rejection",
     "Subscription",
     "Timeout",
+    "TransportError",
 ]
 
 __version__ = "0.1.0"

@@ -44,6 +44,7 @@ from .sockets import SocketFactory
 from .state import SUBSCRIBERS, Providers
 from .subscription import Inbox, PublisherDirectory, PublisherLinks, own
 from .wire import Limits
+from .zmqerrors import translate
 
 __all__ = ["AsyncNode", "AsyncSubscription", "Sent"]
 
@@ -118,9 +119,11 @@ class AsyncSubscription(Inbox):
                     frame = await asyncio.wait_for(self._sock.recv(), remaining)
             except asyncio.TimeoutError:
                 raise Timeout(f"no message on {self.prefix!r} within the timeout") from None
-            except (zmq.ZMQError, asyncio.CancelledError):
+            except (zmq.ZMQError, asyncio.CancelledError) as exc:
                 if self._closed:
                     raise Closed("subscription is closed") from None
+                if isinstance(exc, zmq.ZMQError):
+                    raise translate(exc, "receive") from exc
                 raise
             message = self._take(frame)
             if message is not None:
@@ -275,7 +278,16 @@ class AsyncNode:
         self._running_handlers: set[concurrent.futures.Future[object]] = set()
         # Peer events, subscriber and service changes, and the close wake our waiters.
         runtime.state.add_listener(self._on_control_thread)
-        SUBSCRIBERS.add_listener(self._on_subscribers)
+        # Process-wide: held weakly, so an AsyncNode never closed can still go.
+        method = weakref.WeakMethod(self._on_subscribers)
+
+        def on_subscribers() -> None:
+            wake = method()
+            if wake is not None:
+                wake()
+
+        self._subscribers_listener = on_subscribers
+        SUBSCRIBERS.add_listener(on_subscribers)
         # The loop's thread owns the caller side; Node keeps one per thread.
         self._replies = _LoopReplies(runtime.requester(), self._loop)
 
@@ -790,7 +802,7 @@ class AsyncNode:
             finally:
                 self._loop.call_soon_threadsafe(_resolve, done)
 
-        SUBSCRIBERS.remove_listener(self._on_subscribers)
+        SUBSCRIBERS.remove_listener(self._subscribers_listener)
         threading.Thread(target=close_node, name="meshq-aclose", daemon=True).start()
         await asyncio.shield(done)
         self._wake_waiters()

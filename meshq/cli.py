@@ -10,6 +10,7 @@ meshq relay --data DIR --streams "orders/"   store durable streams
 meshq streams               durable streams, their consumers and lag
 meshq replay STREAM         print a stream's stored messages
 meshq keygen NAME           write a CURVE key pair (NAME.key, NAME.key_secret)
+meshq doctor                check this host and the LAN; meshq top, meshq exporter
 
 Every command that joins a mesh (all but demo and keygen) takes --mesh,
 --interface, --seed, --key and --allow. SIGTERM closes a command as Ctrl-C
@@ -33,6 +34,7 @@ from .config import MeshConfig
 from .durable import wait_for_relay
 from .errors import MeshqError, NoProviders, RemoteError, Timeout
 from .node import Node
+from .opscli import add_commands as add_ops_commands
 from .relay.commands import add_commands
 from .security import Curve, write_key_pair
 
@@ -349,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--dir", default=".", help="directory")
 
     relay_commands.update(add_commands(commands, _node_options, _make_node))
+    relay_commands.update(add_ops_commands(commands, _node_options, _make_node))  # doctor, top, ...
     return parser
 
 

@@ -37,7 +37,7 @@ from .protocol import (
 from .publishing import TAIL_INTERVAL, PublishSocket, bind_all
 from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
-from .state import NodeState
+from .state import SUBSCRIBERS, NodeState
 from .wire import Limits, routing_id
 from .zmqerrors import translated
 
@@ -57,11 +57,13 @@ class ControlLoop:
     control port cannot be bound.
     """
 
-    #: Seconds after reading control messages during which the loop does not
-    #: look at the ROUTER again (commands and deadlines still wake it), so
-    #: that heartbeats arriving close together are read in one wake-up. 0:
-    #: read as they come. An experiment knob for bench/idle.py; see its notes.
-    coalesce: ClassVar[float] = 0.0
+    #: Seconds after a wake-up that read only heartbeats during which the loop
+    #: does not look at the ROUTER again (commands and deadlines still wake
+    #: it), so that the PINGs of the mesh, sent on the same wall-clock
+    #: instants, are read in one wake-up. Anything but a PING (a HELLO, say)
+    #: is handled at once. 0: read every message as it comes (bench/idle.py
+    #: --coalesce compares).
+    coalesce: ClassVar[float] = 0.05
 
     def __init__(
         self,
@@ -88,8 +90,15 @@ class ControlLoop:
         self._gatekeeper = gatekeeper
         # Only control messages arrive here: ZeroMQ drops a peer that sends
         # more than the largest valid one, before we buffer it.
+        # No ZMTP heartbeats on control links: the protocol's PINGs flow
+        # every heartbeat_interval anyway, and a dialled link that goes
+        # unanswered is remade (protocol.py). ZMTP heartbeats on every
+        # control connection cost an idle node as much CPU as all the rest.
         self._router = sockets.make(
-            context, zmq.ROUTER, max_message_bytes=config.max_control_bytes + 64
+            context,
+            zmq.ROUTER,
+            max_message_bytes=config.max_control_bytes + 64,
+            heartbeats=False,
         )
         try:
             with translated("bind the control socket"):
@@ -107,6 +116,7 @@ class ControlLoop:
             limits=limits,
             networks=networks,
             keys=sockets.keys if sockets.curve is not None else None,
+            clock_offset=time.time() - time.monotonic(),
         )
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]
         self._links = 0  # DEALERs made so far; numbers their routing ids
@@ -123,6 +133,9 @@ class ControlLoop:
         self.wakeups = 0
         self.timer_runs = 0
         self._next_tail = 0.0  # when tail markers are next due (monotonic s)
+        # Whether a topic needs tail markers: then they have a deadline of
+        # their own, else they are looked for with each heartbeat round.
+        self._tails_live = False
         directories = self.protocol.directories()
         state.set_directories(directories.publishers, directories.providers)
 
@@ -142,7 +155,9 @@ class ControlLoop:
         router, mailbox_fd = self._router, self._mailbox.fd
         quiet_until = 0.0  # see coalesce
         while self._running:
-            deadline = min(protocol.next_deadline(), self._next_tail)
+            deadline = protocol.next_deadline()
+            if self._tails_live and self._next_tail < deadline:
+                deadline = self._next_tail
             ripe = self._sockets.refused.next_ripe()
             if ripe is not None and ripe < deadline:
                 deadline = ripe
@@ -157,29 +172,42 @@ class ControlLoop:
                 self.wakeups += 1
                 if mailbox_fd in ready:
                     self._run_commands()
-                if router in ready or (poller is self._quiet_poller and not ready):
-                    self._receive()
-                    if self.coalesce:
+                if router in ready:
+                    if self._receive() and self.coalesce:
+                        # Heartbeats woke us: the rest of the mesh's are on
+                        # their way; read them together a moment later.
                         quiet_until = time.monotonic() + self.coalesce
+                elif poller is self._quiet_poller and not ready:
+                    self._receive()  # the end of a quiet spell: read what came
                 if len(ready) > (mailbox_fd in ready) + (router in ready):
                     self._publisher.process_commands()  # subscribers came or went
                 now = time.monotonic()
                 if now >= protocol.next_deadline():
                     self.timer_runs += 1
                     self._execute(protocol.on_timer(now))
-                    # A publishing thread that sent meanwhile may have taken
-                    # the descriptor's wake-up: read subscriptions anyway.
-                    self._publisher.process_commands()
-                if now >= self._next_tail:
-                    # Tail markers (PublishSocket.announce_tails); looked for
-                    # less often while no topic needs one.
-                    live = self._publisher.announce_tails()
-                    self._next_tail = now + (TAIL_INTERVAL if live else 4 * TAIL_INTERVAL)
+                    if self.coalesce and not ready:
+                        # Our heartbeats just left, and the mesh's arrive
+                        # about now (the same wall-clock instants): read them
+                        # together, once they are in.
+                        quiet_until = now + self.coalesce
+                    if SUBSCRIBERS.waiting:
+                        # A publishing thread that sent meanwhile may have
+                        # taken the descriptor's wake-up: read anyway.
+                        self._publisher.process_commands()
+                    if not self._tails_live:
+                        self._announce_tails(now)  # with the heartbeat: no wake-up of its own
+                if self._tails_live and now >= self._next_tail:
+                    self._announce_tails(now)
                 if self._sockets.refused.ripe():
                     self._state.retry_refused()  # subscriptions retry refused links
             except Exception:  # a bug must not leave the node deaf and mute
                 self._state.count("internal_errors")
                 self._internal_log.warning("control loop error", exc_info=True)
+
+    def _announce_tails(self, now: float) -> None:
+        """Tail markers (PublishSocket.announce_tails), every TAIL_INTERVAL while needed."""
+        self._tails_live = self._publisher.announce_tails()
+        self._next_tail = now + TAIL_INTERVAL
 
     def _run_commands(self) -> None:
         protocol = self.protocol
@@ -198,27 +226,39 @@ class ControlLoop:
             elif isinstance(command, WatchPublisher):
                 self._watch_publisher()
 
-    def _receive(self) -> None:
+    def _receive(self) -> bool:
+        """Handle what waits on the ROUTER; True if it was heartbeats only (one or more)."""
         secure = self._sockets.curve is not None
         router, protocol = self._router, self.protocol
-        for _ in range(_MAX_BATCH):
+        heartbeats_only = True
+        for count in range(_MAX_BATCH):
             proven = b""
+            # Ask before reading: a zmq.Again costs more than the question.
+            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return heartbeats_only and count > 0
             try:
-                if secure:
-                    parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    # The key the sender proved in its CURVE handshake, as our
-                    # ZAP handler admitted it (its User-Id).
-                    try:
-                        proven = parts[-1].get("User-Id").encode()
-                    except zmq.ZMQError:
-                        proven = b""  # no ZAP verdict on this message: a HELLO is refused
-                    frames = [part.bytes for part in parts]
-                else:
-                    frames = router.recv_multipart(zmq.NOBLOCK)
+                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                return heartbeats_only and count > 0
+            if secure:
+                # The key the sender proved in its CURVE handshake, as our
+                # ZAP handler admitted it (its User-Id).
+                try:
+                    proven = parts[-1].get("User-Id").encode()
+                except zmq.ZMQError:
+                    proven = b""  # no ZAP verdict on this message: a HELLO is refused
+            # Where the message came from: the address to reach its sender
+            # at when it lists several, some shared with other hosts (3.3).
             try:
-                self._execute(protocol.on_frames(frames, time.monotonic(), proven))
+                source: str | None = parts[-1].get("Peer-Address") or None
+            except zmq.ZMQError:
+                source = None
+            frames = [part.bytes for part in parts]
+            try:
+                actions = protocol.on_frames(frames, time.monotonic(), proven, source)
+                if heartbeats_only and not (len(actions) == 1 and type(actions[0]) is Heard):
+                    heartbeats_only = False
+                self._execute(actions)
             except Exception:  # a bug must not make the node deaf to everyone else
                 self._state.count("internal_errors")
                 self._internal_log.warning(
@@ -226,6 +266,7 @@ class ControlLoop:
                     frames[0][:16].hex(),
                     exc_info=True,
                 )
+        return False  # more waiting: look again at once
 
     def _execute(self, actions: list[Action]) -> None:
         state = self._state
@@ -256,7 +297,7 @@ class ControlLoop:
             if not sockets.admits(endpoint):
                 self._state.count("dial_refused_key")
                 return
-            dealer = sockets.make(self._context, zmq.DEALER)
+            dealer = sockets.make(self._context, zmq.DEALER, heartbeats=False)
             self._links += 1
             dealer.setsockopt(zmq.IDENTITY, routing_id(self._node_id, self._links))
             dealer.setsockopt(zmq.SNDHWM, _DEALER_HWM)

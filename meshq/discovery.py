@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import logging
 import socket
 import threading
@@ -20,7 +21,7 @@ from typing import Protocol
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from .errors import Timeout
-from .interfaces import choose_endpoint, local_networks
+from .interfaces import local_networks, machine_addresses, rank_endpoints
 from .security import check_key, split_seed
 from .wire import NODE_ID_BYTES, PROTOCOL_VERSION, parse_endpoint
 
@@ -49,6 +50,9 @@ class Candidate:
     source: str  # "mdns" or "seed"
     #: The CURVE public key the TXT record claims (Z85), a hint for connecting.
     key: bytes | None = None
+    #: The source's other endpoints for the same node, best first: where to
+    #: turn if ``endpoint`` never answers.
+    alternatives: tuple[str, ...] = ()
 
 
 Found = Callable[[Candidate], None]
@@ -151,7 +155,12 @@ class MdnsDiscovery:
         self.flooded = 0
         self._mesh = mesh
         self._networks = local_networks(interfaces)
+        self._own = machine_addresses() | {ipaddress.IPv4Address(ip) for ip in interfaces}
         self._interfaces = list(interfaces)
+        # Where this node itself listens: a record that lists one of these
+        # (every docker host's docker0 address, with a shared fixed port) must
+        # never make us dial ourselves.
+        self._own_endpoints = [f"tcp://{ip}:{control_port}" for ip in interfaces]
         # ASCII only, so 40 characters are 40 bytes: the instance label must
         # fit DNS's 63-byte limit together with the id.
         label = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)
@@ -273,8 +282,19 @@ class MdnsDiscovery:
         addresses = info.parsed_addresses(IPVersion.V4Only)
         if not addresses:
             return None
-        endpoints = [f"tcp://{address}:{info.port}" for address in addresses]
-        return Candidate(choose_endpoint(endpoints, self._networks), node_id, "mdns", key)
+        # python-zeroconf lists a record's addresses in no useful order (last
+        # heard first), so rank them: never our own endpoints, addresses of
+        # this machine only when nothing else is left (a peer on this host).
+        # Sorted first, so that ties rank the same on every resolve.
+        endpoints = rank_endpoints(
+            [f"tcp://{address}:{info.port}" for address in sorted(addresses, key=_numeric)],
+            self._networks,
+            own=self._own,
+            exclude=self._own_endpoints,
+        )
+        if not endpoints:
+            return None
+        return Candidate(endpoints[0], node_id, "mdns", key, alternatives=endpoints[1:])
 
     def close(self) -> None:
         with self._lock:
@@ -284,3 +304,10 @@ class MdnsDiscovery:
         if self._zeroconf is not None:
             # Sends mDNS goodbyes so browsers drop us before the TTL runs out.
             self._zeroconf.close()
+
+
+def _numeric(address: str) -> tuple[int, str]:
+    try:
+        return (int(ipaddress.IPv4Address(address)), address)
+    except ValueError:
+        return (-1, address)

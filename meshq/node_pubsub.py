@@ -156,7 +156,11 @@ class PubSubApi:
                 raise Timeout(f"{count} of {n} subscribers of {topic!r} after {timeout} s")
             with changed:
                 if SUBSCRIBERS.version == version and not state.closed:
-                    changed.wait(remaining)
+                    SUBSCRIBERS.waiting += 1
+                    try:
+                        changed.wait(remaining)
+                    finally:
+                        SUBSCRIBERS.waiting -= 1
 
     def subscribers(self, topic: str) -> int:
         """How many connected subscriptions would receive a message on ``topic`` now.

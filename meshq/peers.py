@@ -4,12 +4,15 @@ The rule, in one place: a peer *joins* when its HELLO arrives. Any message
 from it afterwards refreshes ``last_seen``. Silent for ``suspect_after``
 seconds it becomes *suspect* (and *recovers* on the next message); silent for
 ``gone_after`` seconds, or after a BYE, it *leaves* and is forgotten. A new
-HELLO that claims a control endpoint held by another peer id means that peer
-restarted: the old id leaves at once. Discovery never decides liveness.
+id whose HELLO lists the endpoint we talk to a peer through, and comes from
+the address that peer's traffic came from, means that peer restarted: the
+old id leaves at once (meshq/reach.py; an endpoint two live nodes merely
+both advertise, such as a docker0 address with a fixed port, is no restart).
+Discovery never decides liveness.
 
 :class:`Dialer` tracks control endpoints we were told about (mDNS, seeds,
 gossip) and says when to (re)send a HELLO to each one that has no live peer
-behind it.
+behind it, moving on to a candidate's next endpoint when one never answers.
 
 Nothing here touches a socket or reads a clock; the node feeds events in and
 performs the returned actions.
@@ -18,11 +21,12 @@ performs the returned actions.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from .config import MeshConfig
+from .reach import Route, is_restart
 from .wire import Hello
 
 __all__ = ["Dialer", "EventKind", "Peer", "PeerEvent", "PeerState", "PeerTable"]
@@ -80,17 +84,21 @@ class PeerEvent:
 class PeerTable:
     """Peers by raw id, with the liveness rule stated in the module docstring.
 
-    ``choose_endpoint`` picks which of a peer's control endpoints to talk to.
+    ``choose_endpoint(control, source, current)`` picks which of a peer's
+    control endpoints to talk to, given the address its HELLO came from
+    (None if unknown) and the endpoint chosen before (None for a newcomer).
     """
 
     def __init__(
         self,
         config: MeshConfig,
-        choose_endpoint: Callable[[tuple[str, ...]], str],
+        choose_endpoint: Callable[[tuple[str, ...], str | None, str | None], str],
     ) -> None:
         self._config = config
         self._choose_endpoint = choose_endpoint
         self._peers: dict[bytes, Peer] = {}
+        # The address each peer's latest HELLO came from, where known.
+        self._sources: dict[bytes, str] = {}
         # When each peer was last heard from; a Peer's own last_seen is only
         # brought up to date when a snapshot is taken.
         self._seen: dict[bytes, float] = {}
@@ -143,24 +151,28 @@ class PeerTable:
                 soonest = due
         return soonest
 
-    def hello(self, message: Hello, now: float) -> list[PeerEvent]:
-        """A HELLO arrived: the sender joins, or refreshes what we know of it."""
+    def hello(self, message: Hello, now: float, source: str | None = None) -> list[PeerEvent]:
+        """A HELLO arrived (from address ``source``, if known): the sender joins,
+        or refreshes what we know of it. A known peer it shows restarted leaves."""
         events: list[PeerEvent] = []
-        claimed = set(message.control)
         for old_id, old in list(self._peers.items()):
-            if old_id != message.sender and claimed.intersection(old.control):
+            if old_id != message.sender and is_restart(
+                old.endpoint, self._sources.get(old_id), message.control, source
+            ):
                 del self._peers[old_id]
-                self._seen.pop(old_id, None)
-                gone = replace(old, state=PeerState.GONE)
+                self._sources.pop(old_id, None)
+                seen = self._seen.pop(old_id, old.last_seen)
+                gone = replace(old, state=PeerState.GONE, last_seen=seen)
                 events.append(PeerEvent(EventKind.LEFT, gone, "restarted"))
         known = self._peers.get(message.sender)
         if known is None and len(self._peers) >= self._config.max_peers:
             self.rejected += 1
             return events
+        current = None if known is None else known.endpoint
         peer = Peer(
             id=message.sender.hex(),
             name=message.name,
-            endpoint=self._choose_endpoint(message.control),
+            endpoint=self._choose_endpoint(message.control, source, current),
             state=PeerState.ALIVE,
             last_seen=now,
             headers=MappingProxyType(dict(message.headers)),
@@ -172,6 +184,8 @@ class PeerTable:
         )
         self._peers[message.sender] = peer
         self._seen[message.sender] = now
+        if source is not None:
+            self._sources[message.sender] = source
         if known is None:
             events.append(PeerEvent(EventKind.JOINED, peer))
         elif known.state is PeerState.SUSPECT:
@@ -198,6 +212,7 @@ class PeerTable:
         if peer is None:
             return []
         seen = self._seen.pop(peer_id, peer.last_seen)
+        self._sources.pop(peer_id, None)
         gone = replace(peer, state=PeerState.GONE, last_seen=seen)
         return [PeerEvent(EventKind.LEFT, gone, reason)]
 
@@ -210,6 +225,7 @@ class PeerTable:
             if silence >= self._config.gone_after:
                 del self._peers[peer_id]
                 self._seen.pop(peer_id, None)
+                self._sources.pop(peer_id, None)
                 gone = replace(peer, state=PeerState.GONE, last_seen=seen)
                 events.append(PeerEvent(EventKind.LEFT, gone, "timeout"))
             elif silence >= self._config.suspect_after and peer.state is PeerState.ALIVE:
@@ -224,6 +240,7 @@ class _Target:
     peer_id: bytes | None
     expires: float | None  # None: keep until discovery withdraws it
     next_hello: float
+    route: Route  # the endpoint being dialled now, and the ones to try next
     pinned: bool = False  # a seed: kept for the node's whole life
 
 
@@ -232,15 +249,31 @@ class Dialer:
 
     Sources: mDNS and seeds keep an endpoint until they withdraw it; gossip
     and incoming HELLOs keep it for ``gone_after`` seconds unless a peer
-    answers. An endpoint whose peer is connected needs no HELLO.
+    answers. An endpoint whose peer is connected needs no HELLO. A candidate
+    with alternatives (the other addresses of an mDNS record or a gossip
+    entry) is dialled at one endpoint at a time; one that is not connected
+    after ``GIVE_UP_AFTER_HELLOS`` HELLOs is given up for the next.
     """
+
+    GIVE_UP_AFTER_HELLOS = 3
 
     def __init__(self, config: MeshConfig) -> None:
         self._config = config
         self._targets: dict[str, _Target] = {}
+        self._give_up_after = self.GIVE_UP_AFTER_HELLOS * config.hello_interval
 
     def __contains__(self, endpoint: str) -> bool:
+        """True for a candidate, by the endpoint it was added with."""
         return endpoint in self._targets
+
+    def dialling(self, connected: Iterable[str]) -> set[str]:
+        """The endpoints HELLOs go to now: the current one of each candidate not connected."""
+        connected_set = set(connected)
+        return {
+            target.route.current
+            for target in self._targets.values()
+            if not target.route.answered(connected_set)
+        }
 
     def __len__(self) -> int:
         return len(self._targets)
@@ -253,9 +286,11 @@ class Dialer:
         *,
         lasting: bool,
         pinned: bool = False,
+        alternatives: Sequence[str] = (),
     ) -> bool:
         """Remember an endpoint: ``lasting`` (mDNS) until withdrawn, ``pinned``
         (seeds) for good, otherwise (gossip) for ``gone_after`` seconds.
+        ``alternatives`` are the same node's other endpoints, best first.
 
         Returns False if refused: at most ``max_dialing`` gossiped endpoints,
         and ``max_peers + max_dialing`` in all, so that a flood of gossip or
@@ -269,8 +304,12 @@ class Dialer:
                 return False
             if len(self._targets) >= self._config.max_peers + self._config.max_dialing:
                 return False
-            self._targets[endpoint] = _Target(peer_id, expires, now, pinned)
+            route = Route((endpoint, *alternatives), since=now)
+            self._targets[endpoint] = _Target(peer_id, expires, now, route, pinned)
             return True
+        if (endpoint, *alternatives) != known.route.endpoints:
+            known.route = Route((endpoint, *alternatives), since=now)
+            known.next_hello = now
         if peer_id is not None:
             known.peer_id = peer_id
         if known.expires is not None:
@@ -307,14 +346,17 @@ class Dialer:
         """When :meth:`due` next has a HELLO to send or a candidate to drop; None: never."""
         connected_set = set(connected)
         soonest: float | None = None
-        for endpoint, target in self._targets.items():
-            if endpoint in connected_set:
+        for target in self._targets.values():
+            if target.route.answered(connected_set):
                 if target.expires is not None:
                     return float("-inf")  # due() drops it from the dialer now
                 continue
             due = target.next_hello
             if target.expires is not None and target.expires < due:
                 due = target.expires
+            change = target.route.next_change(self._give_up_after)
+            if change is not None and change < due:
+                due = change
             if soonest is None or due < soonest:
                 soonest = due
         return soonest
@@ -325,7 +367,7 @@ class Dialer:
         hello: list[str] = []
         expired: list[str] = []
         for endpoint, target in list(self._targets.items()):
-            if endpoint in connected_set:
+            if target.route.answered(connected_set):
                 if target.expires is not None:
                     # Gossip brought us here and the peer answered: it needs
                     # no dialling now (and must not use up max_dialing).
@@ -334,7 +376,10 @@ class Dialer:
             if target.expires is not None and now >= target.expires:
                 del self._targets[endpoint]
                 expired.append(endpoint)
-            elif now >= target.next_hello:
+                continue
+            if target.route.advance(now, self._give_up_after):
+                target.next_hello = now  # the next endpoint: try it at once
+            if now >= target.next_hello:
                 target.next_hello = now + self._config.hello_interval
-                hello.append(endpoint)
+                hello.append(target.route.current)
         return hello, expired

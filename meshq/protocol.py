@@ -19,18 +19,31 @@ with gossip every ``gossip_interval`` (7.6); links not needed are closed
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Sequence
 
+from .actions import (
+    Action,
+    Ban,
+    CloseLinks,
+    Count,
+    Directories,
+    Heard,
+    LocalNode,
+    PeersChanged,
+    Send,
+)
 from .config import MeshConfig
 from .discovery import Candidate
 from .errors import ProtocolError
-from .interfaces import choose_endpoint
+from .interfaces import choose_endpoint, endpoint_host, rank_endpoints
 from .offences import Offences
 from .peers import Dialer, EventKind, Peer, PeerEvent, PeerState, PeerTable
 from .ratelimit import RateLimitedLog
+from .reach import choose_control
 from .security import KeyBook
 from .subscription import BLOCKING_SUFFIX
 from .wire import (
@@ -60,91 +73,14 @@ __all__ = [
 log = logging.getLogger("meshq.control")
 
 
-@dataclass(frozen=True)
-class LocalNode:
-    """What this node says about itself, and where its own sockets are reached locally."""
-
-    node_id: bytes
-    name: str
-    mesh: str
-    control: tuple[str, ...]
-    publish: tuple[str, ...]
-    headers: Mapping[str, str] = field(default_factory=dict)
-    services: tuple[str, ...] = ()
-    service: tuple[str, ...] = ()
-    publish_block: tuple[str, ...] = ()
-    #: This node's CURVE public key (Z85), empty without security.
-    key: bytes = b""
-    #: inproc endpoints of its own publish sockets and service socket ("" if none).
-    local_publish: str = ""
-    local_publish_block: str = ""
-    local_service: str = ""
-
-
-@dataclass(frozen=True)
-class Send:
-    """Send ``frame`` through the link to each of ``endpoints`` (made on first use)."""
-
-    endpoints: tuple[str, ...]
-    frame: bytes
-
-
-@dataclass(frozen=True)
-class CloseLinks:
-    """Close the links to these endpoints (no linger: what is queued is dropped)."""
-
-    endpoints: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PeersChanged:
-    """The peer table changed: the new snapshot (monotonic ``last_seen``) and its events."""
-
-    peers: list[Peer]
-    events: list[PeerEvent]
-
-
-@dataclass(frozen=True)
-class Directories:
-    """Where every publisher listens (node id -> endpoint) and who serves what."""
-
-    publishers: Mapping[str, str]
-    providers: Mapping[str, Mapping[str, str]]
-
-
-@dataclass(frozen=True)
-class Heard:
-    """A peer (hex id) was heard from at ``when``; no other change."""
-
-    peer_id: str
-    when: float
-
-
-@dataclass(frozen=True)
-class Count:
-    """Add ``n`` to the node's counter ``what``."""
-
-    what: str
-    n: int = 1
-
-
-@dataclass(frozen=True)
-class Ban:
-    """Refuse new connections from CURVE ``key`` for ``seconds``."""
-
-    key: bytes
-    seconds: float
-
-
-Action = Send | CloseLinks | PeersChanged | Directories | Heard | Count | Ban
-
-
 class ControlProtocol:
     """The decisions of a node's control plane; see the module docstring.
 
     ``keys`` is the node's key book when it runs with security (the
     protocol learns keys into it), else None. ``networks`` are the local
-    networks, for choosing among a peer's endpoints (PROTOCOL.md 3.3).
+    networks, for choosing among a peer's endpoints (PROTOCOL.md 3.3),
+    together with this node's own addresses (those of its control
+    endpoints): an endpoint there leads to this machine.
     """
 
     def __init__(
@@ -156,18 +92,28 @@ class ControlProtocol:
         limits: Limits,
         networks: Sequence[ipaddress.IPv4Network] = (),
         keys: KeyBook | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         self._config = config
         self.local = local
         self._limits = limits
         self._networks = list(networks)
+        self._own = _addresses(local.control)
+        # Pure and asked for every peer at every directory rebuild: cached.
+        self._choose_cached = functools.lru_cache(maxsize=4096)(self._choose_uncached)
         self._keys = keys
-        self._table = PeerTable(config, self._choose)
+        self._table = PeerTable(config, self._choose_control)
         self._dialer = Dialer(config)
         self._offences = Offences(config.max_offences, config.offence_window, config.ban_time)
-        self._links: set[str] = set()  # endpoints we asked the loop to send to
-        self._next_ping = now + config.heartbeat_interval
-        self._next_gossip = now + config.gossip_interval
+        # Endpoints we asked the loop to send to -> when their link was made.
+        self._links: dict[str, float] = {}
+        self._now = now  # the time of the latest input
+        # Heartbeats and gossip fall on multiples of their interval on the
+        # wall clock (``now + clock_offset``), so that the PINGs of a whole
+        # mesh arrive together and are read in one wake-up (PROTOCOL.md 7.6).
+        self._offset = clock_offset
+        self._next_ping = self._slot(now, config.heartbeat_interval)
+        self._next_gossip = self._slot(now, config.gossip_interval)
         self._ping = encode_control(Ping(local.node_id))
         self._bad_input_log = RateLimitedLog(log, interval=5.0)
         self._actions: list[Action] = []
@@ -180,13 +126,22 @@ class ControlProtocol:
     # ------------------------------------------------------------------
     # Inputs
 
-    def on_frames(self, frames: Sequence[bytes], now: float, proven: bytes = b"") -> list[Action]:
+    def on_frames(
+        self,
+        frames: Sequence[bytes],
+        now: float,
+        proven: bytes = b"",
+        source: str | None = None,
+    ) -> list[Action]:
         """One message from the control ROUTER: [routing id, body].
 
         ``proven`` is the CURVE key the sender proved on its connection (its
-        ZAP User-Id), empty without security. Malformed input is counted and
-        may get the sender banned (PROTOCOL.md 11); it never raises.
+        ZAP User-Id), empty without security; ``source`` the address the
+        message came from (its connection's peer address), None if unknown.
+        Malformed input is counted and may get the sender banned
+        (PROTOCOL.md 11); it never raises.
         """
+        self._now = now
         # Who to blame: the key proven in the handshake if any, else the node
         # id the sender's routing id claims.
         offender = proven or frames[0][:NODE_ID_BYTES]
@@ -207,17 +162,23 @@ class ControlProtocol:
                 return [Heard(message.sender.hex(), now)]
             self._apply(events)
             return self._changed()
-        self._handle(message, now, proven)
+        self._handle(message, now, proven, source)
         return self._changed()
 
     def on_found(self, candidate: Candidate, now: float) -> list[Action]:
         """Discovery reports a control endpoint (mDNS record or seed)."""
+        self._now = now
         seed = candidate.source == "seed"
         if candidate.key is not None and self._keys is not None:
             # A seed's key was given by the user; mDNS's is only a hint.
             self._keys.learn(candidate.endpoint, candidate.key, proven=seed)
         if not self._dialer.add(
-            candidate.endpoint, candidate.node_id, now, lasting=True, pinned=seed
+            candidate.endpoint,
+            candidate.node_id,
+            now,
+            lasting=True,
+            pinned=seed,
+            alternatives=candidate.alternatives,
         ):
             self._actions.append(Count("dial_refused"))
         self._hello_due(now)
@@ -225,14 +186,14 @@ class ControlProtocol:
 
     def on_lost(self, candidate: Candidate, now: float) -> list[Action]:
         """Discovery withdrew a candidate: stop dialling it (a connected peer stays)."""
+        self._now = now
         self._dialer.remove(candidate.endpoint)
         self._close_unused_links()
         return self._changed()
 
     def on_redial(self, endpoint: str) -> list[Action]:
         """The link to ``endpoint`` failed its handshake: drop it; the next send makes a new one."""
-        if endpoint in self._links:
-            self._links.discard(endpoint)
+        if self._links.pop(endpoint, None) is not None:
             self._actions.append(CloseLinks((endpoint,)))
         return self._changed()
 
@@ -245,16 +206,17 @@ class ControlProtocol:
 
     def on_timer(self, now: float) -> list[Action]:
         """Run what is due at ``now``: heartbeats, gossip, liveness, dialer, link cleanup."""
+        self._now = now
         config = self._config
         if now >= self._next_gossip:
             # Re-announce with fresh gossip, so two nodes that lost each
             # other but still see a common peer find each other again even
             # without mDNS. It counts as a heartbeat.
-            self._next_gossip = now + config.gossip_interval
-            self._next_ping = now + config.heartbeat_interval
+            self._next_gossip = self._slot(now, config.gossip_interval)
+            self._next_ping = self._slot(now, config.heartbeat_interval)
             self._broadcast(self._hello(reply=False))
         elif now >= self._next_ping:
-            self._next_ping = now + config.heartbeat_interval
+            self._next_ping = self._slot(now, config.heartbeat_interval)
             self._broadcast(self._ping)
         self._apply(self._table.tick(now))
         self._hello_due(now)
@@ -276,6 +238,10 @@ class ControlProtocol:
         if dialer is not None and dialer < deadline:
             deadline = dialer
         return deadline
+
+    def _slot(self, now: float, interval: float) -> float:
+        """The first multiple of ``interval`` on the wall clock after ``now``, on our clock."""
+        return (math.floor((now + self._offset) / interval) + 1) * interval - self._offset
 
     def goodbye(self) -> tuple[tuple[str, ...], bytes]:
         """(every endpoint we have a link to, the BYE to send through each) for closing."""
@@ -302,9 +268,11 @@ class ControlProtocol:
         self._deadline = None
         return self._take()
 
-    def _handle(self, message: ControlMessage, now: float, proven: bytes) -> None:
+    def _handle(
+        self, message: ControlMessage, now: float, proven: bytes, source: str | None
+    ) -> None:
         if isinstance(message, Hello):
-            self._on_hello(message, now, proven)
+            self._on_hello(message, now, proven, source)
         elif isinstance(message, Bye):
             self._dialer.forget_peer(message.sender)
             self._apply(self._table.bye(message.sender))
@@ -320,7 +288,7 @@ class ControlProtocol:
             if self._dialer.hurry(message.sender, now):
                 self._hello_due(now)
 
-    def _on_hello(self, hello: Hello, now: float, proven: bytes) -> None:
+    def _on_hello(self, hello: Hello, now: float, proven: bytes, source: str | None) -> None:
         local = self.local
         if hello.mesh != local.mesh:
             self._actions.append(Count("other_mesh"))
@@ -330,7 +298,8 @@ class ControlProtocol:
         if self._keys is not None and not self._learn_keys(hello, proven, now):
             return
         rejected_before = self._table.rejected
-        events = self._table.hello(hello, now)
+        before = self._table.get(hello.sender)
+        events = self._table.hello(hello, now, source)
         if self._table.rejected != rejected_before:
             self._actions.append(Count("hello_rejected"))
         peer = self._table.get(hello.sender)
@@ -339,17 +308,42 @@ class ControlProtocol:
             # A newcomer always gets our current HELLO: one we sent before it
             # joined may predate a change (say, a service added meanwhile).
             if hello.reply or joined:
+                if hello.reply and not joined:
+                    self._check_answers_arrive(peer.endpoint, now)
                 self._send((peer.endpoint,), self._hello(reply=False))
             for gossip_id, endpoints in hello.peers:
-                if gossip_id != local.node_id and gossip_id not in self._table and endpoints:
-                    endpoint = self._choose(endpoints)
-                    if not self._dialer.add(endpoint, gossip_id, now, lasting=False):
+                if gossip_id != local.node_id and gossip_id not in self._table:
+                    ranked = rank_endpoints(
+                        endpoints, self._networks, own=self._own, exclude=local.control
+                    )
+                    if not ranked:
+                        continue  # nothing, or only our own endpoints
+                    if not self._dialer.add(
+                        ranked[0], gossip_id, now, lasting=False, alternatives=ranked[1:]
+                    ):
                         self._actions.append(Count("dial_refused"))
-        # A known peer's HELLO may change its endpoints or services: always
-        # refresh the directories, even without events.
-        self._apply(events, directories_changed=peer is not None)
+        # A known peer's HELLO may change its endpoints, services or headers:
+        # then the directories and the peer snapshot are rebuilt, even
+        # without events (a periodic HELLO that changed nothing needs neither).
+        changed = peer is not None and (before is None or _described(before) != _described(peer))
+        self._apply(events, directories_changed=changed)
         self._hello_due(now)
         self._close_unused_links()
+
+    def _check_answers_arrive(self, endpoint: str, now: float) -> None:
+        """A known peer asks for an answer again: remake our link if it has long had answers.
+
+        A peer dials us (HELLO with ``reply``) only while it does not have
+        us; if our link to it is ``gone_after`` old, our answers and PINGs
+        have not reached it through that link for that long (a connect or
+        handshake stalled, say), while its HELLOs keep it alive here. Nothing
+        else would ever replace that link: answer through a new one.
+        """
+        made = self._links.get(endpoint)
+        if made is not None and now - made >= self._config.gone_after:
+            del self._links[endpoint]
+            self._actions.append(CloseLinks((endpoint,)))
+            self._actions.append(Count("links_remade"))
 
     def _learn_keys(self, hello: Hello, proven: bytes, now: float) -> bool:
         """Remember the server keys of a HELLO's endpoints; False if its key is a lie.
@@ -445,7 +439,8 @@ class ControlProtocol:
 
     def _send(self, endpoints: tuple[str, ...], frame: bytes) -> None:
         if endpoints:
-            self._links.update(endpoints)
+            for endpoint in endpoints:
+                self._links.setdefault(endpoint, self._now)
             self._actions.append(Send(endpoints, frame))
 
     def _broadcast(self, frame: bytes) -> None:
@@ -456,16 +451,46 @@ class ControlProtocol:
 
     def _hello_due(self, now: float) -> None:
         due, _expired = self._dialer.due(now, self._connected())
-        if due:
-            self._send(tuple(due), self._hello(reply=True))
+        if not due:
+            return
+        # Control links carry no ZMTP heartbeats (PROTOCOL.md 4.3): a link
+        # that has gone unanswered for gone_after may be dead (a vanished
+        # host, a half-open connection). Dial through a new one.
+        stale = tuple(
+            endpoint
+            for endpoint in due
+            if now - self._links.get(endpoint, now) >= self._config.gone_after
+        )
+        if stale:
+            for endpoint in stale:
+                del self._links[endpoint]
+            self._actions.append(CloseLinks(stale))
+            self._actions.append(Count("links_remade", len(stale)))
+        self._send(tuple(due), self._hello(reply=True))
 
-    def _choose(self, endpoints: tuple[str, ...]) -> str:
-        # Reuse a link we already have rather than open a second one to the
-        # same peer (a multi-homed peer reached by two seeds, say).
-        for endpoint in endpoints:
-            if endpoint in self._links:
-                return endpoint
-        return choose_endpoint(endpoints, self._networks)
+    def _choose_uncached(self, endpoints: tuple[str, ...]) -> str:
+        return choose_endpoint(endpoints, self._networks, self._own)
+
+    def _choose_control(
+        self, control: tuple[str, ...], source: str | None, current: str | None
+    ) -> str:
+        """A HELLO sender's control endpoint to talk to (PROTOCOL.md 3.3).
+
+        Not the first link we happen to hold (a DEALER opened for dialling
+        may lead to this machine's docker0): the endpoint the peer's traffic
+        comes from, else the best ranked, keeping the one in use.
+        """
+        chosen = choose_control(
+            control,
+            self._networks,
+            own=self._own,
+            source=source,
+            exclude=self.local.control,
+            current=current,
+        )
+        # None: it lists only our own endpoints (a host configured like this
+        # one, on a shared address alone); nothing better to dial.
+        return chosen if chosen is not None else choose_endpoint(control, self._networks, self._own)
 
     def _close_unused_links(self) -> None:
         """Keep one link per peer, plus those still dialling unknown endpoints (7.8).
@@ -479,13 +504,17 @@ class ControlProtocol:
         peers = [peer for _, peer in self._table.peers_as_of_join()]
         in_use = {peer.endpoint for peer in peers}
         answered = {endpoint for peer in peers for endpoint in peer.control}
+        # Only the endpoint a candidate is dialled at now: one given up for
+        # the next (7.5) is closed, or it would keep reconnecting for nothing.
+        dialling = self._dialer.dialling(answered)
         unused = tuple(
             endpoint
             for endpoint in self._links
-            if endpoint not in in_use and (endpoint in answered or endpoint not in self._dialer)
+            if endpoint not in in_use and (endpoint in answered or endpoint not in dialling)
         )
         if unused:
-            self._links.difference_update(unused)
+            for endpoint in unused:
+                del self._links[endpoint]
             self._actions.append(CloseLinks(unused))
 
     # ------------------------------------------------------------------
@@ -516,14 +545,38 @@ class ControlProtocol:
         providers: dict[str, dict[str, str]] = {}
         for name in local.services:
             providers.setdefault(name, {})[node_id] = local.local_service
+        choose = self._choose_cached
         for _, peer in self._table.peers_as_of_join():
-            publishers[peer.id] = choose_endpoint(peer.publish, self._networks)
+            publishers[peer.id] = choose(peer.publish)
             if peer.publish_block:
-                publishers[peer.id + BLOCKING_SUFFIX] = choose_endpoint(
-                    peer.publish_block, self._networks
-                )
+                publishers[peer.id + BLOCKING_SUFFIX] = choose(peer.publish_block)
             if peer.services and peer.service:
-                endpoint = choose_endpoint(peer.service, self._networks)
+                endpoint = choose(peer.service)
                 for name in peer.services:
                     providers.setdefault(name, {})[peer.id] = endpoint
         return Directories(publishers, providers)
+
+
+def _described(peer: Peer) -> tuple[object, ...]:
+    """What a HELLO says of a peer, but not when it was heard."""
+    return (
+        peer.name,
+        peer.endpoint,
+        dict(peer.headers),
+        peer.control,
+        peer.publish,
+        peer.services,
+        peer.service,
+        peer.publish_block,
+    )
+
+
+def _addresses(endpoints: Sequence[str]) -> frozenset[ipaddress.IPv4Address]:
+    """The IPv4 addresses of ``tcp://A.B.C.D:PORT`` endpoints (others skipped)."""
+    found = set()
+    for endpoint in endpoints:
+        try:
+            found.add(ipaddress.IPv4Address(endpoint_host(endpoint)))
+        except ValueError:
+            continue
+    return frozenset(found)

@@ -44,6 +44,7 @@ from .wire import (
     encode_payload,
     topic_prefix,
 )
+from .zmqerrors import translate
 
 __all__ = ["BlockingWait", "PublishSocket", "bind_all", "encode_blocking", "raw_send"]
 
@@ -239,7 +240,7 @@ class PublishSocket:
             try:
                 raw_send(self._sock, entry.pack(entry.prefix, flags, seq, now) + data)
             except zmq.ZMQError as exc:
-                raise Closed("node is closed") from exc
+                raise translate(exc, "publish") from exc
 
     def _hold(self, entry: _Topic, flags: int, seq: int, now: int, data: bytes) -> None:
         """Start a held batch with ``data`` (lock held); wake the flusher for its deadline."""
@@ -345,7 +346,7 @@ class PublishSocket:
                 try:
                     raw_send(self._sock, header + encode_batch(chunk))
                 except zmq.ZMQError as exc:
-                    raise Closed("node is closed") from exc
+                    raise translate(exc, "publish") from exc
             self._last_send = now
         return len(batch)
 
@@ -424,7 +425,7 @@ class PublishSocket:
             except zmq.Again:
                 return False  # the sequence number stays unused: no gap
             except zmq.ZMQError as exc:
-                raise Closed("node is closed") from exc
+                raise translate(exc, "publish") from exc
             entry.seq += 1
             return True
 

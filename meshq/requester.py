@@ -39,6 +39,7 @@ from .wire import (
     decode_payload,
     encode_payload,
 )
+from .zmqerrors import translate
 
 __all__ = ["DEFAULT_RETRIES", "DEFAULT_TIMEOUT", "GatherResult", "RequestFuture", "Requester"]
 
@@ -308,7 +309,7 @@ class Requester:
         except zmq.Again:
             self._count("requests_not_sent")
         except zmq.ZMQError as exc:
-            raise Closed(f"request socket failed: {exc}") from exc
+            raise translate(exc, f"send a request to {call.service!r}") from exc
         self._calls[call.attempt_id] = call
         self._outstanding[provider] += 1
         if call.deadline < self._next_scan:
@@ -436,7 +437,7 @@ class Requester:
             ready = dict(self._poller.poll(limit_ms))
         except zmq.ZMQError as exc:  # the node closed its context meanwhile
             self.close()  # from this, the owner thread, so the context can end
-            raise Closed("node is closed") from exc
+            raise translate(exc, "wait for replies") from exc
         self.handle(ready)
 
     def sockets(self) -> list[zmq.Socket]:  # type: ignore[type-arg]

@@ -43,6 +43,7 @@ from .services import ServiceRunner, Ticker
 from .sockets import SocketFactory
 from .state import NodeState, RejectionCallback
 from .wire import MAX_SERVICES, Limits, check_identity
+from .zmqerrors import translated
 
 __all__ = ["Runtime"]
 
@@ -120,7 +121,8 @@ class Runtime:
                 config, curve=security, keys=keys, gatekeeper=self.gatekeeper
             )
             if self.gatekeeper is not None:
-                self.gatekeeper.start()
+                with translated("bind the ZAP handler"):
+                    self.gatekeeper.start()
             # Application side: publishing goes straight into this socket.
             self.publisher = PublishSocket(
                 self.context,
@@ -282,8 +284,11 @@ class Runtime:
     def requester(self) -> Requester:
         """The calling thread's caller side (request/reply), made on first use."""
         requester: Requester | None = getattr(self._threads, "requester", None)
+        if self.state.closed:
+            if requester is not None:
+                requester.close()  # its owner's first call since the close: release it
+            raise Closed("node is closed")
         if requester is None:
-            self.check_open()
             requester = Requester(
                 self.context, self.sockets, self.state.services, self.limits, self.count
             )
@@ -464,11 +469,10 @@ class Runtime:
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
         self.close_thread_requester()
-        # term() waits for sockets still open in other threads (subscriptions
-        # that close on their next call); never block close() on them.
-        terminator = threading.Thread(target=self.context.term, name="meshq-term", daemon=True)
-        terminator.start()
-        terminator.join(self.config.linger)
+        # Sockets of other threads (a subscription, a caller side) close on
+        # their owner's next call, or when collected: the context ends with
+        # the last of them, now if none is left. No thread waits for it.
+        self.sockets.when_all_closed(self.context.term)
 
 
 def new_node_id() -> bytes:

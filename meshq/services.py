@@ -22,6 +22,7 @@ from .errors import PayloadTooLarge, ProtocolError
 from .offences import Offences
 from .publishing import bind_all, raw_send
 from .ratelimit import RateLimitedLog
+from .servicestats import ServiceStats, record_request
 from .servicewire import decode_request, encode_answer, encode_reply
 from .sockets import SocketFactory
 from .wire import Limits, check_payload_size, encode_payload
@@ -158,6 +159,8 @@ class ServiceRunner:
         self.count = count
         #: The bounds receivers apply (ReplyTo refuses replies over them).
         self.limits = limits
+        #: Per service: requests answered, errors, latest latencies (introspection).
+        self.service_stats: dict[str, ServiceStats] = {}
         # Run on the service thread as it ends: releases what handlers made
         # there (a handler that calls services owns that thread's DEALERs).
         self._on_exit = on_exit
@@ -400,15 +403,18 @@ class ServiceRunner:
                 log.debug("handler of %r raised", request.service, exc_info=True)
                 reply_to.fail(exc)
             return None
+        started = time.perf_counter()
         try:
             result = handler(request.data)
             flags, payload = encode_payload(result)
             check_payload_size(flags, payload, self._limits, "reply")
         except BaseException as exc:  # the caller gets it as RemoteError; we keep serving
             self._count("handler_errors")
+            record_request(self.service_stats, request.service, started, error=True)
             log.debug("handler of %r raised", request.service, exc_info=True)
             return encode_reply(request.request_id, load, error=exc)
         self._count("requests_served")
+        record_request(self.service_stats, request.service, started)
         return encode_answer(request.request_id, load, flags, payload)
 
     def _wake(self) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import zmq
+import zmq.asyncio
 
 from .config import MeshConfig
 from .gatekeeper import ZAP_DOMAIN, Gatekeeper
@@ -118,6 +120,11 @@ class SocketFactory:
         self._gatekeeper = gatekeeper
         #: Links refused so far, retried by their owners (see RefusedLinks).
         self.refused = RefusedLinks(retry_after=max(1.0, config.heartbeat_interval))
+        # Sockets made and not closed yet, and what to run once none is left.
+        self._open = 0
+        self._open_lock = threading.Lock()
+        self._when_all_closed: Callable[[], None] | None = None
+        self._classes: dict[type, type] = {}
 
     @property
     def keys(self) -> KeyBook:
@@ -129,17 +136,27 @@ class SocketFactory:
         return self._curve
 
     def make(
-        self, context: zmq.Context[S], socket_type: int, *, max_message_bytes: int | None = None
+        self,
+        context: zmq.Context[S],
+        socket_type: int,
+        *,
+        max_message_bytes: int | None = None,
+        heartbeats: bool = True,
     ) -> S:
         """A new socket of ``socket_type`` with the common options set.
+
+        ``heartbeats=False`` leaves out ZMTP heartbeats: for the control
+        sockets, whose own PINGs (and remade links) do their job.
 
         Raises meshq.TransportError if the process cannot open another socket,
         meshq.Closed once the node's context is gone.
         """
         try:
-            sock = context.socket(socket_type)
+            sock = context.socket(socket_type, socket_class=self._tracked_class(context))
         except zmq.ZMQError as exc:  # e.g. too many open files, or the context is gone
             raise translate(exc, "open a ZeroMQ socket") from exc
+        with self._open_lock:
+            self._open += 1
         config = self._config
         sock.setsockopt(zmq.LINGER, 0)
         # The largest message a peer may send us; bigger ones make ZeroMQ drop
@@ -149,11 +166,20 @@ class SocketFactory:
         # pulled, a host frozen) so ZeroMQ reconnects instead of waiting on
         # TCP retransmission timeouts that last minutes.
         heartbeat_ms = int(config.heartbeat_interval * 1000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(config.gone_after * 1000))
-        sock.setsockopt(zmq.HEARTBEAT_TTL, int(config.gone_after * 1000))
+        if heartbeats:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(config.gone_after * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_TTL, int(config.gone_after * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, heartbeat_ms)
+        # A connect whose SYN a busy peer dropped (its listen queue full)
+        # would wait for the kernel's retransmissions, 1, 3, 7, 15, 31, 63 s
+        # after the first try, even once the peer is fine again: give up on
+        # it and let libzmq try anew on its own schedule instead.
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, int(config.gone_after * 1000 / 2))
+        # And a connection stuck in its ZMTP (or CURVE) greeting is dropped
+        # after this, not after libzmq's 30 s.
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(config.handshake_timeout * 1000))
         if socket_type in (zmq.PUB, zmq.XPUB):
             sock.setsockopt(zmq.SNDHWM, config.publish_hwm)
         elif socket_type == zmq.SUB:
@@ -166,14 +192,57 @@ class SocketFactory:
             self._secure(sock, socket_type in _SERVER_TYPES)
         return sock
 
+    def _tracked_class(self, context: zmq.Context[Any]) -> Any:
+        """A socket class of the context's kind whose close() is counted here."""
+        base: Any = zmq.asyncio.Socket if isinstance(context, zmq.asyncio.Context) else zmq.Socket
+        tracked = self._classes.get(base)
+        if tracked is None:
+            factory = self
+
+            def close(sock: Any, linger: int | None = None) -> None:
+                was_open = not sock.closed
+                base.close(sock, linger)
+                if was_open:
+                    factory._closed_one()
+
+            tracked = type(f"Tracked{base.__name__}", (base,), {"close": close})
+            self._classes[base] = tracked
+        return tracked
+
+    def _closed_one(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+            callback = self._when_all_closed if self._open == 0 else None
+            if callback is not None:
+                self._when_all_closed = None
+        if callback is not None:
+            callback()  # on the thread that closed the last socket
+
+    @property
+    def open_sockets(self) -> int:
+        """Sockets made here and not closed yet."""
+        with self._open_lock:
+            return self._open
+
+    def when_all_closed(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every socket made here is closed: now, or on the last close.
+
+        The node's close() ends its context this way: a socket owned by a
+        thread that has not called since is closed by that thread on its
+        next call (or when it is collected), and the context ends then,
+        with no thread left waiting for it.
+        """
+        with self._open_lock:
+            if self._open:
+                self._when_all_closed = callback
+                return
+        callback()
+
     def _secure(self, sock: zmq.Socket, server: bool) -> None:  # type: ignore[type-arg]
         curve = self._curve
         assert curve is not None
         sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
-        # A connection stuck in its handshake (a silent or junk-sending
-        # client, or a ZAP answer that never comes) is dropped after this.
-        sock.setsockopt(zmq.HANDSHAKE_IVL, int(self._config.handshake_timeout * 1000))
         if server:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             # Fail closed: without ZAP_ENFORCE_DOMAIN, libzmq admits every

@@ -59,6 +59,8 @@ class ChangeSignal:
     def __init__(self) -> None:
         self.condition = threading.Condition()
         self.version = 0
+        #: Threads blocked on the condition now (kept by the waiters).
+        self.waiting = 0
         self._listeners: list[Callable[[], None]] = []
 
     def changed(self) -> None:

@@ -40,6 +40,7 @@ from .wire import (
     TailMarker,
     decode_data,
 )
+from .zmqerrors import translate
 
 __all__ = [
     "BLOCKING_SUFFIX",
@@ -500,7 +501,7 @@ class Subscription(Inbox):
                 continue
             except zmq.ZMQError as exc:
                 self._check_open()
-                raise Closed(f"subscription socket failed: {exc}") from exc
+                raise translate(exc, "receive") from exc
             message = self._take(frame)
             if message is not None:
                 return message

@@ -18,6 +18,7 @@ Two families of messages exist:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import struct
@@ -418,6 +419,7 @@ def _endpoints(value: object, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+@functools.lru_cache(maxsize=1024)  # every HELLO's gossip repeats the same endpoints
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     """Split ``"tcp://198.18.0.5:7600"`` into host and port.
 

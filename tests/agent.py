@@ -7,9 +7,11 @@ JSON lines on stdin: ``{"cmd": "subscribe", "prefix": "t/"}``,
 ``{"cmd": "serve", "name": "calc", "delay": 0.5}`` (answers ``{"by": name}``
 after ``delay`` seconds, saying ``handling`` first), ``{"cmd": "request",
 "name": "calc", "data": 1, "timeout": 1.0, "retries": 2}`` (says ``reply`` or
-``error``), ``{"cmd": "tally", "name": "calc", "count": 60}`` (says who
-answered how often), ``{"cmd": "subscribe", "prefix": "t/", "quiet": true}``
+``error``), ``{"cmd": "tally", "name": "calc", "count": 60, "providers": 2}``
+(waits for that many providers, then says who answered how often),
+``{"cmd": "subscribe", "prefix": "t/", "quiet": true}``
 with ``{"cmd": "report"}`` (counts and gaps instead of a line per message),
+``{"cmd": "peers"}`` (says ``peers``: name and chosen endpoint of each),
 ``{"cmd": "sink", "name": "done"}`` (collects pipeline results) with
 ``{"cmd": "sink_report"}`` (says ``sunk``: the tasks received, sorted),
 ``{"cmd": "block_publisher", "topic": "t/x", "timeout": 0.3, "subscribers": 1}``
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import threading
 import time
@@ -90,14 +93,27 @@ def slow_echo(delay: float) -> Callable[[object], object]:
 
 def report_events(node: meshq.Node) -> None:
     for event in node.events():
-        emit(event.kind.value, name=event.peer.name, id=event.peer.id, reason=event.reason)
+        emit(
+            event.kind.value,
+            name=event.peer.name,
+            id=event.peer.id,
+            reason=event.reason,
+            endpoint=event.peer.endpoint,
+        )
+
+
+class EmitLog(logging.Handler):
+    """meshq's log records as ``log`` events, for tests that check what a node says."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        emit("log", logger=record.name, level=record.levelname, message=record.getMessage())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", required=True)
     parser.add_argument("--mesh", required=True)
-    parser.add_argument("--interface", required=True)
+    parser.add_argument("--interface", help="the one address to use (default: the node's default)")
     parser.add_argument("--seed", action="append", default=[])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-mdns", action="store_true")
@@ -105,7 +121,12 @@ def main() -> None:
     parser.add_argument("--gone-after", type=float, default=meshq.MeshConfig().gone_after)
     parser.add_argument("--key", help="CURVE secret key file: run with security")
     parser.add_argument("--allow", help="with --key: directory of allowed public keys")
+    parser.add_argument("--log", help="report meshq log records of this level and up as events")
     args = parser.parse_args()
+    if args.log:
+        logger = logging.getLogger("meshq")
+        logger.setLevel(args.log)
+        logger.addHandler(EmitLog())
     config = meshq.MeshConfig(
         control_port=args.port,
         publish_hwm=args.hwm,
@@ -116,7 +137,7 @@ def main() -> None:
     node = meshq.Node(
         args.name,
         mesh=args.mesh,
-        interfaces=[args.interface],
+        interfaces=[args.interface] if args.interface else None,
         seeds=args.seed,
         config=config,
         discovery=not args.no_mdns,
@@ -124,7 +145,7 @@ def main() -> None:
     )
     events = threading.Thread(target=report_events, args=(node,), daemon=True)
     events.start()
-    emit("ready", id=node.id, control=list(node.control_endpoints))
+    emit("ready", id=node.id, control=list(node.control_endpoints), interfaces=node.interfaces)
     stop = threading.Event()
     tally: dict[str, Any] = {}
     workers: list[Worker] = []
@@ -191,6 +212,8 @@ def main() -> None:
             emit("serving", name=command["name"])
         elif command["cmd"] == "tally":  # many requests; say who answered how often
             answered: dict[str, int] = {}
+            # Peers join before their services are known: wait for them all.
+            node.wait_for_service(command["name"], command.get("providers", 1), timeout=20)
             for index in range(command["count"]):
                 answer = node.request(command["name"], index)
                 assert isinstance(answer, dict)
@@ -207,6 +230,8 @@ def main() -> None:
                 emit("reply", data=result)
             except meshq.MeshqError as exc:
                 emit("error", type=type(exc).__name__, message=str(exc))
+        elif command["cmd"] == "peers":  # the peer table as node.peers() has it
+            emit("peers", peers=[{"name": p.name, "endpoint": p.endpoint} for p in node.peers()])
         elif command["cmd"] == "report":  # what the quiet subscriptions counted
             emit("report", **dict(tally))
         elif command["cmd"] == "close":

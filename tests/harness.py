@@ -77,6 +77,27 @@ class Agent:
             if predicate(item):
                 return item
 
+    def watch(self, predicate: Callable[[Event], bool], until: float) -> Event | None:
+        """The first event arriving before monotonic time ``until`` that matches, else None.
+
+        Every event read meanwhile is kept in ``events``.
+        """
+        while True:
+            remaining = until - time.monotonic()
+            try:
+                if remaining > 0:
+                    item = self._queue.get(timeout=remaining)
+                else:
+                    item = self._queue.get_nowait()  # only what has arrived already
+            except queue.Empty:
+                return None
+            if item is None:
+                self._queue.put(None)  # the end stays visible to the next caller
+                return None
+            self.events.append(item)
+            if predicate(item):
+                return item
+
     def send(self, **command: Any) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(command) + "\n")
@@ -112,26 +133,51 @@ def left(name: str) -> Callable[[Event], bool]:
     return lambda e: e["ev"] == "left" and e["name"] == name
 
 
-def agent_argv(name: str, mesh: str, interface: str, *extra: str) -> list[str]:
-    return [sys.executable, AGENT, "--name", name, "--mesh", mesh, "--interface", interface, *extra]
+def agent_argv(name: str, mesh: str, interface: str | None, *extra: str) -> list[str]:
+    """An agent's command line; ``interface`` None leaves the node its default interfaces."""
+    chosen = ["--interface", interface] if interface is not None else []
+    return [sys.executable, AGENT, "--name", name, "--mesh", mesh, *chosen, *extra]
 
 
 def can_make_namespaces() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
 
 
-class Lan:
-    """A bridge and ``hosts`` namespaces with addresses 198.18.0.1, .2, ...
+class Link:
+    """One interface of a host in a :class:`Network`.
 
-    The bridge lives in a namespace of its own, so nothing is added to the
-    machine's real network stack. Names carry a per-run suffix.
+    ``lan`` is the index of the switch it plugs into, or None for a bridge
+    of the host's own: with nothing attached (a docker0 on a host that runs
+    no container), or with ``plugged`` one veth pair inside the host plugged
+    in (a docker0 with a container). Links are made in the order given, so
+    that is their interface order.
     """
 
-    def __init__(self, hosts: int) -> None:
+    def __init__(self, name: str, address: str, lan: int | None, plugged: bool = False) -> None:
+        self.name = name
+        self.address = address  # with its prefix: "198.18.91.1/24"
+        self.lan = lan
+        self.plugged = plugged
+
+    @property
+    def ip(self) -> str:
+        return self.address.partition("/")[0]
+
+
+class Network:
+    """Switches (bridges in namespaces of their own) and hosts with the links given.
+
+    ``Network(2, [[Link("eth0", "198.18.91.1/24", 0), Link("dock0", "198.18.93.1/24", None)]])``
+    makes two switches and one host plugged into the first one, with a
+    portless bridge ``dock0``. Names carry a per-run suffix; ``close``
+    deletes every namespace made, with the links in it.
+    """
+
+    def __init__(self, lans: int, hosts: Sequence[Sequence[Link]]) -> None:
         suffix = secrets.token_hex(3)
-        self.switch = f"mqs{suffix}"
-        self.hosts = [f"mqh{suffix}{i}" for i in range(1, hosts + 1)]
-        self.addresses = [f"198.18.0.{i}" for i in range(1, hosts + 1)]
+        self.switches = [f"mqs{suffix}{i}" for i in range(lans)]
+        self.hosts = [f"mqh{suffix}{i}" for i in range(len(hosts))]
+        self.links = [list(links) for links in hosts]
         self._created: list[str] = []
         try:
             self._build()
@@ -140,56 +186,86 @@ class Lan:
             raise
 
     def _build(self) -> None:
-        _ip("netns", "add", self.switch)
-        self._created.append(self.switch)
-        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.switch, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0")
-        _ip("-n", self.switch, "link", "set", "br0", "up")
-        for index, (host, address) in enumerate(
-            zip(self.hosts, self.addresses, strict=True), start=1
-        ):
+        for switch in self.switches:
+            _ip("netns", "add", switch)
+            self._created.append(switch)
+            _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+            _ip("-n", switch, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0")
+            _ip("-n", switch, "link", "set", "br0", "up")
+        ports = 0
+        for host, links in zip(self.hosts, self.links, strict=True):
             _ip("netns", "add", host)
             self._created.append(host)
-            port = f"p{index}"
-            _ip(
-                "-n",
-                host,
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                port,
-                "netns",
-                self.switch,
-            )
-            _ip("-n", self.switch, "link", "set", port, "master", "br0")
-            _ip("-n", self.switch, "link", "set", port, "up")
-            _ip("-n", host, "addr", "add", f"{address}/24", "dev", "eth0")
             _ip("-n", host, "link", "set", "lo", "up")
-            _ip("-n", host, "link", "set", "eth0", "up")
-            _ip("-n", host, "route", "add", "224.0.0.0/4", "dev", "eth0")
+            multicast_route = False
+            for link in links:
+                if link.lan is None:
+                    _ip("-n", host, "link", "add", link.name, "type", "bridge")
+                    if link.plugged:  # a "container": carrier on the bridge
+                        _ip(
+                            "-n",
+                            host,
+                            "link",
+                            "add",
+                            "ctr0",
+                            "type",
+                            "veth",
+                            "peer",
+                            "name",
+                            "ctr1",
+                        )
+                        _ip("-n", host, "link", "set", "ctr0", "master", link.name)
+                        _ip("-n", host, "link", "set", "ctr0", "up")
+                        _ip("-n", host, "link", "set", "ctr1", "up")
+                else:
+                    ports += 1
+                    port, switch = f"p{ports}", self.switches[link.lan]
+                    _ip("-n", host, "link", "add", link.name, "type", "veth", "peer", "name", port)
+                    _ip("-n", host, "link", "set", port, "netns", switch)
+                    _ip("-n", switch, "link", "set", port, "master", "br0")
+                    _ip("-n", switch, "link", "set", port, "up")
+                _ip("-n", host, "addr", "add", link.address, "dev", link.name)
+                _ip("-n", host, "link", "set", link.name, "up")
+                if link.lan is not None and not multicast_route:
+                    # zeroconf picks the interface per socket; the route only
+                    # has to exist for the first send to leave at all.
+                    _ip("-n", host, "route", "add", "224.0.0.0/4", "dev", link.name)
+                    multicast_route = True
 
     def argv(self, host: int, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside host number ``host`` (0-based)."""
         return ["ip", "netns", "exec", self.hosts[host], *argv]
 
-    def link(self, host: int, up: bool) -> None:
-        _ip("-n", self.hosts[host], "link", "set", "eth0", "up" if up else "down")
-
     def close(self) -> None:
-        """Delete every namespace made (their veths and the bridge go with them)."""
+        """Delete every namespace made (their links and bridges go with them)."""
         for name in reversed(self._created):
             subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
         self._created.clear()
 
-    def __enter__(self) -> Lan:
+    def __enter__(self) -> Network:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Lan(Network):
+    """A bridge and ``hosts`` namespaces with addresses 198.18.0.1, .2, ... on ``eth0``.
+
+    The bridge lives in a namespace of its own, so nothing is added to the
+    machine's real network stack. Names carry a per-run suffix.
+    """
+
+    def __init__(self, hosts: int) -> None:
+        self.addresses = [f"198.18.0.{i}" for i in range(1, hosts + 1)]
+        super().__init__(1, [[Link("eth0", f"{address}/24", 0)] for address in self.addresses])
+        self.switch = self.switches[0]
+
+    def link(self, host: int, up: bool) -> None:
+        _ip("-n", self.hosts[host], "link", "set", "eth0", "up" if up else "down")
+
+    def __enter__(self) -> Lan:
+        return self
 
 
 def _ip(*args: str) -> None:

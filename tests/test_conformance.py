@@ -249,7 +249,9 @@ def browser() -> MdnsDiscovery:
         name="local",
         mesh=VECTORS["txt_local"]["mesh"],
         interfaces=LOOPBACK,
-        control_port=7600,
+        # Not the records' port: a record at the browser's own endpoint is
+        # never a candidate (PROTOCOL.md 3.3).
+        control_port=7601,
     )
 
 

@@ -109,7 +109,7 @@ def test_requests_cross_hosts_and_survive_a_provider_killed_mid_request(
     for provider in (h1, h2):
         provider.send(cmd="serve", name="calc", delay=0.3)
         provider.expect(lambda e: e["ev"] == "serving", timeout=10)
-    h3.send(cmd="tally", name="calc", count=10)
+    h3.send(cmd="tally", name="calc", count=10, providers=2)
     tally = h3.expect(lambda e: e["ev"] == "tally", timeout=60)["by"]
     assert set(tally) == {"h1", "h2"}
     h3.send(cmd="request", name="calc", data=4242, timeout=1.5, retries=2)

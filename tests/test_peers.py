@@ -15,8 +15,12 @@ def hello(sender: bytes, control: str, name: str = "n") -> Hello:
     return Hello(sender, name, "default", (control,), ("tcp://127.0.0.1:9",))
 
 
+def first(control: tuple[str, ...], source: str | None, current: str | None) -> str:
+    return control[0]
+
+
 def table() -> PeerTable:
-    return PeerTable(CONFIG, lambda endpoints: endpoints[0])
+    return PeerTable(CONFIG, first)
 
 
 def kinds(events: list) -> list[EventKind]:  # type: ignore[type-arg]
@@ -78,7 +82,7 @@ def test_restart_with_new_id_replaces_the_old_peer() -> None:
 
 
 def test_table_is_bounded() -> None:
-    peers = PeerTable(MeshConfig(max_peers=1), lambda endpoints: endpoints[0])
+    peers = PeerTable(MeshConfig(max_peers=1), first)
     peers.hello(hello(A, "tcp://127.0.0.1:1"), now=0.0)
     assert peers.hello(hello(B, "tcp://127.0.0.1:2"), now=0.0) == []
     assert peers.rejected == 1 and len(peers) == 1
@@ -151,3 +155,60 @@ def test_dialer_can_be_hurried_for_a_known_peer() -> None:
     assert dialer.due(0.0, connected=[]) == (["tcp://127.0.0.1:1"], [])
     assert dialer.hurry(A, now=0.1) and not dialer.hurry(B, now=0.1)
     assert dialer.due(0.1, connected=[]) == (["tcp://127.0.0.1:1"], [])  # not 0.5
+
+
+DOCKER = "tcp://198.18.93.1:7600"  # every docker host's docker0, with one fixed port
+
+
+def docker_hello(sender: bytes, lan: str) -> Hello:
+    return Hello(sender, "n", "default", (f"tcp://{lan}:7600", DOCKER), ("tcp://127.0.0.1:9",))
+
+
+def test_two_live_peers_behind_one_shared_endpoint_both_stay() -> None:
+    peers = table()
+    peers.hello(docker_hello(A, "198.18.91.2"), now=0.0, source="198.18.91.2")
+    events = peers.hello(docker_hello(B, "198.18.91.3"), now=0.1, source="198.18.91.3")
+    assert kinds(events) == [EventKind.JOINED]
+    for now in (0.5, 1.0, 1.5):  # their periodic HELLOs never evict each other
+        assert peers.hello(docker_hello(A, "198.18.91.2"), now, source="198.18.91.2") == []
+        assert peers.hello(docker_hello(B, "198.18.91.3"), now, source="198.18.91.3") == []
+    assert sorted(p.id for p in peers.snapshot()) == sorted([A.hex(), B.hex()])
+
+
+def test_a_restart_behind_a_shared_endpoint_is_still_a_restart() -> None:
+    peers = table()
+    peers.hello(docker_hello(A, "198.18.91.2"), now=0.0, source="198.18.91.2")
+    events = peers.hello(docker_hello(B, "198.18.91.2"), now=1.0, source="198.18.91.2")
+    assert [(e.kind, e.peer.id, e.reason) for e in events] == [
+        (EventKind.LEFT, A.hex(), "restarted"),
+        (EventKind.JOINED, B.hex(), ""),
+    ]
+
+
+def test_the_chooser_hears_the_source_and_the_current_choice() -> None:
+    asked: list[tuple[tuple[str, ...], str | None, str | None]] = []
+
+    def chooser(control: tuple[str, ...], source: str | None, current: str | None) -> str:
+        asked.append((control, source, current))
+        return control[-1]
+
+    peers = PeerTable(CONFIG, chooser)
+    peers.hello(docker_hello(A, "198.18.91.2"), now=0.0, source="198.18.91.2")
+    peers.hello(docker_hello(A, "198.18.91.2"), now=1.0, source="198.18.91.2")
+    control = ("tcp://198.18.91.2:7600", DOCKER)
+    assert asked == [(control, "198.18.91.2", None), (control, "198.18.91.2", DOCKER)]
+
+
+def test_dialer_moves_on_from_an_endpoint_that_never_answers() -> None:
+    dialer = Dialer(CONFIG)  # hello_interval 0.5 s: given up after 3 HELLOs, 1.5 s
+    shared, lan = "tcp://198.18.93.1:5000", "tcp://198.18.91.2:5000"
+    dialer.add(shared, A, now=0.0, lasting=True, alternatives=(lan,))
+    assert dialer.due(0.0, connected=[]) == ([shared], [])
+    assert dialer.due(0.5, connected=[]) == ([shared], [])
+    assert dialer.due(1.0, connected=[]) == ([shared], [])
+    assert dialer.next_deadline(connected=[]) == 1.5
+    assert dialer.due(1.5, connected=[]) == ([lan], [])
+    assert dialer.dialling(connected=[]) == {lan}  # its link stays, the one given up goes
+    assert dialer.due(1.6, connected=[lan]) == ([], [])  # answered: no more HELLOs
+    assert dialer.next_deadline(connected=[lan]) is None
+    assert dialer.dialling(connected=[lan]) == set()

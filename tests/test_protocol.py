@@ -58,6 +58,9 @@ class Net:
         self.nodes: dict[str, Node] = {}
         self.now = 0.0
         self.sent: list[tuple[str, str, object]] = []  # (from, to, decoded message)
+        #: (sender name, endpoint) of links that deliver nothing (a stalled
+        #: connect, say) until the sender closes them; a new link works.
+        self.broken: set[tuple[str, str]] = set()
 
     def add(self, name: str, keys: KeyBook | None = None, key: bytes = b"") -> Node:
         node_id = bytes([len(self.nodes) + 1]) + os.urandom(15)
@@ -87,6 +90,8 @@ class Net:
                         target = self.nodes.get(endpoint)
                         if target is None or target.down or source.down:
                             continue
+                        if (source.name, endpoint) in self.broken:
+                            continue
                         message = decode_control(
                             routing_id(source.node_id, 1), action.frame, Limits()
                         )
@@ -95,6 +100,8 @@ class Net:
                         queue.append((target, target.protocol.on_frames(frames, self.now, proven)))
                 elif isinstance(action, CloseLinks):
                     source.links.difference_update(action.endpoints)
+                    for endpoint in action.endpoints:
+                        self.broken.discard((source.name, endpoint))
                 elif isinstance(action, PeersChanged):
                     source.events.extend(action.events)
                     source.peers = sorted(peer.name for peer in action.peers)
@@ -309,3 +316,38 @@ def test_liveness_survives_many_silent_periods_only_at_deadlines() -> None:
     # One wake-up per heartbeat period (0.5 s) for 60 s, gossip folded in.
     assert steps <= 60.0 / CONFIG.heartbeat_interval + 1
     assert [peer.state for peer in a.protocol.peers] == [PeerState.ALIVE]
+
+
+def test_a_link_that_never_delivers_an_answer_is_remade() -> None:
+    """The missing link: b answers a through a link that delivers nothing.
+
+    a keeps dialling b (no answer arrives), and its HELLOs keep a alive at
+    b, so b's link to a counts as in use and would be kept for ever. A
+    known peer that still asks for an answer after gone_after of answers
+    shows that link is dead: b makes a new one, and the pair meshes.
+    """
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.broken.add(("b", a.endpoint))
+    net.find(a, b)
+    assert b.peers == ["a"] and a.peers == []
+    net.advance(CONFIG.gone_after - 0.1)
+    assert a.peers == []  # still dialling, still unanswered
+    net.advance(CONFIG.gone_after + 2 * CONFIG.hello_interval)
+    assert a.peers == ["b"] and b.peers == ["a"]
+    assert b.counts["links_remade"] == 1
+    net.advance(30.0)
+    assert b.counts["links_remade"] == 1  # a healthy link is left alone
+    assert kinds(a) == [(EventKind.JOINED, "b")]
+
+
+def test_a_dialled_link_that_stays_unanswered_is_remade() -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.broken.add(("a", b.endpoint))
+    net.find(a, b)  # b never hears of a by itself
+    net.advance(CONFIG.gone_after - 0.1)
+    assert a.peers == [] and b.peers == []
+    net.advance(CONFIG.gone_after + 2 * CONFIG.hello_interval)
+    assert a.peers == ["b"] and b.peers == ["a"]
+    assert a.counts["links_remade"] == 1

@@ -177,9 +177,11 @@ def test_a_pipeline_runs_between_secure_nodes(keys: Keys, mesh: str) -> None:
     with secure_node("a", mesh, keys) as a, secure_node("b", mesh, keys) as b:
         Worker(b, "square", lambda task: task * task)  # type: ignore[operator]
         # The stage's service name is the pattern's business: match loosely.
-        wait_until(
-            lambda: any("square" in name and b.id in ids for name, ids in a.services().items()),
-            "a sees b's worker",
+        a.wait_for_providers(
+            lambda services: (
+                any("square" in name and b.id in ids for name, ids in services.items()) or None
+            ),
+            timeout=WAIT,
         )
         pipeline = Pipeline(a, "square", batch=4, credit=2, timeout=WAIT)
         pipeline.push_many(range(20), timeout=WAIT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -106,7 +105,4 @@ def test_a_slow_handler_runs_once_with_the_default_retries(
 
 
 def wait_for_service(node: meshq.Node, name: str) -> None:
-    deadline = time.monotonic() + 10
-    while not node.services().get(name):
-        assert time.monotonic() < deadline, node.services()
-        time.sleep(0.01)
+    node.wait_for_service(name, timeout=10)

@@ -162,11 +162,7 @@ def test_async_pipeline_with_an_async_sink(mesh: str) -> None:
 
 
 async def wait_for_async_service(node: meshq.AsyncNode, service: str) -> None:
-    for _ in range(1000):  # about 10 s
-        if node.services().get(service):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{service} never appeared")
+    await node.wait_for_service(service, timeout=10)
 
 
 def test_pipeline_with_sinks_across_processes(mesh: str, agents: list[Agent]) -> None:

@@ -1,0 +1,176 @@
+"""Introspection: what a node says about itself, over the mesh, under CURVE too."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import meshq
+from meshq.introspect import (
+    INTROSPECT_SERVICE,
+    IntrospectError,
+    install,
+    parse_snapshot,
+    snapshot,
+)
+from meshq.security import write_key_pair
+
+LOOPBACK = ["127.0.0.1"]
+WAIT = 10.0
+
+
+def wait_until(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {WAIT} s: {what}"
+        time.sleep(0.02)
+
+
+def test_a_snapshot_counts_what_was_published_and_received(mesh: str) -> None:
+    with (
+        meshq.Node("pub", mesh=mesh, interfaces=LOOPBACK) as publisher,
+        meshq.Node("sub", mesh=mesh, interfaces=LOOPBACK) as subscriber,
+    ):
+        install(publisher)
+        install(subscriber)
+        subscriber.serve("calc", lambda data: data)
+        with subscriber.subscribe("t/") as sub:
+            publisher.wait_for_subscribers("t/a", 1, timeout=WAIT)
+            for i in range(25):
+                publisher.publish("t/a", i)
+            publisher.publish_many("t/b", range(10))
+            got = [sub.recv(timeout=WAIT).topic for _ in range(35)]
+            assert got.count("t/a") == 25
+
+            mine = parse_snapshot(snapshot(publisher, time.time() - 3.0))
+            assert mine.name == "pub" and mine.id == publisher.id and mine.mesh == mesh
+            assert mine.version == meshq.__version__ and mine.uptime >= 3.0
+            assert mine.interfaces == ("127.0.0.1",)
+            assert {(t.topic, t.published) for t in mine.topics} == {("t/a", 25), ("t/b", 10)}
+            assert [p.name for p in mine.peers] == ["sub"] and mine.peers[0].state == "alive"
+
+            # The same, asked over the mesh: the subscriber's view of what it received.
+            wait_until(lambda: len(publisher.services().get(INTROSPECT_SERVICE, [])) == 2, "both")
+            replies = publisher.gather(INTROSPECT_SERVICE, None, timeout=WAIT).replies
+            theirs = parse_snapshot(replies[subscriber.id])
+        assert theirs.name == "sub" and theirs.services == ("calc",)
+        [calc] = theirs.service_stats
+        assert (calc.name, calc.served, calc.errors, calc.p50) == ("calc", 0, 0, None)
+        assert [(s.prefix, s.gaps, s.dropped) for s in theirs.subscriptions] == [("t/", 0, 0)]
+        assert {(r.topic, r.sender, r.seq) for r in theirs.streams} == {
+            ("t/a", publisher.id, 25),
+            ("t/b", publisher.id, 10),
+        }
+
+
+def test_introspection_is_refused_to_a_node_outside_the_allowlist(
+    mesh: str, tmp_path: Path
+) -> None:
+    public, secret = {}, {}
+    for name in ("inside", "observer", "stranger"):
+        public[name], secret[name] = write_key_pair(name, tmp_path / "keys")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    for name in ("inside", "observer"):
+        shutil.copy(public[name], allowed)
+
+    def node(name: str) -> meshq.Node:
+        curve = meshq.Curve(secret[name], allow=allowed)
+        return meshq.Node(name, mesh=mesh, interfaces=LOOPBACK, security=curve)
+
+    with node("inside") as inside, node("observer") as observer, node("stranger") as stranger:
+        install(inside)
+        wait_until(lambda: observer.services().get(INTROSPECT_SERVICE), "the service seen")
+        reply = parse_snapshot(observer.request(INTROSPECT_SERVICE, None, timeout=WAIT))
+        assert reply.name == "inside"
+        wait_until(lambda: inside.rejections(), "the stranger refused")
+        assert stranger.services().get(INTROSPECT_SERVICE) is None  # never learnt of it
+        with pytest.raises(meshq.NoProviders):
+            stranger.request(INTROSPECT_SERVICE, None, timeout=1.0)
+
+
+def test_a_bad_request_is_a_remote_error_and_the_node_keeps_answering(mesh: str) -> None:
+    with (
+        meshq.Node("a", mesh=mesh, interfaces=LOOPBACK) as a,
+        meshq.Node("b", mesh=mesh, interfaces=LOOPBACK) as b,
+    ):
+        install(a)
+        wait_until(lambda: b.services().get(INTROSPECT_SERVICE), "the service seen")
+        with pytest.raises(meshq.RemoteError, match="nil or a map"):
+            b.request(INTROSPECT_SERVICE, [1, 2], timeout=WAIT)
+        assert parse_snapshot(b.request(INTROSPECT_SERVICE, {}, timeout=WAIT)).name == "a"
+
+
+def _valid() -> dict[str, Any]:
+    return {
+        "v": 1,
+        "id": "ab" * 16,
+        "name": "n",
+        "mesh": "m",
+        "version": "0.1.0",
+        "time": 1.5,
+        "uptime": 2,
+        "interfaces": ["127.0.0.1"],
+        "control": ["tcp://127.0.0.1:1"],
+        "headers": {},
+        "peers": [
+            {
+                "id": "cd" * 16,
+                "name": "p",
+                "state": "alive",
+                "last_seen": 1.0,
+                "endpoint": "tcp://127.0.0.1:2",
+                "rtt": None,
+            }
+        ],
+        "stats": {"requests_served": 3, "odd": "not a number"},
+        "topics": [{"topic": "t", "published": 4, "blocking": False}],
+        "subscriptions": [
+            {
+                "prefix": "t",
+                "gaps": 1,
+                "dropped": 0,
+                "streams": [{"topic": "t", "sender": "cd" * 16, "seq": 9}],
+                "gap_log": [{"topic": "t", "sender": "cd" * 16, "missed": 1}],
+            }
+        ],
+        "services": [],
+        "truncated": 0,
+        "later_field": "ignored",
+    }
+
+
+def test_a_valid_reply_parses_and_unknown_fields_are_ignored() -> None:
+    parsed = parse_snapshot(_valid())
+    assert parsed.stats == {"requests_served": 3}
+    assert parsed.streams[0].seq == 9 and parsed.streams[0].gaps == 1
+    assert parsed.uptime == 2.0
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda r: r.pop("id"), "id is not a string"),
+        (lambda r: r.update(peers="x"), "peers is not an array"),
+        (lambda r: r["topics"][0].update(published=True), "published is not an integer"),
+        (lambda r: r.update(time="now"), "time is not a number"),
+        (lambda r: r.update(interfaces=[1]), "interfaces holds a non-string"),
+        (lambda r: r["subscriptions"][0]["streams"].append(7), "the entry of topic is not a map"),
+        (lambda r: r.update(stats=None), "stats is not a map"),
+    ],
+)
+def test_a_malformed_reply_is_a_typed_error(
+    change: Callable[[dict[str, Any]], object], reason: str
+) -> None:
+    reply = _valid()
+    change(reply)
+    with pytest.raises(IntrospectError) as caught:
+        parse_snapshot(reply)
+    assert caught.value.reason == reason
+    with pytest.raises(IntrospectError, match="reply is not a map"):
+        parse_snapshot([reply])
