@@ -270,6 +270,7 @@ def test_handlers_fragment(run_dir: Path, mesh: str, running: list[Running]) -> 
         visitor.wait_for_subscribers("sensors/x", 1, timeout=RUN)
         visitor.publish("sensors/x", {"v": 1})
         assert "{'v': 1}" in worker.wait_for("sensors/x")
+        visitor.wait_for_service("meshq/direct", timeout=RUN)  # its on_direct, once known
         assert visitor.send_to(peer.id, "hi", timeout=RUN) == "got it"
         assert worker.stop() == 0  # node.run() returns on SIGTERM ...
         assert left_with(visitor, "worker") == "bye"  # ... and the with-block says goodbye
