@@ -78,6 +78,8 @@ def test_a_keyless_client_gives_one_warning(
     write_key_pair("secure", tmp_path)
     security = meshq.Curve(tmp_path / "secure.key_secret", allow=[])
     context = zmq.Context()
+    client = context.socket(zmq.DEALER)
+    listener = context.socket(zmq.SUB)
     try:
         with (
             meshq.Node("secure", mesh=mesh, interfaces=LOOPBACK, security=security) as secure,
@@ -85,9 +87,7 @@ def test_a_keyless_client_gives_one_warning(
         ):
             # A keyless client of two of the node's listening sockets: each
             # handshake is refused, and the monitor names our endpoint, not it.
-            client = context.socket(zmq.DEALER)
             client.connect(secure.control_endpoints[0])
-            listener = context.socket(zmq.SUB)
             listener.connect(secure.publish_endpoints[0])
 
             def refused_all_ways() -> bool:
@@ -96,13 +96,17 @@ def test_a_keyless_client_gives_one_warning(
                 dialled = any("announced no public key" in r.reason for r in rejections)
                 return dialled and len(no_curve) >= 2
 
-            wait_until(refused_all_ways, "refusals by dial and at two listening sockets", 8.0)
-            for sock in (client, listener):
-                sock.close(linger=0)
+            started = time.monotonic()
+            wait_until(refused_all_ways, "refusals by dial and at two listening sockets", 10.0)
+            elapsed = time.monotonic() - started
     finally:
+        for sock in (client, listener):
+            sock.close(linger=0)  # or term() waits for them forever
         context.term()
-    # Within one re-log window (10 s): one warning for all of them.
-    assert len(security_warnings(caplog)) == 1, security_warnings(caplog)
+    # One warning per re-log window (10 s) for all of them: one, unless a
+    # loaded machine took longer than a window to refuse them all.
+    warnings = security_warnings(caplog)
+    assert 1 <= len(warnings) <= 1 + int(elapsed // 10), (elapsed, warnings)
 
 
 def test_the_readme_rejection_log_line_is_the_real_one(
