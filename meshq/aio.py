@@ -430,19 +430,13 @@ class AsyncNode:
         self, name: str, n: int = 1, *, timeout: float | None = None
     ) -> Mapping[str, str]:
         """See :meth:`Node.wait_for_service`; awaited, no thread held."""
-        deadline = None if timeout is None else self._loop.time() + timeout
-        while True:
-            providers = self._node.providers().get(name, {})
-            if n <= 0 or len(providers) >= n:
-                return providers
-            self._node.runtime.check_open()
-            remaining = self._remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                raise Timeout(f"{len(providers)} of {n} providers of {name!r} after {timeout} s")
-            try:
-                await self._next_change(remaining)
-            except Timeout:
-                continue
+        try:
+            return await self.wait_for_providers(
+                lambda providers: _enough(providers.get(name), n), timeout=timeout
+            )
+        except Timeout:
+            have = len(self._node.providers().get(name, {}))
+            raise Timeout(f"{have} of {n} providers of {name!r} after {timeout} s") from None
 
     def serve(self, name: str, handler: Callable[[Any], Any] | None = None) -> Any:
         """See :meth:`Node.serve`; a decorator too.
@@ -812,6 +806,10 @@ class AsyncNode:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _enough(by_id: Mapping[str, str] | None, n: int) -> Mapping[str, str] | None:
+    return by_id if by_id is not None and len(by_id) >= n else None
 
 
 async def _awaited(awaitable: Awaitable[object]) -> object:
