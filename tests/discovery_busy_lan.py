@@ -24,7 +24,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from zeroconf import DNSOutgoing, DNSPointer, IPVersion, ServiceInfo, Zeroconf
+from zeroconf import IPVersion, ServiceInfo, Zeroconf
+from zeroconf._dns import DNSPointer
+from zeroconf._protocol.outgoing import DNSOutgoing
 
 import meshq
 from meshq.discovery import SERVICE_TYPE
