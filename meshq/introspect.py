@@ -1,11 +1,12 @@
 """Introspection: what one node says about itself, served as ``meshq/introspect``.
 
-A node that runs :func:`install` answers the built-in request/reply service
-``meshq/introspect`` (docs/PROTOCOL.md 16) with a snapshot of itself: name,
+Every node answers the built-in request/reply service ``meshq/introspect``
+(docs/PROTOCOL.md 16) from its start (:class:`meshq.Node` runs :func:`install`
+unless ``MeshConfig(introspection=False)``) with a snapshot of itself: name,
 id, version, uptime, interfaces, peers, counters, the topics it publishes,
-its subscriptions and the services it offers. The request travels on the
-node's ordinary service socket, so CURVE and the allowlist apply to it as to
-any request.
+its subscriptions, its durable consumers and the services it offers. The
+request travels on the node's ordinary service socket, so CURVE and the
+allowlist apply to it as to any request.
 
 The snapshot is built from state the node keeps anyway (the per-topic
 sequence numbers of the publish socket, each subscription's last sequence
@@ -22,17 +23,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import MeshqError
+from .peers import Peer
+from .runtime import Runtime
 from .servicestats import ServiceStats
-
-if TYPE_CHECKING:
-    from .node import Node
 
 __all__ = [
     "INTROSPECT_SERVICE",
     "SNAPSHOT_VERSION",
+    "Introspectable",
     "IntrospectError",
     "NodeFacts",
     "NodeSnapshot",
@@ -57,6 +58,32 @@ class IntrospectError(MeshqError, ValueError):
         self.reason = reason
 
 
+class Introspectable(Protocol):
+    """What a snapshot reads of a node: :class:`meshq.Node` is one.
+
+    A protocol rather than ``Node`` itself, so that the node can install
+    introspection at its start without the two modules importing each other.
+    """
+
+    id: str
+    name: str
+    mesh: str
+    interfaces: tuple[str, ...]
+    runtime: Runtime
+
+    @property
+    def control_endpoints(self) -> tuple[str, ...]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def peers(self) -> list[Peer]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def serve(self, name: str, handler: Any = None) -> Any: ...
+
+
 @dataclass(frozen=True)
 class NodeFacts:
     """What a snapshot is made of, read from a node at one moment."""
@@ -67,7 +94,7 @@ class NodeFacts:
     service_stats: Mapping[str, ServiceStats]
 
 
-def node_facts(node: Node) -> NodeFacts:
+def node_facts(node: Introspectable) -> NodeFacts:
     """Read the publish, subscription and service state of ``node``.
 
     Reads structures other threads write: each is copied with one ``dict()``
@@ -118,13 +145,13 @@ def node_facts(node: Node) -> NodeFacts:
     return NodeFacts(published, subscriptions, offered, service_stats)
 
 
-def _parts(node: Node) -> tuple[Any, Any, Any]:
+def _parts(node: Introspectable) -> tuple[Any, Any, Any]:
     """(publish socket, publisher directory, service runner or None) of ``node``."""
     runtime = node.runtime
     return runtime.publisher, runtime.state.publishers, runtime._service_runner
 
 
-def snapshot(node: Node, started: float) -> dict[str, Any]:
+def snapshot(node: Introspectable, started: float) -> dict[str, Any]:
     """The introspection reply of ``node`` (docs/PROTOCOL.md 16.2) as a msgpack-able map.
 
     ``started`` is when the node started, in seconds since the epoch.
@@ -192,10 +219,12 @@ def _service_row(name: str, stats: ServiceStats) -> dict[str, Any]:
     }
 
 
-def install(node: Node) -> None:
+def install(node: Introspectable) -> None:
     """Make ``node`` answer ``meshq/introspect``; its uptime counts from now.
 
-    Raises ValueError if the node cannot offer one more service.
+    ``Node`` calls it at its start (unless ``MeshConfig(introspection=False)``);
+    calling it again restarts the uptime. Raises ValueError if the node
+    cannot offer one more service.
     """
     started = time.time()
 

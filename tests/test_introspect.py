@@ -1,8 +1,14 @@
-"""Introspection: what a node says about itself, over the mesh, under CURVE too."""
+"""Introspection: what a node says about itself, over the mesh, under CURVE too.
+
+Every node answers it from its start; ``MeshConfig(introspection=False)``
+turns that off.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +20,6 @@ import meshq
 from meshq.introspect import (
     INTROSPECT_SERVICE,
     IntrospectError,
-    install,
     parse_snapshot,
     snapshot,
 )
@@ -22,6 +27,8 @@ from meshq.security import write_key_pair
 
 LOOPBACK = ["127.0.0.1"]
 WAIT = 10.0
+#: A node that asks but does not answer: its own reply never gets in the way.
+ASKER = meshq.MeshConfig(introspection=False)
 
 
 def wait_until(condition: Callable[[], object], what: str) -> None:
@@ -36,8 +43,6 @@ def test_a_snapshot_counts_what_was_published_and_received(mesh: str) -> None:
         meshq.Node("pub", mesh=mesh, interfaces=LOOPBACK) as publisher,
         meshq.Node("sub", mesh=mesh, interfaces=LOOPBACK) as subscriber,
     ):
-        install(publisher)
-        install(subscriber)
         subscriber.serve("calc", lambda data: data)
         with subscriber.subscribe("t/") as sub:
             publisher.wait_for_subscribers("t/a", 1, timeout=WAIT)
@@ -55,10 +60,11 @@ def test_a_snapshot_counts_what_was_published_and_received(mesh: str) -> None:
             assert [p.name for p in mine.peers] == ["sub"] and mine.peers[0].state == "alive"
 
             # The same, asked over the mesh: the subscriber's view of what it received.
-            wait_until(lambda: len(publisher.services().get(INTROSPECT_SERVICE, [])) == 2, "both")
+            publisher.wait_for_service(INTROSPECT_SERVICE, 2, timeout=WAIT)  # both, no install
             replies = publisher.gather(INTROSPECT_SERVICE, None, timeout=WAIT).replies
             theirs = parse_snapshot(replies[subscriber.id])
         assert theirs.name == "sub" and theirs.services == ("calc",)
+        assert sorted(publisher.services()) == ["calc"]  # the built-in one is left out
         [calc] = theirs.service_stats
         assert (calc.name, calc.served, calc.errors, calc.p50) == ("calc", 0, 0, None)
         assert [(s.prefix, s.gaps, s.dropped) for s in theirs.subscriptions] == [("t/", 0, 0)]
@@ -79,31 +85,74 @@ def test_introspection_is_refused_to_a_node_outside_the_allowlist(
     for name in ("inside", "observer"):
         shutil.copy(public[name], allowed)
 
-    def node(name: str) -> meshq.Node:
+    def node(name: str, config: meshq.MeshConfig | None = None) -> meshq.Node:
         curve = meshq.Curve(secret[name], allow=allowed)
-        return meshq.Node(name, mesh=mesh, interfaces=LOOPBACK, security=curve)
+        return meshq.Node(name, mesh=mesh, interfaces=LOOPBACK, security=curve, config=config)
 
-    with node("inside") as inside, node("observer") as observer, node("stranger") as stranger:
-        install(inside)
-        wait_until(lambda: observer.services().get(INTROSPECT_SERVICE), "the service seen")
+    with (
+        node("inside") as inside,
+        node("observer", ASKER) as observer,
+        node("stranger", ASKER) as stranger,
+    ):
+        observer.wait_for_service(INTROSPECT_SERVICE, timeout=WAIT)
         reply = parse_snapshot(observer.request(INTROSPECT_SERVICE, None, timeout=WAIT))
         assert reply.name == "inside"
         wait_until(lambda: inside.rejections(), "the stranger refused")
-        assert stranger.services().get(INTROSPECT_SERVICE) is None  # never learnt of it
+        assert stranger.providers().get(INTROSPECT_SERVICE) is None  # never learnt of it
         with pytest.raises(meshq.NoProviders):
             stranger.request(INTROSPECT_SERVICE, None, timeout=1.0)
 
 
 def test_a_bad_request_is_a_remote_error_and_the_node_keeps_answering(mesh: str) -> None:
     with (
-        meshq.Node("a", mesh=mesh, interfaces=LOOPBACK) as a,
-        meshq.Node("b", mesh=mesh, interfaces=LOOPBACK) as b,
+        meshq.Node("a", mesh=mesh, interfaces=LOOPBACK),
+        meshq.Node("b", mesh=mesh, interfaces=LOOPBACK, config=ASKER) as b,
     ):
-        install(a)
-        wait_until(lambda: b.services().get(INTROSPECT_SERVICE), "the service seen")
+        b.wait_for_service(INTROSPECT_SERVICE, timeout=WAIT)
         with pytest.raises(meshq.RemoteError, match="nil or a map"):
             b.request(INTROSPECT_SERVICE, [1, 2], timeout=WAIT)
         assert parse_snapshot(b.request(INTROSPECT_SERVICE, {}, timeout=WAIT)).name == "a"
+
+
+def serve_threads(node: meshq.Node) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == f"meshq-serve-{node.id[:8]}"]
+
+
+def test_every_node_answers_from_its_start_unless_turned_off(mesh: str) -> None:
+    with (
+        meshq.Node("plain", mesh=mesh, interfaces=LOOPBACK) as plain,
+        meshq.Node("quiet", mesh=mesh, interfaces=LOOPBACK, config=ASKER) as quiet,
+    ):
+        # Answering costs a service socket and thread from the start; off, neither.
+        assert plain.service_endpoints and serve_threads(plain)
+        assert not quiet.service_endpoints and not serve_threads(quiet)
+        quiet.wait_for_peers(1, timeout=WAIT)
+        plain.wait_for_peers(1, timeout=WAIT)
+        providers = quiet.wait_for_service(INTROSPECT_SERVICE, timeout=WAIT)
+        assert list(providers) == [plain.id]  # the quiet node offers nothing
+        assert quiet.services() == {} and plain.services() == {}
+        replies = quiet.gather(INTROSPECT_SERVICE, None, timeout=WAIT)
+        assert list(replies.replies) == [plain.id] and not replies.missing
+        assert parse_snapshot(replies.replies[plain.id]).peers[0].name == "quiet"
+        with pytest.raises(RuntimeError, match="offer a service"):
+            quiet.add_ticker(lambda now, idle: None)
+        quiet.serve("echo", lambda data: data)  # serving later opens the socket then
+        assert quiet.service_endpoints and serve_threads(quiet)
+        assert quiet.wait_for_service("echo", timeout=WAIT)
+        assert list(quiet.providers()[INTROSPECT_SERVICE]) == [plain.id]  # still not by quiet
+    assert not serve_threads(plain) and not serve_threads(quiet)  # close() ended them
+
+
+def test_an_async_node_answers_too(mesh: str) -> None:
+    async def main() -> tuple[str, str]:
+        async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
+            with meshq.Node("asker", mesh=mesh, interfaces=LOOPBACK, config=ASKER) as asker:
+                await asyncio.to_thread(asker.wait_for_service, INTROSPECT_SERVICE, timeout=WAIT)
+                reply = await asyncio.to_thread(asker.request, INTROSPECT_SERVICE, None)
+                return node.id, parse_snapshot(reply).id
+
+    own_id, answered_id = asyncio.run(main())
+    assert answered_id == own_id
 
 
 def _valid() -> dict[str, Any]:

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import meshq
 from meshq.collector import Collector, MeshView
-from meshq.introspect import INTROSPECT_SERVICE, install
+from meshq.introspect import INTROSPECT_SERVICE
 
 LOOPBACK = ["127.0.0.1"]
 WAIT = 15.0
@@ -41,7 +41,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT
 
 
 def wait_for_providers(node: meshq.Node, service: str, n: int) -> None:
-    wait_until(lambda: len(node.services().get(service, [])) >= n, f"{n} providers of {service}")
+    node.wait_for_service(service, n, timeout=WAIT)
 
 
 def env() -> dict[str, str]:
@@ -59,13 +59,12 @@ PATIENT = meshq.MeshConfig(suspect_after=1.5, gone_after=60.0)
 
 
 class SmallMesh:
-    """sensor publishes sensors/temp, display subscribes and serves calc; both introspectable."""
+    """sensor publishes sensors/temp, display subscribes and serves calc (both answer
+    introspection, as every node does)."""
 
     def __init__(self, mesh: str) -> None:
         self.sensor = meshq.Node("sensor", mesh=mesh, interfaces=LOOPBACK, config=PATIENT)
         self.display = meshq.Node("display", mesh=mesh, interfaces=LOOPBACK, config=PATIENT)
-        for node in (self.sensor, self.display):
-            install(node)
         self.display.serve("calc", _calc)
         self.received = 0
         self._stop = threading.Event()
@@ -120,7 +119,6 @@ def test_the_view_joins_nodes_topics_services_and_streams(
     mesh: str, small_mesh: SmallMesh, observer: meshq.Node, tmp_path: Path
 ) -> None:
     relay_node = meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK)
-    install(relay_node)
     relay = meshq.Relay(relay_node, tmp_path / "relay", ["orders/"])
     try:
         small_mesh.publish(40)
@@ -130,7 +128,7 @@ def test_the_view_joins_nodes_topics_services_and_streams(
         with observer.subscribe("orders/", durable="billing") as orders:
             orders.recv(timeout=WAIT)
             orders.recv(timeout=WAIT)  # the first one is acknowledged by taking the next
-        wait_for_providers(observer, INTROSPECT_SERVICE, 3)
+        wait_for_providers(observer, INTROSPECT_SERVICE, 4)  # the observer answers too
         collector = Collector(observer, timeout=WAIT)
         first = collector.collect()
 
@@ -194,31 +192,29 @@ def test_gaps_that_grow_mark_the_topic_and_the_subscriber(mesh: str, observer: m
     with (
         meshq.Node("fast", mesh=mesh, interfaces=LOOPBACK, config=tiny) as fast,
         meshq.Node("slow", mesh=mesh, interfaces=LOOPBACK, config=tiny) as slow,
+        slow.subscribe("burst/") as sub,
     ):
-        install(fast)
-        install(slow)
-        with slow.subscribe("burst/") as sub:
-            fast.wait_for_subscribers("burst/x", 1, timeout=WAIT)
-            wait_for_providers(observer, INTROSPECT_SERVICE, 2)
-            collector = Collector(observer, timeout=WAIT)
-            assert not collector.collect().marked
-            # Loopback buffers hold about 36 MiB: 600 messages of 256 KiB overflow
-            # them, so the tiny queues drop some (as in tests/test_publisher.py).
-            payload = bytes(256 * 1024)
-            for _ in range(600):
-                fast.publish("burst/x", payload)
-            markers = 0
-            while True:
-                try:
-                    if sub.recv(timeout=0.5).data == b"marker":
-                        break
-                except meshq.Timeout:  # drained: a marker shows what was lost last
-                    assert markers < 20
-                    fast.publish("burst/x", b"marker")
-                    markers += 1
-            assert sub.gaps > 0
-            view = collector.collect()
-            logged = sum(gap.missed for gap in sub.gap_log)  # the latest 100 gaps
+        fast.wait_for_subscribers("burst/x", 1, timeout=WAIT)
+        wait_for_providers(observer, INTROSPECT_SERVICE, 3)
+        collector = Collector(observer, timeout=WAIT)
+        assert not collector.collect().marked
+        # Loopback buffers hold about 36 MiB: 600 messages of 256 KiB overflow
+        # them, so the tiny queues drop some (as in tests/test_publisher.py).
+        payload = bytes(256 * 1024)
+        for _ in range(600):
+            fast.publish("burst/x", payload)
+        markers = 0
+        while True:
+            try:
+                if sub.recv(timeout=0.5).data == b"marker":
+                    break
+            except meshq.Timeout:  # drained: a marker shows what was lost last
+                assert markers < 20
+                fast.publish("burst/x", b"marker")
+                markers += 1
+        assert sub.gaps > 0
+        view = collector.collect()
+        logged = sum(gap.missed for gap in sub.gap_log)  # the latest 100 gaps
     [topic] = view.topics
     assert topic.gaps == logged and topic.mark == f"gaps +{logged}"
     assert node_named(view, "slow").gaps == sub.gaps
@@ -231,7 +227,7 @@ def test_a_malformed_reply_is_listed_and_the_rest_still_shown(
 ) -> None:
     with meshq.Node("liar", mesh=mesh, interfaces=LOOPBACK) as liar:
         liar.serve(INTROSPECT_SERVICE, lambda data: {"v": 1, "name": 7})
-        wait_for_providers(observer, INTROSPECT_SERVICE, 3)
+        wait_for_providers(observer, INTROSPECT_SERVICE, 4)
         view = Collector(observer, timeout=WAIT).collect()
     assert [n.name for n in view.nodes] == ["display", "sensor"]
     assert view.errors == ("liar: peers is not an array",)
@@ -241,8 +237,7 @@ def test_a_node_that_left_is_listed_as_not_answering_for_a_while(
     mesh: str, observer: meshq.Node
 ) -> None:
     leaving = meshq.Node("leaving", mesh=mesh, interfaces=LOOPBACK)
-    install(leaving)
-    wait_for_providers(observer, INTROSPECT_SERVICE, 1)
+    wait_for_providers(observer, INTROSPECT_SERVICE, 2)
     collector = Collector(observer, timeout=WAIT)
     assert [n.name for n in collector.collect().nodes] == ["leaving"]
     leaving.close()  # says BYE: gone from the observer's table at once
@@ -321,9 +316,7 @@ def test_top_once_prints_the_tables_and_json(mesh: str, small_mesh: SmallMesh) -
 NODE = """
 import sys
 import meshq
-from meshq.introspect import install
 node = meshq.Node("frozen", mesh=sys.argv[1], interfaces=["127.0.0.1"])
-install(node)
 print("ready", flush=True)
 sys.stdin.read()
 node.close()
