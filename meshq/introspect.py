@@ -36,6 +36,7 @@ __all__ = [
     "Introspectable",
     "IntrospectError",
     "NodeFacts",
+    "ConsumerRow",
     "NodeSnapshot",
     "install",
     "node_facts",
@@ -202,8 +203,16 @@ def snapshot(node: Introspectable, started: float) -> dict[str, Any]:
             for name, stats in sorted(facts.service_stats.items())
             if name != INTROSPECT_SERVICE
         ],
+        "consumers": _consumers(node),
         "truncated": max(0, len(topics) - MAX_ROWS) + max(0, len(streams) - MAX_ROWS),
     }
+
+
+def _consumers(node: Introspectable) -> list[dict[str, object]]:
+    """The node's open durable consumers, at most MAX_ROWS (the most delivered first)."""
+    rows = [row for c in node.runtime.state.consumers() if (row := c.report()) is not None]
+    rows.sort(key=lambda row: -int(row["delivered"]))  # type: ignore[call-overload]
+    return rows[:MAX_ROWS]
 
 
 def _service_row(name: str, stats: ServiceStats) -> dict[str, Any]:
@@ -277,6 +286,23 @@ class ServiceRow:
 
 
 @dataclass(frozen=True)
+class ConsumerRow:
+    """A durable consumer of the node, as the consumer itself counts (PROTOCOL.md 16.2)."""
+
+    prefix: str
+    name: str
+    stream: str | None  # None while no relay holds the prefix
+    delivered: int  # handed to the application
+    acked: int
+    naked: int
+    pending: int  # handed out, neither acknowledged nor naked yet
+    buffered: int  # fetched, not handed out yet
+    unsent_acks: int  # acknowledged, not yet told to the relay
+    last_seq: int  # the highest stream seq fetched
+    duplicates: int  # redeliveries of messages it had acknowledged, skipped
+
+
+@dataclass(frozen=True)
 class SubscriptionRow:
     prefix: str
     gaps: int
@@ -304,6 +330,7 @@ class NodeSnapshot:
     headers: Mapping[str, str] = field(default_factory=dict)
     truncated: int = 0
     service_stats: tuple[ServiceRow, ...] = ()
+    consumers: tuple[ConsumerRow, ...] = ()
 
 
 def parse_snapshot(reply: object) -> NodeSnapshot:
@@ -355,6 +382,16 @@ def parse_snapshot(reply: object) -> NodeSnapshot:
         )
         for row in (_list(top, "service_stats") if "service_stats" in top else [])
     )
+    consumers = tuple(
+        ConsumerRow(
+            _get(row, "prefix", str),
+            _get(row, "name", str),
+            None if _map(row, "the entry of stream").get("stream") is None
+            else _get(row, "stream", str),
+            *(_get(row, key, int) for key in _CONSUMER_COUNTS),
+        )
+        for row in (_list(top, "consumers") if "consumers" in top else [])
+    )  # fmt: skip
     stats = _map(top.get("stats"), "stats")
     headers = _map(top.get("headers", {}), "headers")
     return NodeSnapshot(
@@ -375,7 +412,13 @@ def parse_snapshot(reply: object) -> NodeSnapshot:
         headers={str(k): str(v) for k, v in headers.items()},
         truncated=_get(top, "truncated", int) if "truncated" in top else 0,
         service_stats=service_stats,
+        consumers=consumers,
     )
+
+
+_CONSUMER_COUNTS = (
+    "delivered", "acked", "naked", "pending", "buffered", "unsent_acks", "last_seq", "duplicates",
+)  # fmt: skip
 
 
 def _map(value: object, what: str) -> dict[str, Any]:

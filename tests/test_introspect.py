@@ -189,6 +189,21 @@ def _valid() -> dict[str, Any]:
             }
         ],
         "services": [],
+        "consumers": [
+            {
+                "prefix": "o/",
+                "name": "billing",
+                "stream": None,
+                "delivered": 5,
+                "acked": 3,
+                "naked": 1,
+                "pending": 1,
+                "buffered": 2,
+                "unsent_acks": 3,
+                "last_seq": 7,
+                "duplicates": 0,
+            }
+        ],
         "truncated": 0,
         "later_field": "ignored",
     }
@@ -199,6 +214,13 @@ def test_a_valid_reply_parses_and_unknown_fields_are_ignored() -> None:
     assert parsed.stats == {"requests_served": 3}
     assert parsed.streams[0].seq == 9 and parsed.streams[0].gaps == 1
     assert parsed.uptime == 2.0
+    [consumer] = parsed.consumers
+    assert (consumer.name, consumer.stream, consumer.pending, consumer.last_seq) == (
+        "billing", None, 1, 7,
+    )  # fmt: skip
+    older = _valid()
+    del older["consumers"]  # a node of an earlier version: none
+    assert parse_snapshot(older).consumers == ()
 
 
 @pytest.mark.parametrize(
@@ -211,6 +233,8 @@ def test_a_valid_reply_parses_and_unknown_fields_are_ignored() -> None:
         (lambda r: r.update(interfaces=[1]), "interfaces holds a non-string"),
         (lambda r: r["subscriptions"][0]["streams"].append(7), "the entry of topic is not a map"),
         (lambda r: r.update(stats=None), "stats is not a map"),
+        (lambda r: r["consumers"][0].update(pending="1"), "pending is not an integer"),
+        (lambda r: r["consumers"][0].update(stream=3), "stream is not a string"),
     ],
 )
 def test_a_malformed_reply_is_a_typed_error(

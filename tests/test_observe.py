@@ -7,6 +7,7 @@ exporter run as the ``meshq`` command in their own processes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import meshq
 from meshq.collector import Collector, MeshView
-from meshq.introspect import INTROSPECT_SERVICE
+from meshq.introspect import INTROSPECT_SERVICE, snapshot
 
 LOOPBACK = ["127.0.0.1"]
 WAIT = 15.0
@@ -454,3 +455,132 @@ def test_the_exporter_is_scraped_and_parsed_by_prometheus_client(
             exporter.kill()
             exporter.communicate()
     assert exporter.returncode in (0, 130)
+
+
+# ----------------------------------------------------------------------
+# Durable consumers from the consumer's side, and round-trip times
+
+
+def rendered(view: MeshView) -> str:
+    """What ``meshq top --once`` prints for ``view`` (rich, 200 columns)."""
+    from rich.console import Console
+
+    from meshq.top import render
+
+    out = io.StringIO()
+    Console(file=out, width=200).print(render(view))
+    return out.getvalue()
+
+
+def exported(view: MeshView) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The exporter's metrics for ``view``, as prometheus-client's parser reads them."""
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from meshq.exporter import MeshMetrics
+
+    registry = CollectorRegistry()
+    metrics = MeshMetrics()
+    metrics.update(view)
+    registry.register(metrics)
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def cells(text: str, table: str, first: str) -> list[str]:
+    """The cells of the row whose first cell is ``first`` in the table titled ``table``."""
+    lines = text.splitlines()
+    below = lines[[line.strip() for line in lines].index(table) :]
+    line = next(line for line in below if line.startswith(f"│{first} "))
+    return [cell.strip() for cell in line.strip("│").split("│")]
+
+
+def test_a_durable_consumer_is_shown_from_its_node_with_its_relays_lag(
+    mesh: str, observer: meshq.Node, tmp_path: Path
+) -> None:
+    relay = meshq.Relay(meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK), tmp_path, ["orders/"])
+    try:
+        with meshq.Node("billing-worker", mesh=mesh, interfaces=LOOPBACK) as worker:
+            worker.wait_for_service("meshq/relay/orders/", timeout=WAIT)
+            observer.wait_for_service("meshq/relay/orders/", timeout=WAIT)
+            for i in range(6):
+                observer.publish("orders/1", i, durable=True)
+            orders = worker.subscribe("orders/", durable="billing", ack="explicit")
+            got = [orders.recv(timeout=WAIT) for _ in range(3)]
+            got[0].ack()
+            got[1].ack()  # the third stays in hand; none of the acks has reached the relay
+            wait_for_providers(observer, INTROSPECT_SERVICE, 3)  # relay, worker, observer
+            collector = Collector(observer, timeout=WAIT)
+            first = collector.collect()
+            [row] = first.consumers
+            assert (row.node, row.prefix, row.stream, row.name) == (
+                "billing-worker", "orders/", "orders/", "billing",
+            )  # fmt: skip
+            assert (row.delivered, row.acked, row.pending) == (3, 2, 1)
+            assert 3 <= row.last_seq <= 6 and row.buffered == row.last_seq - 3
+            assert row.lag == 6 and row.mark == ""  # the relay has had no ack yet
+
+            orders.flush_acks(timeout=WAIT)  # the relay learns of 2 acks: lag 4
+            for i in range(3):
+                observer.publish("orders/1", i, durable=True)  # lag 7
+            second = collector.collect()
+            [row] = second.consumers
+            assert row.lag == 7 and row.mark == "falling behind (lag +1)"
+            assert "consumer billing on billing-worker: falling behind (lag +1)" in second.marked
+
+            table = cells(rendered(second), "consumers", "billing-worker")
+            assert table[:10] == [
+                "billing-worker",
+                "billing",
+                "orders/",
+                "orders/",
+                "3",
+                "0",
+                "2",
+                "1",
+                str(row.buffered),
+                "7",
+            ]  # fmt: skip  (delivered, msg/s, acked, pending, buffered, lag)
+            assert table[10] == "falling behind (lag +1)"
+            samples = exported(second)
+            key = (("consumer", "billing"), ("node", "billing-worker"), ("prefix", "orders/"))
+            assert samples["meshq_consumer_delivered_total"][key] == 3
+            assert samples["meshq_consumer_acked_total"][key] == 2
+            assert samples["meshq_consumer_pending"][key] == 1
+
+            orders.close()  # a closed consumer is no longer reported
+            assert collector.collect().consumers == ()
+    finally:
+        relay.close()
+
+
+def test_round_trip_times_are_shown_when_a_node_reports_them(
+    mesh: str, observer: meshq.Node
+) -> None:
+    with meshq.Node("timed", mesh=mesh, interfaces=LOOPBACK) as timed:
+
+        def answer(request: object) -> object:
+            # A node that measures round trips (docs/PROTOCOL.md 16.4) reports them as here.
+            reply = snapshot(timed, time.time())
+            for peer, rtt in zip(reply["peers"], (0.00125, 0.0004), strict=False):
+                peer["rtt"] = rtt
+            return reply
+
+        timed.serve(INTROSPECT_SERVICE, answer)
+        with meshq.Node("other", mesh=mesh, interfaces=LOOPBACK):
+            wait_until(lambda: len(timed.peers()) == 2, "timed sees both")
+            wait_for_providers(observer, INTROSPECT_SERVICE, 3)
+            view = Collector(observer, timeout=WAIT).collect()
+    timed_view, other = node_named(view, "timed"), node_named(view, "other")
+    first_peer = view.snapshots[[n.name for n in view.snapshots].index("timed")].peers[0].name
+    assert (timed_view.rtt_max, timed_view.rtt_peer) == (0.00125, first_peer)
+    assert other.rtt_max is None  # not measured: shown as "-"
+    text = rendered(view)
+    assert cells(text, "nodes", "timed")[7] == f"1.25 {first_peer}"
+    assert cells(text, "nodes", "other")[7] == "-"
+    rtts = exported(view)["meshq_peer_rtt_seconds"]
+    assert rtts[(("node", "timed"), ("peer", first_peer))] == 0.00125
+    assert all(dict(k)["node"] == "timed" for k in rtts) and len(rtts) == 2
