@@ -73,6 +73,12 @@ class TopicView:
     behind: int  # published minus the lowest last sequence any of them received
     gaps: int  # missed messages its subscribers recorded (latest gaps kept per subscription)
     mark: str = ""
+    #: The last sequence numbers its subscribers received, summed; and how
+    #: fast that sum advanced (per second: messages that reached them, or
+    #: were lost on the way and counted in ``gaps``). None: no earlier
+    #: collect with the same subscribers.
+    received: int = 0
+    received_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ class StreamView:
     dead_letters: int
     consumers: tuple[ConsumerView, ...]
     mark: str = ""
+    conflict: bool = False  # claimed by two relays, overlapping another, or so its relay says
 
 
 @dataclass(frozen=True)
@@ -342,6 +349,8 @@ class Collector:
                 seen = received.get((snap.id, topic.topic), [])
                 gaps = sum(g for _, g in seen)
                 old = before.get((snap.id, topic.topic))
+                got = sum(s for s, _ in seen)
+                same = old is not None and old.subscribers == len(seen) and got >= old.received
                 views.append(
                     TopicView(
                         topic=topic.topic,
@@ -353,6 +362,10 @@ class Collector:
                         behind=max((topic.published - s for s, _ in seen), default=0),
                         gaps=gaps,
                         mark=self._grew("gaps", old.gaps if old else None, gaps),
+                        received=got,
+                        received_rate=self._rate(
+                            now, old.received if old is not None and same else None, got
+                        ),
                     )
                 )
         return sorted(views, key=lambda v: (v.topic, v.publisher))
@@ -449,7 +462,9 @@ class Collector:
                 )
             )
         dead = int(info["dead_letters"])
-        marks = [conflict] if conflict else []
+        # The relay's own finding (PROTOCOL.md 9.10), for one this observer cannot see.
+        reported = str(info.get("conflict") or "")
+        marks = [conflict] if conflict else [f"conflict: {reported}"] if reported else []
         if old is not None and dead > old.dead_letters:
             marks.append(f"dead letters +{dead - old.dead_letters}")
         return StreamView(
@@ -462,4 +477,5 @@ class Collector:
             dead_letters=dead,
             consumers=tuple(consumers),
             mark="; ".join(marks),
+            conflict=bool(conflict or reported),
         )

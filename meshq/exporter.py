@@ -158,9 +158,7 @@ def metrics_of(view: MeshView) -> Iterator[Metric]:
     for st in view.streams:
         for attribute, gauge in stream_families.items():
             gauge.add_metric([st.stream, st.relay], getattr(st, attribute))
-        conflict.add_metric(
-            [st.stream, st.relay], 1 if st.mark.startswith(("claimed", "overlaps")) else 0
-        )
+        conflict.add_metric([st.stream, st.relay], 1 if st.conflict else 0)
         for c in st.consumers:
             lag.add_metric([st.stream, st.relay, c.name], c.lag)
             out.add_metric([st.stream, st.relay, c.name], c.outstanding)

@@ -57,7 +57,7 @@ def _age(seconds: float) -> str:
 _NUMERIC = {
     "PUBLISHED", "MSG/S", "SUBS", "BEHIND", "GAPS", "MSGS", "BYTES", "DEAD", "LAG", "OUT",
     "SERVED", "REQ/S", "ERRORS", "P50 MS", "P99 MS", "MAX RTT MS", "DELIVERED", "ACKED",
-    "PENDING", "BUFFERED",
+    "PENDING", "BUFFERED", "RECV/S",
 }  # fmt: skip
 
 
@@ -109,12 +109,13 @@ def render(view: MeshView) -> Group:
     for name in view.missing:
         _row(nodes, "did not answer", name, "", "", "", "", "", "", "", "", "")
     topics = _table(
-        "topics", "TOPIC", "PUBLISHER", "PUBLISHED", "MSG/S", "SUBS", "BEHIND", "GAPS", "!"
-    )
+        "topics", "TOPIC", "PUBLISHER", "PUBLISHED", "MSG/S", "SUBS", "RECV/S", "BEHIND", "GAPS",
+        "!",
+    )  # fmt: skip
     for t in view.topics:
         _row(
             topics, t.mark, t.topic, t.publisher, f"{t.published:,}", _rate(t.rate),
-            str(t.subscribers), f"{t.behind:,}", f"{t.gaps:,}",
+            str(t.subscribers), _rate(t.received_rate), f"{t.behind:,}", f"{t.gaps:,}",
         )  # fmt: skip
     services = _table(
         "services", "SERVICE", "PROVIDER", "SERVED", "REQ/S", "ERRORS", "P50 MS", "P99 MS", "!"

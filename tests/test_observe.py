@@ -142,6 +142,7 @@ def test_the_view_joins_nodes_topics_services_and_streams(
         assert (temp.publisher, temp.published, temp.subscribers, temp.behind, temp.gaps) == (
             "sensor", 40, 1, 0, 0,
         )  # fmt: skip
+        assert (temp.received, temp.received_rate) == (40, None)  # no earlier collect
         [calc] = first.services
         assert (calc.name, calc.providers) == ("calc", ("display",))
         assert (calc.calls[0].served, calc.calls[0].errors, calc.calls[0].p50) == (0, 0, None)
@@ -167,6 +168,8 @@ def test_the_view_joins_nodes_topics_services_and_streams(
         assert (
             sensor.published == 50 and sensor.publish_rate is not None and sensor.publish_rate > 0
         )
+        [temp] = [t for t in second.topics if t.topic == "sensors/temp"]
+        assert temp.received == 50 and temp.received_rate is not None and temp.received_rate > 0
         [billing] = second.streams[0].consumers
         assert billing.lag == 5 and billing.mark == "falling behind (lag +2)"
         assert second.marked == [
@@ -273,6 +276,15 @@ def test_overlapping_streams_and_new_dead_letters_are_marked(
     before = Collector._stream("s/", "r", {**info, "dead_letters": 1}, "", {})
     after = Collector._stream("s/", "r", info, "", {("s/", "r"): before})
     assert before.mark == "" and after.mark == "dead letters +1"
+    assert not before.conflict and not after.conflict
+    # A conflict only the relay sees (its info says so) marks the stream too.
+    told = Collector._stream("s/", "r", {**info, "conflict": "r2 claims it"}, "", {})
+    assert told.mark == "conflict: r2 claims it" and told.conflict
+    assert all(s.conflict for s in view.streams)  # the overlap found by the collector
+    assert exported(view)["meshq_stream_conflict"] == {
+        (("relay", "wide"), ("stream", "a/")): 1,
+        (("relay", "narrow"), ("stream", "a/b/")): 1,
+    }
 
 
 # ----------------------------------------------------------------------
