@@ -42,8 +42,9 @@ class ServiceApi:
         their requests over all of them. Handlers run one at a time on the
         node's service thread; what a handler raises reaches the caller as
         meshq.RemoteError and the service keeps serving. Returns the handler.
-        Raises ValueError for a bad name or more than 64 services,
-        meshq.BindError if ``service_port`` is taken.
+        Raises ValueError for a bad name or more than 64 services (the
+        built-in ``meshq/introspect`` is one of them unless the config turns
+        it off), meshq.BindError if ``service_port`` is taken.
         """
         if handler is None:
             return lambda function: self.serve(name, function)
