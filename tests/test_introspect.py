@@ -155,6 +155,47 @@ def test_an_async_node_answers_too(mesh: str) -> None:
     assert answered_id == own_id
 
 
+def test_the_durable_consumers_of_a_node_and_an_async_node_are_in_their_replies(
+    mesh: str, tmp_path: Path
+) -> None:
+    relay = meshq.Relay(meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK), tmp_path, ["jobs/"])
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
+            await node.wait_for_service("meshq/relay/jobs/", timeout=WAIT)
+            for i in range(3):
+                await node.publish_durable("jobs/1", i)
+            made_with_subscribe = node.subscribe("jobs/", durable="made-with-subscribe")
+            async with await node.subscribe_durable("jobs/", "crunch") as crunch:
+                await crunch.recv(timeout=WAIT)
+                await crunch.recv(timeout=WAIT)  # auto-ack: the first is acknowledged
+                rows = list(parse_snapshot(snapshot(node.node, time.time())).consumers)
+            await made_with_subscribe.close()
+            after = list(parse_snapshot(snapshot(node.node, time.time())).consumers)
+            return rows, after
+
+    try:
+        rows, after = asyncio.run(main())
+        with meshq.Node("sync", mesh=mesh, interfaces=LOOPBACK) as node:
+            node.wait_for_service("meshq/relay/jobs/", timeout=WAIT)
+            with node.subscribe("jobs/", durable="tally") as tally:
+                message = tally.recv(timeout=WAIT)
+                message.ack()  # explicit as well as automatic acks are counted
+                [sync_row] = parse_snapshot(snapshot(node, time.time())).consumers
+    finally:
+        relay.close()
+    by_name = {row.name: row for row in rows}
+    assert sorted(by_name) == ["crunch", "made-with-subscribe"]
+    crunch = by_name["crunch"]
+    assert (crunch.prefix, crunch.stream, crunch.delivered, crunch.acked, crunch.pending) == (
+        "jobs/", "jobs/", 2, 1, 1,
+    )  # fmt: skip
+    assert after == []  # closed consumers are no longer reported
+    assert (sync_row.name, sync_row.delivered, sync_row.acked, sync_row.pending) == (
+        "tally", 1, 1, 0,
+    )  # fmt: skip
+
+
 def _valid() -> dict[str, Any]:
     return {
         "v": 1,

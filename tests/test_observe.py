@@ -378,6 +378,7 @@ def test_top_live_in_tmux_shows_the_mesh_and_marks_a_frozen_node(
         )
         small_mesh.publish(20)
         wait_until(lambda: "│sensors/temp " in screen(tmux_session), "the topic on screen")
+        assert all(h in screen(tmux_session) for h in ("MAX RTT MS", "RECV/S", "consumers"))
         frozen.send_signal(signal.SIGSTOP)
         shown: list[str] = []
 
