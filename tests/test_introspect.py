@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -141,6 +142,24 @@ def test_every_node_answers_from_its_start_unless_turned_off(mesh: str) -> None:
         assert quiet.wait_for_service("echo", timeout=WAIT)
         assert list(quiet.providers()[INTROSPECT_SERVICE]) == [plain.id]  # still not by quiet
     assert not serve_threads(plain) and not serve_threads(quiet)  # close() ended them
+
+
+def test_a_taken_service_port_fails_the_start_and_leaves_nothing_running(mesh: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(meshq.BindError):  # introspection binds the service port at start
+            meshq.Node(
+                "clash", mesh=mesh, interfaces=LOOPBACK, config=meshq.MeshConfig(service_port=port)
+            )
+        quiet = meshq.MeshConfig(service_port=port, introspection=False)
+        with (
+            meshq.Node("later", mesh=mesh, interfaces=LOOPBACK, config=quiet) as node,
+            pytest.raises(meshq.BindError),  # off: bound on the first serve(), as before
+        ):
+            node.serve("echo", lambda data: data)
+    # The thread-leak fixture checks that the failed start left no thread behind.
 
 
 def test_an_async_node_answers_too(mesh: str) -> None:
