@@ -166,6 +166,7 @@ def snapshot(node: Introspectable, started: float) -> dict[str, Any]:
     kept = streams[:MAX_ROWS]
     for sub in facts.subscriptions:
         sub["streams"] = [row for prefix, row in kept if prefix == sub["prefix"]]
+    consumers = _consumers(node)
     now = time.time()
     return {
         "v": SNAPSHOT_VERSION,
@@ -203,16 +204,16 @@ def snapshot(node: Introspectable, started: float) -> dict[str, Any]:
             for name, stats in sorted(facts.service_stats.items())
             if name != INTROSPECT_SERVICE
         ],
-        "consumers": _consumers(node),
-        "truncated": max(0, len(topics) - MAX_ROWS) + max(0, len(streams) - MAX_ROWS),
+        "consumers": consumers[:MAX_ROWS],
+        "truncated": sum(max(0, len(rows) - MAX_ROWS) for rows in (topics, streams, consumers)),
     }
 
 
 def _consumers(node: Introspectable) -> list[dict[str, object]]:
-    """The node's open durable consumers, at most MAX_ROWS (the most delivered first)."""
+    """The node's open durable consumers, the most delivered first."""
     rows = [row for c in node.runtime.state.consumers() if (row := c.report()) is not None]
-    rows.sort(key=lambda row: -int(row["delivered"]))  # type: ignore[call-overload]
-    return rows[:MAX_ROWS]
+    rows.sort(key=lambda row: -row["delivered"] if isinstance(row["delivered"], int) else 0)
+    return rows
 
 
 def _service_row(name: str, stats: ServiceStats) -> dict[str, Any]:
