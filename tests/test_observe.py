@@ -570,23 +570,35 @@ def test_a_durable_consumer_is_shown_from_its_node_with_its_relays_lag(
         relay.close()
 
 
+def report_rtts(node: meshq.Node, rtts: tuple[float | None, ...]) -> None:
+    """Make ``node`` report these round-trip times for its peers, in its peer order.
+
+    As a node measuring them reports them (docs/PROTOCOL.md 16.4), or (None)
+    does not; set here so that what the test expects does not depend on
+    whether heartbeats measured one yet.
+    """
+
+    def answer(request: object) -> object:
+        reply = snapshot(node, time.time())
+        for peer, rtt in zip(reply["peers"], rtts, strict=False):
+            peer["rtt"] = rtt
+        return reply
+
+    node.serve(INTROSPECT_SERVICE, answer)
+
+
 def test_round_trip_times_are_shown_when_a_node_reports_them(
     mesh: str, observer: meshq.Node
 ) -> None:
-    with meshq.Node("timed", mesh=mesh, interfaces=LOOPBACK) as timed:
-
-        def answer(request: object) -> object:
-            # A node that measures round trips (docs/PROTOCOL.md 16.4) reports them as here.
-            reply = snapshot(timed, time.time())
-            for peer, rtt in zip(reply["peers"], (0.00125, 0.0004), strict=False):
-                peer["rtt"] = rtt
-            return reply
-
-        timed.serve(INTROSPECT_SERVICE, answer)
-        with meshq.Node("other", mesh=mesh, interfaces=LOOPBACK):
-            wait_until(lambda: len(timed.peers()) == 2, "timed sees both")
-            wait_for_providers(observer, INTROSPECT_SERVICE, 3)
-            view = Collector(observer, timeout=WAIT).collect()
+    with (
+        meshq.Node("timed", mesh=mesh, interfaces=LOOPBACK) as timed,
+        meshq.Node("other", mesh=mesh, interfaces=LOOPBACK) as other_node,
+    ):
+        report_rtts(timed, (0.00125, 0.0004))
+        report_rtts(other_node, (None, None))
+        wait_until(lambda: len(timed.peers()) == 2, "timed sees both")
+        wait_for_providers(observer, INTROSPECT_SERVICE, 3)
+        view = Collector(observer, timeout=WAIT).collect()
     timed_view, other = node_named(view, "timed"), node_named(view, "other")
     first_peer = view.snapshots[[n.name for n in view.snapshots].index("timed")].peers[0].name
     assert (timed_view.rtt_max, timed_view.rtt_peer) == (0.00125, first_peer)
