@@ -407,9 +407,14 @@ class Requester:
                 if now >= until:
                     return
                 limit = min(limit, until - now)
-            # Whole ms, rounded up; set again only when it changed.
+            # Whole ms, rounded up. Set again only when the one set is too
+            # long, or less than half of what is allowed: the limit shrinks
+            # with every request, and a setsockopt costs about 1 us (pyzmq
+            # makes an enum of the option). Too short a timeout only means
+            # one more turn of this loop.
             ms = int(limit * 1000) + 1
-            if ms != self._recv_timeout_ms:
+            set_ms = self._recv_timeout_ms
+            if set_ms < 0 or set_ms > ms or 2 * set_ms < ms:
                 dealer.setsockopt(_RCVTIMEO, ms)
                 self._recv_timeout_ms = ms
             try:
