@@ -279,7 +279,9 @@ class Requester:
     def _send(self, call: _Call) -> bool:
         """Send the next attempt of ``call``; False if no provider is left to try."""
         providers = self._directory.providers(call.service)
-        if call.only is not None:
+        if len(providers) == 1 and call.only is None and not call.tried:
+            candidates = list(providers)  # the usual case: one provider, first try
+        elif call.only is not None:
             candidates = [call.only] if call.only in providers and not call.tried else []
         else:
             # A provider already tried may still be running the handler: asking

@@ -48,6 +48,9 @@ _POLLIN = int(zmq.POLLIN)
 _RCVMORE = int(zmq.RCVMORE)
 
 
+_NONE: Mapping[str, str] = MappingProxyType({})
+
+
 class ServiceDirectory:
     """Who offers what: service name -> {provider node id (hex): service endpoint}.
 
@@ -67,12 +70,12 @@ class ServiceDirectory:
 
     def providers(self, service: str) -> Mapping[str, str]:
         """The providers of ``service`` right now (possibly empty)."""
-        with self._lock:
-            return self._providers.get(service, MappingProxyType({}))
+        # No lock: the map is replaced whole, never changed, and reading
+        # one attribute is atomic (this runs once per request).
+        return self._providers.get(service, _NONE)
 
     def all(self) -> Mapping[str, Mapping[str, str]]:
-        with self._lock:
-            return self._providers
+        return self._providers
 
 
 # --------------------------------------------------------------------------
@@ -341,9 +344,11 @@ class ServiceRunner:
                 # Ask before reading (a zmq.Again costs more than the
                 # question), except right after the poll said "readable".
                 # Each getsockopt costs about 1 us (pyzmq makes an enum of
-                # the option), so a request is read with one, not five.
-                while len(backlog) < _READ_AHEAD and (
-                    readable or sock.getsockopt(_EVENTS) & _POLLIN
+                # the option), so a request is read with one, not five, and
+                # the socket is read again only once the backlog is answered
+                # (one question per burst, not one per request).
+                while (readable or not backlog) and (
+                    len(backlog) < _READ_AHEAD and (readable or sock.getsockopt(_EVENTS) & _POLLIN)
                 ):
                     readable = False
                     try:
