@@ -250,8 +250,11 @@ class Requester:
             name = check_service_name(service)
             if len(self._names) < _MAX_NAMES:
                 self._names[service] = name
-        flags, payload = encode_payload(data)
-        check_payload_size(flags, payload, self._limits, "request")
+        if type(data) is bytes:  # the common case, without two calls
+            flags, payload = 0, data
+        else:
+            flags, payload = encode_payload(data)
+            check_payload_size(flags, payload, self._limits, "request")
         self._retry_refused()
         call = _Call(service, name, flags, payload, timeout, retries, only)
         if not self._send(call):
@@ -501,17 +504,24 @@ class Requester:
             if call is None:
                 self._count("late_replies")  # its attempt timed out: drop it
                 return
-            try:
-                data = decode_payload(flags, frame[_REPLY_HEAD_BYTES:], self._limits)
-            except ProtocolError as exc:
-                self._calls[request_id] = call  # not an answer: the call waits on
-                self._count("reply_protocol_errors")
-                _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
-                return
+            if flags:
+                try:
+                    data = decode_payload(flags, frame[_REPLY_HEAD_BYTES:], self._limits)
+                except ProtocolError as exc:
+                    self._calls[request_id] = call  # not an answer: the call waits on
+                    self._count("reply_protocol_errors")
+                    _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
+                    return
+            else:
+                data = frame[_REPLY_HEAD_BYTES:]  # raw bytes: nothing to decode
             provider = call.provider
             self._outstanding[provider] -= 1
             self._load[provider] = (load, time.monotonic())
-            self._finish(call, result=data)
+            # _finish, inline: the call is out of _calls already.
+            call.done = True
+            call.result = data
+            if call.on_done is not None:
+                call.on_done(call)
             return
         try:
             reply = decode_reply(frame, self._limits)
