@@ -161,6 +161,7 @@ class PublishSocket:
         # with no timeout while nothing is held (an idle node pays nothing).
         self._flush_due = threading.Condition(self._lock)
         self._flusher: threading.Thread | None = None
+        self._flusher_idle = False  # it waits with no deadline (nothing was held)
         # XPUB rather than PUB: it tells us which prefixes connected
         # subscribers want, which answers the "slow joiner" without sleeps
         # (wait_for_subscribers). Verbose in both directions, so every
@@ -262,7 +263,12 @@ class PublishSocket:
                 target=self._flush_main, name=f"meshq-flush-{self._node_id.hex()[:8]}", daemon=True
             )
             self._flusher.start()
-        self._flush_due.notify()
+        if self._flusher_idle:
+            # Only a flusher waiting with no deadline needs the news: one in
+            # a timed wait wakes at an older batch's deadline, which comes
+            # first, and looks again. Waking it per batch would make it
+            # fight the publishing thread for the GIL.
+            self._flush_due.notify()
 
     def _flush_held(self) -> None:
         """Send the held batch as one frame (lock held); one message goes as a plain frame."""
@@ -291,7 +297,9 @@ class PublishSocket:
         with self._flush_due:
             while not self._closed:
                 if self._held_entry is None:
+                    self._flusher_idle = True
                     self._flush_due.wait()
+                    self._flusher_idle = False
                     continue
                 late = self.clock() - self._held_time - _HOLD_NS
                 if late < 0:
