@@ -150,6 +150,8 @@ class PublishSocket:
         self.clock: Callable[[], int] = time.time_ns
         self._held: list[bytes] = []
         self._held_entry: _Topic | None = None
+        self._held_topic: str | None = None  # the held entry's topic (None: nothing held)
+        self._held_until = 0  # the held batch's deadline (time_ns)
         self._held_flags = 0
         self._held_seq = 0
         self._held_time = 0
@@ -159,6 +161,7 @@ class PublishSocket:
         # with no timeout while nothing is held (an idle node pays nothing).
         self._flush_due = threading.Condition(self._lock)
         self._flusher: threading.Thread | None = None
+        self._flusher_idle = False  # it waits with no deadline (nothing was held)
         # XPUB rather than PUB: it tells us which prefixes connected
         # subscribers want, which answers the "slow joiner" without sleeps
         # (wait_for_subscribers). Verbose in both directions, so every
@@ -205,7 +208,24 @@ class PublishSocket:
         else:
             flags, data = encode_payload(data)
             check_payload_size(flags, data, self._limits, "message")  # type: ignore[arg-type]
+        size = len(data)
         with self._lock:
+            # The burst's common case first, in as few steps as can be: the
+            # message joins the batch of its topic held now. No closed or
+            # size check is needed here: close() empties the batch, and
+            # the batch's room is within the topic's budget (a blocking
+            # topic is never held). Not past the batch's deadline: the
+            # flusher thread may be kept from the GIL by this very thread.
+            if (
+                topic == self._held_topic
+                and flags == self._held_flags
+                and size < self._room
+                and self.clock() < self._held_until
+            ):
+                self._held_entry.seq += 1  # type: ignore[union-attr]  # held: not None
+                self._held.append(data)
+                self._room -= size + _ENTRY_COST
+                return
             if self._closed:
                 raise Closed("node is closed")
             entry = self._topics.get(topic)
@@ -213,28 +233,14 @@ class PublishSocket:
                 entry = self._open_topic(topic)
             # One comparison for both refusals: a blocking topic's budget
             # here is -1 (see _Topic.dropping_budget).
-            size = len(data)
             if size > entry.dropping_budget:
                 self._refuse(topic, entry, data)
-            if entry is self._held_entry:  # a batch of this topic is held: join it?
-                # Not past its deadline: the flusher thread may be kept from
-                # the GIL by this very publishing thread.
-                if (
-                    flags == self._held_flags
-                    and size < self._room
-                    and self.clock() - self._held_time < _HOLD_NS
-                ):
-                    entry.seq += 1
-                    self._held.append(data)
-                    self._room -= size + _ENTRY_COST
-                    return
-                self._flush_held()
-            elif self._held_entry is not None:  # another topic's batch goes first
+            if self._held_entry is not None:  # a batch it could not join goes first
                 self._flush_held()
             seq = entry.seq = entry.seq + 1
             now = self.clock()
             if now - self._last_send < _BUSY_NS and size <= _COALESCE_MAX_BYTES and self._coalesce:
-                self._hold(entry, flags, seq, now, data)
+                self._hold(topic, entry, flags, seq, now, data)
                 return
             self._last_send = now
             try:
@@ -242,20 +248,27 @@ class PublishSocket:
             except zmq.ZMQError as exc:
                 raise translate(exc, "publish") from exc
 
-    def _hold(self, entry: _Topic, flags: int, seq: int, now: int, data: bytes) -> None:
+    def _hold(self, topic: str, entry: _Topic, flags: int, seq: int, now: int, data: bytes) -> None:
         """Start a held batch with ``data`` (lock held); wake the flusher for its deadline."""
         self._held.append(data)
         self._held_entry = entry
+        self._held_topic = topic
         self._held_flags = flags
         self._held_seq = seq
         self._held_time = now
+        self._held_until = now + _HOLD_NS
         self._room = entry.hold_budget - len(data) - _ENTRY_COST
         if self._flusher is None:
             self._flusher = threading.Thread(
                 target=self._flush_main, name=f"meshq-flush-{self._node_id.hex()[:8]}", daemon=True
             )
             self._flusher.start()
-        self._flush_due.notify()
+        if self._flusher_idle:
+            # Only a flusher waiting with no deadline needs the news: one in
+            # a timed wait wakes at an older batch's deadline, which comes
+            # first, and looks again. Waking it per batch would make it
+            # fight the publishing thread for the GIL.
+            self._flush_due.notify()
 
     def _flush_held(self) -> None:
         """Send the held batch as one frame (lock held); one message goes as a plain frame."""
@@ -272,6 +285,7 @@ class PublishSocket:
             frame = header + encode_batch(held)
         held.clear()
         self._held_entry = None
+        self._held_topic = None
         self._last_send = self.clock()
         try:
             raw_send(self._sock, frame)
@@ -283,7 +297,9 @@ class PublishSocket:
         with self._flush_due:
             while not self._closed:
                 if self._held_entry is None:
+                    self._flusher_idle = True
                     self._flush_due.wait()
+                    self._flusher_idle = False
                     continue
                 late = self.clock() - self._held_time - _HOLD_NS
                 if late < 0:

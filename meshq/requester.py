@@ -250,8 +250,11 @@ class Requester:
             name = check_service_name(service)
             if len(self._names) < _MAX_NAMES:
                 self._names[service] = name
-        flags, payload = encode_payload(data)
-        check_payload_size(flags, payload, self._limits, "request")
+        if type(data) is bytes:  # the common case, without two calls
+            flags, payload = 0, data
+        else:
+            flags, payload = encode_payload(data)
+            check_payload_size(flags, payload, self._limits, "request")
         self._retry_refused()
         call = _Call(service, name, flags, payload, timeout, retries, only)
         if not self._send(call):
@@ -279,7 +282,9 @@ class Requester:
     def _send(self, call: _Call) -> bool:
         """Send the next attempt of ``call``; False if no provider is left to try."""
         providers = self._directory.providers(call.service)
-        if call.only is not None:
+        if len(providers) == 1 and call.only is None and not call.tried:
+            candidates = list(providers)  # the usual case: one provider, first try
+        elif call.only is not None:
             candidates = [call.only] if call.only in providers and not call.tried else []
         else:
             # A provider already tried may still be running the handler: asking
@@ -410,9 +415,14 @@ class Requester:
                 if now >= until:
                     return
                 limit = min(limit, until - now)
-            # Whole ms, rounded up; set again only when it changed.
+            # Whole ms, rounded up. Set again only when the one set is too
+            # long, or less than half of what is allowed: the limit shrinks
+            # with every request, and a setsockopt costs about 1 us (pyzmq
+            # makes an enum of the option). Too short a timeout only means
+            # one more turn of this loop.
             ms = int(limit * 1000) + 1
-            if ms != self._recv_timeout_ms:
+            set_ms = self._recv_timeout_ms
+            if set_ms < 0 or set_ms > ms or 2 * set_ms < ms:
                 dealer.setsockopt(_RCVTIMEO, ms)
                 self._recv_timeout_ms = ms
             try:
@@ -499,17 +509,24 @@ class Requester:
             if call is None:
                 self._count("late_replies")  # its attempt timed out: drop it
                 return
-            try:
-                data = decode_payload(flags, frame[_REPLY_HEAD_BYTES:], self._limits)
-            except ProtocolError as exc:
-                self._calls[request_id] = call  # not an answer: the call waits on
-                self._count("reply_protocol_errors")
-                _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
-                return
+            if flags:
+                try:
+                    data = decode_payload(flags, frame[_REPLY_HEAD_BYTES:], self._limits)
+                except ProtocolError as exc:
+                    self._calls[request_id] = call  # not an answer: the call waits on
+                    self._count("reply_protocol_errors")
+                    _bad_input_log.warning("dropped malformed reply: %s", exc.reason)
+                    return
+            else:
+                data = frame[_REPLY_HEAD_BYTES:]  # raw bytes: nothing to decode
             provider = call.provider
             self._outstanding[provider] -= 1
             self._load[provider] = (load, time.monotonic())
-            self._finish(call, result=data)
+            # _finish, inline: the call is out of _calls already.
+            call.done = True
+            call.result = data
+            if call.on_done is not None:
+                call.on_done(call)
             return
         try:
             reply = decode_reply(frame, self._limits)

@@ -433,6 +433,8 @@ class Subscription(Inbox):
         self.owner = self._owner.ident
         # pyzmq's compiled recv, bound once: the hot path calls it per message.
         self._recv = self._sock.recv
+        #: The last read found the queue empty: the next one polls first.
+        self._idle = False
         directory.watch(self)
         own(self)
         self._links.sync()
@@ -465,12 +467,15 @@ class Subscription(Inbox):
             raise self._owner.error(f"subscription {self.prefix!r}")
         if self._pending:
             return self._pending.popleft()
-        empty = False
-        if self._links.version == self._directory.version:
+        # After a wait, wait first: the queue was empty, and a zmq.Again
+        # (an exception made in Python) costs more than the poll that
+        # returns at once when a frame came meanwhile.
+        empty = self._idle
+        if not empty and self._links.version == self._directory.version:
             try:
                 frame = self._recv(zmq.NOBLOCK)
             except zmq.Again:
-                empty = True
+                self._idle = empty = True
             except zmq.ZMQError:
                 pass  # the socket failed: the loop below says why
             else:
@@ -495,6 +500,7 @@ class Subscription(Inbox):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
+                self._idle = True
                 if deadline == -1.0:
                     deadline = math.inf if timeout is None else time.monotonic() + timeout
                 self._wait(deadline)
@@ -503,19 +509,25 @@ class Subscription(Inbox):
                 self._check_open()
                 raise translate(exc, "receive") from exc
             message = self._take(frame)
+            if self._pending:
+                self._idle = False  # a batch: a burst, so read before waiting again
             if message is not None:
                 return message
 
     def _wait(self, deadline: float) -> None:
+        late = False
         if deadline == math.inf:
             wait_ms = -1
         else:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Timeout(f"no message on {self.prefix!r} within the timeout")
-            wait_ms = max(1, int(remaining * 1000))
+            # Past the deadline, one look without waiting: recv() may poll
+            # before its first read (see _idle), even with timeout=0.
+            late = remaining <= 0
+            wait_ms = 0 if late else max(1, int(remaining * 1000))
         self._check_open()
         ready = dict(self._poller.poll(wait_ms))
+        if late and self._sock not in ready:
+            raise Timeout(f"no message on {self.prefix!r} within the timeout")
         if self._wake_read in ready:
             try:
                 os.read(self._wake_read, 4096)

@@ -513,6 +513,12 @@ def data_header_packer(prefix: bytes) -> Callable[[bytes, int, int, int], bytes]
 def encode_batch(payloads: Sequence[bytes]) -> bytes:
     """The payload of a FLAG_BATCH frame: each payload as ``u32 length | bytes``."""
     pack = _ENTRY_LENGTH.pack
+    sizes = set(map(len, payloads))
+    if len(sizes) == 1:
+        # Payloads of one size (a burst of readings, say): one join in C,
+        # about a tenth of the cost per payload of the general loop.
+        head = pack(sizes.pop())
+        return head + head.join(payloads)
     return b"".join([part for payload in payloads for part in (pack(len(payload)), payload)])
 
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import meshq
 from meshq.subscription import Inbox, PublisherDirectory
 from meshq.wire import (
     FLAG_BATCH,
@@ -103,3 +104,27 @@ def test_a_batch_of_too_many_entries_is_refused_before_it_is_built() -> None:
     assert take_all(box, encode_data(PREFIX, FLAG_BATCH, 1, 0, entries)) == []
     assert box.dropped == 1
     assert take_all(box, encode_data(PREFIX, FLAG_BATCH, 1, 0, encode_batch([b"a"] * 1024)))
+
+
+def test_recv_after_a_wait_polls_first_and_still_honours_timeout_zero(mesh: str) -> None:
+    """After a read found nothing, recv() polls before reading (no zmq.Again per message).
+
+    That path must still return what is there, with timeout=0 too, and
+    raise Timeout (not hang) when nothing is.
+    """
+    with meshq.Node("idle-sub", mesh=mesh, interfaces=["127.0.0.1"], discovery=False) as node:
+        sub = node.subscribe("idle/")
+        node.wait_for_subscribers("idle/x", 1, timeout=10)
+        with pytest.raises(meshq.Timeout):
+            sub.recv(timeout=0.01)
+        assert sub._idle  # the next read polls first
+        node.publish("idle/x", b"first")
+        assert sub.recv(timeout=5).data == b"first"
+        with pytest.raises(meshq.Timeout):
+            sub.recv(timeout=0)
+        node.publish("idle/x", b"second")
+        assert sub._sock.poll(5000)  # arrived, not read yet
+        assert sub._idle
+        assert sub.recv(timeout=0).data == b"second"
+        with pytest.raises(meshq.Timeout):
+            sub.recv(timeout=0)
