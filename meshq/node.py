@@ -136,6 +136,11 @@ class Node(PubSubApi, ServiceApi):
         )
         #: Where peers connect to this node's publish socket, one per interface.
         self.publish_endpoints = self.runtime.publisher.endpoints
+        # The hot path: node.publish is the publish socket's own method, a
+        # Python call layer less per message (PubSubApi.publish keeps the
+        # typed, documented signature); a durable publish comes back here.
+        self.runtime.publisher.durable_publish = self._publish_durable
+        self.publish = self.runtime.publisher.publish  # type: ignore[method-assign,assignment]
         if self.config.introspection:
             try:
                 install_introspection(self)  # meshq top and friends see every node

@@ -65,10 +65,15 @@ class PubSubApi:
         Raises meshq.NoProviders at once if no relay holds the stream,
         meshq.RelayConflict if two do, meshq.Timeout after ``timeout`` s.
         """
+        # A Node replaces this method with its publish socket's own (a call
+        # layer less per message); this body is the reference behaviour.
         if durable:
-            return self._durable_publisher(timeout).publish(topic, data)
+            return self._publish_durable(topic, data, timeout)
         self.runtime.publisher.publish(topic, data)
         return None
+
+    def _publish_durable(self, topic: str, data: object, timeout: float) -> int:
+        return self._durable_publisher(timeout).publish(topic, data)
 
     def _durable_publisher(self, timeout: float) -> DurablePublisher:
         local = self.runtime.thread_local()

@@ -140,6 +140,9 @@ class PublishSocket:
         self._limits = limits
         self._lock = threading.Lock()
         self._topics: dict[str, _Topic] = {}
+        #: ``publish(..., durable=True)`` goes here: (topic, data, timeout)
+        #: -> the stream sequence number. The node sets it.
+        self.durable_publish: Callable[[str, object, float], int] = _no_durable_publishing
         self._closed = False
         # Coalescing, under the lock: the held payloads of one topic and
         # encoding (_held_entry is None when nothing is held), the first
@@ -193,8 +196,14 @@ class PublishSocket:
         """Raise ValueError unless ``topic`` can be published."""
         topic_prefix(topic, self._node_id, self._limits)
 
-    def publish(self, topic: str, data: object) -> None:
-        """Send one message; see :meth:`meshq.Node.publish`.
+    def publish(
+        self, topic: str, data: object, *, durable: bool = False, timeout: float = 5.0
+    ) -> int | None:
+        """Send one message; see :meth:`meshq.Node.publish`, which is this very method.
+
+        ``Node`` binds its ``publish`` to this one (a Python call layer less
+        on the hot path), so ``durable=True`` is handed on from here to
+        ``durable_publish``, which the node sets.
 
         A message published while the socket is idle goes out at once. One
         published within 50 us of the previous frame joins the held batch
@@ -203,6 +212,8 @@ class PublishSocket:
         (a flusher thread sees to that). Order and sequence numbers are
         those of the calls.
         """
+        if durable:
+            return self.durable_publish(topic, data, timeout)
         if type(data) is bytes:
             flags = 0
         else:
@@ -225,7 +236,7 @@ class PublishSocket:
                 self._held_entry.seq += 1  # type: ignore[union-attr]  # held: not None
                 self._held.append(data)
                 self._room -= size + _ENTRY_COST
-                return
+                return None
             if self._closed:
                 raise Closed("node is closed")
             entry = self._topics.get(topic)
@@ -241,12 +252,13 @@ class PublishSocket:
             now = self.clock()
             if now - self._last_send < _BUSY_NS and size <= _COALESCE_MAX_BYTES and self._coalesce:
                 self._hold(topic, entry, flags, seq, now, data)
-                return
+                return None
             self._last_send = now
             try:
                 raw_send(self._sock, entry.pack(entry.prefix, flags, seq, now) + data)
             except zmq.ZMQError as exc:
                 raise translate(exc, "publish") from exc
+        return None
 
     def _hold(self, topic: str, entry: _Topic, flags: int, seq: int, now: int, data: bytes) -> None:
         """Start a held batch with ``data`` (lock held); wake the flusher for its deadline."""
@@ -604,6 +616,10 @@ class BlockingWait:
         if remaining <= 0:
             raise Timeout(f"a subscriber of {self._topic!r} stayed full for {self._timeout} s")
         return min(pause, remaining)
+
+
+def _no_durable_publishing(topic: str, data: object, timeout: float) -> int:
+    raise RuntimeError("this publish socket has no node to publish durably through")
 
 
 def _nothing() -> None:
