@@ -58,12 +58,14 @@ class ControlLoop:
     control port cannot be bound.
     """
 
-    #: Seconds after a wake-up that read only heartbeats during which the loop
-    #: does not look at the ROUTER again (commands and deadlines still wake
-    #: it), so that the PINGs of the mesh, sent on the same wall-clock
-    #: instants, are read in one wake-up. Anything but a PING (a HELLO, say)
-    #: is handled at once. 0: read every message as it comes (bench/idle.py
-    #: --coalesce compares).
+    #: Seconds after a wake-up that read only heartbeats, fewer than there
+    #: are peers, during which the loop does not look at the ROUTER again
+    #: (commands and deadlines still wake it), so that the rest of the
+    #: mesh's PINGs, sent on the same wall-clock instants, are read in one
+    #: wake-up more. What is read at the end counts as read when the spell
+    #: began. Anything but a PING (a HELLO, say) ends no spell early: it
+    #: waits at most this long too. 0: read every message as it comes
+    #: (bench/idle.py --coalesce compares).
     coalesce: ClassVar[float] = 0.05
 
     def __init__(
@@ -155,6 +157,7 @@ class ControlLoop:
         protocol = self.protocol
         router, mailbox_fd = self._router, self._mailbox.fd
         quiet_until = 0.0  # see coalesce
+        quiet_since = 0.0  # when the heartbeats that began the quiet spell were read
         while self._running:
             deadline = protocol.next_deadline()
             if self._tails_live and self._next_tail < deadline:
@@ -174,23 +177,28 @@ class ControlLoop:
                 if mailbox_fd in ready:
                     self._run_commands()
                 if router in ready:
-                    if self._receive() and self.coalesce:
+                    woke = time.monotonic()
+                    heartbeats = self._receive()
+                    if heartbeats and self.coalesce and heartbeats < protocol.peer_count:
                         # Heartbeats woke us: the rest of the mesh's are on
                         # their way; read them together a moment later.
-                        quiet_until = time.monotonic() + self.coalesce
+                        quiet_since, quiet_until = woke, time.monotonic() + self.coalesce
                 elif poller is self._quiet_poller and not ready:
-                    self._receive()  # the end of a quiet spell: read what came
+                    # The end of a quiet spell: read what came meanwhile, as
+                    # if read when the spell began. They arrived between the
+                    # two; the PINGs of a round leave together (7.6), so the
+                    # start is the closer guess, and an echo PING's round
+                    # trip (16.4) then does not count the spell as delay.
+                    self._receive(quiet_since)
                 if len(ready) > (mailbox_fd in ready) + (router in ready):
                     self._publisher.process_commands()  # subscribers came or went
                 now = time.monotonic()
                 if now >= protocol.next_deadline():
                     self.timer_runs += 1
+                    # No quiet spell after our own heartbeats: the first of
+                    # the mesh's to arrive wakes us and begins one, so that
+                    # what is read is timed from a real arrival (16.4).
                     self._execute(protocol.on_timer(now))
-                    if self.coalesce and not ready:
-                        # Our heartbeats just left, and the mesh's arrive
-                        # about now (the same wall-clock instants): read them
-                        # together, once they are in.
-                        quiet_until = now + self.coalesce
                     if SUBSCRIBERS.waiting:
                         # A publishing thread that sent meanwhile may have
                         # taken the descriptor's wake-up: read anyway.
@@ -227,10 +235,16 @@ class ControlLoop:
             elif isinstance(command, WatchPublisher):
                 self._watch_publisher()
 
-    def _receive(self) -> bool:
-        """Handle what waits on the ROUTER; True if it was heartbeats only (one or more)."""
+    def _receive(self, read_at: float | None = None) -> int:
+        """Handle what waits on the ROUTER; how many heartbeats, if they were all it read.
+
+        0: nothing, or something else too (a HELLO, say).
+
+        ``read_at``: the monotonic time to hand the protocol as when each
+        message was read (None: the clock at each message).
+        """
         secure = self._sockets.curve is not None
-        recv, protocol = self._router.recv, self.protocol
+        recv, protocol, state = self._router.recv, self.protocol, self._state
         heartbeats_only = True
         for count in range(_MAX_BATCH):
             # Read until the ROUTER is empty: one zmq.Again at the end costs
@@ -238,7 +252,7 @@ class ControlLoop:
             try:
                 routing = recv(zmq.NOBLOCK)
             except zmq.Again:
-                return heartbeats_only and count > 0
+                return count if heartbeats_only else 0
             # A ROUTER hands out whole messages: the rest is there already.
             last = recv(zmq.NOBLOCK, copy=False)
             frames = [routing, last.bytes]
@@ -263,10 +277,13 @@ class ControlLoop:
                 except zmq.ZMQError:
                     source = None
             try:
-                actions = protocol.on_frames(frames, time.monotonic(), proven, source)
-                if heartbeats_only and not (len(actions) == 1 and type(actions[0]) is Heard):
+                when = time.monotonic() if read_at is None else read_at
+                actions = protocol.on_frames(frames, when, proven, source)
+                if len(actions) == 1 and type(heard := actions[0]) is Heard:
+                    state.heard(heard.peer_id, heard.when, heard.rtt)  # the common case
+                else:
                     heartbeats_only = False
-                self._execute(actions)
+                    self._execute(actions)
             except Exception:  # a bug must not make the node deaf to everyone else
                 self._state.count("internal_errors")
                 self._internal_log.warning(
@@ -274,7 +291,7 @@ class ControlLoop:
                     routing[:16].hex(),
                     exc_info=True,
                 )
-        return False  # more waiting: look again at once
+        return 0  # more waiting: look again at once
 
     def _execute(self, actions: list[Action]) -> None:
         state = self._state

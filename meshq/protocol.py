@@ -319,6 +319,11 @@ class ControlProtocol:
         return tuple(self._links), encode_control(Bye(self.local.node_id))
 
     @property
+    def peer_count(self) -> int:
+        """How many peers the table holds."""
+        return len(self._table)
+
+    @property
     def peers(self) -> list[Peer]:
         """The peer table now (``last_seen`` on the protocol's clock)."""
         return self._table.snapshot()
