@@ -602,6 +602,7 @@ class AsyncNode:
         subscription = AsyncDurableSubscription(
             self, prefix, name, start=start, ack=ack, ack_wait=ack_wait, max_deliver=max_deliver
         )
+        self._node.runtime.state.track_consumer(subscription)  # introspection reports it
         await subscription.open()
         return subscription
 
@@ -647,6 +648,7 @@ class AsyncNode:
                 ack_wait=ack_wait,
                 max_deliver=max_deliver,
             )
+            self._node.runtime.state.track_consumer(durable_sub)
             durable_sub.open_soon()
             return durable_sub
         return self._subscribe(prefix)

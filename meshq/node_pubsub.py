@@ -217,7 +217,7 @@ class PubSubApi:
         runtime = self.runtime
         runtime.check_prefix(prefix)
         if durable is not None:
-            return DurableSubscription(
+            consumer = DurableSubscription(
                 self,  # type: ignore[arg-type]
                 prefix,
                 durable,
@@ -226,6 +226,8 @@ class PubSubApi:
                 ack_wait=ack_wait,
                 max_deliver=max_deliver,
             )
+            runtime.state.track_consumer(consumer)  # introspection reports it
+            return consumer
         subscription = Subscription(
             prefix,
             context=runtime.context,
