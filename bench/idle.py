@@ -13,9 +13,9 @@ so 2, 8, 16, 32 processes, all on 127.0.0.1):
   plane's), exchanges one message on each, then blocks, sending nothing.
 
 Once every process is ready and a second has passed, the CPU time of each
-(utime + stime from /proc/PID/stat) is read twice, ``--duration`` seconds
-(10) apart. Reported: % of one core per process (mean over the processes
-of a mesh, as /proc counts in 10 ms ticks; then the median over
+(the sum of its threads' time on the CPU from /proc/PID/task/*/schedstat,
+in ns) is read twice, ``--duration`` seconds (10) apart. Reported: % of one
+core per process (mean over the processes of a mesh; then the median over
 ``--repeat`` runs, min-max of the runs), the part of it spent in libzmq's
 background threads (ZMTP heartbeats, TCP), and for meshq the
 control loop's wake-ups per second and the CPU cost per heartbeat (a
@@ -50,7 +50,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "idle.json"
 ROOT = Path(__file__).resolve().parent.parent
 SETUP_TIMEOUT = 60.0  # seconds for a mesh to form
 SETTLE = 1.0  # seconds between "all ready" and the first CPU reading
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------
@@ -133,7 +132,7 @@ def heartbeat_cost(count: int = 20000, paced: int = 2000) -> dict[str, float]:
     A raw DEALER plays a peer (it says HELLO, then sends PINGs). Batched:
     ``count`` PINGs sent at once, read as they come. One per wake-up:
     ``paced`` PINGs 2 ms apart with ControlLoop.coalesce = 0, so that each
-    wakes the thread alone. The thread's CPU comes from /proc (10 ms ticks).
+    wakes the thread alone. The thread's CPU comes from its /proc schedstat (ns).
     """
     import threading
 
@@ -143,9 +142,10 @@ def heartbeat_cost(count: int = 20000, paced: int = 2000) -> dict[str, float]:
     from meshq.control import ControlLoop
     from meshq.wire import Hello, Ping, encode_control, routing_id
 
-    def control_ticks(node: meshq.Node) -> int:
+    def control_seconds(node: meshq.Node) -> float:
         thread = next(t for t in threading.enumerate() if t.name.endswith(node.id[:8]))
-        return _ticks(Path(f"/proc/self/task/{thread.native_id}/stat"))
+        stat = Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text()
+        return int(stat.split()[0]) / 1e9  # ns on the CPU
 
     results: dict[str, float] = {}
     shipped = ControlLoop.coalesce
@@ -168,7 +168,7 @@ def heartbeat_cost(count: int = 20000, paced: int = 2000) -> dict[str, float]:
                 dealer.send(encode_control(hello))
                 node.wait_for_peers(1, timeout=10)
                 ping = encode_control(Ping(peer_id))
-                before = control_ticks(node)
+                before = control_seconds(node)
                 for _ in range(n):
                     dealer.send(ping)
                     if pause:
@@ -180,7 +180,7 @@ def heartbeat_cost(count: int = 20000, paced: int = 2000) -> dict[str, float]:
                         raise RuntimeError("the PINGs were not read within 30 s")
                     time.sleep(0.01)
                 time.sleep(0.2)
-                used = (control_ticks(node) - before) / TICKS
+                used = control_seconds(node) - before
                 dealer.close()
                 context.term()
             results[label] = 1e6 * used / n
@@ -191,11 +191,6 @@ def heartbeat_cost(count: int = 20000, paced: int = 2000) -> dict[str, float]:
 
 # ----------------------------------------------------------------------
 # The parent
-
-
-def _ticks(stat: Path) -> int:
-    fields = stat.read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime
 
 
 class Child:
@@ -224,16 +219,21 @@ class Child:
         self.process.stdin.flush()
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """(CPU seconds of the whole process, of its libzmq background threads) so far."""
-        total = _ticks(Path(f"/proc/{self.process.pid}/stat"))
-        zmq_threads = 0
+        """(CPU seconds of the process's threads, of its libzmq background threads) so far.
+
+        From each thread's schedstat (ns on the CPU, exact) rather than the
+        10 ms ticks of /proc/PID/stat: an idle node uses a few ticks in 10 s.
+        """
+        total = zmq_threads = 0
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             try:
+                used = int((task / "schedstat").read_text().split()[0])
+                total += used
                 if (task / "comm").read_text().startswith("ZMQbg"):
-                    zmq_threads += _ticks(task / "stat")
+                    zmq_threads += used
             except OSError:
                 continue  # a thread that just ended
-        return total / TICKS, zmq_threads / TICKS
+        return total / 1e9, zmq_threads / 1e9
 
     def stop(self) -> None:
         try:
@@ -280,8 +280,6 @@ def run_once(system: str, peers: int, duration: float, coalesce: float) -> dict[
     finally:
         for child in children:
             child.stop()
-    # Ticks are 10 ms: the mean over the processes of one mesh resolves
-    # finer than any one process can.
     cpu = statistics.mean(b[0] - a[0] for a, b in zip(before, after, strict=True))
     zmq_cpu = statistics.mean(b[1] - a[1] for a, b in zip(before, after, strict=True))
     result: dict[str, Any] = {

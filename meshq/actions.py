@@ -21,6 +21,7 @@ __all__ = [
     "LocalNode",
     "PeersChanged",
     "Send",
+    "SendEach",
 ]
 
 
@@ -54,6 +55,13 @@ class Send:
 
 
 @dataclass(frozen=True)
+class SendEach:
+    """Send each (endpoint, frame) pair: a round of heartbeats, one frame per peer."""
+
+    messages: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
 class CloseLinks:
     """Close the links to these endpoints (no linger: what is queued is dropped)."""
 
@@ -78,10 +86,11 @@ class Directories:
 
 @dataclass(frozen=True)
 class Heard:
-    """A peer (hex id) was heard from at ``when``; no other change."""
+    """A peer (hex id) was heard from at ``when``; no other change but its ``rtt`` (s)."""
 
     peer_id: str
     when: float
+    rtt: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,4 +109,4 @@ class Ban:
     seconds: float
 
 
-Action = Send | CloseLinks | PeersChanged | Directories | Heard | Count | Ban
+Action = Send | SendEach | CloseLinks | PeersChanged | Directories | Heard | Count | Ban

@@ -394,37 +394,47 @@ class AsyncNode:
 
     async def wait_for_subscribers(self, topic: str, n: int, timeout: float | None = None) -> int:
         """See :meth:`Node.wait_for_subscribers`."""
-        deadline = None if timeout is None else self._loop.time() + timeout
-        while True:
-            count = self._node.subscribers(topic)
-            if count >= n:
-                return count
-            self._node.runtime.check_open()
-            remaining = self._remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                raise Timeout(f"{count} of {n} subscribers of {topic!r} after {timeout} s")
-            try:
-                await self._next_change(remaining)
-            except Timeout:
-                continue  # the loop above says how many there were
 
-    async def wait_for_providers(
-        self, test: Callable[[Providers], T | None], *, timeout: float | None
+        def enough() -> int | None:
+            count = self._node.subscribers(topic)
+            return count if count >= n else None
+
+        def failure() -> str:
+            return (
+                f"{self._node.subscribers(topic)} of {n} subscribers of {topic!r} after {timeout} s"
+            )
+
+        return await self._wait_until(enough, timeout, failure)
+
+    async def _wait_until(
+        self, test: Callable[[], T | None], timeout: float | None, failure: Callable[[], str]
     ) -> T:
-        """See :meth:`Node.wait_for_providers`; awaited, no thread held."""
+        """Await until ``test()`` gives something but None, looking again at each change
+        the node reports (peers, directories, subscribers, closing). Raises meshq.Timeout
+        with ``failure()`` after ``timeout`` s (None: no limit), meshq.Closed."""
         deadline = None if timeout is None else self._loop.time() + timeout
         while True:
-            found = test(self._node.providers())
+            found = test()
             if found is not None:
                 return found
             self._node.runtime.check_open()
             remaining = self._remaining(deadline)
             if remaining is not None and remaining <= 0:
-                raise Timeout(f"no such service within {timeout} s")
+                raise Timeout(failure())
             try:
                 await self._next_change(remaining)
             except Timeout:
-                continue
+                continue  # the test above decides, once more
+
+    async def wait_for_providers(
+        self, test: Callable[[Providers], T | None], *, timeout: float | None
+    ) -> T:
+        """See :meth:`Node.wait_for_providers`; awaited, no thread held."""
+        return await self._wait_until(
+            lambda: test(self._node.providers()),
+            timeout,
+            lambda: f"no such service within {timeout} s",
+        )
 
     async def wait_for_service(
         self, name: str, n: int = 1, *, timeout: float | None = None
@@ -526,12 +536,14 @@ class AsyncNode:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        only: str | None = None,
     ) -> object:
         """See :meth:`Node.request`; the wait is awaited and holds no thread.
 
-        Many may be in flight at once (``asyncio.gather`` them).
+        Many may be in flight at once (``asyncio.gather`` them). ``only``:
+        as for :meth:`Node.request_async`, this provider and no other.
         """
-        return await self._replies.request(service, data, timeout, retries)
+        return await self._replies.request(service, data, timeout, retries, only=only)
 
     async def gather(self, service: str, data: object, *, timeout: float = 0.5) -> GatherResult:
         """See :meth:`Node.gather`."""
@@ -726,19 +738,17 @@ class AsyncNode:
 
     async def wait_for_peers(self, n: int, timeout: float | None = None) -> list[Peer]:
         """See :meth:`Node.wait_for_peers`."""
-        deadline = None if timeout is None else self._loop.time() + timeout
-        while True:
-            alive = [peer for peer in self._node.peers() if peer.state is PeerState.ALIVE]
-            if len(alive) >= n:
-                return alive
-            self._node.runtime.check_open()
-            remaining = self._remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                raise Timeout(f"{len(alive)} of {n} peers after {timeout} s")
-            try:
-                await self._next_change(remaining)
-            except Timeout:
-                continue  # the loop above says how many peers there were
+
+        def alive() -> list[Peer]:
+            return [peer for peer in self._node.peers() if peer.state is PeerState.ALIVE]
+
+        def enough() -> list[Peer] | None:
+            peers = alive()
+            return peers if len(peers) >= n else None
+
+        return await self._wait_until(
+            enough, timeout, lambda: f"{len(alive())} of {n} peers after {timeout} s"
+        )
 
     def on_peer_joined(self, callback: PeerCallback) -> PeerCallback:
         """See :meth:`Node.on_peer_joined`; the callback runs on the node's event thread."""

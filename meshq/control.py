@@ -33,12 +33,13 @@ from .protocol import (
     LocalNode,
     PeersChanged,
     Send,
+    SendEach,
 )
 from .publishing import TAIL_INTERVAL, PublishSocket, bind_all
 from .ratelimit import RateLimitedLog
 from .sockets import SocketFactory
 from .state import SUBSCRIBERS, NodeState
-from .wire import Limits, routing_id
+from .wire import PING_HEAD, Limits, routing_id
 from .zmqerrors import translated
 
 __all__ = ["ControlLoop"]
@@ -57,12 +58,14 @@ class ControlLoop:
     control port cannot be bound.
     """
 
-    #: Seconds after a wake-up that read only heartbeats during which the loop
-    #: does not look at the ROUTER again (commands and deadlines still wake
-    #: it), so that the PINGs of the mesh, sent on the same wall-clock
-    #: instants, are read in one wake-up. Anything but a PING (a HELLO, say)
-    #: is handled at once. 0: read every message as it comes (bench/idle.py
-    #: --coalesce compares).
+    #: Seconds after a wake-up that read only heartbeats, fewer than there
+    #: are peers, during which the loop does not look at the ROUTER again
+    #: (commands and deadlines still wake it), so that the rest of the
+    #: mesh's PINGs, sent on the same wall-clock instants, are read in one
+    #: wake-up more. What is read at the end counts as read when the spell
+    #: began. Anything but a PING (a HELLO, say) ends no spell early: it
+    #: waits at most this long too. 0: read every message as it comes
+    #: (bench/idle.py --coalesce compares).
     coalesce: ClassVar[float] = 0.05
 
     def __init__(
@@ -154,6 +157,7 @@ class ControlLoop:
         protocol = self.protocol
         router, mailbox_fd = self._router, self._mailbox.fd
         quiet_until = 0.0  # see coalesce
+        quiet_since = 0.0  # when the heartbeats that began the quiet spell were read
         while self._running:
             deadline = protocol.next_deadline()
             if self._tails_live and self._next_tail < deadline:
@@ -173,23 +177,28 @@ class ControlLoop:
                 if mailbox_fd in ready:
                     self._run_commands()
                 if router in ready:
-                    if self._receive() and self.coalesce:
+                    woke = time.monotonic()
+                    heartbeats = self._receive()
+                    if heartbeats and self.coalesce and heartbeats < protocol.peer_count:
                         # Heartbeats woke us: the rest of the mesh's are on
                         # their way; read them together a moment later.
-                        quiet_until = time.monotonic() + self.coalesce
+                        quiet_since, quiet_until = woke, time.monotonic() + self.coalesce
                 elif poller is self._quiet_poller and not ready:
-                    self._receive()  # the end of a quiet spell: read what came
+                    # The end of a quiet spell: read what came meanwhile, as
+                    # if read when the spell began. They arrived between the
+                    # two; the PINGs of a round leave together (7.6), so the
+                    # start is the closer guess, and an echo PING's round
+                    # trip (16.4) then does not count the spell as delay.
+                    self._receive(quiet_since)
                 if len(ready) > (mailbox_fd in ready) + (router in ready):
                     self._publisher.process_commands()  # subscribers came or went
                 now = time.monotonic()
                 if now >= protocol.next_deadline():
                     self.timer_runs += 1
+                    # No quiet spell after our own heartbeats: the first of
+                    # the mesh's to arrive wakes us and begins one, so that
+                    # what is read is timed from a real arrival (16.4).
                     self._execute(protocol.on_timer(now))
-                    if self.coalesce and not ready:
-                        # Our heartbeats just left, and the mesh's arrive
-                        # about now (the same wall-clock instants): read them
-                        # together, once they are in.
-                        quiet_until = now + self.coalesce
                     if SUBSCRIBERS.waiting:
                         # A publishing thread that sent meanwhile may have
                         # taken the descriptor's wake-up: read anyway.
@@ -226,53 +235,71 @@ class ControlLoop:
             elif isinstance(command, WatchPublisher):
                 self._watch_publisher()
 
-    def _receive(self) -> bool:
-        """Handle what waits on the ROUTER; True if it was heartbeats only (one or more)."""
+    def _receive(self, read_at: float | None = None) -> int:
+        """Handle what waits on the ROUTER; how many heartbeats, if they were all it read.
+
+        0: nothing, or something else too (a HELLO, say).
+
+        ``read_at``: the monotonic time to hand the protocol as when each
+        message was read (None: the clock at each message).
+        """
         secure = self._sockets.curve is not None
-        router, protocol = self._router, self.protocol
+        recv, protocol, state = self._router.recv, self.protocol, self._state
         heartbeats_only = True
         for count in range(_MAX_BATCH):
-            proven = b""
-            # Ask before reading: a zmq.Again costs more than the question.
-            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return heartbeats_only and count > 0
+            # Read until the ROUTER is empty: one zmq.Again at the end costs
+            # less than asking ZMQ_EVENTS before every message.
             try:
-                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                routing = recv(zmq.NOBLOCK)
             except zmq.Again:
-                return heartbeats_only and count > 0
+                return count if heartbeats_only else 0
+            # A ROUTER hands out whole messages: the rest is there already.
+            last = recv(zmq.NOBLOCK, copy=False)
+            frames = [routing, last.bytes]
+            while last.more:  # malformed (a control message is one frame): the protocol counts it
+                last = recv(zmq.NOBLOCK, copy=False)
+                frames.append(last.bytes)
+            proven = b""
             if secure:
                 # The key the sender proved in its CURVE handshake, as our
                 # ZAP handler admitted it (its User-Id).
                 try:
-                    proven = parts[-1].get("User-Id").encode()
+                    proven = last.get("User-Id").encode()
                 except zmq.ZMQError:
                     proven = b""  # no ZAP verdict on this message: a HELLO is refused
-            # Where the message came from: the address to reach its sender
-            # at when it lists several, some shared with other hosts (3.3).
+            # Where the message came from: the address to reach its sender at
+            # when it lists several, some shared with other hosts (3.3); only
+            # a HELLO needs it, so a heartbeat does without the lookup.
+            source: str | None = None
+            if not frames[1].startswith(PING_HEAD):
+                try:
+                    source = last.get("Peer-Address") or None
+                except zmq.ZMQError:
+                    source = None
             try:
-                source: str | None = parts[-1].get("Peer-Address") or None
-            except zmq.ZMQError:
-                source = None
-            frames = [part.bytes for part in parts]
-            try:
-                actions = protocol.on_frames(frames, time.monotonic(), proven, source)
-                if heartbeats_only and not (len(actions) == 1 and type(actions[0]) is Heard):
+                when = time.monotonic() if read_at is None else read_at
+                actions = protocol.on_frames(frames, when, proven, source)
+                if len(actions) == 1 and type(heard := actions[0]) is Heard:
+                    state.heard(heard.peer_id, heard.when, heard.rtt)  # the common case
+                else:
                     heartbeats_only = False
-                self._execute(actions)
+                    self._execute(actions)
             except Exception:  # a bug must not make the node deaf to everyone else
                 self._state.count("internal_errors")
                 self._internal_log.warning(
                     "control message from %s could not be handled",
-                    frames[0][:16].hex(),
+                    routing[:16].hex(),
                     exc_info=True,
                 )
-        return False  # more waiting: look again at once
+        return 0  # more waiting: look again at once
 
     def _execute(self, actions: list[Action]) -> None:
         state = self._state
         for action in actions:
-            if isinstance(action, Heard):
-                state.heard(action.peer_id, action.when)
+            if type(action) is Heard:
+                state.heard(action.peer_id, action.when, action.rtt)
+            elif isinstance(action, SendEach):
+                self._send_each(action.messages)
             elif isinstance(action, Send):
                 for endpoint in action.endpoints:
                     self._send(endpoint, action.frame)
@@ -289,6 +316,22 @@ class ControlLoop:
                 state.publish_peers(action.peers, action.events)
             elif isinstance(action, Ban) and self._gatekeeper is not None:
                 self._gatekeeper.ban(action.key, action.seconds)
+
+    def _send_each(self, messages: tuple[tuple[str, bytes], ...]) -> None:
+        """A round of heartbeats, in one tight loop over links that exist already."""
+        dealers = self._dealers
+        dropped = 0
+        for endpoint, frame in messages:
+            dealer = dealers.get(endpoint)
+            if dealer is None:
+                self._send(endpoint, frame)
+                continue
+            try:
+                dealer.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                dropped += 1  # unreachable peer, queue full
+        if dropped:
+            self._state.count("control_dropped", dropped)
 
     def _send(self, endpoint: str, frame: bytes) -> None:
         dealer = self._dealers.get(endpoint)

@@ -186,9 +186,7 @@ def snapshot(node: Introspectable, started: float) -> dict[str, Any]:
                 "state": peer.state.value,
                 "last_seen": peer.last_seen,
                 "endpoint": peer.endpoint,
-                # Round-trip times from heartbeats need the PING change of
-                # docs/PROTOCOL.md 16.4, which is not built yet.
-                "rtt": None,
+                "rtt": peer.rtt,  # from echo PINGs (PROTOCOL.md 16.4), None if unmeasured
             }
             for peer in node.peers()
         ],

@@ -132,13 +132,16 @@ class ServiceApi:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        only: str | None = None,
     ) -> RequestFuture:
         """Send a request and return at once; ``future.result()`` waits for the reply.
 
         Many may be in flight together. The future belongs to the calling
-        thread: wait on it there. Raises meshq.NoProviders at once.
+        thread: wait on it there. ``only``: ask this provider (node id, hex)
+        and no other, retries included. Raises meshq.NoProviders at once
+        (also when ``only`` does not offer the service).
         """
-        return self.runtime.requester().start(service, data, timeout, retries)
+        return self.runtime.requester().start(service, data, timeout, retries, only=only)
 
     def gather(self, service: str, data: object, *, timeout: float = 0.5) -> GatherResult:
         """Ask every provider of ``service`` at once; return what came back within ``timeout`` s.

@@ -70,6 +70,9 @@ class Peer:
     service: tuple[str, ...] = ()
     #: Endpoints of the peer's never-dropping publish socket, if it opened one.
     publish_block: tuple[str, ...] = ()
+    #: Smoothed round-trip time to the peer in seconds, timed by echo PINGs
+    #: (PROTOCOL.md 16.4); None until the first sample, or if it sends none.
+    rtt: float | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class PeerTable:
         # When each peer was last heard from; a Peer's own last_seen is only
         # brought up to date when a snapshot is taken.
         self._seen: dict[bytes, float] = {}
+        # Smoothed round-trip times (s), for peers that sent echo PINGs.
+        self._rtt: dict[bytes, float] = {}
         #: HELLOs dropped because the table held ``max_peers`` already.
         self.rejected = 0
 
@@ -133,10 +138,30 @@ class PeerTable:
 
     def _fresh(self, peer_id: bytes, peer: Peer) -> Peer:
         seen = self._seen.get(peer_id, peer.last_seen)
-        if seen != peer.last_seen:
-            peer = replace(peer, last_seen=seen)
+        rtt = self._rtt.get(peer_id)
+        if seen != peer.last_seen or rtt != peer.rtt:
+            peer = replace(peer, last_seen=seen, rtt=rtt)
             self._peers[peer_id] = peer
         return peer
+
+    def rtt_sample(self, peer_id: bytes, rtt: float) -> float | None:
+        """Fold one round-trip sample (s) into the peer's smoothed value (gain 1/8, as
+        TCP's SRTT); returns the new value, None for an unknown peer."""
+        if peer_id not in self._peers:
+            return None
+        srtt = self._rtt.get(peer_id)
+        srtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
+        self._rtt[peer_id] = srtt
+        return srtt
+
+    def rtt(self, peer_id: bytes) -> float | None:
+        """The peer's smoothed round-trip time in seconds, None if not measured."""
+        return self._rtt.get(peer_id)
+
+    def _forget(self, peer_id: bytes) -> None:
+        self._seen.pop(peer_id, None)
+        self._sources.pop(peer_id, None)
+        self._rtt.pop(peer_id, None)
 
     def next_deadline(self) -> float | None:
         """When the next peer turns suspect or is dropped if it stays silent; None: no peers."""
@@ -160,9 +185,9 @@ class PeerTable:
                 old.endpoint, self._sources.get(old_id), message.control, source
             ):
                 del self._peers[old_id]
-                self._sources.pop(old_id, None)
-                seen = self._seen.pop(old_id, old.last_seen)
-                gone = replace(old, state=PeerState.GONE, last_seen=seen)
+                seen = self._seen.get(old_id, old.last_seen)
+                gone = replace(old, state=PeerState.GONE, last_seen=seen, rtt=self._rtt.get(old_id))
+                self._forget(old_id)
                 events.append(PeerEvent(EventKind.LEFT, gone, "restarted"))
         known = self._peers.get(message.sender)
         if known is None and len(self._peers) >= self._config.max_peers:
@@ -181,6 +206,7 @@ class PeerTable:
             services=message.services,
             service=message.service,
             publish_block=message.publish_block,
+            rtt=self._rtt.get(message.sender),
         )
         self._peers[message.sender] = peer
         self._seen[message.sender] = now
@@ -201,7 +227,7 @@ class PeerTable:
             # The common case (a heartbeat): no new snapshot object per message.
             self._seen[peer_id] = now
             return []
-        peer = replace(peer, state=PeerState.ALIVE, last_seen=now)
+        peer = replace(peer, state=PeerState.ALIVE, last_seen=now, rtt=self._rtt.get(peer_id))
         self._peers[peer_id] = peer
         self._seen[peer_id] = now
         return [PeerEvent(EventKind.RECOVERED, peer)]
@@ -211,9 +237,9 @@ class PeerTable:
         peer = self._peers.pop(peer_id, None)
         if peer is None:
             return []
-        seen = self._seen.pop(peer_id, peer.last_seen)
-        self._sources.pop(peer_id, None)
-        gone = replace(peer, state=PeerState.GONE, last_seen=seen)
+        seen = self._seen.get(peer_id, peer.last_seen)
+        gone = replace(peer, state=PeerState.GONE, last_seen=seen, rtt=self._rtt.get(peer_id))
+        self._forget(peer_id)
         return [PeerEvent(EventKind.LEFT, gone, reason)]
 
     def tick(self, now: float) -> list[PeerEvent]:
@@ -224,12 +250,15 @@ class PeerTable:
             silence = now - seen
             if silence >= self._config.gone_after:
                 del self._peers[peer_id]
-                self._seen.pop(peer_id, None)
-                self._sources.pop(peer_id, None)
-                gone = replace(peer, state=PeerState.GONE, last_seen=seen)
+                gone = replace(
+                    peer, state=PeerState.GONE, last_seen=seen, rtt=self._rtt.get(peer_id)
+                )
+                self._forget(peer_id)
                 events.append(PeerEvent(EventKind.LEFT, gone, "timeout"))
             elif silence >= self._config.suspect_after and peer.state is PeerState.ALIVE:
-                peer = replace(peer, state=PeerState.SUSPECT, last_seen=seen)
+                peer = replace(
+                    peer, state=PeerState.SUSPECT, last_seen=seen, rtt=self._rtt.get(peer_id)
+                )
                 self._peers[peer_id] = peer
                 events.append(PeerEvent(EventKind.SUSPECT, peer))
         return events

@@ -10,7 +10,8 @@ touches no socket and reads no clock; ``next_deadline()`` says when
 
 The rules, in the order PROTOCOL.md states them: a HELLO of our mesh makes
 its sender join (7.1), answered if it asked or is new; its gossip feeds the
-dialer; PINGs refresh liveness (7.3); a BYE removes (7.4); the dialer sends
+dialer; PINGs refresh liveness (7.3), and echo PINGs time round trips to
+the peers that announce ``ping_echo`` (16.4); a BYE removes (7.4); the dialer sends
 HELLOs to candidates that are not connected every ``hello_interval`` (7.5);
 every ``heartbeat_interval`` a PING goes to every peer, replaced by a HELLO
 with gossip every ``gossip_interval`` (7.6); links not needed are closed
@@ -35,6 +36,7 @@ from .actions import (
     LocalNode,
     PeersChanged,
     Send,
+    SendEach,
 )
 from .config import MeshConfig
 from .discovery import Candidate
@@ -47,14 +49,19 @@ from .reach import choose_control
 from .security import KeyBook
 from .subscription import BLOCKING_SUFFIX
 from .wire import (
+    ECHO_BODY_BYTES,
     NODE_ID_BYTES,
+    PING_HEAD,
+    ROUTING_ID_BYTES,
     Bye,
     ControlMessage,
     Hello,
     Limits,
     Ping,
     decode_control,
+    decode_echo,
     encode_control,
+    encode_echo_ping,
 )
 
 __all__ = [
@@ -68,6 +75,7 @@ __all__ = [
     "LocalNode",
     "PeersChanged",
     "Send",
+    "SendEach",
 ]
 
 log = logging.getLogger("meshq.control")
@@ -115,6 +123,15 @@ class ControlProtocol:
         self._next_ping = self._slot(now, config.heartbeat_interval)
         self._next_gossip = self._slot(now, config.gossip_interval)
         self._ping = encode_control(Ping(local.node_id))
+        # Echo PINGs (PROTOCOL.md 16.4): the peers whose latest HELLO asked
+        # for them, and per peer the ``sent`` (ns) of the latest PING read
+        # from it with the time we read it, until our next PING echoes it.
+        self._echoing: set[bytes] = set()
+        self._to_echo: dict[bytes, tuple[int, float]] = {}
+        # The latest HELLO of each peer as received (frame, proven key,
+        # source) and what it decoded to: a periodic HELLO that repeats it
+        # byte for byte skips decoding and the table update (7.1, 7.6).
+        self._hellos: dict[bytes, tuple[bytes, bytes, str | None, Hello]] = {}
         self._bad_input_log = RateLimitedLog(log, interval=5.0)
         self._actions: list[Action] = []
         # next_deadline() as last computed; None: compute again. A heartbeat
@@ -142,27 +159,81 @@ class ControlProtocol:
         (PROTOCOL.md 11); it never raises.
         """
         self._now = now
+        routing = frames[0]
         # Who to blame: the key proven in the handshake if any, else the node
         # id the sender's routing id claims.
-        offender = proven or frames[0][:NODE_ID_BYTES]
+        offender = proven or routing[:NODE_ID_BYTES]
         if self._offences.active and self._offences.banned(offender, now):
             return [Count("banned_dropped")]  # changes no deadline
         if len(frames) != 2:
             self._reject(f"{len(frames)} frames in a control message", offender, now)
             return self._changed()
+        body = frames[1]
+        sender = routing[:NODE_ID_BYTES]
+        if len(routing) == ROUTING_ID_BYTES and sender in self._table:
+            # The common cases first, without a full decode: a heartbeat, and
+            # a periodic HELLO that repeats the last one byte for byte.
+            if body[:4] == PING_HEAD:
+                size = len(body)
+                if size == 4:
+                    return self._heartbeat(sender, now)
+                if size == 4 + ECHO_BODY_BYTES:
+                    return self._echo_ping(sender, body, now)
+            else:
+                known = self._hellos.get(sender)
+                if (
+                    known is not None
+                    and known[0] == body
+                    and known[1] == proven
+                    and known[2] == source
+                    and not known[3].reply
+                ):
+                    return self._repeated_hello(known[3], now)
         try:
-            message = decode_control(frames[0], frames[1], self._limits)
+            message = decode_control(routing, body, self._limits)
         except ProtocolError as exc:
             self._reject(exc.reason, offender, now)
             return self._changed()
-        if isinstance(message, Ping) and message.sender in self._table:
-            # The common case, a heartbeat: no deadline comes nearer.
-            events = self._table.heard(message.sender, now)
-            if not events:
-                return [Heard(message.sender.hex(), now)]
+        if isinstance(message, Hello):
+            self._on_hello(message, now, proven, source, body)
+        else:
+            self._handle(message, now)
+        return self._changed()
+
+    def _heartbeat(self, sender: bytes, now: float) -> list[Action]:
+        """A PING of a known peer: no deadline comes nearer (unless it recovers)."""
+        events = self._table.heard(sender, now)
+        if not events:
+            return [Heard(sender.hex(), now, self._table.rtt(sender))]
+        self._apply(events)
+        return self._changed()
+
+    def _echo_ping(self, sender: bytes, body: bytes, now: float) -> list[Action]:
+        """An echo PING (16.4): keep its ``sent`` for our next PING, time its echo."""
+        sent, echo, held = decode_echo(body[4:])
+        self._to_echo[sender] = (sent, now)
+        if echo:
+            rtt = now - echo / 1e9 - held / 1e6
+            if 0.0 <= rtt <= self._config.gone_after:
+                self._table.rtt_sample(sender, rtt)
+            else:
+                self._actions.append(Count("rtt_discarded"))
+        events = self._table.heard(sender, now)
+        if not events:
+            self._actions.append(Heard(sender.hex(), now, self._table.rtt(sender)))
+            return self._take()
+        self._apply(events)
+        return self._changed()
+
+    def _repeated_hello(self, hello: Hello, now: float) -> list[Action]:
+        """A known peer's periodic HELLO, the same bytes as its last: liveness and gossip."""
+        events = self._table.heard(hello.sender, now)
+        if self._learn_gossip(hello, now):
+            self._hello_due(now)
+        if events:
             self._apply(events)
             return self._changed()
-        self._handle(message, now, proven, source)
+        self._actions.append(Heard(hello.sender.hex(), now, self._table.rtt(hello.sender)))
         return self._changed()
 
     def on_found(self, candidate: Candidate, now: float) -> list[Action]:
@@ -217,7 +288,7 @@ class ControlProtocol:
             self._broadcast(self._hello(reply=False))
         elif now >= self._next_ping:
             self._next_ping = self._slot(now, config.heartbeat_interval)
-            self._broadcast(self._ping)
+            self._ping_all(now)
         self._apply(self._table.tick(now))
         self._hello_due(now)
         self._close_unused_links()
@@ -248,6 +319,11 @@ class ControlProtocol:
         return tuple(self._links), encode_control(Bye(self.local.node_id))
 
     @property
+    def peer_count(self) -> int:
+        """How many peers the table holds."""
+        return len(self._table)
+
+    @property
     def peers(self) -> list[Peer]:
         """The peer table now (``last_seen`` on the protocol's clock)."""
         return self._table.snapshot()
@@ -268,27 +344,28 @@ class ControlProtocol:
         self._deadline = None
         return self._take()
 
-    def _handle(
-        self, message: ControlMessage, now: float, proven: bytes, source: str | None
-    ) -> None:
-        if isinstance(message, Hello):
-            self._on_hello(message, now, proven, source)
-        elif isinstance(message, Bye):
+    def _handle(self, message: ControlMessage, now: float) -> None:
+        """A PING or BYE that the fast paths of on_frames did not take."""
+        if isinstance(message, Bye):
             self._dialer.forget_peer(message.sender)
             self._apply(self._table.bye(message.sender))
             self._close_unused_links()
-        elif message.sender in self._table:
+        elif message.sender in self._table:  # a PING, from a peer whose routing id is odd
             events = self._table.heard(message.sender, now)
             if events:
                 self._apply(events)
             else:
-                self._actions.append(Heard(message.sender.hex(), now))
+                self._actions.append(
+                    Heard(message.sender.hex(), now, self._table.rtt(message.sender))
+                )
         else:
             self._actions.append(Count("unknown_sender"))
             if self._dialer.hurry(message.sender, now):
                 self._hello_due(now)
 
-    def _on_hello(self, hello: Hello, now: float, proven: bytes, source: str | None) -> None:
+    def _on_hello(
+        self, hello: Hello, now: float, proven: bytes, source: str | None, frame: bytes
+    ) -> None:
         local = self.local
         if hello.mesh != local.mesh:
             self._actions.append(Count("other_mesh"))
@@ -311,17 +388,13 @@ class ControlProtocol:
                 if hello.reply and not joined:
                     self._check_answers_arrive(peer.endpoint, now)
                 self._send((peer.endpoint,), self._hello(reply=False))
-            for gossip_id, endpoints in hello.peers:
-                if gossip_id != local.node_id and gossip_id not in self._table:
-                    ranked = rank_endpoints(
-                        endpoints, self._networks, own=self._own, exclude=local.control
-                    )
-                    if not ranked:
-                        continue  # nothing, or only our own endpoints
-                    if not self._dialer.add(
-                        ranked[0], gossip_id, now, lasting=False, alternatives=ranked[1:]
-                    ):
-                        self._actions.append(Count("dial_refused"))
+            self._learn_gossip(hello, now)
+            if hello.ping_echo:
+                self._echoing.add(hello.sender)
+            else:
+                self._echoing.discard(hello.sender)
+                self._to_echo.pop(hello.sender, None)
+            self._hellos[hello.sender] = (frame, proven, source, hello)
         # A known peer's HELLO may change its endpoints, services or headers:
         # then the directories and the peer snapshot are rebuilt, even
         # without events (a periodic HELLO that changed nothing needs neither).
@@ -329,6 +402,25 @@ class ControlProtocol:
         self._apply(events, directories_changed=changed)
         self._hello_due(now)
         self._close_unused_links()
+
+    def _learn_gossip(self, hello: Hello, now: float) -> bool:
+        """Give the dialer the gossiped nodes we do not have; True if it took any."""
+        local = self.local
+        added = False
+        for gossip_id, endpoints in hello.peers:
+            if gossip_id != local.node_id and gossip_id not in self._table:
+                ranked = rank_endpoints(
+                    endpoints, self._networks, own=self._own, exclude=local.control
+                )
+                if not ranked:
+                    continue  # nothing, or only our own endpoints
+                if self._dialer.add(
+                    ranked[0], gossip_id, now, lasting=False, alternatives=ranked[1:]
+                ):
+                    added = True
+                else:
+                    self._actions.append(Count("dial_refused"))
+        return added
 
     def _check_answers_arrive(self, endpoint: str, now: float) -> None:
         """A known peer asks for an answer again: remake our link if it has long had answers.
@@ -431,6 +523,7 @@ class ControlProtocol:
                     publish_block=local.publish_block,
                     key=local.key,
                     peer_keys=peer_keys,
+                    ping_echo=True,
                 )
             )
             if len(frame) <= self._config.max_control_bytes or not gossip:
@@ -442,6 +535,26 @@ class ControlProtocol:
             for endpoint in endpoints:
                 self._links.setdefault(endpoint, self._now)
             self._actions.append(Send(endpoints, frame))
+
+    def _ping_all(self, now: float) -> None:
+        """A round of heartbeats: an echo PING to each peer that asked for them (16.4)."""
+        links = self._links
+        echoing = self._echoing
+        to_echo = self._to_echo
+        sent = max(1, int(now * 1e9))  # 0 would read as "no echo" when echoed back
+        messages = []
+        for peer_id, peer in self._table.peers_as_of_join():
+            frame = self._ping
+            if peer_id in echoing:
+                got = to_echo.pop(peer_id, None)
+                if got is None:
+                    frame = encode_echo_ping(sent, 0, 0)
+                else:
+                    frame = encode_echo_ping(sent, got[0], int((now - got[1]) * 1e6))
+            links.setdefault(peer.endpoint, now)
+            messages.append((peer.endpoint, frame))
+        if messages:
+            self._actions.append(SendEach(tuple(messages)))
 
     def _broadcast(self, frame: bytes) -> None:
         self._send(tuple(peer.endpoint for _, peer in self._table.peers_as_of_join()), frame)
@@ -524,12 +637,19 @@ class ControlProtocol:
         """Directories first, then the peer snapshot and its events."""
         if not events and not directories_changed:
             return
+        if any(event.kind is EventKind.JOINED or event.kind is EventKind.LEFT for event in events):
+            # A repeated HELLO is only as good as the table it was checked
+            # against: a newcomer may be the restart of its sender (7.2).
+            self._hellos.clear()
         # Before anyone is woken: whoever wait_for_peers() released may
         # subscribe or request at once, and must find the peer there.
         self._actions.append(self._directories())
         for event in events:
             peer = event.peer
             if event.kind is EventKind.LEFT:
+                gone = bytes.fromhex(peer.id)
+                self._echoing.discard(gone)
+                self._to_echo.pop(gone, None)
                 log.info("peer %s (%s) left: %s", peer.name, peer.id[:8], event.reason)
             elif event.kind is EventKind.JOINED:
                 log.info("peer %s (%s) joined from %s", peer.name, peer.id[:8], peer.endpoint)

@@ -596,8 +596,29 @@ def encode_blocking(data: object) -> tuple[int, bytes]:
 class BlockingWait:
     """The pauses of a blocking publish between tries, and its deadline.
 
-    XPUB never reports room per subscriber (its POLLOUT is always set), so
-    the publisher retries with a growing pause: 0.5 ms doubling to 10 ms.
+    XPUB's POLLOUT (ZMQ_EVENTS, zmq_poll) does not say whether a subscriber
+    is full: libzmq's ``xpub_t::xhas_out`` returns ``dist_t::has_out()``,
+    which is always true, with XPUB_NODROP too (libzmq issue #1597, closed
+    unfixed; checked against libzmq 4.3.5 / pyzmq 27.3: POLLOUT stays set
+    through every EAGAIN). So this pauses and retries: 0.5 ms doubling to
+    10 ms, within the deadline.
+
+    Room does announce itself, though not as POLLOUT: a subscriber's pipe
+    that drained by its low-water mark sends the XPUB an ``activate_write``
+    command, which makes the socket's ZMQ_FD readable (in the same check a
+    publisher that waited on the FD alone, no timeout, was woken for each of
+    67 full spells and kept pace with its reader). The FD is edge-like and
+    shared: whoever next uses the socket (the control thread reading
+    subscriptions, another publisher) consumes the wake-up. A wait without
+    pauses is therefore: the control thread, which already polls this FD,
+    notifies a Condition of the publish socket after it processed the
+    socket's commands, and every other user of the socket does the same
+    under the lock; a blocked publisher waits on that Condition with its
+    deadline (asyncio: a listener that sets an Event on the loop). A failed
+    try passes the wake-up on only if it consumed one (the FD was readable
+    before it), or two publishers blocked on full subscribers would wake
+    each other forever; a try may consume the room of another topic's
+    subscriber. Not built yet.
     """
 
     def __init__(self, topic: str, timeout: float | None) -> None:

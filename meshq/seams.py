@@ -72,6 +72,7 @@ class MeshNode(Protocol):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        only: str | None = None,
     ) -> RequestFuture: ...
 
     def services(self) -> dict[str, list[str]]: ...
@@ -101,6 +102,7 @@ class AsyncMeshNode(Protocol):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        only: str | None = None,
     ) -> object: ...
 
     async def wait_for_providers(

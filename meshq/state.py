@@ -106,7 +106,8 @@ class NodeState:
         # Peers: guarded by peers_changed.
         self.peers_changed = threading.Condition()
         self._snapshot: list[Peer] = []  # last_seen on the monotonic clock
-        self._heard: dict[str, float] = {}  # peer id -> monotonic time last heard
+        # peer id -> (monotonic time last heard, smoothed round-trip time in s)
+        self._heard: dict[str, tuple[float, float | None]] = {}
         self._events: collections.deque[PeerEvent] = collections.deque(maxlen=event_queue_size)
         self._callbacks: dict[EventKind, list[PeerCallback]] = collections.defaultdict(list)
         #: Called with each batch of events on the control thread, and with
@@ -159,14 +160,16 @@ class NodeState:
         to_wall = time.time() - time.monotonic()
         with self.peers_changed:
             heard = self._heard
-            return [
-                replace(peer, last_seen=heard.get(peer.id, peer.last_seen) + to_wall)
-                for peer in self._snapshot
-            ]
+            peers = []
+            for peer in self._snapshot:
+                seen, rtt = heard.get(peer.id, (peer.last_seen, peer.rtt))
+                peers.append(replace(peer, last_seen=seen + to_wall, rtt=rtt))
+            return peers
 
-    def heard(self, peer_id: str, when: float) -> None:
-        """A peer was heard from at ``when`` (monotonic): control thread, no wake-up."""
-        self._heard[peer_id] = when  # one dict store: atomic, read under the lock
+    def heard(self, peer_id: str, when: float, rtt: float | None) -> None:
+        """A peer was heard from at ``when`` (monotonic), its smoothed round trip
+        now ``rtt`` (s, None if unmeasured): control thread, no wake-up."""
+        self._heard[peer_id] = (when, rtt)  # one dict store: atomic, read under the lock
 
     def publish_peers(self, peers: list[Peer], events: list[PeerEvent]) -> None:
         """A new peer snapshot and the events that led to it: queue them, wake waiters.
@@ -179,7 +182,7 @@ class NodeState:
         user_events = [replace(e, peer=_wall(e.peer, to_wall)) for e in events]
         with self.peers_changed:
             self._snapshot = peers
-            self._heard = {peer.id: peer.last_seen for peer in peers}
+            self._heard = {peer.id: (peer.last_seen, peer.rtt) for peer in peers}
             self.peers_changed.notify_all()
             for event in user_events:
                 if len(self._events) == self._events.maxlen:

@@ -43,7 +43,11 @@ __all__ = [
     "data_header_packer",
     "encode_batch",
     "split_batch",
+    "ECHO_BODY_BYTES",
     "NODE_ID_BYTES",
+    "PING_HEAD",
+    "decode_echo",
+    "encode_echo_ping",
     "ROUTING_ID_BYTES",
     "routing_id",
     "PROTOCOL_VERSION",
@@ -93,6 +97,14 @@ _ENTRY_LENGTH = struct.Struct(">I")
 ENTRY_HEADER_BYTES: Final = _ENTRY_LENGTH.size
 
 _CONTROL_HEAD = struct.Struct(">2sBB")
+# An echo PING's body (16.4): sent ns, echo ns, held us.
+_ECHO_BODY = struct.Struct(">QQI")
+_ECHO_PING = struct.Struct(">2sBBQQI")
+#: Bytes of an echo PING's body (PROTOCOL.md 16.4).
+ECHO_BODY_BYTES: Final = _ECHO_BODY.size
+_MAX_HELD = 2**32 - 1
+#: The 4 bytes every PING starts with; a PING is these alone or with an echo body.
+PING_HEAD: Final = _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_PING)
 # After the topic's NUL: version, sender id, flags, sequence, time in ns.
 _DATA_HEAD = struct.Struct(">B16sBQQ")
 #: Bytes between a data message's topic terminator and its payload.
@@ -159,13 +171,25 @@ class Hello:
     #: Hints for connecting only: admission is the allowlist's decision.
     key: bytes = b""
     peer_keys: Mapping[bytes, bytes] = field(default_factory=dict)
+    #: The sender understands echo PINGs (PROTOCOL.md 16.4) and wants them.
+    ping_echo: bool = False
 
 
 @dataclass(frozen=True)
 class Ping:
-    """A heartbeat: the sender is alive. Any other message counts as well."""
+    """A heartbeat: the sender is alive. Any other message counts as well.
+
+    An echo PING (PROTOCOL.md 16.4, ``timed``) also carries ``sent``, the
+    sender's monotonic clock in ns, and ``echo`` / ``held``: the ``sent`` of
+    the latest PING it read from the receiver (0: none) and how long it held
+    that one before this send, in us, so the receiver can time a round trip.
+    """
 
     sender: bytes
+    sent: int = 0
+    echo: int = 0
+    held: int = 0
+    timed: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,10 +220,28 @@ def encode_control(message: ControlMessage) -> bytes:
             fields["publish_block"] = list(message.publish_block)
         if message.key:  # optional: only nodes with security have one
             fields["key"] = message.key.decode()
+        if message.ping_echo:  # optional: absent from version 1.0 nodes (16.4)
+            fields["ping_echo"] = True
         body: bytes = msgpack.packb(fields, use_bin_type=True)
         return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_HELLO) + body
-    kind = KIND_PING if isinstance(message, Ping) else KIND_BYE
-    return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, kind)
+    if isinstance(message, Ping):
+        if message.timed:
+            return encode_echo_ping(message.sent, message.echo, message.held)
+        return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_PING)
+    return _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_BYE)
+
+
+def encode_echo_ping(sent: int, echo: int, held: int) -> bytes:
+    """An echo PING (16.4): ``sent`` and ``echo`` in ns, ``held`` in us (saturated to u32)."""
+    return _ECHO_PING.pack(
+        CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_PING, sent, echo, min(max(held, 0), _MAX_HELD)
+    )
+
+
+def decode_echo(body: bytes) -> tuple[int, int, int]:
+    """(sent, echo, held) of a 20-byte echo PING body (16.4); the caller checked its length."""
+    sent, echo, held = _ECHO_BODY.unpack(body)
+    return sent, echo, held
 
 
 def _gossip_entry(
@@ -238,10 +280,17 @@ def decode_control(routing: bytes, frame: bytes, limits: Limits) -> ControlMessa
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {version}")
     body = frame[_CONTROL_HEAD.size :]
-    if kind in (KIND_PING, KIND_BYE):
+    if kind == KIND_PING:
+        if not body:
+            return Ping(sender)
+        if len(body) != ECHO_BODY_BYTES:
+            raise ProtocolError("bad PING body")
+        sent, echo, held = _ECHO_BODY.unpack(body)
+        return Ping(sender, sent, echo, held, timed=True)
+    if kind == KIND_BYE:
         if body:
             raise ProtocolError("unexpected body")
-        return Ping(sender) if kind == KIND_PING else Bye(sender)
+        return Bye(sender)
     if kind != KIND_HELLO:
         raise ProtocolError(f"unknown control kind {kind}")
     return _decode_hello(sender, body, limits)
@@ -272,6 +321,9 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
     reply = fields.get("reply", False)
     if not isinstance(reply, bool):
         raise ProtocolError("bad reply flag")
+    ping_echo = fields.get("ping_echo", False)
+    if not isinstance(ping_echo, bool):
+        raise ProtocolError("bad ping_echo flag")
     services = fields.get("services", [])
     if not isinstance(services, list) or len(services) > MAX_SERVICES:
         raise ProtocolError("bad service list")
@@ -300,6 +352,7 @@ def _decode_hello(sender: bytes, body: bytes, limits: Limits) -> Hello:
         publish_block=tuple(publish_block),
         key=_key(fields["key"]) if "key" in fields else b"",
         peer_keys=peer_keys,
+        ping_echo=ping_echo,
     )
 
 
@@ -390,6 +443,7 @@ def check_identity(
             service=widest if services else (),
             publish_block=widest,  # the node may open its blocking socket later
             key=b"0" * KEY_CHARS,  # and may run with security
+            ping_echo=True,  # as every HELLO of this implementation
         )
         frame = encode_control(hello)
     except (ValueError, TypeError) as exc:  # e.g. a lone surrogate in a header

@@ -8,6 +8,9 @@ deadline the protocol itself asked for (as the control loop does).
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from meshq.protocol import (
     LocalNode,
     PeersChanged,
     Send,
+    SendEach,
 )
 from meshq.security import KeyBook
 from meshq.wire import Bye, Hello, Limits, Ping, decode_control, encode_control, routing_id
@@ -47,6 +51,7 @@ class Node:
     directories: Directories | None = None
     peers: list[str] = field(default_factory=list)  # names, from the last PeersChanged
     heard: int = 0
+    rtt: float | None = None  # from the last Heard
     bans: list[bytes] = field(default_factory=list)
     down: bool = False  # its "host" drops everything sent to it
 
@@ -61,6 +66,11 @@ class Net:
         #: (sender name, endpoint) of links that deliver nothing (a stalled
         #: connect, say) until the sender closes them; a new link works.
         self.broken: set[tuple[str, str]] = set()
+        #: Seconds each message takes to arrive (0: at once); delayed ones
+        #: wait in ``pending`` until ``advance`` reaches their time.
+        self.delay = 0.0
+        self.pending: list[tuple[float, int, Node, list[bytes]]] = []
+        self._order = itertools.count()
 
     def add(self, name: str, keys: KeyBook | None = None, key: bytes = b"") -> Node:
         node_id = bytes([len(self.nodes) + 1]) + os.urandom(15)
@@ -84,19 +94,25 @@ class Net:
         while queue:
             source, batch = queue.popleft()
             for action in batch:
-                if isinstance(action, Send):
-                    source.links.update(action.endpoints)
-                    for endpoint in action.endpoints:
+                if isinstance(action, Send | SendEach):
+                    if isinstance(action, Send):
+                        messages = [(endpoint, action.frame) for endpoint in action.endpoints]
+                    else:
+                        messages = list(action.messages)
+                    for endpoint, frame in messages:
+                        source.links.add(endpoint)
                         target = self.nodes.get(endpoint)
                         if target is None or target.down or source.down:
                             continue
                         if (source.name, endpoint) in self.broken:
                             continue
-                        message = decode_control(
-                            routing_id(source.node_id, 1), action.frame, Limits()
-                        )
+                        message = decode_control(routing_id(source.node_id, 1), frame, Limits())
                         self.sent.append((source.name, target.name, message))
-                        frames = [routing_id(source.node_id, 1), action.frame]
+                        frames = [routing_id(source.node_id, 1), frame]
+                        if self.delay:
+                            when = self.now + self.delay
+                            heapq.heappush(self.pending, (when, next(self._order), target, frames))
+                            continue
                         queue.append((target, target.protocol.on_frames(frames, self.now, proven)))
                 elif isinstance(action, CloseLinks):
                     source.links.difference_update(action.endpoints)
@@ -111,6 +127,7 @@ class Net:
                     source.counts[action.what] += action.n
                 elif isinstance(action, Heard):
                     source.heard += 1
+                    source.rtt = action.rtt
                 elif isinstance(action, Ban):
                     source.bans.append(action.key)
 
@@ -122,8 +139,13 @@ class Net:
         """Move the clock to ``until``, stopping at every deadline any node asked for."""
         while True:
             due = min(node.protocol.next_deadline() for node in self.nodes.values())
-            if due > until:
+            arrival = self.pending[0][0] if self.pending else math.inf
+            if min(due, arrival) > until:
                 break
+            if arrival < due:  # a delayed message arrives first
+                self.now, _, target, frames = heapq.heappop(self.pending)
+                self.run(target, target.protocol.on_frames(frames, self.now))
+                continue
             self.now = max(self.now, due)
             for node in list(self.nodes.values()):
                 if node.protocol.next_deadline() <= self.now:
@@ -351,3 +373,130 @@ def test_a_dialled_link_that_stays_unanswered_is_remade() -> None:
     net.advance(CONFIG.gone_after + 2 * CONFIG.hello_interval)
     assert a.peers == ["b"] and b.peers == ["a"]
     assert a.counts["links_remade"] == 1
+
+
+# ----------------------------------------------------------------------
+# Round-trip times from echo PINGs (PROTOCOL.md 16.4)
+
+
+def old_peer_hello(node_id: bytes, index: int, *, reply: bool) -> list[bytes]:
+    """The HELLO of a node written to revision 1.2 or earlier: no ``ping_echo``."""
+    hello = Hello(
+        node_id,
+        "old",
+        "m",
+        (f"tcp://198.18.0.{index}:7000",),
+        (f"tcp://198.18.0.{index}:7001",),
+        reply=reply,
+    )
+    return [routing_id(node_id, 1), encode_control(hello)]
+
+
+def test_echo_pings_time_the_round_trip_of_every_peer() -> None:
+    net = Net()
+    net.delay = 0.002  # every message is read 2 ms after it was sent
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    hellos = [m for _, _, m in net.sent if isinstance(m, Hello)]
+    assert hellos and all(m.ping_echo for m in hellos)  # both announce it
+    net.sent.clear()
+    net.advance(0.5)  # the first round: nothing to echo yet
+    first = [m for _, _, m in net.sent if isinstance(m, Ping)]
+    assert len(first) == 2 and all(m.timed and m.echo == 0 for m in first)
+    assert a.rtt is None and a.protocol.peers[0].rtt is None
+    net.advance(3.0)
+    pings = [m for _, _, m in net.sent if isinstance(m, Ping)]
+    assert all(m.timed for m in pings)
+    # Each echo names the PING read from that peer and how long it was held.
+    echoed = [m for m in pings if m.echo]
+    assert echoed and all(m.held == pytest.approx(498_000, abs=1) for m in echoed)
+    for node in (a, b):
+        (peer,) = node.protocol.peers
+        assert peer.rtt == pytest.approx(0.004, abs=2e-6)  # twice the one-way delay
+        assert node.rtt == peer.rtt  # as the Heard action carries it
+
+
+def test_the_smoothed_rtt_follows_a_slower_path_by_an_eighth_per_sample() -> None:
+    net = Net()
+    net.delay = 0.001
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    net.advance(2.0)
+    assert a.protocol.peers[0].rtt == pytest.approx(0.002, abs=2e-6)
+    net.delay = 0.005  # 5 ms each way from the round at 2.5 s on
+    net.advance(2.6)  # the echo read at 2.505 went out at 1 ms and came back at 5 ms
+    assert a.protocol.peers[0].rtt == pytest.approx(0.002 + (0.006 - 0.002) / 8, abs=2e-6)
+    net.advance(3.1)  # now one that went both ways at 5 ms
+    assert a.protocol.peers[0].rtt == pytest.approx(0.0025 + (0.010 - 0.0025) / 8, abs=2e-6)
+    net.advance(20.0)  # about 30 more samples: (7/8) ** 30 of the difference is left
+    assert a.protocol.peers[0].rtt == pytest.approx(0.010, abs=2e-4)
+
+
+def test_a_peer_without_ping_echo_gets_empty_pings_and_has_no_rtt() -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    old_id = b"\x07" * 16
+    net.run(a, a.protocol.on_frames(old_peer_hello(old_id, 7, reply=True), net.now))
+    assert sorted(a.peers) == ["b", "old"]
+    frames: dict[str, bytes] = {}
+    for action in a.protocol.on_timer(0.5):
+        if isinstance(action, SendEach):
+            frames.update(action.messages)
+    assert frames["tcp://198.18.0.7:7000"] == b"MQ\x01\x02"  # what revision 1.2 accepts
+    assert len(frames[b.endpoint]) == 24  # the new peer gets echo PINGs
+    # The old peer's empty PINGs keep it alive; no round trip is made up.
+    empty = [routing_id(old_id, 1), encode_control(Ping(old_id))]
+    for now in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5):
+        net.run(a, a.protocol.on_frames(empty, now))
+    assert a.rtt is None
+    old = next(peer for peer in a.protocol.peers if peer.name == "old")
+    assert old.state is PeerState.ALIVE and old.last_seen == 3.5 and old.rtt is None
+
+
+def test_a_peer_that_stops_announcing_ping_echo_gets_empty_pings_again() -> None:
+    net = Net()
+    a = net.add("a")
+    peer_id = b"\x07" * 16
+    hello = Hello(
+        peer_id, "p", "m", ("tcp://198.18.0.7:7000",), ("tcp://198.18.0.7:7001",), ping_echo=True
+    )
+    net.run(a, a.protocol.on_frames([routing_id(peer_id, 1), encode_control(hello)], 0.0))
+
+    def ping_to_peer(now: float) -> bytes:
+        for action in a.protocol.on_timer(now):
+            if isinstance(action, SendEach):
+                return dict(action.messages)["tcp://198.18.0.7:7000"]
+        raise AssertionError("no heartbeat round")
+
+    assert len(ping_to_peer(0.5)) == 24
+    net.run(a, a.protocol.on_frames(old_peer_hello(peer_id, 7, reply=False), 0.6))
+    assert ping_to_peer(1.0) == b"MQ\x01\x02"
+
+
+@pytest.mark.parametrize("extra", [1, 19, 21, 40])
+def test_a_ping_body_of_the_wrong_size_is_a_counted_offence(extra: int) -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    bad = [routing_id(b.node_id, 1), b"MQ\x01\x02" + bytes(extra)]
+    for _ in range(CONFIG.max_offences):
+        net.run(a, a.protocol.on_frames(bad, net.now))
+    assert a.counts["protocol_errors"] == CONFIG.max_offences
+    assert a.counts["peers_banned"] == 1 and "b" not in a.peers
+
+
+def test_an_echo_that_cannot_be_a_round_trip_is_counted_and_ignored() -> None:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    net.advance(4.0)
+    assert a.protocol.peers[0].rtt == pytest.approx(0.0, abs=2e-6)
+    now = net.now + 0.1
+    future = encode_control(Ping(b.node_id, sent=1, echo=int((now + 1) * 1e9), held=0, timed=True))
+    stale = encode_control(Ping(b.node_id, sent=2, echo=1, held=0, timed=True))  # 4 s ago
+    for frame in (future, stale):
+        net.run(a, a.protocol.on_frames([routing_id(b.node_id, 1), frame], now))
+    assert a.counts["rtt_discarded"] == 2
+    assert a.protocol.peers[0].rtt == pytest.approx(0.0, abs=2e-6)
+    assert a.protocol.peers[0].last_seen == now  # still a sign of life

@@ -21,7 +21,15 @@ from meshq.config import MeshConfig
 from meshq.discovery import Candidate
 from meshq.interfaces import endpoint_host, rank_endpoints
 from meshq.peers import EventKind, PeerEvent
-from meshq.protocol import Action, CloseLinks, ControlProtocol, LocalNode, PeersChanged, Send
+from meshq.protocol import (
+    Action,
+    CloseLinks,
+    ControlProtocol,
+    LocalNode,
+    PeersChanged,
+    Send,
+    SendEach,
+)
 from meshq.wire import Limits, routing_id
 
 CONFIG = MeshConfig()
@@ -82,14 +90,18 @@ class DockerHosts:
         while queue:
             sender, batch = queue.popleft()
             for action in batch:
-                if isinstance(action, Send):
-                    sender.links.update(action.endpoints)
-                    for endpoint in action.endpoints:
+                if isinstance(action, Send | SendEach):
+                    if isinstance(action, Send):
+                        messages = [(endpoint, action.frame) for endpoint in action.endpoints]
+                    else:
+                        messages = list(action.messages)  # a round of heartbeats
+                    for endpoint, frame in messages:
+                        sender.links.add(endpoint)
                         reached = self.route(sender, endpoint)
                         if reached is None:
                             continue
                         target, source = reached
-                        frames = [routing_id(sender.node_id, 1), action.frame]
+                        frames = [routing_id(sender.node_id, 1), frame]
                         actions = target.protocol.on_frames(frames, self.now, source=source)
                         queue.append((target, actions))
                 elif isinstance(action, CloseLinks):

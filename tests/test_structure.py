@@ -43,12 +43,65 @@ def private_accesses(source: str) -> list[str]:
             and not (isinstance(node.value, ast.Name) and node.value.id in modules)
         ):
             found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif (
+            isinstance(node, ast.Call)
+            and _getattr_name(node).startswith("_")
+            and not (_getattr_name(node).startswith("__"))
+        ):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")  # the same, spelt getattr
     return found
+
+
+def _getattr_name(node: ast.AST) -> str:
+    """The attribute a ``getattr(x, "name", ...)`` call names, else ""."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "getattr"
+        and len(node.args) >= 2
+        and isinstance(node.args[1], ast.Constant)
+        and isinstance(node.args[1].value, str)
+    ):
+        return node.args[1].value
+    return ""
+
+
+def runtime_accesses(source: str) -> list[str]:
+    """Uses of a node's ``runtime`` (its internals), as an attribute or through getattr."""
+    return [
+        f"line {node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.expr)
+        and (
+            (isinstance(node, ast.Attribute) and node.attr == "runtime")
+            or _getattr_name(node) == "runtime"
+        )
+    ]
 
 
 def test_the_check_finds_private_accesses() -> None:
     source = "import argparse\nnode._limits\nself.node._x\nself._ok\nargparse._Action\n"
     assert private_accesses(source) == ["line 2: node._limits", "line 3: self.node._x"]
+    assert private_accesses("getattr(node, '_replies', None)\ngetattr(x, '__doc__')\n") == [
+        "line 1: getattr(node, '_replies', None)"
+    ]
+    assert runtime_accesses("getattr(node, 'runtime', None)\nnode.runtime.x\nnode.run\n") == [
+        "line 1: getattr(node, 'runtime', None)",
+        "line 2: node.runtime",
+    ]
+
+
+def test_relay_durable_and_patterns_reach_the_node_through_its_seams_only() -> None:
+    """Not through ``node.runtime``: MeshNode (meshq/seams.py) is all they may use.
+
+    AsyncNode (meshq/aio.py) is a facade of the core like Node and may.
+    """
+    offences = {
+        str(path.relative_to(ROOT)): found
+        for path in _files("patterns", "meshq/relay", "meshq/durable")
+        if (found := runtime_accesses(path.read_text()))
+    }
+    assert not offences, offences
 
 
 def test_extensions_use_only_public_seams() -> None:

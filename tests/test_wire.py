@@ -13,8 +13,10 @@ from meshq.errors import ProtocolError
 from meshq.message import Message
 from meshq.servicewire import decode_reply, decode_request, encode_reply, encode_request
 from meshq.wire import (
+    ECHO_BODY_BYTES,
     FLAG_BATCH,
     FLAG_MSGPACK,
+    PING_HEAD,
     PROTOCOL_VERSION,
     Bye,
     Hello,
@@ -23,10 +25,12 @@ from meshq.wire import (
     data_header_packer,
     decode_control,
     decode_data,
+    decode_echo,
     decode_payload,
     encode_batch,
     encode_control,
     encode_data,
+    encode_echo_ping,
     encode_msgpack,
     encode_payload,
     parse_endpoint,
@@ -420,3 +424,32 @@ def test_ext_types_stay_allowed_in_msgpack_payloads() -> None:
     assert stamp == msgpack.Timestamp(1, 0)
     reply = decode_reply(encode_reply(1, 0, flags=FLAG_MSGPACK, payload=b"\xd4\x05\x00"), LIMITS)
     assert reply.data == msgpack.ExtType(5, b"\x00")
+
+
+def test_echo_pings_round_trip_and_saturate_held() -> None:
+    ping = Ping(SENDER, sent=2**64 - 1, echo=123_456_789, held=4_000, timed=True)
+    frame = encode_control(ping)
+    assert len(frame) == 4 + ECHO_BODY_BYTES == 24  # PROTOCOL.md 16.4
+    assert frame[:4] == PING_HEAD == encode_control(Ping(SENDER))
+    assert decode_control(ROUTING, frame, LIMITS) == ping
+    assert decode_echo(frame[4:]) == (2**64 - 1, 123_456_789, 4_000)
+    assert decode_echo(encode_echo_ping(1, 2, 2**40)[4:]) == (1, 2, 2**32 - 1)
+    assert decode_echo(encode_echo_ping(1, 2, -5)[4:]) == (1, 2, 0)
+
+
+@pytest.mark.parametrize("size", [1, 4, 19, 21, 64])
+def test_a_ping_body_other_than_0_or_20_bytes_is_malformed(size: int) -> None:
+    with pytest.raises(ProtocolError, match="bad PING body"):
+        decode_control(ROUTING, PING_HEAD + bytes(size), LIMITS)
+    with pytest.raises(ProtocolError, match="unexpected body"):  # BYE has no body at all
+        decode_control(ROUTING, b"MQ\x01\x03" + bytes(size), LIMITS)
+
+
+def test_ping_echo_travels_in_hello_only_when_set_and_must_be_a_bool() -> None:
+    assert b"ping_echo" not in encode_control(hello())
+    decoded = decode_control(ROUTING, encode_control(hello(ping_echo=True)), LIMITS)
+    assert isinstance(decoded, Hello) and decoded.ping_echo
+    fields = msgpack.unpackb(encode_control(hello())[4:])
+    for value in (1, None, "true"):
+        with pytest.raises(ProtocolError, match="bad ping_echo flag"):
+            decode_control(ROUTING, raw_control(1, {**fields, "ping_echo": value}), LIMITS)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import MeshqError, NoProviders, RemoteError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX, stream_of_service
@@ -223,30 +223,21 @@ def relay_request(
 ) -> RequestFuture:
     """Send a relay request for ``stream`` to its owner; raises NoProviders at once.
 
-    Addressing one provider has no public seam yet (MeshNode.request_async
-    takes no ``only``): the node's requester is used where it has one;
-    otherwise any provider is asked, and a relay that does not own the
-    stream refuses, for a resend.
+    With no owner known (fewer than two relays of the stream), any provider
+    is asked; a relay that does not own the stream refuses, for a resend.
     """
     owner = relay_owner(node, stream)
     service = RELAY_SERVICE_PREFIX + stream
-    runtime: Any = getattr(node, "runtime", None)
-    if owner is None or runtime is None:
-        return node.request_async(service, data, timeout=timeout, retries=retries)
-    future: RequestFuture = runtime.requester().start(service, data, timeout, retries, only=owner)
-    return future
+    return node.request_async(service, data, timeout=timeout, retries=retries, only=owner)
 
 
 async def relay_request_async(
     node: AsyncMeshNode, stream: str, data: object, *, timeout: float, retries: int = 0
 ) -> object:
-    """:func:`relay_request` from asyncio: the reply's data (the same seam is missing)."""
+    """:func:`relay_request` from asyncio: the reply's data."""
     owner = relay_owner(node.node, stream)
     service = RELAY_SERVICE_PREFIX + stream
-    replies: Any = getattr(node, "_replies", None)
-    if owner is None or replies is None:
-        return await node.request(service, data, timeout=timeout, retries=retries)
-    return await replies.request(service, data, timeout, retries, only=owner)
+    return await node.request(service, data, timeout=timeout, retries=retries, only=owner)
 
 
 def relay_stores(node: MeshNode, relays: list[str]) -> set[str]:
