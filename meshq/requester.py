@@ -55,6 +55,9 @@ DEFAULT_RETRIES = 2
 _LOAD_FRESH = 1.0  # seconds a provider's reported load counts for balancing
 _CONNECT_WAIT = 0.05  # seconds a request may wait for its link to a provider
 _SCAN_EVERY = 0.1  # seconds between checks for attempts whose provider left
+#: Seconds an attempt still waits once its provider left: a provider's
+#: goodbye (control link) may overtake its last replies (service link).
+_LEFT_GRACE = 0.25
 _MAX_NAMES = 1024  # service names whose encoding a caller remembers
 # A reply's head (servicewire): "A", version, flags, request id, load.
 _REPLY = struct.Struct(">cBBQI")
@@ -561,8 +564,9 @@ class Requester:
         next_scan = now + _SCAN_EVERY
         providers = self._directory.all()
         for attempt_id, call in list(self._calls.items()):
-            provider_left = call.provider not in providers.get(call.service, ())
-            if now < call.deadline and not provider_left:
+            if call.provider not in providers.get(call.service, ()):
+                call.deadline = min(call.deadline, now + _LEFT_GRACE)  # kept from then on
+            if now < call.deadline:
                 next_scan = min(next_scan, call.deadline)
                 continue
             del self._calls[attempt_id]
