@@ -50,7 +50,9 @@ def main() -> int:
 
             news: meshq.Subscription = shop.subscribe("news/")
             news.close()
-            billing: meshq.DurableSubscription = shop.subscribe("orders/", durable="billing")
+            billing: meshq.DurableSubscription = shop.subscribe(
+                "orders/", durable="billing", backoff=(1.0, 5.0)
+            )
             quantities: list[int] = []
             with billing:
                 for _ in range(2):
