@@ -197,3 +197,44 @@ def test_library_code_waits_on_conditions_sockets_or_deadlines_not_sleeps() -> N
         if (n := sleeps(path.read_text()))
     }
     assert found == ALLOWED_SLEEPS
+
+
+def layout_rows(readme: str) -> dict[str, str]:
+    """The README's layout table: each row's first cell (paths) -> the whole row."""
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return {line.split("|")[1]: line for line in section.splitlines() if line.startswith("| `")}
+
+
+def unnamed_modules(rows: dict[str, str], modules: list[str]) -> list[str]:
+    """Modules (paths from the root) that no layout row names.
+
+    A module is named by its path, or by its file name in the row of its
+    package (``meshq/relay/`` names ``store.py``).
+    """
+    cells = " ".join(rows)
+    missing = []
+    for module in modules:
+        package, _, filename = module.rpartition("/")
+        package_row = next((row for cell, row in rows.items() if f"`{package}/`" in cell), "")
+        if f"`{module}`" not in cells and f"`{filename}`" not in package_row:
+            missing.append(module)
+    return missing
+
+
+def test_the_layout_check_finds_an_unnamed_module() -> None:
+    rows = {" `meshq/relay/` ": "| `meshq/relay/` | `store.py` |", " `meshq/a.py` ": ""}
+    assert unnamed_modules(rows, ["meshq/a.py", "meshq/relay/store.py"]) == []
+    assert unnamed_modules(rows, ["meshq/b.py", "meshq/relay/wal.py"]) == [
+        "meshq/b.py",
+        "meshq/relay/wal.py",
+    ]
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    modules = [
+        str(path.relative_to(ROOT))
+        for path in _files("meshq", "patterns")
+        if path.name != "__init__.py"
+    ]
+    rows = layout_rows((ROOT / "README.md").read_text())
+    assert unnamed_modules(rows, modules) == []
