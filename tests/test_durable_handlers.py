@@ -139,3 +139,56 @@ def test_handler_error_log_summarises_once_per_interval(caplog: pytest.LogCaptur
     assert "failed 10 time(s) since the last line, 12 in all" in lines[2][0]
     assert "RuntimeError: still down" in lines[2][0]
     assert errors.failures == 13
+
+
+def test_async_durable_publisher_has_the_sync_ones_calls_and_counters() -> None:
+    def surface(cls: type) -> set[str]:
+        return {name for name in dir(cls) if not name.startswith("_")}
+
+    sync_only = {"poll", "wait"}  # a thread drives its own replies; a loop needs neither
+    assert surface(meshq.DurablePublisher) - sync_only <= surface(meshq.AsyncDurablePublisher)
+    for name in ("send", "publish", "flush"):
+        assert asyncio.iscoroutinefunction(getattr(meshq.AsyncDurablePublisher, name))
+
+
+def test_async_sends_in_flight_together_travel_batched_and_flush_settles_them(
+    mesh: str, client: meshq.Node
+) -> None:
+    async def scenario() -> tuple[list[int], dict[str, int]]:
+        async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
+            await node.wait_for_service("meshq/relay/orders/", timeout=10)
+            publisher = meshq.AsyncDurablePublisher(node, timeout=30, max_in_flight=64)
+            confirms = [await publisher.send("orders/a", {"i": i}) for i in range(200)]
+            await publisher.flush(timeout=30)  # raises PublishFailed if any failed
+            counts = {
+                "confirmed": publisher.confirmed,
+                "failed": publisher.failed,
+                "in_flight": publisher.in_flight,
+                "requests": publisher.requests,
+            }
+            assert all(confirm.done() for confirm in confirms)
+            return [await confirm for confirm in confirms], counts
+
+    seqs, counts = asyncio.run(scenario())
+    assert seqs == list(range(1, 201))
+    assert counts["confirmed"] == 200 and counts["failed"] == 0 and counts["in_flight"] == 0
+    assert counts["requests"] < 200  # sends in flight together shared requests
+    with client.subscribe("orders/", durable="check") as sub:
+        assert [sub.recv(timeout=5).data for _ in range(200)] == [{"i": i} for i in range(200)]
+
+
+def test_async_confirms_progress_while_nobody_awaits_them(mesh: str, client: meshq.Node) -> None:
+    async def scenario() -> tuple[int, int]:
+        async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
+            await node.wait_for_service("meshq/relay/orders/", timeout=10)
+            publisher = meshq.AsyncDurablePublisher(node, timeout=1.0)
+            confirms = []
+            for i in range(5):  # spread over more than the timeout, never awaited
+                confirms.append(await publisher.send("orders/a", i))
+                await asyncio.sleep(0.4)  # the application is busy elsewhere
+            deadline = time.monotonic() + WAIT
+            while not all(c.done() for c in confirms) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return publisher.confirmed, publisher.failed
+
+    assert asyncio.run(scenario()) == (5, 0)
