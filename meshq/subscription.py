@@ -200,7 +200,8 @@ class PublisherLinks:
         self._handled: dict[str, float] = {}  # refusals already retried
         self._connected: dict[str, str] = {}
         self._connected_at: dict[str, float] = {}  # endpoint -> when connected (monotonic)
-        self._draining: dict[str, float] = {}  # endpoint -> when its publisher left (monotonic)
+        # endpoint -> (the publisher that left it, when: monotonic s)
+        self._draining: dict[str, tuple[str, float]] = {}
         self.version = -1
 
     def sync(self) -> None:
@@ -221,22 +222,25 @@ class PublisherLinks:
                 if endpoint in retry:  # a refused handshake: nothing was received
                     self._disconnect(endpoint)
                 else:
-                    self._draining[endpoint] = now
+                    self._draining[endpoint] = (node_id, now)
         if self._draining:
             # (EVENTS, not poll(): the socket may be a zmq.asyncio one.)
             events = self._sock.getsockopt(zmq.EVENTS)
             readable = isinstance(events, int) and events & zmq.POLLIN
             back = set(wanted.values())
-            for endpoint, since in list(self._draining.items()):
+            for endpoint, (_, since) in list(self._draining.items()):
                 if endpoint not in back and not readable and now - since >= DRAIN_GRACE:
                     del self._draining[endpoint]
                     self._disconnect(endpoint)
         for node_id, endpoint in wanted.items():
             if node_id not in self._connected:
-                if self._draining.pop(endpoint, None) is not None:  # back: keep its link
+                left = self._draining.pop(endpoint, None)
+                if left is not None and left[0] == node_id:  # back: keep its link
                     self._connected[node_id] = endpoint
                     self._connected_at[endpoint] = now
                     continue
+                if left is not None:  # another node on that port: another key, maybe
+                    self._disconnect(endpoint)
                 if self._connect is None:
                     self._sock.connect(endpoint)
                 elif not self._connect(self._sock, endpoint):
