@@ -380,9 +380,12 @@ class Requester:
         """Read replies until every call in ``calls`` is done or ``timeout`` s pass."""
         until = None if timeout is None else time.monotonic() + timeout
         while not all(call.done for call in calls):
-            if until is not None and time.monotonic() >= until:
+            # One clock read: a second one, after the check, may lie past
+            # ``until`` (a preempted thread) and hand pump a negative wait.
+            remaining = None if until is None else until - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 return
-            self.pump(None if until is None else until - time.monotonic())
+            self.pump(remaining)
 
     def wait_for(self, call: _Call, timeout: float | None) -> None:
         """Read replies until ``call`` is done or ``timeout`` s pass.
@@ -459,7 +462,9 @@ class Requester:
         # provider that left the mesh is noticed) or the caller's limit.
         limit = max(0.0, self._next_scan - time.monotonic())
         if wait is not None:
-            limit = min(limit, wait)
+            # Never below 0: zmq reads a negative timeout as "wait forever",
+            # and a reply from a provider that died never comes.
+            limit = max(0.0, min(limit, wait))
         return int(limit * 1000)
 
     def handle(self, ready: Mapping[Any, int]) -> None:
