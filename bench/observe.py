@@ -7,7 +7,7 @@ process, loopback TCP, the same payloads, counts and loops), three ways in
 the same run:
 
 * raw: pyzmq PUB/SUB, as in bench/pubsub.py;
-* meshq: meshq nodes that serve ``meshq/introspect`` (introspect.install),
+* meshq: meshq nodes, which serve ``meshq/introspect`` (every node does),
   with nobody asking;
 * observed: the same, while a third process collects the whole mesh
   (``Collector.collect()``, what ``meshq top`` does once a second) every
@@ -48,15 +48,15 @@ SYSTEMS = ("raw", "meshq", "observed")
 
 
 def _introspected(endpoints: Queue[str] | None) -> None:
-    """Make every meshq.Node of this (spawned) process serve meshq/introspect."""
-    from meshq.introspect import install
+    """Make every meshq.Node of this (spawned) process report its control endpoint.
 
+    (Each answers ``meshq/introspect`` by itself: every node does.)
+    """
     plain = meshq.Node
 
     class Introspected(plain):  # type: ignore[valid-type,misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            install(self)
             if endpoints is not None:
                 endpoints.put(self.control_endpoints[0])
 

@@ -599,6 +599,7 @@ class AsyncNode:
             max_deliver=max_deliver,
             backoff=backoff,
         )
+        self._node.runtime.state.track_consumer(subscription)  # introspection reports it
         await subscription.open()
         return subscription
 
@@ -647,6 +648,7 @@ class AsyncNode:
                 max_deliver=max_deliver,
                 backoff=backoff,
             )
+            self._node.runtime.state.track_consumer(durable_sub)
             durable_sub.open_soon()
             return durable_sub
         return self._subscribe(prefix)

@@ -4,10 +4,11 @@ A :class:`Collector` runs on an observer node. Each :meth:`Collector.collect`
 asks every node for its introspection snapshot (one ``gather`` of
 ``meshq/introspect``) and every relay for its streams (the relay's own
 ``info`` request), and joins them into a :class:`MeshView`: nodes, topics,
-services, streams. Rates come from the previous collect. A row gets a
-``mark`` when something is going wrong: a node that did not answer or
-that sees a peer suspect, gaps that grew, a consumer whose lag grew, two
-relays claiming one stream.
+services, streams, and the durable consumers as each node counts them
+(with the lag its relay reports). Rates come from the previous collect. A
+row gets a ``mark`` when something is going wrong: a node that did not
+answer or that sees a peer suspect, gaps that grew, a consumer whose lag
+grew, two relays claiming one stream.
 
 Every call waits at most ``timeout`` seconds per request; a node's malformed
 reply is listed in ``MeshView.errors`` and skipped.
@@ -25,7 +26,15 @@ from .introspect import INTROSPECT_SERVICE, IntrospectError, NodeSnapshot, parse
 from .node import Node
 from .relaywire import RELAY_SERVICE_PREFIX, stream_of_service
 
-__all__ = ["Collector", "ConsumerView", "MeshView", "NodeView", "StreamView", "TopicView"]
+__all__ = [
+    "Collector",
+    "ConsumerView",
+    "MeshView",
+    "NodeConsumerView",
+    "NodeView",
+    "StreamView",
+    "TopicView",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,10 @@ class NodeView:
     services: tuple[str, ...]
     stats: dict[str, int]
     mark: str = ""
+    #: The largest smoothed round-trip time (s) to one of its peers, and that
+    #: peer's name; None until the node measures round trips (PROTOCOL.md 16.4).
+    rtt_max: float | None = None
+    rtt_peer: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,12 @@ class TopicView:
     behind: int  # published minus the lowest last sequence any of them received
     gaps: int  # missed messages its subscribers recorded (latest gaps kept per subscription)
     mark: str = ""
+    #: The last sequence numbers its subscribers received, summed; and how
+    #: fast that sum advanced (per second: messages that reached them, or
+    #: were lost on the way and counted in ``gaps``). None: no earlier
+    #: collect with the same subscribers.
+    received: int = 0
+    received_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,30 @@ class StreamView:
     dead_letters: int
     consumers: tuple[ConsumerView, ...]
     mark: str = ""
+    conflict: bool = False  # claimed by two relays, overlapping another, or so its relay says
+
+
+@dataclass(frozen=True)
+class NodeConsumerView:
+    """A durable consumer as the node running it counts it, with its relay's lag.
+
+    ``lag`` is the relay's (messages of the stream not acknowledged by this
+    consumer name, over every process sharing it); None when no relay
+    reported on the consumer's stream.
+    """
+
+    node: str
+    prefix: str
+    stream: str | None
+    name: str
+    delivered: int
+    rate: float | None  # delivered per second
+    acked: int
+    pending: int  # handed to the application, not yet acknowledged or naked
+    buffered: int  # fetched, not handed out yet
+    last_seq: int
+    lag: int | None
+    mark: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +165,7 @@ class MeshView:
     #: gone from the mesh now (for ``forget_after`` seconds).
     missing: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()  # malformed replies: "name: reason"
+    consumers: tuple[NodeConsumerView, ...] = ()
     snapshots: tuple[NodeSnapshot, ...] = field(default=(), repr=False)
 
     @property
@@ -136,6 +180,7 @@ class MeshView:
         rows += [
             ("consumer", f"{s.stream}/{c.name}", c.mark) for s in self.streams for c in s.consumers
         ]
+        rows += [("consumer", f"{c.name} on {c.node}", c.mark) for c in self.consumers]
         rows += [("node", name, "did not answer") for name in self.missing]
         return [f"{kind} {name}: {mark}" for kind, name, mark in rows if mark]
 
@@ -197,6 +242,7 @@ class Collector:
             missing=tuple(missing),
             errors=tuple(errors),
             snapshots=tuple(snapshots),
+            consumers=tuple(self._consumers(snapshots, streams, now)),
         )
         self._previous = view
         return view
@@ -226,6 +272,8 @@ class Collector:
                 marks.append(f"peer suspect: {', '.join(suspect)}")
             if grew := self._grew("gaps", old.gaps if old else None, gaps):
                 marks.append(grew)
+            timed = [(p.rtt, p.name) for p in snap.peers if p.rtt is not None]
+            rtt_max, rtt_peer = max(timed) if timed else (None, "")
             views.append(
                 NodeView(
                     id=snap.id,
@@ -241,9 +289,51 @@ class Collector:
                     services=snap.services,
                     stats=dict(snap.stats),
                     mark="; ".join(marks),
+                    rtt_max=rtt_max,
+                    rtt_peer=rtt_peer,
                 )
             )
         return sorted(views, key=lambda v: v.name)
+
+    def _consumers(
+        self, snapshots: list[NodeSnapshot], streams: list[StreamView], now: float
+    ) -> list[NodeConsumerView]:
+        before = (
+            {(c.node, c.prefix, c.name): c for c in self._previous.consumers}
+            if self._previous
+            else {}
+        )
+        lags: dict[tuple[str, str], int] = {}
+        for stream in streams:  # two relays of one stream (a conflict): the larger lag
+            for c in stream.consumers:
+                key = (stream.stream, c.name)
+                lags[key] = max(lags.get(key, c.lag), c.lag)
+        views = []
+        for snap in snapshots:
+            for row in snap.consumers:
+                old = before.get((snap.name, row.prefix, row.name))
+                lag = None if row.stream is None else lags.get((row.stream, row.name))
+                old_lag = None if old is None else old.lag
+                mark = ""
+                if lag is not None and old_lag is not None and lag > old_lag:
+                    mark = f"falling behind (lag +{lag - old_lag})"
+                views.append(
+                    NodeConsumerView(
+                        node=snap.name,
+                        prefix=row.prefix,
+                        stream=row.stream,
+                        name=row.name,
+                        delivered=row.delivered,
+                        rate=self._rate(now, old.delivered if old else None, row.delivered),
+                        acked=row.acked,
+                        pending=row.pending,
+                        buffered=row.buffered,
+                        last_seq=row.last_seq,
+                        lag=lag,
+                        mark=mark,
+                    )
+                )
+        return sorted(views, key=lambda v: (v.node, v.prefix, v.name))
 
     def _topics(self, snapshots: list[NodeSnapshot], now: float) -> list[TopicView]:
         before = (
@@ -259,6 +349,8 @@ class Collector:
                 seen = received.get((snap.id, topic.topic), [])
                 gaps = sum(g for _, g in seen)
                 old = before.get((snap.id, topic.topic))
+                got = sum(s for s, _ in seen)
+                same = old is not None and old.subscribers == len(seen) and got >= old.received
                 views.append(
                     TopicView(
                         topic=topic.topic,
@@ -270,6 +362,10 @@ class Collector:
                         behind=max((topic.published - s for s, _ in seen), default=0),
                         gaps=gaps,
                         mark=self._grew("gaps", old.gaps if old else None, gaps),
+                        received=got,
+                        received_rate=self._rate(
+                            now, old.received if old is not None and same else None, got
+                        ),
                     )
                 )
         return sorted(views, key=lambda v: (v.topic, v.publisher))
@@ -366,7 +462,9 @@ class Collector:
                 )
             )
         dead = int(info["dead_letters"])
-        marks = [conflict] if conflict else []
+        # The relay's own finding (PROTOCOL.md 9.10), for one this observer cannot see.
+        reported = str(info.get("conflict") or "")
+        marks = [conflict] if conflict else [f"conflict: {reported}"] if reported else []
         if old is not None and dead > old.dead_letters:
             marks.append(f"dead letters +{dead - old.dead_letters}")
         return StreamView(
@@ -379,4 +477,5 @@ class Collector:
             dead_letters=dead,
             consumers=tuple(consumers),
             mark="; ".join(marks),
+            conflict=bool(conflict or reported),
         )

@@ -37,7 +37,8 @@ class MeshConfig:
     control_port: int = 0
     #: Publish socket port to bind; 0 picks a free port.
     publish_port: int = 0
-    #: Service (request/reply) socket port, bound on the first serve(); 0: free.
+    #: Service (request/reply) socket port, bound at start when the node
+    #: answers introspection, else on the first serve(); 0: a free port.
     service_port: int = 0
     #: Messages queued per subscriber connection before new ones are dropped
     #: (ZeroMQ SNDHWM on the publish socket, RCVHWM on subscriptions).
@@ -85,6 +86,12 @@ class MeshConfig:
     max_offences: int = 10
     offence_window: float = 10.0
     ban_time: float = 60.0
+    #: Answer ``meshq/introspect`` (docs/PROTOCOL.md 16), which ``meshq top``,
+    #: ``meshq exporter`` and ``meshq doctor`` ask, from the start. It costs
+    #: the node its service socket and thread from the start (asleep until a
+    #: request comes) and nothing on the message path. False: tools do not
+    #: see the node, and its service socket opens on the first serve().
+    introspection: bool = True
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:

@@ -376,6 +376,7 @@ def check_clocks(
     options: DoctorOptions, chosen: Sequence[str], survey: MdnsSurvey
 ) -> list[Finding]:
     """Skew of each peer's wall clock, from its introspection reply."""
+    from .config import MeshConfig
     from .node import Node
     from .security import Curve
 
@@ -414,6 +415,7 @@ def check_clocks(
             seeds=seeds,
             discovery=False,
             security=security,
+            config=MeshConfig(introspection=False),  # it asks; its own clock is not in question
         )
     except (ValueError, OSError, MeshqError) as exc:
         return [Finding("clocks", "warn", f"could not join the mesh to compare clocks: {exc}")]
@@ -436,7 +438,7 @@ def check_clocks(
                     "warn",
                     f"none of {len(names)} peer(s) answers {INTROSPECT_SERVICE}: "
                     "clocks not compared",
-                    "upgrade the peers' meshq",
+                    "upgrade the peers' meshq, or leave MeshConfig(introspection=) on",
                 )
             ]
         uncertainty = (received - sent) / 2

@@ -1,6 +1,6 @@
 """``meshq exporter``: the whole mesh as Prometheus metrics (needs ``prometheus-client``).
 
-One scrape returns every node, labelled ``node`` (and ``topic``,
+One scrape returns every node, labelled ``node`` (and ``peer``, ``topic``,
 ``publisher``, ``prefix``, ``service``, ``stream``, ``relay``,
 ``consumer``). The mesh is collected every ``interval`` seconds on the
 exporter's main thread (the observer node's request calls belong to one
@@ -43,7 +43,16 @@ def metrics_of(view: MeshView) -> Iterator[Metric]:
         uptime.add_metric([n.name], n.uptime)
         peers.add_metric([n.name, "alive"], n.peers_alive)
         peers.add_metric([n.name, "suspect"], n.peers_suspect)
-    yield from (up, uptime, peers)
+    rtt = GaugeMetricFamily(
+        "meshq_peer_rtt_seconds",
+        "smoothed round-trip time from a node to a peer, from heartbeats (when measured)",
+        labels=["node", "peer"],
+    )
+    for snap in view.snapshots:
+        for peer in snap.peers:
+            if peer.rtt is not None:
+                rtt.add_metric([snap.name, peer.name], peer.rtt)
+    yield from (up, uptime, peers, rtt)
     missing = GaugeMetricFamily(
         "meshq_nodes_not_answering", "nodes that did not answer the last collect"
     )
@@ -149,14 +158,39 @@ def metrics_of(view: MeshView) -> Iterator[Metric]:
     for st in view.streams:
         for attribute, gauge in stream_families.items():
             gauge.add_metric([st.stream, st.relay], getattr(st, attribute))
-        conflict.add_metric(
-            [st.stream, st.relay], 1 if st.mark.startswith(("claimed", "overlaps")) else 0
-        )
+        conflict.add_metric([st.stream, st.relay], 1 if st.conflict else 0)
         for c in st.consumers:
             lag.add_metric([st.stream, st.relay, c.name], c.lag)
             out.add_metric([st.stream, st.relay, c.name], c.outstanding)
     yield from stream_families.values()
     yield from (lag, out, conflict)
+    yield from _node_consumers(view)
+
+
+def _node_consumers(view: MeshView) -> Iterator[Metric]:
+    """Durable consumers as the nodes running them count them."""
+    labels = ["node", "prefix", "consumer"]
+    delivered = CounterMetricFamily(
+        "meshq_consumer_delivered", "messages a durable consumer handed to its node", labels=labels
+    )
+    acked = CounterMetricFamily(
+        "meshq_consumer_acked", "messages the node acknowledged to the consumer", labels=labels
+    )
+    pending = GaugeMetricFamily(
+        "meshq_consumer_pending",
+        "messages handed to the application, not yet acknowledged or naked",
+        labels=labels,
+    )
+    buffered = GaugeMetricFamily(
+        "meshq_consumer_buffered", "messages fetched, not yet handed out", labels=labels
+    )
+    for c in view.consumers:
+        key = [c.node, c.prefix, c.name]
+        delivered.add_metric(key, c.delivered)
+        acked.add_metric(key, c.acked)
+        pending.add_metric(key, c.pending)
+        buffered.add_metric(key, c.buffered)
+    yield from (delivered, acked, pending, buffered)
 
 
 class MeshMetrics(PromCollector):

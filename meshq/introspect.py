@@ -1,11 +1,12 @@
 """Introspection: what one node says about itself, served as ``meshq/introspect``.
 
-A node that runs :func:`install` answers the built-in request/reply service
-``meshq/introspect`` (docs/PROTOCOL.md 16) with a snapshot of itself: name,
+Every node answers the built-in request/reply service ``meshq/introspect``
+(docs/PROTOCOL.md 16) from its start (:class:`meshq.Node` runs :func:`install`
+unless ``MeshConfig(introspection=False)``) with a snapshot of itself: name,
 id, version, uptime, interfaces, peers, counters, the topics it publishes,
-its subscriptions and the services it offers. The request travels on the
-node's ordinary service socket, so CURVE and the allowlist apply to it as to
-any request.
+its subscriptions, its durable consumers and the services it offers. The
+request travels on the node's ordinary service socket, so CURVE and the
+allowlist apply to it as to any request.
 
 The snapshot is built from state the node keeps anyway (the per-topic
 sequence numbers of the publish socket, each subscription's last sequence
@@ -22,19 +23,20 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import MeshqError
+from .peers import Peer
+from .runtime import Runtime
 from .servicestats import ServiceStats
-
-if TYPE_CHECKING:
-    from .node import Node
 
 __all__ = [
     "INTROSPECT_SERVICE",
     "SNAPSHOT_VERSION",
+    "Introspectable",
     "IntrospectError",
     "NodeFacts",
+    "ConsumerRow",
     "NodeSnapshot",
     "install",
     "node_facts",
@@ -57,6 +59,32 @@ class IntrospectError(MeshqError, ValueError):
         self.reason = reason
 
 
+class Introspectable(Protocol):
+    """What a snapshot reads of a node: :class:`meshq.Node` is one.
+
+    A protocol rather than ``Node`` itself, so that the node can install
+    introspection at its start without the two modules importing each other.
+    """
+
+    id: str
+    name: str
+    mesh: str
+    interfaces: tuple[str, ...]
+    runtime: Runtime
+
+    @property
+    def control_endpoints(self) -> tuple[str, ...]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def peers(self) -> list[Peer]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def serve(self, name: str, handler: Any = None) -> Any: ...
+
+
 @dataclass(frozen=True)
 class NodeFacts:
     """What a snapshot is made of, read from a node at one moment."""
@@ -67,7 +95,7 @@ class NodeFacts:
     service_stats: Mapping[str, ServiceStats]
 
 
-def node_facts(node: Node) -> NodeFacts:
+def node_facts(node: Introspectable) -> NodeFacts:
     """Read the publish, subscription and service state of ``node``.
 
     Reads structures other threads write: each is copied with one ``dict()``
@@ -118,13 +146,13 @@ def node_facts(node: Node) -> NodeFacts:
     return NodeFacts(published, subscriptions, offered, service_stats)
 
 
-def _parts(node: Node) -> tuple[Any, Any, Any]:
+def _parts(node: Introspectable) -> tuple[Any, Any, Any]:
     """(publish socket, publisher directory, service runner or None) of ``node``."""
     runtime = node.runtime
     return runtime.publisher, runtime.state.publishers, runtime._service_runner
 
 
-def snapshot(node: Node, started: float) -> dict[str, Any]:
+def snapshot(node: Introspectable, started: float) -> dict[str, Any]:
     """The introspection reply of ``node`` (docs/PROTOCOL.md 16.2) as a msgpack-able map.
 
     ``started`` is when the node started, in seconds since the epoch.
@@ -138,6 +166,7 @@ def snapshot(node: Node, started: float) -> dict[str, Any]:
     kept = streams[:MAX_ROWS]
     for sub in facts.subscriptions:
         sub["streams"] = [row for prefix, row in kept if prefix == sub["prefix"]]
+    consumers = _consumers(node)
     now = time.time()
     return {
         "v": SNAPSHOT_VERSION,
@@ -175,8 +204,16 @@ def snapshot(node: Node, started: float) -> dict[str, Any]:
             for name, stats in sorted(facts.service_stats.items())
             if name != INTROSPECT_SERVICE
         ],
-        "truncated": max(0, len(topics) - MAX_ROWS) + max(0, len(streams) - MAX_ROWS),
+        "consumers": consumers[:MAX_ROWS],
+        "truncated": sum(max(0, len(rows) - MAX_ROWS) for rows in (topics, streams, consumers)),
     }
+
+
+def _consumers(node: Introspectable) -> list[dict[str, object]]:
+    """The node's open durable consumers, the most delivered first."""
+    rows = [row for c in node.runtime.state.consumers() if (row := c.report()) is not None]
+    rows.sort(key=lambda row: -row["delivered"] if isinstance(row["delivered"], int) else 0)
+    return rows
 
 
 def _service_row(name: str, stats: ServiceStats) -> dict[str, Any]:
@@ -192,10 +229,12 @@ def _service_row(name: str, stats: ServiceStats) -> dict[str, Any]:
     }
 
 
-def install(node: Node) -> None:
+def install(node: Introspectable) -> None:
     """Make ``node`` answer ``meshq/introspect``; its uptime counts from now.
 
-    Raises ValueError if the node cannot offer one more service.
+    ``Node`` calls it at its start (unless ``MeshConfig(introspection=False)``);
+    calling it again restarts the uptime. Raises ValueError if the node
+    cannot offer one more service.
     """
     started = time.time()
 
@@ -248,6 +287,23 @@ class ServiceRow:
 
 
 @dataclass(frozen=True)
+class ConsumerRow:
+    """A durable consumer of the node, as the consumer itself counts (PROTOCOL.md 16.2)."""
+
+    prefix: str
+    name: str
+    stream: str | None  # None while no relay holds the prefix
+    delivered: int  # handed to the application
+    acked: int
+    naked: int
+    pending: int  # handed out, neither acknowledged nor naked yet
+    buffered: int  # fetched, not handed out yet
+    unsent_acks: int  # acknowledged, not yet told to the relay
+    last_seq: int  # the highest stream seq fetched
+    duplicates: int  # redeliveries of messages it had acknowledged, skipped
+
+
+@dataclass(frozen=True)
 class SubscriptionRow:
     prefix: str
     gaps: int
@@ -275,6 +331,7 @@ class NodeSnapshot:
     headers: Mapping[str, str] = field(default_factory=dict)
     truncated: int = 0
     service_stats: tuple[ServiceRow, ...] = ()
+    consumers: tuple[ConsumerRow, ...] = ()
 
 
 def parse_snapshot(reply: object) -> NodeSnapshot:
@@ -326,6 +383,16 @@ def parse_snapshot(reply: object) -> NodeSnapshot:
         )
         for row in (_list(top, "service_stats") if "service_stats" in top else [])
     )
+    consumers = tuple(
+        ConsumerRow(
+            _get(row, "prefix", str),
+            _get(row, "name", str),
+            None if _map(row, "the entry of stream").get("stream") is None
+            else _get(row, "stream", str),
+            *(_get(row, key, int) for key in _CONSUMER_COUNTS),
+        )
+        for row in (_list(top, "consumers") if "consumers" in top else [])
+    )  # fmt: skip
     stats = _map(top.get("stats"), "stats")
     headers = _map(top.get("headers", {}), "headers")
     return NodeSnapshot(
@@ -346,7 +413,13 @@ def parse_snapshot(reply: object) -> NodeSnapshot:
         headers={str(k): str(v) for k, v in headers.items()},
         truncated=_get(top, "truncated", int) if "truncated" in top else 0,
         service_stats=service_stats,
+        consumers=consumers,
     )
+
+
+_CONSUMER_COUNTS = (
+    "delivered", "acked", "naked", "pending", "buffered", "unsent_acks", "last_seq", "duplicates",
+)  # fmt: skip
 
 
 def _map(value: object, what: str) -> dict[str, Any]:

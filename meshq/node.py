@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from .config import MeshConfig
 from .errors import Timeout
 from .interfaces import resolve_interfaces
+from .introspect import install as install_introspection
 from .node_pubsub import DurableMessageHandler, MessageHandler, PubSubApi
 from .node_services import DIRECT_SERVICE, DirectHandler, ServiceApi, TaskHandler
 from .peers import EventKind, Peer, PeerEvent, PeerState
@@ -135,6 +136,12 @@ class Node(PubSubApi, ServiceApi):
         )
         #: Where peers connect to this node's publish socket, one per interface.
         self.publish_endpoints = self.runtime.publisher.endpoints
+        if self.config.introspection:
+            try:
+                install_introspection(self)  # meshq top and friends see every node
+            except BaseException:
+                self.close()
+                raise
         log.info("node %s (%s) listening on %s", self.name, self.id[:8], self.control_endpoints)
 
     @property

@@ -222,7 +222,7 @@ class PubSubApi:
         runtime = self.runtime
         runtime.check_prefix(prefix)
         if durable is not None:
-            return DurableSubscription(
+            consumer = DurableSubscription(
                 self,  # type: ignore[arg-type]
                 prefix,
                 durable,
@@ -232,6 +232,8 @@ class PubSubApi:
                 max_deliver=max_deliver,
                 backoff=backoff,
             )
+            runtime.state.track_consumer(consumer)  # introspection reports it
+            return consumer
         subscription = Subscription(
             prefix,
             context=runtime.context,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .errors import Timeout
+from .introspect import INTROSPECT_SERVICE
 from .requester import DEFAULT_RETRIES, DEFAULT_TIMEOUT, GatherResult, RequestFuture
 from .runtime import Runtime
 from .services import DeferredHandler, Handler, Ticker
@@ -41,8 +42,9 @@ class ServiceApi:
         their requests over all of them. Handlers run one at a time on the
         node's service thread; what a handler raises reaches the caller as
         meshq.RemoteError and the service keeps serving. Returns the handler.
-        Raises ValueError for a bad name or more than 64 services,
-        meshq.BindError if ``service_port`` is taken.
+        Raises ValueError for a bad name or more than 64 services (the
+        built-in ``meshq/introspect`` is one of them unless the config turns
+        it off), meshq.BindError if ``service_port`` is taken.
         """
         if handler is None:
             return lambda function: self.serve(name, function)
@@ -71,7 +73,8 @@ class ServiceApi:
 
         ``now`` is the monotonic time, ``idle`` whether no request waits; the
         ticker returns the seconds until it wants to run again (None: only
-        when the thread is idle next). Raises RuntimeError before any serve().
+        when the thread is idle next). Raises RuntimeError before any serve()
+        on a node without introspection (which offers no service until then).
         """
         self.runtime.add_ticker(ticker)
 
@@ -172,8 +175,16 @@ class ServiceApi:
         return handler
 
     def services(self) -> dict[str, list[str]]:
-        """Every service on the mesh (this node's included) and the ids of its providers."""
-        return {name: sorted(by_id) for name, by_id in self.providers().items()}
+        """Every service on the mesh (this node's included) and the ids of its providers.
+
+        ``meshq/introspect``, which every node answers, is left out (it is in
+        :meth:`providers`, and :meth:`wait_for_service` waits for it).
+        """
+        return {
+            name: sorted(by_id)
+            for name, by_id in self.providers().items()
+            if name != INTROSPECT_SERVICE
+        }
 
     def providers(self) -> Providers:
         """The service directory now: name -> {provider id: endpoint}. A read-only snapshot.

@@ -10,7 +10,8 @@ that no API call polls:
   offers which service (``providers_changed``, for ``wait_for_service``);
 * subscribers: whenever the publish sockets' subscriber counts change, or
   the publisher directory does, the process-wide :data:`SUBSCRIBERS` signal
-  (for ``wait_for_subscribers``, whose thread may own subscriptions to connect).
+  (for ``wait_for_subscribers``, whose thread may own subscriptions to connect);
+* consumers: the node's durable consumers, which introspection reports.
 
 The control thread writes; any thread reads. Nothing here touches a socket.
 """
@@ -21,9 +22,10 @@ import collections
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .errors import Closed, Timeout
 from .peers import EventKind, Peer, PeerEvent
@@ -38,6 +40,7 @@ __all__ = [
     "PeerCallback",
     "Providers",
     "RejectionCallback",
+    "Reporting",
 ]
 
 PeerCallback = Callable[[Peer], None]
@@ -89,6 +92,12 @@ class ChangeSignal:
 SUBSCRIBERS = ChangeSignal()
 
 
+class Reporting(Protocol):
+    """A durable consumer as introspection sees it (meshq/durable/consumer.py)."""
+
+    def report(self) -> dict[str, object] | None: ...
+
+
 class NodeState:
     """The state a node's control thread shares with API threads; see the module docstring."""
 
@@ -113,6 +122,9 @@ class NodeState:
         self.publishers = PublisherDirectory()
         self.services = ServiceDirectory()
         self.providers_changed = threading.Condition()
+        # Durable consumers, held weakly: one its owner dropped is forgotten.
+        self._consumers: weakref.WeakSet[Reporting] = weakref.WeakSet()
+        self._consumers_lock = threading.Lock()
 
     # ------------------------------------------------------------------
     # Counters
@@ -125,6 +137,19 @@ class NodeState:
     def stats(self) -> dict[str, int]:
         with self._stats_lock:
             return dict(self._stats)
+
+    # ------------------------------------------------------------------
+    # Durable consumers
+
+    def track_consumer(self, consumer: Reporting) -> None:
+        """Report ``consumer`` in introspection while it lives. Thread-safe."""
+        with self._consumers_lock:
+            self._consumers.add(consumer)
+
+    def consumers(self) -> list[Reporting]:
+        """The durable consumers made on this node that are still referenced."""
+        with self._consumers_lock:
+            return list(self._consumers)
 
     # ------------------------------------------------------------------
     # Peers

@@ -1,10 +1,11 @@
 """``meshq top``: the mesh on one screen, refreshed every second (needs ``rich``).
 
-Four tables, one under the other: nodes, topics, services, streams (with
-their durable consumers). A row that is going wrong is drawn in red with
-its reason in the ``!`` column: a node that did not answer or sees a peer
-suspect, gaps that grew since the last refresh, a consumer whose lag grew,
-a stream claimed by two relays. ``--once`` prints one snapshot as tables
+Five tables, one under the other: nodes, topics, services, streams (with
+their durable consumers as the relay sees them) and durable consumers as
+the nodes running them count them. A row that is going wrong is drawn in
+red with its reason in the ``!`` column: a node that did not answer or sees
+a peer suspect, gaps that grew since the last refresh, a consumer whose lag
+grew, a stream claimed by two relays. ``--once`` prints one snapshot as tables
 (or ``--json``) and exits.
 """
 
@@ -55,7 +56,8 @@ def _age(seconds: float) -> str:
 
 _NUMERIC = {
     "PUBLISHED", "MSG/S", "SUBS", "BEHIND", "GAPS", "MSGS", "BYTES", "DEAD", "LAG", "OUT",
-    "SERVED", "REQ/S", "ERRORS", "P50 MS", "P99 MS",
+    "SERVED", "REQ/S", "ERRORS", "P50 MS", "P99 MS", "MAX RTT MS", "DELIVERED", "ACKED",
+    "PENDING", "BUFFERED", "RECV/S",
 }  # fmt: skip
 
 
@@ -91,25 +93,29 @@ def render(view: MeshView) -> Group:
         "PEERS",
         "PUBLISHED",
         "MSG/S",
+        "MAX RTT MS",
         "GAPS",
         "SERVICES",
         "!",
     )
     for n in view.nodes:
         peers = f"{n.peers_alive}" + (f" ({n.peers_suspect} suspect)" if n.peers_suspect else "")
+        rtt = "-" if n.rtt_max is None else f"{_ms(n.rtt_max)} {n.rtt_peer}"
         _row(
             nodes, n.mark, n.name, n.id[:8], n.version, _age(n.uptime), peers,
-            f"{n.published:,}", _rate(n.publish_rate), f"{n.gaps:,}", ",".join(n.services) or "-",
+            f"{n.published:,}", _rate(n.publish_rate), rtt, f"{n.gaps:,}",
+            ",".join(n.services) or "-",
         )  # fmt: skip
     for name in view.missing:
-        _row(nodes, "did not answer", name, "", "", "", "", "", "", "", "")
+        _row(nodes, "did not answer", name, "", "", "", "", "", "", "", "", "")
     topics = _table(
-        "topics", "TOPIC", "PUBLISHER", "PUBLISHED", "MSG/S", "SUBS", "BEHIND", "GAPS", "!"
-    )
+        "topics", "TOPIC", "PUBLISHER", "PUBLISHED", "MSG/S", "SUBS", "RECV/S", "BEHIND", "GAPS",
+        "!",
+    )  # fmt: skip
     for t in view.topics:
         _row(
             topics, t.mark, t.topic, t.publisher, f"{t.published:,}", _rate(t.rate),
-            str(t.subscribers), f"{t.behind:,}", f"{t.gaps:,}",
+            str(t.subscribers), _rate(t.received_rate), f"{t.behind:,}", f"{t.gaps:,}",
         )  # fmt: skip
     services = _table(
         "services", "SERVICE", "PROVIDER", "SERVED", "REQ/S", "ERRORS", "P50 MS", "P99 MS", "!"
@@ -130,7 +136,17 @@ def render(view: MeshView) -> Group:
         )  # fmt: skip
         for c in st.consumers:
             _row(streams, c.mark, "", "", "", "", "", "", c.name, f"{c.lag:,}", str(c.outstanding))
-    parts: list[Any] = [header, nodes, topics, services, streams]
+    consumers = _table(
+        "consumers", "NODE", "CONSUMER", "PREFIX", "STREAM", "DELIVERED", "MSG/S", "ACKED",
+        "PENDING", "BUFFERED", "LAG", "!",
+    )  # fmt: skip
+    for own in view.consumers:
+        _row(
+            consumers, own.mark, own.node, own.name, own.prefix, own.stream or "(no relay)",
+            f"{own.delivered:,}", _rate(own.rate), f"{own.acked:,}", f"{own.pending:,}",
+            f"{own.buffered:,}", _count(own.lag),
+        )  # fmt: skip
+    parts: list[Any] = [header, nodes, topics, services, streams, consumers]
     parts += [Text(f"error: {error}", style="red") for error in view.errors]
     return Group(*parts)
 

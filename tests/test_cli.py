@@ -158,6 +158,8 @@ def test_call_and_services_reach_a_provider(mesh: str) -> None:
         )
         assert listing.returncode == 0, listing.stderr
         assert "add" in listing.stdout and "adder" in listing.stdout
+        # Every node answers meshq/introspect: listed, it would be on every line.
+        assert listing.stdout.startswith("1 service(s)") and "introspect" not in listing.stdout
     missing = subprocess.run(
         [*MESHQ, "call", "add", "x", "--wait", "0.2", *common],
         capture_output=True,

@@ -149,9 +149,7 @@ def test_the_report_names_each_finding_and_its_fix() -> None:
 NODE = """
 import sys
 import meshq
-from meshq.introspect import install
 node = meshq.Node("{name}", mesh="{mesh}")
-install(node)
 print("ready", node.control_endpoints, flush=True)
 sys.stdin.read()
 node.close()

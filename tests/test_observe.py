@@ -7,6 +7,7 @@ exporter run as the ``meshq`` command in their own processes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import meshq
 from meshq.collector import Collector, MeshView
-from meshq.introspect import INTROSPECT_SERVICE, install
+from meshq.introspect import INTROSPECT_SERVICE, snapshot
 
 LOOPBACK = ["127.0.0.1"]
 WAIT = 15.0
@@ -41,7 +42,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT
 
 
 def wait_for_providers(node: meshq.Node, service: str, n: int) -> None:
-    wait_until(lambda: len(node.services().get(service, [])) >= n, f"{n} providers of {service}")
+    node.wait_for_service(service, n, timeout=WAIT)
 
 
 def env() -> dict[str, str]:
@@ -59,13 +60,12 @@ PATIENT = meshq.MeshConfig(suspect_after=1.5, gone_after=60.0)
 
 
 class SmallMesh:
-    """sensor publishes sensors/temp, display subscribes and serves calc; both introspectable."""
+    """sensor publishes sensors/temp, display subscribes and serves calc (both answer
+    introspection, as every node does)."""
 
     def __init__(self, mesh: str) -> None:
         self.sensor = meshq.Node("sensor", mesh=mesh, interfaces=LOOPBACK, config=PATIENT)
         self.display = meshq.Node("display", mesh=mesh, interfaces=LOOPBACK, config=PATIENT)
-        for node in (self.sensor, self.display):
-            install(node)
         self.display.serve("calc", _calc)
         self.received = 0
         self._stop = threading.Event()
@@ -120,7 +120,6 @@ def test_the_view_joins_nodes_topics_services_and_streams(
     mesh: str, small_mesh: SmallMesh, observer: meshq.Node, tmp_path: Path
 ) -> None:
     relay_node = meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK)
-    install(relay_node)
     relay = meshq.Relay(relay_node, tmp_path / "relay", ["orders/"])
     try:
         small_mesh.publish(40)
@@ -130,7 +129,7 @@ def test_the_view_joins_nodes_topics_services_and_streams(
         with observer.subscribe("orders/", durable="billing") as orders:
             orders.recv(timeout=WAIT)
             orders.recv(timeout=WAIT)  # the first one is acknowledged by taking the next
-        wait_for_providers(observer, INTROSPECT_SERVICE, 3)
+        wait_for_providers(observer, INTROSPECT_SERVICE, 4)  # the observer answers too
         collector = Collector(observer, timeout=WAIT)
         first = collector.collect()
 
@@ -143,6 +142,7 @@ def test_the_view_joins_nodes_topics_services_and_streams(
         assert (temp.publisher, temp.published, temp.subscribers, temp.behind, temp.gaps) == (
             "sensor", 40, 1, 0, 0,
         )  # fmt: skip
+        assert (temp.received, temp.received_rate) == (40, None)  # no earlier collect
         [calc] = first.services
         assert (calc.name, calc.providers) == ("calc", ("display",))
         assert (calc.calls[0].served, calc.calls[0].errors, calc.calls[0].p50) == (0, 0, None)
@@ -168,6 +168,8 @@ def test_the_view_joins_nodes_topics_services_and_streams(
         assert (
             sensor.published == 50 and sensor.publish_rate is not None and sensor.publish_rate > 0
         )
+        [temp] = [t for t in second.topics if t.topic == "sensors/temp"]
+        assert temp.received == 50 and temp.received_rate is not None and temp.received_rate > 0
         [billing] = second.streams[0].consumers
         assert billing.lag == 5 and billing.mark == "falling behind (lag +2)"
         assert second.marked == [
@@ -194,31 +196,29 @@ def test_gaps_that_grow_mark_the_topic_and_the_subscriber(mesh: str, observer: m
     with (
         meshq.Node("fast", mesh=mesh, interfaces=LOOPBACK, config=tiny) as fast,
         meshq.Node("slow", mesh=mesh, interfaces=LOOPBACK, config=tiny) as slow,
+        slow.subscribe("burst/") as sub,
     ):
-        install(fast)
-        install(slow)
-        with slow.subscribe("burst/") as sub:
-            fast.wait_for_subscribers("burst/x", 1, timeout=WAIT)
-            wait_for_providers(observer, INTROSPECT_SERVICE, 2)
-            collector = Collector(observer, timeout=WAIT)
-            assert not collector.collect().marked
-            # Loopback buffers hold about 36 MiB: 600 messages of 256 KiB overflow
-            # them, so the tiny queues drop some (as in tests/test_publisher.py).
-            payload = bytes(256 * 1024)
-            for _ in range(600):
-                fast.publish("burst/x", payload)
-            markers = 0
-            while True:
-                try:
-                    if sub.recv(timeout=0.5).data == b"marker":
-                        break
-                except meshq.Timeout:  # drained: a marker shows what was lost last
-                    assert markers < 20
-                    fast.publish("burst/x", b"marker")
-                    markers += 1
-            assert sub.gaps > 0
-            view = collector.collect()
-            logged = sum(gap.missed for gap in sub.gap_log)  # the latest 100 gaps
+        fast.wait_for_subscribers("burst/x", 1, timeout=WAIT)
+        wait_for_providers(observer, INTROSPECT_SERVICE, 3)
+        collector = Collector(observer, timeout=WAIT)
+        assert not collector.collect().marked
+        # Loopback buffers hold about 36 MiB: 600 messages of 256 KiB overflow
+        # them, so the tiny queues drop some (as in tests/test_publisher.py).
+        payload = bytes(256 * 1024)
+        for _ in range(600):
+            fast.publish("burst/x", payload)
+        markers = 0
+        while True:
+            try:
+                if sub.recv(timeout=0.5).data == b"marker":
+                    break
+            except meshq.Timeout:  # drained: a marker shows what was lost last
+                assert markers < 20
+                fast.publish("burst/x", b"marker")
+                markers += 1
+        assert sub.gaps > 0
+        view = collector.collect()
+        logged = sum(gap.missed for gap in sub.gap_log)  # the latest 100 gaps
     [topic] = view.topics
     assert topic.gaps == logged and topic.mark == f"gaps +{logged}"
     assert node_named(view, "slow").gaps == sub.gaps
@@ -231,7 +231,7 @@ def test_a_malformed_reply_is_listed_and_the_rest_still_shown(
 ) -> None:
     with meshq.Node("liar", mesh=mesh, interfaces=LOOPBACK) as liar:
         liar.serve(INTROSPECT_SERVICE, lambda data: {"v": 1, "name": 7})
-        wait_for_providers(observer, INTROSPECT_SERVICE, 3)
+        wait_for_providers(observer, INTROSPECT_SERVICE, 4)
         view = Collector(observer, timeout=WAIT).collect()
     assert [n.name for n in view.nodes] == ["display", "sensor"]
     assert view.errors == ("liar: peers is not an array",)
@@ -241,8 +241,7 @@ def test_a_node_that_left_is_listed_as_not_answering_for_a_while(
     mesh: str, observer: meshq.Node
 ) -> None:
     leaving = meshq.Node("leaving", mesh=mesh, interfaces=LOOPBACK)
-    install(leaving)
-    wait_for_providers(observer, INTROSPECT_SERVICE, 1)
+    wait_for_providers(observer, INTROSPECT_SERVICE, 2)
     collector = Collector(observer, timeout=WAIT)
     assert [n.name for n in collector.collect().nodes] == ["leaving"]
     leaving.close()  # says BYE: gone from the observer's table at once
@@ -277,6 +276,15 @@ def test_overlapping_streams_and_new_dead_letters_are_marked(
     before = Collector._stream("s/", "r", {**info, "dead_letters": 1}, "", {})
     after = Collector._stream("s/", "r", info, "", {("s/", "r"): before})
     assert before.mark == "" and after.mark == "dead letters +1"
+    assert not before.conflict and not after.conflict
+    # A conflict only the relay sees (its info says so) marks the stream too.
+    told = Collector._stream("s/", "r", {**info, "conflict": "r2 claims it"}, "", {})
+    assert told.mark == "conflict: r2 claims it" and told.conflict
+    assert all(s.conflict for s in view.streams)  # the overlap found by the collector
+    assert exported(view)["meshq_stream_conflict"] == {
+        (("relay", "wide"), ("stream", "a/")): 1,
+        (("relay", "narrow"), ("stream", "a/b/")): 1,
+    }
 
 
 # ----------------------------------------------------------------------
@@ -321,9 +329,7 @@ def test_top_once_prints_the_tables_and_json(mesh: str, small_mesh: SmallMesh) -
 NODE = """
 import sys
 import meshq
-from meshq.introspect import install
 node = meshq.Node("frozen", mesh=sys.argv[1], interfaces=["127.0.0.1"])
-install(node)
 print("ready", flush=True)
 sys.stdin.read()
 node.close()
@@ -372,6 +378,7 @@ def test_top_live_in_tmux_shows_the_mesh_and_marks_a_frozen_node(
         )
         small_mesh.publish(20)
         wait_until(lambda: "│sensors/temp " in screen(tmux_session), "the topic on screen")
+        assert all(h in screen(tmux_session) for h in ("MAX RTT MS", "RECV/S", "consumers"))
         frozen.send_signal(signal.SIGSTOP)
         shown: list[str] = []
 
@@ -461,3 +468,144 @@ def test_the_exporter_is_scraped_and_parsed_by_prometheus_client(
             exporter.kill()
             exporter.communicate()
     assert exporter.returncode in (0, 130)
+
+
+# ----------------------------------------------------------------------
+# Durable consumers from the consumer's side, and round-trip times
+
+
+def rendered(view: MeshView) -> str:
+    """What ``meshq top --once`` prints for ``view`` (rich, 200 columns)."""
+    from rich.console import Console
+
+    from meshq.top import render
+
+    out = io.StringIO()
+    Console(file=out, width=200).print(render(view))
+    return out.getvalue()
+
+
+def exported(view: MeshView) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The exporter's metrics for ``view``, as prometheus-client's parser reads them."""
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from meshq.exporter import MeshMetrics
+
+    registry = CollectorRegistry()
+    metrics = MeshMetrics()
+    metrics.update(view)
+    registry.register(metrics)
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def cells(text: str, table: str, first: str) -> list[str]:
+    """The cells of the row whose first cell is ``first`` in the table titled ``table``."""
+    lines = text.splitlines()
+    below = lines[[line.strip() for line in lines].index(table) :]
+    line = next(line for line in below if line.startswith(f"│{first} "))
+    return [cell.strip() for cell in line.strip("│").split("│")]
+
+
+def test_a_durable_consumer_is_shown_from_its_node_with_its_relays_lag(
+    mesh: str, observer: meshq.Node, tmp_path: Path
+) -> None:
+    relay = meshq.Relay(meshq.Node("relay", mesh=mesh, interfaces=LOOPBACK), tmp_path, ["orders/"])
+    try:
+        with meshq.Node("billing-worker", mesh=mesh, interfaces=LOOPBACK) as worker:
+            worker.wait_for_service("meshq/relay/orders/", timeout=WAIT)
+            observer.wait_for_service("meshq/relay/orders/", timeout=WAIT)
+            for i in range(6):
+                observer.publish("orders/1", i, durable=True)
+            orders = worker.subscribe("orders/", durable="billing", ack="explicit")
+            got = [orders.recv(timeout=WAIT) for _ in range(3)]
+            got[0].ack()
+            got[1].ack()  # the third stays in hand; none of the acks has reached the relay
+            wait_for_providers(observer, INTROSPECT_SERVICE, 3)  # relay, worker, observer
+            collector = Collector(observer, timeout=WAIT)
+            first = collector.collect()
+            [row] = first.consumers
+            assert (row.node, row.prefix, row.stream, row.name) == (
+                "billing-worker", "orders/", "orders/", "billing",
+            )  # fmt: skip
+            assert (row.delivered, row.acked, row.pending) == (3, 2, 1)
+            assert 3 <= row.last_seq <= 6 and row.buffered == row.last_seq - 3
+            assert row.lag == 6 and row.mark == ""  # the relay has had no ack yet
+
+            orders.flush_acks(timeout=WAIT)  # the relay learns of 2 acks: lag 4
+            for i in range(3):
+                observer.publish("orders/1", i, durable=True)  # lag 7
+            second = collector.collect()
+            [row] = second.consumers
+            assert row.lag == 7 and row.mark == "falling behind (lag +1)"
+            assert "consumer billing on billing-worker: falling behind (lag +1)" in second.marked
+
+            table = cells(rendered(second), "consumers", "billing-worker")
+            assert table[:10] == [
+                "billing-worker",
+                "billing",
+                "orders/",
+                "orders/",
+                "3",
+                "0",
+                "2",
+                "1",
+                str(row.buffered),
+                "7",
+            ]  # fmt: skip  (delivered, msg/s, acked, pending, buffered, lag)
+            assert table[10] == "falling behind (lag +1)"
+            samples = exported(second)
+            key = (("consumer", "billing"), ("node", "billing-worker"), ("prefix", "orders/"))
+            assert samples["meshq_consumer_delivered_total"][key] == 3
+            assert samples["meshq_consumer_acked_total"][key] == 2
+            assert samples["meshq_consumer_pending"][key] == 1
+
+            orders.close()  # a closed consumer is no longer reported
+            assert collector.collect().consumers == ()
+    finally:
+        relay.close()
+
+
+def report_rtts(node: meshq.Node, rtts: tuple[float | None, ...]) -> None:
+    """Make ``node`` report these round-trip times for its peers, in its peer order.
+
+    As a node measuring them reports them (docs/PROTOCOL.md 16.4), or (None)
+    does not; set here so that what the test expects does not depend on
+    whether heartbeats measured one yet.
+    """
+
+    def answer(request: object) -> object:
+        reply = snapshot(node, time.time())
+        for peer, rtt in zip(reply["peers"], rtts, strict=False):
+            peer["rtt"] = rtt
+        return reply
+
+    node.serve(INTROSPECT_SERVICE, answer)
+
+
+def test_round_trip_times_are_shown_when_a_node_reports_them(
+    mesh: str, observer: meshq.Node
+) -> None:
+    with (
+        meshq.Node("timed", mesh=mesh, interfaces=LOOPBACK) as timed,
+        meshq.Node("other", mesh=mesh, interfaces=LOOPBACK) as other_node,
+    ):
+        report_rtts(timed, (0.00125, 0.0004))
+        report_rtts(other_node, (None, None))
+        wait_until(lambda: len(timed.peers()) == 2, "timed sees both")
+        wait_for_providers(observer, INTROSPECT_SERVICE, 3)
+        view = Collector(observer, timeout=WAIT).collect()
+    timed_view, other = node_named(view, "timed"), node_named(view, "other")
+    first_peer = view.snapshots[[n.name for n in view.snapshots].index("timed")].peers[0].name
+    assert (timed_view.rtt_max, timed_view.rtt_peer) == (0.00125, first_peer)
+    assert other.rtt_max is None  # not measured: shown as "-"
+    text = rendered(view)
+    assert cells(text, "nodes", "timed")[7] == f"1.25 {first_peer}"
+    assert cells(text, "nodes", "other")[7] == "-"
+    rtts = exported(view)["meshq_peer_rtt_seconds"]
+    assert rtts[(("node", "timed"), ("peer", first_peer))] == 0.00125
+    assert all(dict(k)["node"] == "timed" for k in rtts) and len(rtts) == 2

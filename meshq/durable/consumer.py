@@ -196,6 +196,11 @@ class ConsumerState:
         self.delivered = 0
         self.duplicates = 0
         self.undecodable = 0
+        # For introspection: acks and naks the application made, and the
+        # highest seq fetched (what the consumer reached in its stream).
+        self.acked = 0
+        self.naked = 0
+        self.last_seq = 0
 
     def service(self) -> str:
         assert self.stream is not None, "a stream is found first"
@@ -286,6 +291,8 @@ class ConsumerState:
         self.acks_sent(self._acks_in_flight)  # acks made meanwhile go with the next one
         self._acks_in_flight = 0
         assert self.stream is not None
+        if records:
+            self.last_seq = max(self.last_seq, max(record.seq for record in records))
         for record in records:
             try:
                 data = decode_payload(record.flags, record.payload, limits)
@@ -310,6 +317,7 @@ class ConsumerState:
     def ack(self, message: DurableMessage) -> None:
         if message is self.unacked:
             self.unacked = None
+        self.acked += 1
         # Remembered when acknowledged, not when received: a message handed
         # out and never acknowledged must come back (and be dead-lettered).
         if self._dedup_ids:
@@ -322,6 +330,7 @@ class ConsumerState:
         """Have ``message`` delivered again after its backoff (at most ``ack_wait``)."""
         if message is self.unacked:
             self.unacked = None
+        self.naked += 1
         if not self.backoff:
             self.naks.append(message.seq)
             return
@@ -418,6 +427,30 @@ class ConsumerShell:
     @property
     def undecodable(self) -> int:
         return self._state.undecodable
+
+    def report(self) -> dict[str, object] | None:
+        """This consumer as introspection shows it (docs/PROTOCOL.md 16.2); None once closed.
+
+        Read from another thread (the node's service thread) without a lock:
+        plain counters, each read once.
+        """
+        state = self._state
+        if self._closed:
+            return None
+        delivered, acked, naked = state.delivered, state.acked, state.naked
+        return {
+            "prefix": state.prefix,
+            "name": state.name,
+            "stream": state.stream,
+            "delivered": delivered,
+            "acked": acked,
+            "naked": naked,
+            "pending": max(0, delivered - acked - naked),
+            "buffered": len(state.buffer),
+            "unsent_acks": len(state.acks),
+            "last_seq": state.last_seq,
+            "duplicates": state.duplicates,
+        }
 
 
 class DurableSubscription(ConsumerShell):
