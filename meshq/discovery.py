@@ -9,6 +9,7 @@ from dialling that endpoint.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import ipaddress
 import logging
@@ -18,7 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
 
 from .errors import Timeout
 from .interfaces import local_networks, machine_addresses, rank_endpoints
@@ -38,7 +40,11 @@ log = logging.getLogger("meshq.discovery")
 
 SERVICE_TYPE = "_meshq._tcp.local."
 _RESOLVE_TIMEOUT_MS = 3000
+#: Records resolved at once; the others wait their turn (each resolve waits
+#: up to _RESOLVE_TIMEOUT_MS for a record that may have gone away).
+_MAX_RESOLVING = 8
 _REGISTER_TIMEOUT = 5.0
+_STOP_TIMEOUT = 2.0  # seconds close() waits for the browser and its resolves to stop
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,13 @@ class MdnsDiscovery:
     or this node itself are ignored, as are TXT records over ``max_txt_bytes``
     and, beyond ``max_records`` remembered services, new names (counted in
     ``flooded``): a flood of unique names cannot grow memory without bound.
+
+    Records are handled on zeroconf's event loop, as python-zeroconf's own
+    async browser example does: a record complete in the cache is reported
+    at once; one that is not is resolved by a task of its own, at most
+    ``_MAX_RESOLVING`` at a time, so one record that went away (3 s until
+    its resolve gives up) never holds up the others. Callbacks run on
+    that loop's thread and must not block.
     """
 
     def __init__(
@@ -179,10 +192,18 @@ class MdnsDiscovery:
             server=f"meshq-{node_id.hex()[:16]}.local.",
         )
         self._zeroconf: Zeroconf | None = None
-        self._browser: ServiceBrowser | None = None
+        self._browser: AsyncServiceBrowser | None = None
         self._endpoints: dict[str, Candidate] = {}  # service name -> what we reported
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # _endpoints, flooded and _closed: read off the loop
         self._closed = False
+        self._on_found: Found = _ignore
+        self._on_lost: Found = _ignore
+        # Only on zeroconf's loop: the resolve tasks, the token of the
+        # resolve whose answer still counts per name, and names waiting for
+        # a free resolve (oldest first).
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._resolving: dict[str, object] = {}
+        self._waiting: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def start(self, on_found: Found, on_lost: Found) -> None:
         zc = self._start_zeroconf()
@@ -201,16 +222,25 @@ class MdnsDiscovery:
             zc.close()
             raise Timeout(f"mDNS registration took over {_REGISTER_TIMEOUT} s") from None
 
+        self._on_found, self._on_lost = on_found, on_lost
+        browsing = asyncio.run_coroutine_threadsafe(self._async_browse(zc), zc.loop)
+        try:
+            self._browser = browsing.result(_REGISTER_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            zc.close()
+            raise Timeout(f"mDNS browser took over {_REGISTER_TIMEOUT} s to start") from None
+
+    async def _async_browse(self, zc: Zeroconf) -> AsyncServiceBrowser:
         def handler(
             zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
         ) -> None:
-            # Runs on the browser's own thread, where a blocking resolve is fine.
+            # On zeroconf's loop: nothing here may block (see the class docstring).
             try:
-                self._on_change(zeroconf, name, state_change, on_found, on_lost)
-            except Exception:  # a bad record must never kill the browser thread
+                self._on_change(zeroconf, name, state_change)
+            except Exception:  # a bad record must never break the browser
                 log.exception("mDNS record %s could not be handled", name)
 
-        self._browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[handler])
+        return AsyncServiceBrowser(zc, SERVICE_TYPE, handlers=[handler])
 
     def _start_zeroconf(self) -> Zeroconf:
         # Zeroconf adopts the caller's running event loop if there is one; we
@@ -232,29 +262,66 @@ class MdnsDiscovery:
             raise failed[0]
         return made[0]
 
-    def _on_change(
-        self,
-        zeroconf: Zeroconf,
-        name: str,
-        state_change: ServiceStateChange,
-        on_found: Found,
-        on_lost: Found,
-    ) -> None:
+    def _on_change(self, zeroconf: Zeroconf, name: str, state_change: ServiceStateChange) -> None:
+        """One browser event, on zeroconf's loop."""
         if state_change is ServiceStateChange.Removed:
+            # An answer still on its way for this name no longer counts.
+            self._resolving.pop(name, None)
+            self._waiting.pop(name, None)
             with self._lock:
                 lost = self._endpoints.pop(name, None)
             if lost is not None:
-                on_lost(lost)
+                self._on_lost(lost)
             return
         if self._closed:
-            # Changes queue up on the browser thread, and close() joins it:
-            # resolving each (up to 3 s for a record that went away) would
-            # hold close() for minutes on a busy LAN.
             return
-        info = ServiceInfo(SERVICE_TYPE, name)
-        if not info.load_from_cache(zeroconf) and not info.request(zeroconf, _RESOLVE_TIMEOUT_MS):
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        if info.load_from_cache(zeroconf):
+            self._resolving.pop(name, None)  # the cache is as new as any answer to come
+            self._report(name, info)
+            return
+        if name in self._resolving or name in self._waiting:
+            return  # its resolve reads the newest records when they are complete
+        if len(self._tasks) < _MAX_RESOLVING:
+            self._resolve_soon(zeroconf, name)
+        elif len(self._waiting) < self._max_records:
+            self._waiting[name] = None
+        else:
+            with self._lock:
+                self.flooded += 1
+
+    def _resolve_soon(self, zeroconf: Zeroconf, name: str) -> None:
+        token = object()
+        self._resolving[name] = token
+        task = asyncio.get_running_loop().create_task(self._resolve(zeroconf, name, token))
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._resolved(zeroconf, done))
+
+    async def _resolve(self, zeroconf: Zeroconf, name: str, token: object) -> None:
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        try:
+            complete = await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS)
+        finally:
+            current = self._resolving.get(name) is token
+            if current:
+                del self._resolving[name]
+        if not current or self._closed:
+            return  # removed meanwhile, or reported from the cache
+        if not complete:
             log.debug("mDNS record %s did not resolve", name)
             return
+        self._report(name, info)
+
+    def _resolved(self, zeroconf: Zeroconf, task: asyncio.Task[None]) -> None:
+        """A resolve ended: log what went wrong, start the next waiting one."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("mDNS record could not be resolved", exc_info=task.exception())
+        while self._waiting and len(self._tasks) < _MAX_RESOLVING and not self._closed:
+            name, _ = self._waiting.popitem(last=False)
+            self._resolve_soon(zeroconf, name)
+
+    def _report(self, name: str, info: ServiceInfo) -> None:
         candidate = self._candidate(info)
         if candidate is None:
             return
@@ -267,8 +334,8 @@ class MdnsDiscovery:
                 return
             self._endpoints[name] = candidate
         if previous is not None and previous != candidate:
-            on_lost(previous)
-        on_found(candidate)
+            self._on_lost(previous)
+        self._on_found(candidate)
 
     def _candidate(self, info: ServiceInfo) -> Candidate | None:
         if info.text is not None and len(info.text) > self._max_txt_bytes:
@@ -299,11 +366,31 @@ class MdnsDiscovery:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+        zc = self._zeroconf
+        if zc is None:
+            return
+        if self._browser is not None and zc.loop is not None and zc.loop.is_running():
+            stopping = asyncio.run_coroutine_threadsafe(self._async_stop(), zc.loop)
+            try:
+                stopping.result(_STOP_TIMEOUT)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                log.warning("mDNS browser did not stop within %s s", _STOP_TIMEOUT)
+        # Sends mDNS goodbyes so browsers drop us before the TTL runs out.
+        zc.close()
+
+    async def _async_stop(self) -> None:
+        """Stop browsing and end every resolve (an answer on its way is dropped)."""
         if self._browser is not None:
-            self._browser.cancel()
-        if self._zeroconf is not None:
-            # Sends mDNS goodbyes so browsers drop us before the TTL runs out.
-            self._zeroconf.close()
+            await self._browser.async_cancel()
+        self._waiting.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _ignore(candidate: Candidate) -> None:
+    """The callbacks before start()."""
 
 
 def _numeric(address: str) -> tuple[int, str]:

@@ -49,6 +49,8 @@ _EVENTS = (
 _EVENT_HEAD = struct.Struct("=HI")
 _LOG_AGAIN = 10.0  # seconds before a refusal of the same key (or of no key) is logged again
 _MAX_LOGGED = 1024
+#: A client that hung up during the handshake: most often one without CURVE.
+_HUNG_UP = "client hung up during the handshake (a node without security?)"
 _PROTOCOL_REASONS = {
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "no CURVE (a node without security?)",
     zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "wrong key (decryption failed)",
@@ -262,6 +264,11 @@ class Gatekeeper:
             reason = "no ZAP handler running: refused"
         elif value == errno.EAGAIN:
             reason = "handshake timed out"
+        elif server and value in (errno.EPIPE, errno.ECONNRESET):
+            # Both sides send their mechanism at once; which one notices the
+            # mismatch first is a race. When the client wins, it hangs up
+            # and we see a broken pipe here, not MECHANISM_MISMATCH.
+            reason = _HUNG_UP
         else:
             reason = f"handshake failed: {os.strerror(value) if value else 'no detail'}"
         self._reject(where, key, reason)

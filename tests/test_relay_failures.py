@@ -51,9 +51,10 @@ def drain(sub: meshq.DurableSubscription, want: int, budget: float) -> Counter[o
 
 
 # A chaos run: in the soak step (.ci/run), in a pytest process of its own.
-# Late in a full `make test` on a loaded machine its producers have
-# stalled past the 150 s budget (4 of about 8 runs); alone it passed every
-# time. The cause is not found yet (see the stop note of 2026-12-02).
+# Its producers used to stall for good on a loaded machine: a request's
+# wait for replies turned into a poll without end (a negative timeout)
+# while the one reply due was from a relay just SIGKILLed. Fixed in
+# meshq/requester.py; tests/test_requester_deadlines.py pins it.
 @pytest.mark.soak
 @pytest.mark.timeout(300)
 def test_relay_killed_repeatedly_loses_nothing_confirmed(
