@@ -7,11 +7,13 @@ loopback, with every variable annotated as a strictly typed application
 would. CI checks this file with ``mypy --strict`` (tests/test_typing.py):
 ``publish(..., durable=True)`` is an ``int``, a plain ``publish`` is
 ``None``, ``subscribe`` returns a ``Subscription`` or, with ``durable=``, a
-``DurableSubscription``. At most about 10 s.
+``DurableSubscription``, and ``await`` on an ``AsyncDurablePublisher``'s
+confirm is an ``int``. At most about 10 s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from collections.abc import Mapping
@@ -26,6 +28,18 @@ def total(data: object) -> object:
     if not isinstance(data, list):
         raise TypeError("expected a list of quantities")
     return sum(int(quantity) for quantity in data)
+
+
+async def publish_from_asyncio(mesh: str) -> int:
+    """The asyncio publisher: the same calls as DurablePublisher, awaited."""
+    async with meshq.AsyncNode("till", mesh=mesh, interfaces=LOOPBACK) as till:
+        await till.wait_for_service("meshq/relay/orders/", timeout=10)
+        publisher = meshq.AsyncDurablePublisher(till)
+        confirm: meshq.AsyncConfirm = await publisher.send("orders/3", {"qty": 4})
+        await publisher.flush(timeout=10)
+        seq: int = await confirm
+        confirmed: int = publisher.confirmed
+        return seq if confirmed == 1 else 0
 
 
 def main() -> int:
@@ -50,7 +64,9 @@ def main() -> int:
 
             news: meshq.Subscription = shop.subscribe("news/")
             news.close()
-            billing: meshq.DurableSubscription = shop.subscribe("orders/", durable="billing")
+            billing: meshq.DurableSubscription = shop.subscribe(
+                "orders/", durable="billing", backoff=(1.0, 5.0)
+            )
             quantities: list[int] = []
             with billing:
                 for _ in range(2):
@@ -62,7 +78,9 @@ def main() -> int:
             answer: object = shop.request("total", quantities, timeout=5.0)
             missed: int = shop.stats()["messages_missed"]
             print(f"billed {quantities}, total {answer}, messages missed {missed}")
-            return 0 if answer == 5 and missed == 0 else 1
+            third = asyncio.run(publish_from_asyncio(mesh))
+            print(f"stored an order from asyncio as seq {third}")
+            return 0 if answer == 5 and missed == 0 and third == 3 else 1
         finally:
             relay.close()
 

@@ -18,7 +18,7 @@ from .durable import (
     RelayConflict,
     Start,
 )
-from .durable.aio import AsyncDurablePublisher, AsyncDurableSubscription
+from .durable.aio import AsyncConfirm, AsyncDurablePublisher, AsyncDurableSubscription
 from .errors import (
     BindError,
     Closed,
@@ -42,6 +42,7 @@ from .wire import PROTOCOL_VERSION
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AsyncConfirm",
     "AsyncDurablePublisher",
     "AsyncDurableSubscription",
     "AsyncNode",

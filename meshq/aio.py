@@ -30,13 +30,14 @@ import zmq
 import zmq.asyncio
 
 from .config import MeshConfig
-from .durable import DurableMessage, Start
+from .durable import DEFAULT_BACKOFF, DurableMessage, Start
 from .durable.aio import AsyncDurablePublisher, AsyncDurableSubscription
 from .errors import Closed, MeshqError, NoProviders, PayloadTooLarge, RemoteError, Timeout
 from .message import Message
 from .node import DIRECT_SERVICE, Node, PeerCallback, TaskHandler
 from .peers import Peer, PeerEvent, PeerState
 from .publishing import BlockingWait, encode_blocking
+from .ratelimit import HandlerErrorLog
 from .requester import DEFAULT_RETRIES, DEFAULT_TIMEOUT, GatherResult, Requester
 from .security import Curve, Rejection
 from .services import ReplyTo
@@ -591,6 +592,7 @@ class AsyncNode:
         ack: Literal["auto", "explicit"] = "auto",
         ack_wait: float = 30.0,
         max_deliver: int = 5,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
     ) -> AsyncDurableSubscription:
         """See ``Node.subscribe(prefix, durable=name)``: made now if a relay is known.
 
@@ -600,7 +602,14 @@ class AsyncNode:
         """
         self._node.runtime.check_prefix(prefix)
         subscription = AsyncDurableSubscription(
-            self, prefix, name, start=start, ack=ack, ack_wait=ack_wait, max_deliver=max_deliver
+            self,
+            prefix,
+            name,
+            start=start,
+            ack=ack,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            backoff=backoff,
         )
         self._node.runtime.state.track_consumer(subscription)  # introspection reports it
         await subscription.open()
@@ -619,6 +628,7 @@ class AsyncNode:
         ack: Literal["auto", "explicit"] = ...,
         ack_wait: float = ...,
         max_deliver: int = ...,
+        backoff: Sequence[float] = ...,
     ) -> AsyncDurableSubscription: ...
 
     def subscribe(
@@ -630,6 +640,7 @@ class AsyncNode:
         ack: Literal["auto", "explicit"] = "auto",
         ack_wait: float = 30.0,
         max_deliver: int = 5,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
     ) -> AsyncSubscription | AsyncDurableSubscription:
         """See :meth:`Node.subscribe`; call from the loop that will receive.
 
@@ -647,6 +658,7 @@ class AsyncNode:
                 ack=ack,
                 ack_wait=ack_wait,
                 max_deliver=max_deliver,
+                backoff=backoff,
             )
             self._node.runtime.state.track_consumer(durable_sub)
             durable_sub.open_soon()
@@ -668,21 +680,26 @@ class AsyncNode:
         return subscription
 
     def on_message(
-        self, prefix: str, *, durable: str | None = None
+        self,
+        prefix: str,
+        *,
+        durable: str | None = None,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
     ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
         """Decorator: call ``handler(message)`` for every message under ``prefix``.
 
         As :meth:`Node.on_message`, but the handler (plain or ``async
         def``) runs in a task of this event loop that owns the subscription;
         an ``async def`` handler is awaited before the next message. A
-        handler that raises is logged and counted (``message_handler_errors``)
-        and keeps receiving; with ``durable=`` the message is then handed
-        back (``nak``). Runs until the node closes.
+        handler that raises is counted (``message_handler_errors``), logged
+        as Node's are (a traceback per new kind, then a line per 30 s) and
+        keeps receiving; with ``durable=`` the message is then handed back
+        (``nak``), delivered again after ``backoff``. Runs until the node closes.
         """
         if durable is None:
             subscription: AsyncSubscription | AsyncDurableSubscription = self.subscribe(prefix)
         else:
-            subscription = self.subscribe(prefix, durable=durable)
+            subscription = self.subscribe(prefix, durable=durable, backoff=backoff)
 
         def register(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
             task = self._loop.create_task(self._handle_messages(subscription, handler))
@@ -705,15 +722,16 @@ class AsyncNode:
         subscription: AsyncSubscription | AsyncDurableSubscription,
         handler: Callable[[Any], Any],
     ) -> None:
+        errors = HandlerErrorLog(log, f"on_message handler {handler!r}")
         async with subscription:
             async for message in subscription:
                 try:
                     result = handler(message)
                     if inspect.isawaitable(result):
                         await result
-                except Exception:
+                except Exception as exc:
                     self._node.runtime.count("message_handler_errors")
-                    log.exception("on_message handler %r failed", handler)
+                    errors.failed(exc)
                     if isinstance(message, DurableMessage):
                         message.nak()
 

@@ -71,7 +71,8 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="DIR_OR_KEY",
-        help="with --key: a directory of allowed public .key files, or one Z85 key (repeatable)",
+        help="with --key: a directory of allowed public .key files, or one Z85 key "
+        "(repeatable; --allow=KEY also takes a key that starts with '-')",
     )
 
 
@@ -87,6 +88,36 @@ def _security(args: argparse.Namespace) -> Curve | None:
 
 def _is_key(text: str) -> bool:
     return len(text) == 40 and not os.path.isdir(text)
+
+
+#: The Z85 alphabet (ZeroMQ RFC 32): a CURVE key in text is 40 of these.
+_Z85 = frozenset(
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
+#: Options whose value may be a Z85 key, which starts with '-' once in 85 keys.
+_KEY_OPTIONS = ("--allow",)
+
+
+def _join_key_values(argv: Sequence[str]) -> list[str]:
+    """``--allow KEY`` as ``--allow=KEY``, so a key starting with '-' is not read as an option.
+
+    argparse takes a value that starts with '-' for an option of its own;
+    a 40-character Z85 word after --allow can only be a key.
+    """
+    joined: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word in _KEY_OPTIONS:
+            value = next(words, None)
+            if value is None:
+                joined.append(word)
+            elif value.startswith("-") and len(value) == 40 and set(value) <= _Z85:
+                joined.append(f"{word}={value}")
+            else:
+                joined.extend((word, value))
+        else:
+            joined.append(word)
+    return joined
 
 
 def _make_node(args: argparse.Namespace, default_name: str) -> Node:
@@ -357,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``meshq`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser().parse_args(_join_key_values(argv))
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, overload
 
-from .durable import DurableMessage, DurablePublisher, DurableSubscription, Start
+from .durable import DEFAULT_BACKOFF, DurableMessage, DurablePublisher, DurableSubscription, Start
 from .errors import Closed, MeshqError, Timeout
 from .message import Message
+from .ratelimit import HandlerErrorLog
 from .runtime import Runtime
 from .state import SUBSCRIBERS
 from .subscription import Subscription, refresh_this_thread
@@ -192,6 +193,7 @@ class PubSubApi:
         ack: Literal["auto", "explicit"] = ...,
         ack_wait: float = ...,
         max_deliver: int = ...,
+        backoff: Sequence[float] = ...,
     ) -> DurableSubscription: ...
 
     def subscribe(
@@ -203,6 +205,7 @@ class PubSubApi:
         ack: Literal["auto", "explicit"] = "auto",
         ack_wait: float = 30.0,
         max_deliver: int = 5,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
     ) -> Subscription | DurableSubscription:
         """Receive every message whose topic starts with ``prefix``, from all peers.
 
@@ -216,8 +219,10 @@ class PubSubApi:
         order. A new consumer begins at ``start``. Acknowledgement is
         automatic when the next message is received (``ack="auto"``) or by
         ``msg.ack()``; what is not acknowledged within ``ack_wait`` seconds is
-        delivered again, up to ``max_deliver`` times, then dead-lettered.
-        Processes sharing one name share the messages between them.
+        delivered again, up to ``max_deliver`` times, then dead-lettered. A
+        naked message is delivered again after ``backoff[deliveries - 1]``
+        seconds (the last repeats; default 1, 2, 4, 8, 16, 30 s, at most
+        ``ack_wait``). Processes sharing one name share the messages between them.
         """
         runtime = self.runtime
         runtime.check_prefix(prefix)
@@ -230,6 +235,7 @@ class PubSubApi:
                 ack=ack,
                 ack_wait=ack_wait,
                 max_deliver=max_deliver,
+                backoff=backoff,
             )
             runtime.state.track_consumer(consumer)  # introspection reports it
             return consumer
@@ -248,21 +254,30 @@ class PubSubApi:
 
     @overload
     def on_message(
-        self, prefix: str, *, durable: str
+        self, prefix: str, *, durable: str, backoff: Sequence[float] = ...
     ) -> Callable[[DurableMessageHandler], DurableMessageHandler]: ...
 
-    def on_message(self, prefix: str, *, durable: str | None = None) -> Callable[[Any], Any]:
+    def on_message(
+        self,
+        prefix: str,
+        *,
+        durable: str | None = None,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+    ) -> Callable[[Any], Any]:
         """Decorator: call ``handler(message)`` for every message under ``prefix``.
 
         Each handler gets a thread of its own that owns its subscription, so
         a slow handler delays only itself; its backlog is bounded by
         ``subscribe_hwm`` (beyond it messages are dropped and show up as
-        gaps). A handler that raises is logged and counted
-        (``message_handler_errors``) and keeps receiving. Runs until the node closes.
+        gaps). A handler that raises is counted (``message_handler_errors``)
+        and keeps receiving; its first traceback of each kind is logged, then
+        one summary line per 30 s says how many more failed. Runs until the
+        node closes.
 
         With ``durable="name"`` the handler is that durable consumer (see
         :meth:`subscribe`): a message is acknowledged once the handler
-        returns, and one whose handler raised is delivered again (``nak``).
+        returns, and one whose handler raised is delivered again (``nak``)
+        after ``backoff`` (as in :meth:`subscribe`).
         """
         runtime = self.runtime
         runtime.check_prefix(prefix)
@@ -271,7 +286,7 @@ class PubSubApi:
             ready = threading.Event()
             thread = threading.Thread(
                 target=self._handle_messages,
-                args=(prefix, durable, handler, ready),
+                args=(prefix, durable, backoff, handler, ready),
                 name=f"meshq-on-message-{runtime.id[:8]}",
                 daemon=True,
             )
@@ -283,28 +298,34 @@ class PubSubApi:
         return register
 
     def _handle_messages(
-        self, prefix: str, durable: str | None, handler: Any, ready: threading.Event
+        self,
+        prefix: str,
+        durable: str | None,
+        backoff: Sequence[float],
+        handler: Any,
+        ready: threading.Event,
     ) -> None:
         subscription: Subscription | DurableSubscription
         try:
             if durable is None:
                 subscription = self.subscribe(prefix)
             else:
-                subscription = self.subscribe(prefix, durable=durable)
+                subscription = self.subscribe(prefix, durable=durable, backoff=backoff)
         except MeshqError as exc:
             if not isinstance(exc, Closed):
                 log.error("on_message(%r, durable=%r) not started: %s", prefix, durable, exc)
             return
         finally:
             ready.set()
+        errors = HandlerErrorLog(log, f"on_message handler {handler!r}")
         with subscription:
             try:
                 for message in subscription:
                     try:
                         handler(message)
-                    except Exception:
+                    except Exception as exc:
                         self.runtime.count("message_handler_errors")
-                        log.exception("on_message handler %r failed", handler)
+                        errors.failed(exc)
                         if isinstance(message, DurableMessage):
                             message.nak()
             except Closed:

@@ -170,8 +170,20 @@ def refresh_this_thread() -> None:
         watcher.refresh()
 
 
+#: Seconds a departed publisher's link is kept at least: what it published
+#: just before its goodbye may still be on the way (another TCP connection).
+DRAIN_GRACE = 0.5
+
+
 class PublisherLinks:
-    """Keeps one SUB socket connected to exactly the publishers in a directory."""
+    """Keeps one SUB socket connected to exactly the publishers in a directory.
+
+    A publisher that left (goodbye, timeout) is disconnected only once the
+    socket has nothing left to read and ``DRAIN_GRACE`` s have passed:
+    ZeroMQ's disconnect drops what is queued on that link unread, which lost
+    every message published just before close(). Until then ``version``
+    stays behind the directory's, so the owner syncs again on its next call.
+    """
 
     def __init__(
         self,
@@ -188,6 +200,8 @@ class PublisherLinks:
         self._handled: dict[str, float] = {}  # refusals already retried
         self._connected: dict[str, str] = {}
         self._connected_at: dict[str, float] = {}  # endpoint -> when connected (monotonic)
+        # endpoint -> (the publisher that left it, when: monotonic s)
+        self._draining: dict[str, tuple[str, float]] = {}
         self.version = -1
 
     def sync(self) -> None:
@@ -200,23 +214,46 @@ class PublisherLinks:
                 # anew, if ours is the link that was refused (made before).
                 if self._connected_at.get(endpoint, math.inf) < when:
                     retry.add(endpoint)
+        now = time.monotonic()
         for node_id, endpoint in list(self._connected.items()):
             if wanted.get(node_id) != endpoint or endpoint in retry:
                 del self._connected[node_id]
                 self._connected_at.pop(endpoint, None)
-                try:
-                    self._sock.disconnect(endpoint)
-                except zmq.ZMQError:
-                    pass  # already gone: nothing to undo
+                if endpoint in retry:  # a refused handshake: nothing was received
+                    self._disconnect(endpoint)
+                else:
+                    self._draining[endpoint] = (node_id, now)
+        if self._draining:
+            # (EVENTS, not poll(): the socket may be a zmq.asyncio one.)
+            events = self._sock.getsockopt(zmq.EVENTS)
+            readable = isinstance(events, int) and events & zmq.POLLIN
+            back = set(wanted.values())
+            for endpoint, (_, since) in list(self._draining.items()):
+                if endpoint not in back and not readable and now - since >= DRAIN_GRACE:
+                    del self._draining[endpoint]
+                    self._disconnect(endpoint)
         for node_id, endpoint in wanted.items():
             if node_id not in self._connected:
+                left = self._draining.pop(endpoint, None)
+                if left is not None and left[0] == node_id:  # back: keep its link
+                    self._connected[node_id] = endpoint
+                    self._connected_at[endpoint] = now
+                    continue
+                if left is not None:  # another node on that port: another key, maybe
+                    self._disconnect(endpoint)
                 if self._connect is None:
                     self._sock.connect(endpoint)
                 elif not self._connect(self._sock, endpoint):
                     continue  # refused by security (recorded): tried again when it is due
                 self._connected[node_id] = endpoint
                 self._connected_at[endpoint] = time.monotonic()
-        self.version = version
+        self.version = -1 if self._draining else version
+
+    def _disconnect(self, endpoint: str) -> None:
+        try:
+            self._sock.disconnect(endpoint)
+        except zmq.ZMQError:
+            pass  # already gone: nothing to undo
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,33 @@ def test_asyncio_publishes_resend_store_failure_refusals_too(mesh: str, relay: m
 
     seq, resent = asyncio.run(scenario())
     assert seq == 1 and resent >= 2
+
+
+def test_asyncio_flush_raises_publish_failed_listing_the_ids_no_result_raised(
+    mesh: str, relay: meshq.Relay
+) -> None:
+    async def scenario() -> meshq.PublishFailed:
+        async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
+            await node.wait_for_service("meshq/relay/s/", timeout=10)
+            publisher = meshq.AsyncDurablePublisher(node, timeout=0.5)
+            assert await publisher.publish("s/x", "fits") == 1
+            fill_store(relay)
+            seen = await publisher.send("s/x", b"x" * 200_000, msg_id=b"seen")
+            unseen = [
+                await publisher.send("s/x", b"x" * 200_000, msg_id=b"lost-%d" % i) for i in range(2)
+            ]
+            with pytest.raises(meshq.Timeout):  # the store kept failing until the timeout
+                await seen
+            with pytest.raises(meshq.PublishFailed) as caught:
+                await publisher.flush(timeout=10)
+            assert [msg_id for msg_id, _ in caught.value.failures] == [c.msg_id for c in unseen]
+            assert publisher.failed == 3 and publisher.in_flight == 0
+            await publisher.flush(timeout=10)  # reported once: the next flush is clean
+            free_store(relay)
+            assert await publisher.publish("s/x", "after") == 2
+            return caught.value
+
+    failed = asyncio.run(scenario())
+    assert failed.count == 2
+    assert all(isinstance(error, meshq.Timeout) for _, error in failed.failures)
+    assert b"lost-0".hex() in str(failed)

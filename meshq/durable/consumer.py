@@ -412,6 +412,11 @@ class ConsumerShell:
         self._state.batch = value
 
     @property
+    def backoff(self) -> tuple[float, ...]:
+        """Seconds before a naked message is delivered again, by delivery (the last repeats)."""
+        return self._state.backoff
+
+    @property
     def delivered(self) -> int:
         return self._state.delivered
 

@@ -12,26 +12,17 @@ the application is busy elsewhere does not expire unsent.
 
 from __future__ import annotations
 
-import collections
+import functools
 import itertools
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
-from ..errors import Closed, MeshqError, NoProviders, ProtocolError, RemoteError, Timeout
-from ..relaywire import MAX_MSG_ID_BYTES, MAX_PUBS
+from ..errors import Closed, MeshqError, Timeout
+from ..relaywire import MAX_MSG_ID_BYTES
 from ..requester import RequestFuture
 from ..wire import encode_payload
-from .lookup import (
-    ATTEMPT,
-    STORE_RETRY_FIRST,
-    STORE_RETRY_MAX,
-    pause,
-    relay_request,
-    relay_stream,
-    retry_later,
-    wait_for_relay,
-)
+from .confirms import ConfirmBook, DurableMessageOut, PublishFailed, Unconfirmed
+from .lookup import ATTEMPT, pause, relay_request, relay_stream, wait_for_relay
 
 _SLICE = 0.05  # seconds a bounded wait spends on the oldest request before looking at all
 
@@ -40,26 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Confirm", "DurablePublisher", "PublishFailed", "next_message_id"]
 
-#: Failures kept for :meth:`DurablePublisher.flush` to report (the rest are counted).
-_MAX_FAILURES_KEPT = 10_000
 #: Seconds between reads of the replies that are in, from send().
 _READ_EVERY = 0.001
-
-
-class PublishFailed(MeshqError):
-    """Durable publishes failed (timed out or refused) and no ``result()`` raised it yet.
-
-    ``failures``: (message id, the error) for each, oldest first (at most
-    10,000); ``count``: how many failed in all.
-    """
-
-    def __init__(self, failures: list[tuple[bytes, BaseException]], count: int) -> None:
-        shown = ", ".join(msg_id.hex() for msg_id, _ in failures[:5])
-        more = f" and {count - 5} more" if count > 5 else ""
-        first = f"; first: {failures[0][1]}" if failures else ""
-        super().__init__(f"{count} durable publish(es) failed: ids {shown}{more}{first}")
-        self.failures = failures
-        self.count = count
 
 
 #: Numbers for message ids, shared by every publisher of the process: an id
@@ -72,15 +45,6 @@ _message_numbers = itertools.count(1)
 def next_message_id(node: MeshNode) -> bytes:
     """A new message id: the node's 16-byte id and a big-endian u64, unique in the process."""
     return bytes.fromhex(node.id) + next(_message_numbers).to_bytes(8, "big")
-
-
-class DurableMessageOut(NamedTuple):
-    """A message ready for a relay: the stream it goes to and its encoded fields."""
-
-    stream: str
-    msg_id: bytes
-    flags: int
-    payload: bytes
 
 
 def prepare(node: MeshNode, topic: str, data: object, msg_id: bytes | None) -> DurableMessageOut:
@@ -112,41 +76,10 @@ def max_message_size(node: MeshNode) -> int:
     return node.config.max_msgpack_bytes // 2
 
 
-@dataclass
-class _Unconfirmed:
-    topic: str
-    stream: str
-    msg_id: bytes
-    flags: int
-    payload: bytes
-    timeout: float  # seconds from the first send
-    deadline: float = 0.0  # monotonic; set when first sent
-    seq: int = 0
-    error: BaseException | None = None
-    reported: bool = False  # its error was raised by Confirm.result()
-
-    @property
-    def size(self) -> int:
-        """Bytes this message adds to a request, give or take the framing."""
-        return len(self.payload) + len(self.topic) + len(self.msg_id)
-
-    @property
-    def settled(self) -> bool:
-        return bool(self.seq) or self.error is not None
-
-
-@dataclass
-class _Batch:
-    """One "pubs" request in flight and the messages it carries, in order."""
-
-    entries: list[_Unconfirmed]
-    future: RequestFuture
-
-
 class Confirm:
     """A durable publish in flight; ``result()`` waits for the relay's confirm."""
 
-    def __init__(self, publisher: DurablePublisher, entry: _Unconfirmed) -> None:
+    def __init__(self, publisher: DurablePublisher, entry: Unconfirmed) -> None:
         self._publisher = publisher
         self._entry = entry
 
@@ -167,17 +100,10 @@ class Confirm:
         (or this wait's ``timeout``), meshq.RemoteError if the relay refused it.
         """
         self._publisher.wait(self._entry, timeout)
-        if self._entry.error is not None:
-            if not self._entry.reported:
-                self._entry.reported = True
-                self._publisher.reported(self._entry)
-            raise self._entry.error
-        if not self._entry.seq:
-            raise Timeout(f"no confirm yet for {self._entry.topic!r}")
-        return self._entry.seq
+        return self._publisher.outcome(self._entry)
 
 
-class DurablePublisher:
+class DurablePublisher(ConfirmBook[RequestFuture]):
     """Publishes to relays with confirms; many publishes may be in flight.
 
     ``send`` returns a :class:`Confirm` at once; ``publish`` waits for it.
@@ -190,6 +116,10 @@ class DurablePublisher:
     failed (a full disk), with a pause doubling from 0.05 to 1 s. A failure
     is raised by the message's ``Confirm.result()``, or else by the next
     ``flush()`` (:class:`PublishFailed`, listing the message ids).
+    :class:`meshq.AsyncDurablePublisher` is the same for asyncio.
+
+    Counters: ``confirmed``, ``failed`` (timed out or refused), ``resent``,
+    ``requests`` (batches sent), ``in_flight`` (sent, not yet confirmed or failed).
 
     Args:
         node: the node to publish through.
@@ -208,33 +138,18 @@ class DurablePublisher:
         max_requests: int = 4,
         max_batch: int = 256,
     ) -> None:
-        if timeout <= 0 or max_in_flight < 1 or max_requests < 1 or not 0 < max_batch <= MAX_PUBS:
-            raise ValueError(
-                f"need timeout > 0 s, max_in_flight and max_requests >= 1, max_batch 1..{MAX_PUBS}"
-            )
-        self.node = node
-        self.timeout = timeout
-        self.max_in_flight = max_in_flight
-        self.max_requests = max_requests
-        self.max_batch = max_batch
         # A request is one msgpack payload, and providers decode at most
         # max_msgpack_bytes of it: half of that per request leaves room for
         # the framing, and lets the relay hand any one message back in a fetch.
-        self.max_request_bytes = max_message_size(node)
-        self._unsent: collections.deque[_Unconfirmed] = collections.deque()
-        self._batches: collections.deque[_Batch] = collections.deque()
-        self._unconfirmed = 0
-        # Failures for flush() to report (by id(entry), oldest first), and
-        # how many there were since the last flush (some may not be kept).
-        self._failures: dict[int, _Unconfirmed] = {}
-        self._unreported = 0
-        self._hold_until = 0.0  # no request before this (monotonic): the store failed
-        self._store_pause = STORE_RETRY_FIRST
+        super().__init__(
+            timeout=timeout,
+            max_in_flight=max_in_flight,
+            max_requests=max_requests,
+            max_batch=max_batch,
+            max_request_bytes=max_message_size(node),
+        )
+        self.node = node
         self._next_read = 0.0
-        #: Messages confirmed, given up on (timed out or refused), and resent.
-        self.confirmed = 0
-        self.failed = 0
-        self.resent = 0
 
     def send(self, topic: str, data: object, *, msg_id: bytes | None = None) -> Confirm:
         """Send ``data`` to the relay holding ``topic``'s stream; return its pending confirm.
@@ -251,9 +166,7 @@ class DurablePublisher:
             self.poll()  # take the confirms in: a free slot sends this one at once
         while self._unconfirmed >= self.max_in_flight:
             self._wait_once(None)
-        entry = _Unconfirmed(topic, *out, self.timeout)
-        self._unsent.append(entry)
-        self._unconfirmed += 1
+        entry = self._add(topic, out)
         self._dispatch()
         return Confirm(self, entry)
 
@@ -277,67 +190,12 @@ class DurablePublisher:
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"{self._unconfirmed} durable publishes unconfirmed")
             self._wait_once(remaining)
-        failures = [(e.msg_id, e.error) for e in self._failures.values() if e.error is not None]
-        count, self._unreported = self._unreported, 0
-        self._failures.clear()
-        if count:
-            raise PublishFailed(failures, count)
+        failed = self._take_failures()
+        if failed is not None:
+            raise failed
 
-    @property
-    def in_flight(self) -> int:
-        """Messages sent and not yet confirmed or failed."""
-        return self._unconfirmed
-
-    def _dispatch(self) -> None:
-        """Send what is unsent, as requests of up to max_batch messages of one stream.
-
-        Like Nagle's algorithm: with nothing in flight a message goes at
-        once; while requests are out, messages wait for an answer (or for a
-        full batch), so that they travel and are committed together.
-        """
-        now = time.monotonic()
-        if now < self._hold_until:  # the relay's store failed: wait out the pause
-            while self._unsent and self._unsent[0].deadline and now >= self._unsent[0].deadline:
-                first = self._unsent.popleft()
-                self._fail(first, Timeout(f"durable publish to {first.topic!r} not confirmed"))
-            return
-        while (
-            self._unsent
-            and len(self._batches) < self.max_requests
-            and (not self._batches or len(self._unsent) >= self.max_batch)
-        ):
-            first = self._unsent[0]
-            if not first.deadline:
-                first.deadline = now + first.timeout
-            if now >= first.deadline:
-                self._unsent.popleft()
-                self._fail(first, Timeout(f"durable publish to {first.topic!r} not confirmed"))
-                continue
-            entries: list[_Unconfirmed] = []
-            size = 0
-            while (
-                self._unsent
-                and len(entries) < self.max_batch
-                and self._unsent[0].stream == first.stream
-                and (not entries or size + self._unsent[0].size <= self.max_request_bytes)
-            ):
-                entry = self._unsent.popleft()
-                if not entry.deadline:  # its timeout runs from now
-                    entry.deadline = now + entry.timeout
-                entries.append(entry)
-                size += entry.size
-            attempt = min(ATTEMPT, max(0.001, min(e.deadline for e in entries) - now))
-            try:
-                future = relay_request(
-                    self.node,
-                    first.stream,
-                    ["pubs", [[e.topic, e.msg_id, e.flags, e.payload] for e in entries]],
-                    timeout=attempt,
-                )
-            except NoProviders:  # the relay is restarting: try again on the next poll
-                self._unsent.extendleft(reversed(entries))
-                return
-            self._batches.append(_Batch(entries, future))
+    def _request(self, stream: str, request: list[object], timeout: float) -> RequestFuture:
+        return relay_request(self.node, stream, request, timeout=timeout)
 
     def poll(self) -> None:
         """Take in the confirms that arrived; resend what went unanswered.
@@ -347,67 +205,11 @@ class DurablePublisher:
         self._next_read = time.monotonic() + _READ_EVERY
         if self._batches and not self._batches[0].future.ready:
             self._batches[0].future.done()  # reads every reply that is in
-        still: collections.deque[_Batch] = collections.deque()
-        for batch in self._batches:
-            if batch.future.ready:
-                self._settle(batch)
-            else:
-                still.append(batch)
-        self._batches = still
+        for batch in [b for b in self._batches if b.future.ready]:
+            self._settle(batch, functools.partial(batch.future.result, 0))
         self._dispatch()
 
-    def _settle(self, batch: _Batch) -> None:
-        try:
-            seqs = batch.future.result(0)
-        except RemoteError as exc:
-            if retry_later(exc):
-                # Nothing of the request was stored (the relay's disk is
-                # full, or it is not the stream's owner, or not yet): resend
-                # the same ids after a pause, to the owner.
-                self.resent += len(batch.entries)
-                self._unsent.extendleft(reversed(batch.entries))
-                self._hold_until = time.monotonic() + self._store_pause
-                self._store_pause = min(2 * self._store_pause, STORE_RETRY_MAX)
-                return
-            for entry in batch.entries:
-                self._fail(entry, exc)
-            return
-        except (Timeout, NoProviders):
-            # The relay is slow, stopped or restarting: resend, same ids.
-            self.resent += len(batch.entries)
-            self._unsent.extendleft(reversed(batch.entries))
-            return
-        if not (
-            isinstance(seqs, list)
-            and len(seqs) == len(batch.entries)
-            and all(type(seq) is int and seq > 0 for seq in seqs)
-        ):
-            error = ProtocolError(f"relay confirmed {len(batch.entries)} messages with {seqs!r}")
-            for entry in batch.entries:
-                self._fail(entry, error)
-            return
-        self._store_pause = STORE_RETRY_FIRST
-        for entry, seq in zip(batch.entries, seqs, strict=True):
-            entry.seq = seq
-        self.confirmed += len(seqs)
-        self._unconfirmed -= len(seqs)
-
-    def _fail(self, entry: _Unconfirmed, error: BaseException) -> None:
-        entry.error = error
-        self.failed += 1
-        self._unconfirmed -= 1
-        self._unreported += 1
-        if len(self._failures) < _MAX_FAILURES_KEPT:
-            self._failures[id(entry)] = entry
-
-    def reported(self, entry: _Unconfirmed) -> None:
-        """``entry``'s failure was raised to the caller: flush() need not say it again."""
-        if self._failures.pop(id(entry), None) is not None or self._unreported > len(
-            self._failures
-        ):
-            self._unreported -= 1
-
-    def wait(self, entry: _Unconfirmed, timeout: float | None) -> None:
+    def wait(self, entry: Unconfirmed, timeout: float | None) -> None:
         """Drive every publish in flight until ``entry`` is settled or ``timeout`` s pass."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not entry.settled:
@@ -419,10 +221,7 @@ class DurablePublisher:
     def _wait_once(self, timeout: float | None) -> None:
         """Wait (at most ``timeout`` s) for the oldest request, then poll."""
         if self.node.closed:
-            for entry in [*self._unsent, *(e for b in self._batches for e in b.entries)]:
-                self._fail(entry, Closed("node is closed"))
-            self._unsent.clear()
-            self._batches.clear()
+            self._fail_everything(Closed("node is closed"))
             return
         self.poll()
         if self._batches:
