@@ -314,12 +314,16 @@ class AsyncNode:
         """
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._waiters.add(waiter)
+        # Not asyncio.wait_for: before Python 3.12 it swallows a cancel that
+        # lands just as the waiter is woken, so a cancelled events() iteration
+        # would go on and take the event meant for the next one.
+        expiry = None if timeout is None else self._loop.call_later(timeout, _expire, waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            raise Timeout("no peer change within the timeout") from None
+            await waiter  # raises Timeout once expired
         finally:
             self._waiters.discard(waiter)
+            if expiry is not None:
+                expiry.cancel()
 
     def _remaining(self, deadline: float | None) -> float | None:
         return None if deadline is None else deadline - self._loop.time()
@@ -865,3 +869,8 @@ SENT = Sent()
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(Timeout("no peer change within the timeout"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import socket
@@ -548,6 +549,36 @@ def test_async_waits_hold_no_threads_and_cancel_cleanly(mesh: str) -> None:
 
     seen = asyncio.run(scenario())
     assert seen[0] == "b"  # JOINED reached the second iteration
+
+
+def test_an_events_iteration_cancelled_as_its_event_arrives_leaves_the_event(
+    mesh: str,
+) -> None:
+    """The cancel and the wake-up land in the same loop step: the cancel wins.
+
+    (asyncio.wait_for before Python 3.12 swallows such a cancel, and the
+    cancelled iteration went on to take the JOINED meant for the next one.)
+    """
+
+    async def scenario() -> tuple[bool, list[str]]:
+        async with meshq.AsyncNode("a", mesh=mesh, interfaces=LOOPBACK) as a:
+
+            async def first_event() -> meshq.PeerEvent:
+                return await anext(a.events(timeout=30))
+
+            early = asyncio.create_task(first_event())
+            await asyncio.sleep(0)  # early now waits for a change
+            # Block the loop until b's JOINED is queued and its wake-up scheduled...
+            with meshq.Node("b", mesh=mesh, interfaces=LOOPBACK):
+                a.node.wait_for_peers(1, timeout=30)
+                early.cancel()  # ...then cancel: both reach early in one step
+                with contextlib.suppress(asyncio.CancelledError):
+                    await early
+                seen = [event.peer.name async for event in a.events(timeout=0.5)]
+            return early.cancelled(), seen
+
+    cancelled, seen = asyncio.run(scenario())
+    assert cancelled and seen[:1] == ["b"]
 
 
 def test_wait_for_subscribers_then_one_publish_reaches_them_all(trio: list[meshq.Node]) -> None:
