@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 import threading
 import time
@@ -35,6 +37,7 @@ from typing import Any
 
 import meshq
 from meshq.patterns import Pipeline, Publisher, Sink, Worker
+from meshq.patterns.worker import stage_service
 
 _print_lock = threading.Lock()
 
@@ -82,9 +85,14 @@ def make_handler(name: str, delay: float) -> meshq.services.Handler:
     return handle
 
 
-def slow_echo(delay: float) -> Callable[[object], object]:
+def slow_echo(delay: float, die: bool = False) -> Callable[[object], object]:
+    """Echo each task after ``delay`` s; with ``die``, SIGKILL this process on the first
+    task instead, so that it dies holding its batch (never after answering it)."""
+
     def handle(task: object) -> object:
         emit("task", task=task if isinstance(task, int) else None)
+        if die:
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(delay)
         return task
 
@@ -166,12 +174,15 @@ def main() -> None:
                 node.publish(command["topic"], command["data"])
             emit("published", topic=command["topic"], count=command.get("count", 1))
         elif command["cmd"] == "worker":  # a pipeline stage, each task taking ``delay`` s
-            workers.append(Worker(node, command["stage"], slow_echo(command.get("delay", 0.0))))
+            handler = slow_echo(command.get("delay", 0.0), command.get("die", False))
+            workers.append(Worker(node, command["stage"], handler))
             emit("working", stage=command["stage"])
         elif command["cmd"] == "produce":  # push tasks through a pipeline, report the counts
             pipeline = Pipeline(
                 node, command["stage"], batch=command["batch"], credit=2, timeout=2.0
             )
+            # Every worker the test started is in this node's directory first.
+            node.wait_for_service(stage_service(command["stage"]), command["workers"], timeout=20)
             first = command.get("first", 0)
             pipeline.push_many(range(first, first + command["count"]), timeout=30)
             if command.get("drain", True):

@@ -123,12 +123,13 @@ def test_a_pipeline_across_hosts_accounts_for_a_worker_killed_midway(
     lan3: Lan, agents: list[Agent], mesh: str
 ) -> None:
     h1, h2, h3 = full_mesh(lan3, agents, mesh)
+    h1.send(cmd="worker", stage="job", delay=0.02)  # 0.1 s a batch of 5
+    h2.send(cmd="worker", stage="job", die=True)  # SIGKILLs itself on its first task
     for worker in (h1, h2):
-        worker.send(cmd="worker", stage="job", delay=0.02)  # 0.1 s a batch of 5
         worker.expect(lambda e: e["ev"] == "working", timeout=10)
-    h3.send(cmd="produce", stage="job", batch=5, count=200)
-    h2.expect(lambda e: e["ev"] == "task", timeout=30)  # h2 is working on a batch...
-    h2.signal(signal.SIGKILL)  # ...and dies holding it
+    h3.send(cmd="produce", stage="job", batch=5, count=200, workers=2)
+    h2.expect(lambda e: e["ev"] == "task", timeout=30)  # h2 took a batch...
+    assert h2.process.wait(timeout=10) == -signal.SIGKILL  # ...and died holding it
     report = h3.expect(lambda e: e["ev"] == "produced", timeout=60)
     assert report["completed"] + report["failed"] + report["lost"] == 200
     assert report["tasks"] == list(range(200))  # each task done or counted lost, once
