@@ -4,7 +4,8 @@ Run inside a network namespace: ``capture.py IFACE OUTFILE MAX_SECONDS MAX_BYTES
 (IFACE ``any`` for all of them: a bridge device itself sees only frames
 addressed to it, its ports see what it forwards).
 Prints ``ready`` once the socket is bound, then appends raw frames to
-OUTFILE until stdin closes, MAX_SECONDS pass or MAX_BYTES are captured.
+OUTFILE until stdin closes (then the frames already queued), MAX_SECONDS
+pass or MAX_BYTES are captured.
 """
 
 from __future__ import annotations
@@ -33,7 +34,18 @@ def main() -> None:
                 break
             ready, _, _ = select.select([sniffer, sys.stdin], [], [], remaining)
             if sys.stdin in ready and not sys.stdin.readline():
-                break  # the test is done
+                # The test is done. Frames the kernel queued for us before
+                # then are part of the capture: on a busy machine we may not
+                # have read one of them yet.
+                sniffer.setblocking(False)
+                while captured < max_bytes:
+                    try:
+                        frame = sniffer.recv(65536)
+                    except BlockingIOError:
+                        break
+                    out.write(frame)
+                    captured += len(frame)
+                break
             if sniffer in ready:
                 frame = sniffer.recv(65536)
                 out.write(frame)
