@@ -17,6 +17,10 @@ from meshq.patterns import Publisher
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHQ = [sys.executable, "-m", "meshq.cli"]
+# The commands' short default waits are for a person at a terminal; a loaded
+# CI machine may need longer to discover the mesh. Each such command returns
+# as soon as it finds what it waits for, so a long cap costs nothing.
+PATIENT = ["--wait", "20"]  # within the 30 s each run may take
 
 
 def test_demo_runs_a_mesh_that_hears_itself() -> None:
@@ -62,7 +66,17 @@ def test_pub_reaches_sub_across_processes(mesh: str) -> None:
 def test_peers_lists_the_nodes_on_a_mesh(mesh: str) -> None:
     with meshq.Node("listed", mesh=mesh, interfaces=["127.0.0.1"]):
         result = subprocess.run(
-            [*MESHQ, "peers", "--mesh", mesh, "--interface", "127.0.0.1", "--expect", "1"],
+            [
+                *MESHQ,
+                "peers",
+                "--mesh",
+                mesh,
+                "--interface",
+                "127.0.0.1",
+                "--expect",
+                "1",
+                *PATIENT,
+            ],
             capture_output=True,
             text=True,
             timeout=30,
@@ -143,7 +157,7 @@ def test_call_and_services_reach_a_provider(mesh: str) -> None:
     with meshq.Node("adder", mesh=mesh, interfaces=["127.0.0.1"]) as node:
         node.serve("add", lambda data: sum(data))  # type: ignore[call-overload]
         call = subprocess.run(
-            [*MESHQ, "call", "add", "[1, 2, 3]", "--json", *common],
+            [*MESHQ, "call", "add", "[1, 2, 3]", "--json", *PATIENT, *common],
             capture_output=True,
             text=True,
             timeout=30,
@@ -151,7 +165,7 @@ def test_call_and_services_reach_a_provider(mesh: str) -> None:
         assert call.returncode == 0, call.stderr
         assert call.stdout.strip() == "6"
         listing = subprocess.run(
-            [*MESHQ, "services", "--expect", "1", *common],
+            [*MESHQ, "services", "--expect", "1", *PATIENT, *common],
             capture_output=True,
             text=True,
             timeout=30,
@@ -230,9 +244,10 @@ def test_relay_streams_and_replay_commands(mesh: str, tmp_path: Path) -> None:
             assert result.returncode == 0, result.stdout + result.stderr
             return result.stdout
 
-        assert "last seq 3" in run("pub", "cli/x", "stored", "--durable", "--count", "3")
-        assert "cli/" in run("streams") and "seq 1..3" in run("streams")
-        replayed = run("replay", "cli/", "--from", "2")
+        stored = run("pub", "cli/x", "stored", "--durable", "--count", "3", "--timeout", "20")
+        assert "last seq 3" in stored
+        assert "cli/" in run("streams", *PATIENT) and "seq 1..3" in run("streams", *PATIENT)
+        replayed = run("replay", "cli/", "--from", "2", *PATIENT)
         assert "#2 " in replayed and "#3 " in replayed and "#1 " not in replayed
         assert "b'stored'" in replayed
         unslashed = subprocess.run(

@@ -157,7 +157,10 @@ def test_relay_command_serves_a_stream_from_jetstream(mesh: str, nats_cluster: N
             wait_for_providers(client, 1)
             assert client.publish("orders/1", "one", durable=True) == 1
         replay = subprocess.run(
-            [*MESHQ, "replay", "orders/", *common], capture_output=True, text=True, timeout=30
+            [*MESHQ, "replay", "orders/", "--wait", "20", *common],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert replay.returncode == 0, replay.stderr
         assert "#1 " in replay.stdout and "orders/1 'one'" in replay.stdout
