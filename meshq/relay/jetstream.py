@@ -75,6 +75,9 @@ _FETCH_BYTES = 1024 * 1024
 #: resends after its own attempt timeout anyway, with the same ids.
 _PUBLISH_RETRY = 3.0
 _RETRY_PAUSE = 0.05  # seconds between retries of a publish JetStream could not take
+#: Seconds a read waits for messages the stream's leader has confirmed to
+#: reach the server of the read's consumer.
+_CATCH_UP = 2.0
 _API_TIMEOUT = 5.0
 _MAX_ACK_PENDING = 100_000
 #: Ack subjects remembered per consumer (seq -> the delivery's reply subject).
@@ -150,6 +153,10 @@ class _Consumer:
     largest: int = 16 * 1024
 
 
+class _Unreachable(Exception):
+    """A pull was answered "503 no responders": no server serves that consumer (yet)."""
+
+
 class _Pulls:
     """Pull requests to JetStream consumers, each answered on an inbox of its own.
 
@@ -169,7 +176,10 @@ class _Pulls:
         expires: float = 0.0,
     ) -> list[Msg]:
         """Up to ``batch`` messages: what is there now, or (``expires`` > 0 s) what comes
-        within that time. Ends at JetStream's status answer (no messages, timeout)."""
+        within that time. Ends at JetStream's status answer (no messages, timeout).
+
+        Raises _Unreachable if no server answers for the consumer.
+        """
         nc = self._nc
         inbox = nc.new_inbox()
         queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -201,6 +211,10 @@ class _Pulls:
                 status = _status(msg)
                 if status == "100":  # heartbeat
                     continue
+                if status == "503" and not found:
+                    # Not "no messages": a consumer just made is not always
+                    # known across the cluster at once.
+                    raise _Unreachable(f"consumer {stream}.{consumer}: no responders")
                 if status:
                     if status not in ("404", "408"):
                         log.debug("pull from %s.%s: %s", stream, consumer, msg.headers)
@@ -637,13 +651,16 @@ class JetStreamStore:
         waited = False
         while len(found) < limit and size < _FETCH_BYTES:
             chunk = max(1, min(limit - len(found), (_FETCH_BYTES - size) // consumer.largest))
-            got = await pulls.pull(js_stream, durable, chunk)
-            if not got and not found and wait > 0 and not waited:
-                # Long poll for one, then take what else is there: a waiting
-                # pull for more would hold messages back until it filled.
-                waited = True
-                got = await pulls.pull(js_stream, durable, 1, expires=wait)
-                chunk = 1
+            try:
+                got = await pulls.pull(js_stream, durable, chunk)
+                if not got and not found and wait > 0 and not waited:
+                    # Long poll for one, then take what else is there: a waiting
+                    # pull for more would hold messages back until it filled.
+                    waited = True
+                    got = await pulls.pull(js_stream, durable, 1, expires=wait)
+                    chunk = 1
+            except _Unreachable:
+                break  # nothing this time: the consumer's next fetch asks again
             for msg in got:
                 consumer.largest = max(consumer.largest, len(msg.data) + 1)
                 size += len(msg.data)
@@ -730,9 +747,22 @@ class JetStreamStore:
         self, stream: str, first: int, limit: int, subject: str, max_bytes: int = _FETCH_BYTES
     ) -> list[Msg]:
         """Up to ``limit`` messages of ``stream`` from seq ``first`` (an ephemeral consumer),
-        about ``max_bytes`` of payload at most (at least one)."""
+        about ``max_bytes`` of payload at most (at least one).
+
+        The consumer (one replica) may sit on a server that has not yet
+        stored what the stream's leader confirmed, or not yet be known to
+        the other servers (both seen on a loaded machine, about 1 read in 60
+        right after a publish). Unfiltered, the read goes on until it has the
+        leader's last seq (waiting up to _CATCH_UP s for it), so that an
+        answer short of it means the messages are not there.
+        """
         assert self._jsm is not None and self._pulls is not None
         api = self._nats.js.api
+        last, start = None, max(1, first)
+        if not subject:
+            state = (await self._jsm.stream_info(stream)).state  # the leader's answer
+            last = state.last_seq if state.messages else None
+            start = max(start, state.first_seq)
         info = await self._jsm.add_consumer(
             stream,
             api.ConsumerConfig(
@@ -747,10 +777,23 @@ class JetStreamStore:
         )
         found: list[Msg] = []
         size, largest = 0, 16 * 1024
+        deadline = time.monotonic() + _API_TIMEOUT
         try:
             while len(found) < limit and size < max_bytes:
                 chunk = max(1, min(limit - len(found), (max_bytes - size) // largest))
-                got = await self._pulls.pull(stream, info.name, chunk)
+                seen = _ack_fields(found[-1].reply)[0] if found else start - 1
+                expires = 0.0
+                if last is not None and seen < last:
+                    # Known to be stored: the pull ends as soon as they are all here.
+                    chunk, expires = min(chunk, last - seen), _CATCH_UP
+                try:
+                    got = await self._pulls.pull(stream, info.name, chunk, expires=expires)
+                except _Unreachable:
+                    # Not "no messages": the new consumer is not reachable yet.
+                    if time.monotonic() >= deadline:
+                        raise MeshqError(f"JetStream consumer on {stream} unreachable") from None
+                    await self._pause(_RETRY_PAUSE)
+                    continue
                 for msg in got:
                     largest = max(largest, len(msg.data) + 1)
                     size += len(msg.data)
