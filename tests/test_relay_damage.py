@@ -110,7 +110,7 @@ def test_integrity_check_findings_are_counted_and_shown(mesh: str, tmp_path: Pat
             assert isinstance(info, dict)
             assert info["integrity_problems"] >= 1
             assert info["messages"] == COUNT - 1  # what the problem hides
-            shown = meshq_cli("streams", "--mesh", mesh, "--interface", LOOPBACK[0])
+            shown = meshq_cli("streams", "--mesh", mesh, "--interface", LOOPBACK[0], "--wait", "20")
             assert "integrity check problems" in shown.stdout, shown
         relay.close()
 

@@ -151,6 +151,9 @@ def test_a_cut_among_stale_frames_of_an_older_generation_is_not_a_torn_wal(
     assert not [r for r in caplog.records if "TORN WAL" in r.getMessage()]
 
 
+CLI = [sys.executable, "-m", "meshq.cli"]
+
+
 @pytest.mark.timeout(180)
 def test_a_damaged_wal_is_reported_counted_and_no_sequence_number_is_given_out_twice(
     mesh: str, tmp_path: Path, agents: list[Agent]
@@ -189,7 +192,7 @@ def test_a_damaged_wal_is_reported_counted_and_no_sequence_number_is_given_out_t
         seq = node.publish("s/x", "after", durable=True)
         assert seq is not None and seq > count
         shown = subprocess.run(
-            [sys.executable, "-m", "meshq.cli", "streams", "--mesh", mesh, "--interface", LOOPBACK],
+            [*CLI, "streams", "--mesh", mesh, "--interface", LOOPBACK, "--wait", "20"],
             capture_output=True,
             text=True,
             timeout=60,
