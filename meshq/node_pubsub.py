@@ -16,6 +16,7 @@ from typing import Any, Literal, overload
 from .durable import DEFAULT_BACKOFF, DurableMessage, DurablePublisher, DurableSubscription, Start
 from .errors import Closed, MeshqError, Timeout
 from .message import Message
+from .publishing import BlockingWait
 from .ratelimit import HandlerErrorLog
 from .runtime import Runtime
 from .state import SUBSCRIBERS
@@ -113,13 +114,17 @@ class PubSubApi:
         """Whether ``topic`` was declared blocking on this node (cheap; may forget old topics)."""
         return topic in self._blocking_topics
 
-    def try_publish_blocking(self, topic: str, flags: int, payload: bytes) -> bool:
+    def try_publish_blocking(
+        self, topic: str, flags: int, payload: bytes, wait: BlockingWait | None = None
+    ) -> bool:
         """One non-waiting try of a blocking publish; False if a subscriber is full.
 
         For front-ends that wait their own way (asyncio); ``flags, payload``
-        come from ``meshq.publishing.encode_blocking``.
+        come from ``meshq.publishing.encode_blocking``. A failed try
+        registers ``wait``, whose ``wake`` then hears of room; call
+        ``wait.end()`` when the publish is over (see BlockingWait).
         """
-        return self.runtime.publisher.try_publish_blocking(topic, flags, payload)
+        return self.runtime.publisher.try_publish_blocking(topic, flags, payload, wait)
 
     def declare_blocking(self, topic: str) -> None:
         """Publish ``topic`` blocking from now on (:meth:`publish_blocking`), not dropping.
