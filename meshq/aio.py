@@ -636,7 +636,6 @@ class AsyncNode:
             max_deliver=max_deliver,
             backoff=backoff,
         )
-        self._node.runtime.state.track_consumer(subscription)  # introspection reports it
         await subscription.open()
         return subscription
 
@@ -685,7 +684,6 @@ class AsyncNode:
                 max_deliver=max_deliver,
                 backoff=backoff,
             )
-            self._node.runtime.state.track_consumer(durable_sub)
             durable_sub.open_soon()
             return durable_sub
         return self._subscribe(prefix)

@@ -19,7 +19,7 @@ from .message import Message
 from .publishing import BlockingWait
 from .ratelimit import HandlerErrorLog
 from .runtime import Runtime
-from .state import SUBSCRIBERS
+from .state import SUBSCRIBERS, Reporting
 from .subscription import Subscription, refresh_this_thread
 
 __all__ = ["DurableMessageHandler", "MessageHandler", "PubSubApi"]
@@ -232,7 +232,7 @@ class PubSubApi:
         runtime = self.runtime
         runtime.check_prefix(prefix)
         if durable is not None:
-            consumer = DurableSubscription(
+            return DurableSubscription(  # it reports itself (track_consumer)
                 self,  # type: ignore[arg-type]
                 prefix,
                 durable,
@@ -242,8 +242,6 @@ class PubSubApi:
                 max_deliver=max_deliver,
                 backoff=backoff,
             )
-            runtime.state.track_consumer(consumer)  # introspection reports it
-            return consumer
         subscription = Subscription(
             prefix,
             context=runtime.context,
@@ -253,6 +251,17 @@ class PubSubApi:
         )
         subscription.on_gap = runtime.count_missed
         return subscription
+
+    def track_consumer(self, consumer: Reporting) -> None:
+        """Show ``consumer`` in this node's introspection replies while it is referenced.
+
+        The seam for durable consumers (meshq/durable/), sync and asyncio:
+        each registers itself with its node when made, and is forgotten
+        once its owner drops it (held weakly). ``consumer.report()`` is
+        called from the node's service thread; None leaves it out.
+        Thread-safe.
+        """
+        self.runtime.state.track_consumer(consumer)
 
     @overload
     def on_message(self, prefix: str) -> Callable[[MessageHandler], MessageHandler]: ...
