@@ -385,8 +385,6 @@ class AsyncNode:
         if not node.is_blocking(topic):
             node.declare_blocking(topic)
         flags, payload = encode_blocking(data)
-        if node.try_publish_blocking(topic, flags, payload):
-            return
         loop = self._loop
         room = asyncio.Event()
 

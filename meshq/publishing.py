@@ -438,8 +438,6 @@ class PublishSocket:
         meshq.Closed if the node closes meanwhile.
         """
         flags, payload = encode_blocking(data)
-        if self.try_publish_blocking(topic, flags, payload):
-            return
         wait = BlockingWait(topic, timeout)
         try:
             while not self.try_publish_blocking(topic, flags, payload, wait):
@@ -453,9 +451,9 @@ class PublishSocket:
         """One try of :meth:`publish_blocking`: False if a subscriber is full (nothing sent).
 
         With ``wait``, a failed try registers it, so that it hears of room
-        from the moment of this try on (its ``wake``, and ``version``); a
-        successful one ends it. The sync and asyncio shells wait between
-        tries on that (see BlockingWait).
+        from the moment of this try on (its ``wake``, and ``version``), and
+        the first one starts its deadline; a successful one ends it. The
+        sync and asyncio shells wait between tries on that (see BlockingWait).
         """
         with self._lock:
             sock = self._block_sock
@@ -476,8 +474,9 @@ class PublishSocket:
                 raw_send(sock, frame, zmq.NOBLOCK)
             except zmq.Again:
                 if wait is not None:
-                    self._block_waits.add(wait)
-                    wait.socket = self
+                    if wait.socket is None:
+                        wait.begin(self)
+                        self._block_waits.add(wait)
                     wait.version = self._room_version
                 return False  # the sequence number stays unused: no gap
             except zmq.ZMQError as exc:
@@ -707,8 +706,11 @@ class BlockingWait:
     costs at most that much delay, and a publisher blocked for a second
     makes a handful of tries, not the dozens a timer would.
 
-    ``timeout`` in seconds (None: no limit); ``wake`` is called with the
-    publish lock held, from any thread, and must not block.
+    ``timeout`` in seconds (None: no limit), counted from the first failed
+    try; ``wake`` is called with the publish lock held, from any thread, and
+    must not block. Made for every blocking publish and handed to its first
+    try already, so that a publish that finds room at once costs no clock
+    read and no second try.
     """
 
     __slots__ = ("deadline", "socket", "timeout", "topic", "version", "wake")
@@ -718,17 +720,23 @@ class BlockingWait:
     ) -> None:
         self.topic = topic
         self.timeout = timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.deadline = 0.0  # monotonic s; set by the first failed try
         self.wake = wake
         #: The socket's room version at the last failed try; news after it has a higher one.
         self.version = 0
         #: The socket it is registered with (after a failed try), else None.
         self.socket: PublishSocket | None = None
 
+    def begin(self, socket: PublishSocket) -> None:
+        """(The socket's lock held) The first try failed: the wait and its deadline start."""
+        self.socket = socket
+        if self.timeout is not None and not self.deadline:
+            self.deadline = time.monotonic() + self.timeout
+
     def remaining(self) -> float:
         """Seconds to wait before trying again at the latest. Raises meshq.Timeout past
         the deadline."""
-        if self.deadline is None:
+        if self.timeout is None:
             return ROOM_RECHECK
         left = self.deadline - time.monotonic()
         if left <= 0:
