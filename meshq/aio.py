@@ -384,14 +384,37 @@ class AsyncNode:
     async def publish_blocking(
         self, topic: str, data: object, *, timeout: float | None = 1.0
     ) -> None:
-        """See :meth:`Node.publish_blocking`; the wait for room is awaited, not slept."""
+        """See :meth:`Node.publish_blocking`; the wait for room is awaited and holds no thread."""
         node = self._node
         if not node.is_blocking(topic):
             node.declare_blocking(topic)
         flags, payload = encode_blocking(data)
-        wait = BlockingWait(topic, timeout)
-        while not node.try_publish_blocking(topic, flags, payload):
-            await asyncio.sleep(wait.pause())
+        loop = self._loop
+        room = asyncio.Event()
+
+        def heard(version: int) -> None:  # on the loop
+            if version > wait.version:  # news since the last try, not of it
+                room.set()
+
+        def wake(version: int) -> None:  # any thread, under the publish lock
+            try:
+                loop.call_soon_threadsafe(heard, version)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
+
+        wait = BlockingWait(topic, timeout, wake)
+        try:
+            while not node.try_publish_blocking(topic, flags, payload, wait):
+                # Cleared after the try: news of room that came since is
+                # still on its way to this loop (call_soon_threadsafe).
+                room.clear()
+                recheck = loop.call_later(wait.remaining(), room.set)
+                try:
+                    await room.wait()
+                finally:
+                    recheck.cancel()
+        finally:
+            wait.end()
 
     def declare_blocking(self, topic: str) -> None:
         """See :meth:`Node.declare_blocking`."""
@@ -615,7 +638,6 @@ class AsyncNode:
             max_deliver=max_deliver,
             backoff=backoff,
         )
-        self._node.runtime.state.track_consumer(subscription)  # introspection reports it
         await subscription.open()
         return subscription
 
@@ -664,7 +686,6 @@ class AsyncNode:
                 max_deliver=max_deliver,
                 backoff=backoff,
             )
-            self._node.runtime.state.track_consumer(durable_sub)
             durable_sub.open_soon()
             return durable_sub
         return self._subscribe(prefix)

@@ -16,9 +16,10 @@ from typing import Any, Literal, overload
 from .durable import DEFAULT_BACKOFF, DurableMessage, DurablePublisher, DurableSubscription, Start
 from .errors import Closed, MeshqError, Timeout
 from .message import Message
+from .publishing import BlockingWait
 from .ratelimit import HandlerErrorLog
 from .runtime import Runtime
-from .state import SUBSCRIBERS
+from .state import SUBSCRIBERS, Reporting
 from .subscription import Subscription, refresh_this_thread
 
 __all__ = ["DurableMessageHandler", "MessageHandler", "PubSubApi"]
@@ -113,13 +114,17 @@ class PubSubApi:
         """Whether ``topic`` was declared blocking on this node (cheap; may forget old topics)."""
         return topic in self._blocking_topics
 
-    def try_publish_blocking(self, topic: str, flags: int, payload: bytes) -> bool:
+    def try_publish_blocking(
+        self, topic: str, flags: int, payload: bytes, wait: BlockingWait | None = None
+    ) -> bool:
         """One non-waiting try of a blocking publish; False if a subscriber is full.
 
         For front-ends that wait their own way (asyncio); ``flags, payload``
-        come from ``meshq.publishing.encode_blocking``.
+        come from ``meshq.publishing.encode_blocking``. A failed try
+        registers ``wait``, whose ``wake`` then hears of room; call
+        ``wait.end()`` when the publish is over (see BlockingWait).
         """
-        return self.runtime.publisher.try_publish_blocking(topic, flags, payload)
+        return self.runtime.publisher.try_publish_blocking(topic, flags, payload, wait)
 
     def declare_blocking(self, topic: str) -> None:
         """Publish ``topic`` blocking from now on (:meth:`publish_blocking`), not dropping.
@@ -227,7 +232,7 @@ class PubSubApi:
         runtime = self.runtime
         runtime.check_prefix(prefix)
         if durable is not None:
-            consumer = DurableSubscription(
+            return DurableSubscription(  # it reports itself (track_consumer)
                 self,  # type: ignore[arg-type]
                 prefix,
                 durable,
@@ -237,8 +242,6 @@ class PubSubApi:
                 max_deliver=max_deliver,
                 backoff=backoff,
             )
-            runtime.state.track_consumer(consumer)  # introspection reports it
-            return consumer
         subscription = Subscription(
             prefix,
             context=runtime.context,
@@ -248,6 +251,17 @@ class PubSubApi:
         )
         subscription.on_gap = runtime.count_missed
         return subscription
+
+    def track_consumer(self, consumer: Reporting) -> None:
+        """Show ``consumer`` in this node's introspection replies while it is referenced.
+
+        The seam for durable consumers (meshq/durable/), sync and asyncio:
+        each registers itself with its node when made, and is forgotten
+        once its owner drops it (held weakly). ``consumer.report()`` is
+        called from the node's service thread; None leaves it out.
+        Thread-safe.
+        """
+        self.runtime.state.track_consumer(consumer)
 
     @overload
     def on_message(self, prefix: str) -> Callable[[MessageHandler], MessageHandler]: ...

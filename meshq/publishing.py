@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -72,9 +73,9 @@ _HOLD_MAX_BYTES = 8 * 1024
 # entries (the decoder's bound), which spares a count per message.
 _ENTRY_COST = _HOLD_MAX_BYTES // MAX_BATCH + 1
 
-#: Seconds between tries while a blocking publish waits for a full subscriber.
-_BLOCK_POLL_FIRST = 0.0005
-_BLOCK_POLL_MAX = 0.01
+#: Seconds a blocking publish waits for news of room before it tries again
+#: anyway: the bound on a wake-up lost to a race inside libzmq (see BlockingWait).
+ROOM_RECHECK = 0.5
 
 
 #: Tail markers (see PublishSocket.announce_tails): one every this many
@@ -191,6 +192,14 @@ class PublishSocket:
         #: Where the NODROP socket listens (empty until opened), and its inproc twin.
         self.block_endpoints: tuple[str, ...] = ()
         self.block_local_endpoint = f"inproc://meshq-pub-block-{node_id.hex()}"
+        # Blocking publishes waiting for room (see BlockingWait), under the
+        # lock: the waits registered, a counter bumped whenever news of room
+        # may have come, and the Condition the sync waits block on. A
+        # readiness check of the NODROP socket's ZMQ_FD (set when opened).
+        self._block_waits: set[BlockingWait] = set()
+        self._room_version = 0
+        self._room_heard = threading.Condition(self._lock)
+        self._block_news: select.poll | None = None
 
     def check_topic(self, topic: str) -> None:
         """Raise ValueError unless ``topic`` can be published."""
@@ -413,6 +422,8 @@ class PublishSocket:
             sock.close(linger=0)
             raise
         self.block_endpoints = tuple(f"tcp://{ip}:{port}" for ip in self._interfaces)
+        self._block_news = select.poll()
+        self._block_news.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
         return sock
 
     def publish_blocking(self, topic: str, data: object, timeout: float | None) -> None:
@@ -420,20 +431,29 @@ class PublishSocket:
 
         The message goes to every subscriber or to none: after ``timeout``
         seconds (None: no limit) without room it is not sent, consumes no
-        sequence number, and meshq.Timeout is raised. The lock is released
-        between tries, so other topics keep flowing meanwhile. Call
-        :meth:`declare_blocking` first. Raises ValueError for a topic
-        published with ``publish``.
+        sequence number, and meshq.Timeout is raised. The wait blocks until
+        news of room comes (see BlockingWait), with the lock released, so
+        other topics keep flowing meanwhile. Call :meth:`declare_blocking`
+        first. Raises ValueError for a topic published with ``publish``,
+        meshq.Closed if the node closes meanwhile.
         """
         flags, payload = encode_blocking(data)
         wait = BlockingWait(topic, timeout)
-        while not self.try_publish_blocking(topic, flags, payload):
-            time.sleep(wait.pause())
+        try:
+            while not self.try_publish_blocking(topic, flags, payload, wait):
+                self._await_room(wait)
+        finally:
+            wait.end()
 
-    def try_publish_blocking(self, topic: str, flags: int, payload: bytes) -> bool:
+    def try_publish_blocking(
+        self, topic: str, flags: int, payload: bytes, wait: BlockingWait | None = None
+    ) -> bool:
         """One try of :meth:`publish_blocking`: False if a subscriber is full (nothing sent).
 
-        The sync and asyncio shells loop on this, pausing per BlockingWait.
+        With ``wait``, a failed try registers it, so that it hears of room
+        from the moment of this try on (its ``wake``, and ``version``), and
+        the first one starts its deadline; a successful one ends it. The
+        sync and asyncio shells wait between tries on that (see BlockingWait).
         """
         with self._lock:
             sock = self._block_sock
@@ -448,14 +468,63 @@ class PublishSocket:
                 raise ValueError(f"payload of {len(payload)} bytes exceeds {entry.budget}")
             check_payload_size(flags, payload, self._limits, "message")
             frame = entry.pack(entry.prefix, flags, entry.seq + 1, time.time_ns()) + payload
+            if self._block_waits:
+                self._take_room_news()
             try:
                 raw_send(sock, frame, zmq.NOBLOCK)
             except zmq.Again:
+                if wait is not None:
+                    if wait.socket is None:
+                        wait.begin(self)
+                        self._block_waits.add(wait)
+                    wait.version = self._room_version
                 return False  # the sequence number stays unused: no gap
             except zmq.ZMQError as exc:
                 raise translate(exc, "publish") from exc
             entry.seq += 1
+            if wait is not None:
+                self._block_waits.discard(wait)
+                wait.socket = None
             return True
+
+    def _await_room(self, wait: BlockingWait) -> None:
+        """Block until news of room may have come since ``wait``'s last try, or
+        for ROOM_RECHECK s. Raises meshq.Timeout past its deadline."""
+        with self._lock:
+            left = wait.remaining()
+            if self._room_version == wait.version and not self._closed:
+                self._room_heard.wait(left)
+
+    def end_wait(self, wait: BlockingWait) -> None:
+        """Forget ``wait`` (its publish is over); see :meth:`BlockingWait.end`."""
+        with self._lock:
+            self._block_waits.discard(wait)
+            wait.socket = None
+
+    def _take_room_news(self) -> None:
+        """Run the NODROP socket's pending commands now if it has any; then wake the waits.
+
+        Lock held, publishes waiting. Room comes as a command (a
+        subscriber's pipe reactivated): whoever uses the socket next runs
+        it, and so clears the ZMQ_FD readiness that the control thread
+        polls. Running them here, rather than leaving it to the send that
+        follows (which, throttled, may skip them), and telling the waits
+        hands the news on. Nothing pending: nobody is woken, so waits that
+        fail in turn do not wake each other forever.
+        """
+        assert self._block_news is not None and self._block_sock is not None  # a wait implies both
+        if self._block_news.poll(0):
+            if _read_subscriptions(self._block_sock, self._block_subscribers):
+                self.on_subscribers_changed()
+            self._room_changed()
+
+    def _room_changed(self) -> None:
+        """(lock held) News of room, or the close: every waiting publish tries again."""
+        self._room_version += 1
+        self._room_heard.notify_all()
+        for wait in self._block_waits:
+            if wait.wake is not None:
+                wait.wake(self._room_version)
 
     def announce_tails(self) -> bool:
         """Send each recently published topic's last sequence number (a tail marker).
@@ -481,6 +550,8 @@ class PublishSocket:
                     self._flush_held()
                 except Closed:
                     return False
+            if self._block_waits:
+                self._take_room_news()  # a tail's send may run the socket's commands
             now_ns = time.time_ns()
             for entry in self._topics.values():
                 if entry.seq != entry.told:
@@ -525,6 +596,11 @@ class PublishSocket:
         changed = _read_subscriptions(self._sock, self._subscribers)
         if self._block_sock is not None:
             changed = _read_subscriptions(self._block_sock, self._block_subscribers) or changed
+            if self._block_waits:
+                # Reading ran the socket's commands, news of room among them
+                # (the control thread calls this when the socket's ZMQ_FD
+                # turned readable): the waiting publishes try again.
+                self._room_changed()
         if changed:
             self.on_subscribers_changed()
 
@@ -581,6 +657,7 @@ class PublishSocket:
             if self._block_sock is not None:
                 self._block_sock.close(linger=0)
             self._flush_due.notify_all()
+            self._room_changed()  # blocked publishes wake and raise Closed
             flusher = self._flusher
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join()
@@ -594,49 +671,83 @@ def encode_blocking(data: object) -> tuple[int, bytes]:
 
 
 class BlockingWait:
-    """The pauses of a blocking publish between tries, and its deadline.
+    """One blocking publish's wait for room: its deadline, and how it hears of room.
 
     XPUB's POLLOUT (ZMQ_EVENTS, zmq_poll) does not say whether a subscriber
     is full: libzmq's ``xpub_t::xhas_out`` returns ``dist_t::has_out()``,
     which is always true, with XPUB_NODROP too (libzmq issue #1597, closed
     unfixed; checked against libzmq 4.3.5 / pyzmq 27.3: POLLOUT stays set
-    through every EAGAIN). So this pauses and retries: 0.5 ms doubling to
-    10 ms, within the deadline.
+    through every EAGAIN).
 
     Room does announce itself, though not as POLLOUT: a subscriber's pipe
     that drained by its low-water mark sends the XPUB an ``activate_write``
-    command, which makes the socket's ZMQ_FD readable (in the same check a
-    publisher that waited on the FD alone, no timeout, was woken for each of
-    67 full spells and kept pace with its reader). The FD is edge-like and
-    shared: whoever next uses the socket (the control thread reading
-    subscriptions, another publisher) consumes the wake-up. A wait without
-    pauses is therefore: the control thread, which already polls this FD,
-    notifies a Condition of the publish socket after it processed the
-    socket's commands, and every other user of the socket does the same
-    under the lock; a blocked publisher waits on that Condition with its
-    deadline (asyncio: a listener that sets an Event on the loop). A failed
-    try passes the wake-up on only if it consumed one (the FD was readable
-    before it), or two publishers blocked on full subscribers would wake
-    each other forever; a try may consume the room of another topic's
-    subscriber. Not built yet.
+    command, which makes the socket's ZMQ_FD readable until somebody uses
+    the socket (a send, a read, ZMQ_EVENTS) and so runs the command. The
+    socket is shared, so whoever runs the command passes the news on:
+
+    * the control thread polls the ZMQ_FD and reads the socket's
+      subscriptions when it turns readable (PublishSocket.process_commands);
+      with publishes waiting, every such read wakes them;
+    * every other use of the socket while publishes wait (a try, a tail
+      marker) first checks the ZMQ_FD; if commands are pending, it runs
+      them at once and wakes the waits. A try that found nothing pending
+      wakes nobody, so that two publishes blocked on two full subscribers
+      do not wake each other forever.
+
+    Waking is a counter (the socket's room version) with a Condition for
+    sync waits and a ``wake(version)`` callback for others (AsyncNode sets
+    an asyncio.Event on its loop from it; no thread per wait). A wait
+    registers in the same locked step as its failed try and notes the
+    version then, so news that comes after its try always reaches it.
+
+    One race remains, inside libzmq: a command that arrives between the
+    ZMQ_FD check and the send that follows it is run by that send, unseen.
+    So a wait also tries again every ROOM_RECHECK seconds: a lost wake-up
+    costs at most that much delay, and a publisher blocked for a second
+    makes a handful of tries, not the dozens a timer would.
+
+    ``timeout`` in seconds (None: no limit), counted from the first failed
+    try; ``wake`` is called with the publish lock held, from any thread, and
+    must not block. Made for every blocking publish and handed to its first
+    try already, so that a publish that finds room at once costs no clock
+    read and no second try.
     """
 
-    def __init__(self, topic: str, timeout: float | None) -> None:
-        self._topic = topic
-        self._timeout = timeout
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._pause = _BLOCK_POLL_FIRST
+    __slots__ = ("deadline", "socket", "timeout", "topic", "version", "wake")
 
-    def pause(self) -> float:
-        """Seconds to wait before the next try. Raises meshq.Timeout past the deadline."""
-        pause = self._pause
-        self._pause = min(pause * 2, _BLOCK_POLL_MAX)
-        if self._deadline is None:
-            return pause
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise Timeout(f"a subscriber of {self._topic!r} stayed full for {self._timeout} s")
-        return min(pause, remaining)
+    def __init__(
+        self, topic: str, timeout: float | None, wake: Callable[[int], None] | None = None
+    ) -> None:
+        self.topic = topic
+        self.timeout = timeout
+        self.deadline = 0.0  # monotonic s; set by the first failed try
+        self.wake = wake
+        #: The socket's room version at the last failed try; news after it has a higher one.
+        self.version = 0
+        #: The socket it is registered with (after a failed try), else None.
+        self.socket: PublishSocket | None = None
+
+    def begin(self, socket: PublishSocket) -> None:
+        """(The socket's lock held) The first try failed: the wait and its deadline start."""
+        self.socket = socket
+        if self.timeout is not None and not self.deadline:
+            self.deadline = time.monotonic() + self.timeout
+
+    def remaining(self) -> float:
+        """Seconds to wait before trying again at the latest. Raises meshq.Timeout past
+        the deadline."""
+        if self.timeout is None:
+            return ROOM_RECHECK
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout(f"a subscriber of {self.topic!r} stayed full for {self.timeout} s")
+        return min(left, ROOM_RECHECK)
+
+    def end(self) -> None:
+        """Stop hearing of room: the publish is over (sent, timed out, cancelled)."""
+        socket = self.socket
+        if socket is not None:
+            socket.end_wait(self)
 
 
 def _no_durable_publishing(topic: str, data: object, timeout: float) -> int:

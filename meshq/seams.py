@@ -15,10 +15,10 @@ from .config import MeshConfig
 from .peers import Peer
 from .requester import DEFAULT_RETRIES, DEFAULT_TIMEOUT, RequestFuture
 from .services import DeferredHandler, Handler, Ticker
-from .state import Providers
+from .state import Providers, Reporting
 from .wire import Limits
 
-__all__ = ["AsyncMeshNode", "MeshNode", "Providers"]
+__all__ = ["AsyncMeshNode", "MeshNode", "Providers", "Reporting"]
 
 T = TypeVar("T")
 
@@ -55,6 +55,8 @@ class MeshNode(Protocol):
     def add_ticker(self, ticker: Ticker) -> None: ...
 
     def set_header(self, key: str, value: str) -> None: ...
+
+    def track_consumer(self, consumer: Reporting) -> None: ...
 
     def request(
         self,

@@ -174,6 +174,27 @@ def test_an_async_node_answers_too(mesh: str) -> None:
     assert answered_id == own_id
 
 
+def test_durable_consumers_made_directly_report_themselves_through_the_node_seam(
+    mesh: str,
+) -> None:
+    """Not only ``subscribe(durable=...)``: a consumer registers itself (Node.track_consumer)."""
+    with meshq.Node("sync", mesh=mesh, interfaces=LOOPBACK) as node:
+        # No relay on this mesh: the consumer is made on the first fetch, and reported now.
+        with meshq.DurableSubscription(node, "jobs/", "direct"):
+            [row] = parse_snapshot(snapshot(node, time.time())).consumers
+        assert (row.prefix, row.name, row.delivered) == ("jobs/", "direct", 0)
+        assert parse_snapshot(snapshot(node, time.time())).consumers == ()  # closed: gone
+
+    async def main() -> list[str]:
+        async with meshq.AsyncNode("async", mesh=mesh, interfaces=LOOPBACK) as node:
+            consumer = meshq.AsyncDurableSubscription(node, "jobs/", "direct-async")
+            rows = parse_snapshot(snapshot(node.node, time.time())).consumers
+            await consumer.close()
+            return [row.name for row in rows]
+
+    assert asyncio.run(main()) == ["direct-async"]
+
+
 def test_the_durable_consumers_of_a_node_and_an_async_node_are_in_their_replies(
     mesh: str, tmp_path: Path
 ) -> None:

@@ -30,7 +30,7 @@ from .lookup import (
 from .publisher import max_message_size, prepare
 
 if TYPE_CHECKING:
-    from ..seams import AsyncMeshNode
+    from ..seams import AsyncMeshNode, MeshNode
 
 __all__ = ["AsyncConfirm", "AsyncDurablePublisher", "AsyncDurableSubscription"]
 
@@ -230,6 +230,9 @@ class AsyncDurableSubscription(ConsumerShell):
 
     node: AsyncMeshNode
     _opening: asyncio.Task[None] | None = None
+
+    def _mesh_node(self) -> MeshNode:
+        return self.node.node
 
     def open_soon(self) -> None:
         """Start :meth:`open` in a task of the running loop; ``recv`` waits for it."""

@@ -388,9 +388,14 @@ class ConsumerShell:
         )
         self._closed = False
         self._created()
+        self._mesh_node().track_consumer(self)  # introspection reports it while it lives
 
     def _created(self) -> None:
         """Called at the end of construction (the sync form creates the consumer there)."""
+
+    def _mesh_node(self) -> MeshNode:
+        """The sync node this consumer belongs to (its own, or its AsyncNode's)."""
+        raise NotImplementedError
 
     @property
     def prefix(self) -> str:
@@ -460,6 +465,9 @@ class DurableSubscription(ConsumerShell):
     """
 
     node: MeshNode
+
+    def _mesh_node(self) -> MeshNode:
+        return self.node
 
     def _created(self) -> None:
         """Create the consumer now if a relay is known, so ``Start.NEW`` means "from now".
