@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import select
 import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -48,6 +49,7 @@ log = logging.getLogger("meshq.control")
 
 _DEALER_HWM = 8  # control messages queued per peer while it is unreachable
 _MAX_BATCH = 256  # control messages handled before looking at the clock again
+_ROUND_LAG = 0.01  # longest ControlProtocol round_lag, in heartbeat intervals
 
 
 class ControlLoop:
@@ -120,14 +122,24 @@ class ControlLoop:
             networks=networks,
             keys=sockets.keys if sockets.curve is not None else None,
             clock_offset=time.time() - time.monotonic(),
+            # 0 to 5 ms with the defaults, from the (random) node id: in any
+            # mesh, the nodes with the shortest lag wake the others, which
+            # then read a round and send theirs in one wake-up.
+            round_lag=config.heartbeat_interval * _ROUND_LAG * local.node_id[-1] / 255,
         )
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]
         self._links = 0  # DEALERs made so far; numbers their routing ids
-        self._poller = zmq.Poller()
-        self._poller.register(self._router, zmq.POLLIN)
-        self._poller.register(mailbox.fd, zmq.POLLIN)
-        self._quiet_poller = zmq.Poller()  # the same without the ROUTER (see coalesce)
-        self._quiet_poller.register(mailbox.fd, zmq.POLLIN)
+        # One poll(2) on plain descriptors per wake-up, not zmq_poll (which
+        # polls twice and asks every socket's ZMQ_EVENTS twice). The
+        # ROUTER's ZMQ_FD turns readable when the socket has work: reading
+        # until zmq.Again (which runs that work) rearms it, so _receive()
+        # always reads until then, or the loop looks again without sleeping.
+        self._router_fd: int = self._router.getsockopt(zmq.FD)
+        self._poller = select.poll()
+        self._poller.register(self._router_fd, select.POLLIN)
+        self._poller.register(mailbox.fd, select.POLLIN)
+        self._quiet_poller = select.poll()  # the same without the ROUTER (see coalesce)
+        self._quiet_poller.register(mailbox.fd, select.POLLIN)
         self._watched: set[int] = set()
         self._watch_publisher()
         self._internal_log = RateLimitedLog(log, interval=5.0)
@@ -149,51 +161,65 @@ class ControlLoop:
         for fd in self._publisher.wake_fds():
             if fd not in self._watched:
                 self._watched.add(fd)
-                self._poller.register(fd, zmq.POLLIN)
-                self._quiet_poller.register(fd, zmq.POLLIN)
+                self._poller.register(fd, select.POLLIN)
+                self._quiet_poller.register(fd, select.POLLIN)
 
     def run(self) -> None:
         """Serve until a Stop command; every failure is counted and survived."""
         protocol = self.protocol
-        router, mailbox_fd = self._router, self._mailbox.fd
+        router_fd, mailbox_fd = self._router_fd, self._mailbox.fd
+        refused = self._sockets.refused
         quiet_until = 0.0  # see coalesce
         quiet_since = 0.0  # when the heartbeats that began the quiet spell were read
+        unread = True  # the ROUTER may hold messages that its descriptor did not signal
         while self._running:
             deadline = protocol.next_deadline()
             if self._tails_live and self._next_tail < deadline:
                 deadline = self._next_tail
-            ripe = self._sockets.refused.next_ripe()
+            ripe = refused.next_ripe()
             if ripe is not None and ripe < deadline:
                 deadline = ripe
             now = time.monotonic()
             poller = self._poller
             if now < quiet_until:
                 poller = self._quiet_poller
-                deadline = min(deadline, quiet_until)
-            wait_ms = max(0, math.ceil((deadline - now) * 1000))
+                if quiet_until < deadline:
+                    deadline = quiet_until
+            wait_ms = 0 if unread else max(0, math.ceil((deadline - now) * 1000))
             try:
-                ready = dict(poller.poll(wait_ms))
+                events = poller.poll(wait_ms)
                 self.wakeups += 1
-                if mailbox_fd in ready:
+                commands = router = publisher = False
+                for fd, _ in events:
+                    if fd == mailbox_fd:
+                        commands = True
+                    elif fd == router_fd:
+                        router = True
+                    else:
+                        publisher = True
+                if commands:
                     self._run_commands()
-                if router in ready:
+                if (router or unread) and poller is self._poller:
                     woke = time.monotonic()
+                    unread = False
                     heartbeats = self._receive()
-                    if heartbeats and self.coalesce and heartbeats < protocol.peer_count:
+                    if heartbeats < 0:
+                        unread = True  # stopped with more waiting: look again at once
+                    elif heartbeats and self.coalesce and heartbeats < protocol.peer_count:
                         # Heartbeats woke us: the rest of the mesh's are on
                         # their way; read them together a moment later.
                         quiet_since, quiet_until = woke, time.monotonic() + self.coalesce
-                elif poller is self._quiet_poller and not ready:
+                elif poller is self._quiet_poller and not events:
                     # The end of a quiet spell: read what came meanwhile, as
                     # if read when the spell began. They arrived between the
                     # two; the PINGs of a round leave together (7.6), so the
                     # start is the closer guess, and an echo PING's round
                     # trip (16.4) then does not count the spell as delay.
-                    self._receive(quiet_since)
-                if len(ready) > (mailbox_fd in ready) + (router in ready):
+                    unread = self._receive(quiet_since) < 0
+                if publisher:
                     self._publisher.process_commands()  # subscribers came or went
                 now = time.monotonic()
-                if now >= protocol.next_deadline():
+                if now >= protocol.due_at():  # awake anyway: a lagging round goes now
                     self.timer_runs += 1
                     # No quiet spell after our own heartbeats: the first of
                     # the mesh's to arrive wakes us and begins one, so that
@@ -207,7 +233,7 @@ class ControlLoop:
                         self._announce_tails(now)  # with the heartbeat: no wake-up of its own
                 if self._tails_live and now >= self._next_tail:
                     self._announce_tails(now)
-                if self._sockets.refused.ripe():
+                if ripe is not None and refused.ripe():
                     self._state.retry_refused()  # subscriptions retry refused links
             except Exception:  # a bug must not leave the node deaf and mute
                 self._state.count("internal_errors")
@@ -238,60 +264,84 @@ class ControlLoop:
     def _receive(self, read_at: float | None = None) -> int:
         """Handle what waits on the ROUTER; how many heartbeats, if they were all it read.
 
-        0: nothing, or something else too (a HELLO, say).
+        0: nothing, or something else too (a HELLO, say); -1: it stopped
+        after _MAX_BATCH messages with more waiting.
 
         ``read_at``: the monotonic time to hand the protocol as when each
         message was read (None: the clock at each message).
         """
         secure = self._sockets.curve is not None
-        recv, protocol, state = self._router.recv, self.protocol, self._state
+        recv, protocol = self._router.recv, self.protocol
         heartbeats_only = True
-        for count in range(_MAX_BATCH):
-            # Read until the ROUTER is empty: one zmq.Again at the end costs
-            # less than asking ZMQ_EVENTS before every message.
-            try:
-                routing = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return count if heartbeats_only else 0
-            # A ROUTER hands out whole messages: the rest is there already.
-            last = recv(zmq.NOBLOCK, copy=False)
-            frames = [routing, last.bytes]
-            while last.more:  # malformed (a control message is one frame): the protocol counts it
+        count = 0
+        try:
+            while count < _MAX_BATCH:
+                # Read until the ROUTER is empty: one zmq.Again at the end costs
+                # less than asking ZMQ_EVENTS before every message, and rearms
+                # its descriptor (see __init__).
+                try:
+                    routing = recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return count if heartbeats_only else 0
+                count += 1
+                # A ROUTER hands out whole messages: the rest is there already.
                 last = recv(zmq.NOBLOCK, copy=False)
-                frames.append(last.bytes)
-            proven = b""
-            if secure:
-                # The key the sender proved in its CURVE handshake, as our
-                # ZAP handler admitted it (its User-Id).
-                try:
-                    proven = last.get("User-Id").encode()
-                except zmq.ZMQError:
-                    proven = b""  # no ZAP verdict on this message: a HELLO is refused
-            # Where the message came from: the address to reach its sender at
-            # when it lists several, some shared with other hosts (3.3); only
-            # a HELLO needs it, so a heartbeat does without the lookup.
-            source: str | None = None
-            if not frames[1].startswith(PING_HEAD):
-                try:
-                    source = last.get("Peer-Address") or None
-                except zmq.ZMQError:
-                    source = None
-            try:
+                body = last.bytes
+                proven = b""
+                if secure:
+                    # The key the sender proved in its CURVE handshake, as our
+                    # ZAP handler admitted it (its User-Id).
+                    try:
+                        proven = last.get("User-Id").encode()
+                    except zmq.ZMQError:
+                        proven = b""  # no ZAP verdict on this message: a HELLO is refused
                 when = time.monotonic() if read_at is None else read_at
-                actions = protocol.on_frames(frames, when, proven, source)
-                if len(actions) == 1 and type(heard := actions[0]) is Heard:
-                    state.heard(heard.peer_id, heard.when, heard.rtt)  # the common case
-                else:
+                try:
+                    if not last.more and body[:4] == PING_HEAD:
+                        # A heartbeat, the common case: the protocol keeps what
+                        # the state must learn for one hand-over at the end.
+                        actions = protocol.on_heartbeat(routing, body, when, proven)
+                        if actions is None:
+                            continue
+                    else:
+                        actions = self._other(routing, last, body, when, proven)
                     heartbeats_only = False
+                    self._hand_heard()
                     self._execute(actions)
-            except Exception:  # a bug must not make the node deaf to everyone else
-                self._state.count("internal_errors")
-                self._internal_log.warning(
-                    "control message from %s could not be handled",
-                    routing[:16].hex(),
-                    exc_info=True,
-                )
-        return 0  # more waiting: look again at once
+                except Exception:  # a bug must not make the node deaf to everyone else
+                    self._state.count("internal_errors")
+                    self._internal_log.warning(
+                        "control message from %s could not be handled",
+                        routing[:16].hex(),
+                        exc_info=True,
+                    )
+            return -1
+        finally:
+            self._hand_heard()
+
+    def _other(
+        self, routing: bytes, last: zmq.Frame, body: bytes, when: float, proven: bytes
+    ) -> list[Action]:
+        """A message that is not a one-frame PING (a HELLO, a BYE, a malformed one)."""
+        frames = [routing, body]
+        recv = self._router.recv
+        while last.more:  # malformed (a control message is one frame): the protocol counts it
+            last = recv(zmq.NOBLOCK, copy=False)
+            frames.append(last.bytes)
+        # Where the message came from: the address to reach its sender at
+        # when it lists several, some shared with other hosts (3.3).
+        try:
+            address = last.get("Peer-Address")
+        except zmq.ZMQError:
+            address = None
+        source = address if isinstance(address, str) and address else None
+        return self.protocol.on_frames(frames, when, proven, source)
+
+    def _hand_heard(self) -> None:
+        """Tell the node's state of the peers heard from since the last hand-over."""
+        heard = self.protocol.take_heard()
+        if heard:
+            self._state.heard_all(heard)
 
     def _execute(self, actions: list[Action]) -> None:
         state = self._state

@@ -101,7 +101,10 @@ class ControlProtocol:
         networks: Sequence[ipaddress.IPv4Network] = (),
         keys: KeyBook | None = None,
         clock_offset: float = 0.0,
+        round_lag: float = 0.0,
     ) -> None:
+        if not 0.0 <= round_lag < config.heartbeat_interval:
+            raise ValueError(f"round_lag must be in [0, heartbeat_interval): {round_lag}")
         self._config = config
         self.local = local
         self._limits = limits
@@ -122,6 +125,12 @@ class ControlProtocol:
         self._offset = clock_offset
         self._next_ping = self._slot(now, config.heartbeat_interval)
         self._next_gossip = self._slot(now, config.gossip_interval)
+        # How long after its slot the timer of a round (PINGs or periodic
+        # HELLO) fires. Due from the slot on, a round goes out with whatever
+        # else wakes the loop first: a node whose lag is longer than another's
+        # is woken by that one's PING of the same round and sends its own in
+        # that wake-up (7.6). See due_at().
+        self._lag = round_lag
         self._ping = encode_control(Ping(local.node_id))
         # Echo PINGs (PROTOCOL.md 16.4): the peers whose latest HELLO asked
         # for them, and per peer the ``sent`` (ns) of the latest PING read
@@ -134,11 +143,18 @@ class ControlProtocol:
         self._hellos: dict[bytes, tuple[bytes, bytes, str | None, Hello]] = {}
         self._bad_input_log = RateLimitedLog(log, interval=5.0)
         self._actions: list[Action] = []
-        # next_deadline() as last computed; None: compute again. A heartbeat
-        # only moves a peer's own deadline later, so it leaves this a valid
-        # (early) bound and need not clear it: the loop then wakes a little
-        # early at worst, and on_timer computes it afresh.
-        self._deadline: float | None = None
+        # What on_heartbeat learnt since the last take_heard().
+        self._heard: dict[str, tuple[float, float | None]] = {}
+        # (due_at(), next_deadline()) as last computed; None: compute again. A
+        # heartbeat only moves a peer's own deadline later, so it leaves these
+        # valid (early) bounds and need not clear them: the loop then wakes a
+        # little early at worst, and on_timer computes them afresh.
+        self._deadline: tuple[float, float] | None = None
+        # The dialer's part of it, kept across heartbeat rounds: only an input
+        # other than a heartbeat (_changed) or the dialer's own work moves it.
+        # None: compute again, and let on_timer run the dialer and the link
+        # cleanup (7.5, 7.8) at its next round.
+        self._dialer_due: float | None = None
 
     # ------------------------------------------------------------------
     # Inputs
@@ -208,8 +224,58 @@ class ControlProtocol:
         self._apply(events)
         return self._changed()
 
+    def on_heartbeat(
+        self, routing: bytes, body: bytes, now: float, proven: bytes = b""
+    ) -> list[Action] | None:
+        """A one-frame control message read in a run of them, most likely a PING.
+
+        The fast path of :meth:`on_frames` for the loop that reads a round
+        of heartbeats: None when it was a PING of a known peer that changed
+        nothing but the peer's liveness and round-trip time. What the
+        node's state must learn of it is then kept for :meth:`take_heard`,
+        once per run, instead of a Heard action per PING. Anything else
+        (not a PING, an unknown sender, a peer that recovers, a malformed
+        PING) is handled as :meth:`on_frames` would, and its actions are
+        returned; take_heard() first, to keep the order.
+        """
+        sender = routing[:NODE_ID_BYTES]
+        size = len(body)
+        if (
+            self._offences.active
+            or len(routing) != ROUTING_ID_BYTES
+            or body[:4] != PING_HEAD
+            or (size != 4 and size != 4 + ECHO_BODY_BYTES)
+            or sender not in self._table
+        ):
+            return self.on_frames((routing, body), now, proven, None)
+        self._now = now
+        if size != 4:
+            self._time_echo(sender, body, now)
+        events = self._table.heard(sender, now)
+        if events:
+            self._apply(events)
+            return self._changed()
+        self._heard[sender.hex()] = (now, self._table.rtt(sender))
+        return self._take() if self._actions else None
+
+    def take_heard(self) -> dict[str, tuple[float, float | None]]:
+        """Peers (hex id) heard from by :meth:`on_heartbeat` since the last call:
+        (when, smoothed round trip in s or None), to hand the node's state at once."""
+        heard, self._heard = self._heard, {}
+        return heard
+
     def _echo_ping(self, sender: bytes, body: bytes, now: float) -> list[Action]:
         """An echo PING (16.4): keep its ``sent`` for our next PING, time its echo."""
+        self._time_echo(sender, body, now)
+        events = self._table.heard(sender, now)
+        if not events:
+            self._actions.append(Heard(sender.hex(), now, self._table.rtt(sender)))
+            return self._take()
+        self._apply(events)
+        return self._changed()
+
+    def _time_echo(self, sender: bytes, body: bytes, now: float) -> None:
+        """Keep an echo PING's ``sent`` for our next PING to its sender; time its echo (16.4)."""
         sent, echo, held = decode_echo(body[4:])
         self._to_echo[sender] = (sent, now)
         if echo:
@@ -218,12 +284,6 @@ class ControlProtocol:
                 self._table.rtt_sample(sender, rtt)
             else:
                 self._actions.append(Count("rtt_discarded"))
-        events = self._table.heard(sender, now)
-        if not events:
-            self._actions.append(Heard(sender.hex(), now, self._table.rtt(sender)))
-            return self._take()
-        self._apply(events)
-        return self._changed()
 
     def _repeated_hello(self, hello: Hello, now: float) -> list[Action]:
         """A known peer's periodic HELLO, the same bytes as its last: liveness and gossip."""
@@ -276,7 +336,14 @@ class ControlProtocol:
         return self._changed()
 
     def on_timer(self, now: float) -> list[Action]:
-        """Run what is due at ``now``: heartbeats, gossip, liveness, dialer, link cleanup."""
+        """Run what is due at ``now``: heartbeats, gossip, liveness, dialer, link cleanup.
+
+        Each part runs when its own deadline is due, so that a round of
+        heartbeats alone (an idle mesh's every wake-up) costs no more than
+        the PINGs: the peer table is scanned when a peer may turn suspect
+        or leave, the dialer and the links when the dialer has something
+        due or an input other than a heartbeat came since its last run.
+        """
         self._now = now
         config = self._config
         if now >= self._next_gossip:
@@ -289,26 +356,52 @@ class ControlProtocol:
         elif now >= self._next_ping:
             self._next_ping = self._slot(now, config.heartbeat_interval)
             self._ping_all(now)
-        self._apply(self._table.tick(now))
-        self._hello_due(now)
-        self._close_unused_links()
-        return self._changed()
+        table = self._table.next_deadline()
+        if table is not None and now >= table:
+            events = self._table.tick(now)
+            if events:
+                self._apply(events)
+                self._dialer_due = None  # who is connected changed
+        dialer = self._dialer_due
+        if dialer is None or now >= dialer:
+            self._hello_due(now)
+            self._close_unused_links()
+            self._dialer_due = None
+        self._deadline = None
+        return self._take()
 
     def next_deadline(self) -> float:
-        """The monotonic time at which ``on_timer`` has something to do (or a little earlier)."""
+        """The monotonic time by which ``on_timer`` must run: the loop sleeps until then.
+
+        :meth:`due_at` or later; a round of heartbeats may wait ``round_lag``
+        past its slot here, for another wake-up to take it along.
+        """
         if self._deadline is None:
             self._deadline = self._compute_deadline()
-        return self._deadline
+        return self._deadline[1]
 
-    def _compute_deadline(self) -> float:
-        deadline = min(self._next_ping, self._next_gossip)
+    def due_at(self) -> float:
+        """The monotonic time from which ``on_timer`` has something to do (or a little earlier).
+
+        A loop awake anyway at or after it (a peer's PING woke it, say) runs
+        ``on_timer`` then rather than waking again at :meth:`next_deadline`.
+        """
+        if self._deadline is None:
+            self._deadline = self._compute_deadline()
+        return self._deadline[0]
+
+    def _compute_deadline(self) -> tuple[float, float]:
+        round_due = min(self._next_ping, self._next_gossip)
+        other = math.inf
         table = self._table.next_deadline()
-        if table is not None and table < deadline:
-            deadline = table
-        dialer = self._dialer.next_deadline(self._connected())
-        if dialer is not None and dialer < deadline:
-            deadline = dialer
-        return deadline
+        if table is not None:
+            other = table
+        dialer = self._dialer_due
+        if dialer is None:
+            found = self._dialer.next_deadline(self._connected())
+            dialer = self._dialer_due = math.inf if found is None else found
+        other = min(other, dialer)
+        return min(round_due, other), min(round_due + self._lag, other)
 
     def _slot(self, now: float, interval: float) -> float:
         """The first multiple of ``interval`` on the wall clock after ``now``, on our clock."""
@@ -342,6 +435,7 @@ class ControlProtocol:
     def _changed(self) -> list[Action]:
         """_take() after something that may bring a deadline nearer."""
         self._deadline = None
+        self._dialer_due = None
         return self._take()
 
     def _handle(self, message: ControlMessage, now: float) -> None:

@@ -171,6 +171,10 @@ class NodeState:
         now ``rtt`` (s, None if unmeasured): control thread, no wake-up."""
         self._heard[peer_id] = (when, rtt)  # one dict store: atomic, read under the lock
 
+    def heard_all(self, heard: Mapping[str, tuple[float, float | None]]) -> None:
+        """:meth:`heard` for many peers at once: peer id (hex) -> (when, rtt)."""
+        self._heard.update(heard)  # one update of str keys: atomic, as above
+
     def publish_peers(self, peers: list[Peer], events: list[PeerEvent]) -> None:
         """A new peer snapshot and the events that led to it: queue them, wake waiters.
 

@@ -34,7 +34,16 @@ from meshq.protocol import (
     SendEach,
 )
 from meshq.security import KeyBook
-from meshq.wire import Bye, Hello, Limits, Ping, decode_control, encode_control, routing_id
+from meshq.wire import (
+    PING_HEAD,
+    Bye,
+    Hello,
+    Limits,
+    Ping,
+    decode_control,
+    encode_control,
+    routing_id,
+)
 
 CONFIG = MeshConfig()  # heartbeat 0.5 s, suspect 1.5 s, gone 3 s, gossip 5 s, hello 0.5 s
 
@@ -63,6 +72,7 @@ class Net:
         self.nodes: dict[str, Node] = {}
         self.now = 0.0
         self.sent: list[tuple[str, str, object]] = []  # (from, to, decoded message)
+        self.tried: list[tuple[str, str, bytes]] = []  # (from, endpoint, frame), delivered or not
         #: (sender name, endpoint) of links that deliver nothing (a stalled
         #: connect, say) until the sender closes them; a new link works.
         self.broken: set[tuple[str, str]] = set()
@@ -71,8 +81,13 @@ class Net:
         self.delay = 0.0
         self.pending: list[tuple[float, int, Node, list[bytes]]] = []
         self._order = itertools.count()
+        #: Hand PINGs to on_heartbeat and take_heard, as the control loop
+        #: does, instead of on_frames.
+        self.batched = False
 
-    def add(self, name: str, keys: KeyBook | None = None, key: bytes = b"") -> Node:
+    def add(
+        self, name: str, keys: KeyBook | None = None, key: bytes = b"", round_lag: float = 0.0
+    ) -> Node:
         node_id = bytes([len(self.nodes) + 1]) + os.urandom(15)
         endpoint = f"tcp://198.18.0.{len(self.nodes) + 1}:7000"
         local = LocalNode(
@@ -84,7 +99,9 @@ class Net:
             key=key,
             local_publish=f"inproc://pub-{name}",
         )
-        protocol = ControlProtocol(CONFIG, local, self.now, limits=Limits(), keys=keys)
+        protocol = ControlProtocol(
+            CONFIG, local, self.now, limits=Limits(), keys=keys, round_lag=round_lag
+        )
         node = Node(name, protocol, node_id, endpoint)
         self.nodes[endpoint] = node
         return node
@@ -101,6 +118,7 @@ class Net:
                         messages = list(action.messages)
                     for endpoint, frame in messages:
                         source.links.add(endpoint)
+                        self.tried.append((source.name, endpoint, frame))
                         target = self.nodes.get(endpoint)
                         if target is None or target.down or source.down:
                             continue
@@ -113,7 +131,7 @@ class Net:
                             when = self.now + self.delay
                             heapq.heappush(self.pending, (when, next(self._order), target, frames))
                             continue
-                        queue.append((target, target.protocol.on_frames(frames, self.now, proven)))
+                        queue.append((target, self.deliver(target, frames, proven)))
                 elif isinstance(action, CloseLinks):
                     source.links.difference_update(action.endpoints)
                     for endpoint in action.endpoints:
@@ -131,6 +149,17 @@ class Net:
                 elif isinstance(action, Ban):
                     source.bans.append(action.key)
 
+    def deliver(self, target: Node, frames: list[bytes], proven: bytes = b"") -> list[Action]:
+        """What ``target`` does with a message, read alone (or as the loop reads PINGs)."""
+        protocol = target.protocol
+        if not self.batched or frames[1][:4] != PING_HEAD:
+            return protocol.on_frames(frames, self.now, proven)
+        actions = protocol.on_heartbeat(frames[0], frames[1], self.now, proven)
+        for _when, rtt in protocol.take_heard().values():
+            target.heard += 1
+            target.rtt = rtt
+        return [] if actions is None else actions
+
     def find(self, a: Node, b: Node) -> None:
         """``a``'s discovery reports ``b`` (as mDNS would)."""
         self.run(a, a.protocol.on_found(Candidate(b.endpoint, b.node_id, "mdns"), self.now))
@@ -144,7 +173,7 @@ class Net:
                 break
             if arrival < due:  # a delayed message arrives first
                 self.now, _, target, frames = heapq.heappop(self.pending)
-                self.run(target, target.protocol.on_frames(frames, self.now))
+                self.run(target, self.deliver(target, frames))
                 continue
             self.now = max(self.now, due)
             for node in list(self.nodes.values()):
@@ -183,8 +212,87 @@ def test_the_next_deadline_is_the_next_heartbeat_when_idle() -> None:
     assert kinds(a) == [(EventKind.JOINED, "b")]
 
 
-def test_heartbeats_go_to_every_peer_and_refresh_liveness() -> None:
+def pings_sent(actions: Iterable[Action]) -> list[str]:
+    """The endpoints a round of PINGs among ``actions`` goes to."""
+    return [endpoint for a in actions if isinstance(a, SendEach) for endpoint, _ in a.messages]
+
+
+def test_a_lagging_round_goes_out_with_the_first_wake_up_after_its_slot() -> None:
     net = Net()
+    a, b = net.add("a", round_lag=0.004), net.add("b")
+    net.find(a, b)
+    # Due from the slot on, but the loop need not wake for it before the lag.
+    assert a.protocol.due_at() == pytest.approx(0.5)
+    assert a.protocol.next_deadline() == pytest.approx(0.504)
+    net.advance(0.5)  # b's round, at its slot, wakes a
+    assert a.heard == 1
+    assert a.protocol.due_at() <= net.now  # so a's loop runs its round now
+    assert pings_sent(a.protocol.on_timer(net.now)) == [b.endpoint]
+    assert a.protocol.due_at() == pytest.approx(1.0)
+    assert a.protocol.next_deadline() == pytest.approx(1.004)
+    # Nothing wakes a: its timer fires at the end of the lag.
+    b.down = True
+    net.advance(1.003)
+    assert a.protocol.next_deadline() == pytest.approx(1.004)
+    assert pings_sent(a.protocol.on_timer(1.004)) == [b.endpoint]
+    assert a.protocol.due_at() == pytest.approx(1.5)
+
+
+def test_a_round_lag_must_be_shorter_than_the_heartbeat_interval() -> None:
+    net = Net()
+    with pytest.raises(ValueError, match="round_lag"):
+        net.add("a", round_lag=CONFIG.heartbeat_interval)
+    with pytest.raises(ValueError, match="round_lag"):
+        net.add("b", round_lag=-0.001)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_heartbeat_rounds_keep_dialling_a_candidate_that_never_answers(batched: bool) -> None:
+    """Rounds of heartbeats alone skip the dialer, but never a HELLO it has due (7.5)."""
+    net = Net()
+    net.batched = batched
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    net.find(a, b)
+    c.down = True
+    net.find(a, c)
+    net.tried.clear()
+    net.advance(5.2)
+    to_c = [
+        decode_control(routing_id(a.node_id, 1), frame, Limits())
+        for s, endpoint, frame in net.tried
+        if s == "a" and endpoint == c.endpoint
+    ]
+    # At 0.5, 1.0, ... 5.0: every hello_interval, heartbeats to b between.
+    assert len(to_c) == 10
+    assert all(isinstance(m, Hello) and m.reply for m in to_c)
+    assert a.peers == ["b"] and [k for k, _ in kinds(a)] == [EventKind.JOINED]
+
+
+def test_a_suspect_peer_recovers_by_a_ping_read_in_a_batch() -> None:
+    net = Net()
+    net.batched = True
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    b.down = True
+    net.advance(1.6)
+    assert kinds(a)[-1] == (EventKind.SUSPECT, "b")
+    heard = a.heard
+    actions = a.protocol.on_heartbeat(routing_id(b.node_id, 1), b"MQ\x01\x02", 1.7)
+    assert actions is not None  # an event: not a heartbeat like the others
+    net.run(a, actions)
+    assert kinds(a)[-1] == (EventKind.RECOVERED, "b")
+    assert a.protocol.take_heard() == {}  # told by the new snapshot instead
+    assert a.heard == heard
+    # Back to the common case: nothing to do but tell the state, once.
+    assert a.protocol.on_heartbeat(routing_id(b.node_id, 1), b"MQ\x01\x02", 1.8) is None
+    assert a.protocol.take_heard() == {b.node_id.hex(): (1.8, None)}
+    assert a.protocol.take_heard() == {}
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_heartbeats_go_to_every_peer_and_refresh_liveness(batched: bool) -> None:
+    net = Net()
+    net.batched = batched
     a, b, c = net.add("a"), net.add("b"), net.add("c")
     net.find(a, b)
     net.find(a, c)
@@ -198,8 +306,10 @@ def test_heartbeats_go_to_every_peer_and_refresh_liveness() -> None:
     assert [kind for kind, _ in kinds(a)] == [EventKind.JOINED, EventKind.JOINED]
 
 
-def test_a_silent_peer_is_suspect_then_gone_at_its_deadlines() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_a_silent_peer_is_suspect_then_gone_at_its_deadlines(batched: bool) -> None:
     net = Net()
+    net.batched = batched
     a, b = net.add("a"), net.add("b")
     net.find(a, b)
     net.advance(1.0)
@@ -256,8 +366,10 @@ def test_bye_removes_at_once_and_closes_the_link() -> None:
     assert b.endpoint not in a.links  # no peer and not dialled: closed
 
 
-def test_a_ping_from_an_unknown_peer_with_a_candidate_sends_a_hello_at_once() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_a_ping_from_an_unknown_peer_with_a_candidate_sends_a_hello_at_once(batched: bool) -> None:
     net = Net()
+    net.batched = batched
     a, b = net.add("a"), net.add("b")
     net.find(a, b)
     b.down = True
@@ -266,7 +378,7 @@ def test_a_ping_from_an_unknown_peer_with_a_candidate_sends_a_hello_at_once() ->
     b.down = False
     net.sent.clear()
     ping = [routing_id(b.node_id, 1), encode_control(Ping(b.node_id))]
-    net.run(a, a.protocol.on_frames(ping, net.now))
+    net.run(a, net.deliver(a, ping))
     assert a.counts["unknown_sender"] == 1
     assert ("a", "b", True) in [(s, t, m.reply) for s, t, m in net.sent if isinstance(m, Hello)]
     assert kinds(a)[-1] == (EventKind.JOINED, "b")
@@ -326,9 +438,11 @@ def test_goodbye_names_every_link() -> None:
     assert isinstance(decode_control(routing_id(a.node_id, 1), bye, Limits()), Bye)
 
 
-def test_liveness_survives_many_silent_periods_only_at_deadlines() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_liveness_survives_many_silent_periods_only_at_deadlines(batched: bool) -> None:
     """The loop never needs a fixed tick: states change exactly at the deadlines asked for."""
     net = Net()
+    net.batched = batched
     a, b = net.add("a"), net.add("b")
     net.find(a, b)
     steps = 0
@@ -392,8 +506,10 @@ def old_peer_hello(node_id: bytes, index: int, *, reply: bool) -> list[bytes]:
     return [routing_id(node_id, 1), encode_control(hello)]
 
 
-def test_echo_pings_time_the_round_trip_of_every_peer() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_echo_pings_time_the_round_trip_of_every_peer(batched: bool) -> None:
     net = Net()
+    net.batched = batched
     net.delay = 0.002  # every message is read 2 ms after it was sent
     a, b = net.add("a"), net.add("b")
     net.find(a, b)
@@ -416,8 +532,10 @@ def test_echo_pings_time_the_round_trip_of_every_peer() -> None:
         assert node.rtt == peer.rtt  # as the Heard action carries it
 
 
-def test_the_smoothed_rtt_follows_a_slower_path_by_an_eighth_per_sample() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_the_smoothed_rtt_follows_a_slower_path_by_an_eighth_per_sample(batched: bool) -> None:
     net = Net()
+    net.batched = batched
     net.delay = 0.001
     a, b = net.add("a"), net.add("b")
     net.find(a, b)
@@ -432,8 +550,10 @@ def test_the_smoothed_rtt_follows_a_slower_path_by_an_eighth_per_sample() -> Non
     assert a.protocol.peers[0].rtt == pytest.approx(0.010, abs=2e-4)
 
 
-def test_a_peer_without_ping_echo_gets_empty_pings_and_has_no_rtt() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_a_peer_without_ping_echo_gets_empty_pings_and_has_no_rtt(batched: bool) -> None:
     net = Net()
+    net.batched = batched
     a, b = net.add("a"), net.add("b")
     net.find(a, b)
     old_id = b"\x07" * 16
@@ -448,7 +568,8 @@ def test_a_peer_without_ping_echo_gets_empty_pings_and_has_no_rtt() -> None:
     # The old peer's empty PINGs keep it alive; no round trip is made up.
     empty = [routing_id(old_id, 1), encode_control(Ping(old_id))]
     for now in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5):
-        net.run(a, a.protocol.on_frames(empty, now))
+        net.now = now
+        net.run(a, net.deliver(a, empty))
     assert a.rtt is None
     old = next(peer for peer in a.protocol.peers if peer.name == "old")
     assert old.state is PeerState.ALIVE and old.last_seen == 3.5 and old.rtt is None
@@ -475,28 +596,32 @@ def test_a_peer_that_stops_announcing_ping_echo_gets_empty_pings_again() -> None
 
 
 @pytest.mark.parametrize("extra", [1, 19, 21, 40])
-def test_a_ping_body_of_the_wrong_size_is_a_counted_offence(extra: int) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_a_ping_body_of_the_wrong_size_is_a_counted_offence(extra: int, batched: bool) -> None:
     net = Net()
+    net.batched = batched
     a, b = net.add("a"), net.add("b")
     net.find(a, b)
     bad = [routing_id(b.node_id, 1), b"MQ\x01\x02" + bytes(extra)]
     for _ in range(CONFIG.max_offences):
-        net.run(a, a.protocol.on_frames(bad, net.now))
+        net.run(a, net.deliver(a, bad))
     assert a.counts["protocol_errors"] == CONFIG.max_offences
     assert a.counts["peers_banned"] == 1 and "b" not in a.peers
 
 
-def test_an_echo_that_cannot_be_a_round_trip_is_counted_and_ignored() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_an_echo_that_cannot_be_a_round_trip_is_counted_and_ignored(batched: bool) -> None:
     net = Net()
+    net.batched = batched
     a, b = net.add("a"), net.add("b")
     net.find(a, b)
     net.advance(4.0)
     assert a.protocol.peers[0].rtt == pytest.approx(0.0, abs=2e-6)
-    now = net.now + 0.1
+    now = net.now = net.now + 0.1
     future = encode_control(Ping(b.node_id, sent=1, echo=int((now + 1) * 1e9), held=0, timed=True))
     stale = encode_control(Ping(b.node_id, sent=2, echo=1, held=0, timed=True))  # 4 s ago
     for frame in (future, stale):
-        net.run(a, a.protocol.on_frames([routing_id(b.node_id, 1), frame], now))
+        net.run(a, net.deliver(a, [routing_id(b.node_id, 1), frame]))
     assert a.counts["rtt_discarded"] == 2
     assert a.protocol.peers[0].rtt == pytest.approx(0.0, abs=2e-6)
     assert a.protocol.peers[0].last_seen == now  # still a sign of life
