@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 import zmq
 
@@ -50,7 +51,7 @@ Ticker = Callable[[float, bool], "float | None"]
 _READ_AHEAD = 256  # requests a provider takes off its socket before answering
 _MAX_NAMES = 1024  # encoded service names whose decoding the service thread remembers
 # pyzmq's compiled recv, without the lookup through zmq.Socket (as raw_send).
-_raw_recv: Callable[..., bytes] = getattr(zmq.backend, "Socket", zmq.Socket).recv
+_raw_recv: Callable[..., Any] = getattr(zmq.backend, "Socket", zmq.Socket).recv
 _REQUEST_FIELDS = REQUEST_HEAD.unpack_from
 _REQUEST_HEAD_BYTES = REQUEST_HEAD.size
 _REPLY_PACK = REPLY_HEAD.pack
@@ -375,13 +376,18 @@ class ServiceRunner:
                         identity = recv(sock, _NOBLOCK)
                         # A ROUTER message is whole once its first part is
                         # in, and it always has one part after the identity.
-                        frame = recv(sock, _NOBLOCK)
+                        # That part as a zmq.Frame, whose ``more`` is cheaper
+                        # than a getsockopt(RCVMORE) (pyzmq makes an enum of
+                        # the option): more than [identity, request] is bad.
+                        part = recv(sock, _NOBLOCK, False)
                     except zmq.Again:
                         break
-                    extra = False
-                    while sock.getsockopt(_RCVMORE):  # more than [identity, request]
+                    frame = part.bytes
+                    extra = part.more
+                    if extra:  # take the rest of the message off the socket
                         recv(sock, _NOBLOCK)
-                        extra = True
+                        while sock.getsockopt(_RCVMORE):
+                            recv(sock, _NOBLOCK)
                     offences = self._offences
                     if (
                         offences is not None
