@@ -72,6 +72,12 @@ _HOLD_MAX_BYTES = 8 * 1024
 # entry header, plus enough that 64 KiB never hold more than MAX_BATCH
 # entries (the decoder's bound), which spares a count per message.
 _ENTRY_COST = _HOLD_MAX_BYTES // MAX_BATCH + 1
+# A message joins the held batch without a clock read while the batch's
+# current leg of this many bytes (payloads plus _ENTRY_COST each) has room;
+# the deadline is checked as each leg ends. A clock read costs about as much
+# as the rest of a join, and a publisher that keeps the GIL (and so the
+# flusher) past the deadline gets at most one leg more into the batch.
+_LEG_BYTES = 1024
 
 #: Seconds a blocking publish waits for news of room before it tries again
 #: anyway: the bound on a wake-up lost to a race inside libzmq (see BlockingWait).
@@ -155,17 +161,26 @@ class PublishSocket:
         self._held: list[bytes] = []
         self._held_entry: _Topic | None = None
         self._held_topic: str | None = None  # the held entry's topic (None: nothing held)
+        self._held_raw: str | None = None  # the same if its payloads are raw bytes, else None
         self._held_until = 0  # the held batch's deadline (time_ns)
         self._held_flags = 0
         self._held_seq = 0
         self._held_time = 0
-        self._room = 0  # payload bytes the held batch still takes (see _ENTRY_COST)
+        # Payload bytes the held batch still takes (see _ENTRY_COST): _room
+        # before the next look at the clock, _reserve after it (_LEG_BYTES).
+        self._room = 0
+        self._reserve = 0
         self._last_send = 0
-        # The held frame's flusher: waits on the publish lock's own Condition,
+        # The held frame's flusher: waits for the held batch's deadline, or
         # with no timeout while nothing is held (an idle node pays nothing).
-        self._flush_due = threading.Condition(self._lock)
+        # It waits on a bare lock used as a one-shot signal, released only
+        # to wake an idle flusher (a Condition's wait and notify are Python
+        # code, paid under the GIL once per batch of a burst).
+        self._flush_wake = threading.Lock()
+        self._flush_wake.acquire()  # locked: no wake-up pending
         self._flusher: threading.Thread | None = None
-        self._flusher_idle = False  # it waits with no deadline (nothing was held)
+        # It waits with no deadline (nothing was held). While True, _flush_wake is locked.
+        self._flusher_idle = False
         # XPUB rather than PUB: it tells us which prefixes connected
         # subscribers want, which answers the "slow joiner" without sleeps
         # (wait_for_subscribers). Verbose in both directions, so every
@@ -218,56 +233,76 @@ class PublishSocket:
         published within 50 us of the previous frame joins the held batch
         of its topic, which goes out as one frame when it is full, when
         another topic or encoding comes, or 100 us after its first message
-        (a flusher thread sees to that). Order and sequence numbers are
-        those of the calls.
+        (a flusher thread sees to that; a publisher that keeps the flusher
+        from the GIL ends the batch itself within 1 KiB of further
+        messages). Order and sequence numbers are those of the calls.
         """
-        if durable:
-            return self.durable_publish(topic, data, timeout)
-        if type(data) is bytes:
-            flags = 0
-        else:
-            flags, data = encode_payload(data)
-            check_payload_size(flags, data, self._limits, "message")  # type: ignore[arg-type]
-        size = len(data)
-        with self._lock:
-            # The burst's common case first, in as few steps as can be: the
-            # message joins the batch of its topic held now. No closed or
+        if type(data) is bytes and not durable:
+            # The burst's common case first, in as few steps as can be: raw
+            # bytes joining the batch of their topic held now. No closed or
             # size check is needed here: close() empties the batch, and
             # the batch's room is within the topic's budget (a blocking
-            # topic is never held). Not past the batch's deadline: the
-            # flusher thread may be kept from the GIL by this very thread.
-            if (
-                topic == self._held_topic
-                and flags == self._held_flags
-                and size < self._room
-                and self.clock() < self._held_until
-            ):
-                self._held_entry.seq += 1  # type: ignore[union-attr]  # held: not None
+            # topic is never held). The room is handed out in legs of
+            # _LEG_BYTES, and the clock is read only when a leg is used up
+            # (_publish_locked), so a batch still ends at its deadline when
+            # the flusher is kept from the GIL by this very thread. An
+            # explicit acquire/release costs less than ``with``.
+            size = len(data)
+            lock = self._lock
+            lock.acquire()
+            try:
+                if topic == self._held_raw and size < self._room:
+                    self._held.append(data)
+                    self._room -= size + _ENTRY_COST
+                    return None
+                self._publish_locked(topic, 0, data, size)
+            finally:
+                lock.release()
+            return None
+        if durable:
+            return self.durable_publish(topic, data, timeout)
+        flags, payload = encode_payload(data)
+        check_payload_size(flags, payload, self._limits, "message")
+        with self._lock:
+            self._publish_locked(topic, flags, payload, len(payload))
+        return None
+
+    def _publish_locked(self, topic: str, flags: int, data: bytes, size: int) -> None:
+        """:meth:`publish` past its first check (lock held): join, hold or send ``data``."""
+        if topic == self._held_topic and flags == self._held_flags:
+            if size < self._room:
                 self._held.append(data)
                 self._room -= size + _ENTRY_COST
-                return None
-            if self._closed:
-                raise Closed("node is closed")
-            entry = self._topics.get(topic)
-            if entry is None:
-                entry = self._open_topic(topic)
-            # One comparison for both refusals: a blocking topic's budget
-            # here is -1 (see _Topic.dropping_budget).
-            if size > entry.dropping_budget:
-                self._refuse(topic, entry, data)
-            if self._held_entry is not None:  # a batch it could not join goes first
-                self._flush_held()
-            seq = entry.seq = entry.seq + 1
-            now = self.clock()
-            if now - self._last_send < _BUSY_NS and size <= _COALESCE_MAX_BYTES and self._coalesce:
-                self._hold(topic, entry, flags, seq, now, data)
-                return None
-            self._last_send = now
-            try:
-                raw_send(self._sock, entry.pack(entry.prefix, flags, seq, now) + data)
-            except zmq.ZMQError as exc:
-                raise translate(exc, "publish") from exc
-        return None
+                return
+            # The leg is used up: the next one, if the batch has room and
+            # is not past its deadline; otherwise the batch goes first.
+            left = self._room + self._reserve - size - _ENTRY_COST
+            if left > -_ENTRY_COST and self.clock() < self._held_until:
+                self._held.append(data)
+                self._room = leg = min(left, _LEG_BYTES)
+                self._reserve = left - leg
+                return
+        if self._closed:
+            raise Closed("node is closed")
+        entry = self._topics.get(topic)
+        if entry is None:
+            entry = self._open_topic(topic)
+        # One comparison for both refusals: a blocking topic's budget
+        # here is -1 (see _Topic.dropping_budget).
+        if size > entry.dropping_budget:
+            self._refuse(topic, entry, data)
+        if self._held_entry is not None:  # a batch it could not join goes first
+            self._flush_held()
+        seq = entry.seq = entry.seq + 1
+        now = self.clock()
+        if now - self._last_send < _BUSY_NS and size <= _COALESCE_MAX_BYTES and self._coalesce:
+            self._hold(topic, entry, flags, seq, now, data)
+            return
+        self._last_send = now
+        try:
+            raw_send(self._sock, entry.pack(entry.prefix, flags, seq, now) + data)
+        except zmq.ZMQError as exc:
+            raise translate(exc, "publish") from exc
 
     def _hold(self, topic: str, entry: _Topic, flags: int, seq: int, now: int, data: bytes) -> None:
         """Start a held batch with ``data`` (lock held); wake the flusher for its deadline."""
@@ -278,7 +313,11 @@ class PublishSocket:
         self._held_seq = seq
         self._held_time = now
         self._held_until = now + _HOLD_NS
-        self._room = entry.hold_budget - len(data) - _ENTRY_COST
+        if not flags:
+            self._held_raw = topic
+        left = entry.hold_budget - len(data) - _ENTRY_COST
+        self._room = leg = min(left, _LEG_BYTES)
+        self._reserve = left - leg
         if self._flusher is None:
             self._flusher = threading.Thread(
                 target=self._flush_main, name=f"meshq-flush-{self._node_id.hex()[:8]}", daemon=True
@@ -289,13 +328,22 @@ class PublishSocket:
             # a timed wait wakes at an older batch's deadline, which comes
             # first, and looks again. Waking it per batch would make it
             # fight the publishing thread for the GIL.
-            self._flush_due.notify()
+            self._wake_flusher()
+
+    def _wake_flusher(self) -> None:
+        """End an idle flusher's wait (lock held)."""
+        if self._flusher_idle:
+            self._flusher_idle = False
+            self._flush_wake.release()
 
     def _flush_held(self) -> None:
         """Send the held batch as one frame (lock held); one message goes as a plain frame."""
         held = self._held
         entry = self._held_entry
         assert entry is not None  # held implies an entry
+        # The topic's sequence number moves once per batch, not per message
+        # joined: whatever reads it flushes the held batch first.
+        entry.seq = self._held_seq + len(held) - 1
         if len(held) == 1:
             frame = entry.pack(entry.prefix, self._held_flags, self._held_seq, self._held_time)
             frame += held[0]
@@ -307,6 +355,7 @@ class PublishSocket:
         held.clear()
         self._held_entry = None
         self._held_topic = None
+        self._held_raw = None
         self._last_send = self.clock()
         try:
             raw_send(self._sock, frame)
@@ -315,23 +364,27 @@ class PublishSocket:
 
     def _flush_main(self) -> None:
         """The flusher thread: send a held batch once it is _HOLD_NS old; end on close."""
-        with self._flush_due:
-            while not self._closed:
+        lock = self._lock
+        wait = self._flush_wake.acquire
+        while True:
+            with lock:
+                if self._closed:
+                    return
                 if self._held_entry is None:
                     self._flusher_idle = True
-                    self._flush_due.wait()
-                    self._flusher_idle = False
-                    continue
-                late = self.clock() - self._held_time - _HOLD_NS
-                if late < 0:
-                    self._flush_due.wait(-late / 1e9)
-                    continue
-                try:
-                    self._flush_held()
-                except Closed:
-                    return
-                except Exception:  # the flusher must outlive a bad frame
-                    log.exception("sending a held batch failed")
+                    pause = -1.0  # until _wake_flusher
+                else:
+                    late = self.clock() - self._held_time - _HOLD_NS
+                    pause = min(-late, _HOLD_NS) / 1e9  # a clock set back: still look soon
+                    if late >= 0:
+                        try:
+                            self._flush_held()
+                        except Closed:
+                            return
+                        except Exception:  # the flusher must outlive a bad frame
+                            log.exception("sending a held batch failed")
+                        continue
+            wait(True, pause)
 
     def flush(self) -> None:
         """Send what is held now (publish_many, close and the flusher do it by themselves)."""
@@ -656,7 +709,7 @@ class PublishSocket:
             self._sock.close(linger=0)
             if self._block_sock is not None:
                 self._block_sock.close(linger=0)
-            self._flush_due.notify_all()
+            self._wake_flusher()  # one in a timed wait sees the close at its deadline
             self._room_changed()  # blocked publishes wake and raise Closed
             flusher = self._flusher
         if flusher is not None and flusher is not threading.current_thread():

@@ -6,6 +6,7 @@ a fake one, so what is decided does not depend on how fast the machine is.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ import zmq
 
 import meshq
 from meshq.message import Message
+from meshq.publishing import _ENTRY_COST, _LEG_BYTES
 from meshq.wire import FLAG_BATCH, FLAG_TAIL, Limits, decode_data
 
 LOOPBACK = ["127.0.0.1"]
@@ -183,3 +185,31 @@ def test_a_tail_marker_never_overtakes_held_messages(
         if decoded.seq == 2:
             break
     assert seen == [b"one", b"two"]
+
+
+def test_a_batch_ends_at_its_deadline_even_when_the_flusher_cannot_run(
+    publisher: tuple[meshq.Node, FakeClock, zmq.Socket],  # type: ignore[type-arg]
+) -> None:
+    node, clock, sub = publisher
+    socket = node.runtime.publisher
+    # A flusher that never looks: as when the publishing thread keeps it
+    # from the GIL. The publisher itself must then end the batch on time.
+    socket._flusher = threading.Thread(target=lambda: None)
+    socket._flusher.start()
+    socket._flusher.join()
+    node.publish("c/x", b"idle")  # at once
+    node.publish("c/x", b"held")  # starts a batch
+    clock.advance(0.001)  # past its deadline
+    late = [b"late %03d" % index for index in range(100)]
+    for data in late:
+        node.publish("c/x", data)
+    socket.flush()
+    batches: list[list[Message]] = []
+    while sum(map(len, batches)) < 102:
+        batches.append(messages(recv_data(sub)))
+    received = [(m.seq, m.data) for batch in batches for m in batch]
+    assert received == list(enumerate([b"idle", b"held", *late], start=1))
+    # The deadline is looked at once per leg of the batch's room, so at most
+    # one leg of messages published after it joins the batch.
+    held = next(batch for batch in batches if batch[0].data == b"held")
+    assert len(held) <= 1 + _LEG_BYTES // (len(late[0]) + _ENTRY_COST) + 1

@@ -67,12 +67,31 @@ def test_gaps_are_counted_across_single_and_batch_frames() -> None:
     assert box.gap_log[0].sender == SENDER.hex() and box.gap_log[0].topic == "t/x"
 
 
+def test_batches_of_equal_and_of_mixed_entries_agree_with_the_codec() -> None:
+    box = inbox()
+    same = [b"%03d" % index for index in range(100)]
+    assert take_all(box, encode_data(PREFIX, FLAG_BATCH, 1, 0, encode_batch(same))) == list(
+        enumerate(same, start=1)
+    )
+    # The size of three entries of the first one's length, which they are not.
+    mixed = [b"ab", b"c", b"def"]
+    assert take_all(box, encode_data(PREFIX, FLAG_BATCH, 101, 0, encode_batch(mixed))) == list(
+        enumerate(mixed, start=101)
+    )
+    empties = encode_data(PREFIX, FLAG_BATCH, 110, 0, encode_batch([b""] * 3))  # 104-109 lost
+    assert take_all(box, empties) == [(110, b""), (111, b""), (112, b"")]
+    assert box.gaps == 6 and box.dropped == 0
+    assert take_all(box, encode_data(PREFIX, 0, 113, 0, b"next")) == [(113, b"next")]
+    assert box.gaps == 6
+
+
 @pytest.mark.parametrize(
     "payload",
     [
         b"",  # empty batch
         b"\x00\x00\x00\x05abc",  # entry longer than the frame
         b"\x00\x00\x00\x01a\x00\x00",  # a length cut short
+        b"\x00\x00\x00\x02ab\x00\x00\x00\x01cd",  # the size of two equal entries, but not
         encode_batch([b"."] * 1025),  # more entries than MAX_BATCH
     ],
 )
