@@ -279,13 +279,15 @@ class ControlProtocol:
     def _repeated_hello(self, hello: Hello, now: float) -> list[Action]:
         """A known peer's periodic HELLO, the same bytes as its last: liveness and gossip."""
         events = self._table.heard(hello.sender, now)
-        if self._learn_gossip(hello, now):
+        learnt = self._learn_gossip(hello, now)
+        if learnt:
             self._hello_due(now)
         if events:
             self._apply(events)
             return self._changed()
         self._actions.append(Heard(hello.sender.hex(), now, self._table.rtt(hello.sender)))
-        return self._changed()
+        # Nothing learnt: as a heartbeat, it brings no deadline nearer.
+        return self._changed() if learnt else self._take()
 
     def on_found(self, candidate: Candidate, now: float) -> list[Action]:
         """Discovery reports a control endpoint (mDNS record or seed)."""
