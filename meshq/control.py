@@ -196,8 +196,9 @@ class ControlLoop:
                     self._run_commands()
                 if (router or unread) and poller is self._poller:
                     woke = time.monotonic()
-                    unread = False
+                    unread = True  # until _receive() returns: a failed read is retried
                     heartbeats = self._receive()
+                    unread = False
                     if heartbeats < 0:
                         unread = True  # stopped with more waiting: look again at once
                     elif heartbeats and self.coalesce and heartbeats < protocol.peer_count:
@@ -210,6 +211,7 @@ class ControlLoop:
                     # two; the PINGs of a round leave together (7.6), so the
                     # start is the closer guess, and an echo PING's round
                     # trip (16.4) then does not count the spell as delay.
+                    unread = True  # as above
                     unread = self._receive(quiet_since) < 0
                 if publisher:
                     self._publisher.process_commands()  # subscribers came or went
