@@ -49,7 +49,6 @@ log = logging.getLogger("meshq.control")
 
 _DEALER_HWM = 8  # control messages queued per peer while it is unreachable
 _MAX_BATCH = 256  # control messages handled before looking at the clock again
-_ROUND_LAG = 0.01  # longest ControlProtocol round_lag, in heartbeat intervals
 
 
 class ControlLoop:
@@ -122,10 +121,6 @@ class ControlLoop:
             networks=networks,
             keys=sockets.keys if sockets.curve is not None else None,
             clock_offset=time.time() - time.monotonic(),
-            # 0 to 5 ms with the defaults, from the (random) node id: in any
-            # mesh, the nodes with the shortest lag wake the others, which
-            # then read a round and send theirs in one wake-up.
-            round_lag=config.heartbeat_interval * _ROUND_LAG * local.node_id[-1] / 255,
         )
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]
         self._links = 0  # DEALERs made so far; numbers their routing ids
@@ -201,8 +196,9 @@ class ControlLoop:
                     self._run_commands()
                 if (router or unread) and poller is self._poller:
                     woke = time.monotonic()
-                    unread = False
+                    unread = True  # until _receive() returns: a failed read is retried
                     heartbeats = self._receive()
+                    unread = False
                     if heartbeats < 0:
                         unread = True  # stopped with more waiting: look again at once
                     elif heartbeats and self.coalesce and heartbeats < protocol.peer_count:
@@ -215,11 +211,12 @@ class ControlLoop:
                     # two; the PINGs of a round leave together (7.6), so the
                     # start is the closer guess, and an echo PING's round
                     # trip (16.4) then does not count the spell as delay.
+                    unread = True  # as above
                     unread = self._receive(quiet_since) < 0
                 if publisher:
                     self._publisher.process_commands()  # subscribers came or went
                 now = time.monotonic()
-                if now >= protocol.due_at():  # awake anyway: a lagging round goes now
+                if now >= protocol.next_deadline():
                     self.timer_runs += 1
                     # No quiet spell after our own heartbeats: the first of
                     # the mesh's to arrive wakes us and begins one, so that

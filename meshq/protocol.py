@@ -101,10 +101,7 @@ class ControlProtocol:
         networks: Sequence[ipaddress.IPv4Network] = (),
         keys: KeyBook | None = None,
         clock_offset: float = 0.0,
-        round_lag: float = 0.0,
     ) -> None:
-        if not 0.0 <= round_lag < config.heartbeat_interval:
-            raise ValueError(f"round_lag must be in [0, heartbeat_interval): {round_lag}")
         self._config = config
         self.local = local
         self._limits = limits
@@ -125,12 +122,6 @@ class ControlProtocol:
         self._offset = clock_offset
         self._next_ping = self._slot(now, config.heartbeat_interval)
         self._next_gossip = self._slot(now, config.gossip_interval)
-        # How long after its slot the timer of a round (PINGs or periodic
-        # HELLO) fires. Due from the slot on, a round goes out with whatever
-        # else wakes the loop first: a node whose lag is longer than another's
-        # is woken by that one's PING of the same round and sends its own in
-        # that wake-up (7.6). See due_at().
-        self._lag = round_lag
         self._ping = encode_control(Ping(local.node_id))
         # Echo PINGs (PROTOCOL.md 16.4): the peers whose latest HELLO asked
         # for them, and per peer the ``sent`` (ns) of the latest PING read
@@ -145,11 +136,11 @@ class ControlProtocol:
         self._actions: list[Action] = []
         # What on_heartbeat learnt since the last take_heard().
         self._heard: dict[str, tuple[float, float | None]] = {}
-        # (due_at(), next_deadline()) as last computed; None: compute again. A
-        # heartbeat only moves a peer's own deadline later, so it leaves these
-        # valid (early) bounds and need not clear them: the loop then wakes a
-        # little early at worst, and on_timer computes them afresh.
-        self._deadline: tuple[float, float] | None = None
+        # next_deadline() as last computed; None: compute again. A heartbeat
+        # only moves a peer's own deadline later, so it leaves this a valid
+        # (early) bound and need not clear it: the loop then wakes a little
+        # early at worst, and on_timer computes it afresh.
+        self._deadline: float | None = None
         # The dialer's part of it, kept across heartbeat rounds: only an input
         # other than a heartbeat (_changed) or the dialer's own work moves it.
         # None: compute again, and let on_timer run the dialer and the link
@@ -288,13 +279,15 @@ class ControlProtocol:
     def _repeated_hello(self, hello: Hello, now: float) -> list[Action]:
         """A known peer's periodic HELLO, the same bytes as its last: liveness and gossip."""
         events = self._table.heard(hello.sender, now)
-        if self._learn_gossip(hello, now):
+        learnt = self._learn_gossip(hello, now)
+        if learnt:
             self._hello_due(now)
         if events:
             self._apply(events)
             return self._changed()
         self._actions.append(Heard(hello.sender.hex(), now, self._table.rtt(hello.sender)))
-        return self._changed()
+        # Nothing learnt: as a heartbeat, it brings no deadline nearer.
+        return self._changed() if learnt else self._take()
 
     def on_found(self, candidate: Candidate, now: float) -> list[Action]:
         """Discovery reports a control endpoint (mDNS record or seed)."""
@@ -371,37 +364,21 @@ class ControlProtocol:
         return self._take()
 
     def next_deadline(self) -> float:
-        """The monotonic time by which ``on_timer`` must run: the loop sleeps until then.
-
-        :meth:`due_at` or later; a round of heartbeats may wait ``round_lag``
-        past its slot here, for another wake-up to take it along.
-        """
+        """The monotonic time at which ``on_timer`` has something to do (or a little earlier)."""
         if self._deadline is None:
             self._deadline = self._compute_deadline()
-        return self._deadline[1]
+        return self._deadline
 
-    def due_at(self) -> float:
-        """The monotonic time from which ``on_timer`` has something to do (or a little earlier).
-
-        A loop awake anyway at or after it (a peer's PING woke it, say) runs
-        ``on_timer`` then rather than waking again at :meth:`next_deadline`.
-        """
-        if self._deadline is None:
-            self._deadline = self._compute_deadline()
-        return self._deadline[0]
-
-    def _compute_deadline(self) -> tuple[float, float]:
-        round_due = min(self._next_ping, self._next_gossip)
-        other = math.inf
+    def _compute_deadline(self) -> float:
+        deadline = min(self._next_ping, self._next_gossip)
         table = self._table.next_deadline()
-        if table is not None:
-            other = table
+        if table is not None and table < deadline:
+            deadline = table
         dialer = self._dialer_due
         if dialer is None:
             found = self._dialer.next_deadline(self._connected())
             dialer = self._dialer_due = math.inf if found is None else found
-        other = min(other, dialer)
-        return min(round_due, other), min(round_due + self._lag, other)
+        return min(deadline, dialer)
 
     def _slot(self, now: float, interval: float) -> float:
         """The first multiple of ``interval`` on the wall clock after ``now``, on our clock."""

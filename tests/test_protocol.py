@@ -85,9 +85,7 @@ class Net:
         #: does, instead of on_frames.
         self.batched = False
 
-    def add(
-        self, name: str, keys: KeyBook | None = None, key: bytes = b"", round_lag: float = 0.0
-    ) -> Node:
+    def add(self, name: str, keys: KeyBook | None = None, key: bytes = b"") -> Node:
         node_id = bytes([len(self.nodes) + 1]) + os.urandom(15)
         endpoint = f"tcp://198.18.0.{len(self.nodes) + 1}:7000"
         local = LocalNode(
@@ -99,9 +97,7 @@ class Net:
             key=key,
             local_publish=f"inproc://pub-{name}",
         )
-        protocol = ControlProtocol(
-            CONFIG, local, self.now, limits=Limits(), keys=keys, round_lag=round_lag
-        )
+        protocol = ControlProtocol(CONFIG, local, self.now, limits=Limits(), keys=keys)
         node = Node(name, protocol, node_id, endpoint)
         self.nodes[endpoint] = node
         return node
@@ -210,40 +206,6 @@ def test_the_next_deadline_is_the_next_heartbeat_when_idle() -> None:
     # Peers heard every 0.5 s: nothing due before the next heartbeat, no 50 ms tick.
     assert a.protocol.next_deadline() == pytest.approx(2.5)
     assert kinds(a) == [(EventKind.JOINED, "b")]
-
-
-def pings_sent(actions: Iterable[Action]) -> list[str]:
-    """The endpoints a round of PINGs among ``actions`` goes to."""
-    return [endpoint for a in actions if isinstance(a, SendEach) for endpoint, _ in a.messages]
-
-
-def test_a_lagging_round_goes_out_with_the_first_wake_up_after_its_slot() -> None:
-    net = Net()
-    a, b = net.add("a", round_lag=0.004), net.add("b")
-    net.find(a, b)
-    # Due from the slot on, but the loop need not wake for it before the lag.
-    assert a.protocol.due_at() == pytest.approx(0.5)
-    assert a.protocol.next_deadline() == pytest.approx(0.504)
-    net.advance(0.5)  # b's round, at its slot, wakes a
-    assert a.heard == 1
-    assert a.protocol.due_at() <= net.now  # so a's loop runs its round now
-    assert pings_sent(a.protocol.on_timer(net.now)) == [b.endpoint]
-    assert a.protocol.due_at() == pytest.approx(1.0)
-    assert a.protocol.next_deadline() == pytest.approx(1.004)
-    # Nothing wakes a: its timer fires at the end of the lag.
-    b.down = True
-    net.advance(1.003)
-    assert a.protocol.next_deadline() == pytest.approx(1.004)
-    assert pings_sent(a.protocol.on_timer(1.004)) == [b.endpoint]
-    assert a.protocol.due_at() == pytest.approx(1.5)
-
-
-def test_a_round_lag_must_be_shorter_than_the_heartbeat_interval() -> None:
-    net = Net()
-    with pytest.raises(ValueError, match="round_lag"):
-        net.add("a", round_lag=CONFIG.heartbeat_interval)
-    with pytest.raises(ValueError, match="round_lag"):
-        net.add("b", round_lag=-0.001)
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
