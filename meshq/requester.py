@@ -108,6 +108,8 @@ class RequestFuture:
     attempt_id: int
     endpoint: str
     deadline: float
+    provider: str
+    value: object
 
     def __init__(
         self,
@@ -133,11 +135,10 @@ class RequestFuture:
         # request rarely tries more than one.
         self.tried: tuple[str, ...] = ()
         self.attempts = 0
-        self.provider = ""  # with endpoint, attempt_id and deadline: set by each attempt
         self.on_done: Callable[[RequestFuture], None] | None = None  # an event loop's wake-up
         self.finished = False
-        self.value: object = None
         self.error: BaseException | None = None
+        # value: set as the request ends (with finished).
 
     def done(self) -> bool:
         """True once a reply or a final error is in (reads pending replies first)."""
@@ -226,7 +227,7 @@ class Requester:
         self._dealer_made: dict[str, float] = {}  # endpoint -> when its DEALER was made
         self._names: dict[str, _Name] = {}  # service -> its checked UTF-8 name and head packer
         self._providers = directory.providers
-        self._refused_due = factory.refused.due
+        self._refused = factory.refused
         self._poller = zmq.Poller()
         self._calls: dict[int, RequestFuture] = {}  # by attempt id
         self._outstanding: collections.Counter[str] = collections.Counter()
@@ -267,9 +268,10 @@ class Requester:
         else:
             flags, payload = encode_payload(data)
             check_payload_size(flags, payload, self._limits, "request")
-        refused = self._refused_due(self._refusals_handled)
-        if refused:
-            self._retry_refused(refused)
+        if not self._refused.none:
+            refused = self._refused.due(self._refusals_handled)
+            if refused:
+                self._retry_refused(refused)
         call = RequestFuture(self, service, name, flags, payload, timeout, retries, only)
         if not self._send(call):
             raise NoProviders(service)
