@@ -648,12 +648,13 @@ class PublishSocket:
         # internal commands, such as detaching closed subscribers.
         changed = _read_subscriptions(self._sock, self._subscribers)
         if self._block_sock is not None:
-            changed = _read_subscriptions(self._block_sock, self._block_subscribers) or changed
             if self._block_waits:
-                # Reading ran the socket's commands, news of room among them
-                # (the control thread calls this when the socket's ZMQ_FD
-                # turned readable): the waiting publishes try again.
-                self._room_changed()
+                # Reading runs the socket's commands, news of room among
+                # them (the control thread calls this when a ZMQ_FD turned
+                # readable): if it has any, the waiting publishes try again.
+                # Not for the other socket's: its traffic wakes nobody.
+                self._take_room_news()
+            changed = _read_subscriptions(self._block_sock, self._block_subscribers) or changed
         if changed:
             self.on_subscribers_changed()
 
@@ -740,12 +741,12 @@ class BlockingWait:
 
     * the control thread polls the ZMQ_FD and reads the socket's
       subscriptions when it turns readable (PublishSocket.process_commands);
-      with publishes waiting, every such read wakes them;
-    * every other use of the socket while publishes wait (a try, a tail
-      marker) first checks the ZMQ_FD; if commands are pending, it runs
-      them at once and wakes the waits. A try that found nothing pending
-      wakes nobody, so that two publishes blocked on two full subscribers
-      do not wake each other forever.
+    * that read, and every other use of the socket while publishes wait (a
+      try, a tail marker, ``subscribers()``), first checks the ZMQ_FD; if
+      commands are pending, it runs them at once and wakes the waits. A
+      use that found nothing pending wakes nobody, so that two publishes
+      blocked on two full subscribers do not wake each other forever, and
+      traffic on the dropping socket wakes no blocked publisher.
 
     Waking is a counter (the socket's room version) with a Condition for
     sync waits and a ``wake(version)`` callback for others (AsyncNode sets
