@@ -67,6 +67,15 @@ def count_tries(publisher: PublishSocket) -> collections.Counter[str]:
     return tries
 
 
+def stall(pub: meshq.Node, sub: meshq.Node) -> tuple[meshq.Subscription, int]:
+    """``sub`` subscribes to slow/ (its thread's, unread) and ``pub`` fills slow/t
+    until it blocks: (the subscription, messages sent)."""
+    subscription = sub.subscribe("slow/")
+    pub.declare_blocking("slow/t")
+    pub.wait_for_subscribers("slow/t", 1, timeout=10)
+    return subscription, fill(pub, "slow/t")
+
+
 def fill(node: meshq.Node, topic: str) -> int:
     """Publish blocking on ``topic`` until a subscriber stays full; return how many went.
 
@@ -96,10 +105,7 @@ def test_a_blocked_publisher_resumes_when_the_subscriber_reads(
 ) -> None:
     monkeypatch.setattr(publishing, "ROOM_RECHECK", 600.0)  # only news of room can wake it
     pub, sub = pair
-    subscription = sub.subscribe("slow/")  # this thread's, not read yet
-    pub.declare_blocking("slow/t")
-    pub.wait_for_subscribers("slow/t", 1, timeout=10)
-    sent = fill(pub, "slow/t")
+    subscription, sent = stall(pub, sub)  # this thread's subscription, not read yet
     tries = count_tries(pub.runtime.publisher)
     outcome: list[object] = []
 
@@ -132,10 +138,7 @@ def test_a_blocked_publisher_tries_a_few_times_then_times_out_at_its_deadline(
     pair: tuple[meshq.Node, meshq.Node],
 ) -> None:
     pub, sub = pair
-    subscription = sub.subscribe("slow/")
-    pub.declare_blocking("slow/t")
-    pub.wait_for_subscribers("slow/t", 1, timeout=10)
-    sent = fill(pub, "slow/t")
+    subscription, sent = stall(pub, sub)
     tries = count_tries(pub.runtime.publisher)
     began = time.monotonic()
     with pytest.raises(meshq.Timeout, match="slow/t"):
@@ -251,10 +254,7 @@ def test_closing_the_node_ends_a_blocked_publish_with_closed(
     pair: tuple[meshq.Node, meshq.Node],
 ) -> None:
     pub, sub = pair
-    subscription = sub.subscribe("slow/")
-    pub.declare_blocking("slow/t")
-    pub.wait_for_subscribers("slow/t", 1, timeout=10)
-    fill(pub, "slow/t")
+    subscription, _ = stall(pub, sub)
     outcome: list[BaseException] = []
 
     def publish_forever() -> None:
