@@ -334,7 +334,7 @@ class Runtime:
                     interfaces=self.interfaces,
                     port=self.config.service_port,
                     limits=self.limits,
-                    count=self.count,
+                    count=self.state.count,  # as Runtime.count, a call layer less
                     on_exit=self.close_thread_requester,
                     offences=Offences(
                         self.config.max_offences, self.config.offence_window, self.config.ban_time

@@ -48,8 +48,11 @@ class RefusedLinks:
         self._when: dict[str, float] = {}  # endpoint -> monotonic time of the latest refusal
         self._lock = threading.Lock()
         self._announced = 0.0  # refusals up to this time were announced by ripe()
+        #: True until the first refusal: a check per request without a call.
+        self.none = True
 
     def add(self, endpoint: str) -> None:
+        self.none = False
         with self._lock:
             self._when.pop(endpoint, None)  # re-inserted: the dict stays oldest first
             self._when[endpoint] = time.monotonic()
