@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 import meshq
+from meshq.services import ReplyTo
 from meshq.zmqerrors import translate
 
 LOOPBACK = ["127.0.0.1"]
@@ -132,6 +133,31 @@ def no_automatic_gc() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def test_a_thread_that_ends_with_a_request_in_flight_releases_its_sockets(
+    mesh: str, no_automatic_gc: None
+) -> None:
+    """As it ends, not at some later garbage collection (a request refers to its caller side)."""
+    node = meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK, discovery=False)
+    try:
+        held: list[ReplyTo] = []
+        node.serve_deferred("never", lambda data, reply_to: held.append(reply_to))
+        node.wait_for_service("never", timeout=10)
+        outcome: list[bool] = []
+
+        def caller() -> None:
+            future = node.request_async("never", 1, timeout=30)
+            outcome.append(future.ready)  # and the thread ends, the request in flight
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        thread.join(30)
+        assert outcome == [False]
+    finally:
+        node.close()
+    assert node.runtime.sockets.open_sockets == 0
+    assert node.runtime.context.closed  # nothing was left open for it to wait for
 
 
 def test_a_node_collected_with_a_socket_left_open_never_blocks_the_collecting_thread(
