@@ -141,7 +141,7 @@ class ServiceApi:
         and no other, retries included. Raises meshq.NoProviders at once
         (also when ``only`` does not offer the service).
         """
-        return self.runtime.requester().start(service, data, timeout, retries, only=only)
+        return self.runtime.requester().start(service, data, timeout, retries, only)
 
     def gather(self, service: str, data: object, *, timeout: float = 0.5) -> GatherResult:
         """Ask every provider of ``service`` at once; return what came back within ``timeout`` s.

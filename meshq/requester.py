@@ -29,7 +29,7 @@ from .ownership import Owner, current
 from .publishing import raw_send
 from .ratelimit import RateLimitedLog
 from .services import ServiceDirectory
-from .servicewire import Reply, check_service_name, decode_reply, encode_request
+from .servicewire import REPLY_HEAD, REQUEST_HEAD, Reply, check_service_name, decode_reply
 from .sockets import SocketFactory
 from .wire import (
     FLAG_MSGPACK,
@@ -60,72 +60,15 @@ _SCAN_EVERY = 0.1  # seconds between checks for attempts whose provider left
 _LEFT_GRACE = 0.25
 _MAX_NAMES = 1024  # service names whose encoding a caller remembers
 # A reply's head (servicewire): "A", version, flags, request id, load.
-_REPLY = struct.Struct(">cBBQI")
-_REPLY_HEAD = _REPLY.unpack_from
-_REPLY_HEAD_BYTES = _REPLY.size
+_REPLY_HEAD = REPLY_HEAD.unpack_from
+_REPLY_HEAD_BYTES = REPLY_HEAD.size
+# pyzmq's compiled recv, without the lookup through zmq.Socket (as raw_send).
+_raw_recv: Callable[..., bytes] = getattr(zmq.backend, "Socket", zmq.Socket).recv
 # Plain ints: the zmq constants are enum members, whose operators run in Python.
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _RCVTIMEO = int(zmq.RCVTIMEO)
-
-
-class _Call:
-    """One request: what to send, where it went, and how it ended.
-
-    A slotted class rather than a dataclass: one is made per request.
-    """
-
-    __slots__ = (
-        "attempt_id",
-        "attempts",
-        "deadline",
-        "done",
-        "endpoint",
-        "error",
-        "flags",
-        "name",
-        "on_done",
-        "only",
-        "payload",
-        "provider",
-        "result",
-        "retries",
-        "service",
-        "timeout",
-        "tried",
-    )
-
-    # Set by each attempt (_send), never read before it.
-    attempt_id: int
-    endpoint: str
-    deadline: float
-
-    def __init__(
-        self,
-        service: str,
-        name: bytes,
-        flags: int,
-        payload: bytes,
-        timeout: float,
-        retries: int,
-        only: str | None = None,
-    ) -> None:
-        self.service = service
-        self.name = name
-        self.flags = flags
-        self.payload = payload
-        self.timeout = timeout
-        self.retries = retries
-        self.only = only  # gather: this provider and no other
-        self.tried: set[str] = set()
-        self.attempts = 0
-        # provider, endpoint, attempt_id and deadline: set by each attempt (_send)
-        self.provider = ""
-        self.on_done: Callable[[_Call], None] | None = None  # an event loop's wake-up
-        self.done = False
-        self.result: object = None
-        self.error: BaseException | None = None
 
 
 class RequestFuture:
@@ -134,27 +77,82 @@ class RequestFuture:
     It belongs to the thread that made the request (whose sockets carry the
     reply): ``done()`` and ``result()`` from another thread raise
     RuntimeError.
+
+    It is also the caller's record of the request (what to send, where it
+    went, how it ended): one object per request, a slotted class.
     """
 
-    __slots__ = ("_call", "_requester")
+    __slots__ = (
+        "_requester",
+        "attempt_id",
+        "attempts",
+        "deadline",
+        "endpoint",
+        "error",
+        "finished",
+        "flags",
+        "head",
+        "name",
+        "on_done",
+        "only",
+        "payload",
+        "provider",
+        "retries",
+        "service",
+        "timeout",
+        "tried",
+        "value",
+    )
 
-    def __init__(self, requester: Requester, call: _Call) -> None:
+    # Set by each attempt (Requester._send), never read before it.
+    attempt_id: int
+    endpoint: str
+    deadline: float
+    provider: str
+    value: object
+
+    def __init__(
+        self,
+        requester: Requester,
+        service: str,
+        name: _Name,
+        flags: int,
+        payload: bytes,
+        timeout: float,
+        retries: int,
+        only: str | None = None,
+    ) -> None:
         self._requester = requester
-        self._call = call
+        self.service = service
+        self.name = name[0]
+        self.head = name[1]  # packs a request's head for this name
+        self.flags = flags
+        self.payload = payload
+        self.timeout = timeout
+        self.retries = retries
+        self.only = only  # gather: this provider and no other
+        # Providers that may have received an attempt: a tuple, as a
+        # request rarely tries more than one.
+        self.tried: tuple[str, ...] = ()
+        self.attempts = 0
+        self.on_done: Callable[[RequestFuture], None] | None = None  # an event loop's wake-up
+        self.finished = False
+        self.error: BaseException | None = None
+        # value: set as the request ends (with finished).
 
     def done(self) -> bool:
         """True once a reply or a final error is in (reads pending replies first)."""
-        if not self._call.done:
+        if not self.finished:
             requester = self._requester
             if current() != requester.owner:
-                raise requester.owner_error(self._call.service)
+                raise requester.owner_error(self.service)
             requester.pump(0.0)
-        return self._call.done
+        return self.finished
 
     @property
     def ready(self) -> bool:
         """True once a reply or a final error is in, as of the last read (no I/O)."""
-        return self._call.done
+        return self.finished
 
     def result(self, timeout: float | None = None) -> object:
         """The reply's data. Waits at most ``timeout`` s (None: until the request ends).
@@ -163,28 +161,38 @@ class RequestFuture:
         wait's ``timeout``), meshq.NoProviders, meshq.Closed; RuntimeError
         from a thread other than the one that made the request.
         """
-        call = self._call
-        if not call.done:
+        if not self.finished:
             requester = self._requester
             if current() != requester.owner:
-                raise requester.owner_error(call.service)
-            requester.wait_for(call, timeout)
-            if not call.done:
-                raise Timeout(f"request to {call.service!r} still in flight")
-        if call.error is not None:
-            raise call.error
-        return call.result
+                raise requester.owner_error(self.service)
+            requester.wait_for(self, timeout)
+            if not self.finished:
+                raise Timeout(f"request to {self.service!r} still in flight")
+        if self.error is not None:
+            raise self.error
+        return self.value
 
     def add_done_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once the request ends, on the thread that reads its reply.
 
         For front-ends that wait their own way (asyncio); must not block.
         """
-        self._call.on_done = lambda _call: callback()
+        self.on_done = lambda _call: callback()
 
     def cancel(self) -> None:
         """Give up on the request: no more retries; a late reply is dropped."""
-        self._requester.cancel(self._call)
+        self._requester.cancel(self)
+
+
+#: A service name as a caller keeps it: its UTF-8 bytes, and the packer of
+#: a request head for it (kind, version, flags, request id, name length, name).
+_Name = tuple[bytes, Callable[..., bytes]]
+
+
+def _name(service: str) -> _Name:
+    """Check ``service`` (ValueError) and make its :data:`_Name`."""
+    encoded = check_service_name(service)
+    return encoded, struct.Struct(f"{REQUEST_HEAD.format}{len(encoded)}s").pack
 
 
 @dataclass(frozen=True)
@@ -217,9 +225,11 @@ class Requester:
         self._dealers: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]  # by endpoint
         self._refusals_handled: dict[str, float] = {}  # see SocketFactory.refused
         self._dealer_made: dict[str, float] = {}  # endpoint -> when its DEALER was made
-        self._names: dict[str, bytes] = {}  # service -> its checked UTF-8 name
+        self._names: dict[str, _Name] = {}  # service -> its checked UTF-8 name and head packer
+        self._providers = directory.providers
+        self._refused = factory.refused
         self._poller = zmq.Poller()
-        self._calls: dict[int, _Call] = {}  # by attempt id
+        self._calls: dict[int, RequestFuture] = {}  # by attempt id
         self._outstanding: collections.Counter[str] = collections.Counter()
         self._load: dict[str, tuple[int, float]] = {}  # provider -> (load, when reported)
         self._ids = itertools.count(random.getrandbits(48))
@@ -250,7 +260,7 @@ class Requester:
             raise ValueError("need timeout > 0 seconds and retries >= 0")
         name = self._names.get(service)
         if name is None:
-            name = check_service_name(service)
+            name = _name(service)
             if len(self._names) < _MAX_NAMES:
                 self._names[service] = name
         if type(data) is bytes:  # the common case, without two calls
@@ -258,51 +268,64 @@ class Requester:
         else:
             flags, payload = encode_payload(data)
             check_payload_size(flags, payload, self._limits, "request")
-        self._retry_refused()
-        call = _Call(service, name, flags, payload, timeout, retries, only)
+        if not self._refused.none:
+            refused = self._refused.due(self._refusals_handled)
+            if refused:
+                self._retry_refused(refused)
+        call = RequestFuture(self, service, name, flags, payload, timeout, retries, only)
         if not self._send(call):
             raise NoProviders(service)
-        return RequestFuture(self, call)
+        return call
 
-    def _retry_refused(self) -> None:
+    def _retry_refused(self, refused: list[tuple[str, float]]) -> None:
         """Replace DEALERs whose handshake was refused: libzmq never retries those.
 
-        Only a DEALER made before the refusal is the refused one. Called as
-        a request starts (never while replies are being read).
+        ``refused``: (endpoint, when) from RefusedLinks.due. Only a DEALER
+        made before the refusal is the refused one. Called as a request
+        starts (never while replies are being read).
         """
-        for endpoint, when in self._factory.refused.due(self._refusals_handled):
+        for endpoint, when in refused:
             if self._dealer_made.get(endpoint, time.monotonic()) < when:
                 self._close_dealer(endpoint)
 
-    def cancel(self, call: _Call) -> None:
+    def cancel(self, call: RequestFuture) -> None:
         """Stop waiting for ``call``: no retry, and a late reply is dropped."""
-        if call.done:
+        if call.finished:
             return
         if self._calls.pop(call.attempt_id, None) is not None:
             self._outstanding[call.provider] -= 1
         self._finish(call, error=Timeout(f"request to {call.service!r} cancelled"))
 
-    def _send(self, call: _Call) -> bool:
+    def _send(self, call: RequestFuture) -> bool:
         """Send the next attempt of ``call``; False if no provider is left to try."""
-        providers = self._directory.providers(call.service)
-        if len(providers) == 1 and call.only is None and not call.tried:
-            candidates = list(providers)  # the usual case: one provider, first try
-        elif call.only is not None:
-            candidates = [call.only] if call.only in providers and not call.tried else []
+        providers = self._providers(call.service)
+        tried = call.tried
+        if len(providers) == 1 and call.only is None and not tried:
+            # The usual case: one provider, first try.
+            ((provider, endpoint),) = providers.items()
         else:
-            # A provider already tried may still be running the handler: asking
-            # it again would run a slow handler twice (a payment, say).
-            candidates = [p for p in providers if p not in call.tried]
-        if not candidates:
-            return False
-        provider = candidates[0] if len(candidates) == 1 else min(candidates, key=self._busyness)
-        call.endpoint = providers[provider]
-        dealer = self._dealers.get(call.endpoint) or self._dealer(call.endpoint)
-        call.attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
+            if call.only is not None:
+                candidates = [call.only] if call.only in providers and not tried else []
+            else:
+                # A provider already tried may still be running the handler: asking
+                # it again would run a slow handler twice (a payment, say).
+                candidates = [p for p in providers if p not in tried]
+            if not candidates:
+                return False
+            provider = (
+                candidates[0] if len(candidates) == 1 else min(candidates, key=self._busyness)
+            )
+            endpoint = providers[provider]
+        call.endpoint = endpoint
+        dealer = self._dealers.get(endpoint) or self._dealer(endpoint)
+        call.attempt_id = attempt_id = next(self._ids) & 0xFFFFFFFFFFFFFFFF
         call.provider = provider
         call.attempts += 1
-        call.deadline = time.monotonic() + call.timeout
-        frame = encode_request(call.attempt_id, call.name, call.flags, call.payload)
+        call.deadline = deadline = time.monotonic() + call.timeout
+        # encode_request, with the name's own packer: one pack, one join.
+        name = call.name
+        frame = call.head(b"Q", PROTOCOL_VERSION, call.flags, attempt_id, len(name), name)
+        frame += call.payload
         try:
             try:
                 raw_send(dealer, frame, _NOBLOCK)
@@ -313,15 +336,15 @@ class Requester:
                 dealer.send(frame)
             # Only a provider that may have received it counts as tried; one
             # that never got the request may be asked again by a retry.
-            call.tried.add(provider)
+            call.tried = (*tried, provider)
         except zmq.Again:
             self._count("requests_not_sent")
         except zmq.ZMQError as exc:
             raise translate(exc, f"send a request to {call.service!r}") from exc
-        self._calls[call.attempt_id] = call
+        self._calls[attempt_id] = call
         self._outstanding[provider] += 1
-        if call.deadline < self._next_scan:
-            self._next_scan = call.deadline
+        if deadline < self._next_scan:
+            self._next_scan = deadline
         return True
 
     def _busyness(self, provider: str) -> tuple[int, float]:
@@ -384,10 +407,10 @@ class Requester:
                 self._load.pop(provider, None)
                 self._outstanding.pop(provider, None)
 
-    def wait(self, calls: Sequence[_Call], timeout: float | None) -> None:
+    def wait(self, calls: Sequence[RequestFuture], timeout: float | None) -> None:
         """Read replies until every call in ``calls`` is done or ``timeout`` s pass."""
         until = None if timeout is None else time.monotonic() + timeout
-        while not all(call.done for call in calls):
+        while not all(call.finished for call in calls):
             # One clock read: a second one, after the check, may lie past
             # ``until`` (a preempted thread) and hand pump a negative wait.
             remaining = None if until is None else until - time.monotonic()
@@ -395,24 +418,25 @@ class Requester:
                 return
             self.pump(remaining)
 
-    def wait_for(self, call: _Call, timeout: float | None) -> None:
+    def wait_for(self, call: RequestFuture, timeout: float | None) -> None:
         """Read replies until ``call`` is done or ``timeout`` s pass.
 
         With one provider link (the usual case) this blocks in that
         DEALER's own ``recv`` (its RCVTIMEO set to the time left): about
         half the cost of a poll followed by a non-blocking read.
         """
-        until = None if timeout is None else time.monotonic() + timeout
-        while not call.done:
+        now = time.monotonic()
+        until = None if timeout is None else now + timeout
+        while not call.finished:
             dealer = self._sole_dealer
             if dealer is None or self._closed:
                 remaining = None if until is None else max(0.0, until - time.monotonic())
                 self.wait([call], remaining)
                 return
-            now = time.monotonic()
             limit = self._next_scan - now
             if limit <= 0:
                 self._expire(now)
+                now = time.monotonic()
                 continue
             if until is not None:
                 if now >= until:
@@ -429,13 +453,18 @@ class Requester:
                 dealer.setsockopt(_RCVTIMEO, ms)
                 self._recv_timeout_ms = ms
             try:
-                frame = dealer.recv()
+                frame = _raw_recv(dealer)
             except zmq.Again:
+                now = time.monotonic()
                 continue  # the time is up: the loop looks at what expired
             except zmq.ZMQError as exc:  # the node closed its context meanwhile
                 self.close()
                 raise Closed("node is closed") from exc
-            self._on_reply(frame)
+            # ``now``, read before the wait, dates the reply's load report:
+            # at most one RCVTIMEO (under _SCAN_EVERY) early, a clock read less.
+            self._on_reply(frame, now)
+            if not call.finished:
+                now = time.monotonic()
 
     def pump(self, wait: float | None) -> None:
         """Handle replies and expired attempts, waiting at most ``wait`` s for a reply."""
@@ -491,17 +520,21 @@ class Requester:
     def _read(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
         # The poll said "readable": read once, then ask before each further
         # read (a zmq.Again costs more than the question).
+        now = time.monotonic()  # dates the load reports of this batch
         while True:
             try:
-                frame = sock.recv(_NOBLOCK)
+                frame = _raw_recv(sock, _NOBLOCK)
             except zmq.Again:
                 return
-            self._on_reply(frame)
+            self._on_reply(frame, now)
             if sock.closed or not int(sock.getsockopt(_EVENTS)) & _POLLIN:
                 return
 
-    def _on_reply(self, frame: bytes) -> None:
-        """Settle the call that ``frame`` answers (or count it late or malformed)."""
+    def _on_reply(self, frame: bytes, now: float) -> None:
+        """Settle the call that ``frame`` answers (or count it late or malformed).
+
+        ``now``: the monotonic time, about when the reply was read.
+        """
         try:
             kind, version, flags, request_id, load = _REPLY_HEAD(frame)
         except struct.error:
@@ -524,10 +557,10 @@ class Requester:
                 data = frame[_REPLY_HEAD_BYTES:]  # raw bytes: nothing to decode
             provider = call.provider
             self._outstanding[provider] -= 1
-            self._load[provider] = (load, time.monotonic())
+            self._load[provider] = (load, now)
             # _finish, inline: the call is out of _calls already.
-            call.done = True
-            call.result = data
+            call.finished = True
+            call.value = data
             if call.on_done is not None:
                 call.on_done(call)
             return
@@ -542,13 +575,13 @@ class Requester:
             self._count("late_replies")  # its attempt timed out: drop it
             return
         self._outstanding[call.provider] -= 1
-        self._load[call.provider] = (reply.load, time.monotonic())
+        self._load[call.provider] = (reply.load, now)
         if reply.error is None and not reply.not_served:
             self._finish(call, result=reply.data)  # the common case, without _settle
         else:
             self._settle(call, reply)
 
-    def _settle(self, call: _Call, reply: Reply) -> None:
+    def _settle(self, call: RequestFuture, reply: Reply) -> None:
         if reply.not_served:  # counts as an attempt: retries bound it
             if call.attempts > call.retries or not self._send(call):
                 self._finish(call, error=NoProviders(call.service))
@@ -582,10 +615,10 @@ class Requester:
         self._next_scan = min([next_scan, *(call.deadline for call in self._calls.values())])
 
     def _finish(
-        self, call: _Call, *, result: object = None, error: BaseException | None = None
+        self, call: RequestFuture, *, result: object = None, error: BaseException | None = None
     ) -> None:
-        call.done = True
-        call.result = result
+        call.finished = True
+        call.value = result
         call.error = error
         self._calls.pop(call.attempt_id, None)
         if call.on_done is not None:
@@ -603,12 +636,12 @@ class Requester:
                 futures[provider] = self.start(service, data, timeout, 0, only=provider)
             except NoProviders:  # it left between the lookup and now
                 missing.append(provider)
-        self.wait([f._call for f in futures.values()], timeout)
+        self.wait(list(futures.values()), timeout)
         replies: dict[str, object] = {}
         errors: dict[str, RemoteError] = {}
         for provider, future in futures.items():
-            call = future._call
-            if not call.done:
+            call = future
+            if not call.finished:
                 self._calls.pop(call.attempt_id, None)
                 self._outstanding[call.provider] -= 1
                 missing.append(provider)
@@ -617,7 +650,7 @@ class Requester:
             elif call.error is not None:
                 missing.append(provider)
             else:
-                replies[provider] = call.result
+                replies[provider] = call.value
         return GatherResult(replies, errors, tuple(missing))
 
     def close(self) -> None:

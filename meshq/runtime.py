@@ -294,6 +294,7 @@ class Runtime:
             )
             self.state.publishers.watch(requester)  # so it closes with the node
             self._threads.requester = requester
+            self._threads.thread_end = _CloseAtThreadEnd(requester)
         return requester
 
     def close_thread_requester(self) -> None:
@@ -334,7 +335,7 @@ class Runtime:
                     interfaces=self.interfaces,
                     port=self.config.service_port,
                     limits=self.limits,
-                    count=self.count,
+                    count=self.state.count,  # as Runtime.count, a call layer less
                     on_exit=self.close_thread_requester,
                     offences=Offences(
                         self.config.max_offences, self.config.offence_window, self.config.ban_time
@@ -473,6 +474,27 @@ class Runtime:
         # their owner's next call, or when collected: the context ends with
         # the last of them, now if none is left. No thread waits for it.
         self.sockets.when_all_closed(self.context.term)
+
+
+class _CloseAtThreadEnd:
+    """Closes a thread's Requester as the thread ends (kept in its local storage).
+
+    A request in flight refers to its Requester and the Requester to it, so
+    a thread that ends with one in flight would leave its DEALERs open until
+    a garbage collection, and the node's context unended meanwhile. The
+    local storage of a thread goes as it ends, and with it this object.
+    """
+
+    __slots__ = ("_requester",)
+
+    def __init__(self, requester: Requester) -> None:
+        self._requester = requester
+
+    def __del__(self) -> None:
+        try:
+            self._requester.close()
+        except Exception:  # a finalizer must not raise
+            log.exception("closing the request sockets of a thread that ended failed")
 
 
 def new_node_id() -> bytes:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 import zmq
 
@@ -23,9 +25,16 @@ from .offences import Offences
 from .publishing import bind_all, raw_send
 from .ratelimit import RateLimitedLog
 from .servicestats import ServiceStats, record_request
-from .servicewire import decode_request, encode_answer, encode_reply
+from .servicewire import REPLY_HEAD, REQUEST_HEAD, decode_request, encode_answer, encode_reply
 from .sockets import SocketFactory
-from .wire import Limits, check_payload_size, encode_payload
+from .wire import (
+    FLAG_MSGPACK,
+    PROTOCOL_VERSION,
+    Limits,
+    check_payload_size,
+    decode_payload,
+    encode_payload,
+)
 
 __all__ = ["DeferredHandler", "Handler", "ReplyTo", "ServiceDirectory", "ServiceRunner", "Ticker"]
 
@@ -40,6 +49,12 @@ DeferredHandler = Callable[[object, "ReplyTo"], None]
 #: called again (None: no wish).
 Ticker = Callable[[float, bool], "float | None"]
 _READ_AHEAD = 256  # requests a provider takes off its socket before answering
+_MAX_NAMES = 1024  # encoded service names whose decoding the service thread remembers
+# pyzmq's compiled recv, without the lookup through zmq.Socket (as raw_send).
+_raw_recv: Callable[..., Any] = getattr(zmq.backend, "Socket", zmq.Socket).recv
+_REQUEST_FIELDS = REQUEST_HEAD.unpack_from
+_REQUEST_HEAD_BYTES = REQUEST_HEAD.size
+_REPLY_PACK = REPLY_HEAD.pack
 # Plain ints: the zmq constants are enum members, whose operators run in Python.
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -171,6 +186,9 @@ class ServiceRunner:
         self._offences = offences
         self._handlers: dict[str, Handler] = {}
         self._deferred: dict[str, DeferredHandler] = {}
+        # Encoded name -> name, of names once served by a plain handler
+        # (service thread only): the handler itself is looked up per request.
+        self._names: dict[bytes, str] = {}
         self._tickers: list[Ticker] = []
         # Replies answered on other threads (ReplyTo), sent by the service thread.
         self._outbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
@@ -313,8 +331,11 @@ class ServiceRunner:
         poller.register(self._wake_read, zmq.POLLIN)
         backlog: collections.deque[tuple[bytes, bytes]] = collections.deque()
         tick_due = 0.0  # monotonic time a ticker wants its next call, even under load
+        stopped = self._stop.is_set
+        recv = _raw_recv
+        send = raw_send
         try:
-            while not self._stop.is_set():
+            while not stopped():
                 readable = False  # the poll just said a request waits
                 if not backlog:
                     wait = self._tick(idle=True) if self._tickers else None
@@ -352,16 +373,21 @@ class ServiceRunner:
                 ):
                     readable = False
                     try:
-                        identity = sock.recv(_NOBLOCK)
+                        identity = recv(sock, _NOBLOCK)
                         # A ROUTER message is whole once its first part is
                         # in, and it always has one part after the identity.
-                        frame: bytes | None = sock.recv(_NOBLOCK)
+                        # That part as a zmq.Frame, whose ``more`` is cheaper
+                        # than a getsockopt(RCVMORE) (pyzmq makes an enum of
+                        # the option): more than [identity, request] is bad.
+                        part = recv(sock, _NOBLOCK, False)
                     except zmq.Again:
                         break
-                    extra = False
-                    while sock.getsockopt(_RCVMORE):  # more than [identity, request]
-                        sock.recv(_NOBLOCK)
-                        extra = True
+                    frame = part.bytes
+                    extra = part.more
+                    if extra:  # take the rest of the message off the socket
+                        recv(sock, _NOBLOCK)
+                        while sock.getsockopt(_RCVMORE):
+                            recv(sock, _NOBLOCK)
                     offences = self._offences
                     if (
                         offences is not None
@@ -370,7 +396,7 @@ class ServiceRunner:
                     ):
                         self._count("service_banned_dropped")
                         continue
-                    if frame is not None and not extra:
+                    if not extra:
                         backlog.append((identity, frame))
                     else:
                         self._count("service_protocol_errors")
@@ -384,7 +410,11 @@ class ServiceRunner:
                         log.exception("request could not be answered")
                         continue
                     if reply is not None:
-                        self.send_reply(identity, reply)
+                        try:  # as send_reply, without the call
+                            send(sock, identity, _SNDMORE_NOBLOCK)
+                            send(sock, reply, _NOBLOCK)
+                        except zmq.ZMQError:  # caller gone, or not reading its replies
+                            self._count("service_replies_dropped")
         finally:
             with self.reply_lock:
                 self._done = True  # later answers are counted as dropped
@@ -398,12 +428,67 @@ class ServiceRunner:
                 self._close_pipe()
 
     def _answer(self, identity: bytes, frame: bytes, load: int) -> bytes | None:
+        """The reply to one request frame (None: none is due, or a deferred handler has it).
+
+        The common request, well formed and for a plain handler, is read
+        here with the checks of decode_request (docs/PROTOCOL.md 9.5) and no
+        Request built; anything else takes :meth:`_answer_other`.
+        """
+        try:
+            kind, version, flags, request_id, length = _REQUEST_FIELDS(frame)
+        except struct.error:
+            kind = b""
+        if kind == b"Q" and version == PROTOCOL_VERSION and flags <= FLAG_MSGPACK:
+            end = _REQUEST_HEAD_BYTES + length
+            # A known name is 1..255 bytes of valid UTF-8; the length check
+            # keeps a truncated name from matching a shorter one.
+            service = self._names.get(frame[_REQUEST_HEAD_BYTES:end])
+            if service is not None and len(frame) >= end:
+                handler = self._handlers.get(service)
+                if handler is not None and handler is not _never_called:
+                    if flags:
+                        try:
+                            data = decode_payload(flags, frame[end:], self._limits)
+                        except ProtocolError as exc:
+                            self._refuse(identity, exc)
+                            return None
+                    else:
+                        data = frame[end:]
+                    return self._call(handler, service, data, request_id, load)
+        return self._answer_other(identity, frame, load)
+
+    def _call(
+        self, handler: Handler, service: str, data: object, request_id: int, load: int
+    ) -> bytes:
+        """Run a plain handler on a request's data; its reply frame (a result or an error)."""
+        started = time.perf_counter()
+        try:
+            result = handler(data)
+            if type(result) is bytes:  # the common case, without two calls
+                flags, payload = 0, result
+            else:
+                flags, payload = encode_payload(result)
+                check_payload_size(flags, payload, self._limits, "reply")
+        except BaseException as exc:  # the caller gets it as RemoteError; we keep serving
+            self._count("handler_errors")
+            record_request(self.service_stats, service, started, error=True)
+            log.debug("handler of %r raised", service, exc_info=True)
+            return encode_reply(request_id, load, error=exc)
+        self._count("requests_served")
+        entry = self.service_stats.get(service)  # record_request, inline
+        if entry is None:
+            entry = self.service_stats[service] = ServiceStats()
+        entry.served += 1
+        entry.latencies.append(time.perf_counter() - started)
+        # load: the requests held, at most _READ_AHEAD, so within a u32.
+        return _REPLY_PACK(b"A", PROTOCOL_VERSION, flags, request_id, load) + payload
+
+    def _answer_other(self, identity: bytes, frame: bytes, load: int) -> bytes | None:
+        """:meth:`_answer` for a malformed request, a name not served, or a deferred handler."""
         try:
             request = decode_request(frame, self._limits)
         except ProtocolError as exc:
-            self._count("service_protocol_errors")
-            _bad_input_log.warning("dropped malformed request: %s", exc.reason)
-            self._offend(identity)
+            self._refuse(identity, exc)
             return None
         handler = self._handlers.get(request.service)
         deferred = self._deferred.get(request.service) if handler is _never_called else None
@@ -418,19 +503,15 @@ class ServiceRunner:
                 log.debug("handler of %r raised", request.service, exc_info=True)
                 reply_to.fail(exc)
             return None
-        started = time.perf_counter()
-        try:
-            result = handler(request.data)
-            flags, payload = encode_payload(result)
-            check_payload_size(flags, payload, self._limits, "reply")
-        except BaseException as exc:  # the caller gets it as RemoteError; we keep serving
-            self._count("handler_errors")
-            record_request(self.service_stats, request.service, started, error=True)
-            log.debug("handler of %r raised", request.service, exc_info=True)
-            return encode_reply(request.request_id, load, error=exc)
-        self._count("requests_served")
-        record_request(self.service_stats, request.service, started)
-        return encode_answer(request.request_id, load, flags, payload)
+        if len(self._names) < _MAX_NAMES:  # served by a plain handler: _answer's from now on
+            self._names[request.service.encode()] = request.service
+        return self._call(handler, request.service, request.data, request.request_id, load)
+
+    def _refuse(self, identity: bytes, exc: ProtocolError) -> None:
+        """Drop a malformed request: counted, logged, and an offence of its connection."""
+        self._count("service_protocol_errors")
+        _bad_input_log.warning("dropped malformed request: %s", exc.reason)
+        self._offend(identity)
 
     def _wake(self) -> None:
         # Under the lock _close_pipe takes, so that a wake-up never writes

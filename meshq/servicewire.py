@@ -24,7 +24,9 @@ from .wire import FLAG_MSGPACK, PROTOCOL_VERSION, Limits, decode_payload, encode
 
 __all__ = [
     "REPLY_ERROR",
+    "REPLY_HEAD",
     "REPLY_NOT_SERVED",
+    "REQUEST_HEAD",
     "Reply",
     "Request",
     "check_service_name",
@@ -41,8 +43,14 @@ _REQUEST_FLAGS: Final = FLAG_MSGPACK
 _REPLY_FLAGS: Final = FLAG_MSGPACK | REPLY_ERROR | REPLY_NOT_SERVED
 MAX_SERVICE_NAME_BYTES: Final = 255
 
-_REQUEST_HEAD = struct.Struct(">cBBQB")
-_REPLY_HEAD = struct.Struct(">cBBQI")
+#: The fixed starts of a request (kind, version, flags, request id, name
+#: length) and of a reply (kind, version, flags, request id, load): the hot
+#: paths of meshq/services.py and meshq/requester.py read and write them
+#: directly, with the same checks as the decoders below.
+REQUEST_HEAD: Final = struct.Struct(">cBBQB")
+REPLY_HEAD: Final = struct.Struct(">cBBQI")
+_REQUEST_HEAD = REQUEST_HEAD
+_REPLY_HEAD = REPLY_HEAD
 _REPLY_PACK = _REPLY_HEAD.pack
 
 

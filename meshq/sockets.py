@@ -25,6 +25,16 @@ from .zmqerrors import translate
 __all__ = ["SocketFactory"]
 
 S = TypeVar("S", bound=zmq.Socket)  # type: ignore[type-arg]
+#: Factories whose when_all_closed callback (a node's context.term) waits
+#: for sockets still open: held here until it runs, so that the context
+#: stays reachable. Left unreachable together with such a socket (one in a
+#: reference cycle, say), the context would be finalized by pyzmq in the
+#: same garbage collection: its __del__ terminates it, and the collector
+#: has cleared the socket's weak reference but not yet closed it, so
+#: zmq_ctx_term waits forever for a close that the same thread was to make
+#: next, on whichever thread the collection ran (an event loop, say).
+_WAITING: set[SocketFactory] = set()
+_waiting_lock = threading.Lock()
 #: Socket types that listen (bind) in meshq, and so act as CURVE servers.
 _SERVER_TYPES = frozenset({zmq.ROUTER, zmq.XPUB, zmq.PUB, zmq.PULL, zmq.REP})
 
@@ -48,8 +58,11 @@ class RefusedLinks:
         self._when: dict[str, float] = {}  # endpoint -> monotonic time of the latest refusal
         self._lock = threading.Lock()
         self._announced = 0.0  # refusals up to this time were announced by ripe()
+        #: True until the first refusal: a check per request without a call.
+        self.none = True
 
     def add(self, endpoint: str) -> None:
+        self.none = False
         with self._lock:
             self._when.pop(endpoint, None)  # re-inserted: the dict stays oldest first
             self._when[endpoint] = time.monotonic()
@@ -216,7 +229,13 @@ class SocketFactory:
             if callback is not None:
                 self._when_all_closed = None
         if callback is not None:
-            callback()  # on the thread that closed the last socket
+            # On the thread that closed the last socket: maybe the garbage
+            # collector's, finalizing a socket (safe: none is left open).
+            try:
+                callback()
+            finally:
+                with _waiting_lock:
+                    _WAITING.discard(self)
 
     @property
     def open_sockets(self) -> int:
@@ -235,6 +254,8 @@ class SocketFactory:
         with self._open_lock:
             if self._open:
                 self._when_all_closed = callback
+                with _waiting_lock:
+                    _WAITING.add(self)  # see _WAITING: until the callback runs
                 return
         callback()
 

@@ -9,12 +9,15 @@ thread-leak fixture (conftest.py) checks that nothing else lingers.
 from __future__ import annotations
 
 import errno
+import gc
 import threading
+from collections.abc import Iterator
 
 import pytest
 import zmq
 
 import meshq
+from meshq.services import ReplyTo
 from meshq.zmqerrors import translate
 
 LOOPBACK = ["127.0.0.1"]
@@ -119,6 +122,64 @@ def test_close_with_nothing_left_ends_the_context_at_once(mesh: str) -> None:
         node.close()
     assert node.runtime.sockets.open_sockets == 0
     assert node.runtime.context.closed
+
+
+@pytest.fixture
+def no_automatic_gc() -> Iterator[None]:
+    """Garbage is collected only where the test says: what refcounting frees is seen as such."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_a_thread_that_ends_with_a_request_in_flight_releases_its_sockets(
+    mesh: str, no_automatic_gc: None
+) -> None:
+    """As it ends, not at some later garbage collection (a request refers to its caller side)."""
+    node = meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK, discovery=False)
+    try:
+        held: list[ReplyTo] = []
+        node.serve_deferred("never", lambda data, reply_to: held.append(reply_to))
+        node.wait_for_service("never", timeout=10)
+        outcome: list[bool] = []
+
+        def caller() -> None:
+            future = node.request_async("never", 1, timeout=30)
+            outcome.append(future.ready)  # and the thread ends, the request in flight
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        thread.join(30)
+        assert outcome == [False]
+    finally:
+        node.close()
+    assert node.runtime.sockets.open_sockets == 0
+    assert node.runtime.context.closed  # nothing was left open for it to wait for
+
+
+def test_a_node_collected_with_a_socket_left_open_never_blocks_the_collecting_thread(
+    mesh: str, no_automatic_gc: None
+) -> None:
+    """A socket reachable only through a reference cycle, with the node it belongs to.
+
+    Were the node's context finalized in the same collection, pyzmq would
+    end it while that socket is still open (its weak reference already
+    cleared, its own finalizer not yet run): the collecting thread (an event
+    loop, say) would wait in zmq_ctx_term forever.
+    """
+    node = meshq.Node("left", mesh=mesh, interfaces=LOOPBACK, discovery=False)
+    cycle: list[object] = [node.runtime.sockets.make(node.runtime.context, zmq.DEALER)]
+    cycle.append(cycle)
+    node.close()  # its context waits for the socket
+    assert not node.runtime.context.closed
+    del node, cycle
+    collector = threading.Thread(target=gc.collect, name="collector", daemon=True)
+    collector.start()
+    collector.join(30)
+    assert not collector.is_alive(), "the collection blocked in zmq_ctx_term"
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import zmq
 
 import meshq
 from meshq.errors import ProtocolError
@@ -23,6 +26,7 @@ from meshq.wire import FLAG_MSGPACK, Limits, encode_msgpack
 
 LOOPBACK = ["127.0.0.1"]
 LIMITS = Limits()
+VECTORS_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol-vectors.json"
 
 
 def test_request_and_reply_frames_round_trip() -> None:
@@ -467,3 +471,38 @@ def test_async_wait_for_service(mesh: str) -> None:
                 return set(await waiting)
 
     assert len(asyncio.run(scenario())) == 1
+
+
+def test_a_live_provider_drops_and_counts_each_malformed_request_unanswered(mesh: str) -> None:
+    """The provider's own reading of requests (not only decode_request) keeps 9.5's checks.
+
+    The name is known to the provider first (a valid request for it), so a
+    request whose name runs past the frame's end but starts with a served
+    name is dropped, not served; multi-part messages are dropped whole.
+    """
+    vectors = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))["malformed"]
+    malformed = [bytes.fromhex(v["hex"]) for v in vectors if v["kind"] == "request"]
+    # A raw payload, so that only the name's length is wrong: 10 bytes, "calc" and the end.
+    malformed.append(b"Q\x01\x00" + (9).to_bytes(8, "big") + b"\x0acalc")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    config = meshq.MeshConfig(max_offences=1000)  # no ban: every request is looked at
+    with meshq.Node("p", mesh=mesh, interfaces=LOOPBACK, config=config, discovery=False) as node:
+        node.serve("calc", lambda data: data)
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.RCVTIMEO, 10_000)
+        dealer.connect(node.service_endpoints[0])
+        dealer.send(encode_request(1, b"calc", 0, b"first"))
+        assert decode_reply(dealer.recv(), LIMITS).data == b"first"
+        for frame in malformed:
+            dealer.send(frame)
+        dealer.send_multipart([encode_request(2, b"calc", 0, b"x"), b"extra"])
+        dealer.send_multipart([encode_request(3, b"calc", 0, b"x"), b"extra", b"more"])
+        dealer.send(encode_request(4, b"calc", 0, b"last"))
+        # Replies leave in request order: the next one answers the last request.
+        reply = decode_reply(dealer.recv(), LIMITS)
+        assert (reply.request_id, reply.data) == (4, b"last")
+        assert node.stats()["service_protocol_errors"] == len(malformed) + 2
+        assert node.stats()["requests_served"] == 2
+        dealer.close()
+    context.destroy(linger=0)
