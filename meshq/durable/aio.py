@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any
 
+from ..deadlines import within
 from ..errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX
 from .confirms import ConfirmBook, Unconfirmed
@@ -62,8 +63,8 @@ class AsyncConfirm:
         (or this wait's ``timeout``), meshq.RemoteError if the relay refused it.
         """
         if not self._entry.settled:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._settled), timeout)
+            with contextlib.suppress(Timeout):  # (a settled future raises nothing)
+                await within(asyncio.shield(self._settled), timeout)
         return self._publisher.outcome(self._entry)
 
     def __await__(self) -> Generator[Any, None, int]:
@@ -157,8 +158,8 @@ class AsyncDurablePublisher(ConfirmBook["asyncio.Task[object]"]):
     async def _next_settled(self, timeout: float | None) -> None:
         """Wait until some message settles, or ``timeout`` s pass."""
         self._changed.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        with contextlib.suppress(Timeout):
+            await within(self._changed.wait(), timeout)
 
     def _request(self, stream: str, request: list[object], timeout: float) -> asyncio.Task[object]:
         if not self.node.node.providers().get(RELAY_SERVICE_PREFIX + stream):
