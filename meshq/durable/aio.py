@@ -18,7 +18,7 @@ from ..deadlines import within
 from ..errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX
 from .confirms import ConfirmBook, Unconfirmed
-from .consumer import ConsumerShell, DurableMessage, log
+from .consumer import LONG_POLL, ConsumerShell, DurableMessage, log
 from .lookup import (
     ATTEMPT,
     NO_RELAY_PAUSE,
@@ -274,7 +274,8 @@ class AsyncDurableSubscription(ConsumerShell):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"no durable message on {state.prefix!r} within {timeout} s")
-            await self._fetch(state.next_nak_in(1.0 if remaining is None else min(remaining, 1.0)))
+            longest = LONG_POLL if remaining is None else min(remaining, LONG_POLL)
+            await self._fetch(state.next_nak_in(longest))
 
     def __aiter__(self) -> AsyncIterator[DurableMessage]:
         return self._messages()
