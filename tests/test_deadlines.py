@@ -146,3 +146,42 @@ def test_no_deadline_waits_for_the_result() -> None:
         return await within(result, None)
 
     assert asyncio.run(scenario()) == 7
+
+
+def test_a_message_whose_recv_is_cancelled_as_it_arrives_goes_to_the_next_recv(
+    mesh: str,
+) -> None:
+    """AsyncSubscription.recv hands ``within`` its keep: the frame is not lost to the cancel.
+
+    The cancel is made by a done-callback of the socket's own receive (a spy
+    on the real socket's recv, not a mock), so it lands in the very step the
+    frame arrives, after recv's wake-up was queued.
+    """
+
+    async def scenario() -> tuple[bool, object]:
+        with meshq.Node("pub", mesh=mesh, interfaces=["127.0.0.1"]) as pub:
+            async with meshq.AsyncNode("sub", mesh=mesh, interfaces=["127.0.0.1"]) as node:
+                sub = node.subscribe("race/")
+                pub.wait_for_subscribers("race/", 1, timeout=10)
+                sock = sub._sock
+                real_recv = sock.recv
+                task: asyncio.Task[meshq.Message] | None = None
+
+                def spying_recv() -> asyncio.Future[bytes]:
+                    future: asyncio.Future[bytes] = real_recv()  # type: ignore[assignment]
+                    waiting = task
+                    assert waiting is not None
+                    future.add_done_callback(lambda _: waiting.cancel())
+                    return future
+
+                sock.recv = spying_recv  # type: ignore[method-assign, assignment]
+                task = asyncio.create_task(sub.recv(timeout=30))
+                await asyncio.sleep(0)  # recv waits, its socket empty
+                pub.publish("race/1", "kept")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                sock.recv = real_recv  # type: ignore[method-assign]
+                message = await sub.recv(timeout=10)
+                return task.cancelled(), message.data
+
+    assert asyncio.run(scenario()) == (True, "kept")
