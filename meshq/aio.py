@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 
 from .config import MeshConfig
+from .deadlines import within
 from .durable import DEFAULT_BACKOFF, DurableMessage, Start
 from .durable.aio import AsyncDurablePublisher, AsyncDurableSubscription
 from .errors import Closed, MeshqError, NoProviders, PayloadTooLarge, RemoteError, Timeout
@@ -117,9 +118,12 @@ class AsyncSubscription(Inbox):
                     remaining = deadline - self._loop.time()
                     if remaining <= 0:
                         raise Timeout(f"no message on {self.prefix!r} within the timeout")
-                    frame = await asyncio.wait_for(self._sock.recv(), remaining)
-            except asyncio.TimeoutError:
-                raise Timeout(f"no message on {self.prefix!r} within the timeout") from None
+                    frame = await within(
+                        self._sock.recv(),
+                        remaining,
+                        keep=self._keep,
+                        message=f"no message on {self.prefix!r} within the timeout",
+                    )
             except (zmq.ZMQError, asyncio.CancelledError) as exc:
                 if self._closed:
                     raise Closed("subscription is closed") from None
@@ -129,6 +133,12 @@ class AsyncSubscription(Inbox):
             message = self._take(frame)
             if message is not None:
                 return message
+
+    def _keep(self, frame: bytes) -> None:
+        """A frame that arrived as recv() was cancelled: the next recv() hands it out."""
+        message = self._take(frame)
+        if message is not None:
+            self._pending.appendleft(message)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._messages()
@@ -314,16 +324,12 @@ class AsyncNode:
         """
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._waiters.add(waiter)
-        # Not asyncio.wait_for: before Python 3.12 it swallows a cancel that
-        # lands just as the waiter is woken, so a cancelled events() iteration
-        # would go on and take the event meant for the next one.
-        expiry = None if timeout is None else self._loop.call_later(timeout, _expire, waiter)
+        # within(), not asyncio.wait_for: a cancelled events() iteration must
+        # not go on and take the event meant for the next one.
         try:
-            await waiter  # raises Timeout once expired
+            await within(waiter, timeout, message="no peer change within the timeout")
         finally:
             self._waiters.discard(waiter)
-            if expiry is not None:
-                expiry.cancel()
 
     def _remaining(self, deadline: float | None) -> float | None:
         return None if deadline is None else deadline - self._loop.time()
@@ -890,8 +896,3 @@ SENT = Sent()
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(Timeout("no peer change within the timeout"))

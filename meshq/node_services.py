@@ -8,7 +8,7 @@ it) are what the relay, durable clients and pipeline workers build on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .errors import Timeout
@@ -142,6 +142,17 @@ class ServiceApi:
         (also when ``only`` does not offer the service).
         """
         return self.runtime.requester().start(service, data, timeout, retries, only)
+
+    def wait_any(self, futures: Sequence[RequestFuture], *, timeout: float | None = None) -> bool:
+        """Wait until one of ``futures`` has its reply or final error; True then.
+
+        False after ``timeout`` s (None: until one ends, which each does by
+        its own request timeout). Raises meshq.Closed as soon as the node
+        closes, from any thread, also in the middle of the wait. The futures
+        are requests the calling thread made (the thread whose sockets get
+        their replies); RuntimeError otherwise.
+        """
+        return self.runtime.wait_any(futures, timeout)
 
     def gather(self, service: str, data: object, *, timeout: float = 0.5) -> GatherResult:
         """Ask every provider of ``service`` at once; return what came back within ``timeout`` s.

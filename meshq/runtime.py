@@ -37,7 +37,8 @@ from .offences import Offences
 from .peers import PeerEvent
 from .protocol import LocalNode
 from .publishing import PublishSocket
-from .requester import Requester
+from .replywait import CloseAlarm, wait_any
+from .requester import Requester, RequestFuture
 from .security import Curve, KeyBook, Rejection
 from .services import ServiceRunner, Ticker
 from .sockets import SocketFactory
@@ -104,6 +105,7 @@ class Runtime:
         self._rejection_lock = threading.Lock()
         self._rejection_callbacks: list[RejectionCallback] = []
         self._close_lock = threading.Lock()
+        self._close_alarm: CloseAlarm | None = None  # made by the first wait_any
         self._threads = threading.local()  # per calling thread: its Requester
         self._service_runner: ServiceRunner | None = None
         self._service_lock = threading.Lock()
@@ -297,6 +299,21 @@ class Runtime:
             self._threads.thread_end = _CloseAtThreadEnd(requester)
         return requester
 
+    def wait_any(self, futures: Sequence[RequestFuture], timeout: float | None) -> bool:
+        """Wait until one of ``futures`` (this thread's) ends, or ``timeout`` s pass.
+
+        True if one ended. Raises meshq.Closed as soon as the node closes;
+        see meshq/replywait.py.
+        """
+        with self._close_lock:
+            if self._close_alarm is None:
+                self._close_alarm = CloseAlarm()
+            alarm = self._close_alarm
+        # Made under the lock close() sets ``closed`` under: a close from now
+        # on rings it, and one before shows here.
+        requester = self.requester()  # raises Closed once closed
+        return wait_any(requester, alarm, futures, timeout)
+
     def close_thread_requester(self) -> None:
         """Close the calling thread's caller side, if it has one (a thread that ends)."""
         requester: Requester | None = getattr(self._threads, "requester", None)
@@ -447,6 +464,9 @@ class Runtime:
             if self.state.closed:
                 return
             self.state.closed = True
+            alarm = self._close_alarm
+        if alarm is not None:
+            alarm.ring()  # threads waiting in wait_any stop now
         self.state.publishers.close()  # subscriptions learn first, before the slow goodbyes
         self.mailbox.post(Stop())
         self._control_thread.join()

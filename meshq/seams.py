@@ -8,7 +8,7 @@ publishing) and its extensions never import each other. ``Node`` satisfies
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from .config import MeshConfig
@@ -76,6 +76,10 @@ class MeshNode(Protocol):
         retries: int = DEFAULT_RETRIES,
         only: str | None = None,
     ) -> RequestFuture: ...
+
+    def wait_any(
+        self, futures: Sequence[RequestFuture], *, timeout: float | None = None
+    ) -> bool: ...
 
     def services(self) -> dict[str, list[str]]: ...
 

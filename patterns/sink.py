@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import meshq
+from meshq.deadlines import within
 
 from .pipeline import Result
 from .worker import serve_sink
@@ -132,10 +134,8 @@ class AsyncSink(_SinkBuffer):
             remaining = None if deadline is None else deadline - self._loop.time()
             if remaining is not None and remaining <= 0:
                 raise meshq.Timeout(f"no result in sink {self.name!r} within {timeout} s")
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass  # checked above on the next round
+            with contextlib.suppress(meshq.Timeout):  # checked above on the next round
+                await within(self._arrived.wait(), remaining)
         return result
 
     def results(self) -> Iterator[Result]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+import meshq
 from tests.harness import Agent, Lan, can_make_namespaces
 from tests.natscluster import NatsCluster, find_nats_server
 
@@ -32,6 +34,30 @@ def no_leaked_threads() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+#: Makes two nodes on loopback with one config, each sure to see the other.
+NodePair = Callable[[meshq.MeshConfig], tuple[meshq.Node, meshq.Node]]
+
+
+@pytest.fixture
+def node_pair(mesh: str) -> Iterator[NodePair]:
+    """A factory: ``node_pair(config)`` gives (publisher node, subscriber node) on
+    loopback, both with ``config`` and each a peer of the other; closed at the end."""
+    with contextlib.ExitStack() as stack:
+
+        def make(config: meshq.MeshConfig) -> tuple[meshq.Node, meshq.Node]:
+            pub, sub = (
+                stack.enter_context(
+                    meshq.Node(name, mesh=mesh, interfaces=["127.0.0.1"], config=config)
+                )
+                for name in ("pub", "sub")
+            )
+            pub.wait_for_peers(1, timeout=10)
+            sub.wait_for_peers(1, timeout=10)
+            return pub, sub
+
+        yield make
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 import meshq
 from meshq import publishing
 from meshq.publishing import PublishSocket
+from tests.conftest import NodePair
 
 LOOPBACK = ["127.0.0.1"]
 # Tiny high-water marks, and ZMTP heartbeats rare enough that none falls in
@@ -41,15 +41,9 @@ MAX_TRIES = 8
 
 
 @pytest.fixture
-def pair(mesh: str) -> Iterator[tuple[meshq.Node, meshq.Node]]:
+def pair(node_pair: NodePair) -> tuple[meshq.Node, meshq.Node]:
     """(publisher node, subscriber node), both with tiny high-water marks."""
-    with (
-        meshq.Node("pub", mesh=mesh, interfaces=LOOPBACK, config=TINY) as pub,
-        meshq.Node("sub", mesh=mesh, interfaces=LOOPBACK, config=TINY) as sub,
-    ):
-        pub.wait_for_peers(1, timeout=10)
-        sub.wait_for_peers(1, timeout=10)
-        yield pub, sub
+    return node_pair(TINY)
 
 
 def count_tries(publisher: PublishSocket) -> collections.Counter[str]:

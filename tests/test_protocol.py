@@ -208,11 +208,17 @@ def test_the_next_deadline_is_the_next_heartbeat_when_idle() -> None:
     assert kinds(a) == [(EventKind.JOINED, "b")]
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
-def test_heartbeat_rounds_keep_dialling_a_candidate_that_never_answers(batched: bool) -> None:
-    """Rounds of heartbeats alone skip the dialer, but never a HELLO it has due (7.5)."""
+@pytest.fixture(params=[False, True], ids=["alone", "batched"])
+def either_net(request: pytest.FixtureRequest) -> Net:
+    """A Net whose nodes read heartbeats one at a time, then (second run) in batches."""
     net = Net()
-    net.batched = batched
+    net.batched = request.param
+    return net
+
+
+def test_heartbeat_rounds_keep_dialling_a_candidate_that_never_answers(either_net: Net) -> None:
+    """Rounds of heartbeats alone skip the dialer, but never a HELLO it has due (7.5)."""
+    net = either_net
     a, b, c = net.add("a"), net.add("b"), net.add("c")
     net.find(a, b)
     c.down = True
@@ -251,10 +257,8 @@ def test_a_suspect_peer_recovers_by_a_ping_read_in_a_batch() -> None:
     assert a.protocol.take_heard() == {}
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
-def test_heartbeats_go_to_every_peer_and_refresh_liveness(batched: bool) -> None:
-    net = Net()
-    net.batched = batched
+def test_heartbeats_go_to_every_peer_and_refresh_liveness(either_net: Net) -> None:
+    net = either_net
     a, b, c = net.add("a"), net.add("b"), net.add("c")
     net.find(a, b)
     net.find(a, c)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
 import meshq
 from meshq.patterns import AsyncPublisher, Publisher
+from tests.conftest import NodePair
 from tests.harness import Agent
 from tests.test_multiprocess import start
 
@@ -28,15 +28,9 @@ MAX_SENDS = 600
 
 
 @pytest.fixture
-def pair(mesh: str) -> Iterator[tuple[meshq.Node, meshq.Node]]:
+def pair(node_pair: NodePair) -> tuple[meshq.Node, meshq.Node]:
     """(publisher node, subscriber node), both with tiny high-water marks."""
-    with (
-        meshq.Node("pub", mesh=mesh, interfaces=LOOPBACK, config=TINY) as pub,
-        meshq.Node("sub", mesh=mesh, interfaces=LOOPBACK, config=TINY) as sub,
-    ):
-        pub.wait_for_peers(1, timeout=10)
-        sub.wait_for_peers(1, timeout=10)
-        yield pub, sub
+    return node_pair(TINY)
 
 
 def receive(subscription: meshq.Subscription, n: int) -> list[meshq.Message]:

@@ -14,10 +14,11 @@ import time
 from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any
 
+from ..deadlines import within
 from ..errors import Closed, MeshqError, NoProviders, RemoteError, Timeout
 from ..relaywire import RELAY_SERVICE_PREFIX
 from .confirms import ConfirmBook, Unconfirmed
-from .consumer import ConsumerShell, DurableMessage, log
+from .consumer import LONG_POLL, ConsumerShell, DurableMessage, log
 from .lookup import (
     ATTEMPT,
     NO_RELAY_PAUSE,
@@ -62,8 +63,8 @@ class AsyncConfirm:
         (or this wait's ``timeout``), meshq.RemoteError if the relay refused it.
         """
         if not self._entry.settled:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._settled), timeout)
+            with contextlib.suppress(Timeout):  # (a settled future raises nothing)
+                await within(asyncio.shield(self._settled), timeout)
         return self._publisher.outcome(self._entry)
 
     def __await__(self) -> Generator[Any, None, int]:
@@ -157,8 +158,8 @@ class AsyncDurablePublisher(ConfirmBook["asyncio.Task[object]"]):
     async def _next_settled(self, timeout: float | None) -> None:
         """Wait until some message settles, or ``timeout`` s pass."""
         self._changed.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        with contextlib.suppress(Timeout):
+            await within(self._changed.wait(), timeout)
 
     def _request(self, stream: str, request: list[object], timeout: float) -> asyncio.Task[object]:
         if not self.node.node.providers().get(RELAY_SERVICE_PREFIX + stream):
@@ -273,7 +274,8 @@ class AsyncDurableSubscription(ConsumerShell):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"no durable message on {state.prefix!r} within {timeout} s")
-            await self._fetch(state.next_nak_in(1.0 if remaining is None else min(remaining, 1.0)))
+            longest = LONG_POLL if remaining is None else min(remaining, LONG_POLL)
+            await self._fetch(state.next_nak_in(longest))
 
     def __aiter__(self) -> AsyncIterator[DurableMessage]:
         return self._messages()

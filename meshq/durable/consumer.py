@@ -12,7 +12,6 @@ made it.
 from __future__ import annotations
 
 import collections
-import contextlib
 import heapq
 import logging
 import time
@@ -51,7 +50,9 @@ log = logging.getLogger("meshq.durable")
 #: than discovery takes (mDNS and a HELLO, about a second on a LAN).
 NO_RELAY_WARN_AFTER = 5.0
 
-_CLOSE_CHECK = 0.1  # seconds between looks at the node's state during a long poll
+#: Seconds a fetch may wait at the relay for news (its long poll): a
+#: receive with a longer timeout makes several.
+LONG_POLL = 1.0
 
 #: Seconds before a naked message is delivered again: after its 1st
 #: delivery, its 2nd, ...; the last repeats (JetStream's BackOff, exponential
@@ -509,7 +510,8 @@ class DurableSubscription(ConsumerShell):
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"no durable message on {state.prefix!r} within {timeout} s")
             # Not past the moment a held nak is due: it goes with the next fetch.
-            self._fetch(state.next_nak_in(1.0 if remaining is None else min(remaining, 1.0)))
+            longest = LONG_POLL if remaining is None else min(remaining, LONG_POLL)
+            self._fetch(state.next_nak_in(longest))
 
     def __iter__(self) -> Iterator[DurableMessage]:
         while not self._closed:
@@ -536,13 +538,10 @@ class DurableSubscription(ConsumerShell):
             future = relay_request(
                 self.node, state.stream, state.fetch_request(wait), timeout=wait + ATTEMPT
             )
-            # In slices, so that a node closing meanwhile (its on_message
-            # threads wait here) is noticed at once, not after the long poll.
-            while not future.ready:
-                if self.node.closed:
-                    raise Closed("node is closed")
-                with contextlib.suppress(Timeout):
-                    future.result(_CLOSE_CHECK)
+            # Not future.result(): a node closing meanwhile (its on_message
+            # threads wait here) stops this wait at once (Closed), not after
+            # the long poll.
+            self.node.wait_any([future])
             reply = future.result(0)
         except NoProviders:
             state.no_relay()

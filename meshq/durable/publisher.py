@@ -17,14 +17,12 @@ import itertools
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import Closed, MeshqError, Timeout
+from ..errors import Closed, Timeout
 from ..relaywire import MAX_MSG_ID_BYTES
 from ..requester import RequestFuture
 from ..wire import encode_payload
 from .confirms import ConfirmBook, DurableMessageOut, PublishFailed, Unconfirmed
-from .lookup import ATTEMPT, pause, relay_request, relay_stream, wait_for_relay
-
-_SLICE = 0.05  # seconds a bounded wait spends on the oldest request before looking at all
+from .lookup import pause, relay_request, relay_stream, wait_for_relay
 
 if TYPE_CHECKING:
     from ..seams import MeshNode
@@ -225,13 +223,13 @@ class DurablePublisher(ConfirmBook[RequestFuture]):
             return
         self.poll()
         if self._batches:
-            # In slices: replies to later requests are read meanwhile, and
-            # settled by the poll below.
-            wait = ATTEMPT if timeout is None else max(0.0, min(_SLICE, timeout))
+            # Until any request ends (each does by its own timeout), not
+            # just the oldest: the next batch goes as soon as one is answered.
             try:
-                self._batches[0].future.result(wait)
-            except MeshqError:
-                pass  # settled by the poll below
+                self.node.wait_any([batch.future for batch in self._batches], timeout=timeout)
+            except Closed as exc:  # the node closed meanwhile: at once, not after the requests
+                self._fail_everything(exc)
+                return
         elif self._unsent:
             now = time.monotonic()
             if now < self._hold_until:
