@@ -54,7 +54,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MeshqError
+from ..deadlines import within
+from ..errors import MeshqError, Timeout
 from ..relaywire import Ack, Fetch, Nak, Open, Publish, Read, Record
 from .interface import Published, Reply, StreamSettings
 
@@ -205,8 +206,9 @@ class _Pulls:
                 if remaining <= 0:
                     break
                 try:
-                    msg = await asyncio.wait_for(queue.get(), remaining)
-                except asyncio.TimeoutError:
+                    # within(), not wait_for: a cancel must not swallow a message.
+                    msg = await within(queue.get(), remaining, keep=queue.put_nowait)
+                except Timeout:
                     break
                 status = _status(msg)
                 if status == "100":  # heartbeat
