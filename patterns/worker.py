@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from meshq.errors import PayloadTooLarge
 from meshq.requester import RequestFuture
 from meshq.seams import MeshNode
 from meshq.services import ReplyTo
@@ -121,7 +122,14 @@ class BatchRunner:
         sinks cannot deadlock. Raises TypeError for a batch not in the format.
         """
         if isinstance(batch, list):
-            reply.send(self._run(batch))
+            outcomes = self._run(batch)
+            try:
+                reply.send(outcomes)  # encodes once: no separate check that every result can
+            except PayloadTooLarge:
+                raise  # answered already, as an error for the whole batch
+            except Exception:  # some result cannot travel: find it, fail that task alone
+                self._sendable(outcomes)
+                reply.send(outcomes)
             return
         if not isinstance(batch, dict):
             raise TypeError("a pipeline batch is a list of tasks or a map")
@@ -136,6 +144,7 @@ class BatchRunner:
         ):
             raise TypeError("a sink batch needs tasks (list), sink (str) and timeout (s > 0)")
         outcomes = self._run(tasks)
+        self._sendable(outcomes)
         results = [
             (task, bool(ok), value) for task, (ok, value) in zip(tasks, outcomes, strict=True)
         ]
@@ -213,6 +222,10 @@ class BatchRunner:
                 append([False, describe(exc)])
         self.done += len(tasks)
         self.errors += errors
+        return outcomes
+
+    def _sendable(self, outcomes: list[list[object]]) -> None:
+        """Fail, alone, each task whose result msgpack cannot encode."""
         try:
             msgpack.packb(outcomes, use_bin_type=True)
         except Exception:  # some result cannot travel: find it, fail that task alone
@@ -222,7 +235,6 @@ class BatchRunner:
                 except Exception as exc:
                     self.errors += 1
                     outcome[:] = [False, describe(exc)]
-        return outcomes
 
 
 def serve_worker(node: MeshNode, stage: str, handler: TaskHandler) -> BatchRunner:
