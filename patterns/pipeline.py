@@ -172,6 +172,15 @@ class _Ledger(Generic[H]):
         if error is not None:  # RemoteError: the whole batch was refused
             self._fail_all(chunk, str(error))
             return
+        if self.sink is None and type(reply) is dict:  # the compact reply: every task ok
+            values = reply.get("values") if len(reply) == 1 else None
+            if type(values) is not list or len(values) != len(chunk):
+                self._fail_all(chunk, "malformed reply")
+                return
+            self.completed += len(chunk)
+            if self.keep_results:
+                self._keep(chunk, _OK, values, _NO_ERROR)
+            return
         undelivered = ""
         outcomes = reply
         if self.sink is not None:
