@@ -100,6 +100,9 @@ _NOT_OK = itertools.repeat(False)
 _NO_VALUE = itertools.repeat(None)
 _NO_ERROR = itertools.repeat("")
 
+#: One finished batch's results, not yet made: tasks, oks, values, errors.
+_Fields = tuple[list[object], Iterable[bool], Iterable[object], Iterable[str]]
+
 H = TypeVar("H")  # how a shell waits on one batch: a RequestFuture, an asyncio.Task
 
 
@@ -131,11 +134,13 @@ class _Ledger(Generic[H]):
         self.sink = sink
         self.in_flight: collections.deque[tuple[list[object], H]] = collections.deque()
         # Finished batches' results, made as they are taken (take): a batch
-        # waits here as one lazy iterator, not as one Result per task. Results
-        # held by the thousand in memory cost little to make but are scanned
-        # by each of Python's full garbage collections: at batch 64, a fifth
-        # of the producer's time when every Result was made at once.
-        self.finished: collections.deque[Iterator[Result]] = collections.deque()
+        # waits here as its fields (tasks, oks, values, errors: the last three
+        # lists or endless repeats), or once partly taken as an iterator of
+        # Results, never as one Result per task. Results held by the thousand
+        # cost little to make but are scanned by each of Python's garbage
+        # collections: at batch 64, a fifth of the producer's time when every
+        # Result was made at once. (Two objects the collector tracks per batch.)
+        self.finished: collections.deque[_Fields | Iterator[Result]] = collections.deque()
         self.pushed = 0
         self.completed = 0
         self.failed = 0
@@ -224,27 +229,29 @@ class _Ledger(Generic[H]):
     def _keep(
         self,
         chunk: list[object],
-        oks: Iterator[bool],
+        oks: Iterable[bool],
         values: Iterable[object],
-        errors: Iterator[str],
+        errors: Iterable[str],
     ) -> None:
-        """Keep one batch's results, to be made when taken.
-
-        Result(task, ok, value, error) for each task, made in C: what
-        Result._make does, without a Python call per task (0.4 us each).
-        """
-        fields = zip(chunk, oks, values, errors, strict=False)  # all but chunk may be endless
-        self.finished.append(map(tuple.__new__, _RESULTS, fields))
+        """Keep one batch's results, to be made when taken."""
+        self.finished.append((chunk, oks, values, errors))
 
     def take(self) -> Iterator[Result]:
         """The finished results, oldest first, each handed out once.
 
         A caller that stops midway leaves the rest of its batch for the next
-        take: a batch is a map or a list iterator, which ``yield from`` cannot close.
+        take: a batch being taken is a map or a list iterator, which ``yield
+        from`` cannot close.
         """
         finished = self.finished
         while finished:
-            yield from finished[0]
+            batch = finished[0]
+            if isinstance(batch, tuple):  # not taken from yet
+                # Result(task, ok, value, error) for each task, made in C: what
+                # Result._make does, without a Python call per task (0.4 us each).
+                fields = zip(*batch, strict=False)  # all but the tasks may be endless
+                batch = finished[0] = map(tuple.__new__, _RESULTS, fields)
+            yield from batch
             finished.popleft()
 
     def _fail_all(self, chunk: list[object], error: str) -> None:
