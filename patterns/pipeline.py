@@ -93,7 +93,7 @@ class Result(NamedTuple):
 
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
-# Endless and stateless, so shared by every batch's lazy results (see _Ledger.settle).
+# Endless and stateless, so shared by every batch kept for later (see _Ledger.take).
 _RESULTS = itertools.repeat(Result)
 _OK = itertools.repeat(True)
 _NOT_OK = itertools.repeat(False)
