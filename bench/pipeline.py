@@ -25,7 +25,7 @@ has handled all ``count`` tasks:
   ``Pipeline(node, "bench", batch=B, credit=4).push_many(tasks)`` then
   ``drain()``; the clock stops when ``drain()`` returns, and the run checks
   ``pipeline.completed == count`` and (after the clock) that every result
-  is the payload. ``batch=64, credit=4`` are the Pipeline's defaults. The
+  is the payload. (The Pipeline's defaults are ``batch=32, credit=2``.) The
   nodes find each other by seed (``discovery=False``, no multicast): each
   worker hands its control endpoint to the producer over a pipe, and the
   producer waits (``node.wait_for_service``, bounded) for every worker.
@@ -105,9 +105,9 @@ from meshq.patterns import Pipeline, Worker
 
 System = Literal["raw", "meshq-64", "meshq-256"]
 SYSTEMS: tuple[System, ...] = ("raw", "meshq-64", "meshq-256")
-#: Tasks per batch for the meshq systems; meshq-64 is the Pipeline's default.
+#: Tasks per batch for the meshq systems (the Pipeline's default is 32).
 BATCHES: dict[System, int] = {"meshq-64": 64, "meshq-256": 256}
-CREDIT = 4  # batches in flight per worker (the Pipeline's default)
+CREDIT = 4  # batches in flight per worker (the Pipeline's default is 2)
 TARGET_RATIO = 0.75
 
 STAGE = "bench"

@@ -93,6 +93,15 @@ class Result(NamedTuple):
 
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
+# Endless and stateless, so shared by every batch kept for later (see _Ledger.take).
+_RESULTS = itertools.repeat(Result)
+_OK = itertools.repeat(True)
+_NOT_OK = itertools.repeat(False)
+_NO_VALUE = itertools.repeat(None)
+_NO_ERROR = itertools.repeat("")
+
+#: One finished batch's results, not yet made: tasks, oks, values, errors.
+_Fields = tuple[list[object], Iterable[bool], Iterable[object], Iterable[str]]
 
 H = TypeVar("H")  # how a shell waits on one batch: a RequestFuture, an asyncio.Task
 
@@ -124,7 +133,14 @@ class _Ledger(Generic[H]):
         self.keep_results = keep_results
         self.sink = sink
         self.in_flight: collections.deque[tuple[list[object], H]] = collections.deque()
-        self.results: collections.deque[Result] = collections.deque()
+        # Finished batches' results, made as they are taken (take): a batch
+        # waits here as its fields (tasks, oks, values, errors: the last three
+        # lists or endless repeats), or once partly taken as an iterator of
+        # Results, never as one Result per task. Results held by the thousand
+        # cost little to make but are scanned by each of Python's garbage
+        # collections: at batch 64, a fifth of the producer's time when every
+        # Result was made at once. (Two objects the collector tracks per batch.)
+        self.finished: collections.deque[_Fields | Iterator[Result]] = collections.deque()
         self.pushed = 0
         self.completed = 0
         self.failed = 0
@@ -161,6 +177,15 @@ class _Ledger(Generic[H]):
         if error is not None:  # RemoteError: the whole batch was refused
             self._fail_all(chunk, str(error))
             return
+        if self.sink is None and type(reply) is dict:  # the compact reply: every task ok
+            values = reply.get("values") if len(reply) == 1 else None
+            if type(values) is not list or len(values) != len(chunk):
+                self._fail_all(chunk, "malformed reply")
+                return
+            self.completed += len(chunk)
+            if self.keep_results:
+                self._keep(chunk, _OK, values, _NO_ERROR)
+            return
         undelivered = ""
         outcomes = reply
         if self.sink is not None:
@@ -188,23 +213,51 @@ class _Ledger(Generic[H]):
         if not self.keep_results:
             return
         if ok_count == len(chunk):  # the common case: every task ok
-            values = map(_second, outcomes) if self.sink is None else itertools.repeat(None)
-            # Result(task, True, value) for each task, made in C: what
-            # Result._make does, without a Python call per task (0.4 us each).
-            fields = zip(chunk, oks, values, itertools.repeat(""))
-            self.results.extend(map(tuple.__new__, itertools.repeat(Result), fields))
+            # One list of values, so that the outcomes' lists go now.
+            values = list(map(_second, outcomes)) if self.sink is None else _NO_VALUE
+            self._keep(chunk, _OK, values, _NO_ERROR)
             return
         with_values = self.sink is None
+        results = []
         for task, ok, (_, value) in zip(chunk, oks, outcomes, strict=True):
             if ok:
-                self.results.append(Result(task, True, value if with_values else None))
+                results.append(Result(task, True, value if with_values else None))
             else:
-                self.results.append(Result(task, False, error=str(value)))
+                results.append(Result(task, False, error=str(value)))
+        self.finished.append(iter(results))
+
+    def _keep(
+        self,
+        chunk: list[object],
+        oks: Iterable[bool],
+        values: Iterable[object],
+        errors: Iterable[str],
+    ) -> None:
+        """Keep one batch's results, to be made when taken."""
+        self.finished.append((chunk, oks, values, errors))
+
+    def take(self) -> Iterator[Result]:
+        """The finished results, oldest first, each handed out once.
+
+        A caller that stops midway leaves the rest of its batch for the next
+        take: a batch being taken is a map or a list iterator, which ``yield
+        from`` cannot close.
+        """
+        finished = self.finished
+        while finished:
+            batch = finished[0]
+            if isinstance(batch, tuple):  # not taken from yet
+                # Result(task, ok, value, error) for each task, made in C: what
+                # Result._make does, without a Python call per task (0.4 us each).
+                fields = zip(*batch, strict=False)  # all but the tasks may be endless
+                batch = finished[0] = map(tuple.__new__, _RESULTS, fields)
+            yield from batch
+            finished.popleft()
 
     def _fail_all(self, chunk: list[object], error: str) -> None:
         self.failed += len(chunk)
         if self.keep_results:
-            self.results.extend(Result(task, False, error=error) for task in chunk)
+            self._keep(chunk, _NOT_OK, _NO_VALUE, itertools.repeat(error))
 
 
 class _Counters:
@@ -257,8 +310,8 @@ class Pipeline(_Counters):
     retried once on another worker. The timeout runs from the moment a batch
     is sent, and a worker handles its batches in turn: allow for
     ``credit * batch`` tasks' work. Larger batches are faster for small
-    tasks (bench/pipeline.py: 256 reached 1.11 of raw PUSH/PULL, 64 about
-    0.58) but lose more at once when a worker dies. With ``keep_results=False`` only the
+    tasks (bench/pipeline.py, credit 4: 64 about 0.9 of raw PUSH/PULL, 256
+    about 2.4) but lose more at once when a worker dies. With ``keep_results=False`` only the
     counters are kept (fire and forget, as with PUSH/PULL, but counted);
     otherwise results wait in memory until :meth:`results` takes them. With
     ``sink``, results go to the sinks of that name instead (see the module).
@@ -353,9 +406,7 @@ class Pipeline(_Counters):
     def results(self) -> Iterator[Result]:
         """Results collected so far, oldest first (each is handed out once)."""
         self._reap()
-        results = self._ledger.results
-        while results:
-            yield results.popleft()
+        yield from self._ledger.take()
 
 
 class AsyncPipeline(_Counters):
@@ -440,6 +491,4 @@ class AsyncPipeline(_Counters):
     def results(self) -> Iterator[Result]:
         """See :meth:`Pipeline.results`."""
         self._reap()
-        results = self._ledger.results
-        while results:
-            yield results.popleft()
+        yield from self._ledger.take()

@@ -9,8 +9,9 @@ first used (the core imports no pattern at load time); the producer side
 names and formats. docs/PROTOCOL.md (9.9) specifies them:
 
 * A worker of stage ``S`` serves ``pipeline/S``. A request is a batch:
-  either a list of tasks (results go back to the producer: the reply is a
-  list of ``[ok, value_or_error]``, one per task) or a map
+  either a list of tasks (results go back to the producer: the reply is
+  ``{"values": [...]}``, one value per task, when every task succeeded, else
+  a list of ``[ok, value_or_error]``, one per task) or a map
   ``{"tasks": [...], "sink": name, "timeout": seconds}``, whose results go
   to a sink (the reply then carries only ``[ok, error_or_nil]`` per task,
   plus ``undelivered``: "" or why the sink did not take them).
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from meshq.errors import PayloadTooLarge
 from meshq.requester import RequestFuture
 from meshq.seams import MeshNode
 from meshq.services import ReplyTo
@@ -121,7 +123,23 @@ class BatchRunner:
         sinks cannot deadlock. Raises TypeError for a batch not in the format.
         """
         if isinstance(batch, list):
-            reply.send(self._run(batch))
+            values, errors = self._run(batch)
+            if not errors:  # the common case: the compact reply, the values alone
+                try:
+                    reply.send({"values": values})
+                    return
+                except PayloadTooLarge:
+                    raise  # answered already, as an error for the whole batch
+                except Exception:  # some value cannot travel: the full reply says which
+                    pass
+            outcomes = self._outcomes(values, errors)
+            try:
+                reply.send(outcomes)  # encoded once: no separate check that every result can
+            except PayloadTooLarge:
+                raise
+            except Exception:  # some result cannot travel: find it, fail that task alone
+                self._sendable(outcomes)
+                reply.send(outcomes)
             return
         if not isinstance(batch, dict):
             raise TypeError("a pipeline batch is a list of tasks or a map")
@@ -135,7 +153,8 @@ class BatchRunner:
             and timeout > 0
         ):
             raise TypeError("a sink batch needs tasks (list), sink (str) and timeout (s > 0)")
-        outcomes = self._run(tasks)
+        outcomes = self._outcomes(*self._run(tasks))
+        self._sendable(outcomes)
         results = [
             (task, bool(ok), value) for task, (ok, value) in zip(tasks, outcomes, strict=True)
         ]
@@ -201,18 +220,37 @@ class BatchRunner:
         log.warning("%d result(s) not delivered to sink %r: %s", count, sink, exc)
         return describe(exc)
 
-    def _run(self, tasks: list[object]) -> list[list[object]]:
-        outcomes: list[list[object]] = []
-        append, handler = outcomes.append, self.handler  # locals: this loop runs per task
-        errors = 0
+    def _run(self, tasks: list[object]) -> tuple[list[object], dict[int, str]]:
+        """Run every task: (values, errors), value i task i's result, or None where it raised.
+
+        ``errors`` maps the index of each task that raised to what it raised
+        (describe); in the common case it is empty, and no list is made per task.
+        """
+        values: list[object] = []
+        append, handler = values.append, self.handler  # locals: this loop runs per task
+        errors: dict[int, str] = {}
         for task in tasks:
             try:
-                append([True, handler(task)])
+                append(handler(task))
             except BaseException as exc:  # one bad task must not sink the batch
-                errors += 1
-                append([False, describe(exc)])
+                errors[len(values)] = describe(exc)
+                append(None)
         self.done += len(tasks)
-        self.errors += errors
+        self.errors += len(errors)
+        return values, errors
+
+    @staticmethod
+    def _outcomes(values: list[object], errors: dict[int, str]) -> list[list[object]]:
+        """The full reply's ``[ok, value_or_error]`` per task."""
+        if not errors:
+            return [[True, value] for value in values]
+        return [
+            [False, errors[index]] if index in errors else [True, value]
+            for index, value in enumerate(values)
+        ]
+
+    def _sendable(self, outcomes: list[list[object]]) -> None:
+        """Fail, alone, each task whose result msgpack cannot encode."""
         try:
             msgpack.packb(outcomes, use_bin_type=True)
         except Exception:  # some result cannot travel: find it, fail that task alone
@@ -222,7 +260,6 @@ class BatchRunner:
                 except Exception as exc:
                     self.errors += 1
                     outcome[:] = [False, describe(exc)]
-        return outcomes
 
 
 def serve_worker(node: MeshNode, stage: str, handler: TaskHandler) -> BatchRunner:
