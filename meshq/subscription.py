@@ -563,8 +563,8 @@ class Subscription(Inbox):
         self.owner = self._owner.ident
         # pyzmq's compiled recv, bound once: the hot path calls it per message.
         self._recv = self._sock.recv
-        # The socket's RCVTIMEO (ms), and the timeout (s) it was set for;
-        # NaN, equal to no timeout, when set for a remainder (_recv_slow).
+        # The socket's RCVTIMEO (ms), and the timeout (s) it was set for:
+        # NaN (unequal to every timeout) when set for a remainder (_recv_slow).
         self._rcvtimeo = -1
         self._timeout: float | None = None
         directory.watch(self)
