@@ -242,11 +242,16 @@ class PubSubApi:
                 max_deliver=max_deliver,
                 backoff=backoff,
             )
+        # Let closed subscriptions' links go first (the control thread does
+        # too, but a thread that subscribes and closes in a tight loop holds
+        # the GIL, so that their sockets, and descriptors, would pile up).
+        runtime.publisher.process_commands()
         subscription = Subscription(
             prefix,
             context=runtime.context,
             factory=runtime.sockets,
             directory=runtime.state.publishers,
+            news=runtime.publisher.news,
             limits=runtime.limits,
         )
         subscription.on_gap = runtime.count_missed

@@ -47,6 +47,7 @@ __all__ = [
     "BLOCKING_SUFFIX",
     "Gap",
     "Inbox",
+    "News",
     "own",
     "refresh_this_thread",
     "PublisherDirectory",
@@ -77,6 +78,73 @@ class Watcher(Protocol):
 
     def refresh(self) -> None:
         """Apply pending connects now; only ever called from the owner thread."""
+
+
+class News:
+    """Wake-ups for subscriptions blocked in ``recv``: frames on an inproc PUB of the node.
+
+    A subscription waits in its SUB socket's own blocking ``recv`` (a poll
+    of that socket and a pipe, then a read, costs several microseconds per
+    message more). Its SUB is also connected here, so news of publishers
+    joining or leaving (and of the close) is a frame that ends that wait:
+    the subscription's prefix (so that its socket lets the frame through),
+    then ``tail``, a NUL and 16 random bytes. No topic contains a NUL, so no
+    data frame starts like that; ``tail`` tells these frames apart from a
+    malformed one that a peer could send. They never leave the process.
+
+    The node's publish socket owns one (PublishSocket.news), so that the
+    control thread runs its commands (PublishSocket.process_commands): a
+    closed subscription's link is let go only then. Used from any thread,
+    under a lock (the socket itself is not thread-safe); a no-op after
+    :meth:`close`, and what it sent stays readable after it (inproc).
+    """
+
+    def __init__(self, context: zmq.Context) -> None:  # type: ignore[type-arg]
+        self.tail = b"\0" + os.urandom(16)
+        self.endpoint = f"inproc://meshq-news-{os.urandom(8).hex()}"
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            self._sock = context.socket(zmq.PUB)
+        except zmq.ZMQError as exc:  # the context is gone (the node closed)
+            raise translate(exc, "open the subscriptions' wake-up socket") from exc
+        self._sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self._sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close(linger=0)
+            raise translate(exc, "bind the subscriptions' wake-up socket") from exc
+
+    def send(self, prefix: bytes) -> None:
+        """Wake the subscriptions whose prefix begins ``prefix`` (at least the one of it)."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                # A SUB that connected a moment ago is attached, and its
+                # prefix known, once this socket runs its pending commands,
+                # which a send does at most once a millisecond: run them now.
+                self._sock.getsockopt(zmq.EVENTS)
+                self._sock.send(prefix + self.tail, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # a full queue already holds a wake-up; a closing context ends every wait
+
+    def process_commands(self) -> None:
+        """Run the socket's pending commands (links made and closed); see the class."""
+        with self._lock:
+            if not self._closed:
+                self._sock.getsockopt(zmq.EVENTS)
+
+    def fd(self) -> int:
+        """The socket's ZMQ_FD: readable while commands wait (poll it, then process_commands)."""
+        with self._lock:
+            return int(self._sock.getsockopt(zmq.FD))
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._sock.close(linger=0)
 
 
 class PublisherDirectory:
@@ -473,46 +541,44 @@ class Subscription(Inbox):
         context: zmq.Context,  # type: ignore[type-arg]
         factory: SocketFactory,
         directory: PublisherDirectory,
+        news: News,
         limits: Limits,
     ) -> None:
         super().__init__(prefix, directory, limits)
+        encoded = prefix.encode()
         self._sock = factory.make(context, zmq.SUB)
-        self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        # A subscription dropped without close() must not leak its socket
+        # (nobody else can reach it by then, so any thread may close it).
+        self._release = weakref.finalize(self, _release, self._sock)
+        self._sock.setsockopt(zmq.SUBSCRIBE, encoded)
+        self._sock.connect(news.endpoint)  # wake-ups: see News
+        self._news = news
+        self._news_frame = encoded
+        self._news_tail = news.tail
+        #: A wake-up was sent and not read yet (see wake).
+        self._woken = False
         self._links = PublisherLinks(self._sock, directory, factory.connect, factory.refused)
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
-        # A subscription dropped without close() must not leak its socket or
-        # pipe (nobody else can reach them by then, so any thread may close).
-        self._release = weakref.finalize(
-            self, _release, self._sock, self._wake_read, self._wake_write
-        )
-        self._poller = zmq.Poller()
-        self._poller.register(self._sock, zmq.POLLIN)
-        self._poller.register(self._wake_read, zmq.POLLIN)
         self._closed = False
-        self._pipe_lock = threading.Lock()
         self._owner = Owner()
         self.owner = self._owner.ident
         # pyzmq's compiled recv, bound once: the hot path calls it per message.
         self._recv = self._sock.recv
-        #: The last read found the queue empty: the next one polls first.
-        self._idle = False
+        # The socket's RCVTIMEO (ms), and the timeout (s) it was set for:
+        # NaN (unequal to every timeout) when set for a remainder (_recv_slow).
+        self._rcvtimeo = -1
+        self._timeout: float | None = None
         directory.watch(self)
         own(self)
         self._links.sync()
+        if directory.closed:  # closed meanwhile, maybe before this could hear of it
+            self._links.version = -1  # the first recv() looks, and raises Closed
 
     def wake(self) -> None:
-        # Under the lock close() takes, so a wake-up in flight can never
-        # write into a descriptor number the OS has already handed to
-        # someone else.
-        with self._pipe_lock:
-            if self._closed:
-                return
-            try:
-                os.write(self._wake_write, b"w")
-            except BlockingIOError:
-                pass  # the pipe is full: a wake-up is pending already
+        # From any thread: tell the owner through its own socket (see News).
+        # One wake-up unread is enough: the owner syncs after reading it.
+        if not self._closed and not self._woken:
+            self._woken = True
+            self._news.send(self._news_frame)
 
     def refresh(self) -> None:
         if not self._closed and self._links.version != self._directory.version:
@@ -530,72 +596,70 @@ class Subscription(Inbox):
             raise self._owner.error(f"subscription {self.prefix!r}")
         if self._pending:
             return self._pending.popleft()
-        # After a wait, wait first: the queue was empty, and a zmq.Again
-        # (an exception made in Python) costs more than the poll that
-        # returns at once when a frame came meanwhile.
-        empty = self._idle
-        if not empty and self._links.version == self._directory.version:
-            try:
-                frame = self._recv(zmq.NOBLOCK)
-            except zmq.Again:
-                self._idle = empty = True
-            except zmq.ZMQError:
-                pass  # the socket failed: the loop below says why
-            else:
-                message = self._take(frame)
-                if message is not None:
-                    return message
-        return self._recv_waiting(timeout, empty)
+        if self._links.version != self._directory.version:
+            return self._recv_slow(timeout, None)
+        # The common case: links up to date. Wait in the socket's own recv
+        # (RCVTIMEO set once per timeout value), as a raw pyzmq SUB does;
+        # news of publishers (and of the close) ends that wait (see News).
+        if timeout != self._timeout:
+            self._set_timeout(timeout)
+        start = None if timeout is None else time.monotonic()
+        try:
+            frame = self._recv()
+        except zmq.ZMQError:  # zmq.Again: the time passed; or a failure
+            return self._recv_slow(timeout, start)
+        message = self._take(frame)
+        if message is not None:
+            return message
+        return self._recv_slow(timeout, start)
 
-    def _recv_waiting(self, timeout: float | None, empty: bool) -> Message:
-        """:meth:`recv` past its first read: sync links, wait, read (``empty``: wait first)."""
-        deadline = -1.0  # computed only if we have to wait
+    def _set_timeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+        wait_ms = _wait_ms(timeout)
+        if wait_ms != self._rcvtimeo:
+            self._sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            self._rcvtimeo = wait_ms
+
+    def _recv_slow(self, timeout: float | None, start: float | None) -> Message:
+        """:meth:`recv` past its first read (begun at ``start``, monotonic s; None:
+        not begun): sync links, check for the close, wait and read until a message."""
+        if timeout is None:
+            deadline = math.inf
+        else:
+            deadline = (time.monotonic() if start is None else start) + timeout
         sock = self._sock
-        if empty:
-            deadline = math.inf if timeout is None else time.monotonic() + timeout
-            self._wait(deadline)
         while True:
             if self._pending:  # a batch read by a previous pass
                 return self._pending.popleft()
+            self._check_open()
             if self._links.version != self._directory.version:
-                self._check_open()
                 self._links.sync()
+            # Past the deadline, one look without waiting (0).
+            wait_ms = -1 if deadline == math.inf else _wait_ms(deadline - time.monotonic())
+            if wait_ms != self._rcvtimeo:
+                sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+                self._rcvtimeo = wait_ms
+                self._timeout = math.nan  # set for a remainder, not a whole timeout
             try:
-                frame = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv()
             except zmq.Again:
-                self._idle = True
-                if deadline == -1.0:
-                    deadline = math.inf if timeout is None else time.monotonic() + timeout
-                self._wait(deadline)
-                continue
+                if not wait_ms:
+                    raise Timeout(f"no message on {self.prefix!r} within the timeout") from None
+                continue  # RCVTIMEO counts whole ms: look at the clock again
             except zmq.ZMQError as exc:
                 self._check_open()
                 raise translate(exc, "receive") from exc
             message = self._take(frame)
-            if self._pending:
-                self._idle = False  # a batch: a burst, so read before waiting again
             if message is not None:
                 return message
 
-    def _wait(self, deadline: float) -> None:
-        late = False
-        if deadline == math.inf:
-            wait_ms = -1
-        else:
-            remaining = deadline - time.monotonic()
-            # Past the deadline, one look without waiting: recv() may poll
-            # before its first read (see _idle), even with timeout=0.
-            late = remaining <= 0
-            wait_ms = 0 if late else max(1, int(remaining * 1000))
-        self._check_open()
-        ready = dict(self._poller.poll(wait_ms))
-        if late and self._sock not in ready:
-            raise Timeout(f"no message on {self.prefix!r} within the timeout")
-        if self._wake_read in ready:
-            try:
-                os.read(self._wake_read, 4096)
-            except BlockingIOError:
-                pass
+    def _take_decoded(self, frame: bytes) -> Message | None:
+        if frame.endswith(self._news_tail):
+            # A wake-up (see News): the loop of _recv_slow syncs next. Any
+            # subscription's counts, as each comes after the news it tells.
+            self._woken = False
+            return None
+        return super()._take_decoded(frame)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -619,12 +683,12 @@ class Subscription(Inbox):
         (the owner may be inside recv(); closing the node is how another
         thread ends it).
         """
-        if current() != self.owner and not self._closed:
+        if self._closed:
+            return
+        if current() != self.owner:
             raise self._owner.error(f"subscription {self.prefix!r}")
-        with self._pipe_lock:
-            if self._closed:
-                return
-            self._closed = True
+        self._closed = True
+        self._links.version = -1  # recv() takes the path that checks, and raises Closed
         self._directory.unwatch(self)
         self._pending.clear()
         self._release()
@@ -640,7 +704,20 @@ class Subscription(Inbox):
         self.close()
 
 
-def _release(sock: zmq.Socket, *fds: int) -> None:  # type: ignore[type-arg]
+#: The longest RCVTIMEO (ms) set at once: a longer wait is made of several.
+_MAX_WAIT_MS = 2**31 - 1
+
+
+def _wait_ms(seconds: float | None) -> int:
+    """RCVTIMEO for a wait of ``seconds`` (None: -1, no limit): rounded up, 0 if not positive."""
+    if seconds is None:
+        return -1
+    if seconds <= 0:
+        return 0
+    if seconds >= _MAX_WAIT_MS / 1000:
+        return _MAX_WAIT_MS
+    return math.ceil(seconds * 1000)
+
+
+def _release(sock: zmq.Socket) -> None:  # type: ignore[type-arg]
     sock.close(linger=0)
-    for fd in fds:
-        os.close(fd)

@@ -125,25 +125,28 @@ def test_a_batch_of_too_many_entries_is_refused_before_it_is_built() -> None:
     assert take_all(box, encode_data(PREFIX, FLAG_BATCH, 1, 0, encode_batch([b"a"] * 1024)))
 
 
-def test_recv_after_a_wait_polls_first_and_still_honours_timeout_zero(mesh: str) -> None:
-    """After a read found nothing, recv() polls before reading (no zmq.Again per message).
+def test_recv_waits_in_the_socket_and_still_honours_timeout_zero(mesh: str) -> None:
+    """recv() waits in the SUB socket's own recv (RCVTIMEO), set per timeout.
 
-    That path must still return what is there, with timeout=0 too, and
-    raise Timeout (not hang) when nothing is.
+    That path must return what is there, with timeout=0 too (one look, no
+    wait), and raise Timeout (not hang) when nothing is; a timeout that
+    changes between calls takes effect.
     """
     with meshq.Node("idle-sub", mesh=mesh, interfaces=["127.0.0.1"], discovery=False) as node:
         sub = node.subscribe("idle/")
         node.wait_for_subscribers("idle/x", 1, timeout=10)
         with pytest.raises(meshq.Timeout):
             sub.recv(timeout=0.01)
-        assert sub._idle  # the next read polls first
         node.publish("idle/x", b"first")
         assert sub.recv(timeout=5).data == b"first"
         with pytest.raises(meshq.Timeout):
             sub.recv(timeout=0)
         node.publish("idle/x", b"second")
         assert sub._sock.poll(5000)  # arrived, not read yet
-        assert sub._idle
         assert sub.recv(timeout=0).data == b"second"
         with pytest.raises(meshq.Timeout):
             sub.recv(timeout=0)
+        node.publish("idle/x", b"third")
+        assert sub.recv(timeout=None).data == b"third"
+        with pytest.raises(meshq.Timeout):
+            sub.recv(timeout=0.01)
