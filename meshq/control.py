@@ -43,12 +43,27 @@ from .state import SUBSCRIBERS, NodeState
 from .wire import PING_HEAD, Limits, routing_id
 from .zmqerrors import translated
 
-__all__ = ["ControlLoop"]
+__all__ = ["ControlLoop", "retry_delay"]
 
 log = logging.getLogger("meshq.control")
 
 _DEALER_HWM = 8  # control messages queued per peer while it is unreachable
 _MAX_BATCH = 256  # control messages handled before looking at the clock again
+_RETRY_FIRST = 0.001  # seconds before the second retry of a failed read of the ROUTER
+_RETRY_MAX = 0.1  # ... doubling up to this
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait before reading the ROUTER again after ``failures`` failed reads in a row.
+
+    The first failure is retried at once (its ZMQ_FD signals only new work,
+    so what waits must not be left unread); a read that keeps failing is
+    retried after 1, 2, 4 ... ms, at most ``_RETRY_MAX`` apart, instead of
+    spinning. Deadlines, commands and new messages still wake the loop.
+    """
+    if failures <= 1:
+        return 0.0
+    return min(_RETRY_MAX, _RETRY_FIRST * 2.0 ** min(failures - 2, 30))
 
 
 class ControlLoop:
@@ -167,6 +182,9 @@ class ControlLoop:
         quiet_until = 0.0  # see coalesce
         quiet_since = 0.0  # when the heartbeats that began the quiet spell were read
         unread = True  # the ROUTER may hold messages that its descriptor did not signal
+        failures = 0  # reads of the ROUTER in a row that raised (see retry_delay)
+        retry_at = 0.0  # when to read it again after the latest of them
+        reading = False
         while self._running:
             deadline = protocol.next_deadline()
             if self._tails_live and self._next_tail < deadline:
@@ -176,11 +194,20 @@ class ControlLoop:
                 deadline = ripe
             now = time.monotonic()
             poller = self._poller
-            if now < quiet_until:
+            spell = now < quiet_until
+            if spell:
                 poller = self._quiet_poller
                 if quiet_until < deadline:
                     deadline = quiet_until
-            wait_ms = 0 if unread else max(0, math.ceil((deadline - now) * 1000))
+            elif failures and now < retry_at:
+                # Backing off from a read that fails: its descriptor may stay
+                # readable, so look away from it until the retry is due.
+                poller = self._quiet_poller
+                if retry_at < deadline:
+                    deadline = retry_at
+            elif unread:
+                deadline = now
+            wait_ms = max(0, math.ceil((deadline - now) * 1000))
             try:
                 events = poller.poll(wait_ms)
                 self.wakeups += 1
@@ -196,23 +223,26 @@ class ControlLoop:
                     self._run_commands()
                 if (router or unread) and poller is self._poller:
                     woke = time.monotonic()
-                    unread = True  # until _receive() returns: a failed read is retried
+                    unread = reading = True  # until _receive() returns: a failed read is retried
                     heartbeats = self._receive()
-                    unread = False
+                    unread = reading = False
+                    failures = 0
                     if heartbeats < 0:
                         unread = True  # stopped with more waiting: look again at once
                     elif heartbeats and self.coalesce and heartbeats < protocol.peer_count:
                         # Heartbeats woke us: the rest of the mesh's are on
                         # their way; read them together a moment later.
                         quiet_since, quiet_until = woke, time.monotonic() + self.coalesce
-                elif poller is self._quiet_poller and not events:
+                elif spell and not events:
                     # The end of a quiet spell: read what came meanwhile, as
                     # if read when the spell began. They arrived between the
                     # two; the PINGs of a round leave together (7.6), so the
                     # start is the closer guess, and an echo PING's round
                     # trip (16.4) then does not count the spell as delay.
-                    unread = True  # as above
+                    unread = reading = True  # as above
                     unread = self._receive(quiet_since) < 0
+                    reading = False
+                    failures = 0
                 if publisher:
                     self._publisher.process_commands()  # subscribers came or went
                 now = time.monotonic()
@@ -235,6 +265,10 @@ class ControlLoop:
             except Exception:  # a bug must not leave the node deaf and mute
                 self._state.count("internal_errors")
                 self._internal_log.warning("control loop error", exc_info=True)
+                if reading:
+                    reading = False
+                    failures += 1
+                    retry_at = time.monotonic() + retry_delay(failures)
 
     def _announce_tails(self, now: float) -> None:
         """Tail markers (PublishSocket.announce_tails), every TAIL_INTERVAL while needed."""
