@@ -256,7 +256,7 @@ class ControlLoop:
                         # A publishing thread that sent meanwhile may have
                         # taken the descriptor's wake-up: read anyway.
                         self._publisher.process_commands()
-                    if not self._tails_live:
+                    if not self._tails_live and self._publisher.has_topics:
                         self._announce_tails(now)  # with the heartbeat: no wake-up of its own
                 if self._tails_live and now >= self._next_tail:
                     self._announce_tails(now)
