@@ -613,17 +613,22 @@ class ControlProtocol:
         echoing = self._echoing
         to_echo = self._to_echo
         sent = max(1, int(now * 1e9))  # 0 would read as "no echo" when echoed back
-        messages = []
+        unechoed = b""  # the same for every echoing peer with nothing to echo
+        messages: list[tuple[str, bytes]] = []
+        append = messages.append
         for peer_id, peer in self._table.peers_as_of_join():
-            frame = self._ping
+            endpoint = peer.endpoint
             if peer_id in echoing:
                 got = to_echo.pop(peer_id, None)
-                if got is None:
-                    frame = encode_echo_ping(sent, 0, 0)
-                else:
+                if got is not None:
                     frame = encode_echo_ping(sent, got[0], int((now - got[1]) * 1e6))
-            links.setdefault(peer.endpoint, now)
-            messages.append((peer.endpoint, frame))
+                else:
+                    frame = unechoed = unechoed or encode_echo_ping(sent, 0, 0)
+            else:
+                frame = self._ping
+            if endpoint not in links:
+                links[endpoint] = now
+            append((endpoint, frame))
         if messages:
             self._actions.append(SendEach(tuple(messages)))
 
