@@ -74,8 +74,9 @@ class ControlLoop:
     control port cannot be bound.
     """
 
-    #: Seconds after a wake-up that read only heartbeats, fewer than there
-    #: are peers, during which the loop does not look at the ROUTER again
+    #: Seconds after a wake-up that read only heartbeats (PINGs, and the
+    #: periodic HELLOs that stand in for them every gossip_interval), fewer
+    #: than there are peers, during which the loop does not look at the ROUTER again
     #: (commands and deadlines still wake it), so that the rest of the
     #: mesh's PINGs, sent on the same wall-clock instants, are read in one
     #: wake-up more. What is read at the end counts as read when the spell
@@ -293,9 +294,11 @@ class ControlLoop:
                 self._watch_publisher()
 
     def _receive(self, read_at: float | None = None) -> int:
-        """Handle what waits on the ROUTER; how many heartbeats, if they were all it read.
+        """Handle what waits on the ROUTER; how many messages, if all were heartbeats.
 
-        0: nothing, or something else too (a HELLO, say); -1: it stopped
+        Heartbeats: what the mesh sends every round, PINGs and periodic
+        HELLOs that repeat the last (ControlProtocol.signs_of_life). 0:
+        nothing, or something else too (a new HELLO, say); -1: it stopped
         after _MAX_BATCH messages with more waiting.
 
         ``read_at``: the monotonic time to hand the protocol as when each
@@ -303,7 +306,7 @@ class ControlLoop:
         """
         secure = self._sockets.curve is not None
         recv, protocol = self._router.recv, self.protocol
-        heartbeats_only = True
+        lively = protocol.signs_of_life
         count = 0
         try:
             while count < _MAX_BATCH:
@@ -313,7 +316,7 @@ class ControlLoop:
                 try:
                     routing = recv(zmq.NOBLOCK)
                 except zmq.Again:
-                    return count if heartbeats_only else 0
+                    return count if protocol.signs_of_life - lively == count else 0
                 count += 1
                 # A ROUTER hands out whole messages: the rest is there already.
                 last = recv(zmq.NOBLOCK, copy=False)
@@ -336,7 +339,6 @@ class ControlLoop:
                             continue
                     else:
                         actions = self._other(routing, last, body, when, proven)
-                    heartbeats_only = False
                     self._hand_heard()
                     self._execute(actions)
                 except Exception:  # a bug must not make the node deaf to everyone else
