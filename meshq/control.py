@@ -43,12 +43,27 @@ from .state import SUBSCRIBERS, NodeState
 from .wire import PING_HEAD, Limits, routing_id
 from .zmqerrors import translated
 
-__all__ = ["ControlLoop"]
+__all__ = ["ControlLoop", "retry_delay"]
 
 log = logging.getLogger("meshq.control")
 
 _DEALER_HWM = 8  # control messages queued per peer while it is unreachable
 _MAX_BATCH = 256  # control messages handled before looking at the clock again
+_RETRY_FIRST = 0.001  # seconds before the second retry of a failed read of the ROUTER
+_RETRY_MAX = 0.1  # ... doubling up to this
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait before reading the ROUTER again after ``failures`` failed reads in a row.
+
+    The first failure is retried at once (its ZMQ_FD signals only new work,
+    so what waits must not be left unread); a read that keeps failing is
+    retried after 1, 2, 4 ... ms, at most ``_RETRY_MAX`` apart, instead of
+    spinning. Deadlines, commands and new messages still wake the loop.
+    """
+    if failures <= 1:
+        return 0.0
+    return min(_RETRY_MAX, _RETRY_FIRST * 2.0 ** min(failures - 2, 30))
 
 
 class ControlLoop:
@@ -59,8 +74,9 @@ class ControlLoop:
     control port cannot be bound.
     """
 
-    #: Seconds after a wake-up that read only heartbeats, fewer than there
-    #: are peers, during which the loop does not look at the ROUTER again
+    #: Seconds after a wake-up that read only heartbeats (PINGs, and the
+    #: periodic HELLOs that stand in for them every gossip_interval), fewer
+    #: than there are peers, during which the loop does not look at the ROUTER again
     #: (commands and deadlines still wake it), so that the rest of the
     #: mesh's PINGs, sent on the same wall-clock instants, are read in one
     #: wake-up more. What is read at the end counts as read when the spell
@@ -167,6 +183,9 @@ class ControlLoop:
         quiet_until = 0.0  # see coalesce
         quiet_since = 0.0  # when the heartbeats that began the quiet spell were read
         unread = True  # the ROUTER may hold messages that its descriptor did not signal
+        failures = 0  # reads of the ROUTER in a row that raised (see retry_delay)
+        retry_at = 0.0  # when to read it again after the latest of them
+        reading = False
         while self._running:
             deadline = protocol.next_deadline()
             if self._tails_live and self._next_tail < deadline:
@@ -176,11 +195,20 @@ class ControlLoop:
                 deadline = ripe
             now = time.monotonic()
             poller = self._poller
-            if now < quiet_until:
+            spell = now < quiet_until
+            if spell:
                 poller = self._quiet_poller
                 if quiet_until < deadline:
                     deadline = quiet_until
-            wait_ms = 0 if unread else max(0, math.ceil((deadline - now) * 1000))
+            elif failures and now < retry_at:
+                # Backing off from a read that fails: its descriptor may stay
+                # readable, so look away from it until the retry is due.
+                poller = self._quiet_poller
+                if retry_at < deadline:
+                    deadline = retry_at
+            elif unread:
+                deadline = now
+            wait_ms = max(0, math.ceil((deadline - now) * 1000))
             try:
                 events = poller.poll(wait_ms)
                 self.wakeups += 1
@@ -196,23 +224,26 @@ class ControlLoop:
                     self._run_commands()
                 if (router or unread) and poller is self._poller:
                     woke = time.monotonic()
-                    unread = True  # until _receive() returns: a failed read is retried
+                    unread = reading = True  # until _receive() returns: a failed read is retried
                     heartbeats = self._receive()
-                    unread = False
+                    unread = reading = False
+                    failures = 0
                     if heartbeats < 0:
                         unread = True  # stopped with more waiting: look again at once
                     elif heartbeats and self.coalesce and heartbeats < protocol.peer_count:
                         # Heartbeats woke us: the rest of the mesh's are on
                         # their way; read them together a moment later.
                         quiet_since, quiet_until = woke, time.monotonic() + self.coalesce
-                elif poller is self._quiet_poller and not events:
+                elif spell and not events:
                     # The end of a quiet spell: read what came meanwhile, as
                     # if read when the spell began. They arrived between the
                     # two; the PINGs of a round leave together (7.6), so the
                     # start is the closer guess, and an echo PING's round
                     # trip (16.4) then does not count the spell as delay.
-                    unread = True  # as above
+                    unread = reading = True  # as above
                     unread = self._receive(quiet_since) < 0
+                    reading = False
+                    failures = 0
                 if publisher:
                     self._publisher.process_commands()  # subscribers came or went
                 now = time.monotonic()
@@ -226,7 +257,7 @@ class ControlLoop:
                         # A publishing thread that sent meanwhile may have
                         # taken the descriptor's wake-up: read anyway.
                         self._publisher.process_commands()
-                    if not self._tails_live:
+                    if not self._tails_live and self._publisher.has_topics:
                         self._announce_tails(now)  # with the heartbeat: no wake-up of its own
                 if self._tails_live and now >= self._next_tail:
                     self._announce_tails(now)
@@ -235,6 +266,10 @@ class ControlLoop:
             except Exception:  # a bug must not leave the node deaf and mute
                 self._state.count("internal_errors")
                 self._internal_log.warning("control loop error", exc_info=True)
+                if reading:
+                    reading = False
+                    failures += 1
+                    retry_at = time.monotonic() + retry_delay(failures)
 
     def _announce_tails(self, now: float) -> None:
         """Tail markers (PublishSocket.announce_tails), every TAIL_INTERVAL while needed."""
@@ -259,9 +294,11 @@ class ControlLoop:
                 self._watch_publisher()
 
     def _receive(self, read_at: float | None = None) -> int:
-        """Handle what waits on the ROUTER; how many heartbeats, if they were all it read.
+        """Handle what waits on the ROUTER; how many messages, if all were heartbeats.
 
-        0: nothing, or something else too (a HELLO, say); -1: it stopped
+        Heartbeats: what the mesh sends every round, PINGs and periodic
+        HELLOs that repeat the last (ControlProtocol.signs_of_life). 0:
+        nothing, or something else too (a new HELLO, say); -1: it stopped
         after _MAX_BATCH messages with more waiting.
 
         ``read_at``: the monotonic time to hand the protocol as when each
@@ -269,7 +306,7 @@ class ControlLoop:
         """
         secure = self._sockets.curve is not None
         recv, protocol = self._router.recv, self.protocol
-        heartbeats_only = True
+        lively = protocol.signs_of_life
         count = 0
         try:
             while count < _MAX_BATCH:
@@ -279,7 +316,7 @@ class ControlLoop:
                 try:
                     routing = recv(zmq.NOBLOCK)
                 except zmq.Again:
-                    return count if heartbeats_only else 0
+                    return count if protocol.signs_of_life - lively == count else 0
                 count += 1
                 # A ROUTER hands out whole messages: the rest is there already.
                 last = recv(zmq.NOBLOCK, copy=False)
@@ -302,7 +339,6 @@ class ControlLoop:
                             continue
                     else:
                         actions = self._other(routing, last, body, when, proven)
-                    heartbeats_only = False
                     self._hand_heard()
                     self._execute(actions)
                 except Exception:  # a bug must not make the node deaf to everyone else

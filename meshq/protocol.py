@@ -134,6 +134,10 @@ class ControlProtocol:
         self._hellos: dict[bytes, tuple[bytes, bytes, str | None, Hello]] = {}
         self._bad_input_log = RateLimitedLog(log, interval=5.0)
         self._actions: list[Action] = []
+        #: Messages so far that only showed a known peer alive (PINGs, and
+        #: periodic HELLOs that repeat the last byte for byte): what the
+        #: mesh sends every round (7.6), a peer's state unchanged by them.
+        self.signs_of_life = 0
         # What on_heartbeat learnt since the last take_heard().
         self._heard: dict[str, tuple[float, float | None]] = {}
         # next_deadline() as last computed; None: compute again. A heartbeat
@@ -211,6 +215,7 @@ class ControlProtocol:
         """A PING of a known peer: no deadline comes nearer (unless it recovers)."""
         events = self._table.heard(sender, now)
         if not events:
+            self.signs_of_life += 1
             return [Heard(sender.hex(), now, self._table.rtt(sender))]
         self._apply(events)
         return self._changed()
@@ -246,6 +251,7 @@ class ControlProtocol:
         if events:
             self._apply(events)
             return self._changed()
+        self.signs_of_life += 1
         self._heard[sender.hex()] = (now, self._table.rtt(sender))
         return self._take() if self._actions else None
 
@@ -260,6 +266,7 @@ class ControlProtocol:
         self._time_echo(sender, body, now)
         events = self._table.heard(sender, now)
         if not events:
+            self.signs_of_life += 1
             self._actions.append(Heard(sender.hex(), now, self._table.rtt(sender)))
             return self._take()
         self._apply(events)
@@ -285,6 +292,7 @@ class ControlProtocol:
         if events:
             self._apply(events)
             return self._changed()
+        self.signs_of_life += 1
         self._actions.append(Heard(hello.sender.hex(), now, self._table.rtt(hello.sender)))
         # Nothing learnt: as a heartbeat, it brings no deadline nearer.
         return self._changed() if learnt else self._take()
@@ -613,17 +621,22 @@ class ControlProtocol:
         echoing = self._echoing
         to_echo = self._to_echo
         sent = max(1, int(now * 1e9))  # 0 would read as "no echo" when echoed back
-        messages = []
+        unechoed = b""  # the same for every echoing peer with nothing to echo
+        messages: list[tuple[str, bytes]] = []
+        append = messages.append
         for peer_id, peer in self._table.peers_as_of_join():
-            frame = self._ping
+            endpoint = peer.endpoint
             if peer_id in echoing:
                 got = to_echo.pop(peer_id, None)
-                if got is None:
-                    frame = encode_echo_ping(sent, 0, 0)
-                else:
+                if got is not None:
                     frame = encode_echo_ping(sent, got[0], int((now - got[1]) * 1e6))
-            links.setdefault(peer.endpoint, now)
-            messages.append((peer.endpoint, frame))
+                else:
+                    frame = unechoed = unechoed or encode_echo_ping(sent, 0, 0)
+            else:
+                frame = self._ping
+            if endpoint not in links:
+                links[endpoint] = now
+            append((endpoint, frame))
         if messages:
             self._actions.append(SendEach(tuple(messages)))
 

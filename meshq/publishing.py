@@ -628,6 +628,12 @@ class PublishSocket:
             if wait.wake is not None:
                 wait.wake(self._room_version)
 
+    @property
+    def has_topics(self) -> bool:
+        """Whether a topic was ever published or declared here: without one,
+        announce_tails() has nothing to do (no lock taken to ask)."""
+        return bool(self._topics)
+
     def announce_tails(self) -> bool:
         """Send each recently published topic's last sequence number (a tail marker).
 

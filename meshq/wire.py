@@ -99,7 +99,7 @@ ENTRY_HEADER_BYTES: Final = _ENTRY_LENGTH.size
 _CONTROL_HEAD = struct.Struct(">2sBB")
 # An echo PING's body (16.4): sent ns, echo ns, held us.
 _ECHO_BODY = struct.Struct(">QQI")
-_ECHO_PING = struct.Struct(">2sBBQQI")
+_ECHO_PING = struct.Struct(">4sQQI")  # PING_HEAD, then the echo body
 #: Bytes of an echo PING's body (PROTOCOL.md 16.4).
 ECHO_BODY_BYTES: Final = _ECHO_BODY.size
 _MAX_HELD = 2**32 - 1
@@ -233,9 +233,9 @@ def encode_control(message: ControlMessage) -> bytes:
 
 def encode_echo_ping(sent: int, echo: int, held: int) -> bytes:
     """An echo PING (16.4): ``sent`` and ``echo`` in ns, ``held`` in us (saturated to u32)."""
-    return _ECHO_PING.pack(
-        CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_PING, sent, echo, min(max(held, 0), _MAX_HELD)
-    )
+    if not 0 <= held <= _MAX_HELD:
+        held = 0 if held < 0 else _MAX_HELD
+    return _ECHO_PING.pack(PING_HEAD, sent, echo, held)
 
 
 def decode_echo(body: bytes) -> tuple[int, int, int]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 import time
 
+import pytest
 import zmq
 
 import meshq
+from meshq.control import ControlLoop, retry_delay
 from meshq.wire import Hello, Ping, encode_control, routing_id
 
 LOOPBACK = ["127.0.0.1"]
@@ -42,6 +46,68 @@ def test_a_burst_longer_than_one_read_is_read_to_its_end(mesh: str) -> None:
                 time.sleep(0.05)
             assert node.stats().get("protocol_errors", 0) == 0
             assert node.stats().get("internal_errors", 0) == 0
+        finally:
+            dealer.close()
+            context.term()
+
+
+def test_the_retry_delay_starts_at_once_then_doubles_to_a_bound() -> None:
+    delays = [retry_delay(n) for n in range(1, 12)]
+    assert delays[0] == 0.0  # the first failure: at once
+    assert delays[1:4] == [0.001, 0.002, 0.004]
+    assert delays == sorted(delays) and max(delays) == 0.1
+    assert retry_delay(10**6) == 0.1
+
+
+def test_a_read_that_keeps_failing_backs_off_and_what_waits_is_read_after(
+    mesh: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No socket read fails on demand, so the loop's read is made to fail (as a
+    ROUTER gone bad would): the loop must neither spin on it nor give it up."""
+    broken = threading.Event()
+    receive = ControlLoop._receive
+
+    def failing(self: ControlLoop, read_at: float | None = None) -> int:
+        if broken.is_set():
+            raise zmq.ZMQError(errno.EFAULT)
+        return receive(self, read_at)
+
+    monkeypatch.setattr(ControlLoop, "_receive", failing)
+    with meshq.Node("n", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node:
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        try:
+            dealer.setsockopt(zmq.LINGER, 0)
+            peer_id = os.urandom(16)
+            dealer.setsockopt(zmq.ROUTING_ID, routing_id(peer_id, 1))
+            dealer.connect(node.control_endpoints[0])
+            control, publish = ("tcp://127.0.0.1:9",), ("tcp://127.0.0.1:8",)
+            dealer.send(encode_control(Hello(peer_id, "peer", mesh, control, publish)))
+            node.wait_for_peers(1, timeout=WAIT)
+            loop = node.runtime.control_loop
+            assert loop is not None
+            broken.set()
+            timer_runs = loop.timer_runs
+            # Sent while every read fails: it waits in the ROUTER, signalled once.
+            after = Hello(peer_id, "peer", mesh, control, publish, headers={"after": "failure"})
+            dealer.send(encode_control(after))
+            deadline = time.monotonic() + WAIT
+            while node.stats().get("internal_errors", 0) == 0:
+                assert time.monotonic() < deadline, "the read never ran"
+                time.sleep(0.01)
+            time.sleep(1.0)  # a second of failing reads: retried, not spun on
+            failed = node.stats()["internal_errors"]
+            # Spinning would fail tens of thousands of times a second; backing
+            # off to 0.1 s, a few dozen at most.
+            assert failed < 200, f"{failed} failed reads in about a second: the loop spins"
+            assert loop.timer_runs > timer_runs  # heartbeats went on meanwhile
+            broken.clear()
+            # No new message arrives: the retry itself must read what waited.
+            deadline = time.monotonic() + WAIT
+            while not any(dict(p.headers) == {"after": "failure"} for p in node.peers()):
+                assert time.monotonic() < deadline, "what waited was never read"
+                time.sleep(0.05)
+            assert [p.name for p in node.peers()] == ["peer"]
         finally:
             dealer.close()
             context.term()

@@ -591,3 +591,45 @@ def test_an_echo_that_cannot_be_a_round_trip_is_counted_and_ignored(batched: boo
     assert a.counts["rtt_discarded"] == 2
     assert a.protocol.peers[0].rtt == pytest.approx(0.0, abs=2e-6)
     assert a.protocol.peers[0].last_seen == now  # still a sign of life
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_what_the_mesh_sends_every_round_counts_as_a_sign_of_life(batched: bool) -> None:
+    """PINGs and periodic HELLOs that repeat the last count (the control loop reads a
+    round of them together, 16.4); a HELLO that changes something, or a peer's
+    recovery, does not."""
+    net = Net()
+    net.batched = batched
+    a, b = net.add("a"), net.add("b")
+    net.find(a, b)
+    net.advance(5.2)  # every PING round, and the first periodic HELLO round (at 5.0)
+    start = a.protocol.signs_of_life
+    net.sent.clear()
+    net.advance(10.2)  # 9 PING rounds and one periodic HELLO round, repeated byte for byte
+    from_b = [m for s, t, m in net.sent if (s, t) == ("b", "a")]
+    assert len(from_b) == 10 and sum(isinstance(m, Hello) for m in from_b) == 1
+    assert a.protocol.signs_of_life - start == 10
+    # A HELLO that says something new (a header) is no mere sign of life.
+    before = a.protocol.signs_of_life
+    changed = b.protocol.on_announce(
+        LocalNode(
+            node_id=b.node_id,
+            name="b",
+            mesh="m",
+            control=(b.endpoint,),
+            publish=b.protocol.local.publish,
+            headers={"role": "new"},
+            local_publish=b.protocol.local.local_publish,
+        )
+    )
+    net.run(b, changed)
+    assert a.protocol.signs_of_life == before
+    # Nor is the PING that brings back a suspect peer.
+    b.down = True
+    net.advance(12.0)  # silent since 10.0: suspect at 11.5
+    assert kinds(a)[-1] == (EventKind.SUSPECT, "b")
+    b.down = False
+    before = a.protocol.signs_of_life
+    net.advance(12.5)
+    assert kinds(a)[-1] == (EventKind.RECOVERED, "b")
+    assert a.protocol.signs_of_life == before
