@@ -6,6 +6,8 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import zmq
@@ -18,37 +20,57 @@ LOOPBACK = ["127.0.0.1"]
 WAIT = 10.0  # seconds, with room for a loaded machine
 BURST = 3 * 256  # three times what the loop reads before it looks at the clock
 
+HelloWith = Callable[[dict[str, str]], bytes]
+
+
+@contextmanager
+def raw_peer(node: meshq.Node, mesh: str) -> Iterator[tuple[zmq.Socket[bytes], bytes, HelloWith]]:
+    """A DEALER that says HELLO to ``node`` and is its peer: (dealer, peer id, a
+    HELLO encoder taking the headers to announce)."""
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    try:
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.SNDHWM, 0)
+        peer_id = os.urandom(16)
+        dealer.setsockopt(zmq.ROUTING_ID, routing_id(peer_id, 1))
+        dealer.connect(node.control_endpoints[0])
+        control, publish = ("tcp://127.0.0.1:9",), ("tcp://127.0.0.1:8",)
+
+        def hello(headers: dict[str, str]) -> bytes:
+            return encode_control(Hello(peer_id, "peer", mesh, control, publish, headers=headers))
+
+        dealer.send(hello({}))
+        node.wait_for_peers(1, timeout=WAIT)
+        yield dealer, peer_id, hello
+    finally:
+        dealer.close()
+        context.term()
+
+
+def wait_for_headers(node: meshq.Node, headers: dict[str, str], failure: str) -> None:
+    """Wait (at most WAIT s) until the peer shows ``headers``; fail with ``failure``."""
+    deadline = time.monotonic() + WAIT
+    while not any(dict(p.headers) == headers for p in node.peers()):
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
+
 
 def test_a_burst_longer_than_one_read_is_read_to_its_end(mesh: str) -> None:
     """The loop waits on the ROUTER's ZMQ_FD, which signals only new work: a read
     that stops with messages left must come back to them without a new signal."""
-    with meshq.Node("n", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node:
-        context = zmq.Context()
-        dealer = context.socket(zmq.DEALER)
-        try:
-            dealer.setsockopt(zmq.LINGER, 0)
-            dealer.setsockopt(zmq.SNDHWM, 0)
-            peer_id = os.urandom(16)
-            dealer.setsockopt(zmq.ROUTING_ID, routing_id(peer_id, 1))
-            dealer.connect(node.control_endpoints[0])
-            control, publish = ("tcp://127.0.0.1:9",), ("tcp://127.0.0.1:8",)
-            dealer.send(encode_control(Hello(peer_id, "peer", mesh, control, publish)))
-            node.wait_for_peers(1, timeout=WAIT)
-            ping = encode_control(Ping(peer_id))
-            for _ in range(BURST):
-                dealer.send(ping)
-            # The last message of the burst says something the node shows.
-            after = Hello(peer_id, "peer", mesh, control, publish, headers={"after": "burst"})
-            dealer.send(encode_control(after))
-            deadline = time.monotonic() + WAIT
-            while not any(dict(p.headers) == {"after": "burst"} for p in node.peers()):
-                assert time.monotonic() < deadline, "the end of the burst was never read"
-                time.sleep(0.05)
-            assert node.stats().get("protocol_errors", 0) == 0
-            assert node.stats().get("internal_errors", 0) == 0
-        finally:
-            dealer.close()
-            context.term()
+    with (
+        meshq.Node("n", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node,
+        raw_peer(node, mesh) as (dealer, peer_id, hello),
+    ):
+        ping = encode_control(Ping(peer_id))
+        for _ in range(BURST):
+            dealer.send(ping)
+        # The last message of the burst says something the node shows.
+        dealer.send(hello({"after": "burst"}))
+        wait_for_headers(node, {"after": "burst"}, "the end of the burst was never read")
+        assert node.stats().get("protocol_errors", 0) == 0
+        assert node.stats().get("internal_errors", 0) == 0
 
 
 def test_the_retry_delay_starts_at_once_then_doubles_to_a_bound() -> None:
@@ -73,41 +95,27 @@ def test_a_read_that_keeps_failing_backs_off_and_what_waits_is_read_after(
         return receive(self, read_at)
 
     monkeypatch.setattr(ControlLoop, "_receive", failing)
-    with meshq.Node("n", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node:
-        context = zmq.Context()
-        dealer = context.socket(zmq.DEALER)
-        try:
-            dealer.setsockopt(zmq.LINGER, 0)
-            peer_id = os.urandom(16)
-            dealer.setsockopt(zmq.ROUTING_ID, routing_id(peer_id, 1))
-            dealer.connect(node.control_endpoints[0])
-            control, publish = ("tcp://127.0.0.1:9",), ("tcp://127.0.0.1:8",)
-            dealer.send(encode_control(Hello(peer_id, "peer", mesh, control, publish)))
-            node.wait_for_peers(1, timeout=WAIT)
-            loop = node.runtime.control_loop
-            assert loop is not None
-            broken.set()
-            timer_runs = loop.timer_runs
-            # Sent while every read fails: it waits in the ROUTER, signalled once.
-            after = Hello(peer_id, "peer", mesh, control, publish, headers={"after": "failure"})
-            dealer.send(encode_control(after))
-            deadline = time.monotonic() + WAIT
-            while node.stats().get("internal_errors", 0) == 0:
-                assert time.monotonic() < deadline, "the read never ran"
-                time.sleep(0.01)
-            time.sleep(1.0)  # a second of failing reads: retried, not spun on
-            failed = node.stats()["internal_errors"]
-            # Spinning would fail tens of thousands of times a second; backing
-            # off to 0.1 s, a few dozen at most.
-            assert failed < 200, f"{failed} failed reads in about a second: the loop spins"
-            assert loop.timer_runs > timer_runs  # heartbeats went on meanwhile
-            broken.clear()
-            # No new message arrives: the retry itself must read what waited.
-            deadline = time.monotonic() + WAIT
-            while not any(dict(p.headers) == {"after": "failure"} for p in node.peers()):
-                assert time.monotonic() < deadline, "what waited was never read"
-                time.sleep(0.05)
-            assert [p.name for p in node.peers()] == ["peer"]
-        finally:
-            dealer.close()
-            context.term()
+    with (
+        meshq.Node("n", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node,
+        raw_peer(node, mesh) as (dealer, _, hello),
+    ):
+        loop = node.runtime.control_loop
+        assert loop is not None
+        broken.set()
+        timer_runs = loop.timer_runs
+        # Sent while every read fails: it waits in the ROUTER, signalled once.
+        dealer.send(hello({"after": "failure"}))
+        deadline = time.monotonic() + WAIT
+        while node.stats().get("internal_errors", 0) == 0:
+            assert time.monotonic() < deadline, "the read never ran"
+            time.sleep(0.01)
+        time.sleep(1.0)  # a second of failing reads: retried, not spun on
+        failed = node.stats()["internal_errors"]
+        # Spinning would fail tens of thousands of times a second; backing
+        # off to 0.1 s, a few dozen at most.
+        assert failed < 200, f"{failed} failed reads in about a second: the loop spins"
+        assert loop.timer_runs > timer_runs  # heartbeats went on meanwhile
+        broken.clear()
+        # No new message arrives: the retry itself must read what waited.
+        wait_for_headers(node, {"after": "failure"}, "what waited was never read")
+        assert [p.name for p in node.peers()] == ["peer"]
