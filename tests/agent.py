@@ -215,6 +215,9 @@ def main() -> None:
         elif command["cmd"] == "sink":
             sinks.append(Sink(node, command["name"]))
             emit("sinking", name=command["name"])
+        elif command["cmd"] == "wait_service":  # this node's directory has n providers
+            node.wait_for_service(command["name"], command["n"], timeout=20)
+            emit("service_seen", name=command["name"])
         elif command["cmd"] == "sink_report":
             tasks = [result.task for sink in sinks for result in sink.results()]
             emit("sunk", tasks=sorted(tasks))  # type: ignore[type-var]

@@ -166,9 +166,11 @@ async def wait_for_async_service(node: meshq.AsyncNode, service: str) -> None:
 
 
 def test_pipeline_with_sinks_across_processes(mesh: str, agents: list[Agent]) -> None:
+    workers = []
     for name in ("w1", "w2"):
         agent = Agent(agent_argv(name, mesh, "127.0.0.1"), name)
         agents.append(agent)
+        workers.append(agent)
         agent.send(cmd="worker", stage="job")
         agent.expect(lambda e: e["ev"] == "working", timeout=10)
     collectors = []
@@ -178,6 +180,10 @@ def test_pipeline_with_sinks_across_processes(mesh: str, agents: list[Agent]) ->
         collector.send(cmd="sink", name="done")
         collector.expect(lambda e: e["ev"] == "sinking", timeout=10)
         collectors.append(collector)
+    # Each worker picks among the sinks its own node knows: let both know both.
+    for worker in workers:
+        worker.send(cmd="wait_service", name="pipeline-sink/done", n=2)
+        worker.expect(lambda e: e["ev"] == "service_seen", timeout=30)
     with meshq.Node("producer", mesh=mesh, interfaces=LOOPBACK) as producer:
         wait_for_workers(producer, "job", 2)
         wait_for_sinks(producer, "done", 2)
