@@ -217,20 +217,18 @@ class PublishSocket:
         self._context = context
         self._factory = factory
         self._interfaces = tuple(interfaces)
-        # The NODROP socket for blocking topics, bound on first use.
-        self._block_sock: zmq.Socket | None = None  # type: ignore[type-arg]
-        self._block_subscribers: collections.Counter[bytes] = collections.Counter()
+        # The NODROP socket for blocking topics, bound on first use; every
+        # use of it goes through this wrapper (see _NodropSocket).
+        self._block_sock: _NodropSocket | None = None
         #: Where the NODROP socket listens (empty until opened), and its inproc twin.
         self.block_endpoints: tuple[str, ...] = ()
         self.block_local_endpoint = f"inproc://meshq-pub-block-{node_id.hex()}"
         # Blocking publishes waiting for room (see BlockingWait), under the
         # lock: the waits registered, a counter bumped whenever news of room
-        # may have come, and the Condition the sync waits block on. A
-        # readiness check of the NODROP socket's ZMQ_FD (set when opened).
+        # may have come, and the Condition the sync waits block on.
         self._block_waits: set[BlockingWait] = set()
         self._room_version = 0
         self._room_heard = threading.Condition(self._lock)
-        self._block_news: select.poll | None = None
 
     def check_topic(self, topic: str) -> None:
         """Raise ValueError unless ``topic`` can be published."""
@@ -509,7 +507,7 @@ class PublishSocket:
                 self._open_topic(topic, blocking=True)
             return opened
 
-    def _open_block_socket(self) -> zmq.Socket:  # type: ignore[type-arg]
+    def _open_block_socket(self) -> _NodropSocket:
         if self._closed:
             raise Closed("node is closed")
         sock: zmq.Socket = self._factory.make(self._context, zmq.XPUB)  # type: ignore[type-arg]
@@ -524,9 +522,7 @@ class PublishSocket:
             sock.close(linger=0)
             raise
         self.block_endpoints = tuple(f"tcp://{ip}:{port}" for ip in self._interfaces)
-        self._block_news = select.poll()
-        self._block_news.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
-        return sock
+        return _NodropSocket(sock, self._block_waits, self._room_news)
 
     def publish_blocking(self, topic: str, data: object, timeout: float | None) -> None:
         """Send one message, waiting while a subscriber of ``topic`` is full.
@@ -570,10 +566,8 @@ class PublishSocket:
                 raise ValueError(f"payload of {len(payload)} bytes exceeds {entry.budget}")
             check_payload_size(flags, payload, self._limits, "message")
             frame = entry.pack(entry.prefix, flags, entry.seq + 1, time.time_ns()) + payload
-            if self._block_waits:
-                self._take_room_news()
             try:
-                raw_send(sock, frame, zmq.NOBLOCK)
+                sock.send(frame)
             except zmq.Again:
                 if wait is not None:
                     if wait.socket is None:
@@ -603,22 +597,12 @@ class PublishSocket:
             self._block_waits.discard(wait)
             wait.socket = None
 
-    def _take_room_news(self) -> None:
-        """Run the NODROP socket's pending commands now if it has any; then wake the waits.
-
-        Lock held, publishes waiting. Room comes as a command (a
-        subscriber's pipe reactivated): whoever uses the socket next runs
-        it, and so clears the ZMQ_FD readiness that the control thread
-        polls. Running them here, rather than leaving it to the send that
-        follows (which, throttled, may skip them), and telling the waits
-        hands the news on. Nothing pending: nobody is woken, so waits that
-        fail in turn do not wake each other forever.
-        """
-        assert self._block_news is not None and self._block_sock is not None  # a wait implies both
-        if self._block_news.poll(0):
-            if _read_subscriptions(self._block_sock, self._block_subscribers):
-                self.on_subscribers_changed()
-            self._room_changed()
+    def _room_news(self, subscribers_changed: bool) -> None:
+        """(lock held) The NODROP socket ran pending commands while publishes
+        wait (see _NodropSocket): room may have come."""
+        if subscribers_changed:
+            self.on_subscribers_changed()
+        self._room_changed()
 
     def _room_changed(self) -> None:
         """(lock held) News of room, or the close: every waiting publish tries again."""
@@ -658,8 +642,6 @@ class PublishSocket:
                     self._flush_held()
                 except Closed:
                     return False
-            if self._block_waits:
-                self._take_room_news()  # a tail's send may run the socket's commands
             now_ns = time.time_ns()
             for entry in self._topics.values():
                 if entry.seq != entry.told:
@@ -673,13 +655,12 @@ class PublishSocket:
                     live = True
                     if entry.quiet & (entry.quiet - 1):
                         continue  # only after 1, 2, 4, ... quiet rounds
-                sock = self._block_sock if entry.blocking else self._sock
-                if sock is None:
-                    continue
+                marker = entry.pack(entry.prefix, FLAG_TAIL, entry.seq, now_ns)
                 try:
-                    raw_send(
-                        sock, entry.pack(entry.prefix, FLAG_TAIL, entry.seq, now_ns), zmq.NOBLOCK
-                    )
+                    if not entry.blocking:
+                        raw_send(self._sock, marker, zmq.NOBLOCK)
+                    elif self._block_sock is not None:
+                        self._block_sock.send(marker)
                 except zmq.Again:
                     pass  # a full subscriber (blocking socket): the next round tells it
                 except zmq.ZMQError:
@@ -706,13 +687,10 @@ class PublishSocket:
         # internal commands, such as detaching closed subscribers.
         changed = _read_subscriptions(self._sock, self._subscribers)
         if self._block_sock is not None:
-            if self._block_waits:
-                # Reading runs the socket's commands, news of room among
-                # them (the control thread calls this when a ZMQ_FD turned
-                # readable): if it has any, the waiting publishes try again.
-                # Not for the other socket's: its traffic wakes nobody.
-                self._take_room_news()
-            changed = _read_subscriptions(self._block_sock, self._block_subscribers) or changed
+            # News of room among the commands that this read runs wakes the
+            # waiting publishes (_NodropSocket); the other socket's traffic
+            # wakes nobody.
+            changed = self._block_sock.read_subscriptions() or changed
         if changed:
             self.on_subscribers_changed()
 
@@ -727,8 +705,10 @@ class PublishSocket:
         with self._lock:
             if self._closed:
                 return []
-            socks = [s for s in (self._sock, self._block_sock) if s is not None]
-            return [int(s.getsockopt(zmq.FD)) for s in socks] + [self.news.fd()]
+            fds = [int(self._sock.getsockopt(zmq.FD)), self.news.fd()]
+            if self._block_sock is not None:
+                fds.append(self._block_sock.fd())
+            return fds
 
     def subscribers(self, topic: str) -> int:
         """How many subscriptions now connected would receive a message on ``topic``.
@@ -744,7 +724,7 @@ class PublishSocket:
             self._read_subscriptions()
             count = _matching(self._subscribers, encoded)
             if self._block_sock is not None:
-                count = min(count, _matching(self._block_subscribers, encoded))
+                count = min(count, _matching(self._block_sock.subscribers, encoded))
             return count
 
     def _open_topic(self, topic: str, blocking: bool = False) -> _Topic:
@@ -771,12 +751,67 @@ class PublishSocket:
             self._sock.close(linger=0)
             self.news.close()  # what it sent is still read (see News)
             if self._block_sock is not None:
-                self._block_sock.close(linger=0)
+                self._block_sock.close()
             self._wake_flusher()  # one in a timed wait sees the close at its deadline
             self._room_changed()  # blocked publishes wake and raise Closed
             flusher = self._flusher
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join()
+
+
+class _NodropSocket:
+    """The NODROP XPUB of blocking topics: every use of the socket goes through here.
+
+    Room comes as a command (a subscriber's pipe reactivated) that whoever
+    uses the socket next runs, which also clears the ZMQ_FD readiness that
+    the control thread polls (see BlockingWait). So while publishes wait,
+    each use first looks at the ZMQ_FD and, if commands are pending, runs
+    them and hands the news on (``on_news``, told whether subscriptions
+    changed). Running them here rather than leaving them to the send that
+    follows (which, throttled, may skip them) keeps the news; a use that
+    found nothing pending tells nobody, so waits that fail in turn do not
+    wake each other forever. The raw socket is private to this class, so a
+    new use cannot forget the look. Used with the publish lock held.
+    """
+
+    __slots__ = ("_on_news", "_ready", "_sock", "_waits", "subscribers")
+
+    def __init__(
+        self,
+        sock: zmq.Socket,  # type: ignore[type-arg]
+        waits: set[BlockingWait],
+        on_news: Callable[[bool], None],
+    ) -> None:
+        self._sock = sock
+        self._waits = waits  # the publisher's own set: a look only while it is not empty
+        self._on_news = on_news
+        #: Subscriptions connected to this socket, by prefix.
+        self.subscribers: collections.Counter[bytes] = collections.Counter()
+        self._ready = select.poll()
+        self._ready.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
+
+    def _take_news(self) -> None:
+        if self._ready.poll(0):
+            self._on_news(_read_subscriptions(self._sock, self.subscribers))
+
+    def send(self, frame: bytes) -> None:
+        """Send ``frame`` without blocking: zmq.Again if a subscriber is full."""
+        if self._waits:
+            self._take_news()
+        raw_send(self._sock, frame, zmq.NOBLOCK)
+
+    def read_subscriptions(self) -> bool:
+        """Apply the waiting (un)subscriptions; True if there were any."""
+        if self._waits:
+            self._take_news()
+        return _read_subscriptions(self._sock, self.subscribers)
+
+    def fd(self) -> int:
+        """The socket's ZMQ_FD (reading the option runs no command)."""
+        return int(self._sock.getsockopt(zmq.FD))
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
 
 
 def encode_blocking(data: object) -> tuple[int, bytes]:
@@ -804,8 +839,9 @@ class BlockingWait:
     * the control thread polls the ZMQ_FD and reads the socket's
       subscriptions when it turns readable (PublishSocket.process_commands);
     * that read, and every other use of the socket while publishes wait (a
-      try, a tail marker, ``subscribers()``), first checks the ZMQ_FD; if
-      commands are pending, it runs them at once and wakes the waits. A
+      try, a tail marker, ``subscribers()``), first checks the ZMQ_FD (each
+      use goes through _NodropSocket, which does it); if commands are
+      pending, it runs them at once and wakes the waits. A
       use that found nothing pending wakes nobody, so that two publishes
       blocked on two full subscribers do not wake each other forever, and
       traffic on the dropping socket wakes no blocked publisher.

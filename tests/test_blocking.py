@@ -14,12 +14,17 @@ import asyncio
 import collections
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+import zmq
 
 import meshq
 from meshq import publishing
 from meshq.publishing import PublishSocket
+from meshq.sockets import SocketFactory
+from meshq.wire import Limits
 from tests.conftest import NodePair
 
 LOOPBACK = ["127.0.0.1"]
@@ -316,3 +321,93 @@ def test_news_of_room_taken_by_another_topics_publisher_reaches_the_waiter(
     assert outcome == ["sent"]
     assert flooded > 0
     assert [m.seq for m in messages] + [last.seq] == list(range(1, sent + 2))
+
+
+#: One use of a publisher's NODROP socket by someone other than the waiter.
+USES: dict[str, Callable[[PublishSocket], object]] = {
+    "a try on another topic": lambda p: p.try_publish_blocking("free/t", 0, b"x"),
+    "a round of tail markers": lambda p: p.announce_tails(),
+    "subscribers()": lambda p: p.subscribers("slow/t"),
+}
+
+
+@pytest.mark.parametrize("use", USES)
+def test_every_use_of_the_nodrop_socket_hands_news_of_room_on(
+    use: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any use of the NODROP socket may run the command that brings room, so each
+    one must pass the news on (publishing._NodropSocket).
+
+    A bare PublishSocket, with no node and so no control thread reading its
+    ZMQ_FD, and a raw SUB on the inproc endpoint: after the reader drains,
+    the one way the waiter hears of room is the use made here.
+    """
+    monkeypatch.setattr(publishing, "ROOM_RECHECK", 600.0)  # only news of room can wake it
+    context = zmq.Context()
+    config = meshq.MeshConfig(publish_hwm=2, subscribe_hwm=2)
+    publisher = PublishSocket(
+        context,
+        SocketFactory(config),
+        node_id=bytes(16),
+        interfaces=LOOPBACK,
+        port=0,
+        limits=Limits(),
+        max_topics=16,
+    )
+    reader = context.socket(zmq.SUB)
+    reader.setsockopt(zmq.RCVHWM, 2)
+    outcome: list[object] = []
+    failed_try = threading.Event()
+    real_try = publisher.try_publish_blocking
+
+    def spied_try(topic: str, *args: Any) -> bool:
+        sent = real_try(topic, *args)
+        if not sent and topic == "slow/t":
+            failed_try.set()  # registered as waiting, in the same locked step
+        return sent
+
+    def publish_last() -> None:
+        try:
+            publisher.publish_blocking("slow/t", b"last", timeout=None)
+            outcome.append("sent")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    blocked = threading.Thread(target=publish_last)
+    try:
+        for topic in ("slow/t", "free/t"):
+            publisher.declare_blocking(topic)
+        reader.subscribe(b"slow/t")
+        for endpoint in (publisher.local_endpoint, publisher.block_local_endpoint):
+            reader.connect(endpoint)  # both: so subscribers() counts it
+        deadline = time.monotonic() + 10
+        while publisher.subscribers("slow/t") < 1:  # commands waiting: run by the next look
+            assert time.monotonic() < deadline, "the reader never subscribed"
+            zmq.select(publisher.wake_fds(), [], [], 0.1)
+        sent = 0
+        while publisher.try_publish_blocking("slow/t", 0, b"x"):
+            sent += 1
+            assert sent < 100, "the reader never filled up"
+        publisher.try_publish_blocking = spied_try  # type: ignore[method-assign,assignment]
+        blocked.start()
+        assert failed_try.wait(10)
+        assert reader.poll(10_000)
+        for _ in range(sent):  # the reader drains: room comes as a command
+            assert reader.poll(10_000)
+            reader.recv()
+        for _ in range(100):  # each use may run the command: then it must tell the waiter
+            USES[use](publisher)
+            blocked.join(0.1)
+            if not blocked.is_alive():
+                break
+        assert outcome == ["sent"]
+        frames: list[bytes] = []  # tail markers may come first
+        while not frames or not frames[-1].endswith(b"last"):
+            assert len(frames) < 10 and reader.poll(10_000)
+            frames.append(reader.recv())
+    finally:
+        publisher.close()  # ends a wait that was never woken (Closed), so the thread ends
+        if blocked.ident is not None:
+            blocked.join()
+        reader.close(linger=0)
+        context.term()
