@@ -30,35 +30,53 @@ _POLLIN = int(zmq.POLLIN)
 
 
 class CloseAlarm:
-    """A descriptor that becomes readable when :meth:`ring` is called, and stays so.
+    """A descriptor that becomes readable when :meth:`ring` is called.
 
-    Rung once, from any thread, when the node closes; never drained, so a
-    poll that starts after the close returns at once too. The descriptors
-    are released when the alarm is collected: a thread polling it holds a
-    reference, so its number is never reused under a poll.
+    Rung once, from any thread, when the node closes. A poll takes the
+    descriptor with :meth:`hold` (None once rung: nothing to wait for) and
+    gives it back with :meth:`release`. Once rung and given back by every
+    poll, the descriptors are closed: a node that closes keeps none, and
+    no poll ever holds a number that was closed (and maybe reused). An
+    alarm never rung closes them when it is collected.
     """
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self._rung = False
+        self._holders = 0  # polls holding the descriptor now
         self._lock = threading.Lock()
-        weakref.finalize(self, _close_both, self._read, self._write)
+        self._release = weakref.finalize(self, _close_both, self._read, self._write)
 
-    def fileno(self) -> int:
-        return self._read
+    def hold(self) -> int | None:
+        """The descriptor to poll, open until :meth:`release`; None once rung."""
+        with self._lock:
+            if self._rung:
+                return None
+            self._holders += 1
+            return self._read
 
-    @property
-    def rung(self) -> bool:
-        return self._rung
+    def release(self) -> None:
+        """Give back what :meth:`hold` returned (a descriptor, not None)."""
+        with self._lock:
+            self._holders -= 1
+            if self._rung and not self._holders:
+                self._release()  # the last poll of a rung alarm is over
 
     def ring(self) -> None:
-        """Make the descriptor readable (once; later calls do nothing). Never blocks."""
+        """Make the descriptor readable (once; later calls do nothing). Never blocks.
+
+        The descriptors are closed now if no poll holds them, else by the
+        last :meth:`release`.
+        """
         with self._lock:
             if self._rung:
                 return
             self._rung = True
-            os.write(self._write, b"!")
+            if self._holders:
+                os.write(self._write, b"!")
+            else:
+                self._release()
 
 
 def _close_both(read: int, write: int) -> None:
@@ -86,25 +104,29 @@ def wait_any(
     if any([future.done() for future in futures]):
         return True
     while not any(future.ready for future in futures):
-        if alarm.rung:
+        ringing = alarm.hold()
+        if ringing is None:  # rung
             requester.close()
             raise Closed("node is closed")
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            return False
-        # Until a reply, the caller side's next expiry scan, or ``remaining``.
-        limit = requester.poll_limit(remaining)
-        if limit is None:  # nothing in flight here, no time limit: they are not ours
-            raise RuntimeError("wait_any: the futures are not in flight on this thread")
-        poller = zmq.Poller()
-        for sock in requester.sockets():
-            poller.register(sock, _POLLIN)
-        poller.register(alarm.fileno(), _POLLIN)
         try:
-            ready = dict(poller.poll(limit))
-        except zmq.ZMQError as exc:  # the context ended meanwhile
-            requester.close()
-            raise translate(exc, "wait for replies") from exc
-        ready.pop(alarm.fileno(), None)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            # Until a reply, the caller side's next expiry scan, or ``remaining``.
+            limit = requester.poll_limit(remaining)
+            if limit is None:  # nothing in flight here, no time limit: they are not ours
+                raise RuntimeError("wait_any: the futures are not in flight on this thread")
+            poller = zmq.Poller()
+            for sock in requester.sockets():
+                poller.register(sock, _POLLIN)
+            poller.register(ringing, _POLLIN)
+            try:
+                ready = dict(poller.poll(limit))
+            except zmq.ZMQError as exc:  # the context ended meanwhile
+                requester.close()
+                raise translate(exc, "wait for replies") from exc
+        finally:
+            alarm.release()
+        ready.pop(ringing, None)
         requester.handle(ready)
     return True

@@ -15,6 +15,7 @@ a node whose relay service takes requests and never answers.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -166,3 +167,56 @@ def test_wait_any_after_the_close_raises_closed(mesh: str) -> None:
     node.close()
     with pytest.raises(meshq.Closed):
         node.wait_any([], timeout=1)
+
+
+def open_pipes() -> set[tuple[int, str]]:
+    """This process's open pipe ends: (descriptor, "pipe:[inode]")."""
+    ends = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:  # the listing's own descriptor, closed since
+            continue
+        if target.startswith("pipe:"):
+            ends.add((int(name), target))
+    return ends
+
+
+def test_closing_a_node_releases_the_descriptors_wait_any_made(mesh: str) -> None:
+    node = meshq.Node("waiter", mesh=mesh, interfaces=LOOPBACK)
+    try:
+        before = open_pipes()
+        assert not node.wait_any([], timeout=0.01)  # makes the node's close alarm
+        alarm = open_pipes() - before
+        assert len(alarm) == 2  # its pipe's two ends
+        node.close()
+        assert not alarm & open_pipes()  # the node is still referenced: not by collection
+    finally:
+        node.close()
+
+
+@pytest.mark.usefixtures("hour_long_timers")
+def test_a_wait_any_under_way_gives_the_descriptors_back_as_the_close_ends_it(
+    mesh: str, stalled_relay: list[ReplyTo]
+) -> None:
+    with meshq.Node("caller", mesh=mesh, interfaces=LOOPBACK) as caller:
+        caller.wait_for_service(RELAY_SERVICE_PREFIX + "held/", timeout=JOIN)
+        before = open_pipes()
+
+        def wait() -> object:
+            future = caller.request_async(RELAY_SERVICE_PREFIX + "held/", "x", timeout=HOUR)
+            return caller.wait_any([future])
+
+        thread, outcome = run(wait)
+        wait_until_inside(thread, "wait_any")
+        deadline = time.monotonic() + JOIN
+        while not stalled_relay:  # the request is in flight: the wait polls the alarm
+            assert time.monotonic() < deadline, "the request never reached the stalled relay"
+            time.sleep(0.01)
+        alarm = open_pipes() - before
+        assert len(alarm) == 2
+        caller.close()
+        thread.join(JOIN)
+        assert not thread.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], meshq.Closed)
+        assert not alarm & open_pipes()
