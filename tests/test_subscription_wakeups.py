@@ -11,9 +11,11 @@ cannot forge one), and that close() after a timeout releases the socket.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import shutil
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,40 @@ def curves(root: Path) -> tuple[meshq.Curve, meshq.Curve, str]:
     return first, second, "#" + load_public_key(public["a"]).decode()
 
 
+@contextlib.contextmanager
+def blocked_reader(
+    node: meshq.Node, prefix: str, read: Callable[[meshq.Subscription], None]
+) -> Iterator[threading.Thread]:
+    """Run ``read`` on a thread of its own, with its subscription of ``node`` to ``prefix``.
+
+    Yields the thread once it subscribed (``read`` is about to block in
+    recv); joins it on the way out.
+    """
+    subscribed = threading.Event()
+
+    def main() -> None:
+        with node.subscribe(prefix) as sub:
+            subscribed.set()
+            read(sub)
+
+    thread = threading.Thread(target=main, name="blocked-reader")
+    thread.start()
+    try:
+        assert subscribed.wait(WAIT)
+        yield thread
+    finally:
+        thread.join(WAIT)
+
+
+def late_node(
+    name: str, mesh: str, seeds: Sequence[str], security: meshq.Curve | None = None
+) -> meshq.Node:
+    """A node that joins through ``seeds`` (control endpoints), no discovery."""
+    return meshq.Node(
+        name, mesh=mesh, interfaces=LOOPBACK, discovery=False, seeds=seeds, security=security
+    )
+
+
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "curve"])
 def test_a_reader_blocked_in_recv_connects_to_a_publisher_that_joins_later(
     mesh: str, secure: bool, tmp_path: Path
@@ -45,78 +81,51 @@ def test_a_reader_blocked_in_recv_connects_to_a_publisher_that_joins_later(
     """The late publisher counts the subscription only once its blocked owner connected."""
     early_curve, late_curve, key = curves(tmp_path) if secure else (None, None, "")
     outcome: list[object] = []
-    subscribed = threading.Event()
-    with meshq.Node(
-        "early", mesh=mesh, interfaces=LOOPBACK, discovery=False, security=early_curve
-    ) as early:
 
-        def reader() -> None:
-            try:
-                with early.subscribe("late/") as sub:
-                    subscribed.set()
-                    outcome.append(sub.recv(timeout=2 * WAIT))  # blocked while "late" starts
-                    outcome.append((sub.dropped, sub.gaps))
-            except meshq.MeshqError as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=reader, name="blocked-reader")
-        thread.start()
+    def read(sub: meshq.Subscription) -> None:
         try:
-            assert subscribed.wait(WAIT)
-            with meshq.Node(
-                "late",
-                mesh=mesh,
-                interfaces=LOOPBACK,
-                discovery=False,
-                seeds=[early.control_endpoints[0] + key],
-                security=late_curve,
-            ) as late:
-                # Only the reader's thread may connect its socket: this
-                # returns once the wake-up reached it inside recv().
-                assert late.wait_for_subscribers("late/x", 1, timeout=WAIT) == 1
-                late.publish("late/x", b"hello")
-                thread.join(WAIT)
-                assert not thread.is_alive()
-                message = outcome[0]
-                assert isinstance(message, meshq.Message), outcome
-                assert message.data == b"hello" and message.sender == late.id
-                assert outcome[1] == (0, 0)  # wake-ups are not drops or gaps
-        finally:
-            thread.join(WAIT)
+            outcome.append(sub.recv(timeout=2 * WAIT))  # blocked while "late" starts
+            outcome.append((sub.dropped, sub.gaps))
+        except meshq.MeshqError as exc:
+            outcome.append(exc)
+
+    with (
+        meshq.Node(
+            "early", mesh=mesh, interfaces=LOOPBACK, discovery=False, security=early_curve
+        ) as early,
+        blocked_reader(early, "late/", read) as thread,
+        late_node("late", mesh, [early.control_endpoints[0] + key], late_curve) as late,
+    ):
+        # Only the reader's thread may connect its socket: this
+        # returns once the wake-up reached it inside recv().
+        assert late.wait_for_subscribers("late/x", 1, timeout=WAIT) == 1
+        late.publish("late/x", b"hello")
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        message = outcome[0]
+        assert isinstance(message, meshq.Message), outcome
+        assert message.data == b"hello" and message.sender == late.id
+        assert outcome[1] == (0, 0)  # wake-ups are not drops or gaps
 
 
 def test_a_blocked_reader_hears_of_every_change_not_just_the_first(mesh: str) -> None:
     """One wake-up unread at a time: each one read lets the next one through."""
     heard: queue.Queue[object] = queue.Queue()
-    subscribed = threading.Event()
-    with meshq.Node("hub", mesh=mesh, interfaces=LOOPBACK, discovery=False) as hub:
 
-        def reader() -> None:
-            with hub.subscribe("many/") as sub:
-                subscribed.set()
-                try:
-                    for _ in range(3):
-                        heard.put(sub.recv(timeout=2 * WAIT).sender)
-                except meshq.MeshqError as exc:
-                    heard.put(exc)
-
-        thread = threading.Thread(target=reader, name="blocked-reader")
-        thread.start()
+    def read(sub: meshq.Subscription) -> None:
         try:
-            assert subscribed.wait(WAIT)
+            for _ in range(3):
+                heard.put(sub.recv(timeout=2 * WAIT).sender)
+        except meshq.MeshqError as exc:
+            heard.put(exc)
+
+    with meshq.Node("hub", mesh=mesh, interfaces=LOOPBACK, discovery=False) as hub:
+        with blocked_reader(hub, "many/", read) as thread:
             for index in range(3):  # each joins (and leaves) while the reader is blocked
-                with meshq.Node(
-                    f"late-{index}",
-                    mesh=mesh,
-                    interfaces=LOOPBACK,
-                    discovery=False,
-                    seeds=hub.control_endpoints,
-                ) as late:
+                with late_node(f"late-{index}", mesh, hub.control_endpoints) as late:
                     assert late.wait_for_subscribers("many/x", 1, timeout=WAIT) == 1
                     late.publish("many/x", b"hello")
                     assert heard.get(timeout=WAIT) == late.id
-        finally:
-            thread.join(WAIT)
         assert not thread.is_alive()
 
 
