@@ -6,6 +6,7 @@ deleted, also when a test fails (use the context managers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,25 @@ def agent_argv(name: str, mesh: str, interface: str | None, *extra: str) -> list
     """An agent's command line; ``interface`` None leaves the node its default interfaces."""
     chosen = ["--interface", interface] if interface is not None else []
     return [sys.executable, AGENT, "--name", name, "--mesh", mesh, *chosen, *extra]
+
+
+@contextlib.contextmanager
+def python_child(source: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -c source args``, its stdout and stderr piped (text); ended by its
+    PID on the way out if it still runs. Its stdout is never None."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", source, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
 
 
 def can_make_namespaces() -> bool:

@@ -11,13 +11,13 @@ Node`` blocks around the wait must then close, so the process ends.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.harness import python_child
 
 #: The child's exit code once KeyboardInterrupt reached it and its nodes closed.
 INTERRUPTED = 42
@@ -76,21 +76,10 @@ def asleep_in_poll(pid: int) -> bool:
 
 @pytest.mark.parametrize("what", ["recv", "result", "wait_any"])
 def test_ctrl_c_ends_a_wait_without_timeout_inside_libzmq(mesh: str, what: str) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, mesh, what],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == "waiting\n"
+    with python_child(CHILD, mesh, what) as child:
+        assert child.stdout is not None and child.stdout.readline() == "waiting\n"
         wait_until_asleep_in_poll(child.pid)
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=30)
         assert (child.returncode, out) == (INTERRUPTED, "interrupted True True\n"), err
         assert "Traceback" not in err
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()

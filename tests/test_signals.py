@@ -9,14 +9,13 @@ reason "timeout").
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 
 import pytest
 
 import meshq
+from tests.harness import python_child
 
 LOOPBACK = ["127.0.0.1"]
 
@@ -35,34 +34,25 @@ SERVER = textwrap.dedent(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_run_returns_on_a_signal_and_the_peer_sees_a_goodbye(mesh: str, signum: int) -> None:
-    with meshq.Node("watcher", mesh=mesh, interfaces=LOOPBACK) as watcher:
-        server = subprocess.Popen(
-            [sys.executable, "-c", SERVER, mesh],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    with (
+        meshq.Node("watcher", mesh=mesh, interfaces=LOOPBACK) as watcher,
+        python_child(SERVER, mesh) as server,
+    ):
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        watcher.wait_for_peers(1, timeout=20)
+        server.send_signal(signum)
+        reason = next(
+            (
+                event.reason
+                for event in watcher.events(timeout=20)
+                if event.kind is meshq.EventKind.LEFT and event.peer.name == "server"
+            ),
+            None,
         )
-        try:
-            assert server.stdout is not None
-            assert server.stdout.readline() == "ready\n"
-            watcher.wait_for_peers(1, timeout=20)
-            server.send_signal(signum)
-            reason = next(
-                (
-                    event.reason
-                    for event in watcher.events(timeout=20)
-                    if event.kind is meshq.EventKind.LEFT and event.peer.name == "server"
-                ),
-                None,
-            )
-            assert reason == "bye"  # not "timeout", gone_after later
-            out, err = server.communicate(timeout=20)
-            assert server.returncode == 0, err
-            assert out == "run returned\n"
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.communicate()
+        assert reason == "bye"  # not "timeout", gone_after later
+        out, err = server.communicate(timeout=20)
+        assert server.returncode == 0, err
+        assert out == "run returned\n"
 
 
 def test_run_puts_back_the_sigterm_handler_it_found(mesh: str) -> None:
