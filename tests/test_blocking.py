@@ -89,6 +89,23 @@ def fill(node: meshq.Node, topic: str) -> int:
     raise AssertionError("the subscriber never filled up")
 
 
+def publishing_last(
+    publish_blocking: Callable[..., None], outcome: list[object]
+) -> threading.Thread:
+    """A thread (not started) that publishes b"last" on slow/t through ``publish_blocking``
+    (a node's or a PublishSocket's) with no deadline; ``outcome`` gets "sent" or
+    what it raised."""
+
+    def main() -> None:
+        try:
+            publish_blocking("slow/t", b"last", timeout=None)  # no deadline to wake it
+            outcome.append("sent")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    return threading.Thread(target=main)
+
+
 async def fill_async(node: meshq.AsyncNode, topic: str) -> int:
     """:func:`fill` for an AsyncNode."""
     for sent in range(MAX_SENDS):
@@ -107,15 +124,7 @@ def test_a_blocked_publisher_resumes_when_the_subscriber_reads(
     subscription, sent = stall(pub, sub)  # this thread's subscription, not read yet
     tries = count_tries(pub.runtime.publisher)
     outcome: list[object] = []
-
-    def publish_last() -> None:
-        try:
-            pub.publish_blocking("slow/t", b"last", timeout=None)  # no deadline to wake it
-            outcome.append("sent")
-        except BaseException as exc:
-            outcome.append(exc)
-
-    blocked = threading.Thread(target=publish_last)
+    blocked = publishing_last(pub.publish_blocking, outcome)
     blocked.start()
     try:
         blocked.join(0.3)
@@ -296,15 +305,7 @@ def test_news_of_room_taken_by_another_topics_publisher_reaches_the_waiter(
             flooded += 1
 
     outcome: list[object] = []
-
-    def publish_last() -> None:
-        try:
-            pub.publish_blocking("slow/t", b"last", timeout=None)
-            outcome.append("sent")
-        except BaseException as exc:
-            outcome.append(exc)
-
-    threads = [threading.Thread(target=flood), threading.Thread(target=publish_last)]
+    threads = [threading.Thread(target=flood), publishing_last(pub.publish_blocking, outcome)]
     for thread in threads:
         thread.start()
     try:
@@ -366,14 +367,7 @@ def test_every_use_of_the_nodrop_socket_hands_news_of_room_on(
             failed_try.set()  # registered as waiting, in the same locked step
         return sent
 
-    def publish_last() -> None:
-        try:
-            publisher.publish_blocking("slow/t", b"last", timeout=None)
-            outcome.append("sent")
-        except BaseException as exc:
-            outcome.append(exc)
-
-    blocked = threading.Thread(target=publish_last)
+    blocked = publishing_last(publisher.publish_blocking, outcome)
     try:
         for topic in ("slow/t", "free/t"):
             publisher.declare_blocking(topic)
