@@ -343,6 +343,7 @@ _PAYLOAD_START = 1 + DATA_HEADER_BYTES  # from the topic's NUL
 _ENTRY_LENGTH = struct.Struct(">I").unpack_from  # a batch entry's length
 _NO_FLAGS = b"\0"  # the flags byte of a one-message frame of raw bytes
 _LAST_SEQ = 2**64 - 1  # the largest sequence number a frame can carry
+_new_message = object.__new__  # a Message whose fields recv sets (see Subscription._expect)
 _GAP_LOG = 100
 
 
@@ -579,6 +580,9 @@ class Subscription(Inbox):
         self._stream_least = 0
         self._stream_most = 0
         self._expect_seq = 0
+        # The expected frame's Message, made before the wait with its topic
+        # end and sequence number (see _expect); None once handed out.
+        self._ready: Message | None = None
         directory.watch(self)
         own(self)
         self._links.sync()
@@ -630,9 +634,13 @@ class Subscription(Inbox):
             and frame.startswith(expect)
             and self._stream_least <= len(frame) <= self._stream_most
         ):
-            seq = self._expect_seq
-            self._last_seq[self._stream] = seq
-            return Message(frame, self._stream_end, seq, frame[self._stream_least :])
+            self._last_seq[self._stream] = self._expect_seq
+            message = self._ready
+            assert message is not None  # made with expect
+            self._ready = None
+            message._frame = frame
+            message.data = frame[self._stream_least :]
+            return message
         message = self._take(frame)
         if message is not None:
             self._taken = message
@@ -667,8 +675,15 @@ class Subscription(Inbox):
         last = self._last_seq.get(self._stream)
         if last is None or last >= _LAST_SEQ:  # forgotten (_MAX_STREAMS), or no next one
             return None
-        self._expect_seq = last + 1
-        return self._stream + _NO_FLAGS + self._expect_seq.to_bytes(8, "big")
+        self._expect_seq = seq = last + 1
+        # Its Message too, less its frame and payload: a Message() call after
+        # the wait costs a few microseconds more (its __init__ is Python).
+        ready = self._ready
+        if ready is None:
+            ready = self._ready = _new_message(Message)
+        ready._topic_end = self._stream_end
+        ready.seq = seq
+        return self._stream + _NO_FLAGS + seq.to_bytes(8, "big")
 
     def _set_timeout(self, timeout: float | None) -> None:
         self._timeout = timeout
