@@ -21,6 +21,8 @@ class Message:
     sequence number. ``topic``, ``sender`` and ``timestamp`` are read from
     the frame when asked for: a subscriber makes one of these per message,
     so each field it does not set is time saved on the hot path.
+    Subscription.recv also makes them without ``__init__`` (its expected
+    frame, meshq/subscription.py): a new field must be set there too.
     """
 
     __slots__ = ("_frame", "_topic_end", "data", "seq")

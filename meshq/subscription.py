@@ -341,6 +341,9 @@ assert struct.calcsize(f">B{NODE_ID_BYTES}xBQ8x") == DATA_HEADER_BYTES
 _STREAM_END = 2 + NODE_ID_BYTES  # a stream key ends after the sender id
 _PAYLOAD_START = 1 + DATA_HEADER_BYTES  # from the topic's NUL
 _ENTRY_LENGTH = struct.Struct(">I").unpack_from  # a batch entry's length
+_NO_FLAGS = b"\0"  # the flags byte of a one-message frame of raw bytes
+_LAST_SEQ = 2**64 - 1  # the largest sequence number a frame can carry
+_new_message = object.__new__  # a Message whose fields recv sets (see Subscription._expect)
 _GAP_LOG = 100
 
 
@@ -567,6 +570,19 @@ class Subscription(Inbox):
         # NaN (unequal to every timeout) when set for a remainder (_recv_slow).
         self._rcvtimeo = -1
         self._timeout: float | None = None
+        # The expected frame (see recv): a message that _take returned, whose
+        # stream is followed next; that stream's key in _last_seq, where its
+        # topic ends, the length range of its frames that _take accepts, and
+        # the sequence number the next frame must carry.
+        self._taken: Message | None = None
+        self._stream = b""
+        self._stream_end = 0
+        self._stream_least = 0
+        self._stream_most = 0
+        self._expect_seq = 0
+        # The expected frame's Message, made before the wait with its topic
+        # end and sequence number (see _expect); None once handed out.
+        self._ready: Message | None = None
         directory.watch(self)
         own(self)
         self._links.sync()
@@ -603,15 +619,71 @@ class Subscription(Inbox):
         # news of publishers (and of the close) ends that wait (see News).
         if timeout != self._timeout:
             self._set_timeout(timeout)
+        expect = self._expect()
         start = None if timeout is None else time.monotonic()
         try:
             frame = self._recv()
         except zmq.ZMQError:  # zmq.Again: the time passed; or a failure
             return self._recv_slow(timeout, start)
+        # What _take would do with the expected frame, in as few steps as
+        # can be: each one costs microseconds when the thread has just woken
+        # and its caches are cold, which is the case of every message at a
+        # low rate (bench/README.md, one-way latency).
+        if (
+            expect is not None
+            and frame.startswith(expect)
+            and self._stream_least <= len(frame) <= self._stream_most
+        ):
+            self._last_seq[self._stream] = self._expect_seq
+            message = self._ready
+            assert message is not None  # made with expect
+            self._ready = None
+            message._frame = frame
+            message.data = frame[self._stream_least :]
+            return message
         message = self._take(frame)
         if message is not None:
+            self._taken = message
             return message
         return self._recv_slow(timeout, start)
+
+    def _expect(self) -> bytes | None:
+        """What the next frame starts with if it is the next message of the stream followed.
+
+        That is, a one-message frame of raw bytes, of the protocol's version,
+        from the publisher and on the topic of the last message taken from
+        such a frame, whose sequence number follows the last one seen of that
+        stream: the frame _take would turn into a Message with no gap. Its
+        header up to the sequence number, or None if no stream is followed.
+        Made before the wait, so that what comes after it is short.
+        """
+        taken = self._taken
+        if taken is not None:  # _take returned it: follow its stream if it fits
+            self._taken = None
+            frame, end = taken._frame, taken._topic_end
+            try:
+                version, flags, _ = _FAST_HEAD(frame, end + 1)
+            except struct.error:
+                version = flags = -1
+            if version == PROTOCOL_VERSION and not flags and type(taken.data) is bytes:
+                self._stream = frame[: end + _STREAM_END]
+                self._stream_end = end
+                self._stream_least = end + _PAYLOAD_START
+                self._stream_most = end + self._most
+        if not self._stream:
+            return None
+        last = self._last_seq.get(self._stream)
+        if last is None or last >= _LAST_SEQ:  # forgotten (_MAX_STREAMS), or no next one
+            return None
+        self._expect_seq = seq = last + 1
+        # Its Message too, less its frame and payload: a Message() call after
+        # the wait costs a few microseconds more (its __init__ is Python).
+        ready = self._ready
+        if ready is None:
+            ready = self._ready = _new_message(Message)
+        ready._topic_end = self._stream_end
+        ready.seq = seq
+        return self._stream + _NO_FLAGS + seq.to_bytes(8, "big")
 
     def _set_timeout(self, timeout: float | None) -> None:
         self._timeout = timeout
