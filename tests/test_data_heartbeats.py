@@ -1,7 +1,8 @@
 """ZMTP heartbeats on data connections: a peer that froze is dropped on both sides.
 
-Only the listening side of a data connection (publisher XPUB, service
-ROUTER) sends ZMTP PINGs (PROTOCOL.md 4.3). These tests freeze the process
+The listening side of a data connection (publisher XPUB, service ROUTER)
+sends ZMTP PINGs every heartbeat_interval, the connecting side (SUB, caller
+DEALER) only every gone_after (PROTOCOL.md 4.3). These tests freeze the process
 at the other end with SIGSTOP, so that its TCP connection stays open (its
 kernel still acknowledges) while nothing answers, and wait for our socket's
 monitor to report the connection dropped, then, after SIGCONT, made again:
