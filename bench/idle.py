@@ -22,6 +22,11 @@ control loop's wake-ups per second and the CPU cost per heartbeat (a
 process's CPU time divided by the PINGs it sent and received: an upper
 bound, as it includes everything else the process did).
 
+``--subscribe``: each meshq node also holds one subscription, whose SUB
+connects to every other node's XPUB: 2 x peers idle data connections per
+node, each with its ZMTP heartbeats (PROTOCOL.md 4.3). The raw processes
+hold only their ROUTER/DEALER links, as without it.
+
 ``--coalesce S`` sets meshq's ControlLoop.coalesce: after heartbeats woke
 it, the control loop reads the ROUTER again only S seconds later (0: every
 message as it comes), to see what reading heartbeats in batches per
@@ -68,7 +73,9 @@ def _say(**fields: Any) -> None:
     sys.stdout.flush()
 
 
-def child_meshq(index: int, mesh: str, seed: str, peers: int, coalesce: float) -> None:
+def child_meshq(
+    index: int, mesh: str, seed: str, peers: int, coalesce: float, subscribe: bool = False
+) -> None:
     import meshq
 
     if coalesce >= 0:  # else the library's default
@@ -84,6 +91,13 @@ def child_meshq(index: int, mesh: str, seed: str, peers: int, coalesce: float) -
     ) as node:
         _say(event="endpoint", endpoint=node.control_endpoints[0])
         node.wait_for_peers(peers, timeout=SETUP_TIMEOUT)
+        if subscribe:
+            subscription = node.subscribe("idle/")
+            try:  # its first call connects it to every peer's publisher
+                subscription.recv(timeout=0.1)
+            except meshq.Timeout:
+                pass  # nobody publishes: only the links are wanted
+            node.wait_for_subscribers("idle/x", peers + 1, timeout=SETUP_TIMEOUT)  # ours counts
         _say(event="ready")
         sys.stdin.readline()  # "measure": take the loop's counters now
         # (None with a meshq from before the deadline-driven loop: --before.)
@@ -253,19 +267,25 @@ class Child:
 
 
 def run_once(
-    system: str, peers: int, duration: float, coalesce: float, settle: float = SETTLE
+    system: str,
+    peers: int,
+    duration: float,
+    coalesce: float,
+    settle: float = SETTLE,
+    subscribe: bool = False,
 ) -> dict[str, Any]:
     """One mesh of ``peers + 1`` processes: CPU % per process, and the meshq counters."""
     children: list[Child] = []
     try:
         if system == "meshq":
             mesh = f"idle-{secrets.token_hex(4)}"
-            first = Child(["--child", "meshq", "0", mesh, "", str(peers), str(coalesce)])
+            extra = ["subscribe"] if subscribe else []
+            first = Child(["--child", "meshq", "0", mesh, "", str(peers), str(coalesce), *extra])
             children.append(first)
             seed = first.expect("endpoint")["endpoint"]
             for index in range(1, peers + 1):
                 argv = ["--child", "meshq", str(index), mesh, seed, str(peers), str(coalesce)]
-                children.append(Child(argv))
+                children.append(Child([*argv, *extra]))
             for child in children[1:]:
                 child.expect("endpoint")
         else:
@@ -321,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--coalesce", type=float, default=-1.0, help="ControlLoop.coalesce, s (default: as shipped)"
     )
+    parser.add_argument(
+        "--subscribe", action="store_true", help="each meshq node holds one subscription"
+    )
     parser.add_argument("--quick", action="store_true", help="1 and 7 peers, 2 runs of 3 s")
     parser.add_argument(
         "--no-cost", action="store_true", help="skip the cost of one heartbeat (older meshq)"
@@ -330,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         role, *rest = args.child
         if role == "meshq":
-            index, mesh, seed, peers, coalesce = rest
-            child_meshq(int(index), mesh, seed, int(peers), float(coalesce))
+            index, mesh, seed, peers, coalesce, *flags = rest
+            child_meshq(int(index), mesh, seed, int(peers), float(coalesce), "subscribe" in flags)
         else:
             child_raw(int(rest[0]))
         return 0
@@ -355,7 +378,16 @@ def main(argv: list[str] | None = None) -> int:
             systems = ["meshq", "raw"] if repeat % 2 == 0 else ["raw", "meshq"]
             for system in systems:
                 try:
-                    runs.append(run_once(system, peers, args.duration, args.coalesce, args.settle))
+                    runs.append(
+                        run_once(
+                            system,
+                            peers,
+                            args.duration,
+                            args.coalesce,
+                            args.settle,
+                            args.subscribe,
+                        )
+                    )
                 except Exception as exc:  # one failed run is reported, the rest go on
                     failures.append(f"{system} with {peers} peers: {exc}")
     print(
@@ -400,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration": args.duration,
         "settle": args.settle,
         "coalesce": args.coalesce,
+        "subscribe": args.subscribe,
         "heartbeat_cost": cost,
         "table": table,
         "runs": runs,

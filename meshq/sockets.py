@@ -158,8 +158,9 @@ class SocketFactory:
     ) -> S:
         """A new socket of ``socket_type`` with the common options set.
 
-        ``heartbeats=False`` leaves out ZMTP heartbeats: for the control
-        sockets, whose own PINGs (and remade links) do their job.
+        ZMTP heartbeats come mostly from the listening side of each
+        connection (see below); ``heartbeats=False`` leaves them out: for
+        the control sockets, whose own PINGs (and remade links) do their job.
 
         Raises meshq.TransportError if the process cannot open another socket,
         meshq.Closed once the node's context is gone.
@@ -177,12 +178,27 @@ class SocketFactory:
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes or config.max_message_bytes)
         # ZMTP heartbeats drop a TCP connection whose peer vanished (a cable
         # pulled, a host frozen) so ZeroMQ reconnects instead of waiting on
-        # TCP retransmission timeouts that last minutes.
+        # TCP retransmission timeouts that last minutes. The listening side
+        # sends a PING every heartbeat_interval and drops a connection whose
+        # PONGs stop for gone_after; the TTL each PING carries makes the
+        # connecting side drop one that brought nothing for gone_after
+        # (libzmq re-arms that timer on every PING it receives). The
+        # connecting side's own PINGs, every gone_after only, cover a peer
+        # that vanished before its first PING armed that timer (their
+        # PONGs time out after gone_after as well). An idle data
+        # connection carries about 2.3 ZMTP commands per heartbeat_interval
+        # instead of 4 (PROTOCOL.md 4.3).
         heartbeat_ms = int(config.heartbeat_interval * 1000)
         if heartbeats:
-            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(config.gone_after * 1000))
-            sock.setsockopt(zmq.HEARTBEAT_TTL, int(config.gone_after * 1000))
+            gone_ms = int(config.gone_after * 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, gone_ms)
+            if socket_type in _SERVER_TYPES:  # listening
+                sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+                sock.setsockopt(zmq.HEARTBEAT_TTL, gone_ms)
+            else:
+                # No TTL in these PINGs: a remote side that sends no PINGs of
+                # its own would hear nothing else from us for gone_after.
+                sock.setsockopt(zmq.HEARTBEAT_IVL, gone_ms)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, heartbeat_ms)
         # A connect whose SYN a busy peer dropped (its listen queue full)
