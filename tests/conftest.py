@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,19 @@ import pytest
 import meshq
 from tests.harness import Agent, Lan, can_make_namespaces
 from tests.natscluster import NatsCluster, find_nats_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the test run, and so the children it starts, Ctrl-C as a terminal has it.
+
+    A shell without job control starts background commands with SIGINT
+    ignored, and an ignored signal stays ignored across exec: every child
+    would then shrug off the real SIGINTs that tests send (node.run(), the
+    CLI, Ctrl-C in a blocked wait). A handler, unlike SIG_IGN, is reset to
+    the default at exec, so the children start as from a terminal.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
