@@ -164,6 +164,9 @@ class ControlLoop:
         self._tails_live = False
         directories = self.protocol.directories()
         state.set_directories(directories.publishers, directories.providers)
+        # Liveness and round trips: read from the protocol's table when asked,
+        # not handed over per heartbeat (Heard actions need no work here).
+        state.follow_liveness(*self.protocol.liveness())
 
     def _watch_publisher(self) -> None:
         # The publish sockets belong to API threads (under their lock); their
@@ -308,49 +311,45 @@ class ControlLoop:
         recv, protocol = self._router.recv, self.protocol
         lively = protocol.signs_of_life
         count = 0
-        try:
-            while count < _MAX_BATCH:
-                # Read until the ROUTER is empty: one zmq.Again at the end costs
-                # less than asking ZMQ_EVENTS before every message, and rearms
-                # its descriptor (see __init__).
+        while count < _MAX_BATCH:
+            # Read until the ROUTER is empty: one zmq.Again at the end costs
+            # less than asking ZMQ_EVENTS before every message, and rearms
+            # its descriptor (see __init__).
+            try:
+                routing = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return count if protocol.signs_of_life - lively == count else 0
+            count += 1
+            # A ROUTER hands out whole messages: the rest is there already.
+            last = recv(zmq.NOBLOCK, copy=False)
+            body = last.bytes
+            proven = b""
+            if secure:
+                # The key the sender proved in its CURVE handshake, as our
+                # ZAP handler admitted it (its User-Id).
                 try:
-                    routing = recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    return count if protocol.signs_of_life - lively == count else 0
-                count += 1
-                # A ROUTER hands out whole messages: the rest is there already.
-                last = recv(zmq.NOBLOCK, copy=False)
-                body = last.bytes
-                proven = b""
-                if secure:
-                    # The key the sender proved in its CURVE handshake, as our
-                    # ZAP handler admitted it (its User-Id).
-                    try:
-                        proven = last.get("User-Id").encode()
-                    except zmq.ZMQError:
-                        proven = b""  # no ZAP verdict on this message: a HELLO is refused
-                when = time.monotonic() if read_at is None else read_at
-                try:
-                    if not last.more and body[:4] == PING_HEAD:
-                        # A heartbeat, the common case: the protocol keeps what
-                        # the state must learn for one hand-over at the end.
-                        actions = protocol.on_heartbeat(routing, body, when, proven)
-                        if actions is None:
-                            continue
-                    else:
-                        actions = self._other(routing, last, body, when, proven)
-                    self._hand_heard()
-                    self._execute(actions)
-                except Exception:  # a bug must not make the node deaf to everyone else
-                    self._state.count("internal_errors")
-                    self._internal_log.warning(
-                        "control message from %s could not be handled",
-                        routing[:16].hex(),
-                        exc_info=True,
-                    )
-            return -1
-        finally:
-            self._hand_heard()
+                    proven = last.get("User-Id").encode()
+                except zmq.ZMQError:
+                    proven = b""  # no ZAP verdict on this message: a HELLO is refused
+            when = time.monotonic() if read_at is None else read_at
+            try:
+                if not last.more and body[:4] == PING_HEAD:
+                    # A heartbeat, the common case: None when it changed
+                    # nothing that the state must be told of.
+                    actions = protocol.on_heartbeat(routing, body, when, proven)
+                    if actions is None:
+                        continue
+                else:
+                    actions = self._other(routing, last, body, when, proven)
+                self._execute(actions)
+            except Exception:  # a bug must not make the node deaf to everyone else
+                self._state.count("internal_errors")
+                self._internal_log.warning(
+                    "control message from %s could not be handled",
+                    routing[:16].hex(),
+                    exc_info=True,
+                )
+        return -1
 
     def _other(
         self, routing: bytes, last: zmq.Frame, body: bytes, when: float, proven: bytes
@@ -370,18 +369,12 @@ class ControlLoop:
         source = address if isinstance(address, str) and address else None
         return self.protocol.on_frames(frames, when, proven, source)
 
-    def _hand_heard(self) -> None:
-        """Tell the node's state of the peers heard from since the last hand-over."""
-        heard = self.protocol.take_heard()
-        if heard:
-            self._state.heard_all(heard)
-
     def _execute(self, actions: list[Action]) -> None:
         state = self._state
         for action in actions:
             if type(action) is Heard:
-                state.heard(action.peer_id, action.when, action.rtt)
-            elif isinstance(action, SendEach):
+                continue  # the state reads it from the protocol (follow_liveness)
+            if isinstance(action, SendEach):
                 self._send_each(action.messages)
             elif isinstance(action, Send):
                 for endpoint in action.endpoints:
