@@ -504,9 +504,10 @@ class ControlProtocol:
     def _learn_gossip(self, hello: Hello, now: float) -> bool:
         """Give the dialer the gossiped nodes we do not have; True if it took any."""
         local = self.local
+        known = self._table.ids()  # a lookup in C per entry: every peer's HELLO, every round
         added = False
         for gossip_id, endpoints in hello.peers:
-            if gossip_id != local.node_id and gossip_id not in self._table:
+            if gossip_id not in known and gossip_id != local.node_id:
                 ranked = rank_endpoints(
                     endpoints, self._networks, own=self._own, exclude=local.control
                 )

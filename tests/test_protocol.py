@@ -299,6 +299,33 @@ def test_a_silent_peer_is_suspect_then_gone_at_its_deadlines(batched: bool) -> N
     assert a.events[-1].reason == "timeout"
 
 
+def test_each_heartbeat_round_goes_to_the_peers_and_links_of_its_moment() -> None:
+    """The round is kept from one heartbeat to the next: a peer that leaves, or a
+    link that is remade, must show in the next round all the same."""
+    net = Net()
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    net.find(a, b)
+    net.find(a, c)
+    net.advance(0.5)  # a first round, to both
+
+    def pinged(since: int) -> set[str]:
+        return {e for s, e, frame in net.tried[since:] if s == "a" and frame[:4] == PING_HEAD}
+
+    bye = [routing_id(c.node_id, 1), encode_control(Bye(c.node_id))]
+    net.run(a, a.protocol.on_frames(bye, net.now))
+    start = len(net.tried)
+    net.advance(1.0)
+    assert pinged(start) == {b.endpoint}
+    # The link to b is remade (its handshake failed): the next round's PING
+    # makes it anew, and the protocol knows it has it.
+    net.run(a, a.protocol.on_redial(b.endpoint))
+    assert b.endpoint not in a.protocol.goodbye()[0]
+    start = len(net.tried)
+    net.advance(1.5)
+    assert pinged(start) == {b.endpoint}
+    assert b.endpoint in a.protocol.goodbye()[0]
+
+
 def test_gossip_brings_two_nodes_that_never_met_together() -> None:
     net = Net()
     a, b, c = net.add("a"), net.add("b"), net.add("c")
