@@ -4,7 +4,9 @@ Each part is a named object with the Condition its waiters block on, so
 that no API call polls:
 
 * peers: the snapshot ``peers()`` returns, the queue ``events()`` reads,
-  and the registered callbacks (``peers_changed``);
+  and the registered callbacks (``peers_changed``); when each peer was
+  last heard and its round trip come from the control protocol's live,
+  read-only views (``follow_liveness``), not from a copy per heartbeat;
 * stats: the counters ``stats()`` returns (a plain lock: nobody waits);
 * directories: where publishers listen (subscriptions watch it) and who
   offers which service (``providers_changed``, for ``wait_for_service``);
