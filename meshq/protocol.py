@@ -61,9 +61,9 @@ from .wire import (
     Ping,
     decode_control,
     decode_echo,
-    decode_echo_ping,
     encode_control,
     encode_echo_ping,
+    unpack_echo_ping,
 )
 
 __all__ = [
@@ -256,7 +256,7 @@ class ControlProtocol:
                     return None
             else:
                 # An echo PING (16.4): time its echo; keep its sent for our next PING.
-                sent, echo, held = decode_echo_ping(body)
+                _, sent, echo, held = unpack_echo_ping(body)
                 rtt = None
                 if echo:
                     rtt = now - echo / 1e9 - held / 1e6

@@ -48,7 +48,7 @@ __all__ = [
     "NODE_ID_BYTES",
     "PING_HEAD",
     "decode_echo",
-    "decode_echo_ping",
+    "unpack_echo_ping",
     "encode_echo_ping",
     "ROUTING_ID_BYTES",
     "routing_id",
@@ -106,6 +106,10 @@ _ECHO_PING = struct.Struct(">4sQQI")  # PING_HEAD, then the echo body
 ECHO_BODY_BYTES: Final = _ECHO_BODY.size
 #: Bytes of a whole echo PING frame: PING_HEAD and the echo body.
 ECHO_PING_BYTES: Final = _ECHO_PING.size
+#: (head, sent, echo, held) of a whole echo PING frame (16.4), whose length
+#: the caller checked: decode_echo without a slice or a Python call, for
+#: the control loop's heartbeats. struct.error on any other length.
+unpack_echo_ping: Final = _ECHO_PING.unpack
 _MAX_HELD = 2**32 - 1
 #: The 4 bytes every PING starts with; a PING is these alone or with an echo body.
 PING_HEAD: Final = _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_PING)
@@ -240,13 +244,6 @@ def encode_echo_ping(sent: int, echo: int, held: int) -> bytes:
     if not 0 <= held <= _MAX_HELD:
         held = 0 if held < 0 else _MAX_HELD
     return _ECHO_PING.pack(PING_HEAD, sent, echo, held)
-
-
-def decode_echo_ping(frame: bytes) -> tuple[int, int, int]:
-    """(sent, echo, held) of a whole echo PING frame (16.4), head included; the
-    caller checked its head and its length (``ECHO_PING_BYTES``)."""
-    sent, echo, held = _ECHO_BODY.unpack_from(frame, 4)
-    return sent, echo, held
 
 
 def decode_echo(body: bytes) -> tuple[int, int, int]:
