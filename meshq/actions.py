@@ -86,7 +86,11 @@ class Directories:
 
 @dataclass(frozen=True)
 class Heard:
-    """A peer (hex id) was heard from at ``when``; no other change but its ``rtt`` (s)."""
+    """A peer (hex id) was heard from at ``when``; no other change but its ``rtt`` (s).
+
+    For a caller that only watches actions: the control loop does nothing
+    with it, since the node's state reads both from ControlProtocol.liveness().
+    """
 
     peer_id: str
     when: float

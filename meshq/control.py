@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import zmq
+import zmq.backend
 
 from .config import MeshConfig
 from .gatekeeper import Gatekeeper
@@ -51,6 +52,11 @@ _DEALER_HWM = 8  # control messages queued per peer while it is unreachable
 _MAX_BATCH = 256  # control messages handled before looking at the clock again
 _RETRY_FIRST = 0.001  # seconds before the second retry of a failed read of the ROUTER
 _RETRY_MAX = 0.1  # ... doubling up to this
+# zmq.Socket.send is a Python wrapper over the backend's send, for the
+# routing_id and group arguments of draft socket types: for a frame of
+# bytes it only passes it on. Calling the backend directly halves the cost
+# of a control message sent (a round of 31 heartbeats: 28 us -> 13 us).
+_send_frame = zmq.backend.Socket.send
 
 
 def retry_delay(failures: int) -> float:
@@ -164,6 +170,9 @@ class ControlLoop:
         self._tails_live = False
         directories = self.protocol.directories()
         state.set_directories(directories.publishers, directories.providers)
+        # Liveness and round trips: read from the protocol's table when asked,
+        # not handed over per heartbeat (Heard actions need no work here).
+        state.follow_liveness(*self.protocol.liveness())
 
     def _watch_publisher(self) -> None:
         # The publish sockets belong to API threads (under their lock); their
@@ -308,49 +317,45 @@ class ControlLoop:
         recv, protocol = self._router.recv, self.protocol
         lively = protocol.signs_of_life
         count = 0
-        try:
-            while count < _MAX_BATCH:
-                # Read until the ROUTER is empty: one zmq.Again at the end costs
-                # less than asking ZMQ_EVENTS before every message, and rearms
-                # its descriptor (see __init__).
+        while count < _MAX_BATCH:
+            # Read until the ROUTER is empty: one zmq.Again at the end costs
+            # less than asking ZMQ_EVENTS before every message, and rearms
+            # its descriptor (see __init__).
+            try:
+                routing = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return count if protocol.signs_of_life - lively == count else 0
+            count += 1
+            # A ROUTER hands out whole messages: the rest is there already.
+            last = recv(zmq.NOBLOCK, copy=False)
+            body = last.bytes
+            proven = b""
+            if secure:
+                # The key the sender proved in its CURVE handshake, as our
+                # ZAP handler admitted it (its User-Id).
                 try:
-                    routing = recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    return count if protocol.signs_of_life - lively == count else 0
-                count += 1
-                # A ROUTER hands out whole messages: the rest is there already.
-                last = recv(zmq.NOBLOCK, copy=False)
-                body = last.bytes
-                proven = b""
-                if secure:
-                    # The key the sender proved in its CURVE handshake, as our
-                    # ZAP handler admitted it (its User-Id).
-                    try:
-                        proven = last.get("User-Id").encode()
-                    except zmq.ZMQError:
-                        proven = b""  # no ZAP verdict on this message: a HELLO is refused
-                when = time.monotonic() if read_at is None else read_at
-                try:
-                    if not last.more and body[:4] == PING_HEAD:
-                        # A heartbeat, the common case: the protocol keeps what
-                        # the state must learn for one hand-over at the end.
-                        actions = protocol.on_heartbeat(routing, body, when, proven)
-                        if actions is None:
-                            continue
-                    else:
-                        actions = self._other(routing, last, body, when, proven)
-                    self._hand_heard()
-                    self._execute(actions)
-                except Exception:  # a bug must not make the node deaf to everyone else
-                    self._state.count("internal_errors")
-                    self._internal_log.warning(
-                        "control message from %s could not be handled",
-                        routing[:16].hex(),
-                        exc_info=True,
-                    )
-            return -1
-        finally:
-            self._hand_heard()
+                    proven = last.get("User-Id").encode()
+                except zmq.ZMQError:
+                    proven = b""  # no ZAP verdict on this message: a HELLO is refused
+            when = time.monotonic() if read_at is None else read_at
+            try:
+                if not last.more and body[:4] == PING_HEAD:
+                    # A heartbeat, the common case: None when it changed
+                    # nothing that the state must be told of.
+                    actions = protocol.on_heartbeat(routing, body, when, proven)
+                    if actions is None:
+                        continue
+                else:
+                    actions = self._other(routing, last, body, when, proven)
+                self._execute(actions)
+            except Exception:  # a bug must not make the node deaf to everyone else
+                self._state.count("internal_errors")
+                self._internal_log.warning(
+                    "control message from %s could not be handled",
+                    routing[:16].hex(),
+                    exc_info=True,
+                )
+        return -1
 
     def _other(
         self, routing: bytes, last: zmq.Frame, body: bytes, when: float, proven: bytes
@@ -370,18 +375,12 @@ class ControlLoop:
         source = address if isinstance(address, str) and address else None
         return self.protocol.on_frames(frames, when, proven, source)
 
-    def _hand_heard(self) -> None:
-        """Tell the node's state of the peers heard from since the last hand-over."""
-        heard = self.protocol.take_heard()
-        if heard:
-            self._state.heard_all(heard)
-
     def _execute(self, actions: list[Action]) -> None:
         state = self._state
         for action in actions:
             if type(action) is Heard:
-                state.heard(action.peer_id, action.when, action.rtt)
-            elif isinstance(action, SendEach):
+                continue  # the state reads it from the protocol (follow_liveness)
+            if isinstance(action, SendEach):
                 self._send_each(action.messages)
             elif isinstance(action, Send):
                 for endpoint in action.endpoints:
@@ -403,6 +402,7 @@ class ControlLoop:
     def _send_each(self, messages: tuple[tuple[str, bytes], ...]) -> None:
         """A round of heartbeats, in one tight loop over links that exist already."""
         dealers = self._dealers
+        send, noblock = _send_frame, zmq.NOBLOCK
         dropped = 0
         for endpoint, frame in messages:
             dealer = dealers.get(endpoint)
@@ -410,7 +410,7 @@ class ControlLoop:
                 self._send(endpoint, frame)
                 continue
             try:
-                dealer.send(frame, zmq.NOBLOCK)
+                send(dealer, frame, noblock)
             except zmq.Again:
                 dropped += 1  # unreachable peer, queue full
         if dropped:
@@ -430,7 +430,7 @@ class ControlLoop:
             sockets.connect(dealer, endpoint)
             self._dealers[endpoint] = dealer
         try:
-            dealer.send(frame, zmq.NOBLOCK)
+            _send_frame(dealer, frame, zmq.NOBLOCK)
         except zmq.Again:
             self._state.count("control_dropped")  # unreachable peer, queue full
 

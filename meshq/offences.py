@@ -30,6 +30,9 @@ class Offences:
         # offender -> (first offence of the current window, count)
         self._counts: collections.OrderedDict[bytes, tuple[float, int]] = collections.OrderedDict()
         self._banned: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        #: Whether anyone is (or was, until asked again) banned: a cheap test
+        #: first, a plain attribute (read for every control message).
+        self.active = False
 
     def offend(self, who: bytes, now: float) -> bool:
         """Count one offence; True when it is the one that gets ``who`` banned."""
@@ -44,12 +47,8 @@ class Offences:
         self._banned.pop(who, None)
         self._banned[who] = now + self._ban
         _trim(self._banned, self._capacity)
+        self.active = True
         return True
-
-    @property
-    def active(self) -> bool:
-        """Whether anyone is (or was, until asked again) banned: a cheap test first."""
-        return bool(self._banned)
 
     def banned(self, who: bytes, now: float) -> bool:
         """Whether ``who`` is banned at ``now``; an expired ban is forgotten."""
@@ -59,6 +58,7 @@ class Offences:
         if now < until:
             return True
         del self._banned[who]
+        self.active = bool(self._banned)
         return False
 
 

@@ -21,7 +21,7 @@ performs the returned actions.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -118,6 +118,10 @@ class PeerTable:
     def __len__(self) -> int:
         return len(self._peers)
 
+    def ids(self) -> KeysView[bytes]:
+        """The raw ids of the peers, a live view (cheaper than ``in`` on the table)."""
+        return self._peers.keys()
+
     def get(self, peer_id: bytes) -> Peer | None:
         """The peer with this raw id, or None."""
         peer = self._peers.get(peer_id)
@@ -155,6 +159,32 @@ class PeerTable:
         srtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
         self._rtt[peer_id] = srtt
         return srtt
+
+    def ping(self, peer_id: bytes, now: float, rtt: float | None = None) -> bool:
+        """A heartbeat of a peer that is known and ALIVE, the common case: it was
+        heard at ``now``, and ``rtt`` (s), if given, is a round-trip sample to fold
+        in as :meth:`rtt_sample` does. No event, no new snapshot object.
+
+        False, with nothing changed, for a peer unknown or SUSPECT: :meth:`heard`
+        says what then happens.
+        """
+        seen = self._seen  # its keys are the peers' (as _peers')
+        if peer_id not in seen or peer_id in self._suspect:
+            return False
+        seen[peer_id] = now
+        if rtt is not None:
+            srtt = self._rtt.get(peer_id)
+            self._rtt[peer_id] = rtt if srtt is None else srtt + (rtt - srtt) / 8
+        return True
+
+    def liveness(self) -> tuple[Mapping[bytes, float], Mapping[bytes, float]]:
+        """Read-only live views, by raw id: when each peer was last heard, and its
+        smoothed round-trip time (s, for peers that have one).
+
+        They follow the table as it changes, with no copy per heartbeat; any
+        thread may read them, one lookup at a time (each is atomic).
+        """
+        return MappingProxyType(self._seen), MappingProxyType(self._rtt)
 
     def rtt(self, peer_id: bytes) -> float | None:
         """The peer's smoothed round-trip time in seconds, None if not measured."""

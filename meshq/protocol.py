@@ -24,7 +24,7 @@ import functools
 import ipaddress
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .actions import (
     Action,
@@ -50,6 +50,7 @@ from .security import KeyBook
 from .subscription import BLOCKING_SUFFIX
 from .wire import (
     ECHO_BODY_BYTES,
+    ECHO_PING_BYTES,
     NODE_ID_BYTES,
     PING_HEAD,
     ROUTING_ID_BYTES,
@@ -62,6 +63,7 @@ from .wire import (
     decode_echo,
     encode_control,
     encode_echo_ping,
+    unpack_echo_ping,
 )
 
 __all__ = [
@@ -138,8 +140,10 @@ class ControlProtocol:
         #: periodic HELLOs that repeat the last byte for byte): what the
         #: mesh sends every round (7.6), a peer's state unchanged by them.
         self.signs_of_life = 0
-        # What on_heartbeat learnt since the last take_heard().
-        self._heard: dict[str, tuple[float, float | None]] = {}
+        # The heartbeat round as (peer id, endpoint, whether it takes echo
+        # PINGs), in table order; None: build it again. An input other than
+        # a heartbeat (_changed) or a change of the table (_apply) clears it.
+        self._round: list[tuple[bytes, str, bool]] | None = None
         # next_deadline() as last computed; None: compute again. A heartbeat
         # only moves a peer's own deadline later, so it leaves this a valid
         # (early) bound and need not clear it: the loop then wakes a little
@@ -226,40 +230,54 @@ class ControlProtocol:
         """A one-frame control message read in a run of them, most likely a PING.
 
         The fast path of :meth:`on_frames` for the loop that reads a round
-        of heartbeats: None when it was a PING of a known peer that changed
-        nothing but the peer's liveness and round-trip time. What the
-        node's state must learn of it is then kept for :meth:`take_heard`,
-        once per run, instead of a Heard action per PING. Anything else
-        (not a PING, an unknown sender, a peer that recovers, a malformed
-        PING) is handled as :meth:`on_frames` would, and its actions are
-        returned; take_heard() first, to keep the order.
+        of heartbeats: None when it was a PING of a known, ALIVE peer that
+        changed nothing but the peer's liveness and round-trip time. No
+        Heard action then: :meth:`liveness` shows both at once. Anything
+        else (not a PING, an unknown sender, a peer that recovers, a
+        malformed PING, an impossible echo) is handled as :meth:`on_frames`
+        would, and its actions are returned.
+
+        All in one function, with one call into the peer table: an idle
+        node runs it cold, a few times a second, and each call or object
+        touched is a cache miss (bench/README.md, idle.py).
         """
-        sender = routing[:NODE_ID_BYTES]
         size = len(body)
         if (
-            self._offences.active
-            or len(routing) != ROUTING_ID_BYTES
-            or body[:4] != PING_HEAD
-            or (size != 4 and size != 4 + ECHO_BODY_BYTES)
-            or sender not in self._table
+            (size == ECHO_PING_BYTES or size == 4)
+            and len(routing) == ROUTING_ID_BYTES
+            and body[:4] == PING_HEAD
+            and not self._offences.active
         ):
-            return self.on_frames((routing, body), now, proven, None)
-        self._now = now
-        if size != 4:
-            self._time_echo(sender, body, now)
-        events = self._table.heard(sender, now)
-        if events:
-            self._apply(events)
-            return self._changed()
-        self.signs_of_life += 1
-        self._heard[sender.hex()] = (now, self._table.rtt(sender))
-        return self._take() if self._actions else None
+            sender = routing[:NODE_ID_BYTES]
+            if size == 4:
+                if self._table.ping(sender, now):
+                    self._now = now
+                    self.signs_of_life += 1
+                    return None
+            else:
+                # An echo PING (16.4): time its echo; keep its sent for our next PING.
+                _, sent, echo, held = unpack_echo_ping(body)
+                rtt = None
+                if echo:
+                    rtt = now - echo / 1e9 - held / 1e6
+                    if not 0.0 <= rtt <= self._config.gone_after:
+                        return self.on_frames((routing, body), now, proven, None)  # counts it
+                if self._table.ping(sender, now, rtt):
+                    self._now = now
+                    self._to_echo[sender] = (sent, now)
+                    self.signs_of_life += 1
+                    return None
+        return self.on_frames((routing, body), now, proven, None)
 
-    def take_heard(self) -> dict[str, tuple[float, float | None]]:
-        """Peers (hex id) heard from by :meth:`on_heartbeat` since the last call:
-        (when, smoothed round trip in s or None), to hand the node's state at once."""
-        heard, self._heard = self._heard, {}
-        return heard
+    def liveness(self) -> tuple[Mapping[bytes, float], Mapping[bytes, float]]:
+        """Read-only live views of the peer table, by raw id: when each peer was
+        last heard (the protocol's clock), and its smoothed round-trip time (s).
+
+        The node's state reads them when asked for its peers, so that a
+        heartbeat costs no hand-over; any thread may read them, one lookup
+        at a time.
+        """
+        return self._table.liveness()
 
     def _echo_ping(self, sender: bytes, body: bytes, now: float) -> list[Action]:
         """An echo PING (16.4): keep its ``sent`` for our next PING, time its echo."""
@@ -418,9 +436,10 @@ class ControlProtocol:
         return actions
 
     def _changed(self) -> list[Action]:
-        """_take() after something that may bring a deadline nearer."""
+        """_take() after something that may bring a deadline nearer (or change a peer)."""
         self._deadline = None
         self._dialer_due = None
+        self._round = None
         return self._take()
 
     def _handle(self, message: ControlMessage, now: float) -> None:
@@ -485,9 +504,10 @@ class ControlProtocol:
     def _learn_gossip(self, hello: Hello, now: float) -> bool:
         """Give the dialer the gossiped nodes we do not have; True if it took any."""
         local = self.local
+        known = self._table.ids()  # a lookup in C per entry: every peer's HELLO, every round
         added = False
         for gossip_id, endpoints in hello.peers:
-            if gossip_id != local.node_id and gossip_id not in self._table:
+            if gossip_id not in known and gossip_id != local.node_id:
                 ranked = rank_endpoints(
                     endpoints, self._networks, own=self._own, exclude=local.control
                 )
@@ -618,15 +638,20 @@ class ControlProtocol:
     def _ping_all(self, now: float) -> None:
         """A round of heartbeats: an echo PING to each peer that asked for them (16.4)."""
         links = self._links
-        echoing = self._echoing
         to_echo = self._to_echo
+        round_ = self._round
+        if round_ is None:
+            echoing = self._echoing
+            round_ = self._round = [
+                (peer_id, peer.endpoint, peer_id in echoing)
+                for peer_id, peer in self._table.peers_as_of_join()
+            ]
         sent = max(1, int(now * 1e9))  # 0 would read as "no echo" when echoed back
         unechoed = b""  # the same for every echoing peer with nothing to echo
         messages: list[tuple[str, bytes]] = []
         append = messages.append
-        for peer_id, peer in self._table.peers_as_of_join():
-            endpoint = peer.endpoint
-            if peer_id in echoing:
+        for peer_id, endpoint, echoes in round_:
+            if echoes:
                 got = to_echo.pop(peer_id, None)
                 if got is not None:
                     frame = encode_echo_ping(sent, got[0], int((now - got[1]) * 1e6))
@@ -721,6 +746,7 @@ class ControlProtocol:
         """Directories first, then the peer snapshot and its events."""
         if not events and not directories_changed:
             return
+        self._round = None
         if any(event.kind is EventKind.JOINED or event.kind is EventKind.LEFT for event in events):
             # A repeated HELLO is only as good as the table it was checked
             # against: a newcomer may be the restart of its sender (7.2).

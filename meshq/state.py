@@ -4,7 +4,9 @@ Each part is a named object with the Condition its waiters block on, so
 that no API call polls:
 
 * peers: the snapshot ``peers()`` returns, the queue ``events()`` reads,
-  and the registered callbacks (``peers_changed``);
+  and the registered callbacks (``peers_changed``); when each peer was
+  last heard and its round trip come from the control protocol's live,
+  read-only views (``follow_liveness``), not from a copy per heartbeat;
 * stats: the counters ``stats()`` returns (a plain lock: nobody waits);
 * directories: where publishers listen (subscriptions watch it) and who
   offers which service (``providers_changed``, for ``wait_for_service``);
@@ -106,8 +108,12 @@ class NodeState:
         # Peers: guarded by peers_changed.
         self.peers_changed = threading.Condition()
         self._snapshot: list[Peer] = []  # last_seen on the monotonic clock
-        # peer id -> (monotonic time last heard, smoothed round-trip time in s)
-        self._heard: dict[str, tuple[float, float | None]] = {}
+        # The control protocol's live views, by raw peer id: when each peer
+        # was last heard (monotonic s), its smoothed round-trip time (s).
+        # Read here, one lookup at a time, so that a heartbeat costs the
+        # control thread no hand-over; empty until follow_liveness().
+        self._seen: Mapping[bytes, float] = {}
+        self._rtt: Mapping[bytes, float] = {}
         self._events: collections.deque[PeerEvent] = collections.deque(maxlen=event_queue_size)
         self._callbacks: dict[EventKind, list[PeerCallback]] = collections.defaultdict(list)
         #: Called with each batch of events on the control thread, and with
@@ -159,21 +165,24 @@ class NodeState:
         """The peers now, ``last_seen`` in seconds since the epoch."""
         to_wall = time.time() - time.monotonic()
         with self.peers_changed:
-            heard = self._heard
+            seen_now, rtt_now = self._seen, self._rtt
             peers = []
             for peer in self._snapshot:
-                seen, rtt = heard.get(peer.id, (peer.last_seen, peer.rtt))
+                raw = bytes.fromhex(peer.id)
+                seen = seen_now.get(raw)
+                if seen is None:  # no longer in the table: as the snapshot says
+                    seen, rtt = peer.last_seen, peer.rtt
+                else:
+                    rtt = rtt_now.get(raw)
                 peers.append(replace(peer, last_seen=seen + to_wall, rtt=rtt))
             return peers
 
-    def heard(self, peer_id: str, when: float, rtt: float | None) -> None:
-        """A peer was heard from at ``when`` (monotonic), its smoothed round trip
-        now ``rtt`` (s, None if unmeasured): control thread, no wake-up."""
-        self._heard[peer_id] = (when, rtt)  # one dict store: atomic, read under the lock
-
-    def heard_all(self, heard: Mapping[str, tuple[float, float | None]]) -> None:
-        """:meth:`heard` for many peers at once: peer id (hex) -> (when, rtt)."""
-        self._heard.update(heard)  # one update of str keys: atomic, as above
+    def follow_liveness(self, seen: Mapping[bytes, float], rtt: Mapping[bytes, float]) -> None:
+        """Read when peers were last heard and their round trips from these live,
+        read-only views (ControlProtocol.liveness()) from now on: by raw peer id,
+        monotonic seconds and seconds. The control thread calls it once."""
+        with self.peers_changed:
+            self._seen, self._rtt = seen, rtt
 
     def publish_peers(self, peers: list[Peer], events: list[PeerEvent]) -> None:
         """A new peer snapshot and the events that led to it: queue them, wake waiters.
@@ -186,7 +195,6 @@ class NodeState:
         user_events = [replace(e, peer=_wall(e.peer, to_wall)) for e in events]
         with self.peers_changed:
             self._snapshot = peers
-            self._heard = {peer.id: (peer.last_seen, peer.rtt) for peer in peers}
             self.peers_changed.notify_all()
             for event in user_events:
                 if len(self._events) == self._events.maxlen:

@@ -44,9 +44,11 @@ __all__ = [
     "encode_batch",
     "split_batch",
     "ECHO_BODY_BYTES",
+    "ECHO_PING_BYTES",
     "NODE_ID_BYTES",
     "PING_HEAD",
     "decode_echo",
+    "unpack_echo_ping",
     "encode_echo_ping",
     "ROUTING_ID_BYTES",
     "routing_id",
@@ -102,6 +104,12 @@ _ECHO_BODY = struct.Struct(">QQI")
 _ECHO_PING = struct.Struct(">4sQQI")  # PING_HEAD, then the echo body
 #: Bytes of an echo PING's body (PROTOCOL.md 16.4).
 ECHO_BODY_BYTES: Final = _ECHO_BODY.size
+#: Bytes of a whole echo PING frame: PING_HEAD and the echo body.
+ECHO_PING_BYTES: Final = _ECHO_PING.size
+#: (head, sent, echo, held) of a whole echo PING frame (16.4), whose length
+#: the caller checked: decode_echo without a slice or a Python call, for
+#: the control loop's heartbeats. struct.error on any other length.
+unpack_echo_ping: Final = _ECHO_PING.unpack
 _MAX_HELD = 2**32 - 1
 #: The 4 bytes every PING starts with; a PING is these alone or with an echo body.
 PING_HEAD: Final = _CONTROL_HEAD.pack(CONTROL_SIGNATURE, PROTOCOL_VERSION, KIND_PING)

@@ -119,3 +119,28 @@ def test_a_read_that_keeps_failing_backs_off_and_what_waits_is_read_after(
         # No new message arrives: the retry itself must read what waited.
         wait_for_headers(node, {"after": "failure"}, "what waited was never read")
         assert [p.name for p in node.peers()] == ["peer"]
+
+
+def test_peers_show_the_latest_heartbeat_without_a_new_snapshot(mesh: str) -> None:
+    """A PING changes no peer snapshot (no event, no hand-over): node.peers() reads
+    when each peer was last heard from the control protocol's live views."""
+    with (
+        meshq.Node("n", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node,
+        raw_peer(node, mesh) as (dealer, peer_id, _),
+    ):
+        (joined,) = node.peers()
+        ping = encode_control(Ping(peer_id))
+        deadline = time.monotonic() + WAIT
+        while True:
+            time.sleep(0.05)  # past the join, on any clock granularity
+            sent = time.time()
+            dealer.send(ping)
+            time.sleep(0.05)
+            (peer,) = node.peers()
+            if peer.last_seen > joined.last_seen:
+                break
+            assert time.monotonic() < deadline, "a PING never showed in last_seen"
+        assert joined.last_seen < peer.last_seen <= time.time()
+        assert peer.last_seen >= sent - 0.01  # that PING (or a later one), not the HELLO
+        # The join, and nothing else: no event per PING.
+        assert [event.kind for event in node.events(timeout=0)] == [meshq.EventKind.JOINED]

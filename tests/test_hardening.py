@@ -34,8 +34,11 @@ def keys(tmp_path: Path) -> Keys:
 def test_offences_ban_after_the_limit_within_the_window_only() -> None:
     offences = Offences(limit=3, window=10.0, ban=60.0, capacity=4)
     assert not offences.offend(b"x", 0.0) and not offences.offend(b"x", 1.0)
+    assert not offences.active  # offences, but no ban yet: nothing to look up
     assert offences.offend(b"x", 2.0)  # the third within 10 s
+    assert offences.active
     assert offences.banned(b"x", 61.9) and not offences.banned(b"x", 62.0)
+    assert not offences.active  # its only ban expired
     # Spread out, offences never add up to a ban.
     assert not any(offences.offend(b"y", t * 11.0) for t in range(10))
     # Bounded: a flood of fresh names forgets the oldest.

@@ -81,8 +81,9 @@ class Net:
         self.delay = 0.0
         self.pending: list[tuple[float, int, Node, list[bytes]]] = []
         self._order = itertools.count()
-        #: Hand PINGs to on_heartbeat and take_heard, as the control loop
-        #: does, instead of on_frames.
+        #: Hand PINGs to on_heartbeat, as the control loop does, instead of
+        #: on_frames: what a PING of the common case changed then shows in
+        #: the protocol's live views (liveness()), not in a Heard action.
         self.batched = False
 
     def add(self, name: str, keys: KeyBook | None = None, key: bytes = b"") -> Node:
@@ -151,10 +152,14 @@ class Net:
         if not self.batched or frames[1][:4] != PING_HEAD:
             return protocol.on_frames(frames, self.now, proven)
         actions = protocol.on_heartbeat(frames[0], frames[1], self.now, proven)
-        for _when, rtt in protocol.take_heard().values():
-            target.heard += 1
-            target.rtt = rtt
-        return [] if actions is None else actions
+        if actions is not None:
+            return actions
+        seen, rtt = protocol.liveness()
+        sender = frames[0][:16]
+        assert seen[sender] == self.now  # what the node's state reads
+        target.heard += 1
+        target.rtt = rtt.get(sender)
+        return []
 
     def find(self, a: Node, b: Node) -> None:
         """``a``'s discovery reports ``b`` (as mDNS would)."""
@@ -249,12 +254,14 @@ def test_a_suspect_peer_recovers_by_a_ping_read_in_a_batch() -> None:
     assert actions is not None  # an event: not a heartbeat like the others
     net.run(a, actions)
     assert kinds(a)[-1] == (EventKind.RECOVERED, "b")
-    assert a.protocol.take_heard() == {}  # told by the new snapshot instead
-    assert a.heard == heard
-    # Back to the common case: nothing to do but tell the state, once.
+    assert a.heard == heard  # told by the new snapshot instead
+    seen, rtt = a.protocol.liveness()
+    assert seen[b.node_id] == 1.7
+    # Back to the common case: no action; the live views show it at once.
     assert a.protocol.on_heartbeat(routing_id(b.node_id, 1), b"MQ\x01\x02", 1.8) is None
-    assert a.protocol.take_heard() == {b.node_id.hex(): (1.8, None)}
-    assert a.protocol.take_heard() == {}
+    assert seen[b.node_id] == 1.8 and b.node_id not in rtt
+    assert a.protocol.peers[0].last_seen == 1.8
+    assert kinds(a)[-1] == (EventKind.RECOVERED, "b")  # no new event
 
 
 def test_heartbeats_go_to_every_peer_and_refresh_liveness(either_net: Net) -> None:
@@ -290,6 +297,33 @@ def test_a_silent_peer_is_suspect_then_gone_at_its_deadlines(batched: bool) -> N
     assert kinds(a)[-1] == (EventKind.LEFT, "b")
     assert a.node_id.hex() not in [p for p in a.peers]
     assert a.events[-1].reason == "timeout"
+
+
+def test_each_heartbeat_round_goes_to_the_peers_and_links_of_its_moment() -> None:
+    """The round is kept from one heartbeat to the next: a peer that leaves, or a
+    link that is remade, must show in the next round all the same."""
+    net = Net()
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    net.find(a, b)
+    net.find(a, c)
+    net.advance(0.5)  # a first round, to both
+
+    def pinged(since: int) -> set[str]:
+        return {e for s, e, frame in net.tried[since:] if s == "a" and frame[:4] == PING_HEAD}
+
+    bye = [routing_id(c.node_id, 1), encode_control(Bye(c.node_id))]
+    net.run(a, a.protocol.on_frames(bye, net.now))
+    start = len(net.tried)
+    net.advance(1.0)
+    assert pinged(start) == {b.endpoint}
+    # The link to b is remade (its handshake failed): the next round's PING
+    # makes it anew, and the protocol knows it has it.
+    net.run(a, a.protocol.on_redial(b.endpoint))
+    assert b.endpoint not in a.protocol.goodbye()[0]
+    start = len(net.tried)
+    net.advance(1.5)
+    assert pinged(start) == {b.endpoint}
+    assert b.endpoint in a.protocol.goodbye()[0]
 
 
 def test_gossip_brings_two_nodes_that_never_met_together() -> None:
