@@ -123,7 +123,9 @@ class ServiceApi:
         attempt went unanswered, meshq.PayloadTooLarge (a ValueError) for
         ``data`` that no provider would accept.
         """
-        return self.request_async(service, data, timeout=timeout, retries=retries).result()
+        # As request_async(...).result(), without its two call layers: the
+        # calling thread's own Requester needs no owner check.
+        return self.runtime.requester().call(service, data, timeout, retries)
 
     def request_async(
         self,

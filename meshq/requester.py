@@ -277,6 +277,21 @@ class Requester:
             raise NoProviders(service)
         return call
 
+    def call(self, service: str, data: object, timeout: float, retries: int) -> object:
+        """``start`` then the result, on this (the owner's) thread: Node.request.
+
+        Two call layers and the owner check fewer than
+        ``start(...).result()``; the same errors.
+        """
+        call = self.start(service, data, timeout, retries)
+        if not call.finished:
+            self.wait_for(call, None)
+            if not call.finished:
+                raise Timeout(f"request to {service!r} still in flight")
+        if call.error is not None:
+            raise call.error
+        return call.value
+
     def _retry_refused(self, refused: list[tuple[str, float]]) -> None:
         """Replace DEALERs whose handshake was refused: libzmq never retries those.
 

@@ -201,15 +201,17 @@ class ServiceRunner:
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]  # the service thread's
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._release_on_exit = False  # close() could not wait for the thread
-        self._wake_read, self._wake_write = os.pipe()
-        # Never block a thread that posts a reply: a pending wake-up is enough.
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
-        self._pipe_closed = False
+        # Wake-ups of the service thread, which waits in its ROUTER's own
+        # recv: an empty message from this DEALER (made and closed by the
+        # service thread, used by any thread under reply_lock), connected
+        # to the ROUTER over inproc with a random routing id that no remote
+        # caller can guess. One unread wake-up is enough (_wake_pending).
+        self._waker: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._wake_id = b"\xff" + os.urandom(15)  # never a leading zero byte (ZeroMQ's)
+        self._wake_pending = False
         self._done = False  # the service thread has sent its last reply
-        #: Guards ReplyTo's answered flag, and the pipe against closing while
-        #: another thread wakes the service thread through it.
+        #: Guards ReplyTo's answered flag, and the waker against closing
+        #: while another thread wakes the service thread through it.
         self.reply_lock = threading.Lock()
         self.local_endpoint = f"inproc://meshq-svc-{node_id}"
         self.endpoints: tuple[str, ...] = ()
@@ -224,7 +226,6 @@ class ServiceRunner:
         self._thread.start()
         ready.wait()
         if failed:
-            self._close_pipe()
             raise failed[0]
 
     # The handler maps are replaced, never changed in place, so the service
@@ -312,10 +313,17 @@ class ServiceRunner:
             # Fail a reply loudly (EAGAIN, EHOSTUNREACH) instead of ZeroMQ's
             # silent drop, so that what we could not deliver is counted.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            waker: zmq.Socket | None = None  # type: ignore[type-arg]
             try:
                 bound = bind_all(sock, interfaces, port)
                 sock.bind(self.local_endpoint)
+                waker = self._context.socket(zmq.DEALER)
+                waker.setsockopt(zmq.LINGER, 0)
+                waker.setsockopt(zmq.ROUTING_ID, self._wake_id)
+                waker.connect(self.local_endpoint)
             except BaseException:
+                if waker is not None:
+                    waker.close(linger=0)
                 sock.close(linger=0)
                 raise
         except BaseException as exc:
@@ -324,39 +332,46 @@ class ServiceRunner:
             return
         self.endpoints = tuple(f"tcp://{ip}:{bound}" for ip in interfaces)
         self._sock = sock
+        self._waker = waker
         self._thread_id = threading.get_ident()
         ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
         backlog: collections.deque[tuple[bytes, bytes]] = collections.deque()
         tick_due = 0.0  # monotonic time a ticker wants its next call, even under load
         stopped = self._stop.is_set
+        wake_id = self._wake_id
         recv = _raw_recv
         send = raw_send
         try:
             while not stopped():
                 readable = False  # the poll just said a request waits
+                first: bytes | None = None  # a message's first part, read by the wait
                 if not backlog:
                     wait = self._tick(idle=True) if self._tickers else None
-                    # Only while a ticker waits for something: the request
-                    # path (no ticker waiting) pays nothing for it.
-                    replies = self.reply_sockets() if wait is not None else []
-                    for reply_sock in replies:
-                        poller.register(reply_sock, zmq.POLLIN)
-                    replied = False
-                    for fd, _ in poller.poll(wait):
-                        if fd is sock:
-                            readable = True
-                        elif fd == self._wake_read:
-                            # A ticker was added (tick again), or replies posted.
-                            os.read(self._wake_read, 4096)
-                        else:
-                            replied = True
-                    for reply_sock in replies:
-                        poller.unregister(reply_sock)
-                    if replied:
-                        self.read_replies()  # then the tickers see them settled
+                    if wait is None:
+                        # Nothing but the ROUTER to wait for: block in its
+                        # own recv (RCVTIMEO unset), as a raw ROUTER loop
+                        # does. A poll of it before a read costs about three
+                        # system calls more per request. Wake-ups (a reply
+                        # posted, a ticker added, the stop) come through it.
+                        first = recv(sock)
+                    else:
+                        # Only while a ticker waits for something: the
+                        # request path (no ticker waiting) pays nothing for it.
+                        replies = self.reply_sockets()
+                        for reply_sock in replies:
+                            poller.register(reply_sock, zmq.POLLIN)
+                        replied = False
+                        for fd, _ in poller.poll(wait):
+                            if fd is sock:
+                                readable = True
+                            else:
+                                replied = True
+                        for reply_sock in replies:
+                            poller.unregister(reply_sock)
+                        if replied:
+                            self.read_replies()  # then the tickers see them settled
                 elif self._tickers and time.monotonic() >= tick_due:
                     wait = self._tick(idle=False)
                     tick_due = time.monotonic() + (0.05 if wait is None else wait / 1000)
@@ -368,12 +383,17 @@ class ServiceRunner:
                 # the option), so a request is read with one, not five, and
                 # the socket is read again only once the backlog is answered
                 # (one question per burst, not one per request).
-                while (readable or not backlog) and (
-                    len(backlog) < _READ_AHEAD and (readable or sock.getsockopt(_EVENTS) & _POLLIN)
+                while first is not None or (
+                    (readable or not backlog)
+                    and len(backlog) < _READ_AHEAD
+                    and (readable or sock.getsockopt(_EVENTS) & _POLLIN)
                 ):
                     readable = False
                     try:
-                        identity = recv(sock, _NOBLOCK)
+                        if first is None:
+                            identity = recv(sock, _NOBLOCK)
+                        else:
+                            identity, first = first, None
                         # A ROUTER message is whole once its first part is
                         # in, and it always has one part after the identity.
                         # That part as a zmq.Frame, whose ``more`` is cheaper
@@ -388,6 +408,14 @@ class ServiceRunner:
                         recv(sock, _NOBLOCK)
                         while sock.getsockopt(_RCVMORE):
                             recv(sock, _NOBLOCK)
+                    if identity == wake_id:
+                        # A ticker was added (tick again), replies were
+                        # posted (sent below), or the stop.
+                        with self.reply_lock:
+                            self._wake_pending = False
+                        if self._outbox:
+                            self._send_posted()
+                        continue
                     offences = self._offences
                     if (
                         offences is not None
@@ -418,14 +446,15 @@ class ServiceRunner:
         finally:
             with self.reply_lock:
                 self._done = True  # later answers are counted as dropped
+                self._waker = None  # and later wake-ups are no-ops
+            # Before the ROUTER: the context may end as that (tracked) closes.
+            waker.close(linger=0)
             self._send_posted()  # answers handed over before the stop
             sock.close(linger=0)
             try:
                 self._on_exit()
             except Exception:
                 log.exception("service thread cleanup failed")
-            if self._release_on_exit:
-                self._close_pipe()
 
     def _answer(self, identity: bytes, frame: bytes, load: int) -> bytes | None:
         """The reply to one request frame (None: none is due, or a deferred handler has it).
@@ -514,14 +543,16 @@ class ServiceRunner:
         self._offend(identity)
 
     def _wake(self) -> None:
-        # Under the lock _close_pipe takes, so that a wake-up never writes
-        # into a descriptor number the OS has handed to someone else.
+        # Under the lock the service thread takes to close the waker (and
+        # to take note that it read a wake-up).
         with self.reply_lock:
-            if self._pipe_closed:
+            waker = self._waker
+            if waker is None or self._wake_pending:
                 return
             try:
-                os.write(self._wake_write, b"w")
-            except OSError:
+                waker.send(b"", _NOBLOCK)
+                self._wake_pending = True
+            except zmq.ZMQError:
                 pass  # full: a wake-up is pending already
 
     def _offend(self, identity: bytes) -> None:
@@ -540,21 +571,9 @@ class ServiceRunner:
         self._stop.set()
         self._wake()
         if threading.current_thread() is self._thread:
-            # The loop ends when this handler returns, and releases all.
-            self._release_on_exit = True
-            return
+            return  # the loop ends when this handler returns, and releases all
+        # A handler stuck past ``wait``: the loop releases all once it returns.
         self._thread.join(wait)
-        if self._thread.is_alive():
-            self._release_on_exit = True  # a handler is stuck: the loop cleans up
-        else:
-            self._close_pipe()
-
-    def _close_pipe(self) -> None:
-        with self.reply_lock:
-            self._pipe_closed = True
-            self._done = True
-            os.close(self._wake_read)
-            os.close(self._wake_write)
 
 
 def _nothing() -> None:
