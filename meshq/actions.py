@@ -17,7 +17,6 @@ __all__ = [
     "CloseLinks",
     "Count",
     "Directories",
-    "Heard",
     "LocalNode",
     "PeersChanged",
     "Send",
@@ -85,19 +84,6 @@ class Directories:
 
 
 @dataclass(frozen=True)
-class Heard:
-    """A peer (hex id) was heard from at ``when``; no other change but its ``rtt`` (s).
-
-    For a caller that only watches actions: the control loop does nothing
-    with it, since the node's state reads both from ControlProtocol.liveness().
-    """
-
-    peer_id: str
-    when: float
-    rtt: float | None = None
-
-
-@dataclass(frozen=True)
 class Count:
     """Add ``n`` to the node's counter ``what``."""
 
@@ -113,4 +99,4 @@ class Ban:
     seconds: float
 
 
-Action = Send | SendEach | CloseLinks | PeersChanged | Directories | Heard | Count | Ban
+Action = Send | SendEach | CloseLinks | PeersChanged | Directories | Count | Ban

@@ -31,7 +31,6 @@ from .protocol import (
     ControlProtocol,
     Count,
     Directories,
-    Heard,
     LocalNode,
     PeersChanged,
     Send,
@@ -171,7 +170,7 @@ class ControlLoop:
         directories = self.protocol.directories()
         state.set_directories(directories.publishers, directories.providers)
         # Liveness and round trips: read from the protocol's table when asked,
-        # not handed over per heartbeat (Heard actions need no work here).
+        # not handed over per heartbeat.
         state.follow_liveness(*self.protocol.liveness())
 
     def _watch_publisher(self) -> None:
@@ -378,8 +377,6 @@ class ControlLoop:
     def _execute(self, actions: list[Action]) -> None:
         state = self._state
         for action in actions:
-            if type(action) is Heard:
-                continue  # the state reads it from the protocol (follow_liveness)
             if isinstance(action, SendEach):
                 self._send_each(action.messages)
             elif isinstance(action, Send):

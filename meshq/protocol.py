@@ -32,7 +32,6 @@ from .actions import (
     CloseLinks,
     Count,
     Directories,
-    Heard,
     LocalNode,
     PeersChanged,
     Send,
@@ -73,7 +72,6 @@ __all__ = [
     "ControlProtocol",
     "Count",
     "Directories",
-    "Heard",
     "LocalNode",
     "PeersChanged",
     "Send",
@@ -220,7 +218,7 @@ class ControlProtocol:
         events = self._table.heard(sender, now)
         if not events:
             self.signs_of_life += 1
-            return [Heard(sender.hex(), now, self._table.rtt(sender))]
+            return []
         self._apply(events)
         return self._changed()
 
@@ -231,8 +229,8 @@ class ControlProtocol:
 
         The fast path of :meth:`on_frames` for the loop that reads a round
         of heartbeats: None when it was a PING of a known, ALIVE peer that
-        changed nothing but the peer's liveness and round-trip time. No
-        Heard action then: :meth:`liveness` shows both at once. Anything
+        changed nothing but the peer's liveness and round-trip time, which
+        :meth:`liveness` shows at once (no action tells of them). Anything
         else (not a PING, an unknown sender, a peer that recovers, a
         malformed PING, an impossible echo) is handled as :meth:`on_frames`
         would, and its actions are returned.
@@ -285,7 +283,6 @@ class ControlProtocol:
         events = self._table.heard(sender, now)
         if not events:
             self.signs_of_life += 1
-            self._actions.append(Heard(sender.hex(), now, self._table.rtt(sender)))
             return self._take()
         self._apply(events)
         return self._changed()
@@ -311,7 +308,6 @@ class ControlProtocol:
             self._apply(events)
             return self._changed()
         self.signs_of_life += 1
-        self._actions.append(Heard(hello.sender.hex(), now, self._table.rtt(hello.sender)))
         # Nothing learnt: as a heartbeat, it brings no deadline nearer.
         return self._changed() if learnt else self._take()
 
@@ -449,13 +445,7 @@ class ControlProtocol:
             self._apply(self._table.bye(message.sender))
             self._close_unused_links()
         elif message.sender in self._table:  # a PING, from a peer whose routing id is odd
-            events = self._table.heard(message.sender, now)
-            if events:
-                self._apply(events)
-            else:
-                self._actions.append(
-                    Heard(message.sender.hex(), now, self._table.rtt(message.sender))
-                )
+            self._apply(self._table.heard(message.sender, now))
         else:
             self._actions.append(Count("unknown_sender"))
             if self._dialer.hurry(message.sender, now):

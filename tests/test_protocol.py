@@ -27,7 +27,6 @@ from meshq.protocol import (
     ControlProtocol,
     Count,
     Directories,
-    Heard,
     LocalNode,
     PeersChanged,
     Send,
@@ -59,8 +58,8 @@ class Node:
     links: set[str] = field(default_factory=set)
     directories: Directories | None = None
     peers: list[str] = field(default_factory=list)  # names, from the last PeersChanged
-    heard: int = 0
-    rtt: float | None = None  # from the last Heard
+    heard: int = 0  # signs of life: heartbeats that changed only liveness
+    rtt: float | None = None  # as the live views show it after the last heartbeat
     bans: list[bytes] = field(default_factory=list)
     down: bool = False  # its "host" drops everything sent to it
 
@@ -82,8 +81,7 @@ class Net:
         self.pending: list[tuple[float, int, Node, list[bytes]]] = []
         self._order = itertools.count()
         #: Hand PINGs to on_heartbeat, as the control loop does, instead of
-        #: on_frames: what a PING of the common case changed then shows in
-        #: the protocol's live views (liveness()), not in a Heard action.
+        #: on_frames (which returns actions for a PING of the common case).
         self.batched = False
 
     def add(self, name: str, keys: KeyBook | None = None, key: bytes = b"") -> Node:
@@ -140,26 +138,29 @@ class Net:
                     source.directories = action
                 elif isinstance(action, Count):
                     source.counts[action.what] += action.n
-                elif isinstance(action, Heard):
-                    source.heard += 1
-                    source.rtt = action.rtt
                 elif isinstance(action, Ban):
                     source.bans.append(action.key)
 
     def deliver(self, target: Node, frames: list[bytes], proven: bytes = b"") -> list[Action]:
-        """What ``target`` does with a message, read alone (or as the loop reads PINGs)."""
+        """What ``target`` does with a message, read alone (or as the loop reads PINGs).
+
+        A heartbeat that changed nothing but liveness (a sign of life) shows
+        only in the protocol's live views, which are checked here as the
+        node's state reads them: ``heard`` counts them, ``rtt`` follows.
+        """
         protocol = target.protocol
+        lively = protocol.signs_of_life
         if not self.batched or frames[1][:4] != PING_HEAD:
-            return protocol.on_frames(frames, self.now, proven)
-        actions = protocol.on_heartbeat(frames[0], frames[1], self.now, proven)
-        if actions is not None:
-            return actions
-        seen, rtt = protocol.liveness()
-        sender = frames[0][:16]
-        assert seen[sender] == self.now  # what the node's state reads
-        target.heard += 1
-        target.rtt = rtt.get(sender)
-        return []
+            actions = protocol.on_frames(frames, self.now, proven)
+        else:
+            actions = protocol.on_heartbeat(frames[0], frames[1], self.now, proven) or []
+        if protocol.signs_of_life != lively:
+            seen, rtt = protocol.liveness()
+            sender = frames[0][:16]
+            assert seen[sender] == self.now  # what the node's state reads
+            target.heard += 1
+            target.rtt = rtt.get(sender)
+        return actions
 
     def find(self, a: Node, b: Node) -> None:
         """``a``'s discovery reports ``b`` (as mDNS would)."""
@@ -529,7 +530,7 @@ def test_echo_pings_time_the_round_trip_of_every_peer(batched: bool) -> None:
     for node in (a, b):
         (peer,) = node.protocol.peers
         assert peer.rtt == pytest.approx(0.004, abs=2e-6)  # twice the one-way delay
-        assert node.rtt == peer.rtt  # as the Heard action carries it
+        assert node.rtt == peer.rtt  # as the live views show it
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
