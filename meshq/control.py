@@ -88,6 +88,11 @@ class ControlLoop:
     #: began. Anything but a PING (a HELLO, say) ends no spell early: it
     #: waits at most this long too. 0: read every message as it comes
     #: (bench/idle.py --coalesce compares).
+    #:
+    #: The first message to arrive within this long after the loop's own
+    #: heartbeat round, with two peers or more, begins a spell unread: the
+    #: mesh's round is arriving, so it is read with the rest at the end of
+    #: the spell (as read when it came) instead of in a wake-up of its own.
     coalesce: ClassVar[float] = 0.05
 
     def __init__(
@@ -194,6 +199,7 @@ class ControlLoop:
         failures = 0  # reads of the ROUTER in a row that raised (see retry_delay)
         retry_at = 0.0  # when to read it again after the latest of them
         reading = False
+        round_at = -math.inf  # when on_timer last ran (our heartbeat round, most often)
         while self._running:
             deadline = protocol.next_deadline()
             if self._tails_live and self._next_tail < deadline:
@@ -230,7 +236,18 @@ class ControlLoop:
                         publisher = True
                 if commands:
                     self._run_commands()
-                if (router or unread) and poller is self._poller:
+                if (
+                    router
+                    and not unread
+                    and poller is self._poller
+                    and (woke := time.monotonic()) - round_at < self.coalesce
+                    and protocol.peer_count > 1
+                ):
+                    # Just after our round: the mesh's round is arriving.
+                    # Begin its spell now, read it all at the end (coalesce).
+                    quiet_since, quiet_until = woke, woke + self.coalesce
+                    unread = True  # the ROUTER holds it: read it after the spell
+                elif (router or unread) and poller is self._poller:
                     woke = time.monotonic()
                     unread = reading = True  # until _receive() returns: a failed read is retried
                     heartbeats = self._receive()
@@ -242,7 +259,7 @@ class ControlLoop:
                         # Heartbeats woke us: the rest of the mesh's are on
                         # their way; read them together a moment later.
                         quiet_since, quiet_until = woke, time.monotonic() + self.coalesce
-                elif spell and not events:
+                elif spell and (not events or time.monotonic() >= quiet_until):
                     # The end of a quiet spell: read what came meanwhile, as
                     # if read when the spell began. They arrived between the
                     # two; the PINGs of a round leave together (7.6), so the
@@ -257,6 +274,7 @@ class ControlLoop:
                 now = time.monotonic()
                 if now >= protocol.next_deadline():
                     self.timer_runs += 1
+                    round_at = now
                     # No quiet spell after our own heartbeats: the first of
                     # the mesh's to arrive wakes us and begins one, so that
                     # what is read is timed from a real arrival (16.4).

@@ -14,7 +14,7 @@ import zmq
 
 import meshq
 from meshq.control import ControlLoop, retry_delay
-from meshq.wire import Hello, Ping, encode_control, routing_id
+from meshq.wire import PING_HEAD, Hello, Ping, encode_control, routing_id
 
 LOOPBACK = ["127.0.0.1"]
 WAIT = 10.0  # seconds, with room for a loaded machine
@@ -144,3 +144,72 @@ def test_peers_show_the_latest_heartbeat_without_a_new_snapshot(mesh: str) -> No
         assert peer.last_seen >= sent - 0.01  # that PING (or a later one), not the HELLO
         # The join, and nothing else: no event per PING.
         assert [event.kind for event in node.events(timeout=0)] == [meshq.EventKind.JOINED]
+
+
+@contextmanager
+def listening_peer(
+    node: meshq.Node, mesh: str
+) -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes], bytes]]:
+    """A peer that ``node`` dials back: (its DEALER to the node, the ROUTER where
+    the node's heartbeats arrive, its id). The caller waits for the join."""
+    context = zmq.Context()
+    dealer, router = context.socket(zmq.DEALER), context.socket(zmq.ROUTER)
+    try:
+        for sock in (dealer, router):
+            sock.setsockopt(zmq.LINGER, 0)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        peer_id = os.urandom(16)
+        dealer.setsockopt(zmq.ROUTING_ID, routing_id(peer_id, 1))
+        dealer.connect(node.control_endpoints[0])
+        control, publish = (f"tcp://127.0.0.1:{port}",), ("tcp://127.0.0.1:8",)
+        dealer.send(encode_control(Hello(peer_id, "peer", mesh, control, publish)))
+        yield dealer, router, peer_id
+    finally:
+        dealer.close()
+        router.close()
+        context.term()
+
+
+def next_round(router: zmq.Socket[bytes]) -> None:
+    """Return as the node's next PING arrives (what came before is dropped)."""
+    deadline = time.monotonic() + WAIT
+    while router.poll(0):
+        router.recv_multipart()
+    while True:
+        assert router.poll(int(max(0.0, deadline - time.monotonic()) * 1000)), "no PING came"
+        if router.recv_multipart()[-1][:4] == PING_HEAD:
+            return
+
+
+def test_the_mesh_round_that_follows_ours_is_read_after_a_spell_as_of_its_arrival(
+    mesh: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats that arrive just after the node's own round begin a quiet spell
+    unread (ControlLoop.coalesce): they are read at its end, yet count as read
+    when they came (PROTOCOL.md 16.4), so neither liveness nor a round trip
+    includes the spell."""
+    spell = 0.4  # seconds: long against this test's own delays, short of suspect_after
+    monkeypatch.setattr(ControlLoop, "coalesce", spell)
+    with (
+        meshq.Node("n", mesh=mesh, interfaces=LOOPBACK, discovery=False) as node,
+        listening_peer(node, mesh) as (first, heartbeats, first_id),
+        listening_peer(node, mesh) as (second, _, second_id),
+    ):
+        node.wait_for_peers(2, timeout=WAIT)  # a spell needs two peers or more
+        next_round(heartbeats)
+        sent = time.time()
+        first.send(encode_control(Ping(first_id)))
+        second.send(encode_control(Ping(second_id)))
+        deadline = time.monotonic() + WAIT
+        while True:
+            (peer,) = [p for p in node.peers() if p.id == first_id.hex()]
+            if peer.last_seen >= sent - 0.01:
+                shown = time.time()
+                break
+            assert time.monotonic() < deadline, "the PING was never read"
+            time.sleep(0.005)
+        # Read at the end of the spell ...
+        assert shown - peer.last_seen >= spell - 0.1
+        # ... as read when it came: after it was sent, not when it was read.
+        assert sent - 0.01 <= peer.last_seen <= sent + (shown - sent) / 2
+        assert node.stats().get("internal_errors", 0) == 0
