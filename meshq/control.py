@@ -199,7 +199,6 @@ class ControlLoop:
         failures = 0  # reads of the ROUTER in a row that raised (see retry_delay)
         retry_at = 0.0  # when to read it again after the latest of them
         reading = False
-        round_at = -math.inf  # when on_timer last ran (our heartbeat round, most often)
         while self._running:
             deadline = protocol.next_deadline()
             if self._tails_live and self._next_tail < deadline:
@@ -240,7 +239,7 @@ class ControlLoop:
                     router
                     and not unread
                     and poller is self._poller
-                    and (woke := time.monotonic()) - round_at < self.coalesce
+                    and (woke := time.monotonic()) - protocol.last_round < self.coalesce
                     and protocol.peer_count > 1
                 ):
                     # Just after our round: the mesh's round is arriving.
@@ -274,7 +273,6 @@ class ControlLoop:
                 now = time.monotonic()
                 if now >= protocol.next_deadline():
                     self.timer_runs += 1
-                    round_at = now
                     # No quiet spell after our own heartbeats: the first of
                     # the mesh's to arrive wakes us and begins one, so that
                     # what is read is timed from a real arrival (16.4).
@@ -339,10 +337,10 @@ class ControlLoop:
         # more waits, rather than read until zmq.Again: raising it costs a
         # cold wake-up some 30-60 us of Python, and asking before every
         # message would cost more than that in a batch.
-        likely_ends = (1, protocol.peer_count)
+        likely_ends, events = (1, protocol.peer_count), self._router.get
         count = 0
         while count < _MAX_BATCH:
-            if count in likely_ends and not self._router.get(zmq.EVENTS) & zmq.POLLIN:
+            if count in likely_ends and not events(zmq.EVENTS) & zmq.POLLIN:
                 break
             try:
                 routing = recv(zmq.NOBLOCK)

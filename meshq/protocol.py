@@ -138,6 +138,9 @@ class ControlProtocol:
         #: periodic HELLOs that repeat the last byte for byte): what the
         #: mesh sends every round (7.6), a peer's state unchanged by them.
         self.signs_of_life = 0
+        #: When this node last sent a heartbeat round (PINGs or the periodic
+        #: HELLO), on the protocol's clock; -inf before the first.
+        self.last_round = -math.inf
         # The heartbeat round as (peer id, endpoint, whether it takes echo
         # PINGs), in table order; None: build it again. An input other than
         # a heartbeat (_changed) or a change of the table (_apply) clears it.
@@ -368,9 +371,11 @@ class ControlProtocol:
             self._next_gossip = self._slot(now, config.gossip_interval)
             self._next_ping = self._slot(now, config.heartbeat_interval)
             self._broadcast(self._hello(reply=False))
+            self.last_round = now
         elif now >= self._next_ping:
             self._next_ping = self._slot(now, config.heartbeat_interval)
             self._ping_all(now)
+            self.last_round = now
         table = self._table.next_deadline()
         if table is not None and now >= table:
             events = self._table.tick(now)

@@ -276,6 +276,7 @@ def test_heartbeats_go_to_every_peer_and_refresh_liveness(either_net: Net) -> No
     pings = sorted((s, t) for s, t, m in net.sent if isinstance(m, Ping))
     assert pings == sorted((x, y) for x in "abc" for y in "abc" if x != y)
     assert a.heard == 2
+    assert a.protocol.last_round == 0.5  # what the loop's quiet spells start from
     net.advance(20.0)  # 40 heartbeat periods, four gossip rounds
     assert [kind for kind, _ in kinds(a)] == [EventKind.JOINED, EventKind.JOINED]
 
