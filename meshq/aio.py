@@ -38,7 +38,7 @@ from .message import Message
 from .node import DIRECT_SERVICE, Node, PeerCallback, TaskHandler
 from .peers import Peer, PeerEvent, PeerState
 from .publishing import BlockingWait, encode_blocking
-from .ratelimit import HandlerErrorLog
+from .ratelimit import HandlerErrorLog, RateLimitedLog, retry_delay
 from .requester import DEFAULT_RETRIES, DEFAULT_TIMEOUT, GatherResult, Requester
 from .security import Curve, Rejection
 from .services import ReplyTo
@@ -184,9 +184,16 @@ class _LoopReplies:
     would fight over the same sockets and scan every call each time.)
     """
 
-    def __init__(self, requester: Requester, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        requester: Requester,
+        loop: asyncio.AbstractEventLoop,
+        count: Callable[[str], None],
+    ) -> None:
         self._requester = requester
         self._loop = loop
+        self._count = count  # into the node's stats
+        self._failure_log = RateLimitedLog(log, interval=5.0)
         self._reader: asyncio.Task[None] | None = None
         # Set when the reader must look again: a new DEALER to watch, or a
         # new call whose deadline may come before the reader's current wait.
@@ -214,6 +221,7 @@ class _LoopReplies:
         return future.result(timeout=0)
 
     async def _read(self) -> None:
+        failures = 0  # batches in a row whose handling raised
         while True:
             limit = self._requester.poll_limit()
             if limit is None:
@@ -233,8 +241,14 @@ class _LoopReplies:
                     polled.cancel()
                     self._requester.handle({})
             except Exception:  # the reader must outlive a bad batch: calls wait on it
-                log.exception("reading replies failed")
-                await asyncio.sleep(0.01)
+                failures += 1
+                self._count("internal_errors")
+                self._failure_log.warning("reading replies failed", exc_info=True)
+                # A fault that persists must neither spin the event loop nor
+                # flood the log: pause, longer after each failure in a row.
+                await asyncio.sleep(retry_delay(failures))
+            else:
+                failures = 0
 
     async def close(self) -> None:
         if self._reader is not None and not self._reader.done():
@@ -300,7 +314,7 @@ class AsyncNode:
         self._subscribers_listener = on_subscribers
         SUBSCRIBERS.add_listener(on_subscribers)
         # The loop's thread owns the caller side; Node keeps one per thread.
-        self._replies = _LoopReplies(runtime.requester(), self._loop)
+        self._replies = _LoopReplies(runtime.requester(), self._loop, runtime.count)
 
     def _on_control_thread(self, events: list[PeerEvent]) -> None:
         try:

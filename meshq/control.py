@@ -37,38 +37,23 @@ from .protocol import (
     SendEach,
 )
 from .publishing import TAIL_INTERVAL, PublishSocket, bind_all
-from .ratelimit import RateLimitedLog
+from .ratelimit import RateLimitedLog, retry_delay
 from .sockets import SocketFactory
 from .state import SUBSCRIBERS, NodeState
 from .wire import PING_HEAD, Limits, routing_id
 from .zmqerrors import translated
 
-__all__ = ["ControlLoop", "retry_delay"]
+__all__ = ["ControlLoop"]
 
 log = logging.getLogger("meshq.control")
 
 _DEALER_HWM = 8  # control messages queued per peer while it is unreachable
 _MAX_BATCH = 256  # control messages handled before looking at the clock again
-_RETRY_FIRST = 0.001  # seconds before the second retry of a failed read of the ROUTER
-_RETRY_MAX = 0.1  # ... doubling up to this
 # zmq.Socket.send is a Python wrapper over the backend's send, for the
 # routing_id and group arguments of draft socket types: for a frame of
 # bytes it only passes it on. Calling the backend directly halves the cost
 # of a control message sent (a round of 31 heartbeats: 28 us -> 13 us).
 _send_frame = zmq.backend.Socket.send
-
-
-def retry_delay(failures: int) -> float:
-    """Seconds to wait before reading the ROUTER again after ``failures`` failed reads in a row.
-
-    The first failure is retried at once (its ZMQ_FD signals only new work,
-    so what waits must not be left unread); a read that keeps failing is
-    retried after 1, 2, 4 ... ms, at most ``_RETRY_MAX`` apart, instead of
-    spinning. Deadlines, commands and new messages still wake the loop.
-    """
-    if failures <= 1:
-        return 0.0
-    return min(_RETRY_MAX, _RETRY_FIRST * 2.0 ** min(failures - 2, 30))
 
 
 class ControlLoop:
@@ -196,7 +181,11 @@ class ControlLoop:
         quiet_until = 0.0  # see coalesce
         quiet_since = 0.0  # when the heartbeats that began the quiet spell were read
         unread = True  # the ROUTER may hold messages that its descriptor did not signal
-        failures = 0  # reads of the ROUTER in a row that raised (see retry_delay)
+        # Reads of the ROUTER in a row that raised. The first is retried at
+        # once: its ZMQ_FD signals only new work, so what waits must not be
+        # left unread. Later ones back off (retry_delay), while deadlines,
+        # commands and new messages still wake the loop.
+        failures = 0
         retry_at = 0.0  # when to read it again after the latest of them
         reading = False
         while self._running:

@@ -1,4 +1,4 @@
-"""Logging that cannot flood: one line per interval, with a count of the rest."""
+"""Failures that cannot flood: logging at one line per interval, and retries that back off."""
 
 from __future__ import annotations
 
@@ -7,7 +7,21 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["HandlerErrorLog", "RateLimitedLog"]
+__all__ = ["HandlerErrorLog", "RateLimitedLog", "retry_delay"]
+
+_RETRY_FIRST = 0.001  # seconds before the second retry
+_RETRY_MAX = 0.1  # ... doubling up to this
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait before trying again after ``failures`` failed tries in a row.
+
+    The first failure is retried at once (0.0); one that keeps failing is
+    retried after 1, 2, 4 ... ms, at most 0.1 s apart, instead of spinning.
+    """
+    if failures <= 1:
+        return 0.0
+    return min(_RETRY_MAX, _RETRY_FIRST * 2.0 ** min(failures - 2, 30))
 
 
 class RateLimitedLog:

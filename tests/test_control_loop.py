@@ -13,7 +13,8 @@ import pytest
 import zmq
 
 import meshq
-from meshq.control import ControlLoop, retry_delay
+from meshq.control import ControlLoop
+from meshq.ratelimit import retry_delay
 from meshq.wire import PING_HEAD, Hello, Ping, encode_control, routing_id
 
 LOOPBACK = ["127.0.0.1"]

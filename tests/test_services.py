@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 
 import meshq
+import meshq.aio
 from meshq.errors import ProtocolError
+from meshq.ratelimit import retry_delay
+from meshq.requester import Requester
 from meshq.servicewire import (
     check_service_name,
     decode_reply,
@@ -323,6 +328,52 @@ def test_async_requests_and_gather(mesh: str) -> None:
     answers, gathered = asyncio.run(scenario())
     assert answers == [i * 2 for i in range(50)]
     assert list(gathered.replies.values()) == [42] and gathered.missing == ()
+
+
+def test_the_async_reply_reader_outlives_failing_batches_and_backs_off(
+    mesh: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No batch of replies fails to be handled on demand, so handling is made to
+    fail (as a bug would) six times in a row: the reader must count each, pause
+    longer after each, log fewer lines than failures, and settle the call after."""
+    failing = 0
+    real_handle = Requester.handle
+
+    def flaky(self: Requester, ready: Mapping[Any, int]) -> None:
+        nonlocal failing
+        if failing:
+            failing -= 1
+            raise RuntimeError("injected")
+        real_handle(self, ready)
+
+    backoffs: list[int] = []
+
+    def recorded(failures: int) -> float:
+        backoffs.append(failures)
+        return retry_delay(failures)
+
+    monkeypatch.setattr(Requester, "handle", flaky)
+    monkeypatch.setattr(meshq.aio, "retry_delay", recorded)
+
+    async def scenario() -> tuple[object, dict[str, int]]:
+        nonlocal failing
+        async with (
+            meshq.AsyncNode("provider", mesh=mesh, interfaces=LOOPBACK) as provider,
+            meshq.AsyncNode("caller", mesh=mesh, interfaces=LOOPBACK) as caller,
+        ):
+            provider.serve("double", lambda data: data * 2)  # type: ignore[operator]
+            await wait_for_service_async(caller, "double", 1)
+            failing = 6
+            answer = await caller.request("double", 21, timeout=10.0)
+            return answer, caller.stats()
+
+    with caplog.at_level(logging.WARNING, logger="meshq.aio"):
+        answer, stats = asyncio.run(scenario())
+    assert answer == 42 and failing == 0
+    assert backoffs == [1, 2, 3, 4, 5, 6]  # each pause after a longer run of failures
+    assert stats["internal_errors"] == 6
+    lines = [r for r in caplog.records if r.getMessage().startswith("reading replies failed")]
+    assert 1 <= len(lines) < 6
 
 
 def test_thousands_of_async_requests_at_once_each_run_once(mesh: str) -> None:
