@@ -11,6 +11,12 @@ so 2, 8, 16, 32 processes, all on 127.0.0.1):
 * raw: each process binds one ROUTER and connects one DEALER to every other
   process's ROUTER (the same number of TCP connections as the control
   plane's), exchanges one message on each, then blocks, sending nothing.
+* raw-hb: the same links carrying meshq's heartbeat traffic and nothing
+  else: on each multiple of 0.5 s on the wall clock a 24-byte message (an
+  echo PING's size) to every other process, and 50 ms later one read of all
+  that came (as meshq reads a round), written plainly: recv until zmq.Again,
+  no decoding, no peer table. meshq's row says how many times that it costs
+  (``x raw-hb``).
 
 Once every process is ready and ``--settle`` seconds (6) have passed, the CPU time of each
 (the sum of its threads' time on the CPU from /proc/PID/task/*/schedstat,
@@ -47,6 +53,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +69,10 @@ SETUP_TIMEOUT = 60.0  # seconds for a mesh to form
 # for long (PROTOCOL.md 7.6). Before 2026-12-02 17:00 UTC it was 1 s, and the
 # 10 s window caught that round: --settle 1 measures as before.
 SETTLE = 6.0
+HEARTBEAT = 0.5  # seconds between a node's PINGs to each peer (MeshConfig's default)
+RAW_LIMIT = 600.0  # seconds a raw process sends heartbeats at most
+# meshq nodes; bare pyzmq holding the same links idle; the same carrying meshq's heartbeats.
+SYSTEMS = ("meshq", "raw", "raw-hb")
 
 
 # ----------------------------------------------------------------------
@@ -114,7 +125,7 @@ def child_meshq(
         sys.stdin.readline()  # "stop"
 
 
-def child_raw(index: int) -> None:
+def child_raw(index: int, heartbeats: bool = False) -> None:
     import zmq
 
     context = zmq.Context()
@@ -132,15 +143,64 @@ def child_raw(index: int) -> None:
         dealers.append(dealer)
     for _ in others:  # every connection carried a message both ways
         router.recv_multipart()
+    stop = threading.Event()
+    received = [0]  # heartbeats read so far
+    beating = threading.Thread(target=raw_heartbeats, args=(router, dealers, stop, received))
+    if heartbeats:
+        beating.start()
     _say(event="ready")
     sys.stdin.readline()  # "measure"
+    start = received[0]
     sys.stdin.readline()  # "report"
-    _say(event="report")
+    _say(event="report", received=received[0] - start)
     sys.stdin.readline()  # "stop"
+    stop.set()
+    if heartbeats:
+        beating.join()
     for dealer in dealers:
         dealer.close()
     router.close()
     context.term()
+
+
+def raw_heartbeats(
+    router: Any,
+    dealers: list[Any],
+    stop: threading.Event,
+    received: list[int],
+    interval: float = HEARTBEAT,
+    spell: float = 0.05,
+) -> None:
+    """meshq's heartbeat traffic and nothing else, written plainly in pyzmq.
+
+    On each multiple of ``interval`` on the wall clock (as meshq's rounds),
+    a 24-byte message (an echo PING's size) to every DEALER; ``spell`` s
+    later, read what the ROUTER holds, in one go (as meshq reads a round).
+    Two wake-ups a round and no work besides: no decoding, no peer table.
+    Counts what it read in ``received[0]``. Ends when ``stop`` is set, or
+    after RAW_LIMIT s.
+    """
+    import zmq
+
+    ping = bytes(24)
+    ends = time.monotonic() + RAW_LIMIT
+    while time.monotonic() < ends:
+        now = time.time()
+        if stop.wait((int(now / interval) + 1) * interval - now):
+            break
+        for dealer in dealers:
+            try:
+                dealer.send(ping, zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a peer that is gone: as meshq, drop it
+        if stop.wait(spell):
+            break
+        while True:
+            try:
+                router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            received[0] += 1
 
 
 # ----------------------------------------------------------------------
@@ -289,7 +349,7 @@ def run_once(
             for child in children[1:]:
                 child.expect("endpoint")
         else:
-            children = [Child(["--child", "raw", str(i)]) for i in range(peers + 1)]
+            children = [Child(["--child", system, str(i)]) for i in range(peers + 1)]
             endpoints = [child.expect("endpoint")["endpoint"] for child in children]
             for index, child in enumerate(children):
                 child.send(json.dumps(endpoints[:index] + endpoints[index + 1 :]))
@@ -318,14 +378,18 @@ def run_once(
         "zmq_thread_percent": 100.0 * zmq_cpu / elapsed,
         "seconds": elapsed,
     }
+    # Each node sends a PING to every peer every 0.5 s and receives as many.
+    heartbeats = 2 * peers * elapsed / HEARTBEAT
     if system == "meshq":
         counted = [r["wakeups"] for r in reports if r["wakeups"] is not None]
         wakeups = statistics.median(counted) / elapsed if counted else float("nan")
-        # Each node sends a PING to every peer every 0.5 s and receives as many.
-        heartbeats = 2 * peers * elapsed / 0.5
         result["wakeups_per_s"] = wakeups
         result["us_per_heartbeat"] = 1e6 * cpu / heartbeats
         result["peers_seen"] = min(r["peers"] for r in reports)
+    elif system == "raw-hb":
+        result["us_per_heartbeat"] = 1e6 * cpu / heartbeats
+        # What the least busy process read, per second: peers / 0.5 if all flowed.
+        result["read_per_s"] = min(r["received"] for r in reports) / elapsed
     return result
 
 
@@ -348,6 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-cost", action="store_true", help="skip the cost of one heartbeat (older meshq)"
     )
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        choices=SYSTEMS,
+        default=list(SYSTEMS),
+        help="what to measure (default: all three)",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.child:
@@ -356,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             index, mesh, seed, peers, coalesce, *flags = rest
             child_meshq(int(index), mesh, seed, int(peers), float(coalesce), "subscribe" in flags)
         else:
-            child_raw(int(rest[0]))
+            child_raw(int(rest[0]), heartbeats=role == "raw-hb")
         return 0
     if args.quick:
         args.peers, args.repeat, args.duration = [1, 7], 2, 3.0
@@ -375,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     for peers in args.peers:
         for repeat in range(args.repeat):
-            systems = ["meshq", "raw"] if repeat % 2 == 0 else ["raw", "meshq"]
-            for system in systems:
+            turn = repeat % len(args.systems)  # each system goes first in turn
+            for system in args.systems[turn:] + args.systems[:turn]:
                 try:
                     runs.append(
                         run_once(
@@ -392,12 +463,13 @@ def main(argv: list[str] | None = None) -> int:
                     failures.append(f"{system} with {peers} peers: {exc}")
     print(
         f"\n{'peers':>5} {'system':6} {'CPU % of a core':>16} {'(min-max of runs)':>18}"
-        f" {'of it libzmq':>12} {'wake-ups/s':>10} {'us/heartbeat':>12}"
+        f" {'of it libzmq':>12} {'wake-ups/s':>10} {'us/heartbeat':>12} {'x raw-hb':>8}"
     )
-    print("-" * 85)
+    print("-" * 94)
     table = []
     for peers in args.peers:
-        for system in ("meshq", "raw"):
+        floor = [r["cpu_percent"] for r in runs if r["system"] == "raw-hb" and r["peers"] == peers]
+        for system in SYSTEMS:
             mine = [r for r in runs if r["system"] == system and r["peers"] == peers]
             if not mine:
                 continue
@@ -412,10 +484,17 @@ def main(argv: list[str] | None = None) -> int:
                 "zmq_thread_percent": statistics.median(r["zmq_thread_percent"] for r in mine),
             }
             extra = ""
+            if system != "raw":
+                row["us_per_heartbeat"] = statistics.median(r["us_per_heartbeat"] for r in mine)
             if system == "meshq":
                 row["wakeups_per_s"] = statistics.median(r["wakeups_per_s"] for r in mine)
-                row["us_per_heartbeat"] = statistics.median(r["us_per_heartbeat"] for r in mine)
                 extra = f" {row['wakeups_per_s']:>10.1f} {row['us_per_heartbeat']:>12.1f}"
+                if floor:  # meshq's median over that of bare pyzmq with its heartbeats
+                    row["x_raw_heartbeats"] = row["cpu_percent"] / statistics.median(floor)
+                    extra += f" {row['x_raw_heartbeats']:>8.2f}"
+            elif system == "raw-hb":
+                row["read_per_s"] = min(r["read_per_s"] for r in mine)
+                extra = f" {'':>10} {row['us_per_heartbeat']:>12.1f}"
             table.append(row)
             spread = f"{min(cpu):.3f}-{max(cpu):.3f}"
             print(
