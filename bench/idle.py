@@ -33,6 +33,11 @@ connects to every other node's XPUB: 2 x peers idle data connections per
 node, each with its ZMTP heartbeats (PROTOCOL.md 4.3). The raw processes
 hold only their ROUTER/DEALER links, as without it.
 
+``--heartbeat S`` sends heartbeats every S seconds instead of 0.5, in
+meshq (MeshConfig.heartbeat_interval, with suspect_after and gone_after 3
+and 6 times it, as the defaults are) and in raw-hb alike: what the idle
+cost would be with another heartbeat rate.
+
 ``--coalesce S`` sets meshq's ControlLoop.coalesce: after heartbeats woke
 it, the control loop reads the ROUTER again only S seconds later (0: every
 message as it comes), to see what reading heartbeats in batches per
@@ -84,8 +89,26 @@ def _say(**fields: Any) -> None:
     sys.stdout.flush()
 
 
+def heartbeat_config(heartbeat: float) -> Any:
+    """meshq's default MeshConfig, with heartbeats every ``heartbeat`` s (and liveness
+    timeouts scaled as the defaults are: suspect after 3 of them, gone after 6)."""
+    from meshq import MeshConfig
+
+    if heartbeat == HEARTBEAT:
+        return MeshConfig()
+    return MeshConfig(
+        heartbeat_interval=heartbeat, suspect_after=3 * heartbeat, gone_after=6 * heartbeat
+    )
+
+
 def child_meshq(
-    index: int, mesh: str, seed: str, peers: int, coalesce: float, subscribe: bool = False
+    index: int,
+    mesh: str,
+    seed: str,
+    peers: int,
+    coalesce: float,
+    heartbeat: float = HEARTBEAT,
+    subscribe: bool = False,
 ) -> None:
     import meshq
 
@@ -99,6 +122,7 @@ def child_meshq(
         interfaces=["127.0.0.1"],
         seeds=[seed] if seed else [],
         discovery=False,
+        config=heartbeat_config(heartbeat),
     ) as node:
         _say(event="endpoint", endpoint=node.control_endpoints[0])
         node.wait_for_peers(peers, timeout=SETUP_TIMEOUT)
@@ -125,7 +149,8 @@ def child_meshq(
         sys.stdin.readline()  # "stop"
 
 
-def child_raw(index: int, heartbeats: bool = False) -> None:
+def child_raw(index: int, heartbeat: float | None = None) -> None:
+    """``heartbeat``: seconds between raw-hb's rounds; None for raw (idle links)."""
     import zmq
 
     context = zmq.Context()
@@ -145,8 +170,10 @@ def child_raw(index: int, heartbeats: bool = False) -> None:
         router.recv_multipart()
     stop = threading.Event()
     received = [0]  # heartbeats read so far
-    beating = threading.Thread(target=raw_heartbeats, args=(router, dealers, stop, received))
-    if heartbeats:
+    beating = threading.Thread(
+        target=raw_heartbeats, args=(router, dealers, stop, received, heartbeat or HEARTBEAT)
+    )
+    if heartbeat:
         beating.start()
     _say(event="ready")
     sys.stdin.readline()  # "measure"
@@ -155,7 +182,7 @@ def child_raw(index: int, heartbeats: bool = False) -> None:
     _say(event="report", received=received[0] - start)
     sys.stdin.readline()  # "stop"
     stop.set()
-    if heartbeats:
+    if heartbeat:
         beating.join()
     for dealer in dealers:
         dealer.close()
@@ -333,6 +360,7 @@ def run_once(
     coalesce: float,
     settle: float = SETTLE,
     subscribe: bool = False,
+    heartbeat: float = HEARTBEAT,
 ) -> dict[str, Any]:
     """One mesh of ``peers + 1`` processes: CPU % per process, and the meshq counters."""
     children: list[Child] = []
@@ -340,16 +368,20 @@ def run_once(
         if system == "meshq":
             mesh = f"idle-{secrets.token_hex(4)}"
             extra = ["subscribe"] if subscribe else []
-            first = Child(["--child", "meshq", "0", mesh, "", str(peers), str(coalesce), *extra])
+            timing = [str(peers), str(coalesce), str(heartbeat)]
+            first = Child(["--child", "meshq", "0", mesh, "", *timing, *extra])
             children.append(first)
             seed = first.expect("endpoint")["endpoint"]
             for index in range(1, peers + 1):
-                argv = ["--child", "meshq", str(index), mesh, seed, str(peers), str(coalesce)]
-                children.append(Child([*argv, *extra]))
+                children.append(
+                    Child(["--child", "meshq", str(index), mesh, seed, *timing, *extra])
+                )
             for child in children[1:]:
                 child.expect("endpoint")
         else:
-            children = [Child(["--child", system, str(i)]) for i in range(peers + 1)]
+            children = [
+                Child(["--child", system, str(i), str(heartbeat)]) for i in range(peers + 1)
+            ]
             endpoints = [child.expect("endpoint")["endpoint"] for child in children]
             for index, child in enumerate(children):
                 child.send(json.dumps(endpoints[:index] + endpoints[index + 1 :]))
@@ -378,8 +410,8 @@ def run_once(
         "zmq_thread_percent": 100.0 * zmq_cpu / elapsed,
         "seconds": elapsed,
     }
-    # Each node sends a PING to every peer every 0.5 s and receives as many.
-    heartbeats = 2 * peers * elapsed / HEARTBEAT
+    # Each node sends a PING to every peer every heartbeat s and receives as many.
+    heartbeats = 2 * peers * elapsed / heartbeat
     if system == "meshq":
         counted = [r["wakeups"] for r in reports if r["wakeups"] is not None]
         wakeups = statistics.median(counted) / elapsed if counted else float("nan")
@@ -419,15 +451,30 @@ def main(argv: list[str] | None = None) -> int:
         default=list(SYSTEMS),
         help="what to measure (default: all three)",
     )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=HEARTBEAT,
+        help="seconds between heartbeats, meshq's and raw-hb's (suspect and gone after 3x, 6x)",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.child:
         role, *rest = args.child
         if role == "meshq":
-            index, mesh, seed, peers, coalesce, *flags = rest
-            child_meshq(int(index), mesh, seed, int(peers), float(coalesce), "subscribe" in flags)
+            index, mesh, seed, peers, coalesce, heartbeat, *flags = rest
+            child_meshq(
+                int(index),
+                mesh,
+                seed,
+                int(peers),
+                float(coalesce),
+                float(heartbeat),
+                "subscribe" in flags,
+            )
         else:
-            child_raw(int(rest[0]), heartbeats=role == "raw-hb")
+            index, heartbeat = rest
+            child_raw(int(index), float(heartbeat) if role == "raw-hb" else None)
         return 0
     if args.quick:
         args.peers, args.repeat, args.duration = [1, 7], 2, 3.0
@@ -457,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.coalesce,
                             args.settle,
                             args.subscribe,
+                            args.heartbeat,
                         )
                     )
                 except Exception as exc:  # one failed run is reported, the rest go on
@@ -512,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         "settle": args.settle,
         "coalesce": args.coalesce,
         "subscribe": args.subscribe,
+        "heartbeat": args.heartbeat,
         "heartbeat_cost": cost,
         "table": table,
         "runs": runs,
