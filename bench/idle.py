@@ -23,10 +23,12 @@ Once every process is ready and ``--settle`` seconds (6) have passed, the CPU ti
 in ns) is read twice, ``--duration`` seconds (10) apart. Reported: % of one
 core per process (mean over the processes of a mesh; then the median over
 ``--repeat`` runs, min-max of the runs), the part of it spent in libzmq's
-background threads (ZMTP heartbeats, TCP), and for meshq the
-control loop's wake-ups per second and the CPU cost per heartbeat (a
-process's CPU time divided by the PINGs it sent and received: an upper
-bound, as it includes everything else the process did).
+background threads (ZMTP heartbeats, TCP), for meshq the control
+loop's wake-ups per second, and for meshq and raw-hb the CPU cost per
+heartbeat (a process's CPU time divided by the PINGs it sent and received:
+an upper bound, as it includes everything else the process did). A raw-hb
+run in which some process read fewer heartbeats than its peers sent is
+reported as failed.
 
 ``--subscribe``: each meshq node also holds one subscription, whose SUB
 connects to every other node's XPUB: 2 x peers idle data connections per
@@ -42,9 +44,10 @@ cost would be with another heartbeat rate.
 it, the control loop reads the ROUTER again only S seconds later (0: every
 message as it comes), to see what reading heartbeats in batches per
 wake-up saves. Heartbeats leave on the same wall-clock instants on every
-node, so a mesh's PINGs arrive together.
+node, so a mesh's PINGs arrive together. raw-hb reads 50 ms after its
+round, whatever this says.
 
-    .venv/bin/python bench/idle.py                       # about 8 minutes
+    .venv/bin/python bench/idle.py                       # about 12-18 minutes
     .venv/bin/python bench/idle.py --peers 1 31 --repeat 5 --duration 10
     .venv/bin/python bench/idle.py --quick               # a smoke run
 """
@@ -171,17 +174,21 @@ def child_raw(index: int, heartbeat: float | None = None) -> None:
     stop = threading.Event()
     received = [0]  # heartbeats read so far
     beating = threading.Thread(
-        target=raw_heartbeats, args=(router, dealers, stop, received, heartbeat or HEARTBEAT)
+        target=raw_heartbeats,
+        args=(router, dealers, stop, received, heartbeat or HEARTBEAT),
+        daemon=True,  # however this process ends, its heartbeats end with it
     )
     if heartbeat:
         beating.start()
-    _say(event="ready")
-    sys.stdin.readline()  # "measure"
-    start = received[0]
-    sys.stdin.readline()  # "report"
-    _say(event="report", received=received[0] - start)
-    sys.stdin.readline()  # "stop"
-    stop.set()
+    try:
+        _say(event="ready")
+        sys.stdin.readline()  # "measure"
+        start = received[0]
+        sys.stdin.readline()  # "report"
+        _say(event="report", received=received[0] - start)
+        sys.stdin.readline()  # "stop"
+    finally:
+        stop.set()
     if heartbeat:
         beating.join()
     for dealer in dealers:
@@ -420,8 +427,10 @@ def run_once(
         result["peers_seen"] = min(r["peers"] for r in reports)
     elif system == "raw-hb":
         result["us_per_heartbeat"] = 1e6 * cpu / heartbeats
-        # What the least busy process read, per second: peers / 0.5 if all flowed.
+        # What the least busy process read, per second: peers / heartbeat if all flowed.
         result["read_per_s"] = min(r["received"] for r in reports) / elapsed
+        if result["read_per_s"] < 0.9 * peers / heartbeat:
+            raise RuntimeError(f"raw-hb read {result['read_per_s']:.1f} heartbeats/s, not all")
     return result
 
 
@@ -459,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.heartbeat <= 0:
+        parser.error("--heartbeat must be > 0 seconds")
+    if args.settle + args.duration > RAW_LIMIT - 60:
+        parser.error(f"--settle plus --duration must stay under {RAW_LIMIT - 60:.0f} s")
     if args.child:
         role, *rest = args.child
         if role == "meshq":

@@ -334,8 +334,10 @@ def test_the_async_reply_reader_outlives_failing_batches_and_backs_off(
     mesh: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No batch of replies fails to be handled on demand, so handling is made to
-    fail (as a bug would) six times in a row: the reader must count each, pause
-    longer after each, log fewer lines than failures, and settle the call after."""
+    fail (as a bug would) four times in a row, then twice more after a success:
+    the reader must count each, pause longer after each failure in a row (and
+    start over after a success), log fewer lines than failures, and answer the
+    calls once handling works again."""
     failing = 0
     real_handle = Requester.handle
 
@@ -355,7 +357,7 @@ def test_the_async_reply_reader_outlives_failing_batches_and_backs_off(
     monkeypatch.setattr(Requester, "handle", flaky)
     monkeypatch.setattr(meshq.aio, "retry_delay", recorded)
 
-    async def scenario() -> tuple[object, dict[str, int]]:
+    async def scenario() -> tuple[list[object], dict[str, int]]:
         nonlocal failing
         async with (
             meshq.AsyncNode("provider", mesh=mesh, interfaces=LOOPBACK) as provider,
@@ -363,14 +365,16 @@ def test_the_async_reply_reader_outlives_failing_batches_and_backs_off(
         ):
             provider.serve("double", lambda data: data * 2)  # type: ignore[operator]
             await wait_for_service_async(caller, "double", 1)
-            failing = 6
-            answer = await caller.request("double", 21, timeout=10.0)
-            return answer, caller.stats()
+            answers = []
+            for run, data in ((4, 21), (2, 5)):
+                failing = run
+                answers.append(await caller.request("double", data, timeout=10.0))
+            return answers, caller.stats()
 
     with caplog.at_level(logging.WARNING, logger="meshq.aio"):
-        answer, stats = asyncio.run(scenario())
-    assert answer == 42 and failing == 0
-    assert backoffs == [1, 2, 3, 4, 5, 6]  # each pause after a longer run of failures
+        answers, stats = asyncio.run(scenario())
+    assert answers == [42, 10]
+    assert backoffs == [1, 2, 3, 4, 1, 2]  # longer after each in a row, anew after a success
     assert stats["internal_errors"] == 6
     lines = [r for r in caplog.records if r.getMessage().startswith("reading replies failed")]
     assert 1 <= len(lines) < 6
