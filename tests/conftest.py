@@ -18,7 +18,8 @@ from tests.natscluster import NatsCluster, find_nats_server
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Give the test run, and so the children it starts, Ctrl-C as a terminal has it.
+    """Give the test run, and so the children it starts, Ctrl-C as a terminal has it;
+    and make SIGTERM stop the run as Ctrl-C does.
 
     A shell without job control starts background commands with SIGINT
     ignored, and an ignored signal stays ignored across exec: every child
@@ -28,6 +29,16 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A run stopped with SIGTERM (`kill`, `timeout`, a CI runner) unwinds as
+    # Ctrl-C does, so that fixtures and context managers still remove the
+    # namespaces, links and processes they made; the default action would
+    # end the process on the spot and leave them behind.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture
