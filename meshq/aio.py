@@ -232,14 +232,16 @@ class _LoopReplies:
             self._changed.clear()
             polled = asyncio.ensure_future(poller.poll(limit))
             changed = asyncio.ensure_future(self._changed.wait())
-            await asyncio.wait({polled, changed}, return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
             try:
-                if polled.done():
-                    self._requester.handle(dict(polled.result()))
-                else:
+                await asyncio.wait({polled, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Also when close() cancels the reader: neither outlives this pass.
+                changed.cancel()
+                ready = polled.done()
+                if not ready:
                     polled.cancel()
-                    self._requester.handle({})
+            try:
+                self._requester.handle(dict(polled.result()) if ready else {})
             except Exception:  # the reader must outlive a bad batch: calls wait on it
                 failures += 1
                 self._count("internal_errors")

@@ -404,6 +404,43 @@ def test_thousands_of_async_requests_at_once_each_run_once(mesh: str) -> None:
     assert set(served.values()) == {1}  # nothing ran twice
 
 
+def test_closing_an_async_node_with_a_call_in_flight_leaves_no_task_behind(mesh: str) -> None:
+    """close() cancels the reply reader while it waits for a reply: what it was
+    waiting on must end with it, or every AsyncNode closed on a long-lived
+    event loop would leave a pending task there."""
+    arrived, release = threading.Event(), threading.Event()
+
+    def slow(data: object) -> object:
+        arrived.set()
+        release.wait(10.0)
+        return data
+
+    async def scenario() -> list[str]:
+        loop = asyncio.get_running_loop()
+        async with meshq.AsyncNode("provider", mesh=mesh, interfaces=LOOPBACK) as provider:
+            provider.serve("slow", slow)
+            caller = meshq.AsyncNode("caller", mesh=mesh, interfaces=LOOPBACK)
+            try:
+                await wait_for_service_async(caller, "slow", 1)
+                call = asyncio.ensure_future(caller.request("slow", 1, timeout=10.0))
+                # Served, so the request went out and the reader waits for its reply.
+                assert await loop.run_in_executor(None, arrived.wait, 10.0)
+            finally:
+                await caller.close()
+            with pytest.raises(meshq.Closed):
+                await call
+            release.set()
+            for _ in range(3):
+                await asyncio.sleep(0)  # cancelled tasks finish in a later step
+            return [
+                task.get_coro().__qualname__  # type: ignore[union-attr]
+                for task in asyncio.all_tasks()
+                if task is not asyncio.current_task()
+            ]
+
+    assert "Event.wait" not in asyncio.run(scenario())
+
+
 def test_a_cancelled_async_request_is_not_retried(mesh: str) -> None:
     runs = collections.Counter[str]()
     release = threading.Event()
